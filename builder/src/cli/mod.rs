@@ -1,0 +1,126 @@
+//! The command line: global options, the verbs, and how failures map to exit codes.
+//!
+//! Exit codes: 0 success; 1 a check or an operation failed (a lock that disagrees with its
+//! spec, a hash mismatch, a download that could not complete); 2 bad input or usage (an invalid
+//! spec or lock, an unknown OS, a wrong flag).
+
+mod check;
+mod fetch;
+mod lock;
+pub mod output;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use output::Output;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 a check or operation failed, 2 bad input or usage.
+
+Examples:
+  plinth check                      validate all os.yaml specs
+  plinth lock all                   resolve and pin every OS's packages
+  plinth fetch guest-os --offline   list what the cache lacks, download nothing";
+
+/// Build, lock and verify the OS images of Internet Computer nodes.
+#[derive(Debug, Parser)]
+#[command(name = "plinth", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// Options every verb takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Global {
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print the result as JSON on stdout (for machines).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The plinth source tree (default: found upwards from the current directory).
+    #[arg(long, global = true, env = "PLINTH_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    Check(check::Args),
+    Lock(lock::Args),
+    Fetch(fetch::Args),
+}
+
+/// A failed check (exit code 1): the message has been printed or is in the error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(pub String);
+
+/// Bad input (exit code 2) that is not a spec error: a malformed lock, a bad flag value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Run one verb and turn its outcome into an exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let out = Output::new(&cli.global);
+    let result = match cli.verb {
+        Verb::Check(args) => check::run(&cli.global, &out, args),
+        Verb::Lock(args) => lock::run(&cli.global, &out, args),
+        Verb::Fetch(args) => fetch::run(&cli.global, &out, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            out.error(&err);
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// 2 for bad input anywhere in the error's chain, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|e| {
+        e.is::<crate::spec::SpecErrors>()
+            || e.is::<BadInput>()
+            || e.is::<crate::workspace::WorkspaceError>()
+            || e.is::<crate::spec::UnknownProfile>()
+            || e.is::<crate::packages::lockfile::LockError>()
+    });
+    if bad_input {
+        2
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let mut cmd = Cli::command().term_width(80);
+        let mut texts = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            texts.push(sub.clone().term_width(80).render_long_help().to_string());
+        }
+        for text in texts {
+            for line in text.lines() {
+                assert!(line.chars().count() <= 80, "help line over 80 columns: {line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! plinth: builds the reproducible OS images of Internet Computer nodes (SetupOS, HostOS,
+//! GuestOS) and verifies them.
+//!
+//! Data flows one way: [`spec`] (os.yaml) → [`packages`] (lock, fetch, cache) → image stages.
+//! [`cli`] holds one module per verb; `main.rs` only dispatches.
+
+pub mod cli;
+pub mod packages;
+pub mod spec;
+pub mod workspace;

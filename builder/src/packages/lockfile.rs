@@ -1,0 +1,221 @@
+//! `packages.lock`: the exact Debian packages of every profile of one OS, and the digests of
+//! the indexes they were resolved from. Written deterministically (sorted, no timestamps):
+//! same inputs and mirror state give the same bytes.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The lock format version this plinth reads and writes.
+pub const LOCK_VERSION: u32 = 1;
+
+/// One OS's lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub lock_version: u32,
+    pub os: String,
+    pub release: String,
+    pub architecture: String,
+    /// The indexes every profile was resolved from, sorted by suite then path.
+    pub indexes: Vec<IndexDigest>,
+    /// Per profile: what was asked and which packages resolved.
+    pub profiles: BTreeMap<String, LockedProfile>,
+    /// Every package of any profile, sorted by name, version, architecture.
+    pub packages: Vec<LockedPackage>,
+}
+
+/// A signed index the lock was resolved from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexDigest {
+    /// e.g. `bookworm-security`.
+    pub suite: String,
+    /// sha256 of the suite's `InRelease` file as fetched (signature included).
+    pub inrelease_sha256: String,
+    /// Path below `dists/<suite>/`, e.g. `main/binary-amd64/Packages.xz`.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// What one profile asked for and what it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedProfile {
+    /// sha256 of the canonical JSON of [`LockInputs`]: changes whenever os.yaml changes
+    /// anything resolution depends on.
+    pub inputs_sha256: String,
+    pub inputs: LockInputs,
+    /// `name=version` of every package of the profile, sorted.
+    pub packages: Vec<String>,
+}
+
+/// Everything the resolution of one profile depends on, besides the mirror state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockInputs {
+    pub release: String,
+    pub architecture: String,
+    pub variant: String,
+    pub components: Vec<String>,
+    pub suites: Vec<String>,
+    /// Requested packages, `name` or `name/suite`, sorted.
+    pub requests: Vec<String>,
+}
+
+/// One `.deb`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// The suite whose index listed this version (decides which mirror serves it).
+    pub suite: String,
+    /// Path below the mirror root, e.g. `pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb`.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl LockedPackage {
+    /// `name=version`, as profiles list their packages.
+    pub fn key(&self) -> String {
+        format!("{}={}", self.name, self.version)
+    }
+}
+
+/// A lock file that cannot be read or does not fit its spec.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{path}: no lock file\n  hint: run `plinth lock {os}` to create it")]
+    Missing { path: String, os: String },
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line}, column {column}: not a valid packages.lock: {message}\n  hint: regenerate it with `plinth lock {os}`; do not edit it by hand")]
+    Malformed {
+        path: String,
+        os: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: lock_version is {found}, this plinth reads version {LOCK_VERSION}\n  hint: regenerate it with `plinth lock {os}`")]
+    Version { path: String, os: String, found: u32 },
+    #[error("{path}: {message}\n  hint: regenerate it with `plinth lock {os}`")]
+    Inconsistent {
+        path: String,
+        os: String,
+        message: String,
+    },
+}
+
+impl Lock {
+    /// Read and structurally check a lock file; `display` names it in errors.
+    pub fn read(path: &Path, display: &str, os: &str) -> Result<Lock, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LockError::Missing {
+                    path: display.to_string(),
+                    os: os.to_string(),
+                })
+            }
+            Err(source) => {
+                return Err(LockError::Io {
+                    path: display.to_string(),
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, display, os)
+    }
+
+    /// Parse lock text; see [`Lock::read`].
+    pub fn parse(text: &str, display: &str, os: &str) -> Result<Lock, LockError> {
+        let lock: Lock = serde_json::from_str(text).map_err(|e| LockError::Malformed {
+            path: display.to_string(),
+            os: os.to_string(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        if lock.lock_version != LOCK_VERSION {
+            return Err(LockError::Version {
+                path: display.to_string(),
+                os: os.to_string(),
+                found: lock.lock_version,
+            });
+        }
+        lock.check_consistent(display)?;
+        Ok(lock)
+    }
+
+    /// The file's bytes: pretty JSON with a trailing newline. Field order is fixed by the
+    /// types and every list is sorted, so equal locks give equal bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("a lock always serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// The packages of one profile, in lock order.
+    pub fn profile_packages(&self, profile: &str) -> Option<Vec<&LockedPackage>> {
+        let p = self.profiles.get(profile)?;
+        let wanted: std::collections::BTreeSet<&str> =
+            p.packages.iter().map(String::as_str).collect();
+        Some(
+            self.packages
+                .iter()
+                .filter(|pkg| wanted.contains(pkg.key().as_str()))
+                .collect(),
+        )
+    }
+
+    fn check_consistent(&self, display: &str) -> Result<(), LockError> {
+        let bad = |message: String| LockError::Inconsistent {
+            path: display.to_string(),
+            os: self.os.clone(),
+            message,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for pkg in &self.packages {
+            if !is_sha256_hex(&pkg.sha256) {
+                return Err(bad(format!(
+                    "package {} has sha256 `{}`: expected 64 lower-case hex digits",
+                    pkg.key(),
+                    pkg.sha256
+                )));
+            }
+            if pkg.filename.contains("..") || pkg.filename.starts_with('/') {
+                return Err(bad(format!(
+                    "package {} has filename `{}`: expected a path below the mirror root",
+                    pkg.key(),
+                    pkg.filename
+                )));
+            }
+            if !seen.insert(pkg.key()) {
+                return Err(bad(format!("package {} is listed twice", pkg.key())));
+            }
+        }
+        for (name, profile) in &self.profiles {
+            for key in &profile.packages {
+                if !seen.contains(key) {
+                    return Err(bad(format!(
+                        "profile {name} lists {key}, which is not among the locked packages"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 64 lower-case hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
