@@ -28,7 +28,10 @@ impl Workspace {
         };
         let mut dir = Some(start.as_path());
         while let Some(d) = dir {
-            if OS_NAMES.iter().all(|os| d.join(os).join("os.yaml").is_file()) {
+            if OS_NAMES
+                .iter()
+                .all(|os| d.join(os).join("os.yaml").is_file())
+            {
                 return Ok(Workspace {
                     root: d.to_path_buf(),
                 });

@@ -119,7 +119,10 @@ mod tests {
         }
         for text in texts {
             for line in text.lines() {
-                assert!(line.chars().count() <= 80, "help line over 80 columns: {line}");
+                assert!(
+                    line.chars().count() <= 80,
+                    "help line over 80 columns: {line}"
+                );
             }
         }
     }

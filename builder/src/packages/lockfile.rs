@@ -105,7 +105,11 @@ pub enum LockError {
         message: String,
     },
     #[error("{path}: lock_version is {found}, this plinth reads version {LOCK_VERSION}\n  hint: regenerate it with `plinth lock {os}`")]
-    Version { path: String, os: String, found: u32 },
+    Version {
+        path: String,
+        os: String,
+        found: u32,
+    },
     #[error("{path}: {message}\n  hint: regenerate it with `plinth lock {os}`")]
     Inconsistent {
         path: String,
@@ -218,4 +222,150 @@ impl Lock {
 /// 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl LockInputs {
+    /// The resolution inputs of one applied profile.
+    pub fn of(profile: &crate::spec::Profile) -> LockInputs {
+        let mut requests: Vec<String> = profile.packages.iter().map(|p| p.to_string()).collect();
+        requests.sort();
+        LockInputs {
+            release: profile.base.release.clone(),
+            architecture: profile.base.architecture.clone(),
+            variant: profile.base.variant.clone(),
+            components: profile.base.components.clone(),
+            suites: profile.base.suites.clone(),
+            requests,
+        }
+    }
+
+    /// sha256 of the canonical JSON of these inputs.
+    pub fn sha256(&self) -> String {
+        let json = serde_json::to_vec(self).expect("inputs always serialize");
+        super::release::sha256_hex(&json)
+    }
+
+    /// How `self` (the spec) differs from `locked`, one line per difference.
+    pub fn differences(&self, locked: &LockInputs) -> Vec<String> {
+        let mut out = Vec::new();
+        let scalar = |out: &mut Vec<String>, field: &str, spec: &str, lock: &str| {
+            if spec != lock {
+                out.push(format!(
+                    "base.{field} is `{spec}` in os.yaml but `{lock}` in the lock"
+                ));
+            }
+        };
+        scalar(&mut out, "release", &self.release, &locked.release);
+        scalar(
+            &mut out,
+            "architecture",
+            &self.architecture,
+            &locked.architecture,
+        );
+        scalar(&mut out, "variant", &self.variant, &locked.variant);
+        scalar(
+            &mut out,
+            "components",
+            &self.components.join(", "),
+            &locked.components.join(", "),
+        );
+        scalar(
+            &mut out,
+            "suites",
+            &self.suites.join(", "),
+            &locked.suites.join(", "),
+        );
+        for r in &self.requests {
+            if !locked.requests.contains(r) {
+                out.push(format!("package `{r}` is in os.yaml but not in the lock"));
+            }
+        }
+        for r in &locked.requests {
+            if !self.requests.contains(r) {
+                out.push(format!(
+                    "package `{r}` is in the lock but no longer in os.yaml"
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Lock {
+    /// Assemble a lock from each profile's inputs and resolved packages.
+    pub fn assemble(
+        os: &str,
+        base: &crate::spec::Base,
+        indexes: Vec<IndexDigest>,
+        profiles: BTreeMap<String, (LockInputs, Vec<super::resolve::Resolved>)>,
+    ) -> Lock {
+        let mut all = std::collections::BTreeSet::new();
+        let mut locked_profiles = BTreeMap::new();
+        for (name, (inputs, resolved)) in profiles {
+            let mut keys = Vec::new();
+            for r in resolved {
+                let pkg = LockedPackage {
+                    name: r.name,
+                    version: r.version,
+                    architecture: r.architecture,
+                    suite: r.suite,
+                    filename: r.filename,
+                    size: r.size,
+                    sha256: r.sha256,
+                };
+                keys.push(pkg.key());
+                all.insert(pkg);
+            }
+            keys.sort();
+            keys.dedup();
+            locked_profiles.insert(
+                name,
+                LockedProfile {
+                    inputs_sha256: inputs.sha256(),
+                    inputs,
+                    packages: keys,
+                },
+            );
+        }
+        Lock {
+            lock_version: LOCK_VERSION,
+            os: os.to_string(),
+            release: base.release.clone(),
+            architecture: base.architecture.clone(),
+            indexes,
+            profiles: locked_profiles,
+            packages: all.into_iter().collect(),
+        }
+    }
+
+    /// Where the spec and this lock disagree (empty when they agree). Offline and fast.
+    pub fn disagreements(&self, spec: &crate::spec::OsSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        for name in spec.profile_names() {
+            let profile = spec.profile(name).expect("names come from the spec");
+            let inputs = LockInputs::of(&profile);
+            match self.profiles.get(name) {
+                None => out.push(format!(
+                    "profile `{name}` is in os.yaml but not in the lock"
+                )),
+                Some(locked) => {
+                    let diffs = inputs.differences(&locked.inputs);
+                    out.extend(diffs.into_iter().map(|d| format!("profile `{name}`: {d}")));
+                    if locked.inputs_sha256 != locked.inputs.sha256() {
+                        out.push(format!(
+                            "profile `{name}`: inputs_sha256 does not match the recorded inputs (edited by hand?)"
+                        ));
+                    }
+                }
+            }
+        }
+        for name in self.profiles.keys() {
+            if !spec.profiles.contains_key(name) {
+                out.push(format!(
+                    "profile `{name}` is in the lock but not in os.yaml"
+                ));
+            }
+        }
+        out
+    }
 }

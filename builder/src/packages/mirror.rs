@@ -177,6 +177,9 @@ mod tests {
             m.security.as_deref(),
             Some("http://sec.example.org/debian-security")
         );
-        assert_eq!(host_apt_mirrors(dir.path(), "trixie"), HostMirrors::default());
+        assert_eq!(
+            host_apt_mirrors(dir.path(), "trixie"),
+            HostMirrors::default()
+        );
     }
 }

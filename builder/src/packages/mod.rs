@@ -6,9 +6,11 @@
 //! the closure mmdebstrap would install → [`lockfile`] writes it → [`fetch`] downloads each
 //! locked `.deb` into the [`cache`].
 
+pub mod archive;
 pub mod cache;
 pub mod deb822;
 pub mod fetch;
+pub mod http;
 pub mod index;
 pub mod lockfile;
 pub mod mirror;

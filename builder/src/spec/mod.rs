@@ -263,7 +263,10 @@ impl TryFrom<String> for PackageRequest {
 /// name the file (relative to the workspace). The spec's `os` must equal its directory name.
 pub fn load(path: &Path, display_path: &str) -> Result<OsSpec, SpecErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        SpecErrors::single(SpecError::io(display_path, format!("cannot read the file: {e}")))
+        SpecErrors::single(SpecError::io(
+            display_path,
+            format!("cannot read the file: {e}"),
+        ))
     })?;
     let dir_name = path
         .parent()
