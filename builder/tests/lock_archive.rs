@@ -231,7 +231,11 @@ profiles:
 /// A plinth source tree whose three specs request `packages`; the `test` profile leaves out
 /// `needs-virt` when requested.
 fn workspace(packages: &str) -> tempfile::TempDir {
-    let remove = if packages.contains("needs-virt") { "needs-virt" } else { "" };
+    let remove = if packages.contains("needs-virt") {
+        "needs-virt"
+    } else {
+        ""
+    };
     let ws = tempfile::tempdir().unwrap();
     for os in ["guest-os", "host-os", "setup-os"] {
         std::fs::create_dir_all(ws.path().join(os)).unwrap();
@@ -487,9 +491,11 @@ fn foreign_key_and_replayed_suite_are_rejected() {
 fn unknown_package_is_named() {
     let archive = TestArchive::build();
     let err = failing_lock(&archive, "app, no-such-package");
+    // The error points at the request in os.yaml: line 10, `packages: [app, no-such-package]`.
     assert!(
-        err.contains("no package `no-such-package` in bookworm, bookworm-updates"),
+        err.contains(
+            "guest-os/os.yaml:10:17: packages[1]: no package `no-such-package` in bookworm, bookworm-updates"
+        ),
         "{err}"
     );
-    assert!(err.contains("guest-os/os.yaml"), "{err}");
 }

@@ -208,7 +208,9 @@ fn lock(
             archives.insert(key.clone(), archive);
         }
         let archive = &archives[&key];
-        let spec_display = format!("{os}/os.yaml");
+        let spec_path = ws.spec_path(os);
+        let spec_display = ws.display(&spec_path);
+        let spec_text = std::fs::read_to_string(&spec_path).unwrap_or_default();
         let mut profiles = BTreeMap::new();
         for name in spec.profile_names() {
             let profile = spec.profile(name)?;
@@ -221,10 +223,17 @@ fn lock(
                 .prefix("plinth-lock-")
                 .tempdir()
                 .context("creating a temporary directory for apt")?;
+            let locate = |package: &str| {
+                let field = spec.package_path(name, package).unwrap_or_default();
+                match spec::locate(&spec_text, &field) {
+                    Some((line, col)) => format!("{spec_display}:{line}:{col}: {field}"),
+                    None => spec_display.clone(),
+                }
+            };
             let req = Request {
                 os,
                 profile: name,
-                spec_display: &spec_display,
+                locate_request: &locate,
                 base: &profile.base,
                 packages: &profile.packages,
                 keyring: &keyring,

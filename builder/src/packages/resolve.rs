@@ -31,11 +31,11 @@ pub struct Resolved {
 /// Why a closure could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("{os} ({profile}): no package `{name}` in {}\n  hint: check the name in {spec} (`apt-cache policy {name}` on a {release} system), or add the suite that has it to base.suites", suites.join(", "))]
+    #[error("{location}: no package `{name}` in {} (profile {profile})\n  hint: check the name (`apt-cache policy {name}` on a {release} system), or add the suite that has it to base.suites", suites.join(", "))]
     UnknownPackage {
-        os: String,
+        /// `file:line:col: field`, e.g. `guest-os/os.yaml:22:5: packages[3]`.
+        location: String,
         profile: String,
-        spec: String,
         name: String,
         release: String,
         suites: Vec<String>,
@@ -63,12 +63,12 @@ pub enum ResolveError {
 }
 
 /// What to resolve: one profile of one OS.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request<'a> {
     pub os: &'a str,
     pub profile: &'a str,
-    /// How errors name the spec, e.g. `guest-os/os.yaml`.
-    pub spec_display: &'a str,
+    /// Where a requested package's name stands in the spec, as `file:line:col: field`.
+    pub locate_request: &'a dyn Fn(&str) -> String,
     pub base: &'a Base,
     pub packages: &'a [PackageRequest],
     pub keyring: &'a Path,
@@ -153,9 +153,8 @@ fn check_names(archive: &Archive, req: &Request<'_>) -> Result<(), ResolveError>
         });
         if !found {
             return Err(ResolveError::UnknownPackage {
-                os: req.os.to_string(),
+                location: (req.locate_request)(&p.name),
                 profile: req.profile.to_string(),
-                spec: req.spec_display.to_string(),
                 name: p.name.clone(),
                 release: req.base.release.clone(),
                 suites,
@@ -388,11 +387,9 @@ impl<'a> Lookup<'a> {
         self.by_filename
             .get(filename.as_str())
             .and_then(|c| {
-                c.iter()
-                    .map(|(_, e)| *e)
-                    .find(|e| {
-                        e.size == uri.size && uri.sha256.as_ref().is_none_or(|h| *h == e.sha256)
-                    })
+                c.iter().map(|(_, e)| *e).find(|e| {
+                    e.size == uri.size && uri.sha256.as_ref().is_none_or(|h| *h == e.sha256)
+                })
             })
             .ok_or_else(not_found)
     }

@@ -280,3 +280,25 @@ pub fn load(path: &Path, display_path: &str) -> Result<OsSpec, SpecErrors> {
 pub fn parse(text: &str, display_path: &str, expected_os: &str) -> Result<OsSpec, SpecErrors> {
     validate::parse_and_validate(text, display_path, expected_os)
 }
+
+/// The 1-based line and column of the value at `path` (e.g. `packages[3]`) in spec `text`, for
+/// errors found after validation (e.g. a package the archive does not have).
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let index = position::PositionIndex::build(text).ok()?;
+    let pos = index.value(path)?;
+    Some((pos.line, pos.column))
+}
+
+impl OsSpec {
+    /// The field path that requests package `name` in profile `profile`: `packages[i]`, or
+    /// `profiles.<profile>.add_packages[j]`.
+    pub fn package_path(&self, profile: &str, name: &str) -> Option<String> {
+        if let Some(p) = self.profiles.get(profile) {
+            if let Some(j) = p.add_packages.iter().position(|r| r.name == name) {
+                return Some(format!("profiles.{profile}.add_packages[{j}]"));
+            }
+        }
+        let i = self.packages.iter().position(|r| r.name == name)?;
+        Some(format!("packages[{i}]"))
+    }
+}
