@@ -94,7 +94,7 @@ pub fn host_apt_mirrors(etc_apt: &Path, release: &str) -> HostMirrors {
             if found.main.is_none() && suites.iter().any(|s| s == release) {
                 found.main = Some(uri.clone());
             }
-            if found.security.is_none() && suites.iter().any(|s| *s == security_suite) {
+            if found.security.is_none() && suites.contains(&security_suite) {
                 found.security = Some(uri.clone());
             }
         }

@@ -344,7 +344,7 @@ fn check_base_suites(cx: &mut Checker) {
             Some((r, p)) => (r, Some(p)),
             None => (s.as_str(), None),
         };
-        let known_pocket = pocket.map_or(true, |p| POCKETS.contains(&p));
+        let known_pocket = pocket.is_none_or(|p| POCKETS.contains(&p));
         if i == 0 && s != release {
             cx.at(
                 &path,
