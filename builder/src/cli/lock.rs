@@ -168,7 +168,8 @@ fn lock(
     specs: &[(&str, OsSpec)],
 ) -> anyhow::Result<()> {
     let keyring = keyring_path(archive_args.keyring.as_deref());
-    let index_cache = cache_root(archive_args.cache.as_deref()).join("indexes");
+    let index_cache =
+        crate::packages::cache::Cache::resolve_root(archive_args.cache.as_deref())?.join("indexes");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -295,13 +296,4 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-// TODO(integration): replace with the cache module's root resolution.
-fn cache_root(flag: Option<&std::path::Path>) -> PathBuf {
-    flag.map(PathBuf::from)
-        .or_else(|| std::env::var_os("PLINTH_CACHE_DIR").map(PathBuf::from))
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("plinth")))
-        .or_else(|| std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/plinth")))
-        .unwrap_or_else(|| PathBuf::from(".cache/plinth"))
 }

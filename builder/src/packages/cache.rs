@@ -1,1 +1,446 @@
-//! PLACEHOLDER
+//! The verified, content-addressed package cache.
+//!
+//! Layout below the cache root: `debs/<sha256>.deb` for complete packages and
+//! `debs/.partial/<sha256>.part` for downloads in progress. A file appears under its final
+//! name only by an atomic rename after its bytes were hashed and matched the name, and after
+//! the data (and then the directory) were synced; so every `.deb` in the cache is complete and
+//! correct, whatever crashed or failed before. [`Partial`] is the only way to add a file.
+//!
+//! [`sha256_reader`] and [`sha256_file`] are the streaming hash used here and by the fetcher.
+
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::lockfile::is_sha256_hex;
+
+/// Environment variable overriding the cache root (below `--cache`).
+pub const CACHE_DIR_ENV: &str = "PLINTH_CACHE_DIR";
+
+/// Read size of the streaming hash: big enough that syscalls cost nothing next to sha256.
+pub const HASH_BUF_SIZE: usize = 1 << 20;
+
+/// The cache of verified `.deb` files.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+    debs: PathBuf,
+    partial: PathBuf,
+}
+
+/// What [`Cache::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Present and its bytes hash to its name.
+    Valid,
+    /// Not in the cache.
+    Missing,
+    /// Present but its bytes hash to `actual` (only possible if something outside plinth wrote
+    /// it); the caller decides whether to [`Cache::remove`] it.
+    Corrupt { actual: String },
+}
+
+/// A cache operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no cache directory: neither XDG_CACHE_HOME nor HOME is set\n  hint: pass --cache DIR or set {CACHE_DIR_ENV}")]
+    NoDefaultRoot,
+    #[error("{}: cannot {action}: {source}\n  hint: check that the cache directory is writable, or pick another with --cache DIR", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("`{found}` is not a sha256: expected 64 lower-case hex digits")]
+    BadDigest { found: String },
+    #[error("{}: {written} bytes would exceed the expected size of {expected} bytes", path.display())]
+    TooLarge {
+        path: PathBuf,
+        written: u64,
+        expected: u64,
+    },
+    #[error("{}: incomplete: {found} of {expected} bytes", path.display())]
+    Incomplete {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("{}: sha256 mismatch: expected {expected}, got {actual} (the partial file was deleted)", path.display())]
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(std::io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+fn check_digest(sha256: &str) -> Result<(), CacheError> {
+    if is_sha256_hex(sha256) {
+        Ok(())
+    } else {
+        Err(CacheError::BadDigest {
+            found: sha256.to_string(),
+        })
+    }
+}
+
+impl Cache {
+    /// `$XDG_CACHE_HOME/plinth`, else `$HOME/.cache/plinth` (relative or empty values of
+    /// either variable are ignored, as the XDG spec says).
+    pub fn default_root() -> Option<PathBuf> {
+        let abs = |k: &str| {
+            std::env::var_os(k)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        abs("XDG_CACHE_HOME")
+            .map(|d| d.join("plinth"))
+            .or_else(|| abs("HOME").map(|h| h.join(".cache").join("plinth")))
+    }
+
+    /// The root to use: `flag` (from `--cache`), else `$PLINTH_CACHE_DIR`, else
+    /// [`Cache::default_root`].
+    pub fn resolve_root(flag: Option<&Path>) -> Result<PathBuf, CacheError> {
+        if let Some(dir) = flag {
+            return Ok(dir.to_path_buf());
+        }
+        if let Some(dir) = std::env::var_os(CACHE_DIR_ENV).filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+        Self::default_root().ok_or(CacheError::NoDefaultRoot)
+    }
+
+    /// Open (creating if needed) the cache at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Cache, CacheError> {
+        let root = root.into();
+        let debs = root.join("debs");
+        let partial = debs.join(".partial");
+        std::fs::create_dir_all(&partial).map_err(io_err(&partial, "create directory"))?;
+        Ok(Cache {
+            root,
+            debs,
+            partial,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the verified package with this hash lives (whether or not it is present).
+    pub fn deb_path(&self, sha256: &str) -> PathBuf {
+        self.debs.join(format!("{sha256}.deb"))
+    }
+
+    /// Where a download of this hash grows until it is verified.
+    pub fn partial_path(&self, sha256: &str) -> PathBuf {
+        self.partial.join(format!("{sha256}.part"))
+    }
+
+    /// Cheap presence check: the file exists and has `size` bytes. The content is trusted
+    /// because only [`Partial::finish`] puts files there; use [`Cache::verify`] to re-hash.
+    pub fn contains(&self, sha256: &str, size: u64) -> bool {
+        is_sha256_hex(sha256)
+            && std::fs::metadata(self.deb_path(sha256))
+                .is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Re-hash the cached file.
+    pub fn verify(&self, sha256: &str) -> Result<Verification, CacheError> {
+        check_digest(sha256)?;
+        let path = self.deb_path(sha256);
+        match sha256_file(&path) {
+            Ok((actual, _)) if actual == sha256 => Ok(Verification::Valid),
+            Ok((actual, _)) => Ok(Verification::Corrupt { actual }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Verification::Missing),
+            Err(e) => Err(io_err(&path, "read")(e)),
+        }
+    }
+
+    /// Delete a cached file (no error if it is absent).
+    pub fn remove(&self, sha256: &str) -> Result<(), CacheError> {
+        check_digest(sha256)?;
+        let path = self.deb_path(sha256);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, "remove")(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The hashes of all cached `.deb` files, sorted.
+    pub fn list(&self) -> Result<Vec<String>, CacheError> {
+        let dir = std::fs::read_dir(&self.debs).map_err(io_err(&self.debs, "list"))?;
+        let mut out: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let sha = name.strip_suffix(".deb")?;
+                is_sha256_hex(sha).then(|| sha.to_string())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Start or resume the download of a `size`-byte file with hash `sha256`. The bytes already
+    /// in its `.part` file are hashed so that writing can continue at [`Partial::len`]; a
+    /// `.part` longer than `size` is emptied.
+    pub fn partial(&self, sha256: &str, size: u64) -> Result<Partial, CacheError> {
+        check_digest(sha256)?;
+        let path = self.partial_path(sha256);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        let mut hasher = Sha256::new();
+        let existing = file.metadata().map_err(io_err(&path, "stat"))?.len();
+        let len = if existing > size {
+            file.set_len(0).map_err(io_err(&path, "truncate"))?;
+            0
+        } else {
+            let n = hash_into(&mut hasher, &mut file).map_err(io_err(&path, "read"))?;
+            if n != existing {
+                // The file changed under us; start over rather than guess.
+                file.set_len(0).map_err(io_err(&path, "truncate"))?;
+                hasher = Sha256::new();
+                0
+            } else {
+                n
+            }
+        };
+        file.seek(SeekFrom::Start(len))
+            .map_err(io_err(&path, "seek"))?;
+        Ok(Partial {
+            final_path: self.deb_path(sha256),
+            debs: self.debs.clone(),
+            path,
+            sha256: sha256.to_string(),
+            size,
+            file,
+            hasher,
+            len,
+        })
+    }
+
+    /// Copy a local file into the cache, verifying it against `sha256` and `size`.
+    pub fn insert_file(&self, src: &Path, sha256: &str, size: u64) -> Result<PathBuf, CacheError> {
+        let mut partial = self.partial(sha256, size)?;
+        partial.reset()?;
+        let mut f = File::open(src).map_err(io_err(src, "open"))?;
+        let mut buf = vec![0u8; HASH_BUF_SIZE];
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(src, "read"))?;
+            if n == 0 {
+                break;
+            }
+            partial.write(&buf[..n])?;
+        }
+        partial.finish()
+    }
+}
+
+/// A download in progress: bytes written here are hashed on the way to the `.part` file, and
+/// [`Partial::finish`] moves the file into the cache only if the hash matches.
+#[derive(Debug)]
+pub struct Partial {
+    path: PathBuf,
+    final_path: PathBuf,
+    debs: PathBuf,
+    sha256: String,
+    size: u64,
+    file: File,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl Partial {
+    /// Bytes written so far (including those found when resuming).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The size the file must reach.
+    pub fn expected_size(&self) -> u64 {
+        self.size
+    }
+
+    /// Append bytes. Refuses (writing nothing) if they would exceed the expected size.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), CacheError> {
+        let new_len = self.len + data.len() as u64;
+        if new_len > self.size {
+            return Err(CacheError::TooLarge {
+                path: self.path.clone(),
+                written: new_len,
+                expected: self.size,
+            });
+        }
+        self.file
+            .write_all(data)
+            .map_err(io_err(&self.path, "write"))?;
+        self.hasher.update(data);
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// Throw away the bytes written so far and start again from zero.
+    pub fn reset(&mut self) -> Result<(), CacheError> {
+        self.file
+            .set_len(0)
+            .map_err(io_err(&self.path, "truncate"))?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err(&self.path, "seek"))?;
+        self.hasher = Sha256::new();
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Check size and hash; on success sync the file, rename it to `debs/<sha256>.deb`, sync
+    /// the directory and return the final path. On a hash mismatch the partial file is deleted
+    /// (its bytes are wrong somewhere, so resuming from it is pointless).
+    pub fn finish(self) -> Result<PathBuf, CacheError> {
+        if self.len != self.size {
+            return Err(CacheError::Incomplete {
+                path: self.path,
+                found: self.len,
+                expected: self.size,
+            });
+        }
+        let actual = hex::encode(self.hasher.finalize());
+        if actual != self.sha256 {
+            drop(self.file);
+            let _ = std::fs::remove_file(&self.path);
+            return Err(CacheError::Mismatch {
+                path: self.path,
+                expected: self.sha256,
+                actual,
+            });
+        }
+        self.file.sync_all().map_err(io_err(&self.path, "sync"))?;
+        drop(self.file);
+        std::fs::rename(&self.path, &self.final_path)
+            .map_err(io_err(&self.final_path, "rename into"))?;
+        File::open(&self.debs)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.debs, "sync"))?;
+        Ok(self.final_path)
+    }
+
+    /// Delete the partial file.
+    pub fn discard(self) {
+        drop(self.file);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Feed everything `reader` yields into `hasher`; returns the byte count.
+fn hash_into(hasher: &mut Sha256, reader: &mut impl Read) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; HASH_BUF_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// The sha256 (lower-case hex) and length of everything `reader` yields.
+pub fn sha256_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let n = hash_into(&mut hasher, &mut reader)?;
+    Ok((hex::encode(hasher.finalize()), n))
+}
+
+/// The sha256 (lower-case hex) and length of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    sha256_reader(File::open(path)?)
+}
+
+/// The sha256 (lower-case hex) of a byte slice.
+pub fn sha256_bytes(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn partial_resumes_and_commits_only_matching_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data = b"hello, plinth".to_vec();
+        let sha = sha256_bytes(&data);
+        let mut p = cache.partial(&sha, data.len() as u64).unwrap();
+        p.write(&data[..5]).unwrap();
+        drop(p);
+        assert!(!cache.contains(&sha, data.len() as u64));
+        let mut p = cache.partial(&sha, data.len() as u64).unwrap();
+        assert_eq!(p.len(), 5);
+        assert!(p.write(&[0; 100]).is_err());
+        p.write(&data[5..]).unwrap();
+        let path = p.finish().unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), data);
+        assert!(cache.contains(&sha, data.len() as u64));
+        assert_eq!(cache.verify(&sha).unwrap(), Verification::Valid);
+        assert!(!cache.partial_path(&sha).exists());
+        assert_eq!(cache.list().unwrap(), vec![sha]);
+    }
+
+    #[test]
+    fn mismatch_deletes_partial_and_never_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let mut p = cache.partial(EMPTY, 3).unwrap();
+        p.write(b"abc").unwrap();
+        let err = p.finish().unwrap_err();
+        assert!(matches!(err, CacheError::Mismatch { .. }), "{err}");
+        assert!(!cache.partial_path(EMPTY).exists());
+        assert_eq!(cache.verify(EMPTY).unwrap(), Verification::Missing);
+        assert!(cache.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_non_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        assert!(!cache.contains("../../etc/passwd", 0));
+        assert!(matches!(
+            cache.partial("../x", 1),
+            Err(CacheError::BadDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn streaming_hash_matches_one_shot() {
+        let data: Vec<u8> = (0..3 * HASH_BUF_SIZE + 17).map(|i| i as u8).collect();
+        let (h, n) = sha256_reader(&data[..]).unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(h, sha256_bytes(&data));
+    }
+}
