@@ -600,9 +600,14 @@ fn duplicate_packages_are_fetched_once() {
 /// guest-os lock of the given packages; `test` profile = the first two packages.
 fn workspace(pkgs: &[Pkg]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for os in ["guest-os", "host-os", "setup-os"] {
+    // The project's own specs: fetch validates them (and warns that this lock is not theirs).
+    for (os, spec) in [
+        ("guest-os", include_str!("../../guest-os/os.yaml")),
+        ("host-os", include_str!("../../host-os/os.yaml")),
+        ("setup-os", include_str!("../../setup-os/os.yaml")),
+    ] {
         std::fs::create_dir(dir.path().join(os)).unwrap();
-        std::fs::write(dir.path().join(os).join("os.yaml"), "os: placeholder\n").unwrap();
+        std::fs::write(dir.path().join(os).join("os.yaml"), spec).unwrap();
     }
     let inputs = LockInputs {
         release: "bookworm".into(),
@@ -675,6 +680,11 @@ fn cli_offline_exit_codes_and_json() {
         "{stderr}"
     );
     assert!(stderr.contains(&pkgs[3].lock.sha256), "{stderr}");
+    // This lock was not resolved from these specs: fetch says so (and still fetches).
+    assert!(
+        stderr.contains("guest-os/packages.lock does not match guest-os/os.yaml"),
+        "{stderr}"
+    );
 
     let out = plinth(
         ws.path(),

@@ -5,11 +5,10 @@ use super::{Global, Output};
 use crate::packages::cache::Cache;
 use crate::packages::fetch::{fetch, FetchOptions, Progress};
 use crate::packages::lockfile::{Lock, LockedPackage};
-use crate::packages::mirror::{MirrorOverrides, Mirrors};
+use crate::packages::mirror::Mirrors;
 use crate::spec::UnknownProfile;
 use crate::workspace::Workspace;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
 Files enter the cache (debs/<sha256>.deb) only after their sha256 matched the
@@ -43,25 +42,16 @@ pub struct Args {
         value_parser = clap::value_parser!(u16).range(1..=64)
     )]
     pub jobs: u16,
-    /// Debian mirror for all suites but security [env: PLINTH_MIRROR].
-    #[arg(long, value_name = "URL")]
-    pub mirror: Option<String>,
-    /// Mirror for the -security suite [env: PLINTH_SECURITY_MIRROR].
-    #[arg(long, value_name = "URL")]
-    pub security_mirror: Option<String>,
-    /// Cache directory [env: PLINTH_CACHE_DIR; default:
-    /// $XDG_CACHE_HOME/plinth].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub mirrors: super::MirrorArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArg,
 }
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let ws = Workspace::discover(g.root.as_deref())?;
     let oses = Workspace::select(&args.os)?;
-    let overrides = MirrorOverrides {
-        main: args.mirror.clone(),
-        security: args.security_mirror.clone(),
-    };
+    let overrides = args.mirrors.overrides();
 
     // The packages to fetch, deduplicated across OSes; the first OS's mirror serves each.
     let mut packages: Vec<LockedPackage> = Vec::new();
@@ -78,13 +68,17 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             })?,
             None => lock.packages.iter().collect(),
         };
-        let mirrors = if args.offline {
-            None
-        } else {
-            let spec_path = ws.spec_path(os);
-            let spec = crate::spec::load(&spec_path, &ws.display(&spec_path))?;
-            Some(Mirrors::resolve(&spec.base, &overrides))
-        };
+        let spec_path = ws.spec_path(os);
+        let spec = crate::spec::load(&spec_path, &ws.display(&spec_path))?;
+        let disagreements = lock.disagreements(&spec);
+        if !disagreements.is_empty() {
+            out.warn(format!(
+                "{} does not match {os}/os.yaml ({}); fetching what the lock says\n  hint: run `plinth lock {os}`",
+                ws.display(&lock_path),
+                disagreements.join("; ")
+            ));
+        }
+        let mirrors = (!args.offline).then(|| Mirrors::resolve(&spec.base, &overrides));
         out.detail(format!("{os}: {} locked packages", selected.len()));
         for pkg in selected {
             if seen.insert(pkg.sha256.clone()) {
@@ -96,7 +90,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let root = Cache::resolve_root(args.cache.as_deref())?;
+    let root = Cache::resolve_root(args.cache.cache.as_deref())?;
     let cache = Cache::open(&root)?;
     out.detail(format!("cache: {}", root.display()));
     let options = FetchOptions {

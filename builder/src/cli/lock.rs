@@ -4,7 +4,7 @@
 use super::{CheckFailed, Global, Output};
 use crate::packages::archive::{Archive, Source};
 use crate::packages::lockfile::{Lock, LockError, LockInputs};
-use crate::packages::mirror::{MirrorOverrides, Mirrors};
+use crate::packages::mirror::Mirrors;
 use crate::packages::release::keyring_path;
 use crate::packages::resolve::{self, Request};
 use crate::spec::{self, OsSpec};
@@ -38,32 +38,17 @@ pub struct Args {
     pub archive: ArchiveArgs,
 }
 
-/// Where packages come from and how they are verified (shared by lock and fetch).
+/// Where packages come from and how they are verified.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ArchiveArgs {
-    /// Debian mirror for all suites but security [env: PLINTH_MIRROR].
-    #[arg(long, value_name = "URL")]
-    pub mirror: Option<String>,
-    /// Mirror for the -security suite [env: PLINTH_SECURITY_MIRROR].
-    #[arg(long, value_name = "URL")]
-    pub security_mirror: Option<String>,
+    #[command(flatten)]
+    pub mirrors: super::MirrorArgs,
     /// OpenPGP keyring that signs the archive [env: PLINTH_KEYRING;
     /// default: Debian's archive keyring].
     #[arg(long, value_name = "FILE")]
     pub keyring: Option<PathBuf>,
-    /// Cache directory [env: PLINTH_CACHE_DIR; default:
-    /// $XDG_CACHE_HOME/plinth].
-    #[arg(long, value_name = "DIR")]
-    pub cache: Option<PathBuf>,
-}
-
-impl ArchiveArgs {
-    pub fn overrides(&self) -> MirrorOverrides {
-        MirrorOverrides {
-            main: self.mirror.clone(),
-            security: self.security_mirror.clone(),
-        }
-    }
+    #[command(flatten)]
+    pub cache: super::CacheArg,
 }
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
@@ -169,7 +154,8 @@ fn lock(
 ) -> anyhow::Result<()> {
     let keyring = keyring_path(archive_args.keyring.as_deref());
     let index_cache =
-        crate::packages::cache::Cache::resolve_root(archive_args.cache.as_deref())?.join("indexes");
+        crate::packages::cache::Cache::resolve_root(archive_args.cache.cache.as_deref())?
+            .join("indexes");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -179,7 +165,7 @@ fn lock(
     let mut archives: BTreeMap<String, Archive> = BTreeMap::new();
     let mut report = LockReport { locks: Vec::new() };
     for (os, spec) in specs {
-        let mirrors = Mirrors::resolve(&spec.base, &archive_args.overrides());
+        let mirrors = Mirrors::resolve(&spec.base, &archive_args.mirrors.overrides());
         let key = format!("{:?}{:?}", spec.base, mirrors);
         if !archives.contains_key(&key) {
             out.info(format!(

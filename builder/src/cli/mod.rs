@@ -50,6 +50,35 @@ pub struct Global {
     pub root: Option<PathBuf>,
 }
 
+/// Mirror choices (lock and fetch).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MirrorArgs {
+    /// Debian mirror for all suites but security [env: PLINTH_MIRROR].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// Mirror for the -security suite [env: PLINTH_SECURITY_MIRROR].
+    #[arg(long, value_name = "URL")]
+    pub security_mirror: Option<String>,
+}
+
+impl MirrorArgs {
+    pub fn overrides(&self) -> crate::packages::mirror::MirrorOverrides {
+        crate::packages::mirror::MirrorOverrides {
+            main: self.mirror.clone(),
+            security: self.security_mirror.clone(),
+        }
+    }
+}
+
+/// The cache directory (lock keeps indexes there, fetch the packages).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheArg {
+    /// Cache directory [env: PLINTH_CACHE_DIR; default:
+    /// $XDG_CACHE_HOME/plinth].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     Check(check::Args),
