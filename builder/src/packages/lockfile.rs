@@ -297,22 +297,13 @@ impl Lock {
         os: &str,
         base: &crate::spec::Base,
         indexes: Vec<IndexDigest>,
-        profiles: BTreeMap<String, (LockInputs, Vec<super::resolve::Resolved>)>,
+        profiles: BTreeMap<String, (LockInputs, Vec<LockedPackage>)>,
     ) -> Lock {
         let mut all = std::collections::BTreeSet::new();
         let mut locked_profiles = BTreeMap::new();
         for (name, (inputs, resolved)) in profiles {
             let mut keys = Vec::new();
-            for r in resolved {
-                let pkg = LockedPackage {
-                    name: r.name,
-                    version: r.version,
-                    architecture: r.architecture,
-                    suite: r.suite,
-                    filename: r.filename,
-                    size: r.size,
-                    sha256: r.sha256,
-                };
+            for pkg in resolved {
                 keys.push(pkg.key());
                 all.insert(pkg);
             }

@@ -10,23 +10,12 @@
 
 use super::archive::Archive;
 use super::index::IndexEntry;
+use super::lockfile::LockedPackage;
 use crate::spec::{Base, PackageRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// A package apt chose, with the suite whose signed index lists it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Resolved {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    pub suite: String,
-    pub filename: String,
-    pub size: u64,
-    pub sha256: String,
-}
 
 /// Why a closure could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +68,7 @@ pub fn resolve(
     archive: &Archive,
     req: &Request<'_>,
     work: &Path,
-) -> Result<Vec<Resolved>, ResolveError> {
+) -> Result<Vec<LockedPackage>, ResolveError> {
     check_names(archive, req)?;
     let apt = AptRoot::create(work, archive, req)?;
     let base = &req.base;
@@ -112,7 +101,7 @@ pub fn resolve(
         .iter()
         .map(|uri| lookup.entry(uri, req))
         .collect::<Result<_, _>>()?;
-    let mut chosen: BTreeSet<Resolved> = first.iter().map(|e| lookup.resolved(e)).collect();
+    let mut chosen: BTreeSet<LockedPackage> = first.iter().map(|e| lookup.resolved(e)).collect();
     if stage2_args.len() > 1 {
         apt.write_status(&first)?;
         for uri in apt.print_uris(&stage2_args, req)? {
@@ -394,14 +383,14 @@ impl<'a> Lookup<'a> {
             .ok_or_else(not_found)
     }
 
-    /// The entry as a lock wants it; the suite is the first (in index order) that lists it.
-    fn resolved(&self, e: &IndexEntry) -> Resolved {
+    /// The entry as a lock records it; the suite is the first (in spec order) that lists it.
+    fn resolved(&self, e: &IndexEntry) -> LockedPackage {
         let suite = self.by_filename[e.filename.as_str()]
             .iter()
             .find(|(_, c)| c.sha256 == e.sha256)
             .map(|(s, _)| s.to_string())
             .unwrap_or_default();
-        Resolved {
+        LockedPackage {
             name: e.name.clone(),
             version: e.version.clone(),
             architecture: e.architecture.clone(),
