@@ -6,5 +6,6 @@
 
 pub mod cli;
 pub mod packages;
+pub mod pipeline;
 pub mod spec;
 pub mod workspace;

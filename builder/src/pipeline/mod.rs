@@ -1,0 +1,5 @@
+//! The image build pipeline, one module per stage, data flowing one way:
+//! rootfs → filesystems (ext4, verity, ESP) → UKI → disk → artifacts.
+//! Stages land one by one; `plinth build` appears when the whole chain works.
+
+pub mod ids;
