@@ -225,3 +225,143 @@ fn host_os_lock_equals_what_mmdebstrap_installs() {
 fn setup_os_lock_equals_what_mmdebstrap_installs() {
     compare_with_mmdebstrap("setup-os");
 }
+
+/// Build the guest-os `test` root filesystem (packages → normalize → ext4 → verity) into
+/// `work`; returns the verity root hash.
+fn build_guest_root(ws: &Path, cache_dir: &Path, work: &Path) -> String {
+    use plinth::packages::cache::Cache;
+    use plinth::packages::lockfile::Lock;
+    use plinth::pipeline::{ext4, ids::IdSource, normalize, rootfs, verity};
+    let spec = plinth::spec::load(&ws.join("guest-os/os.yaml"), "guest-os/os.yaml").unwrap();
+    let profile = spec.profile("test").unwrap();
+    let lock = Lock::read(&ws.join("guest-os/packages.lock"), "lock", "guest-os").unwrap();
+    let packages = lock.profile_packages("test").unwrap();
+    let cache = Cache::open(cache_dir).unwrap();
+    let epoch = 1_700_000_000;
+    let plan = rootfs::Plan {
+        profile: &profile,
+        packages: &packages,
+        cache: &cache,
+        epoch,
+    };
+    let root = rootfs::install(&plan, work).unwrap();
+    normalize::normalize(&root, "guest-os", epoch).unwrap();
+    let ids = IdSource {
+        os: "guest-os",
+        version: "0.0.0-test",
+    };
+    let part = |name: &str| {
+        profile
+            .partitions
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .size
+            .bytes()
+    };
+    let image = work.join("root-a.img");
+    ext4::make(&ext4::Ext4Plan {
+        root: &root,
+        image: &image,
+        size: part("root-a"),
+        uuid: &ids.uuid_string("root-a/fs-uuid"),
+        hash_seed: &ids.uuid_string("root-a/hash-seed"),
+        label: "root-a",
+        epoch,
+    })
+    .unwrap();
+    let hash = work.join("verity-a.img");
+    let tree = verity::format(
+        &image,
+        &hash,
+        &ids.hex("verity-a/salt"),
+        &ids.uuid_string("verity-a/uuid"),
+        part("verity-a"),
+    )
+    .unwrap();
+    verity::verify(&image, &hash, &tree.root_hash).unwrap();
+    tree.root_hash
+}
+
+/// Two builds of the GuestOS root filesystem, the second in another process with another
+/// work directory, umask, TZ, LANG and host name (its own UTS namespace): the ext4 images and
+/// the verity trees are byte-identical.
+#[test]
+#[ignore = "network tier: needs Debian's mirror"]
+fn guest_os_root_filesystem_is_reproducible() {
+    if let Ok(dirs) = std::env::var("PLINTH_REPRO_CHILD") {
+        // The second build, started by the first.
+        let mut it = dirs.split('\n');
+        let (ws, cache, work) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        println!(
+            "root hash {}",
+            build_guest_root(Path::new(ws), Path::new(cache), Path::new(work))
+        );
+        return;
+    }
+    let ws = scratch_workspace();
+    let cache = tempfile::tempdir().unwrap();
+    assert!(plinth(ws.path(), cache.path(), &["lock", "guest-os"])
+        .status
+        .success());
+    assert!(plinth(
+        ws.path(),
+        cache.path(),
+        &["fetch", "guest-os", "--profile", "test"]
+    )
+    .status
+    .success());
+    let first = tempfile::tempdir().unwrap();
+    let hash1 = build_guest_root(ws.path(), cache.path(), first.path());
+
+    let second = tempfile::Builder::new()
+        .prefix("other-place-")
+        .tempdir()
+        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args([
+            "--uts",
+            "sh",
+            "-c",
+            "hostname plinth-elsewhere && umask 077 && exec \"$@\"",
+            "sh",
+        ])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "guest_os_root_filesystem_is_reproducible",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(
+            "PLINTH_REPRO_CHILD",
+            format!(
+                "{}\n{}\n{}",
+                ws.path().display(),
+                cache.path().display(),
+                second.path().display()
+            ),
+        )
+        .env("TZ", "Pacific/Chatham")
+        .env("LANG", "fr_FR.UTF-8")
+        .current_dir(second.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "second build failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("root hash {hash1}")),
+        "root hashes differ: first {hash1}\n{stdout}"
+    );
+    for file in ["root-a.img", "verity-a.img"] {
+        let a = std::fs::read(first.path().join(file)).unwrap();
+        let b = std::fs::read(second.path().join(file)).unwrap();
+        assert!(a == b, "{file} differs between the two builds");
+    }
+    eprintln!("guest-os root: two builds, root hash {hash1}, ext4 and verity byte-identical");
+}

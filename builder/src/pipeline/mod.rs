@@ -2,4 +2,8 @@
 //! rootfs → filesystems (ext4, verity, ESP) → UKI → disk → artifacts.
 //! Stages land one by one; `plinth build` appears when the whole chain works.
 
+pub mod ext4;
 pub mod ids;
+pub mod normalize;
+pub mod rootfs;
+pub mod verity;

@@ -1,0 +1,212 @@
+//! The root filesystem image: ext4 made by `mke2fs -d` from the normalized tree, with the UUID
+//! and directory hash seed derived (never random), a fixed mke2fs configuration (the host's
+//! /etc/mke2fs.conf must not change the bytes), fake time, and then every inode's times
+//! clamped with `debugfs` (mke2fs copies ctime from the source tree, which cannot be set).
+//! `e2fsck -fn` must find nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+/// ext4 settings of plinth images: no journal (the root is read-only under dm-verity), 4 KiB
+/// blocks, checksummed metadata, no reserved blocks.
+const MKE2FS_CONF: &str = "\
+[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tenable_periodic_fsck = 0
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+\treserved_ratio = 0
+[fs_types]
+\text4 = {
+\t\tfeatures = extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+";
+
+/// What to make.
+#[derive(Debug, Clone, Copy)]
+pub struct Ext4Plan<'a> {
+    /// The tree to copy in.
+    pub root: &'a Path,
+    /// The image file to create.
+    pub image: &'a Path,
+    /// Bytes; the partition's size.
+    pub size: u64,
+    pub uuid: &'a str,
+    pub hash_seed: &'a str,
+    /// At most 16 bytes.
+    pub label: &'a str,
+    /// SOURCE_DATE_EPOCH: every inode time.
+    pub epoch: i64,
+}
+
+/// Why an ext4 image could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error("{image}: the tree {root} ({tree_mib} MiB in files) does not fit a {size_mib} MiB ext4 partition:\n{output}\n  hint: raise the partition's size in os.yaml (partition_sizes in the profile)")]
+    TooSmall {
+        image: String,
+        root: String,
+        tree_mib: u64,
+        size_mib: u64,
+        output: String,
+    },
+    #[error("{tool} failed on {image} ({status}):\n{output}\n  command: {command}")]
+    Tool {
+        tool: &'static str,
+        image: String,
+        status: String,
+        command: String,
+        output: String,
+    },
+    #[error("cannot run {tool}: {source}\n  hint: run ci/setup (installs e2fsprogs)")]
+    Missing {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{path}: a file name with a double quote or a line break cannot be given to debugfs\n  hint: rename it in the overlay or the package set")]
+    BadName { path: String },
+}
+
+/// Make the image and check it.
+pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
+    let io = |path: &Path, e: std::io::Error| Ext4Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let dir = plan.image.parent().unwrap_or(Path::new("."));
+    let conf = dir.join(".mke2fs.conf");
+    std::fs::write(&conf, MKE2FS_CONF).map_err(|e| io(&conf, e))?;
+    let _ = std::fs::remove_file(plan.image);
+    let file = std::fs::File::create(plan.image).map_err(|e| io(plan.image, e))?;
+    file.set_len(plan.size).map_err(|e| io(plan.image, e))?;
+    drop(file);
+
+    let mut mke2fs = Command::new("mke2fs");
+    mke2fs
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(plan.root)
+        .args(["-U", plan.uuid, "-L", plan.label])
+        .arg("-E")
+        .arg(format!("hash_seed={},root_owner=0:0", plan.hash_seed))
+        .arg(plan.image)
+        .env("MKE2FS_CONFIG", &conf)
+        .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string())
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C");
+    let out = run("mke2fs", plan.image, &mut mke2fs);
+    let _ = std::fs::remove_file(&conf);
+    if let Err(Ext4Error::Tool { output, .. }) = &out {
+        if output.contains("Could not allocate") || output.contains("No space left") {
+            return Err(Ext4Error::TooSmall {
+                image: plan.image.display().to_string(),
+                root: plan.root.display().to_string(),
+                tree_mib: tree_bytes(plan.root) >> 20,
+                size_mib: plan.size >> 20,
+                output: output.clone(),
+            });
+        }
+    }
+    out?;
+    clamp_inode_times(plan)?;
+    let mut fsck = Command::new("e2fsck");
+    fsck.arg("-fn").arg(plan.image);
+    run("e2fsck", plan.image, &mut fsck)?;
+    Ok(())
+}
+
+/// Set ctime, atime, mtime (when later) and crtime of every inode to at most `epoch`.
+fn clamp_inode_times(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
+    let paths = super::normalize::walk(plan.root).map_err(|e| Ext4Error::Io {
+        path: e.path,
+        message: e.message,
+    })?;
+    let mut script = String::new();
+    let stamp = debugfs_time(plan.epoch);
+    let mut targets = vec!["/".to_string()];
+    for path in &paths {
+        let rel = path.strip_prefix(plan.root).unwrap_or(path);
+        let text = format!("/{}", rel.display());
+        if text.contains('"') || text.contains('\n') {
+            return Err(Ext4Error::BadName { path: text });
+        }
+        targets.push(text);
+    }
+    for t in &targets {
+        for field in ["ctime", "crtime", "atime"] {
+            script.push_str(&format!("sif \"{t}\" {field} {stamp}\n"));
+        }
+    }
+    let script_path = plan.image.with_extension("debugfs");
+    std::fs::write(&script_path, script).map_err(|e| Ext4Error::Io {
+        path: script_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut debugfs = Command::new("debugfs");
+    debugfs
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(plan.image)
+        .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string());
+    let out = run("debugfs", plan.image, &mut debugfs);
+    let _ = std::fs::remove_file(&script_path);
+    let stderr = out?;
+    // debugfs reports a failed command on stderr and still exits 0.
+    if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs ")) {
+        return Err(Ext4Error::Tool {
+            tool: "debugfs",
+            image: plan.image.display().to_string(),
+            status: "a command failed".into(),
+            command: "debugfs -w -f <script>".into(),
+            output: line.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// debugfs's time format: `YYYYMMDDHHMMSS` in UTC.
+fn debugfs_time(t: i64) -> String {
+    let text = crate::packages::release::format_unix(t);
+    text.chars().filter(|c| c.is_ascii_digit()).collect()
+}
+
+fn tree_bytes(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    super::normalize::walk(root)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.size())
+        .sum()
+}
+
+/// Run a tool; its stderr on success (some tools report there), the output in the error.
+fn run(tool: &'static str, image: &Path, cmd: &mut Command) -> Result<String, Ext4Error> {
+    let out = cmd
+        .output()
+        .map_err(|source| Ext4Error::Missing { tool, source })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(Ext4Error::Tool {
+            tool,
+            image: image.display().to_string(),
+            status: out.status.to_string(),
+            command: format!("{cmd:?}"),
+            output: format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)),
+        });
+    }
+    Ok(stderr)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debugfs_time_format() {
+        assert_eq!(super::debugfs_time(1_700_000_000), "20231114221320");
+    }
+}
