@@ -6,4 +6,5 @@ pub mod ext4;
 pub mod ids;
 pub mod normalize;
 pub mod rootfs;
+pub mod uki;
 pub mod verity;
