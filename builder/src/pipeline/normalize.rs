@@ -92,6 +92,11 @@ pub const RULES: &[(&str, Action, &str)] = &[
     ("var/log/alternatives.log", Action::Remove, "log with times"),
     ("var/log/bootstrap.log", Action::Remove, "log with times"),
     ("var/log/apt", Action::Empty, "logs with times"),
+    (
+        "boot/initrd.img-*",
+        Action::Remove,
+        "made at package time; the UKI carries plinth's own",
+    ),
     ("tmp", Action::Empty, "scratch"),
     ("var/tmp", Action::Empty, "scratch"),
 ];
@@ -107,10 +112,32 @@ pub struct NormalizeError {
 /// Apply [`RULES`], drop Python byte-code caches, and clamp every time to `epoch`.
 pub fn normalize(root: &Path, os: &str, epoch: i64) -> Result<(), NormalizeError> {
     for (path, action, _why) in RULES {
-        apply(root, &root.join(path), *action, os)?;
+        for target in expand(root, path)? {
+            apply(root, &target, *action, os)?;
+        }
     }
     remove_pycache(root)?;
     clamp_times(root, epoch)
+}
+
+/// The paths a rule names: itself, or with a trailing `*` every entry of its directory whose
+/// name starts with what comes before the `*`.
+fn expand(root: &Path, rule: &str) -> Result<Vec<PathBuf>, NormalizeError> {
+    let Some(prefix) = rule.strip_suffix('*') else {
+        return Ok(vec![root.join(rule)]);
+    };
+    let (dir, start) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    let dir = root.join(dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(start))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> NormalizeError {
@@ -235,6 +262,9 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.join("tmp/junk"), "x").unwrap();
+        std::fs::create_dir_all(root.join("boot")).unwrap();
+        std::fs::write(root.join("boot/initrd.img-6.1.0-56-amd64"), "x").unwrap();
+        std::fs::write(root.join("boot/vmlinuz-6.1.0-56-amd64"), "k").unwrap();
         std::os::unix::fs::symlink(
             "/run/systemd/resolve/stub-resolv.conf",
             root.join("etc/resolv.conf"),
@@ -246,6 +276,8 @@ mod tests {
             "guest-os\n"
         );
         assert!(!root.join("etc/passwd-").exists());
+        assert!(!root.join("boot/initrd.img-6.1.0-56-amd64").exists());
+        assert!(root.join("boot/vmlinuz-6.1.0-56-amd64").exists());
         assert!(std::fs::symlink_metadata(root.join("etc/resolv.conf")).is_err());
         assert!(!root.join("usr/lib/python3/__pycache__").exists());
         assert!(root.join("var/cache/apt").is_dir());
