@@ -52,19 +52,10 @@ pub enum Ext4Error {
         size_mib: u64,
         output: String,
     },
-    #[error("{tool} failed on {image} ({status}):\n{output}\n  command: {command}")]
-    Tool {
-        tool: &'static str,
-        image: String,
-        status: String,
-        command: String,
-        output: String,
-    },
-    #[error("cannot run {tool}: {source}\n  hint: run ci/setup (installs e2fsprogs)")]
-    Missing {
-        tool: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tool(#[from] super::tool::ToolError),
+    #[error("debugfs could not set inode times in {image}: {line}")]
+    Debugfs { image: String, line: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
     #[error("{path}: a file name with a double quote or a line break cannot be given to debugfs\n  hint: rename it in the overlay or the package set")]
@@ -97,9 +88,9 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
         .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string())
         .env("TZ", "UTC")
         .env("LC_ALL", "C");
-    let out = run("mke2fs", plan.image, &mut mke2fs);
+    let out = run("mke2fs", &mut mke2fs);
     let _ = std::fs::remove_file(&conf);
-    if let Err(Ext4Error::Tool { output, .. }) = &out {
+    if let Err(Ext4Error::Tool(super::tool::ToolError::Failed { output, .. })) = &out {
         if output.contains("Could not allocate") || output.contains("No space left") {
             return Err(Ext4Error::TooSmall {
                 image: plan.image.display().to_string(),
@@ -114,7 +105,7 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
     clamp_inode_times(plan)?;
     let mut fsck = Command::new("e2fsck");
     fsck.arg("-fn").arg(plan.image);
-    run("e2fsck", plan.image, &mut fsck)?;
+    run("e2fsck", &mut fsck)?;
     Ok(())
 }
 
@@ -152,17 +143,14 @@ fn clamp_inode_times(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
         .arg(&script_path)
         .arg(plan.image)
         .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string());
-    let out = run("debugfs", plan.image, &mut debugfs);
+    let out = run("debugfs", &mut debugfs);
     let _ = std::fs::remove_file(&script_path);
     let stderr = out?;
     // debugfs reports a failed command on stderr and still exits 0.
     if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs ")) {
-        return Err(Ext4Error::Tool {
-            tool: "debugfs",
+        return Err(Ext4Error::Debugfs {
             image: plan.image.display().to_string(),
-            status: "a command failed".into(),
-            command: "debugfs -w -f <script>".into(),
-            output: line.to_string(),
+            line: line.to_string(),
         });
     }
     Ok(())
@@ -185,22 +173,9 @@ fn tree_bytes(root: &Path) -> u64 {
         .sum()
 }
 
-/// Run a tool; its stderr on success (some tools report there), the output in the error.
-fn run(tool: &'static str, image: &Path, cmd: &mut Command) -> Result<String, Ext4Error> {
-    let out = cmd
-        .output()
-        .map_err(|source| Ext4Error::Missing { tool, source })?;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        return Err(Ext4Error::Tool {
-            tool,
-            image: image.display().to_string(),
-            status: out.status.to_string(),
-            command: format!("{cmd:?}"),
-            output: format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)),
-        });
-    }
-    Ok(stderr)
+/// Run an e2fsprogs tool; its stderr (debugfs reports failed commands there).
+fn run(tool: &'static str, cmd: &mut Command) -> Result<String, Ext4Error> {
+    Ok(super::tool::run(tool, "e2fsprogs", cmd)?.stderr)
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ pub mod ids;
 pub mod initrd;
 pub mod normalize;
 pub mod rootfs;
+pub mod tool;
 pub mod uki;
 pub mod verity;

@@ -28,18 +28,8 @@ pub enum RootfsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{tool} failed ({status}):\n{output}\n  command: {command}")]
-    Tool {
-        tool: &'static str,
-        status: String,
-        command: String,
-        output: String,
-    },
-    #[error("cannot run {tool}: {source}\n  hint: run ci/setup (installs mmdebstrap, apt-utils and util-linux)")]
-    Missing {
-        tool: &'static str,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Tool(#[from] super::tool::ToolError),
     #[error("{os} ({profile}): the installed packages differ from the lock\n  installed but not locked: {}\n  locked but not installed: {}\n  hint: the lock no longer matches how apt resolves; run `plinth lock {os}`", extra.join(", "), absent.join(", "))]
     Mismatch {
         os: String,
@@ -104,16 +94,18 @@ fn local_repository(plan: &Plan<'_>, repo: &Path) -> Result<(), RootfsError> {
         .join("main")
         .join(format!("binary-{}", p.base.architecture));
     mkdir(&index_dir)?;
-    let packages = run_capture(
+    let packages = run(
         "apt-ftparchive",
+        "apt-utils",
         Command::new("apt-ftparchive")
             .current_dir(repo)
             .args(["packages", "pool"]),
     )?;
     let index = index_dir.join("Packages");
     std::fs::write(&index, packages).map_err(io("writing", &index))?;
-    let release = run_capture(
+    let release = run(
         "apt-ftparchive",
+        "apt-utils",
         Command::new("apt-ftparchive")
             .current_dir(&dist)
             .arg("-o")
@@ -158,13 +150,14 @@ fn mmdebstrap(plan: &Plan<'_>, repo: &Path, root: &Path) -> Result<(), RootfsErr
         .env("LC_ALL", "C.UTF-8")
         .env("TZ", "UTC")
         .env("HOME", "/root");
-    run_capture("mmdebstrap", &mut cmd).map(|_| ())
+    run("mmdebstrap", "mmdebstrap", &mut cmd).map(|_| ())
 }
 
 /// The installed set must be exactly the locked set.
 fn check_installed(plan: &Plan<'_>, root: &Path) -> Result<(), RootfsError> {
-    let out = run_capture(
+    let out = run(
         "dpkg-query",
+        "dpkg",
         Command::new("dpkg-query")
             .arg(format!(
                 "--admindir={}",
@@ -192,6 +185,15 @@ fn mkdir(path: &Path) -> Result<(), RootfsError> {
     std::fs::create_dir_all(path).map_err(io("creating", path))
 }
 
+/// Run a tool; its stdout.
+fn run(
+    tool: &'static str,
+    package: &'static str,
+    cmd: &mut Command,
+) -> Result<Vec<u8>, RootfsError> {
+    Ok(super::tool::run(tool, package, cmd)?.stdout)
+}
+
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
     let path = path.display().to_string();
     move |source| RootfsError::Io {
@@ -199,31 +201,4 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Rootf
         path,
         source,
     }
-}
-
-/// Run a tool; its stdout on success, its whole output in the error otherwise.
-fn run_capture(tool: &'static str, cmd: &mut Command) -> Result<Vec<u8>, RootfsError> {
-    let out = cmd
-        .output()
-        .map_err(|source| RootfsError::Missing { tool, source })?;
-    if !out.status.success() {
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(40)..];
-        return Err(RootfsError::Tool {
-            tool,
-            status: out.status.to_string(),
-            command: format!("{cmd:?}"),
-            output: tail
-                .iter()
-                .map(|l| format!("    {l}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        });
-    }
-    Ok(out.stdout)
 }

@@ -21,16 +21,8 @@ pub struct VerityTree {
 /// Why the hash tree could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {
-    #[error("veritysetup {verb} failed on {data} ({status}):\n{output}\n  command: {command}")]
-    Tool {
-        verb: &'static str,
-        data: String,
-        status: String,
-        command: String,
-        output: String,
-    },
-    #[error("cannot run veritysetup: {0}\n  hint: run ci/setup (installs cryptsetup-bin)")]
-    Missing(std::io::Error),
+    #[error(transparent)]
+    Tool(#[from] super::tool::ToolError),
     #[error("veritysetup printed no root hash for {data}:\n{output}")]
     NoRootHash { data: String, output: String },
     #[error("{hash}: the hash tree needs {needed} bytes but its partition has {available}\n  hint: raise the verity partition's size in os.yaml")]
@@ -61,7 +53,7 @@ pub fn format(
         .arg(data)
         .arg(hash)
         .env("LC_ALL", "C");
-    let stdout = run("format", data, &mut cmd)?;
+    let stdout = run(&mut cmd)?;
     let root_hash = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Root hash:"))
@@ -88,20 +80,9 @@ pub fn format(
 pub fn verify(data: &Path, hash: &Path, root_hash: &str) -> Result<(), VerityError> {
     let mut cmd = Command::new("veritysetup");
     cmd.arg("verify").arg(data).arg(hash).arg(root_hash);
-    run("verify", data, &mut cmd).map(|_| ())
+    run(&mut cmd).map(|_| ())
 }
 
-fn run(verb: &'static str, data: &Path, cmd: &mut Command) -> Result<String, VerityError> {
-    let out = cmd.output().map_err(VerityError::Missing)?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(VerityError::Tool {
-            verb,
-            data: data.display().to_string(),
-            status: out.status.to_string(),
-            command: format!("{cmd:?}"),
-            output: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
-        });
-    }
-    Ok(stdout)
+fn run(cmd: &mut Command) -> Result<String, VerityError> {
+    Ok(super::tool::run("veritysetup", "cryptsetup-bin", cmd)?.stdout_text())
 }
