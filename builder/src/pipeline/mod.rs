@@ -2,12 +2,14 @@
 //! rootfs → filesystems (ext4, verity, ESP) → UKI → disk → artifacts.
 //! Stages land one by one; `plinth build` appears when the whole chain works.
 
+pub mod agent;
 pub mod disk;
 pub mod esp;
 pub mod ext4;
 pub mod ids;
 pub mod initrd;
 pub mod normalize;
+pub mod overlay;
 pub mod rootfs;
 pub mod tool;
 pub mod uki;
