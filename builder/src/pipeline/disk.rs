@@ -127,6 +127,12 @@ impl<'a> DiskLayout<'a> {
     }
 }
 
+/// The unique GUID of partition `name` (lower-case text), as [`write_disk`] sets it; the kernel
+/// command line names partitions by it (`PARTUUID=`).
+pub fn part_guid(ids: &IdSource, name: &str) -> String {
+    ids.uuid_string(&format!("{name}/part-guid"))
+}
+
 /// One partition as written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WrittenPartition {
@@ -307,7 +313,7 @@ pub fn write_disk(layout: &DiskLayout, out: &Path) -> Result<WrittenDisk, DiskEr
     for (i, (p, at)) in layout.partitions.iter().zip(&placed).enumerate() {
         let number = i as u32 + 1;
         let type_guid = type_guid(p.role, p.filesystem);
-        let part_guid = layout.ids.uuid_string(&format!("{}/part-guid", p.name));
+        let part_guid = part_guid(&layout.ids, &p.name);
         table.insert(
             number,
             GptPartition {

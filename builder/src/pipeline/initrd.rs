@@ -1,7 +1,8 @@
 //! The initrd, made by dracut inside the image's own root (so its kernel modules, systemd and
 //! libraries are the image's): systemd-based, with `systemd-veritysetup` to open the dm-verity
 //! root, not host-specific, and reproducible (`--reproducible`, SOURCE_DATE_EPOCH). It runs in
-//! a private mount namespace (the /proc, /sys and /dev it needs vanish with it) with no network.
+//! a private mount namespace (the /proc, /sys and /dev it needs vanish with it) with no network,
+//! under umask 022 (dracut's files and device nodes take their modes from the umask).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +65,7 @@ pub fn build(root: &Path, epoch: i64, out: &Path) -> Result<Initrd, InitrdError>
     let inside = "/var/tmp/plinth-initrd.img";
     let script = format!(
         "set -e
+umask 022
 mount -t proc proc \"$1/proc\"
 mount --rbind /sys \"$1/sys\"
 mount --rbind /dev \"$1/dev\"

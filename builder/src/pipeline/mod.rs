@@ -3,6 +3,7 @@
 //! Stages land one by one; `plinth build` appears when the whole chain works.
 
 pub mod agent;
+pub mod build;
 pub mod disk;
 pub mod esp;
 pub mod ext4;

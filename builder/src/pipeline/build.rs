@@ -1,0 +1,331 @@
+//! One OS profile from its lock to a disk image: a flat list of stages, each a call into its
+//! own module, read top to bottom (mkosi's shape). Packages → overlay → agent → initrd →
+//! normalize → ext4 → verity → UKI per slot → ESP → disk. Everything is written below the
+//! build's own work directory; artifacts are assembled from [`Built`] by the caller.
+
+use super::{
+    agent, disk, esp, ext4, ids::IdSource, initrd, normalize, overlay, rootfs, uki, verity,
+};
+use crate::packages::cache::Cache;
+use crate::packages::lockfile::LockedPackage;
+use crate::spec::{Partition, Profile, Role, Slot};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where systemd-stub and systemd-boot are inside the image root (package systemd-boot-efi):
+/// the UKI's stub and the boot loader come from the locked packages, not from the build host.
+pub const STUB_IN_ROOT: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
+pub const BOOTLOADER_IN_ROOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// What one build needs.
+pub struct BuildPlan<'a> {
+    /// The plinth source tree (overlay and agent sources).
+    pub workspace: &'a Path,
+    pub profile: &'a Profile,
+    /// The lock's packages of this profile.
+    pub packages: &'a [&'a LockedPackage],
+    pub cache: &'a Cache,
+    /// Where the agent is compiled (shared between builds; the result does not depend on it).
+    pub agent_target: &'a Path,
+    pub version: &'a str,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: i64,
+    /// An empty directory this build owns.
+    pub work: &'a Path,
+    /// Receives one line per finished stage.
+    pub log: &'a dyn Fn(&str),
+}
+
+/// The outputs of one boot slot (or of the single slot of an OS without A/B).
+#[derive(Debug, Clone)]
+pub struct SlotBuild {
+    pub slot: Option<Slot>,
+    pub root_partition: String,
+    pub verity_partition: String,
+    pub cmdline: String,
+    pub uki: PathBuf,
+    /// PCR 11 after systemd-stub measured this UKI (hex).
+    pub pcr11: String,
+}
+
+/// Everything a build produced, for the artifact stage.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub root_dir: PathBuf,
+    pub kernel: PathBuf,
+    pub kernel_release: String,
+    pub initrd: PathBuf,
+    pub root_image: PathBuf,
+    pub verity_image: PathBuf,
+    pub root_hash: String,
+    pub slots: Vec<SlotBuild>,
+    pub esp_image: Option<PathBuf>,
+    pub disk: PathBuf,
+    pub written: disk::WrittenDisk,
+}
+
+/// A stage that failed; the message names the stage and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{os}: stage {stage}: {source}")]
+    Stage {
+        os: String,
+        stage: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{os}: root partition `{root}` has no verity partition in the same slot\n  hint: add a partition with `role: verity` (filesystem raw) next to it in os.yaml")]
+    NoVerity { os: String, root: String },
+    #[error("{os}: no partition with `role: root` in this profile\n  hint: os.yaml needs a root partition (or an A/B pair)")]
+    NoRoot { os: String },
+    #[error("{os}: {path} is not in the image\n  hint: the package systemd-boot-efi must be in os.yaml's packages")]
+    NotInImage { os: String, path: String },
+}
+
+/// Build the disk of `plan.profile`.
+pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
+    let p = plan.profile;
+    let os = p.os.as_str();
+    let ids = IdSource {
+        os,
+        version: plan.version,
+    };
+    let slots = slot_partitions(p)?;
+    let stage = |name: &'static str| StageRunner {
+        os,
+        name,
+        log: plan.log,
+        start: Instant::now(),
+    };
+
+    let rplan = rootfs::Plan {
+        profile: p,
+        packages: plan.packages,
+        cache: plan.cache,
+        epoch: plan.epoch,
+    };
+    let root = stage("packages").run(|| rootfs::install(&rplan, plan.work))?;
+    let overlay_dir = plan.workspace.join(os).join("rootfs");
+    stage("overlay").run(|| overlay::apply(&overlay_dir, &root))?;
+    if let Some(name) = agent::agent_for(os) {
+        stage("agent").run(|| {
+            let bin = agent::build(plan.workspace, name, plan.agent_target)?;
+            agent::install(&bin, &root, name)
+        })?;
+    }
+    let boot =
+        stage("initrd").run(|| initrd::build(&root, plan.epoch, &plan.work.join("initrd.img")))?;
+    // Kept outside the root: the UKI carries them, and the stub and boot loader come from the
+    // image's own packages.
+    let kernel = plan.work.join("vmlinuz");
+    let stub = plan.work.join("linuxx64.efi.stub");
+    let bootloader = plan.work.join("systemd-bootx64.efi");
+    for (from, to) in [
+        (boot.kernel.clone(), &kernel),
+        (root.join(STUB_IN_ROOT), &stub),
+        (root.join(BOOTLOADER_IN_ROOT), &bootloader),
+    ] {
+        std::fs::copy(&from, to).map_err(|_| BuildError::NotInImage {
+            os: os.to_string(),
+            path: from
+                .strip_prefix(&root)
+                .unwrap_or(&from)
+                .display()
+                .to_string(),
+        })?;
+    }
+    let osrel = std::fs::read(root.join("usr/lib/os-release")).map_err(|e| BuildError::Stage {
+        os: os.to_string(),
+        stage: "uki",
+        source: Box::new(e),
+    })?;
+    stage("normalize").run(|| normalize::normalize(&root, os, plan.epoch))?;
+
+    // One root image and hash tree serve every slot: their ids do not name a slot.
+    let (first_root, first_verity) = (&slots[0].0, &slots[0].1);
+    let root_image = plan.work.join("root.img");
+    stage("ext4").run(|| {
+        ext4::make(&ext4::Ext4Plan {
+            root: &root,
+            image: &root_image,
+            size: first_root.size.bytes(),
+            uuid: &ids.uuid_string("root/fs-uuid"),
+            hash_seed: &ids.uuid_string("root/hash-seed"),
+            label: "root",
+            epoch: plan.epoch,
+        })
+    })?;
+    let verity_image = plan.work.join("verity.img");
+    let tree = stage("verity").run(|| {
+        verity::format(
+            &root_image,
+            &verity_image,
+            &ids.hex("root/verity-salt"),
+            &ids.uuid_string("root/verity-uuid"),
+            first_verity.size.bytes(),
+        )
+    })?;
+
+    let stub_bytes = read(os, "uki", &stub)?;
+    let linux = read(os, "uki", &kernel)?;
+    let initrd_bytes = read(os, "uki", &boot.initrd)?;
+    let mut slot_builds = Vec::new();
+    for (root_part, verity_part) in &slots {
+        let cmdline = format!(
+            "{} roothash={} systemd.verity_root_data=PARTUUID={} systemd.verity_root_hash=PARTUUID={} root=/dev/mapper/root ro",
+            p.cmdline.join(" "),
+            tree.root_hash,
+            disk::part_guid(&ids, &root_part.name),
+            disk::part_guid(&ids, &verity_part.name),
+        );
+        let sections = uki::UkiSections {
+            osrel: &osrel,
+            cmdline: &cmdline,
+            uname: &boot.kernel_release,
+            linux: &linux,
+            initrd: &initrd_bytes,
+        };
+        let path = plan
+            .work
+            .join(format!("{}.efi", uki_name(os, root_part.slot)));
+        let pcr11 = stage("uki").run(|| {
+            let bytes = uki::build_uki(&stub_bytes, &sections)?;
+            std::fs::write(&path, &bytes)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hex::encode(uki::predict_pcr11(
+                &bytes,
+            )?))
+        })?;
+        slot_builds.push(SlotBuild {
+            slot: root_part.slot,
+            root_partition: root_part.name.clone(),
+            verity_partition: verity_part.name.clone(),
+            cmdline,
+            uki: path,
+            pcr11,
+        });
+    }
+
+    // A fresh disk boots slot A (or the only slot); slot B stays empty until an update.
+    let first = &slot_builds[0];
+    let esp_part = p.partitions.iter().find(|q| q.role == Role::Esp);
+    let esp_image = match esp_part {
+        Some(part) => {
+            let image = plan.work.join("esp.img");
+            let entry = format!("{}.efi", uki_name(os, first.slot));
+            let loader_conf = plan.work.join("loader.conf");
+            std::fs::write(&loader_conf, format!("timeout 0\ndefault {entry}\n")).map_err(|e| {
+                BuildError::Stage {
+                    os: os.to_string(),
+                    stage: "esp",
+                    source: Box::new(e),
+                }
+            })?;
+            let files = [
+                esp::FatFile::new("EFI/BOOT/BOOTX64.EFI", &bootloader),
+                esp::FatFile::new("EFI/systemd/systemd-bootx64.efi", &bootloader),
+                esp::FatFile::new(format!("EFI/Linux/{entry}"), &first.uki),
+                esp::FatFile::new("loader/loader.conf", &loader_conf),
+            ];
+            let opts = esp::FatOptions {
+                size: part.size.bytes(),
+                volume_id: esp::volume_id(&ids, "esp/volume-id"),
+                label: "ESP".into(),
+                epoch: plan.epoch,
+            };
+            stage("esp").run(|| esp::write_fat(&image, &opts, &files))?;
+            Some(image)
+        }
+        None => None,
+    };
+
+    let disk_path = plan.work.join("disk.img");
+    let written = stage("disk").run(|| {
+        let mut layout = disk::DiskLayout::from_profile(ids, p)
+            .with_source(&first.root_partition, &root_image)?
+            .with_source(&first.verity_partition, &verity_image)?;
+        if let (Some(part), Some(image)) = (esp_part, &esp_image) {
+            layout = layout.with_source(&part.name, image)?;
+        }
+        disk::write_disk(&layout, &disk_path)
+    })?;
+    Ok(Built {
+        root_dir: root,
+        kernel,
+        kernel_release: boot.kernel_release,
+        initrd: boot.initrd,
+        root_image,
+        verity_image,
+        root_hash: tree.root_hash,
+        slots: slot_builds,
+        esp_image,
+        disk: disk_path,
+        written,
+    })
+}
+
+/// `guest-os-a` for slot A, `setup-os` for a single-slot OS.
+pub fn uki_name(os: &str, slot: Option<Slot>) -> String {
+    match slot {
+        Some(Slot::A) => format!("{os}-a"),
+        Some(Slot::B) => format!("{os}-b"),
+        None => os.to_string(),
+    }
+}
+
+/// (root, verity) partitions per slot, slot A first.
+fn slot_partitions(p: &Profile) -> Result<Vec<(Partition, Partition)>, BuildError> {
+    let mut out = Vec::new();
+    for root in p.partitions.iter().filter(|q| q.role == Role::Root) {
+        let verity = p
+            .partitions
+            .iter()
+            .find(|q| q.role == Role::Verity && q.slot == root.slot)
+            .ok_or_else(|| BuildError::NoVerity {
+                os: p.os.clone(),
+                root: root.name.clone(),
+            })?;
+        out.push((root.clone(), verity.clone()));
+    }
+    out.sort_by_key(|(r, _)| r.slot);
+    if out.is_empty() {
+        return Err(BuildError::NoRoot { os: p.os.clone() });
+    }
+    Ok(out)
+}
+
+fn read(os: &str, stage: &'static str, path: &Path) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|e| BuildError::Stage {
+        os: os.to_string(),
+        stage,
+        source: format!("reading {}: {e}", path.display()).into(),
+    })
+}
+
+/// Runs one stage: logs its name and time, and names it in its error.
+struct StageRunner<'a> {
+    os: &'a str,
+    name: &'static str,
+    log: &'a dyn Fn(&str),
+    start: Instant,
+}
+
+impl StageRunner<'_> {
+    fn run<T, E>(self, f: impl FnOnce() -> Result<T, E>) -> Result<T, BuildError>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let result = f().map_err(|e| BuildError::Stage {
+            os: self.os.to_string(),
+            stage: self.name,
+            source: e.into(),
+        });
+        if result.is_ok() {
+            (self.log)(&format!(
+                "{}: {} done in {:.1} s",
+                self.os,
+                self.name,
+                self.start.elapsed().as_secs_f64()
+            ));
+        }
+        result
+    }
+}
