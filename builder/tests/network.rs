@@ -251,6 +251,51 @@ fn build_guest_disk(ws: &Path, cache_dir: &Path, work: &Path) -> String {
         log: &log,
     };
     let built = build::build(&plan).unwrap();
+    // The release directory of the first build: SHA256SUMS checks, the manifest records
+    // every output and the measurements.
+    if std::env::var_os("PLINTH_REPRO_CHILD").is_none() {
+        let release_dir = work.join("release");
+        let manifest = plinth::pipeline::release::assemble(
+            &built,
+            &plinth::pipeline::release::ReleaseInputs {
+                profile: &profile,
+                version: "0.0.0-test",
+                epoch: 1_700_000_000,
+                source_commit: "0000000000000000000000000000000000000000",
+                lock_sha256: &"0".repeat(64),
+                os_spec_sha256: &"0".repeat(64),
+                packages: &packages,
+            },
+            &release_dir,
+        )
+        .unwrap();
+        let check = Command::new("sha256sum")
+            .args(["-c", "SHA256SUMS"])
+            .current_dir(&release_dir)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let names: Vec<&str> = manifest.outputs.iter().map(|o| o.name.as_str()).collect();
+        for name in [
+            "disk-img.tar.zst",
+            "update-img.tar.zst",
+            "sbom.spdx.json",
+            "vmlinuz",
+            "initrd.img",
+            "cmdline-guest-os-a.txt",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        assert_eq!(manifest.measurements.slots.len(), 2);
+        assert_eq!(
+            manifest.measurements.slots[0].verity_root_hash,
+            built.root_hash
+        );
+    }
     let sgdisk = Command::new("sgdisk")
         .arg("-v")
         .arg(&built.disk)

@@ -4,6 +4,7 @@
 //! spec, a hash mismatch, a download that could not complete); 2 bad input or usage (an invalid
 //! spec or lock, an unknown OS, a wrong flag).
 
+mod build;
 mod check;
 mod fetch;
 mod lock;
@@ -21,7 +22,8 @@ Exit codes: 0 ok, 1 a check or operation failed, 2 bad input or usage.
 Examples:
   plinth check                      validate all os.yaml specs
   plinth lock all                   resolve and pin every OS's packages
-  plinth fetch guest-os --offline   list what the cache lacks, download nothing";
+  plinth fetch guest-os --offline   list what the cache lacks, download nothing
+  plinth build guest-os --profile test   build the small GuestOS image into out/";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -82,6 +84,7 @@ pub struct CacheArg {
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     Check(check::Args),
+    Build(build::Args),
     Lock(lock::Args),
     Fetch(fetch::Args),
 }
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let out = Output::new(&cli.global);
     let result = match cli.verb {
         Verb::Check(args) => check::run(&cli.global, &out, args),
+        Verb::Build(args) => build::run(&cli.global, &out, args),
         Verb::Lock(args) => lock::run(&cli.global, &out, args),
         Verb::Fetch(args) => fetch::run(&cli.global, &out, args),
     };

@@ -3,15 +3,19 @@
 //! Stages land one by one; `plinth build` appears when the whole chain works.
 
 pub mod agent;
+pub mod artifacts;
 pub mod build;
 pub mod disk;
 pub mod esp;
 pub mod ext4;
 pub mod ids;
 pub mod initrd;
+pub mod manifest;
 pub mod normalize;
 pub mod overlay;
+pub mod release;
 pub mod rootfs;
+pub mod sbom;
 pub mod tool;
 pub mod uki;
 pub mod verity;

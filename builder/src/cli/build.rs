@@ -1,0 +1,257 @@
+//! `plinth build`: build the images of one OS (or all) from their locks into
+//! `out/<os>/<version>/`: disk and update archives, GuestOS direct-boot parts, SBOM, manifest
+//! and SHA256SUMS.
+
+use super::{BadInput, CheckFailed, Global, Output};
+use crate::packages::cache::{sha256_file, Cache};
+use crate::packages::fetch::{fetch, FetchOptions, Progress};
+use crate::packages::lockfile::{Lock, LockedPackage};
+use crate::packages::mirror::Mirrors;
+use crate::pipeline::{build, release};
+use crate::spec;
+use crate::workspace::Workspace;
+use anyhow::Context;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+const AFTER_HELP: &str = "\
+Needs root (mmdebstrap, chroot, namespaces). Locked packages missing from the
+cache are fetched first (sha256-verified) unless --offline; the build itself
+uses no network. SOURCE_DATE_EPOCH is the source commit's time.
+
+Examples:
+  plinth build                          every OS, prod profile, into out/
+  plinth build guest-os --profile test  the small CI image
+  plinth build all --out /srv/release --release-version 1.2.0";
+
+/// Build reproducible disk and update images from the locked packages.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// guest-os, host-os, setup-os or all.
+    #[arg(default_value = "all", value_name = "OS")]
+    pub os: String,
+    /// Profile to build.
+    #[arg(long, default_value = "prod", value_name = "NAME")]
+    pub profile: String,
+    /// Release directory root: images go to <OUT>/<os>/<version>/.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Version recorded in the release [default: the plinth version].
+    #[arg(long, value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// Time of every file in the images [default: the commit time].
+    #[arg(long, value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
+    /// Work directory (kept afterwards) [default: a temporary one].
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+    /// Do not fetch missing packages; fail if the cache lacks any.
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub mirrors: super::MirrorArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArg,
+}
+
+#[derive(Serialize)]
+struct Report {
+    releases: Vec<ReleaseSummary>,
+}
+
+#[derive(Serialize)]
+struct ReleaseSummary {
+    os: String,
+    profile: String,
+    version: String,
+    dir: String,
+    manifest: crate::pipeline::manifest::Manifest,
+}
+
+pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
+    let ws = Workspace::discover(g.root.as_deref())?;
+    let oses = Workspace::select(&args.os)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(BadInput(
+            "plinth build needs root: mmdebstrap installs packages in a chroot, and stages run in their own namespaces\n  hint: run it as root (CI runs as root)".into(),
+        )
+        .into());
+    }
+    let version = args
+        .release_version
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+    if version.is_empty()
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-+_".contains(c))
+    {
+        return Err(BadInput(format!(
+            "--release-version `{version}`: expected letters, digits and . - + _ only"
+        ))
+        .into());
+    }
+    let (commit, commit_time) = source_commit(&ws.root);
+    let epoch = match (args.source_date_epoch, commit_time) {
+        (Some(e), _) => e,
+        (None, Some(t)) => t,
+        (None, None) => {
+            return Err(BadInput(format!(
+                "{} is not a git checkout, so there is no commit time for SOURCE_DATE_EPOCH\n  hint: pass --source-date-epoch SECONDS",
+                ws.root.display()
+            ))
+            .into())
+        }
+    };
+    let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
+    let agent_target = cache.root().join("agent-target");
+    let mut report = Report {
+        releases: Vec::new(),
+    };
+    for os in oses {
+        let spec_path = ws.spec_path(os);
+        let spec_display = ws.display(&spec_path);
+        let spec = spec::load(&spec_path, &spec_display)?;
+        let profile = spec.profile(&args.profile)?;
+        let lock_path = ws.lock_path(os);
+        let lock_display = ws.display(&lock_path);
+        let lock = Lock::read(&lock_path, &lock_display, os)?;
+        let disagreements = lock.disagreements(&spec);
+        if !disagreements.is_empty() {
+            return Err(CheckFailed(format!(
+                "{lock_display} does not match {spec_display}: {}\n  hint: run `plinth lock {os}` and commit the result",
+                disagreements.join("; ")
+            ))
+            .into());
+        }
+        let packages = lock
+            .profile_packages(&args.profile)
+            .context("the lock has no such profile")?;
+        ensure_cached(out, &args, &spec, &packages, &cache)?;
+
+        let temp;
+        let work = match &args.work {
+            Some(w) => {
+                let dir = w.join(format!("{os}-{}", args.profile));
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("clearing {}", dir.display()))?;
+                }
+                dir
+            }
+            None => {
+                temp = tempfile::Builder::new()
+                    .prefix(&format!("plinth-build-{os}-"))
+                    .tempdir()
+                    .context("creating a work directory")?;
+                temp.path().to_path_buf()
+            }
+        };
+        out.info(format!(
+            "{os} ({}): building version {version}, SOURCE_DATE_EPOCH={epoch}, in {}",
+            args.profile,
+            work.display()
+        ));
+        let log = |line: &str| out.info(format!("  {line}"));
+        let plan = build::BuildPlan {
+            workspace: &ws.root,
+            profile: &profile,
+            packages: &packages,
+            cache: &cache,
+            agent_target: &agent_target,
+            version: &version,
+            epoch,
+            work: &work.join("build"),
+            log: &log,
+        };
+        let built = build::build(&plan)?;
+        let dir = args.out.join(os).join(&version);
+        let inputs = release::ReleaseInputs {
+            profile: &profile,
+            version: &version,
+            epoch,
+            source_commit: &commit,
+            lock_sha256: &sha256_file(&lock_path)?.0,
+            os_spec_sha256: &sha256_file(&spec_path)?.0,
+            packages: &packages,
+        };
+        let manifest = release::assemble(&built, &inputs, &dir)
+            .with_context(|| format!("writing the release {}", dir.display()))?;
+        out.info(format!("{os}: release written to {}", dir.display()));
+        for f in &manifest.outputs {
+            out.info(format!("  {}  {:>12}  {}", f.sha256, f.size, f.name));
+        }
+        report.releases.push(ReleaseSummary {
+            os: os.to_string(),
+            profile: args.profile.clone(),
+            version: version.clone(),
+            dir: dir.display().to_string(),
+            manifest,
+        });
+    }
+    if out.json {
+        out.json_result(&report)?;
+    }
+    Ok(())
+}
+
+/// Fetch the profile's locked packages the cache lacks (verified), or fail offline.
+fn ensure_cached(
+    out: &Output,
+    args: &Args,
+    spec: &spec::OsSpec,
+    packages: &[&LockedPackage],
+    cache: &Cache,
+) -> anyhow::Result<()> {
+    let missing: Vec<LockedPackage> = packages
+        .iter()
+        .filter(|p| !cache.contains(&p.sha256, p.size))
+        .map(|p| (*p).clone())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mirrors = Mirrors::resolve(&spec.base, &args.mirrors.overrides());
+    out.info(format!(
+        "{}: fetching {} packages missing from the cache",
+        spec.os,
+        missing.len()
+    ));
+    let options = FetchOptions {
+        offline: args.offline,
+        progress: if out.progress_bars() {
+            Progress::Bars
+        } else if out.quiet {
+            Progress::Hidden
+        } else {
+            Progress::Lines
+        },
+        ..FetchOptions::default()
+    };
+    fetch(
+        &missing,
+        |p| mirrors.for_suite(&p.suite).to_string(),
+        cache,
+        &options,
+    )?;
+    Ok(())
+}
+
+/// The source tree's commit and its time, when it is a git checkout.
+fn source_commit(root: &Path) -> (String, Option<i64>) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["log", "-1", "--format=%H %ct"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let mut words = text.split_whitespace();
+            let commit = words.next().unwrap_or("unknown").to_string();
+            (commit, words.next().and_then(|t| t.parse().ok()))
+        }
+        _ => ("unknown".to_string(), None),
+    }
+}

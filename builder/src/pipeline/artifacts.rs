@@ -1,0 +1,774 @@
+//! Release artifacts: the images as deterministic `.tar.zst` archives, and `SHA256SUMS`.
+//!
+//! An archive's bytes depend only on its members' names and contents and on
+//! SOURCE_DATE_EPOCH: members are sorted by name, every header says mode 0644, owner 0:0 with
+//! no user or group names, mtime = the epoch, and carries no atime, ctime or pax records.
+//!
+//! The tar stream is written here, not by the host's GNU tar, because GNU tar's output depends
+//! on how a file is allocated, not only on what it holds: it stores a member sparse only when
+//! `st_blocks` shows holes, and `--hole-detection=seek` stores whatever the file system calls
+//! data, zeros included (checked with GNU tar 1.34: the same bytes, allocated or not, gave
+//! different archives). plinth writes the same format (GNU, `--format=gnu`: old-GNU sparse
+//! members, base-256 numbers past the octal range, 10 KiB records) and decides holes by content:
+//! every all-zero 512-byte block is a hole, as `--hole-detection=raw` decides, and a member with
+//! none is a plain member. For files that have holes on disk (or no zero block at all) the
+//! bytes equal those of `tar --format=gnu --sparse --hole-detection=raw --sort=name
+//! --mtime=@EPOCH --owner=0 --group=0 --numeric-owner --mode=0644` (a test compares them byte
+//! for byte). `SEEK_DATA`/`SEEK_HOLE` only let the scan skip
+//! holes (they read as zeros, so skipping them cannot change the result): a 64 GiB image that
+//! is mostly holes is scanned in the time its data takes to read.
+//!
+//! The tar stream goes through zstd ([`Compression::RELEASE`]: level [`ZSTD_LEVEL`], frame
+//! checksum, [`ZSTD_WORKERS`] worker threads) from the libzstd the `zstd-sys` crate bundles,
+//! pinned by Cargo.lock, so the host's zstd plays no part. zstd's multi-threaded output does not
+//! depend on the number of workers (any count from 1 up gives the same bytes) but differs from
+//! its single-threaded mode (0 workers); the level, the mode and the libzstd version are part of
+//! the format. Nothing is held in memory whole: files stream through, and the output is hashed
+//! as it is written, into a temporary file renamed into place only when complete.
+//!
+//! [`extract_tar_zst`] restores members (holes stay holes); [`sha256sums`],
+//! [`read_sha256sums`] and [`check`] write and check `SHA256SUMS` in `sha256sum`'s format.
+
+use crate::packages::cache::{sha256_file, sha256_reader};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The raw disk image, archived.
+pub const DISK_ARCHIVE: &str = "disk-img.tar.zst";
+/// What an upgrade writes into a slot (root image, verity tree, UKI), archived.
+pub const UPDATE_ARCHIVE: &str = "update-img.tar.zst";
+/// The checksum list of a release directory.
+pub const SHA256SUMS: &str = "SHA256SUMS";
+/// zstd level of release archives. On 400 MiB of Debian binaries here: level 12 is 0.3 %
+/// smaller for twice the CPU time, level 3 is 4 times faster but 12 % larger.
+pub const ZSTD_LEVEL: i32 = 10;
+/// zstd worker threads of release archives: compression runs beside the thread that reads and
+/// hashes. Any count from 1 up gives the same bytes (at level 10 here, 1 and 2 ran as fast).
+pub const ZSTD_WORKERS: u32 = 2;
+/// Mode of every archive member.
+pub const MEMBER_MODE: u64 = 0o644;
+/// Longest member name: GNU tar writes a `././@LongLink` member from 100 bytes on.
+pub const MAX_NAME_LEN: usize = 99;
+
+/// tar's block size; also the granularity of holes.
+const BLOCK: usize = 512;
+/// GNU tar's default record: 20 blocks; the archive is padded to a whole record.
+const RECORD: u64 = 20 * BLOCK as u64;
+/// Read size when scanning and copying files.
+const CHUNK: usize = 1 << 20;
+/// Sparse map entries in a GNU header, and in each extension block after it.
+const SPARSE_IN_HEADER: usize = 4;
+const SPARSE_IN_EXTENSION: usize = 21;
+static ZEROS: [u8; BLOCK] = [0; BLOCK];
+
+/// One archive member: `name` in the archive, its bytes read from `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarEntry {
+    pub name: String,
+    pub source: PathBuf,
+}
+
+impl TarEntry {
+    pub fn new(name: impl Into<String>, source: impl Into<PathBuf>) -> TarEntry {
+        TarEntry {
+            name: name.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// A file of a release directory: its name there, sha256 (lower-case hex) and size.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactFile {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl From<ArtifactFile> for super::manifest::OutputFile {
+    fn from(f: ArtifactFile) -> Self {
+        super::manifest::OutputFile {
+            name: f.name,
+            sha256: f.sha256,
+            size: f.size,
+        }
+    }
+}
+
+/// The zstd settings of an archive. Releases use [`Compression::RELEASE`]; others exist for
+/// measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    pub level: i32,
+    /// 0: zstd's single-threaded mode; from 1 up: that many workers, same bytes for any count.
+    pub workers: u32,
+}
+
+impl Compression {
+    pub const RELEASE: Compression = Compression {
+        level: ZSTD_LEVEL,
+        workers: ZSTD_WORKERS,
+    };
+}
+
+/// A line of `SHA256SUMS`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SumEntry {
+    pub sha256: String,
+    pub name: String,
+}
+
+/// One file that [`check`] found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SumFailure {
+    Missing {
+        name: String,
+    },
+    Different {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl std::fmt::Display for SumFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SumFailure::Missing { name } => write!(f, "{name}: missing"),
+            SumFailure::Different {
+                name,
+                expected,
+                actual,
+            } => write!(f, "{name}: sha256 {actual}, expected {expected}"),
+        }
+    }
+}
+
+/// Why an artifact could not be written, read or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error("archive member name `{name}`: {reason}\n  hint: use a relative path of at most {MAX_NAME_LEN} bytes of letters, digits and `._+-/`, without `.` or `..` components")]
+    BadName { name: String, reason: &'static str },
+    #[error("archive member `{name}` is given twice\n  hint: every member needs its own name")]
+    DuplicateName { name: String },
+    #[error("{}: not a regular file\n  hint: archives hold image files only", path.display())]
+    NotAFile { path: PathBuf },
+    #[error("SOURCE_DATE_EPOCH {epoch} is negative\n  hint: use the release commit's time (`git log -1 --format=%ct`)")]
+    BadEpoch { epoch: i64 },
+    #[error("{}: changed size while it was archived ({before} bytes, then {after})\n  hint: nothing may write an image while its artifacts are made", path.display())]
+    Changed {
+        path: PathBuf,
+        before: u64,
+        after: u64,
+    },
+    #[error("{}: {message}\n  hint: plinth archives hold regular files only; list this one with `tar --zstd -tvf {}`", archive.display(), archive.display())]
+    BadArchive { archive: PathBuf, message: String },
+    #[error("{}: line {line}: {message}\n  hint: each line is `<sha256>  <name>`, as sha256sum writes it", path.display())]
+    BadSums {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {} of {checked} files do not match their SHA256SUMS line:\n{}\n  hint: a file changed after SHA256SUMS was written, or was built from other inputs", dir.display(), failures.len(), failures.iter().map(|f| format!("    {f}")).collect::<Vec<_>>().join("\n"))]
+    Mismatch {
+        dir: PathBuf,
+        checked: usize,
+        failures: Vec<SumFailure>,
+    },
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(io::Error) -> ArtifactError + 'a {
+    move |source| ArtifactError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+/// Check that `name` is a safe, portable member (and SHA256SUMS) name.
+fn check_name(name: &str) -> Result<(), ArtifactError> {
+    let bad = |reason| {
+        Err(ArtifactError::BadName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("too long");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._+-/".contains(&b))
+    {
+        return bad("has a character outside letters, digits and `._+-/`");
+    }
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return bad("has an empty, `.` or `..` component, or starts or ends with `/`");
+    }
+    Ok(())
+}
+
+/// The entries sorted by name, after checking names and refusing duplicates.
+fn sorted_entries(entries: &[TarEntry]) -> Result<Vec<&TarEntry>, ArtifactError> {
+    let mut sorted: Vec<&TarEntry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    for (i, e) in sorted.iter().enumerate() {
+        check_name(&e.name)?;
+        if i > 0 && sorted[i - 1].name == e.name {
+            return Err(ArtifactError::DuplicateName {
+                name: e.name.clone(),
+            });
+        }
+    }
+    Ok(sorted)
+}
+
+/// Write `entries` as a deterministic `.tar.zst` at `out` with [`Compression::RELEASE`].
+pub fn write_tar_zst(
+    out: &Path,
+    entries: &[TarEntry],
+    epoch: i64,
+) -> Result<ArtifactFile, ArtifactError> {
+    write_tar_zst_with(out, entries, epoch, Compression::RELEASE)
+}
+
+/// [`write_tar_zst`] with other zstd settings (for measurements; releases use the default).
+pub fn write_tar_zst_with(
+    out: &Path,
+    entries: &[TarEntry],
+    epoch: i64,
+    compression: Compression,
+) -> Result<ArtifactFile, ArtifactError> {
+    let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Err(io_err(out, "write an archive to")(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file path",
+        )));
+    };
+    let mtime = u64::try_from(epoch).map_err(|_| ArtifactError::BadEpoch { epoch })?;
+    let sorted = sorted_entries(entries)?;
+    let tmp = out.with_file_name(format!(".{name}.partial"));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+        let hashing = Hashing::new(BufWriter::with_capacity(CHUNK, file));
+        let mut zst =
+            zstd::Encoder::new(hashing, compression.level).map_err(io_err(out, "start zstd"))?;
+        zst.include_checksum(true)
+            .and_then(|()| zst.multithread(compression.workers))
+            .map_err(io_err(out, "set zstd parameters"))?;
+        let mut tar = TarWriter {
+            out: zst,
+            out_path: out,
+            written: 0,
+        };
+        for entry in sorted {
+            tar.member(entry, mtime)?;
+        }
+        tar.finish()?;
+        let hashing = tar.out.finish().map_err(io_err(out, "write"))?;
+        let (buffered, sha256, size) = hashing.into_parts();
+        let file = buffered
+            .into_inner()
+            .map_err(|e| io_err(out, "write")(e.into_error()))?;
+        file.sync_all().map_err(io_err(&tmp, "sync"))?;
+        Ok(ArtifactFile { name, sha256, size })
+    })();
+    match result {
+        Ok(artifact) => {
+            std::fs::rename(&tmp, out).map_err(io_err(out, "rename into place"))?;
+            Ok(artifact)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// The inner writer, the sha256 (lower-case hex) and the byte count.
+    fn into_parts(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.len)
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The GNU-format tar stream.
+struct TarWriter<'a, W: Write> {
+    out: W,
+    /// The archive, for errors.
+    out_path: &'a Path,
+    written: u64,
+}
+
+impl<W: Write> TarWriter<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), ArtifactError> {
+        self.out
+            .write_all(bytes)
+            .map_err(io_err(self.out_path, "write"))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Zeros up to the next multiple of `unit`.
+    fn pad(&mut self, unit: u64) -> Result<(), ArtifactError> {
+        let mut missing = (unit - self.written % unit) % unit;
+        while missing > 0 {
+            let n = missing.min(BLOCK as u64) as usize;
+            self.put(&ZEROS[..n])?;
+            missing -= n as u64;
+        }
+        Ok(())
+    }
+
+    fn member(&mut self, entry: &TarEntry, mtime: u64) -> Result<(), ArtifactError> {
+        let path = entry.source.as_path();
+        let file = File::open(path).map_err(io_err(path, "open"))?;
+        let meta = file.metadata().map_err(io_err(path, "stat"))?;
+        if !meta.is_file() {
+            return Err(ArtifactError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let size = meta.len();
+        let runs = data_runs(&file, path, size)?;
+        if size == 0 || runs == [(0, size)] {
+            let mut h = header(&entry.name, size, mtime, b'0');
+            finish_header(&mut h);
+            self.put(&h)?;
+            self.copy(&file, path, 0, size)?;
+        } else {
+            // The map ends with a zero-length entry at the end when the file ends in a hole,
+            // so that readers know the real size from the map alone (GNU tar does the same).
+            let mut map = runs;
+            if map.last().is_none_or(|&(o, l)| o + l < size) {
+                map.push((size, 0));
+            }
+            let stored: u64 = map.iter().map(|&(_, l)| l).sum();
+            let mut h = header(&entry.name, stored, mtime, b'S');
+            put_num(&mut h[483..495], size);
+            let (first, mut rest) = map.split_at(map.len().min(SPARSE_IN_HEADER));
+            put_sparse(&mut h[386..482], first);
+            h[482] = u8::from(!rest.is_empty());
+            finish_header(&mut h);
+            self.put(&h)?;
+            while !rest.is_empty() {
+                let (these, after) = rest.split_at(rest.len().min(SPARSE_IN_EXTENSION));
+                let mut ext = [0u8; BLOCK];
+                put_sparse(&mut ext[..504], these);
+                ext[504] = u8::from(!after.is_empty());
+                self.put(&ext)?;
+                rest = after;
+            }
+            for &(offset, len) in &map {
+                self.copy(&file, path, offset, len)?;
+            }
+        }
+        self.pad(BLOCK as u64)?;
+        let after = file.metadata().map_err(io_err(path, "stat"))?.len();
+        if after != size {
+            return Err(ArtifactError::Changed {
+                path: path.to_path_buf(),
+                before: size,
+                after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copy `len` bytes of `file` from `offset`.
+    fn copy(
+        &mut self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ArtifactError> {
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], pos)
+                .map_err(io_err(path, "read"))?;
+            self.put(&buf[..n])?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The end-of-archive marker (two zero blocks), then zeros to a whole record.
+    fn finish(&mut self) -> Result<(), ArtifactError> {
+        self.put(&ZEROS)?;
+        self.put(&ZEROS)?;
+        self.pad(RECORD)
+    }
+}
+
+/// A GNU header without its checksum: fixed mode, owner 0:0 without names, `mtime`.
+fn header(name: &str, size: u64, mtime: u64, typeflag: u8) -> [u8; BLOCK] {
+    let mut h = [0u8; BLOCK];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    put_num(&mut h[100..108], MEMBER_MODE);
+    put_num(&mut h[108..116], 0); // uid
+    put_num(&mut h[116..124], 0); // gid
+    put_num(&mut h[124..136], size);
+    put_num(&mut h[136..148], mtime);
+    h[156] = typeflag;
+    h[257..265].copy_from_slice(b"ustar  \0"); // GNU magic and version
+    h
+}
+
+/// The header checksum: the byte sum with the field read as spaces, as `%06o\0 `.
+fn finish_header(h: &mut [u8; BLOCK]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+    put_num(&mut h[148..155], sum);
+}
+
+/// A number as tar writes it: zero-padded octal and a NUL when it fits, else (GNU) base-256:
+/// 0x80, then the value big-endian.
+fn put_num(field: &mut [u8], value: u64) {
+    let digits = field.len() - 1;
+    if digits * 3 >= 64 || value < 1u64 << (3 * digits) {
+        let text = format!("{value:0digits$o}");
+        field[..digits].copy_from_slice(text.as_bytes());
+        field[digits] = 0;
+    } else {
+        field.fill(0);
+        field[0] = 0x80;
+        let be = value.to_be_bytes();
+        let n = field.len();
+        field[n - be.len()..].copy_from_slice(&be);
+    }
+}
+
+/// Sparse map entries (offset, length), 24 bytes each.
+fn put_sparse(area: &mut [u8], entries: &[(u64, u64)]) {
+    for (i, &(offset, len)) in entries.iter().enumerate() {
+        put_num(&mut area[24 * i..24 * i + 12], offset);
+        put_num(&mut area[24 * i + 12..24 * i + 24], len);
+    }
+}
+
+/// The (offset, length) runs of `file` that hold data: maximal runs of 512-byte blocks that
+/// are not all zero (the last block may be short). Only the ranges the file system reports as
+/// data are read; holes are zeros by definition.
+fn data_runs(file: &File, path: &Path, size: u64) -> Result<Vec<(u64, u64)>, ArtifactError> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut buf = vec![0u8; CHUNK.min(size as usize)];
+    for (start, end) in data_ranges(file, path, size)? {
+        let mut pos = start;
+        while pos < end {
+            let n = ((end - pos) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], pos)
+                .map_err(io_err(path, "read"))?;
+            for (i, block) in buf[..n].chunks(BLOCK).enumerate() {
+                if block == &ZEROS[..block.len()] {
+                    continue;
+                }
+                let at = pos + (i * BLOCK) as u64;
+                match runs.last_mut() {
+                    Some((o, l)) if *o + *l == at => *l += block.len() as u64,
+                    _ => runs.push((at, block.len() as u64)),
+                }
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(runs)
+}
+
+/// The ranges `SEEK_DATA`/`SEEK_HOLE` call data, widened to whole 512-byte blocks, merged.
+/// A file system without hole support reports the whole file as data.
+fn data_ranges(file: &File, path: &Path, size: u64) -> Result<Vec<(u64, u64)>, ArtifactError> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    let block = BLOCK as u64;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match lseek(file, pos as i64, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(Errno::ENXIO) => break,
+            Err(e) => return Err(io_err(path, "find data (SEEK_DATA)")(e.into())),
+        };
+        let hole = match lseek(file, data as i64, Whence::SeekHole) {
+            Ok(h) => (h as u64).min(size),
+            Err(Errno::ENXIO) => size,
+            Err(e) => return Err(io_err(path, "find holes (SEEK_HOLE)")(e.into())),
+        };
+        let start = data / block * block;
+        let end = hole.div_ceil(block).saturating_mul(block).min(size);
+        match ranges.last_mut() {
+            Some((_, e)) if *e >= start => *e = (*e).max(end),
+            _ => ranges.push((start, end)),
+        }
+        pos = hole.max(data + 1);
+    }
+    Ok(ranges)
+}
+
+/// Unpack a `.tar.zst` into `dest` (created if missing): regular and sparse members only,
+/// holes restored as holes, mtimes kept. Returns the member names in archive order. The whole
+/// zstd stream is read, so its checksum is verified.
+pub fn extract_tar_zst(archive: &Path, dest: &Path) -> Result<Vec<String>, ArtifactError> {
+    let bad = |message: String| ArtifactError::BadArchive {
+        archive: archive.to_path_buf(),
+        message,
+    };
+    let file = File::open(archive).map_err(io_err(archive, "open"))?;
+    let decoder = zstd::Decoder::new(file).map_err(io_err(archive, "start zstd"))?;
+    std::fs::create_dir_all(dest).map_err(io_err(dest, "create directory"))?;
+    let mut tar = tar::Archive::new(decoder);
+    tar.set_preserve_mtime(true);
+    tar.set_preserve_permissions(true);
+    tar.set_overwrite(true);
+    let mut names = Vec::new();
+    for entry in tar.entries().map_err(io_err(archive, "read"))? {
+        let mut entry = entry.map_err(io_err(archive, "read"))?;
+        let kind = entry.header().entry_type();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if !(kind.is_file() || kind.is_gnu_sparse()) {
+            return Err(bad(format!(
+                "member `{name}` is of type {kind:?}: expected a regular file"
+            )));
+        }
+        check_name(&name).map_err(|e| bad(format!("member `{name}`: {e}")))?;
+        let unpacked = entry.unpack_in(dest).map_err(io_err(dest, "unpack into"))?;
+        if !unpacked {
+            return Err(bad(format!("member `{name}` points outside the directory")));
+        }
+        names.push(name);
+    }
+    let mut decoder = tar.into_inner();
+    io::copy(&mut decoder, &mut io::sink()).map_err(io_err(archive, "read"))?;
+    Ok(names)
+}
+
+/// The sha256 (lower-case hex) of `len` bytes of `path` from `offset` (e.g. a partition of a
+/// disk image). Fails if the file ends first.
+pub fn sha256_range(path: &Path, offset: u64, len: u64) -> Result<String, ArtifactError> {
+    let mut f = File::open(path).map_err(io_err(path, "open"))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(io_err(path, "seek"))?;
+    let (sha256, n) = sha256_reader(f.take(len)).map_err(io_err(path, "read"))?;
+    if n != len {
+        return Err(io_err(path, "read")(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{len} bytes from offset {offset} wanted, the file ends after {n}"),
+        )));
+    }
+    Ok(sha256)
+}
+
+/// `SHA256SUMS` for the files `names` of `dir`, hashed now.
+pub fn sha256sums(dir: &Path, names: &[&str]) -> Result<String, ArtifactError> {
+    let mut files = Vec::new();
+    for name in names {
+        check_name(name)?;
+        let path = dir.join(name);
+        let (sha256, size) = sha256_file(&path).map_err(io_err(&path, "hash"))?;
+        files.push(ArtifactFile {
+            name: name.to_string(),
+            sha256,
+            size,
+        });
+    }
+    Ok(format_sha256sums(&files))
+}
+
+/// `SHA256SUMS` text for files already hashed: `<sha256>  <name>\n`, sorted by name.
+pub fn format_sha256sums(files: &[ArtifactFile]) -> String {
+    let mut lines: Vec<(&str, &str)> = files
+        .iter()
+        .map(|f| (f.name.as_str(), f.sha256.as_str()))
+        .collect();
+    lines.sort();
+    lines
+        .iter()
+        .map(|(name, sha256)| format!("{sha256}  {name}\n"))
+        .collect()
+}
+
+/// Read a `SHA256SUMS` file (text or binary markers, as `sha256sum` writes them).
+pub fn read_sha256sums(path: &Path) -> Result<Vec<SumEntry>, ArtifactError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path, "read"))?;
+    parse_sha256sums(&text, path)
+}
+
+/// Parse `SHA256SUMS` text; `path` names it in errors.
+pub fn parse_sha256sums(text: &str, path: &Path) -> Result<Vec<SumEntry>, ArtifactError> {
+    let mut out: Vec<SumEntry> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |message: String| ArtifactError::BadSums {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        };
+        if line.is_empty() {
+            continue;
+        }
+        let (sha256, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| bad("no space after the sha256".to_string()))?;
+        if !crate::packages::lockfile::is_sha256_hex(sha256) {
+            return Err(bad(format!(
+                "`{sha256}` is not a sha256: expected 64 lower-case hex digits"
+            )));
+        }
+        let name = rest
+            .strip_prefix(' ')
+            .or_else(|| rest.strip_prefix('*'))
+            .ok_or_else(|| bad("expected two spaces, or ` *`, between sha256 and name".into()))?;
+        check_name(name).map_err(|e| bad(e.to_string()))?;
+        if out.iter().any(|e| e.name == name) {
+            return Err(bad(format!("`{name}` is listed twice")));
+        }
+        out.push(SumEntry {
+            sha256: sha256.to_string(),
+            name: name.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Hash every listed file of `dir` and compare; every missing or different file is reported.
+pub fn check(dir: &Path, sums: &[SumEntry]) -> Result<(), ArtifactError> {
+    let mut failures = Vec::new();
+    for entry in sums {
+        let path = dir.join(&entry.name);
+        match sha256_file(&path) {
+            Ok((actual, _)) if actual == entry.sha256 => {}
+            Ok((actual, _)) => failures.push(SumFailure::Different {
+                name: entry.name.clone(),
+                expected: entry.sha256.clone(),
+                actual,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => failures.push(SumFailure::Missing {
+                name: entry.name.clone(),
+            }),
+            Err(e) => return Err(io_err(&path, "hash")(e)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(ArtifactError::Mismatch {
+            dir: dir.to_path_buf(),
+            checked: sums.len(),
+            failures,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_octal_then_base256() {
+        let mut f = [0u8; 12];
+        put_num(&mut f, 0o27000);
+        assert_eq!(&f, b"00000027000\0");
+        put_num(&mut f, (1 << 33) - 1);
+        assert_eq!(&f, b"77777777777\0");
+        put_num(&mut f, 1 << 33);
+        assert_eq!(f, [0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]);
+        let mut mode = [0u8; 8];
+        put_num(&mut mode, MEMBER_MODE);
+        assert_eq!(&mode, b"0000644\0");
+    }
+
+    #[test]
+    fn libzstd_is_the_bundled_one() {
+        // The libzstd version is part of the archive format: a new one may change archive
+        // bytes. Update this deliberately, with the zstd-sys bump in Cargo.lock.
+        assert_eq!(zstd::zstd_safe::version_string(), "1.5.7");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["disk.img", "a/b-1.2+x_y"] {
+            check_name(good).unwrap();
+        }
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "../x",
+            "a/./b",
+            "dir/",
+            "sp ace",
+            "back\\slash",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn sums_parse_and_reject() {
+        let sha = "a".repeat(64);
+        let text = format!("{sha}  b.img\n{sha} *a.img\n");
+        let sums = parse_sha256sums(&text, Path::new("S")).unwrap();
+        assert_eq!(sums[1].name, "a.img");
+        let err = parse_sha256sums(&format!("{sha}  b\n{sha}  b\n"), Path::new("S")).unwrap_err();
+        assert!(
+            err.to_string().contains("S: line 2: `b` is listed twice"),
+            "{err}"
+        );
+        let err = parse_sha256sums("xyz  b\n", Path::new("S")).unwrap_err();
+        assert!(
+            err.to_string().contains("line 1: `xyz` is not a sha256"),
+            "{err}"
+        );
+    }
+}

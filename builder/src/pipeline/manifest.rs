@@ -1,0 +1,259 @@
+//! `manifest.json`: what one release of one OS profile was built from and what came out, for
+//! anyone comparing two builds or two releases (a voter, `plinth verify`, `plinth diff`).
+//!
+//! Inputs (source commit, SOURCE_DATE_EPOCH, lock and spec digests, builder version), the
+//! artifacts with sha256 and size, every partition of the disk image with the sha256 of its
+//! span, and the boot measurements of each slot (verity root hash, UKI sha256, predicted
+//! PCR 11). The file is pretty JSON with a trailing newline; field order is fixed by the types
+//! and every list is sorted ([`Manifest::to_bytes`]), so equal manifests are equal bytes and a
+//! plain `diff` of two manifests reads well. Only serde types live here, so that the node
+//! side can share them later. A change of meaning bumps [`FORMAT_VERSION`]; readers refuse
+//! versions they do not know and fields they do not know.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The manifest format this plinth reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The manifest's file name in a release directory.
+pub const FILE_NAME: &str = "manifest.json";
+
+/// One release of one OS profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// `guest-os`, `host-os` or `setup-os`.
+    pub os: String,
+    pub version: String,
+    /// `prod` or `test`.
+    pub profile: String,
+    pub inputs: Inputs,
+    /// The release files (archives, SBOM), sorted by name.
+    pub outputs: Vec<OutputFile>,
+    /// The disk image's partitions, in GPT order.
+    pub partitions: Vec<PartitionImage>,
+    pub measurements: Measurements,
+}
+
+/// Everything the build depends on; two builds with equal inputs must give equal outputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inputs {
+    /// The git commit of the plinth tree (40 hex digits).
+    pub source_commit: String,
+    /// SOURCE_DATE_EPOCH: every time in every image.
+    pub source_date_epoch: i64,
+    /// sha256 of the OS's `packages.lock`.
+    pub lock_sha256: String,
+    /// sha256 of the OS's `os.yaml`.
+    pub os_spec_sha256: String,
+    /// The plinth that built it (its version; the commit says the rest).
+    pub builder_version: String,
+}
+
+/// A release file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputFile {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A partition of the disk image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionImage {
+    /// GPT partition number, from 1.
+    pub number: u32,
+    /// The os.yaml name, e.g. `root-a`.
+    pub name: String,
+    /// The os.yaml role: `esp`, `root`, `verity`, `config` or `data`.
+    pub role: String,
+    /// `A` or `B` for update slots, `null` otherwise.
+    pub slot: Option<String>,
+    /// Byte offset in the disk image.
+    pub offset: u64,
+    /// Bytes the partition spans.
+    pub size: u64,
+    /// sha256 of the partition's whole span in the disk image (`size` bytes from `offset`).
+    pub sha256: String,
+}
+
+/// What the boot chain measures; more kinds (SNP launch digests, PCR 4) join as fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurements {
+    /// One per boot slot, sorted by slot; a single entry with slot `null` for an OS without
+    /// update slots.
+    pub slots: Vec<SlotMeasurements>,
+}
+
+/// The measurements of one boot slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotMeasurements {
+    /// `A`, `B` or `null`.
+    pub slot: Option<String>,
+    /// The dm-verity root hash of the slot's root filesystem (hex), as on its command line.
+    pub verity_root_hash: String,
+    /// sha256 of the slot's UKI.
+    pub uki_sha256: String,
+    /// The predicted PCR 11 (SHA-256 bank, hex) after booting the UKI.
+    pub pcr11: String,
+}
+
+/// A manifest that cannot be read, or that is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{}: cannot {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{}: line {line}, column {column}: not a valid manifest: {message}\n  hint: manifests are written by plinth; compare with a fresh `plinth build`, do not edit by hand", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: format_version is {found}, this plinth reads version {FORMAT_VERSION}\n  hint: use the plinth of the release's source commit", path.display())]
+    Version { path: PathBuf, found: u32 },
+    #[error("{}: {field}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// The field's path, e.g. `outputs[1].sha256`.
+        field: String,
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Read and check a manifest file.
+    pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+            path: path.to_path_buf(),
+            action: "read",
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse and check manifest text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        // The version first, so that a newer format is refused as such, not as unknown fields.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        if let Ok(v) = serde_json::from_str::<Version>(text) {
+            if v.format_version != FORMAT_VERSION {
+                return Err(ManifestError::Version {
+                    path: path.to_path_buf(),
+                    found: v.format_version,
+                });
+            }
+        }
+        let manifest: Manifest =
+            serde_json::from_str(text).map_err(|e| ManifestError::Malformed {
+                path: path.to_path_buf(),
+                line: e.line(),
+                column: e.column(),
+                message: e.to_string(),
+            })?;
+        manifest
+            .check()
+            .map_err(|(field, message)| ManifestError::Invalid {
+                path: path.to_path_buf(),
+                field,
+                message,
+            })?;
+        Ok(manifest)
+    }
+
+    /// The file's bytes: pretty JSON, lists sorted, a trailing newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut m = self.clone();
+        m.outputs.sort();
+        m.partitions.sort_by_key(|p| p.number);
+        m.measurements.slots.sort_by(|a, b| a.slot.cmp(&b.slot));
+        let mut out = serde_json::to_vec_pretty(&m).expect("a manifest always serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// Write [`Manifest::to_bytes`] to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), ManifestError> {
+        std::fs::write(path, self.to_bytes()).map_err(|source| ManifestError::Io {
+            path: path.to_path_buf(),
+            action: "write",
+            source,
+        })
+    }
+
+    /// The first field that is not well formed, as (field path, what is wrong).
+    fn check(&self) -> Result<(), (String, String)> {
+        let digest = |field: String, value: &str, len: usize| {
+            if value.len() == len
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                Ok(())
+            } else {
+                Err((
+                    field,
+                    format!("`{value}`: expected {len} lower-case hex digits"),
+                ))
+            }
+        };
+        let slot = |field: String, value: &Option<String>| match value.as_deref() {
+            None | Some("A") | Some("B") => Ok(()),
+            Some(other) => Err((field, format!("`{other}`: expected \"A\", \"B\" or null"))),
+        };
+        digest(
+            "inputs.source_commit".into(),
+            &self.inputs.source_commit,
+            40,
+        )?;
+        digest("inputs.lock_sha256".into(), &self.inputs.lock_sha256, 64)?;
+        digest(
+            "inputs.os_spec_sha256".into(),
+            &self.inputs.os_spec_sha256,
+            64,
+        )?;
+        for (i, o) in self.outputs.iter().enumerate() {
+            digest(format!("outputs[{i}].sha256"), &o.sha256, 64)?;
+            if i > 0 && self.outputs[i - 1].name >= o.name {
+                return Err((
+                    format!("outputs[{i}].name"),
+                    format!("`{}`: outputs must be sorted by name, each once", o.name),
+                ));
+            }
+        }
+        for (i, p) in self.partitions.iter().enumerate() {
+            digest(format!("partitions[{i}].sha256"), &p.sha256, 64)?;
+            slot(format!("partitions[{i}].slot"), &p.slot)?;
+            if i > 0 && self.partitions[i - 1].number >= p.number {
+                return Err((
+                    format!("partitions[{i}].number"),
+                    format!("{}: partitions must be in GPT order", p.number),
+                ));
+            }
+        }
+        for (i, s) in self.measurements.slots.iter().enumerate() {
+            let at = |f: &str| format!("measurements.slots[{i}].{f}");
+            slot(at("slot"), &s.slot)?;
+            digest(at("verity_root_hash"), &s.verity_root_hash, 64)?;
+            digest(at("uki_sha256"), &s.uki_sha256, 64)?;
+            digest(at("pcr11"), &s.pcr11, 64)?;
+            if i > 0 && self.measurements.slots[i - 1].slot >= s.slot {
+                return Err((at("slot"), "slots must be sorted, each once".to_string()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! The release directory `out/<os>/<version>/` of one build: the disk archive, the update
+//! archive (what an upgrade writes into a slot), GuestOS's direct-boot parts, the SBOM, the
+//! manifest (inputs, outputs, partitions, measurements) and SHA256SUMS. Everything is written
+//! to a sibling `.partial` directory and renamed into place last: nothing partial reaches
+//! `out/`.
+
+use super::artifacts::{self, ArtifactFile, TarEntry};
+use super::build::{uki_name, Built};
+use super::manifest::{Inputs, Manifest, Measurements, PartitionImage, SlotMeasurements};
+use super::sbom;
+use crate::packages::cache::sha256_file;
+use crate::packages::lockfile::LockedPackage;
+use crate::spec::{Profile, Slot};
+use std::path::{Path, PathBuf};
+
+/// File names in a release directory.
+pub const DISK_ARCHIVE: &str = artifacts::DISK_ARCHIVE;
+pub const UPDATE_ARCHIVE: &str = artifacts::UPDATE_ARCHIVE;
+pub const SBOM: &str = "sbom.spdx.json";
+
+/// What a release records besides the build's outputs.
+pub struct ReleaseInputs<'a> {
+    pub profile: &'a Profile,
+    pub version: &'a str,
+    pub epoch: i64,
+    pub source_commit: &'a str,
+    pub lock_sha256: &'a str,
+    pub os_spec_sha256: &'a str,
+    pub packages: &'a [&'a LockedPackage],
+}
+
+/// Why a release directory could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+    #[error(transparent)]
+    Sbom(#[from] sbom::SbomError),
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
+    move |e| ReleaseError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn slot_text(slot: Option<Slot>) -> Option<String> {
+    slot.map(|s| format!("{s:?}"))
+}
+
+/// Write the release of `built` into `dir` (replacing it); returns its manifest.
+pub fn assemble(
+    built: &Built,
+    inputs: &ReleaseInputs<'_>,
+    dir: &Path,
+) -> Result<Manifest, ReleaseError> {
+    let p = inputs.profile;
+    let os = p.os.as_str();
+    let staging = PathBuf::from(format!("{}.partial", dir.display()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+
+    let mut outputs: Vec<ArtifactFile> = Vec::new();
+    outputs.push(artifacts::write_tar_zst(
+        &staging.join(DISK_ARCHIVE),
+        &[TarEntry::new("disk.img", &built.disk)],
+        inputs.epoch,
+    )?);
+    let mut update = vec![
+        TarEntry::new("root.img", &built.root_image),
+        TarEntry::new("verity.img", &built.verity_image),
+    ];
+    for s in &built.slots {
+        update.push(TarEntry::new(
+            format!("{}.efi", uki_name(os, s.slot)),
+            &s.uki,
+        ));
+    }
+    outputs.push(artifacts::write_tar_zst(
+        &staging.join(UPDATE_ARCHIVE),
+        &update,
+        inputs.epoch,
+    )?);
+    // GuestOS boots under SEV-SNP by direct kernel boot: kernel, initrd and each slot's
+    // command line are measured separately.
+    if os == "guest-os" {
+        let mut extras = vec![
+            ("vmlinuz".to_string(), built.kernel.clone()),
+            ("initrd.img".to_string(), built.initrd.clone()),
+        ];
+        for s in &built.slots {
+            let name = format!("cmdline-{}.txt", uki_name(os, s.slot));
+            let path = staging.join(&name);
+            std::fs::write(&path, format!("{}\n", s.cmdline)).map_err(io(&path))?;
+            extras.push((name, path));
+        }
+        for (name, source) in extras {
+            let dest = staging.join(&name);
+            if source != dest {
+                std::fs::copy(&source, &dest).map_err(io(&dest))?;
+            }
+            outputs.push(artifact(&dest, &name)?);
+        }
+    }
+    let sbom_path = staging.join(SBOM);
+    sbom::write_sbom(
+        &sbom::SbomInput {
+            os,
+            version: inputs.version,
+            profile: &p.profile,
+            source_date_epoch: inputs.epoch,
+            lock_sha256: inputs.lock_sha256,
+            release: &p.base.release,
+            packages: inputs.packages,
+            root: Some(&built.root_dir),
+        },
+        &sbom_path,
+    )?;
+    outputs.push(artifact(&sbom_path, SBOM)?);
+    outputs.sort();
+
+    let mut partitions = Vec::new();
+    for w in &built.written.partitions {
+        let spec = p.partitions.iter().find(|q| q.name == w.name);
+        partitions.push(PartitionImage {
+            number: w.number,
+            name: w.name.clone(),
+            role: format!("{:?}", w.role).to_lowercase(),
+            slot: spec.and_then(|q| slot_text(q.slot)),
+            offset: w.offset,
+            size: w.size,
+            sha256: artifacts::sha256_range(&built.disk, w.offset, w.size)?,
+        });
+    }
+    let mut slots = Vec::new();
+    for s in &built.slots {
+        slots.push(SlotMeasurements {
+            slot: slot_text(s.slot),
+            verity_root_hash: built.root_hash.clone(),
+            uki_sha256: sha256_file(&s.uki).map_err(io(&s.uki))?.0,
+            pcr11: s.pcr11.clone(),
+        });
+    }
+    let manifest = Manifest {
+        format_version: super::manifest::FORMAT_VERSION,
+        os: os.to_string(),
+        version: inputs.version.to_string(),
+        profile: p.profile.clone(),
+        inputs: Inputs {
+            source_commit: inputs.source_commit.to_string(),
+            source_date_epoch: inputs.epoch,
+            lock_sha256: inputs.lock_sha256.to_string(),
+            os_spec_sha256: inputs.os_spec_sha256.to_string(),
+            builder_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        outputs: outputs.iter().cloned().map(Into::into).collect(),
+        partitions,
+        measurements: Measurements { slots },
+    };
+    let manifest_path = staging.join(super::manifest::FILE_NAME);
+    manifest.write(&manifest_path)?;
+    outputs.push(artifact(&manifest_path, super::manifest::FILE_NAME)?);
+    outputs.sort();
+    let sums = staging.join(artifacts::SHA256SUMS);
+    std::fs::write(&sums, artifacts::format_sha256sums(&outputs)).map_err(io(&sums))?;
+
+    // Release files are world-readable whatever the umask or the source's mode.
+    for entry in std::fs::read_dir(&staging).map_err(io(&staging))? {
+        let path = entry.map_err(io(&staging))?.path();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(io(&path))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    Ok(manifest)
+}
+
+fn artifact(path: &Path, name: &str) -> Result<ArtifactFile, ReleaseError> {
+    let (sha256, size) = sha256_file(path).map_err(io(path))?;
+    Ok(ArtifactFile {
+        name: name.to_string(),
+        sha256,
+        size,
+    })
+}
