@@ -4,7 +4,7 @@
 
 use super::{BadInput, CheckFailed, Global, Output};
 use crate::packages::cache::{sha256_file, Cache};
-use crate::packages::fetch::{fetch, FetchOptions, Progress};
+use crate::packages::fetch::{fetch, FetchOptions};
 use crate::packages::lockfile::{Lock, LockedPackage};
 use crate::packages::mirror::Mirrors;
 use crate::pipeline::{build, release};
@@ -220,13 +220,7 @@ fn ensure_cached(
     ));
     let options = FetchOptions {
         offline: args.offline,
-        progress: if out.progress_bars() {
-            Progress::Bars
-        } else if out.quiet {
-            Progress::Hidden
-        } else {
-            Progress::Lines
-        },
+        progress: out.download_progress(),
         ..FetchOptions::default()
     };
     fetch(

@@ -3,7 +3,7 @@
 
 use super::{Global, Output};
 use crate::packages::cache::Cache;
-use crate::packages::fetch::{fetch, FetchOptions, Progress};
+use crate::packages::fetch::{fetch, FetchOptions};
 use crate::packages::lockfile::{Lock, LockedPackage};
 use crate::packages::mirror::Mirrors;
 use crate::spec::UnknownProfile;
@@ -96,13 +96,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let options = FetchOptions {
         jobs: usize::from(args.jobs),
         offline: args.offline,
-        progress: if out.progress_bars() {
-            Progress::Bars
-        } else if out.quiet {
-            Progress::Hidden
-        } else {
-            Progress::Lines
-        },
+        progress: out.download_progress(),
         ..FetchOptions::default()
     };
     let result = fetch(

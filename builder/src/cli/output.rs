@@ -54,6 +54,19 @@ impl Output {
         !self.quiet && std::io::stderr().is_terminal()
     }
 
+    /// How downloads report progress: bars on a terminal, periodic lines otherwise, nothing
+    /// with `-q`.
+    pub fn download_progress(&self) -> crate::packages::fetch::Progress {
+        use crate::packages::fetch::Progress;
+        if self.progress_bars() {
+            Progress::Bars
+        } else if self.quiet {
+            Progress::Hidden
+        } else {
+            Progress::Lines
+        }
+    }
+
     /// Print a machine-readable result on stdout.
     pub fn json_result<T: serde::Serialize>(&self, value: &T) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
