@@ -395,8 +395,8 @@ fn build_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
     })
 }
 
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line (each cause once).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

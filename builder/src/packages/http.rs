@@ -64,7 +64,7 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, HttpErr
                 if status == 200 {
                     match resp.bytes().await {
                         Ok(b) => return Ok(b.to_vec()),
-                        Err(e) => last = error_text(&e),
+                        Err(e) => last = super::fetch::error_chain(&e),
                     }
                 } else if status >= 500 || status == 429 {
                     last = format!("HTTP {status}");
@@ -75,7 +75,7 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, HttpErr
                     });
                 }
             }
-            Err(e) => last = error_text(&e),
+            Err(e) => last = super::fetch::error_chain(&e),
         }
     }
     Err(HttpError::Transport {
@@ -83,16 +83,4 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, HttpErr
         message: last,
         attempts: ATTEMPTS,
     })
-}
-
-/// reqwest's error with its sources, on one line.
-fn error_text(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
