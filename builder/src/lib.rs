@@ -2,9 +2,11 @@
 //! GuestOS) and verifies them.
 //!
 //! Data flows one way: [`spec`] (os.yaml) → [`packages`] (lock, fetch, cache) → image stages.
-//! [`cli`] holds one module per verb; `main.rs` only dispatches.
+//! [`compare`] reads releases back for `verify` and `diff`. [`cli`] holds one module per verb;
+//! `main.rs` only dispatches.
 
 pub mod cli;
+pub mod compare;
 pub mod packages;
 pub mod pipeline;
 pub mod spec;

@@ -699,6 +699,7 @@ fn sample_manifest() -> Manifest {
         profile: "test".into(),
         inputs: Inputs {
             source_commit: "c".repeat(40),
+            source_dirty: false,
             source_date_epoch: EPOCH,
             lock_sha256: h('1'),
             os_spec_sha256: h('2'),

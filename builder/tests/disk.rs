@@ -312,7 +312,11 @@ fn check_table(image: &Path, written: &WrittenDisk, profile: &Profile) {
         });
         assert!(listed, "partition {} not in sgdisk -p:\n{print}", p.name);
     }
-    let types: Vec<&str> = written.partitions.iter().map(|p| p.type_guid).collect();
+    let types: Vec<&str> = written
+        .partitions
+        .iter()
+        .map(|p| p.type_guid.as_str())
+        .collect();
     assert_eq!(
         types,
         [

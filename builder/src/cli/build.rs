@@ -7,6 +7,7 @@ use crate::packages::cache::{sha256_file, Cache};
 use crate::packages::fetch::{fetch, FetchOptions};
 use crate::packages::lockfile::{Lock, LockedPackage};
 use crate::packages::mirror::Mirrors;
+use crate::pipeline::stage_cache::StageCache;
 use crate::pipeline::{build, release};
 use crate::spec;
 use crate::workspace::Workspace;
@@ -18,11 +19,15 @@ const AFTER_HELP: &str = "\
 Needs root (mmdebstrap, chroot, namespaces). Locked packages missing from the
 cache are fetched first (sha256-verified) unless --offline; the build itself
 uses no network. SOURCE_DATE_EPOCH is the source commit's time.
+Stage outputs are cached by the hash of their inputs (<cache>/stages): with
+nothing changed, a rebuild reuses everything; after an overlay change it
+reuses the installed packages. -v says why a stage was rebuilt.
 
 Examples:
   plinth build                          every OS, prod profile, into out/
   plinth build guest-os --profile test  the small CI image
-  plinth build all --out /srv/release --release-version 1.2.0";
+  plinth build all --out /srv/release --release-version 1.2.0
+  plinth build host-os --no-cache       rebuild every stage afresh";
 
 /// Build reproducible disk and update images from the locked packages.
 #[derive(Debug, clap::Args)]
@@ -49,6 +54,9 @@ pub struct Args {
     /// Do not fetch missing packages; fail if the cache lacks any.
     #[arg(long)]
     pub offline: bool,
+    /// Build every stage afresh: neither read nor write the stage cache.
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub mirrors: super::MirrorArgs,
     #[command(flatten)]
@@ -105,31 +113,18 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         }
     };
     let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
-    let agent_target = cache.root().join("agent-target");
+    let stage_cache = StageCache::new(cache.root().join("stages"));
+    let dirty = source_dirty(&ws.root);
+    if dirty {
+        out.warn(format!(
+            "{} has uncommitted changes: the manifest records commit {commit} with source_dirty = true, and a rebuild from that commit will differ",
+            ws.root.display()
+        ));
+    }
     let mut report = Report {
         releases: Vec::new(),
     };
     for os in oses {
-        let spec_path = ws.spec_path(os);
-        let spec_display = ws.display(&spec_path);
-        let spec = spec::load(&spec_path, &spec_display)?;
-        let profile = spec.profile(&args.profile)?;
-        let lock_path = ws.lock_path(os);
-        let lock_display = ws.display(&lock_path);
-        let lock = Lock::read(&lock_path, &lock_display, os)?;
-        let disagreements = lock.disagreements(&spec);
-        if !disagreements.is_empty() {
-            return Err(CheckFailed(format!(
-                "{lock_display} does not match {spec_display}: {}\n  hint: run `plinth lock {os}` and commit the result",
-                disagreements.join("; ")
-            ))
-            .into());
-        }
-        let packages = lock
-            .profile_packages(&args.profile)
-            .context("the lock has no such profile")?;
-        ensure_cached(out, &args, &spec, &packages, &cache)?;
-
         let temp;
         let work = match &args.work {
             Some(w) => {
@@ -148,36 +143,24 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 temp.path().to_path_buf()
             }
         };
-        out.info(format!(
-            "{os} ({}): building version {version}, SOURCE_DATE_EPOCH={epoch}, in {}",
-            args.profile,
-            work.display()
-        ));
-        let log = |line: &str| out.info(format!("  {line}"));
-        let plan = build::BuildPlan {
-            workspace: &ws.root,
-            profile: &profile,
-            packages: &packages,
-            cache: &cache,
-            agent_target: &agent_target,
-            version: &version,
-            epoch,
-            work: &work.join("build"),
-            log: &log,
-        };
-        let built = build::build(&plan)?;
         let dir = args.out.join(os).join(&version);
-        let inputs = release::ReleaseInputs {
-            profile: &profile,
+        let job = ReleaseJob {
+            source: &ws,
+            os,
+            profile: &args.profile,
             version: &version,
             epoch,
-            source_commit: &commit,
-            lock_sha256: &sha256_file(&lock_path)?.0,
-            os_spec_sha256: &sha256_file(&spec_path)?.0,
-            packages: &packages,
+            commit: &commit,
+            dirty,
+            cache: &cache,
+            stage_cache: (!args.no_cache).then_some(&stage_cache),
+            agent_target: &cache.root().join("agent-target"),
+            work: &work,
+            release_dir: &dir,
+            offline: args.offline,
+            mirrors: &args.mirrors,
         };
-        let manifest = release::assemble(&built, &inputs, &dir)
-            .with_context(|| format!("writing the release {}", dir.display()))?;
+        let manifest = build_release(out, &job)?;
         out.info(format!("{os}: release written to {}", dir.display()));
         for f in &manifest.outputs {
             out.info(format!("  {}  {:>12}  {}", f.sha256, f.size, f.name));
@@ -196,14 +179,96 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One OS profile to build into a release directory (`plinth build`, `plinth verify`).
+pub(super) struct ReleaseJob<'a> {
+    /// The source tree: specs, locks, overlays, agent sources.
+    pub source: &'a Workspace,
+    pub os: &'a str,
+    pub profile: &'a str,
+    pub version: &'a str,
+    pub epoch: i64,
+    pub commit: &'a str,
+    /// Whether the source tree differs from `commit`.
+    pub dirty: bool,
+    pub cache: &'a Cache,
+    pub stage_cache: Option<&'a StageCache>,
+    pub agent_target: &'a Path,
+    /// A directory this build owns (created, emptied by the caller).
+    pub work: &'a Path,
+    /// Where the release goes (replaced).
+    pub release_dir: &'a Path,
+    pub offline: bool,
+    pub mirrors: &'a super::MirrorArgs,
+}
+
+/// Check the lock against the spec, fetch what the cache lacks, build and assemble.
+pub(super) fn build_release(
+    out: &Output,
+    job: &ReleaseJob<'_>,
+) -> anyhow::Result<crate::pipeline::manifest::Manifest> {
+    let (ws, os) = (job.source, job.os);
+    let spec_path = ws.spec_path(os);
+    let spec_display = ws.display(&spec_path);
+    let spec = spec::load(&spec_path, &spec_display)?;
+    let profile = spec.profile(job.profile)?;
+    let lock_path = ws.lock_path(os);
+    let lock_display = ws.display(&lock_path);
+    let lock = Lock::read(&lock_path, &lock_display, os)?;
+    let disagreements = lock.disagreements(&spec);
+    if !disagreements.is_empty() {
+        return Err(CheckFailed(format!(
+            "{lock_display} does not match {spec_display}: {}\n  hint: run `plinth lock {os}` and commit the result",
+            disagreements.join("; ")
+        ))
+        .into());
+    }
+    let packages = lock
+        .profile_packages(job.profile)
+        .context("the lock has no such profile")?;
+    ensure_cached(out, job, &spec, &packages)?;
+    out.info(format!(
+        "{os} ({}): building version {}, SOURCE_DATE_EPOCH={}, in {}",
+        job.profile,
+        job.version,
+        job.epoch,
+        job.work.display()
+    ));
+    let log = |line: &str| out.info(format!("  {line}"));
+    let plan = build::BuildPlan {
+        workspace: &ws.root,
+        profile: &profile,
+        packages: &packages,
+        cache: job.cache,
+        agent_target: job.agent_target,
+        version: job.version,
+        epoch: job.epoch,
+        work: &job.work.join("build"),
+        log: &log,
+        stage_cache: job.stage_cache,
+    };
+    let built = build::build(&plan)?;
+    let inputs = release::ReleaseInputs {
+        profile: &profile,
+        version: job.version,
+        epoch: job.epoch,
+        source_commit: job.commit,
+        source_dirty: job.dirty,
+        lock_sha256: &sha256_file(&lock_path)?.0,
+        os_spec_sha256: &sha256_file(&spec_path)?.0,
+        packages: &packages,
+    };
+    release::assemble(&built, &inputs, job.release_dir)
+        .with_context(|| format!("writing the release {}", job.release_dir.display()))
+}
+
 /// Fetch the profile's locked packages the cache lacks (verified), or fail offline.
 fn ensure_cached(
     out: &Output,
-    args: &Args,
+    job: &ReleaseJob<'_>,
     spec: &spec::OsSpec,
     packages: &[&LockedPackage],
-    cache: &Cache,
 ) -> anyhow::Result<()> {
+    let cache = job.cache;
     let missing: Vec<LockedPackage> = packages
         .iter()
         .filter(|p| !cache.contains(&p.sha256, p.size))
@@ -212,14 +277,14 @@ fn ensure_cached(
     if missing.is_empty() {
         return Ok(());
     }
-    let mirrors = Mirrors::resolve(&spec.base, &args.mirrors.overrides());
+    let mirrors = Mirrors::resolve(&spec.base, &job.mirrors.overrides());
     out.info(format!(
         "{}: fetching {} packages missing from the cache",
         spec.os,
         missing.len()
     ));
     let options = FetchOptions {
-        offline: args.offline,
+        offline: job.offline,
         progress: out.download_progress(),
         ..FetchOptions::default()
     };
@@ -232,8 +297,19 @@ fn ensure_cached(
     Ok(())
 }
 
+/// Whether the git checkout at `root` has uncommitted changes (untracked files included).
+pub(super) fn source_dirty(root: &Path) -> bool {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["status", "--porcelain"])
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
 /// The source tree's commit and its time, when it is a git checkout.
-fn source_commit(root: &Path) -> (String, Option<i64>) {
+pub(super) fn source_commit(root: &Path) -> (String, Option<i64>) {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(root)

@@ -6,9 +6,11 @@
 
 mod build;
 mod check;
+mod diff;
 mod fetch;
 mod lock;
 pub mod output;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,7 +25,9 @@ Examples:
   plinth check                      validate all os.yaml specs
   plinth lock all                   resolve and pin every OS's packages
   plinth fetch guest-os --offline   list what the cache lacks, download nothing
-  plinth build guest-os --profile test   build the small GuestOS image into out/";
+  plinth build guest-os --profile test   build the small GuestOS image into out/
+  plinth verify out/guest-os/0.1.0  rebuild a release and compare every byte
+  plinth diff out/a/guest-os/1.0.0 out/b/guest-os/1.1.0   what changed";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -87,6 +91,8 @@ pub enum Verb {
     Build(build::Args),
     Lock(lock::Args),
     Fetch(fetch::Args),
+    Verify(verify::Args),
+    Diff(diff::Args),
 }
 
 /// A failed check (exit code 1): the message has been printed or is in the error.
@@ -107,6 +113,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Verb::Build(args) => build::run(&cli.global, &out, args),
         Verb::Lock(args) => lock::run(&cli.global, &out, args),
         Verb::Fetch(args) => fetch::run(&cli.global, &out, args),
+        Verb::Verify(args) => verify::run(&cli.global, &out, args),
+        Verb::Diff(args) => diff::run(&cli.global, &out, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! The OS's agent (`plinth-guest`, `plinth-host`, `plinth-setup`): built from this workspace
-//! with `cargo build --release --locked`, every build-machine path remapped (workspace, cargo
+//! The OS's agent (`plinth-guest`, `plinth-host`, `plinth-setup`): its crates fetched and
+//! checked against Cargo.lock, then built from this workspace offline with
+//! `cargo build --release --frozen`, every build-machine path remapped (workspace, cargo
 //! home, target directory) and no incremental state, then installed as `/usr/bin/<name>`.
 //! Two builds from the same source give the same bytes whatever their target directory.
 
@@ -42,9 +43,18 @@ pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> Result<PathB
         format!("--remap-path-prefix={}=/target", target_dir.display()),
         "-Cstrip=symbols".to_string(),
     ];
+    // The crates come first, checked against Cargo.lock's checksums (like the .debs against
+    // the lock); the build itself is offline and fails closed.
+    super::tool::run(
+        "cargo",
+        "a Rust toolchain",
+        Command::new("cargo")
+            .current_dir(&workspace)
+            .args(["fetch", "--locked", "--quiet"]),
+    )?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&workspace)
-        .args(["build", "--release", "--locked", "--quiet", "-p", package])
+        .args(["build", "--release", "--frozen", "--quiet", "-p", package])
         .arg("--target-dir")
         .arg(&target_dir)
         // The unit separator is how cargo takes flags that may contain spaces.
@@ -56,6 +66,30 @@ pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> Result<PathB
         .env("LC_ALL", "C");
     super::tool::run("cargo", "a Rust toolchain", &mut cmd)?;
     Ok(target_dir.join("release").join(package))
+}
+
+/// sha256 of every source the agents are built from: the workspace's `Cargo.toml` and
+/// `Cargo.lock`, and each top-level crate directory but the builder's (overlays, specs and
+/// locks are keyed apart, build output is skipped).
+pub fn source_digest(workspace: &Path) -> std::io::Result<String> {
+    use crate::packages::cache::{sha256_bytes, sha256_file};
+    let mut parts = Vec::new();
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        parts.push(format!("{file} {}", sha256_file(&workspace.join(file))?.0));
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|d| d.join("Cargo.toml").is_file() && !d.ends_with("builder"))
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let skip = ["rootfs", "target", "os.yaml", "packages.lock"];
+        let digest = super::stage_cache::tree_digest(&dir, &skip)?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        parts.push(format!("{name} {digest}"));
+    }
+    Ok(sha256_bytes(parts.join("\n").as_bytes()))
 }
 
 /// Install the built binary as `root/usr/bin/<name>` (mode 0755).

@@ -2,7 +2,13 @@
 //! own module, read top to bottom (mkosi's shape). Packages → overlay → agent → initrd →
 //! normalize → ext4 → verity → UKI per slot → ESP → disk. Everything is written below the
 //! build's own work directory; artifacts are assembled from [`Built`] by the caller.
+//!
+//! With a stage cache, two keys are computed first ([`StageKeys`]): the package stage's
+//! (lock, base, epoch, host tools, builder) and the whole build's (that plus the overlay, the
+//! agent sources, the profile and the version). A hit on the second reuses everything; a hit
+//! on the first reuses the installed root, so an overlay change only reruns what follows it.
 
+use super::stage_cache::{self, StageCache, StageKey};
 use super::{
     agent, disk, esp, ext4, ids::IdSource, initrd, normalize, overlay, rootfs, uki, verity,
 };
@@ -34,10 +40,12 @@ pub struct BuildPlan<'a> {
     pub work: &'a Path,
     /// Receives one line per finished stage.
     pub log: &'a dyn Fn(&str),
+    /// Reuse and record stage outputs here; `None` builds everything afresh.
+    pub stage_cache: Option<&'a StageCache>,
 }
 
 /// The outputs of one boot slot (or of the single slot of an OS without A/B).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SlotBuild {
     pub slot: Option<Slot>,
     pub root_partition: String,
@@ -49,7 +57,7 @@ pub struct SlotBuild {
 }
 
 /// Everything a build produced, for the artifact stage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Built {
     pub root_dir: PathBuf,
     pub kernel: PathBuf,
@@ -62,6 +70,9 @@ pub struct Built {
     pub esp_image: Option<PathBuf>,
     pub disk: PathBuf,
     pub written: disk::WrittenDisk,
+    /// The stage cache entry holding this build, if any: the release keeps its archives there.
+    #[serde(skip)]
+    pub cache_entry: Option<PathBuf>,
 }
 
 /// A stage that failed; the message names the stage and the cause.
@@ -81,8 +92,203 @@ pub enum BuildError {
     NotInImage { os: String, path: String },
 }
 
-/// Build the disk of `plan.profile`.
+/// File in a cached build's directory that records its [`Built`].
+const BUILT_FILE: &str = "built.json";
+
+/// Build the disk of `plan.profile`, reusing the stage cache where the inputs allow.
 pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
+    let os = plan.profile.os.as_str();
+    let failed = |stage: &'static str| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Stage {
+            os: os.to_string(),
+            stage,
+            source: e,
+        }
+    };
+    let Some(cache) = plan.stage_cache else {
+        return run_stages(plan, None);
+    };
+    let keys = StageKeys::compute(plan).map_err(failed("cache"))?;
+    if let Some(out) = cache.lookup(&keys.image) {
+        let built = Built::load(&out).map_err(failed("cache"))?;
+        (plan.log)(&format!(
+            "{os}: every stage reused from the stage cache ({})",
+            &keys.image.digest()[..12]
+        ));
+        return Ok(built);
+    }
+    for why in cache.changed_inputs(&keys.image) {
+        (plan.log)(&format!("{os}: stage cache miss: {why}"));
+    }
+    let built = run_stages(plan, Some((cache, &keys.packages)))?;
+    // The finished work directory becomes the cache entry (moved, or copied across
+    // filesystems); the build continues from there.
+    cache
+        .store(
+            &keys.image,
+            |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                if std::fs::rename(plan.work, out).is_err() {
+                    stage_cache::copy_tree(plan.work, out)?;
+                }
+                // Paths relative to the entry: it is renamed into place after this.
+                let relative = built.rebase(plan.work, Path::new(""));
+                std::fs::write(out.join(BUILT_FILE), serde_json::to_vec_pretty(&relative)?)?;
+                Ok(())
+            },
+        )
+        .map_err(failed("cache"))?;
+    let out = cache
+        .lookup(&keys.image)
+        .ok_or_else(|| failed("cache")("the entry just stored is missing".into()))?;
+    Built::load(&out).map_err(failed("cache"))
+}
+
+/// The package stage, from the stage cache when its key is there.
+fn packages_stage(
+    rplan: &rootfs::Plan<'_>,
+    work: &Path,
+    cache: Option<(&StageCache, &StageKey)>,
+    log: &dyn Fn(&str),
+) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+    let Some((cache, key)) = cache else {
+        return Ok(rootfs::install(rplan, work)?);
+    };
+    let root = work.join("root");
+    if let Some(out) = cache.lookup(key) {
+        std::fs::create_dir_all(work)?;
+        stage_cache::copy_tree(&out.join("root"), &root)?;
+        log(&format!(
+            "{}: packages reused from the stage cache ({})",
+            rplan.profile.os,
+            &key.digest()[..12]
+        ));
+        return Ok(root);
+    }
+    let root = rootfs::install(rplan, work)?;
+    cache.store(
+        key,
+        |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            std::fs::create_dir_all(out)?;
+            Ok(stage_cache::copy_tree(&root, &out.join("root"))?)
+        },
+    )?;
+    Ok(root)
+}
+
+/// The stage cache keys of one build.
+pub struct StageKeys {
+    /// The package stage: what mmdebstrap installs.
+    pub packages: StageKey,
+    /// The whole build.
+    pub image: StageKey,
+}
+
+impl StageKeys {
+    pub fn compute(
+        plan: &BuildPlan<'_>,
+    ) -> Result<StageKeys, Box<dyn std::error::Error + Send + Sync>> {
+        use crate::packages::cache::{sha256_bytes, sha256_file};
+        let p = plan.profile;
+        let debs: Vec<String> = plan
+            .packages
+            .iter()
+            .map(|d| format!("{} {}", d.key(), d.sha256))
+            .collect();
+        let requests: Vec<&str> = p.packages.iter().map(|r| r.name.as_str()).collect();
+        let builder = std::env::current_exe()?;
+        let common = |stage: &str| {
+            StageKey::new(stage, &p.os, &p.profile)
+                .with("epoch", plan.epoch.to_string())
+                .with("host-tools", host_tools())
+        };
+        let packages = common("packages")
+            .with("debs", sha256_bytes(debs.join("\n").as_bytes()))
+            .with("requests", requests.join(","))
+            .with(
+                "base",
+                format!(
+                    "{} {} {}",
+                    p.base.release, p.base.variant, p.base.architecture
+                ),
+            )
+            .with("builder", sha256_file(&builder)?.0);
+        let mut image = common("image")
+            .with("packages", packages.digest())
+            .with("builder", sha256_file(&builder)?.0)
+            .with("profile", sha256_bytes(format!("{p:?}").as_bytes()))
+            .with("version", plan.version)
+            .with(
+                "overlay",
+                stage_cache::tree_digest(&plan.workspace.join(&p.os).join("rootfs"), &[])?,
+            );
+        if agent::agent_for(&p.os).is_some() {
+            image = image.with("agent-sources", agent::source_digest(plan.workspace)?);
+        }
+        Ok(StageKeys { packages, image })
+    }
+}
+
+/// The versions of the host tools whose output lands in images, as one line.
+fn host_tools() -> String {
+    let out = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package}=${Version} "])
+        .args(HOST_TOOL_PACKAGES)
+        .output();
+    match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(_) => "unknown".to_string(),
+    }
+}
+
+/// The Debian packages of the host tools the stages run.
+const HOST_TOOL_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "apt",
+    "dpkg",
+    "e2fsprogs",
+    "cryptsetup-bin",
+    "dosfstools",
+    "mtools",
+    "coreutils",
+];
+
+impl Built {
+    /// The same build with every path below `from` moved below `to`.
+    pub fn rebase(&self, from: &Path, to: &Path) -> Built {
+        let mv = |p: &PathBuf| match p.strip_prefix(from) {
+            Ok(rel) => to.join(rel),
+            Err(_) => p.clone(),
+        };
+        let mut b = self.clone();
+        b.root_dir = mv(&b.root_dir);
+        b.kernel = mv(&b.kernel);
+        b.initrd = mv(&b.initrd);
+        b.root_image = mv(&b.root_image);
+        b.verity_image = mv(&b.verity_image);
+        b.disk = mv(&b.disk);
+        b.esp_image = b.esp_image.as_ref().map(mv);
+        for s in &mut b.slots {
+            s.uki = mv(&s.uki);
+        }
+        b
+    }
+
+    /// Read a cached build's record from its directory.
+    fn load(dir: &Path) -> Result<Built, Box<dyn std::error::Error + Send + Sync>> {
+        let path = dir.join(BUILT_FILE);
+        let built: Built = serde_json::from_slice(&std::fs::read(&path)?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut built = built.rebase(Path::new(""), dir);
+        built.cache_entry = Some(dir.to_path_buf());
+        Ok(built)
+    }
+}
+
+/// Every stage, in order; the package stage through `cache` when given.
+fn run_stages(
+    plan: &BuildPlan<'_>,
+    cache: Option<(&StageCache, &StageKey)>,
+) -> Result<Built, BuildError> {
     let p = plan.profile;
     let os = p.os.as_str();
     let ids = IdSource {
@@ -103,7 +309,7 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
         cache: plan.cache,
         epoch: plan.epoch,
     };
-    let root = stage("packages").run(|| rootfs::install(&rplan, plan.work))?;
+    let root = stage("packages").run(|| packages_stage(&rplan, plan.work, cache, plan.log))?;
     let overlay_dir = plan.workspace.join(os).join("rootfs");
     stage("overlay").run(|| overlay::apply(&overlay_dir, &root))?;
     if let Some(name) = agent::agent_for(os) {
@@ -237,6 +443,8 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
         None => None,
     };
 
+    let empty = stage("filesystems").run(|| empty_filesystems(p, &ids, plan.epoch, plan.work))?;
+
     let disk_path = plan.work.join("disk.img");
     let written = stage("disk").run(|| {
         let mut layout = disk::DiskLayout::from_profile(ids, p)
@@ -244,6 +452,9 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
             .with_source(&first.verity_partition, &verity_image)?;
         if let (Some(part), Some(image)) = (esp_part, &esp_image) {
             layout = layout.with_source(&part.name, image)?;
+        }
+        for (name, image) in &empty {
+            layout = layout.with_source(name, image)?;
         }
         disk::write_disk(&layout, &disk_path)
     })?;
@@ -259,7 +470,60 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
         esp_image,
         disk: disk_path,
         written,
+        cache_entry: None,
     })
+}
+
+/// Empty filesystems for the config and data partitions that name one (ext4 or vfat), so
+/// that the installer and the OS find them formatted: ids derived like every other, label
+/// the partition's name. Returns (partition, image) pairs.
+fn empty_filesystems(
+    p: &Profile,
+    ids: &IdSource,
+    epoch: i64,
+    work: &Path,
+) -> Result<Vec<(String, PathBuf)>, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::spec::Filesystem;
+    let mut out = Vec::new();
+    let empty_dir = work.join("empty");
+    for part in &p.partitions {
+        if !matches!(part.role, Role::Config | Role::Data) {
+            continue;
+        }
+        let image = work.join(format!("{}.img", part.name));
+        match part.filesystem {
+            Filesystem::Ext4 => {
+                std::fs::create_dir_all(&empty_dir)?;
+                ext4::make(&ext4::Ext4Plan {
+                    root: &empty_dir,
+                    image: &image,
+                    size: part.size.bytes(),
+                    uuid: &ids.uuid_string(&format!("{}/fs-uuid", part.name)),
+                    hash_seed: &ids.uuid_string(&format!("{}/hash-seed", part.name)),
+                    label: &part.name,
+                    epoch,
+                })?;
+            }
+            Filesystem::Vfat => {
+                let opts = esp::FatOptions {
+                    size: part.size.bytes(),
+                    volume_id: esp::volume_id(ids, &format!("{}/volume-id", part.name)),
+                    label: part
+                        .name
+                        .to_uppercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                        .chars()
+                        .take(11)
+                        .collect(),
+                    epoch,
+                };
+                esp::write_fat(&image, &opts, &[])?;
+            }
+            Filesystem::Raw => continue,
+        }
+        out.push((part.name.clone(), image));
+    }
+    Ok(out)
 }
 
 /// `guest-os-a` for slot A, `setup-os` for a single-slot OS.

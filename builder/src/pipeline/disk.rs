@@ -19,7 +19,7 @@ use gpt::mbr::ProtectiveMBR;
 use gpt::partition::Partition as GptPartition;
 use gpt::partition_types::Type;
 use gpt::GptConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -134,14 +134,14 @@ pub fn part_guid(ids: &IdSource, name: &str) -> String {
 }
 
 /// One partition as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrittenPartition {
     /// GPT partition number, from 1.
     pub number: u32,
     pub name: String,
     pub role: Role,
     /// Upper-case, as [`type_guid`] returns it.
-    pub type_guid: &'static str,
+    pub type_guid: String,
     /// Lower-case text form, derived from `<name>/part-guid`.
     pub part_guid: String,
     pub first_lba: u64,
@@ -156,7 +156,7 @@ pub struct WrittenPartition {
 }
 
 /// What [`write_disk`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrittenDisk {
     /// Size of the image in bytes.
     pub size: u64,
@@ -332,7 +332,7 @@ pub fn write_disk(layout: &DiskLayout, out: &Path) -> Result<WrittenDisk, DiskEr
             number,
             name: p.name.clone(),
             role: p.role,
-            type_guid,
+            type_guid: type_guid.to_string(),
             part_guid,
             first_lba: at.first_lba,
             last_lba: at.last_lba,

@@ -42,6 +42,10 @@ pub struct Manifest {
 pub struct Inputs {
     /// The git commit of the plinth tree (40 hex digits).
     pub source_commit: String,
+    /// The tree had uncommitted changes: a rebuild from `source_commit` is not expected to
+    /// match. Absent in older manifests (false).
+    #[serde(default)]
+    pub source_dirty: bool,
     /// SOURCE_DATE_EPOCH: every time in every image.
     pub source_date_epoch: i64,
     /// sha256 of the OS's `packages.lock`.

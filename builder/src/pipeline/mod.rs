@@ -1,6 +1,7 @@
 //! The image build pipeline, one module per stage, data flowing one way:
-//! rootfs → filesystems (ext4, verity, ESP) → UKI → disk → artifacts.
-//! Stages land one by one; `plinth build` appears when the whole chain works.
+//! rootfs → filesystems (ext4, verity, ESP) → UKI → disk → artifacts. `build` calls the
+//! stages in order, through the `stage_cache` where their inputs are unchanged; `release`
+//! assembles the release directory.
 
 pub mod agent;
 pub mod artifacts;
@@ -16,6 +17,7 @@ pub mod overlay;
 pub mod release;
 pub mod rootfs;
 pub mod sbom;
+pub mod stage_cache;
 pub mod tool;
 pub mod uki;
 pub mod verity;

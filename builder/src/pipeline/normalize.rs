@@ -52,6 +52,21 @@ pub const RULES: &[(&str, Action, &str)] = &[
         Action::Remove,
         "generated at first boot",
     ),
+    (
+        "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
+        Action::Remove,
+        "the build's dpkg options (force-unsafe-io)",
+    ),
+    (
+        "etc/nvme/hostid",
+        Action::Remove,
+        "random per-machine NVMe host id from nvme-cli's postinst: never shared",
+    ),
+    (
+        "etc/nvme/hostnqn",
+        Action::Remove,
+        "random per-machine NVMe host NQN from nvme-cli's postinst: never shared",
+    ),
     ("etc/.pwd.lock", Action::Remove, "lock file"),
     ("etc/passwd-", Action::Remove, "backup"),
     ("etc/group-", Action::Remove, "backup"),

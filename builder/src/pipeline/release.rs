@@ -24,6 +24,8 @@ pub struct ReleaseInputs<'a> {
     pub version: &'a str,
     pub epoch: i64,
     pub source_commit: &'a str,
+    /// The source tree had uncommitted changes.
+    pub source_dirty: bool,
     pub lock_sha256: &'a str,
     pub os_spec_sha256: &'a str,
     pub packages: &'a [&'a LockedPackage],
@@ -68,8 +70,10 @@ pub fn assemble(
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
 
     let mut outputs: Vec<ArtifactFile> = Vec::new();
-    outputs.push(artifacts::write_tar_zst(
-        &staging.join(DISK_ARCHIVE),
+    outputs.push(archive(
+        built,
+        &staging,
+        DISK_ARCHIVE,
         &[TarEntry::new("disk.img", &built.disk)],
         inputs.epoch,
     )?);
@@ -83,8 +87,10 @@ pub fn assemble(
             &s.uki,
         ));
     }
-    outputs.push(artifacts::write_tar_zst(
-        &staging.join(UPDATE_ARCHIVE),
+    outputs.push(archive(
+        built,
+        &staging,
+        UPDATE_ARCHIVE,
         &update,
         inputs.epoch,
     )?);
@@ -155,6 +161,7 @@ pub fn assemble(
         profile: p.profile.clone(),
         inputs: Inputs {
             source_commit: inputs.source_commit.to_string(),
+            source_dirty: inputs.source_dirty,
             source_date_epoch: inputs.epoch,
             lock_sha256: inputs.lock_sha256.to_string(),
             os_spec_sha256: inputs.os_spec_sha256.to_string(),
@@ -183,6 +190,40 @@ pub fn assemble(
     }
     std::fs::rename(&staging, dir).map_err(io(dir))?;
     Ok(manifest)
+}
+
+/// Write archive `name` into `staging`, or take it from the build's stage cache entry, where
+/// an earlier release of the same build left it (the archive depends only on the built
+/// images and SOURCE_DATE_EPOCH, both part of the entry's key).
+fn archive(
+    built: &Built,
+    staging: &Path,
+    name: &str,
+    entries: &[TarEntry],
+    epoch: i64,
+) -> Result<ArtifactFile, ReleaseError> {
+    let dest = staging.join(name);
+    let cached = built.cache_entry.as_ref().map(|d| d.join(name));
+    if let Some(cached) = &cached {
+        if cached.is_file() && link_or_copy(cached, &dest).is_ok() {
+            return artifact(&dest, name);
+        }
+    }
+    let written = artifacts::write_tar_zst(&dest, entries, epoch)?;
+    if let Some(cached) = &cached {
+        // Best effort: without it the next release compresses again.
+        let partial = cached.with_extension("partial");
+        if link_or_copy(&dest, &partial).is_ok() {
+            let _ = std::fs::rename(&partial, cached);
+        }
+    }
+    Ok(written)
+}
+
+/// A hard link where the filesystem allows, else a copy.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(to);
+    std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
 }
 
 fn artifact(path: &Path, name: &str) -> Result<ArtifactFile, ReleaseError> {

@@ -1,0 +1,266 @@
+//! `plinth verify`: rebuild a release from the inputs its manifest records (the source commit,
+//! exported from git into a fresh directory; SOURCE_DATE_EPOCH; profile; version) with no stage
+//! cache, then compare every artifact byte for byte. On a mismatch it names the artifact, the
+//! partition or archive member, and the paths inside that differ.
+
+use super::build::{build_release, ReleaseJob};
+use super::{BadInput, CheckFailed, Global, Output};
+use crate::compare::release::{Release, ReleaseDirError};
+use crate::compare::{self, Comparison};
+use crate::packages::cache::{sha256_file, Cache};
+use crate::workspace::Workspace;
+use anyhow::Context;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const AFTER_HELP: &str = "\
+Needs root (it builds) and the git history holding the release's source
+commit (--root, or the checkout around the current directory). Locked
+packages missing from the cache are fetched (sha256-verified); no stage is
+taken from the stage cache. Exit 0: every artifact reproduced; 1: something
+differs (named down to files); 2: bad input.
+
+Examples:
+  plinth verify out/guest-os/0.1.0
+  plinth verify /srv/releases/host-os/1.2.0/manifest.json --limit 0
+  plinth verify out/setup-os/0.1.0 --json > verify.json";
+
+/// Rebuild a release from source and compare it byte for byte.
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// A release directory (out/<os>/<version>) or its manifest.json.
+    #[arg(value_name = "RELEASE")]
+    pub release: PathBuf,
+    /// Work directory (kept afterwards) [default: a temporary one].
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+    /// Paths listed per differing partition or member (0: all).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+    /// Do not fetch missing packages; fail if the cache lacks any.
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub mirrors: super::MirrorArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArg,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    reproduced: bool,
+    os: &'a str,
+    version: &'a str,
+    profile: &'a str,
+    source_commit: &'a str,
+    artifacts: &'a [compare::ArtifactDiff],
+}
+
+pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(BadInput(
+            "plinth verify needs root: it rebuilds the release (mmdebstrap, chroot, namespaces) and mounts its filesystems read-only to compare them\n  hint: run it as root".into(),
+        )
+        .into());
+    }
+    let release = open_release(&args.release)?;
+    let m = &release.manifest;
+    let repo = Workspace::discover(g.root.as_deref())?;
+    let commit = m.inputs.source_commit.as_str();
+    if commit.bytes().all(|b| b == b'0') {
+        return Err(BadInput(format!(
+            "{}: the manifest records no source commit (inputs.source_commit is all zeros)\n  hint: only releases built from a git checkout can be rebuilt",
+            release.dir.display()
+        ))
+        .into());
+    }
+    if m.inputs.source_dirty {
+        out.warn(format!(
+            "{} was built from a tree with uncommitted changes to {commit}: expect differences",
+            release.dir.display()
+        ));
+    }
+    let temp;
+    let work = match &args.work {
+        Some(w) => {
+            if w.exists() {
+                std::fs::remove_dir_all(w).with_context(|| format!("clearing {}", w.display()))?;
+            }
+            std::fs::create_dir_all(w)?;
+            w.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("plinth-verify-")
+                .tempdir()
+                .context("creating a work directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    out.info(format!(
+        "{} {} ({}): rebuilding from commit {commit}, SOURCE_DATE_EPOCH={}",
+        m.os, m.version, m.profile, m.inputs.source_date_epoch
+    ));
+    let source = export_commit(&repo.root, commit, &work.join("source"))?;
+    check_source_inputs(&source, &release)?;
+
+    let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
+    let rebuilt_dir = work.join("rebuilt").join(&m.os).join(&m.version);
+    let job = ReleaseJob {
+        source: &source,
+        os: &m.os,
+        profile: &m.profile,
+        version: &m.version,
+        epoch: m.inputs.source_date_epoch,
+        commit,
+        dirty: false,
+        cache: &cache,
+        stage_cache: None,
+        agent_target: &work.join("agent-target"),
+        work: &work.join("work"),
+        release_dir: &rebuilt_dir,
+        offline: args.offline,
+        mirrors: &args.mirrors,
+    };
+    build_release(out, &job)?;
+    let rebuilt = Release::open(&rebuilt_dir)?;
+    let scratch = work.join("compare");
+    std::fs::create_dir_all(&scratch)?;
+    let comparison = compare::compare(&release, &rebuilt, &scratch)?;
+    report(out, &release, &comparison, args.limit)
+}
+
+/// Open the release; a malformed manifest is bad input, altered files a failed check.
+pub(super) fn open_release(path: &Path) -> anyhow::Result<Release> {
+    match Release::open(path) {
+        Ok(r) => Ok(r),
+        Err(e @ ReleaseDirError::Altered { .. }) => Err(CheckFailed(e.to_string()).into()),
+        Err(e) => Err(BadInput(e.to_string()).into()),
+    }
+}
+
+/// `git archive` of `commit` unpacked into `dest`: the source exactly as committed.
+fn export_commit(repo: &Path, commit: &str, dest: &Path) -> anyhow::Result<Workspace> {
+    std::fs::create_dir_all(dest)?;
+    let archive = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["archive", "--format=tar", commit])
+        .output()
+        .context("running git archive")?;
+    if !archive.status.success() {
+        return Err(BadInput(format!(
+            "the source commit {commit} is not in the git repository at {}: {}\n  hint: fetch it (`git fetch origin {commit}`), or pass --root with a clone that has it",
+            repo.display(),
+            String::from_utf8_lossy(&archive.stderr).trim()
+        ))
+        .into());
+    }
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dest)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("running tar")?;
+    use std::io::Write;
+    tar.stdin
+        .take()
+        .context("tar's stdin")?
+        .write_all(&archive.stdout)?;
+    anyhow::ensure!(
+        tar.wait()?.success(),
+        "tar could not unpack git archive's output"
+    );
+    Ok(Workspace::discover(Some(dest))?)
+}
+
+/// The exported source must hold the lock and spec the manifest names.
+fn check_source_inputs(source: &Workspace, release: &Release) -> anyhow::Result<()> {
+    let m = &release.manifest;
+    let mut problems = Vec::new();
+    for (path, want, field) in [
+        (
+            source.lock_path(&m.os),
+            &m.inputs.lock_sha256,
+            "inputs.lock_sha256",
+        ),
+        (
+            source.spec_path(&m.os),
+            &m.inputs.os_spec_sha256,
+            "inputs.os_spec_sha256",
+        ),
+    ] {
+        let (have, _) =
+            sha256_file(&path).with_context(|| format!("reading {}", path.display()))?;
+        if &have != want {
+            problems.push(format!(
+                "  {}: sha256 {have} at commit {}, the manifest's {field} is {want}",
+                source.display(&path),
+                m.inputs.source_commit
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(CheckFailed(format!(
+        "{}: the source commit does not hold the inputs the manifest records:\n{}\n  hint: the manifest names the wrong commit, or was edited",
+        release.dir.display(),
+        problems.join("\n")
+    ))
+    .into())
+}
+
+fn report(out: &Output, release: &Release, c: &Comparison, limit: usize) -> anyhow::Result<()> {
+    let m = &release.manifest;
+    let differing: Vec<&compare::ArtifactDiff> = c.differing().collect();
+    if out.json {
+        out.json_result(&Report {
+            reproduced: differing.is_empty(),
+            os: &m.os,
+            version: &m.version,
+            profile: &m.profile,
+            source_commit: &m.inputs.source_commit,
+            artifacts: &c.artifacts,
+        })?;
+    } else if differing.is_empty() {
+        println!("reproduced {} artifacts", c.artifacts.len());
+        for a in &c.artifacts {
+            if let Some(d) = &a.before {
+                println!("  {}  {:>12}  {}", d.sha256, d.size, a.name);
+            }
+        }
+    } else {
+        println!(
+            "NOT reproduced: {} of {} artifacts differ ({} {}, {})",
+            differing.len(),
+            c.artifacts.len(),
+            m.os,
+            m.version,
+            m.profile
+        );
+        for a in &differing {
+            for line in compare::render_artifact(a, ("release", "rebuilt"), limit) {
+                println!("  {line}");
+            }
+        }
+    }
+    if differing.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckFailed(format!(
+            "{}: {} of {} artifacts differ from the rebuild: {}",
+            release.dir.display(),
+            differing.len(),
+            c.artifacts.len(),
+            differing
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into())
+    }
+}

@@ -1,0 +1,161 @@
+//! A release directory as `plinth verify` and `plinth diff` read it: its manifest, its files
+//! checked against the manifest, its archives unpacked on demand, and its package list from
+//! the SBOM.
+
+use crate::packages::cache::sha256_file;
+use crate::pipeline::artifacts;
+use crate::pipeline::manifest::{self, Manifest};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Why a release directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseDirError {
+    #[error("{}: no such release directory or manifest\n  hint: pass a release directory (out/<os>/<version>) or its manifest.json", path.display())]
+    Missing { path: PathBuf },
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error("{}: the release's files do not match its manifest:\n{}\n  hint: the directory was altered or is incomplete; fetch the release again", dir.display(), problems.join("\n"))]
+    Altered { dir: PathBuf, problems: Vec<String> },
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    #[error("{}: not an SPDX SBOM: {message}", path.display())]
+    Sbom { path: PathBuf, message: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseDirError + '_ {
+    move |e| ReleaseDirError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// An opened release directory.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Release {
+    /// Open `path` (a release directory or its `manifest.json`) and check that every file
+    /// the manifest lists is there with its sha256 and size.
+    pub fn open(path: &Path) -> Result<Release, ReleaseDirError> {
+        let (dir, manifest_path) = if path.is_dir() {
+            (path.to_path_buf(), path.join(manifest::FILE_NAME))
+        } else if path.is_file() {
+            let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            (dir, path.to_path_buf())
+        } else {
+            return Err(ReleaseDirError::Missing {
+                path: path.to_path_buf(),
+            });
+        };
+        let manifest = Manifest::read(&manifest_path)?;
+        let mut problems = Vec::new();
+        for o in &manifest.outputs {
+            let file = dir.join(&o.name);
+            match sha256_file(&file) {
+                Ok((sha, size)) if sha == o.sha256 && size == o.size => {}
+                Ok((sha, size)) => problems.push(format!(
+                    "  {}: sha256 {sha} ({size} B), the manifest says {} ({} B)",
+                    o.name, o.sha256, o.size
+                )),
+                Err(e) => problems.push(format!("  {}: {e}", o.name)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ReleaseDirError::Altered { dir, problems });
+        }
+        Ok(Release { dir, manifest })
+    }
+
+    /// sha256 and size of a release file, `None` if the release has none of that name.
+    pub fn digest(&self, name: &str) -> Result<Option<super::Digest>, ReleaseDirError> {
+        let path = self.dir.join(name);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let (sha256, size) = sha256_file(&path).map_err(io(&path))?;
+        Ok(Some(super::Digest { sha256, size }))
+    }
+
+    /// Unpack every member of archive `name` into `dest`; their names.
+    pub fn extract_all(&self, name: &str, dest: &Path) -> Result<Vec<String>, ReleaseDirError> {
+        Ok(artifacts::extract_tar_zst(&self.dir.join(name), dest)?)
+    }
+
+    /// Unpack archive `name` into `dest` and return the path of its member `member`.
+    pub fn extract_member(
+        &self,
+        name: &str,
+        member: &str,
+        dest: &Path,
+    ) -> Result<PathBuf, ReleaseDirError> {
+        let names = self.extract_all(name, dest)?;
+        if !names.iter().any(|n| n == member) {
+            return Err(ReleaseDirError::Io {
+                path: self.dir.join(name),
+                message: format!("has no member `{member}` (it has: {})", names.join(", ")),
+            });
+        }
+        Ok(dest.join(member))
+    }
+
+    /// Package name → version, from the SBOM (the image itself is not a package).
+    pub fn packages(&self) -> Result<BTreeMap<String, String>, ReleaseDirError> {
+        let path = self.dir.join(crate::pipeline::release::SBOM);
+        let bad = |message: String| ReleaseDirError::Sbom {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let packages = doc["packages"]
+            .as_array()
+            .ok_or_else(|| bad("no `packages` list".into()))?;
+        let mut out = BTreeMap::new();
+        for p in packages {
+            if p["SPDXID"] == crate::pipeline::sbom::IMAGE_ID {
+                continue;
+            }
+            let (Some(name), Some(version)) = (p["name"].as_str(), p["versionInfo"].as_str())
+            else {
+                return Err(bad(format!("a package without name or versionInfo: {p}")));
+            };
+            out.insert(name.to_string(), version.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// Copy `len` bytes from `offset` of `disk` into a new file `out`, leaving all-zero blocks as
+/// holes; returns `out`.
+pub fn copy_span(
+    disk: &Path,
+    offset: u64,
+    len: u64,
+    out: &Path,
+) -> Result<PathBuf, ReleaseDirError> {
+    const BLOCK: usize = 1 << 20;
+    let mut src = std::fs::File::open(disk).map_err(io(disk))?;
+    src.seek(SeekFrom::Start(offset)).map_err(io(disk))?;
+    let mut dst = std::fs::File::create(out).map_err(io(out))?;
+    let mut buf = vec![0u8; BLOCK];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(BLOCK as u64) as usize;
+        src.read_exact(&mut buf[..want]).map_err(io(disk))?;
+        if buf[..want].iter().all(|&b| b == 0) {
+            dst.seek(SeekFrom::Current(want as i64)).map_err(io(out))?;
+        } else {
+            dst.write_all(&buf[..want]).map_err(io(out))?;
+        }
+        left -= want as u64;
+    }
+    dst.set_len(len).map_err(io(out))?;
+    Ok(out.to_path_buf())
+}
