@@ -74,7 +74,15 @@ impl Release {
     }
 
     /// sha256 and size of a release file, `None` if the release has none of that name.
+    /// Files the manifest lists were hashed and checked by [`Release::open`]; only the others
+    /// (the manifest itself) are hashed here.
     pub fn digest(&self, name: &str) -> Result<Option<super::Digest>, ReleaseDirError> {
+        if let Some(o) = self.manifest.outputs.iter().find(|o| o.name == name) {
+            return Ok(Some(super::Digest {
+                sha256: o.sha256.clone(),
+                size: o.size,
+            }));
+        }
         let path = self.dir.join(name);
         if !path.is_file() {
             return Ok(None);

@@ -195,7 +195,7 @@ impl StageKeys {
             .map(|d| format!("{} {}", d.key(), d.sha256))
             .collect();
         let requests: Vec<&str> = p.packages.iter().map(|r| r.name.as_str()).collect();
-        let builder = std::env::current_exe()?;
+        let builder = sha256_file(&std::env::current_exe()?)?.0;
         let common = |stage: &str| {
             StageKey::new(stage, &p.os, &p.profile)
                 .with("epoch", plan.epoch.to_string())
@@ -211,10 +211,10 @@ impl StageKeys {
                     p.base.release, p.base.variant, p.base.architecture
                 ),
             )
-            .with("builder", sha256_file(&builder)?.0);
+            .with("builder", builder.clone());
         let mut image = common("image")
             .with("packages", packages.digest())
-            .with("builder", sha256_file(&builder)?.0)
+            .with("builder", builder.clone())
             .with("profile", sha256_bytes(format!("{p:?}").as_bytes()))
             .with("version", plan.version)
             .with(
