@@ -391,8 +391,9 @@ fn workers_do_not_change_the_bytes() {
             ..Compression::RELEASE
         };
         digests.insert(
-            artifacts::write_tar_zst_with(&out, &entries, EPOCH, c)
+            artifacts::write_tar_zst_with(&out, &entries, EPOCH, c, &Default::default())
                 .unwrap()
+                .file
                 .sha256,
         );
     }
@@ -842,4 +843,62 @@ fn manifest_errors_name_file_line_and_column() {
         err.to_string().contains("absent.json: cannot read"),
         "{err}"
     );
+}
+
+#[test]
+fn a_partition_is_framed_as_its_own_image_and_reused() {
+    use plinth::pipeline::frames::{self, FramePool};
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // A "root image" with data, holes and a zero run, and a disk holding it at 3 MiB.
+    let root = tmp.path().join("root.img");
+    let mut image = pattern(6 * MIB as usize, 3);
+    image[MIB as usize..2 * MIB as usize].fill(0);
+    image.truncate(5 * MIB as usize + 4096);
+    std::fs::write(&root, &image).unwrap();
+    let disk = tmp.path().join("disk.img");
+    let f = File::create(&disk).unwrap();
+    f.set_len(16 * MIB).unwrap();
+    f.write_all_at(&pattern(4096, 9), 0).unwrap();
+    f.write_all_at(&image, 3 * MIB).unwrap();
+    drop(f);
+
+    let format = frames::format(Compression::RELEASE.level);
+    let mut pool = FramePool::default();
+    let disk_archive = tmp.path().join("disk.tar.zst");
+    let d = artifacts::write_tar_zst_with(
+        &disk_archive,
+        &[TarEntry::new("disk.img", &disk).with_anchors([3 * MIB])],
+        EPOCH,
+        Compression::RELEASE,
+        &pool,
+    )
+    .unwrap();
+    assert_eq!(d.reused, 0);
+    assert!(pool.add(&disk_archive, &d.frames, &format));
+    let update = tmp.path().join("update.tar.zst");
+    let u = artifacts::write_tar_zst_with(
+        &update,
+        &[TarEntry::new("root.img", &root)],
+        EPOCH,
+        Compression::RELEASE,
+        &pool,
+    )
+    .unwrap();
+    // Every window of the root image's data came from the disk archive.
+    let nonzero = image.len() as u64 - MIB;
+    assert_eq!(u.reused, nonzero);
+    // And the archive is the one written without reuse, readable by GNU tar.
+    let fresh = tmp.path().join("fresh.tar.zst");
+    let alone =
+        artifacts::write_tar_zst(&fresh, &[TarEntry::new("root.img", &root)], EPOCH).unwrap();
+    assert_eq!(alone.sha256, u.file.sha256);
+    let out = tmp.path().join("x");
+    std::fs::create_dir(&out).unwrap();
+    run(Command::new("tar")
+        .args(["--zstd", "-xf"])
+        .arg(&update)
+        .arg("-C")
+        .arg(&out));
+    assert_eq!(std::fs::read(out.join("root.img")).unwrap(), image);
 }

@@ -238,8 +238,8 @@ fn every_image_reproduces_verifies_and_diffs() {
     let second = build("guest-os", out2.to_str().unwrap());
     assert!(second.status.success());
     assert!(
-        text(&second).contains("packages reused from the stage cache"),
-        "an overlay change must reuse the package stage"
+        text(&second).contains("packages and initrd reused from the stage cache"),
+        "an overlay change must reuse the package stage and its initrd"
     );
     let (a, b) = (
         out1.join("guest-os").join(VERSION),

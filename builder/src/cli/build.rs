@@ -256,6 +256,7 @@ pub(super) fn build_release(
         lock_sha256: &sha256_file(&lock_path)?.0,
         os_spec_sha256: &sha256_file(&spec_path)?.0,
         packages: &packages,
+        log: &log,
     };
     release::assemble(&built, &inputs, job.release_dir)
         .with_context(|| format!("writing the release {}", job.release_dir.display()))

@@ -19,16 +19,19 @@
 //! is mostly holes is scanned in the time its data takes to read.
 //!
 //! The tar stream goes through zstd ([`Compression::RELEASE`]: level [`ZSTD_LEVEL`], frame
-//! checksum, [`ZSTD_WORKERS`] worker threads) from the libzstd the `zstd-sys` crate bundles,
-//! pinned by Cargo.lock, so the host's zstd plays no part. zstd's multi-threaded output does not
-//! depend on the number of workers (any count from 1 up gives the same bytes) but differs from
-//! its single-threaded mode (0 workers); the level, the mode and the libzstd version are part of
-//! the format. Nothing is held in memory whole: files stream through, and the output is hashed
-//! as it is written, into a temporary file renamed into place only when complete.
+//! checksum and content size) from the libzstd the `zstd-sys` crate bundles, pinned by
+//! Cargo.lock, so the host's zstd plays no part. The stream is cut into independent frames
+//! at content positions ([`super::frames`]: before and after each 4 MiB window of member data,
+//! windows starting at the member's anchors), compressed on [`ZSTD_WORKERS`] threads; frames
+//! already in an earlier archive are copied from it. The level, the window rule and the
+//! libzstd version are part of the format; the thread count and reuse are not. Nothing is
+//! held in memory whole beyond a batch of frames, and the output is hashed as it is written,
+//! into a temporary file renamed into place only when complete.
 //!
 //! [`extract_tar_zst`] restores members (holes stay holes); [`sha256sums`],
 //! [`read_sha256sums`] and [`check`] write and check `SHA256SUMS` in `sha256sum`'s format.
 
+use super::frames::{FrameIndex, FramePool, FrameWriter, FRAME};
 use crate::packages::cache::{sha256_file, sha256_reader};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -43,12 +46,12 @@ pub const DISK_ARCHIVE: &str = "disk-img.tar.zst";
 pub const UPDATE_ARCHIVE: &str = "update-img.tar.zst";
 /// The checksum list of a release directory.
 pub const SHA256SUMS: &str = "SHA256SUMS";
-/// zstd level of release archives. On a 634 MiB GuestOS root image here (2 threads): level 3
-/// took 2.9 s for 167 MB, level 6 10.5 s for 154 MB, level 10 18.7 s for 146 MB. Level 6
-/// keeps a full build under half of mkosi's time (ci/bench) for 6 % more bytes than level 10.
+/// zstd level of release archives. On a 634 MiB GuestOS root image here (2 threads, one
+/// stream): level 3 took 2.9 s for 167 MB, level 6 10.5 s for 154 MB, level 10 18.7 s for
+/// 146 MB. Level 6 keeps a full build under half of mkosi's time (ci/bench-images) for 6 %
+/// more bytes than level 10.
 pub const ZSTD_LEVEL: i32 = 6;
-/// zstd worker threads of release archives: compression runs beside the thread that reads and
-/// hashes. Any count from 1 up gives the same bytes (at level 10 here, 1 and 2 ran as fast).
+/// Threads compressing frames; any count gives the same bytes.
 pub const ZSTD_WORKERS: u32 = 2;
 /// Mode of every archive member.
 pub const MEMBER_MODE: u64 = 0o644;
@@ -71,6 +74,9 @@ static ZEROS: [u8; BLOCK] = [0; BLOCK];
 pub struct TarEntry {
     pub name: String,
     pub source: PathBuf,
+    /// Offsets in `source` where frame windows start over (0 always does): a disk image's
+    /// partition offsets, so that a partition is framed as its own image is.
+    pub anchors: Vec<u64>,
 }
 
 impl TarEntry {
@@ -78,7 +84,16 @@ impl TarEntry {
         TarEntry {
             name: name.into(),
             source: source.into(),
+            anchors: vec![0],
         }
+    }
+
+    /// The same member with frame windows also starting at `anchors`.
+    pub fn with_anchors(mut self, anchors: impl IntoIterator<Item = u64>) -> TarEntry {
+        self.anchors.extend(anchors);
+        self.anchors.sort_unstable();
+        self.anchors.dedup();
+        self
     }
 }
 
@@ -106,7 +121,7 @@ impl From<ArtifactFile> for super::manifest::OutputFile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Compression {
     pub level: i32,
-    /// 0: zstd's single-threaded mode; from 1 up: that many workers, same bytes for any count.
+    /// Threads compressing frames (0 counts as 1); any count gives the same bytes.
     pub workers: u32,
 }
 
@@ -250,16 +265,35 @@ pub fn write_tar_zst(
     entries: &[TarEntry],
     epoch: i64,
 ) -> Result<ArtifactFile, ArtifactError> {
-    write_tar_zst_with(out, entries, epoch, Compression::RELEASE)
+    Ok(write_tar_zst_with(
+        out,
+        entries,
+        epoch,
+        Compression::RELEASE,
+        &FramePool::default(),
+    )?
+    .file)
 }
 
-/// [`write_tar_zst`] with other zstd settings (for measurements; releases use the default).
+/// An archive written by [`write_tar_zst_with`].
+#[derive(Debug, Clone)]
+pub struct WrittenArchive {
+    pub file: ArtifactFile,
+    /// Its frames, for reuse by later archives.
+    pub frames: FrameIndex,
+    /// Raw bytes whose frames were copied from `pool` instead of compressed.
+    pub reused: u64,
+}
+
+/// [`write_tar_zst`] with other zstd settings, reusing the frames of `pool` where their
+/// content recurs (the bytes are the same either way).
 pub fn write_tar_zst_with(
     out: &Path,
     entries: &[TarEntry],
     epoch: i64,
     compression: Compression,
-) -> Result<ArtifactFile, ArtifactError> {
+    pool: &FramePool,
+) -> Result<WrittenArchive, ArtifactError> {
     let Some(name) = out.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Err(io_err(out, "write an archive to")(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -272,32 +306,38 @@ pub fn write_tar_zst_with(
     let result = (|| {
         let file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
         let hashing = Hashing::new(BufWriter::with_capacity(CHUNK, file));
-        let mut zst =
-            zstd::Encoder::new(hashing, compression.level).map_err(io_err(out, "start zstd"))?;
-        zst.include_checksum(true)
-            .and_then(|()| zst.multithread(compression.workers))
-            .map_err(io_err(out, "set zstd parameters"))?;
+        let frames = FrameWriter::new(
+            hashing,
+            compression.level,
+            compression.workers as usize,
+            pool,
+        );
         let mut tar = TarWriter {
-            out: zst,
+            out: frames,
             out_path: out,
             written: 0,
+            window: None,
         };
         for entry in sorted {
             tar.member(entry, mtime)?;
         }
         tar.finish()?;
-        let hashing = tar.out.finish().map_err(io_err(out, "write"))?;
+        let (hashing, index, reused) = tar.out.finish().map_err(io_err(out, "write"))?;
         let (buffered, sha256, size) = hashing.into_parts();
         let file = buffered
             .into_inner()
             .map_err(|e| io_err(out, "write")(e.into_error()))?;
         file.sync_all().map_err(io_err(&tmp, "sync"))?;
-        Ok(ArtifactFile { name, sha256, size })
+        Ok(WrittenArchive {
+            file: ArtifactFile { name, sha256, size },
+            frames: index,
+            reused,
+        })
     })();
     match result {
-        Ok(artifact) => {
+        Ok(written) => {
             std::fs::rename(&tmp, out).map_err(io_err(out, "rename into place"))?;
-            Ok(artifact)
+            Ok(written)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -341,21 +381,46 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// The GNU-format tar stream.
-struct TarWriter<'a, W: Write> {
-    out: W,
+/// Where a member's frame windows end: every [`FRAME`] bytes from each anchor, and at the
+/// next anchor.
+struct Windows<'a> {
+    anchors: &'a [u64],
+}
+
+impl Windows<'_> {
+    /// The end of the window holding offset `at`.
+    fn end(&self, at: u64) -> u64 {
+        let i = self.anchors.partition_point(|&a| a <= at).saturating_sub(1);
+        let start = self.anchors.get(i).copied().unwrap_or(0).min(at);
+        let end = start + (at - start) / FRAME * FRAME + FRAME;
+        match self.anchors.get(i + 1) {
+            Some(&next) => end.min(next),
+            None => end,
+        }
+    }
+}
+
+/// The GNU-format tar stream, into frames.
+struct TarWriter<'a, 'p, W: Write> {
+    out: FrameWriter<'p, W>,
     /// The archive, for errors.
     out_path: &'a Path,
     written: u64,
+    /// The end of the window the current frame holds data of.
+    window: Option<u64>,
 }
 
-impl<W: Write> TarWriter<'_, W> {
+impl<W: Write> TarWriter<'_, '_, W> {
     fn put(&mut self, bytes: &[u8]) -> Result<(), ArtifactError> {
         self.out
-            .write_all(bytes)
+            .put(bytes)
             .map_err(io_err(self.out_path, "write"))?;
         self.written += bytes.len() as u64;
         Ok(())
+    }
+
+    fn cut(&mut self) -> Result<(), ArtifactError> {
+        self.out.cut().map_err(io_err(self.out_path, "write"))
     }
 
     /// Zeros up to the next multiple of `unit`.
@@ -384,7 +449,7 @@ impl<W: Write> TarWriter<'_, W> {
             let mut h = header(&entry.name, size, mtime, b'0');
             finish_header(&mut h);
             self.put(&h)?;
-            self.copy(&file, path, 0, size)?;
+            self.copy(&file, path, &entry.anchors, 0, size)?;
         } else {
             // The map ends with a zero-length entry at the end when the file ends in a hole,
             // so that readers know the real size from the map alone (GNU tar does the same).
@@ -409,9 +474,11 @@ impl<W: Write> TarWriter<'_, W> {
                 rest = after;
             }
             for &(offset, len) in &map {
-                self.copy(&file, path, offset, len)?;
+                self.copy(&file, path, &entry.anchors, offset, len)?;
             }
         }
+        self.cut()?;
+        self.window = None;
         self.pad(BLOCK as u64)?;
         let after = file.metadata().map_err(io_err(path, "stat"))?.len();
         if after != size {
@@ -424,19 +491,28 @@ impl<W: Write> TarWriter<'_, W> {
         Ok(())
     }
 
-    /// Copy `len` bytes of `file` from `offset`.
+    /// Copy `len` bytes of `file` from `offset`, cutting a frame where a window starts.
     fn copy(
         &mut self,
         file: &File,
         path: &Path,
+        anchors: &[u64],
         offset: u64,
         len: u64,
     ) -> Result<(), ArtifactError> {
+        let windows = Windows { anchors };
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         let mut pos = offset;
         let end = offset + len;
         while pos < end {
+            // A frame holds one window's data (all its runs): cut where another begins.
+            let window = windows.end(pos);
+            if self.window != Some(window) {
+                self.cut()?;
+                self.window = Some(window);
+            }
             let n = ((end - pos) as usize).min(CHUNK);
+            let n = n.min((window - pos) as usize);
             file.read_exact_at(&mut buf[..n], pos)
                 .map_err(io_err(path, "read"))?;
             self.put(&buf[..n])?;

@@ -1,12 +1,13 @@
 //! One OS profile from its lock to a disk image: a flat list of stages, each a call into its
-//! own module, read top to bottom (mkosi's shape). Packages → overlay → agent → initrd →
+//! own module, read top to bottom (mkosi's shape). Packages → initrd → overlay → agent →
 //! normalize → ext4 → verity → UKI per slot → ESP → disk. Everything is written below the
 //! build's own work directory; artifacts are assembled from [`Built`] by the caller.
 //!
 //! With a stage cache, two keys are computed first ([`StageKeys`]): the package stage's
 //! (lock, base, epoch, host tools, builder) and the whole build's (that plus the overlay, the
 //! agent sources, the profile and the version). A hit on the second reuses everything; a hit
-//! on the first reuses the installed root, so an overlay change only reruns what follows it.
+//! on the first reuses the installed root and its initrd, so an overlay change only reruns
+//! what follows them.
 
 use super::stage_cache::{self, StageCache, StageKey};
 use super::{
@@ -73,6 +74,10 @@ pub struct Built {
     /// The stage cache entry holding this build, if any: the release keeps its archives there.
     #[serde(skip)]
     pub cache_entry: Option<PathBuf>,
+    /// Stage cache entries of earlier builds of the same OS and profile, newest first: the
+    /// release reuses the compressed frames of their archives.
+    #[serde(skip)]
+    pub earlier: Vec<PathBuf>,
 }
 
 /// A stage that failed; the message names the stage and the cause.
@@ -110,7 +115,8 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
     };
     let keys = StageKeys::compute(plan).map_err(failed("cache"))?;
     if let Some(out) = cache.lookup(&keys.image) {
-        let built = Built::load(&out).map_err(failed("cache"))?;
+        let mut built = Built::load(&out).map_err(failed("cache"))?;
+        built.earlier = cache.others(&keys.image);
         (plan.log)(&format!(
             "{os}: every stage reused from the stage cache ({})",
             &keys.image.digest()[..12]
@@ -140,39 +146,66 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
     let out = cache
         .lookup(&keys.image)
         .ok_or_else(|| failed("cache")("the entry just stored is missing".into()))?;
-    Built::load(&out).map_err(failed("cache"))
+    let mut built = Built::load(&out).map_err(failed("cache"))?;
+    built.earlier = cache.others(&keys.image);
+    Ok(built)
 }
 
-/// The package stage, from the stage cache when its key is there.
-fn packages_stage(
+/// File in a package stage cache entry: the initrd made from its root.
+const INITRD_FILE: &str = "initrd.img";
+
+/// The package stage and the initrd made from its root, from the stage cache when its key is
+/// there. The initrd depends on the installed packages alone (kernel, modules, systemd and
+/// dracut are the image's; dracut runs with `--no-hostonly`, so no configuration of the
+/// overlay reaches it), so it is made before the overlay and cached with the packages: an
+/// overlay or agent change reuses both.
+fn base_stages(
     rplan: &rootfs::Plan<'_>,
-    work: &Path,
+    plan: &BuildPlan<'_>,
     cache: Option<(&StageCache, &StageKey)>,
-    log: &dyn Fn(&str),
-) -> Result<PathBuf, Box<dyn std::error::Error + Send + Sync>> {
-    let Some((cache, key)) = cache else {
-        return Ok(rootfs::install(rplan, work)?);
+) -> Result<(PathBuf, initrd::Initrd), BuildError> {
+    let stage = |name| StageRunner::start(&rplan.profile.os, name, plan.log);
+    let work = plan.work;
+    let initrd_path = work.join(INITRD_FILE);
+    let make = || -> Result<(PathBuf, initrd::Initrd), BuildError> {
+        let root = stage("packages").run(|| rootfs::install(rplan, work))?;
+        let boot = stage("initrd").run(|| initrd::build(&root, plan.epoch, &initrd_path))?;
+        Ok((root, boot))
     };
-    let root = work.join("root");
+    let Some((cache, key)) = cache else {
+        return make();
+    };
     if let Some(out) = cache.lookup(key) {
-        std::fs::create_dir_all(work)?;
-        stage_cache::copy_tree(&out.join("root"), &root)?;
-        log(&format!(
-            "{}: packages reused from the stage cache ({})",
+        let root = work.join("root");
+        let boot = stage("packages").run(|| {
+            std::fs::create_dir_all(work)?;
+            stage_cache::copy_tree(&out.join("root"), &root)?;
+            std::fs::copy(out.join(INITRD_FILE), &initrd_path)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(initrd::Initrd::existing(
+                &root,
+                &initrd_path,
+            )?)
+        })?;
+        (plan.log)(&format!(
+            "{}: packages and initrd reused from the stage cache ({})",
             rplan.profile.os,
             &key.digest()[..12]
         ));
-        return Ok(root);
+        return Ok((root, boot));
     }
-    let root = rootfs::install(rplan, work)?;
-    cache.store(
-        key,
-        |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            std::fs::create_dir_all(out)?;
-            Ok(stage_cache::copy_tree(&root, &out.join("root"))?)
-        },
-    )?;
-    Ok(root)
+    let (root, boot) = make()?;
+    stage("cache").run(|| {
+        cache.store(
+            key,
+            |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                std::fs::create_dir_all(out)?;
+                stage_cache::copy_tree(&root, &out.join("root"))?;
+                std::fs::copy(&boot.initrd, out.join(INITRD_FILE))?;
+                Ok(())
+            },
+        )
+    })?;
+    Ok((root, boot))
 }
 
 /// The stage cache keys of one build.
@@ -209,6 +242,14 @@ impl StageKeys {
                 format!(
                     "{} {} {}",
                     p.base.release, p.base.variant, p.base.architecture
+                ),
+            )
+            .with(
+                "initrd",
+                format!(
+                    "dracut --add '{}', zstd {}",
+                    initrd::MODULES,
+                    initrd::ZSTD_LEVEL
                 ),
             )
             .with("builder", builder.clone());
@@ -296,12 +337,7 @@ fn run_stages(
         version: plan.version,
     };
     let slots = slot_partitions(p)?;
-    let stage = |name: &'static str| StageRunner {
-        os,
-        name,
-        log: plan.log,
-        start: Instant::now(),
-    };
+    let stage = |name| StageRunner::start(os, name, plan.log);
 
     let rplan = rootfs::Plan {
         profile: p,
@@ -309,7 +345,7 @@ fn run_stages(
         cache: plan.cache,
         epoch: plan.epoch,
     };
-    let root = stage("packages").run(|| packages_stage(&rplan, plan.work, cache, plan.log))?;
+    let (root, boot) = base_stages(&rplan, plan, cache)?;
     let overlay_dir = plan.workspace.join(os).join("rootfs");
     stage("overlay").run(|| overlay::apply(&overlay_dir, &root))?;
     if let Some(name) = agent::agent_for(os) {
@@ -318,8 +354,6 @@ fn run_stages(
             agent::install(&bin, &root, name)
         })?;
     }
-    let boot =
-        stage("initrd").run(|| initrd::build(&root, plan.epoch, &plan.work.join("initrd.img")))?;
     // Kept outside the root: the UKI carries them, and the stub and boot loader come from the
     // image's own packages.
     let kernel = plan.work.join("vmlinuz");
@@ -471,6 +505,7 @@ fn run_stages(
         disk: disk_path,
         written,
         cache_entry: None,
+        earlier: Vec::new(),
     })
 }
 
@@ -572,7 +607,16 @@ struct StageRunner<'a> {
     start: Instant,
 }
 
-impl StageRunner<'_> {
+impl<'a> StageRunner<'a> {
+    fn start(os: &'a str, name: &'static str, log: &'a dyn Fn(&str)) -> StageRunner<'a> {
+        StageRunner {
+            os,
+            name,
+            log,
+            start: Instant::now(),
+        }
+    }
+
     fn run<T, E>(self, f: impl FnOnce() -> Result<T, E>) -> Result<T, BuildError>
     where
         E: Into<Box<dyn std::error::Error + Send + Sync>>,

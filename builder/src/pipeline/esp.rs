@@ -415,10 +415,11 @@ impl Tools {
         args: &[OsString],
     ) -> Result<Vec<u8>, EspError> {
         let env = self.env();
-        let out = Command::new(tool)
-            .args(args)
+        let mut cmd = Command::new(tool);
+        cmd.args(args)
             .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let out = super::tool::scratch(&mut cmd)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| match e.kind() {

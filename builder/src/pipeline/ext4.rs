@@ -88,7 +88,7 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
         .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string())
         .env("TZ", "UTC")
         .env("LC_ALL", "C");
-    let out = run("mke2fs", &mut mke2fs);
+    let out = run("mke2fs", super::tool::scratch(&mut mke2fs));
     let _ = std::fs::remove_file(&conf);
     if let Err(Ext4Error::Tool(super::tool::ToolError::Failed { output, .. })) = &out {
         if output.contains("Could not allocate") || output.contains("No space left") {
@@ -143,7 +143,7 @@ fn clamp_inode_times(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
         .arg(&script_path)
         .arg(plan.image)
         .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string());
-    let out = run("debugfs", &mut debugfs);
+    let out = run("debugfs", super::tool::scratch(&mut debugfs));
     let _ = std::fs::remove_file(&script_path);
     let stderr = out?;
     // debugfs reports a failed command on stderr and still exits 0.

@@ -55,12 +55,27 @@ fn compress(cpio: &Path, out: &Path) -> std::io::Result<()> {
     encoder.finish()?.sync_all()
 }
 
-/// Build the initrd of the kernel in `root` into `out`.
-pub fn build(root: &Path, epoch: i64, out: &Path) -> Result<Initrd, InitrdError> {
-    let io = |path: &Path, e: std::io::Error| InitrdError::Io {
+impl Initrd {
+    /// An initrd made earlier for the kernel in `root` (e.g. taken from the stage cache).
+    pub fn existing(root: &Path, initrd: &Path) -> Result<Initrd, InitrdError> {
+        let kernel_release = kernel_release(root)?;
+        Ok(Initrd {
+            kernel: root.join("boot").join(format!("vmlinuz-{kernel_release}")),
+            kernel_release,
+            initrd: initrd.to_path_buf(),
+        })
+    }
+}
+
+fn io(path: &Path, e: std::io::Error) -> InitrdError {
+    InitrdError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
-    };
+    }
+}
+
+/// The release of the one kernel in `root` (its directory in `usr/lib/modules`).
+fn kernel_release(root: &Path) -> Result<String, InitrdError> {
     let modules = root.join("usr/lib/modules");
     let mut releases: Vec<String> = std::fs::read_dir(&modules)
         .map_err(|e| io(&modules, e))?
@@ -79,6 +94,12 @@ pub fn build(root: &Path, epoch: i64, out: &Path) -> Result<Initrd, InitrdError>
             },
         });
     };
+    Ok(kernel_release.clone())
+}
+
+/// Build the initrd of the kernel in `root` into `out`.
+pub fn build(root: &Path, epoch: i64, out: &Path) -> Result<Initrd, InitrdError> {
+    let kernel_release = &kernel_release(root)?;
     let inside = "/var/tmp/plinth-initrd.img";
     let script = format!(
         "set -e

@@ -9,6 +9,7 @@ pub mod build;
 pub mod disk;
 pub mod esp;
 pub mod ext4;
+pub mod frames;
 pub mod ids;
 pub mod initrd;
 pub mod manifest;

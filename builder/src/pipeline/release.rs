@@ -4,8 +4,9 @@
 //! to a sibling `.partial` directory and renamed into place last: nothing partial reaches
 //! `out/`.
 
-use super::artifacts::{self, ArtifactFile, TarEntry};
+use super::artifacts::{self, ArtifactFile, Compression, TarEntry};
 use super::build::{uki_name, Built};
+use super::frames::{self, FramePool};
 use super::manifest::{Inputs, Manifest, Measurements, PartitionImage, SlotMeasurements};
 use super::sbom;
 use crate::packages::cache::sha256_file;
@@ -29,6 +30,8 @@ pub struct ReleaseInputs<'a> {
     pub lock_sha256: &'a str,
     pub os_spec_sha256: &'a str,
     pub packages: &'a [&'a LockedPackage],
+    /// Receives one line per archive and one for the rest.
+    pub log: &'a dyn Fn(&str),
 }
 
 /// Why a release directory could not be written.
@@ -69,13 +72,27 @@ pub fn assemble(
     }
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
 
+    // Frames of the archives of earlier builds of this OS and profile: what did not change
+    // is copied, not compressed again. The update archive reuses the disk archive's frames of
+    // the root partition (framed alike: the disk's windows start at its partitions).
+    let format = frames::format(Compression::RELEASE.level);
+    let mut pool = FramePool::default();
+    for dir in &built.earlier {
+        for name in [DISK_ARCHIVE, UPDATE_ARCHIVE] {
+            pool.add_saved(&dir.join(name), &format);
+        }
+    }
     let mut outputs: Vec<ArtifactFile> = Vec::new();
+    let disk = TarEntry::new("disk.img", &built.disk)
+        .with_anchors(built.written.partitions.iter().map(|w| w.offset));
     outputs.push(archive(
         built,
         &staging,
         DISK_ARCHIVE,
-        &[TarEntry::new("disk.img", &built.disk)],
+        &[disk],
         inputs.epoch,
+        &mut pool,
+        (os, inputs.log),
     )?);
     let mut update = vec![
         TarEntry::new("root.img", &built.root_image),
@@ -93,6 +110,8 @@ pub fn assemble(
         UPDATE_ARCHIVE,
         &update,
         inputs.epoch,
+        &mut pool,
+        (os, inputs.log),
     )?);
     // GuestOS boots under SEV-SNP by direct kernel boot: kernel, initrd and each slot's
     // command line are measured separately.
@@ -115,6 +134,7 @@ pub fn assemble(
             outputs.push(artifact(&dest, &name)?);
         }
     }
+    let start = std::time::Instant::now();
     let sbom_path = staging.join(SBOM);
     sbom::write_sbom(
         &sbom::SbomInput {
@@ -177,6 +197,10 @@ pub fn assemble(
     outputs.sort();
     let sums = staging.join(artifacts::SHA256SUMS);
     std::fs::write(&sums, artifacts::format_sha256sums(&outputs)).map_err(io(&sums))?;
+    (inputs.log)(&format!(
+        "{os}: sbom, manifest and sums done in {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
 
     // Release files are world-readable whatever the umask or the source's mode.
     for entry in std::fs::read_dir(&staging).map_err(io(&staging))? {
@@ -194,30 +218,44 @@ pub fn assemble(
 
 /// Write archive `name` into `staging`, or take it from the build's stage cache entry, where
 /// an earlier release of the same build left it (the archive depends only on the built
-/// images and SOURCE_DATE_EPOCH, both part of the entry's key).
+/// images and SOURCE_DATE_EPOCH, both part of the entry's key). Its frames join `pool`.
 fn archive(
     built: &Built,
     staging: &Path,
     name: &str,
     entries: &[TarEntry],
     epoch: i64,
+    pool: &mut FramePool,
+    (built_os, log): (&str, &dyn Fn(&str)),
 ) -> Result<ArtifactFile, ReleaseError> {
+    let start = std::time::Instant::now();
     let dest = staging.join(name);
+    let format = frames::format(Compression::RELEASE.level);
     let cached = built.cache_entry.as_ref().map(|d| d.join(name));
     if let Some(cached) = &cached {
         if cached.is_file() && link_or_copy(cached, &dest).is_ok() {
+            pool.add_saved(cached, &format);
             return artifact(&dest, name);
         }
     }
-    let written = artifacts::write_tar_zst(&dest, entries, epoch)?;
+    let written = artifacts::write_tar_zst_with(&dest, entries, epoch, Compression::RELEASE, pool)?;
+    pool.add(&dest, &written.frames, &format);
+    let raw: u64 = written.frames.frames.iter().map(|f| f.raw_size).sum();
+    (log)(&format!(
+        "{}: {name} done in {:.1} s ({} of {} MiB from frames of earlier archives)",
+        built_os,
+        start.elapsed().as_secs_f64(),
+        written.reused >> 20,
+        raw >> 20
+    ));
     if let Some(cached) = &cached {
         // Best effort: without it the next release compresses again.
         let partial = cached.with_extension("partial");
-        if link_or_copy(&dest, &partial).is_ok() {
+        if written.frames.save_for(cached).is_ok() && link_or_copy(&dest, &partial).is_ok() {
             let _ = std::fs::rename(&partial, cached);
         }
     }
-    Ok(written)
+    Ok(written.file)
 }
 
 /// A hard link where the filesystem allows, else a copy.

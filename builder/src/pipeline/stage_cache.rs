@@ -156,16 +156,23 @@ impl StageCache {
         Ok(entry.join("out"))
     }
 
-    /// Remove all but the newest [`KEEP`] entries of `key`'s (stage, os, profile); never the
-    /// entry just stored. Best effort: a failure leaves an entry behind, nothing worse.
-    fn prune(&self, key: &StageKey, keep_digest: &str) {
+    /// The `out/` directories of the other complete entries of `key`'s (stage, os, profile),
+    /// newest first.
+    pub fn others(&self, key: &StageKey) -> Vec<PathBuf> {
+        let mut same = self.same_slot(key, &key.digest());
+        same.reverse();
+        same.into_iter().map(|(_, p)| p.join("out")).collect()
+    }
+
+    /// The entries of `key`'s (stage, os, profile) but `except`, oldest first.
+    fn same_slot(&self, key: &StageKey, except: &str) -> Vec<(std::time::SystemTime, PathBuf)> {
         let Ok(dir) = std::fs::read_dir(&self.root) else {
-            return;
+            return Vec::new();
         };
         let mut same: Vec<(std::time::SystemTime, PathBuf)> = dir
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n != keep_digest))
+            .filter(|p| p.file_name().is_some_and(|n| n != except))
             .filter_map(|p| {
                 let key_path = p.join("key.json");
                 let other: StageKey =
@@ -177,10 +184,33 @@ impl StageCache {
             })
             .collect();
         same.sort();
+        same
+    }
+
+    /// Retire all but the newest [`KEEP`] entries of `key`'s (stage, os, profile); never the
+    /// entry just stored. An entry is renamed into `.trash/` at once and deleted there by a
+    /// background thread (deleting gigabytes of images took seconds of waiting for the disk);
+    /// what a finished process leaves in `.trash/` the next store deletes. Best effort: a
+    /// failure leaves an entry behind, nothing worse.
+    fn prune(&self, key: &StageKey, keep_digest: &str) {
+        let same = self.same_slot(key, keep_digest);
         let excess = (same.len() + 1).saturating_sub(KEEP);
+        let trash = self.root.join(".trash");
+        let _ = std::fs::create_dir_all(&trash);
         for (_, path) in same.into_iter().take(excess) {
-            let _ = std::fs::remove_dir_all(path);
+            if let Some(name) = path.file_name() {
+                if std::fs::rename(&path, trash.join(name)).is_err() {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
         }
+        std::thread::spawn(move || {
+            if let Ok(dir) = std::fs::read_dir(&trash) {
+                for e in dir.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        });
     }
 }
 

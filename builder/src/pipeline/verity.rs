@@ -53,7 +53,7 @@ pub fn format(
         .arg(data)
         .arg(hash)
         .env("LC_ALL", "C");
-    let stdout = run(&mut cmd)?;
+    let stdout = run(super::tool::scratch(&mut cmd))?;
     let root_hash = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Root hash:"))
