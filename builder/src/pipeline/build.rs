@@ -175,7 +175,8 @@ fn base_stages(
     let Some((cache, key)) = cache else {
         return make();
     };
-    if let Some(out) = cache.lookup(key) {
+    // An entry without its initrd (removed by hand) counts as a miss.
+    if let Some(out) = cache.lookup(key).filter(|o| o.join(INITRD_FILE).is_file()) {
         let root = work.join("root");
         let boot = stage("packages").run(|| {
             std::fs::create_dir_all(work)?;
@@ -194,7 +195,7 @@ fn base_stages(
         return Ok((root, boot));
     }
     let (root, boot) = make()?;
-    stage("cache").run(|| {
+    stage("cache packages").run(|| {
         cache.store(
             key,
             |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
