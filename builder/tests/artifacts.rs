@@ -847,7 +847,7 @@ fn manifest_errors_name_file_line_and_column() {
 
 #[test]
 fn a_partition_is_framed_as_its_own_image_and_reused() {
-    use plinth::pipeline::frames::{self, FramePool};
+    use plinth::pipeline::frames::FramePool;
     use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir().unwrap();
     // A "root image" with data, holes and a zero run, and a disk holding it at 3 MiB.
@@ -863,8 +863,7 @@ fn a_partition_is_framed_as_its_own_image_and_reused() {
     f.write_all_at(&image, 3 * MIB).unwrap();
     drop(f);
 
-    let format = frames::format(Compression::RELEASE.level);
-    let mut pool = FramePool::default();
+    let mut pool = FramePool::for_level(Compression::RELEASE.level);
     let disk_archive = tmp.path().join("disk.tar.zst");
     let d = artifacts::write_tar_zst_with(
         &disk_archive,
@@ -875,7 +874,7 @@ fn a_partition_is_framed_as_its_own_image_and_reused() {
     )
     .unwrap();
     assert_eq!(d.reused, 0);
-    assert!(pool.add(&disk_archive, &d.frames, &format));
+    assert!(pool.add(&disk_archive, &d.frames));
     let update = tmp.path().join("update.tar.zst");
     let u = artifacts::write_tar_zst_with(
         &update,

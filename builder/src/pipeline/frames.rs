@@ -70,18 +70,29 @@ pub fn format(level: i32) -> String {
     )
 }
 
-/// Compressed frames of earlier archives, by the sha256 of their content.
+/// Compressed frames of earlier archives of one format, by the sha256 of their content. The
+/// default pool is empty and takes nothing.
 #[derive(Debug, Default)]
 pub struct FramePool {
+    /// The [`format`] of the frames this pool takes.
+    format: String,
     archives: Vec<File>,
     by_sha256: HashMap<[u8; 32], (usize, FrameRecord)>,
 }
 
 impl FramePool {
-    /// Offer the frames of `archive` as described by `index`; ignored (false) when the
-    /// format differs from `format` or the archive cannot be opened.
-    pub fn add(&mut self, archive: &Path, index: &FrameIndex, format: &str) -> bool {
-        if index.format != format {
+    /// An empty pool for frames compressed at `level`.
+    pub fn for_level(level: i32) -> FramePool {
+        FramePool {
+            format: format(level),
+            ..FramePool::default()
+        }
+    }
+
+    /// Offer the frames of `archive` as described by `index`; ignored (false) when their
+    /// format is not the pool's or the archive cannot be opened.
+    pub fn add(&mut self, archive: &Path, index: &FrameIndex) -> bool {
+        if self.format.is_empty() || index.format != self.format {
             return false;
         }
         let Ok(file) = File::open(archive) else {
@@ -99,12 +110,12 @@ impl FramePool {
     }
 
     /// Offer the frames of `archive` if its index lies beside it.
-    pub fn add_saved(&mut self, archive: &Path, format: &str) -> bool {
+    pub fn add_saved(&mut self, archive: &Path) -> bool {
         let Ok(bytes) = std::fs::read(FrameIndex::path_for(archive)) else {
             return false;
         };
         match serde_json::from_slice::<FrameIndex>(&bytes) {
-            Ok(index) => self.add(archive, &index, format),
+            Ok(index) => self.add(archive, &index),
             Err(_) => false,
         }
     }
@@ -139,7 +150,7 @@ pub struct FrameWriter<'p, W: Write> {
     index: FrameIndex,
     written: u64,
     /// Raw bytes whose frames came from the pool.
-    pub reused: u64,
+    reused: u64,
 }
 
 impl<'p, W: Write> FrameWriter<'p, W> {
@@ -315,9 +326,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.tar.zst");
         std::fs::write(&archive, &one).unwrap();
-        let mut pool = FramePool::default();
-        assert!(pool.add(&archive, &index, &format(6)));
-        assert!(!FramePool::default().add(&archive, &index, &format(7)));
+        let mut pool = FramePool::for_level(6);
+        assert!(pool.add(&archive, &index));
+        assert!(!FramePool::for_level(7).add(&archive, &index));
+        assert!(!FramePool::default().add(&archive, &index));
         let mut changed = frames.clone();
         changed[5][10] ^= 1;
         let (again, _, reused) = write(&changed, 2, &pool);
@@ -337,8 +349,8 @@ mod tests {
         bad[at] ^= 0xff;
         std::fs::write(&archive, &bad).unwrap();
         index.save_for(&archive).unwrap();
-        let mut pool = FramePool::default();
-        assert!(pool.add_saved(&archive, &format(6)));
+        let mut pool = FramePool::for_level(6);
+        assert!(pool.add_saved(&archive));
         let (again, _, reused) = write(&frames, 2, &pool);
         assert_eq!(again, bytes);
         assert_eq!(reused, frames[0].len() as u64);

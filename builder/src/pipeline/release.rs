@@ -6,7 +6,7 @@
 
 use super::artifacts::{self, ArtifactFile, Compression, TarEntry};
 use super::build::{uki_name, Built};
-use super::frames::{self, FramePool};
+use super::frames::FramePool;
 use super::manifest::{Inputs, Manifest, Measurements, PartitionImage, SlotMeasurements};
 use super::sbom;
 use crate::packages::cache::sha256_file;
@@ -75,11 +75,10 @@ pub fn assemble(
     // Frames of the archives of earlier builds of this OS and profile: what did not change
     // is copied, not compressed again. The update archive reuses the disk archive's frames of
     // the root partition (framed alike: the disk's windows start at its partitions).
-    let format = frames::format(Compression::RELEASE.level);
-    let mut pool = FramePool::default();
+    let mut pool = FramePool::for_level(Compression::RELEASE.level);
     for dir in &built.earlier {
         for name in [DISK_ARCHIVE, UPDATE_ARCHIVE] {
-            pool.add_saved(&dir.join(name), &format);
+            pool.add_saved(&dir.join(name));
         }
     }
     let mut outputs: Vec<ArtifactFile> = Vec::new();
@@ -90,9 +89,8 @@ pub fn assemble(
         &staging,
         DISK_ARCHIVE,
         &[disk],
-        inputs.epoch,
+        inputs,
         &mut pool,
-        (os, inputs.log),
     )?);
     let mut update = vec![
         TarEntry::new("root.img", &built.root_image),
@@ -109,9 +107,8 @@ pub fn assemble(
         &staging,
         UPDATE_ARCHIVE,
         &update,
-        inputs.epoch,
+        inputs,
         &mut pool,
-        (os, inputs.log),
     )?);
     // GuestOS boots under SEV-SNP by direct kernel boot: kernel, initrd and each slot's
     // command line are measured separately.
@@ -224,26 +221,25 @@ fn archive(
     staging: &Path,
     name: &str,
     entries: &[TarEntry],
-    epoch: i64,
+    inputs: &ReleaseInputs<'_>,
     pool: &mut FramePool,
-    (built_os, log): (&str, &dyn Fn(&str)),
 ) -> Result<ArtifactFile, ReleaseError> {
     let start = std::time::Instant::now();
     let dest = staging.join(name);
-    let format = frames::format(Compression::RELEASE.level);
     let cached = built.cache_entry.as_ref().map(|d| d.join(name));
     if let Some(cached) = &cached {
         if cached.is_file() && link_or_copy(cached, &dest).is_ok() {
-            pool.add_saved(cached, &format);
+            pool.add_saved(cached);
             return artifact(&dest, name);
         }
     }
-    let written = artifacts::write_tar_zst_with(&dest, entries, epoch, Compression::RELEASE, pool)?;
-    pool.add(&dest, &written.frames, &format);
+    let written =
+        artifacts::write_tar_zst_with(&dest, entries, inputs.epoch, Compression::RELEASE, pool)?;
+    pool.add(&dest, &written.frames);
     let raw: u64 = written.frames.frames.iter().map(|f| f.raw_size).sum();
-    (log)(&format!(
+    (inputs.log)(&format!(
         "{}: {name} done in {:.1} s ({} of {} MiB from frames of earlier archives)",
-        built_os,
+        inputs.profile.os,
         start.elapsed().as_secs_f64(),
         written.reused >> 20,
         raw >> 20

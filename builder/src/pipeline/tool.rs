@@ -44,8 +44,8 @@ const EATMYDATA: &str = "/usr/lib/x86_64-linux-gnu/libeatmydata.so";
 
 /// `cmd` writes only scratch files of the build's work directory (images that are copied into
 /// the disk and the archives later): its fsyncs are skipped with libeatmydata when the host
-/// has it, since nothing there must survive a crash (a build after a crash starts afresh) and
-/// waiting for the disk was a third of an incremental build. The bytes written are the same.
+/// has it, since nothing there must survive a crash (a build after a crash starts afresh).
+/// The bytes written are the same.
 /// Release files are synced by plinth itself before they are renamed into place.
 pub fn scratch(cmd: &mut Command) -> &mut Command {
     if std::path::Path::new(EATMYDATA).exists() {
