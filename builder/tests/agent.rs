@@ -26,10 +26,7 @@ fn agent_builds_are_identical_and_path_free() {
             "the binary contains the build path {needle}"
         );
     }
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
-    agent::install(&bin_a, root.path(), package).unwrap();
-    let out = std::process::Command::new(root.path().join("usr/bin").join(package))
+    let out = std::process::Command::new(&bin_a)
         .arg("--version")
         .output()
         .unwrap();

@@ -727,7 +727,7 @@ fn sample_manifest() -> Manifest {
                 slot: Some("A".into()),
                 offset: 129 * MIB,
                 size: GIB,
-                sha256: h('5'),
+                blocks_sha256: h('5'),
             },
             PartitionImage {
                 number: 1,
@@ -736,7 +736,7 @@ fn sample_manifest() -> Manifest {
                 slot: None,
                 offset: MIB,
                 size: 128 * MIB,
-                sha256: h('6'),
+                blocks_sha256: h('6'),
             },
         ],
         measurements: Measurements {
@@ -816,7 +816,11 @@ fn manifest_errors_name_file_line_and_column() {
 
     std::fs::write(
         &path,
-        good.replacen("\"format_version\": 1", "\"format_version\": 9", 1),
+        good.replacen(
+            &format!("\"format_version\": {}", manifest::FORMAT_VERSION),
+            "\"format_version\": 9",
+            1,
+        ),
     )
     .unwrap();
     let err = Manifest::read(&path).unwrap_err();
@@ -829,7 +833,7 @@ fn manifest_errors_name_file_line_and_column() {
     let err = Manifest::read(&path).unwrap_err();
     assert!(
         err.to_string()
-            .contains("partitions[1].sha256: `XYZ`: expected 64 lower-case hex digits"),
+            .contains("partitions[1].blocks_sha256: `XYZ`: expected 64 lower-case hex digits"),
         "{err}"
     );
 

@@ -134,7 +134,7 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
         slot: (role == "root").then(|| "A".to_string()),
         offset,
         size,
-        sha256: artifacts::sha256_range(&disk, offset, size).unwrap(),
+        blocks_sha256: plinth::pipeline::blocks::blocks_sha256(&disk, offset, size).unwrap(),
     };
     let h = |c: char| c.to_string().repeat(64);
     let mut outputs: Vec<OutputFile> = outputs.into_iter().map(Into::into).collect();
@@ -302,7 +302,10 @@ fn altered_or_malformed_releases_are_refused() {
     // A malformed manifest: bad input naming line and column.
     std::fs::write(
         b.join("manifest.json"),
-        "{\"format_version\": 1, \"os\": 3}\n",
+        format!(
+            "{{\"format_version\": {}, \"os\": 3}}\n",
+            manifest::FORMAT_VERSION
+        ),
     )
     .unwrap();
     let out = plinth(&["verify", b.join("manifest.json").to_str().unwrap()]);

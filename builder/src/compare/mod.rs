@@ -6,6 +6,7 @@
 pub mod contents;
 pub mod release;
 
+use crate::pipeline::manifest::PartitionImage;
 use contents::{Change, Listing};
 use release::Release;
 use serde::Serialize;
@@ -287,11 +288,11 @@ fn disk_parts(
                 name: name.to_string(),
                 format: "absent",
                 before: pa.map(|p| Digest {
-                    sha256: p.sha256.clone(),
+                    sha256: p.blocks_sha256.clone(),
                     size: p.size,
                 }),
                 after: pb.map(|p| Digest {
-                    sha256: p.sha256.clone(),
+                    sha256: p.blocks_sha256.clone(),
                     size: p.size,
                 }),
                 changes: Vec::new(),
@@ -308,31 +309,28 @@ fn disk_parts(
             continue;
         };
         // Hash the real spans: the manifests' claims are not evidence.
-        let img_a = release::copy_span(
-            &disk_a,
-            pa.offset,
-            pa.size,
-            &scratch.join(format!("a-{name}.img")),
-        )?;
-        let img_b = release::copy_span(
-            &disk_b,
-            pb.offset,
-            pb.size,
-            &scratch.join(format!("b-{name}.img")),
-        )?;
-        let da = Digest {
-            sha256: crate::packages::cache::sha256_file(&img_a)
-                .map_err(io(&img_a))?
-                .0,
-            size: pa.size,
+        let span_digest = |disk: &Path, p: &PartitionImage| -> Result<Digest, CompareError> {
+            let sha256 =
+                crate::pipeline::blocks::blocks_sha256(disk, p.offset, p.size).map_err(io(disk))?;
+            Ok(Digest {
+                sha256,
+                size: p.size,
+            })
         };
-        let db = Digest {
-            sha256: crate::packages::cache::sha256_file(&img_b)
-                .map_err(io(&img_b))?
-                .0,
-            size: pb.size,
-        };
+        let (da, db) = (span_digest(&disk_a, pa)?, span_digest(&disk_b, pb)?);
         if da != db {
+            let img_a = release::copy_span(
+                &disk_a,
+                pa.offset,
+                pa.size,
+                &scratch.join(format!("a-{name}.img")),
+            )?;
+            let img_b = release::copy_span(
+                &disk_b,
+                pb.offset,
+                pb.size,
+                &scratch.join(format!("b-{name}.img")),
+            )?;
             out.push(compare_images(
                 "partition",
                 name,
@@ -340,9 +338,9 @@ fn disk_parts(
                 (da, db),
                 listings,
             )?);
+            let _ = std::fs::remove_file(&img_a);
+            let _ = std::fs::remove_file(&img_b);
         }
-        let _ = std::fs::remove_file(&img_a);
-        let _ = std::fs::remove_file(&img_b);
     }
     let _ = std::fs::remove_file(&disk_a);
     let _ = std::fs::remove_file(&disk_b);

@@ -6,7 +6,6 @@ use crate::packages::cache::sha256_file;
 use crate::pipeline::artifacts;
 use crate::pipeline::manifest::{self, Manifest};
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Why a release directory cannot be used.
@@ -141,29 +140,13 @@ impl Release {
 }
 
 /// Copy `len` bytes from `offset` of `disk` into a new file `out`, leaving all-zero blocks as
-/// holes; returns `out`.
+/// holes (and not reading the disk's holes); returns `out`.
 pub fn copy_span(
     disk: &Path,
     offset: u64,
     len: u64,
     out: &Path,
 ) -> Result<PathBuf, ReleaseDirError> {
-    const BLOCK: usize = 1 << 20;
-    let mut src = std::fs::File::open(disk).map_err(io(disk))?;
-    src.seek(SeekFrom::Start(offset)).map_err(io(disk))?;
-    let mut dst = std::fs::File::create(out).map_err(io(out))?;
-    let mut buf = vec![0u8; BLOCK];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(BLOCK as u64) as usize;
-        src.read_exact(&mut buf[..want]).map_err(io(disk))?;
-        if buf[..want].iter().all(|&b| b == 0) {
-            dst.seek(SeekFrom::Current(want as i64)).map_err(io(out))?;
-        } else {
-            dst.write_all(&buf[..want]).map_err(io(out))?;
-        }
-        left -= want as u64;
-    }
-    dst.set_len(len).map_err(io(out))?;
+    crate::pipeline::blocks::copy_span_sparse(disk, offset, len, out).map_err(io(disk))?;
     Ok(out.to_path_buf())
 }

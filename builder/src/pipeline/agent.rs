@@ -1,7 +1,7 @@
 //! The OS's agent (`plinth-guest`, `plinth-host`, `plinth-setup`): its crates fetched and
 //! checked against Cargo.lock, then built from this workspace offline with
 //! `cargo build --release --frozen`, every build-machine path remapped (workspace, cargo
-//! home, target directory) and no incremental state, then installed as `/usr/bin/<name>`.
+//! home, target directory) and no incremental state, then written into the root image as `/usr/bin/<name>` ([`super::overlay::binary`]).
 //! Two builds from the same source give the same bytes whatever their target directory.
 
 use std::path::{Path, PathBuf};
@@ -90,16 +90,4 @@ pub fn source_digest(workspace: &Path) -> std::io::Result<String> {
         parts.push(format!("{name} {digest}"));
     }
     Ok(sha256_bytes(parts.join("\n").as_bytes()))
-}
-
-/// Install the built binary as `root/usr/bin/<name>` (mode 0755).
-pub fn install(binary: &Path, root: &Path, name: &str) -> Result<(), AgentError> {
-    use std::os::unix::fs::PermissionsExt;
-    let dest = root.join("usr/bin").join(name);
-    let io = |e: std::io::Error| AgentError::Io {
-        path: dest.display().to_string(),
-        message: e.to_string(),
-    };
-    std::fs::copy(binary, &dest).map_err(io)?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).map_err(io)
 }

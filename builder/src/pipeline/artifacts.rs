@@ -286,7 +286,8 @@ pub struct WrittenArchive {
 }
 
 /// [`write_tar_zst`] with other zstd settings, reusing the frames of `pool` where their
-/// content recurs (the bytes are the same either way).
+/// content recurs (the bytes are the same either way). The file is not synced: whoever
+/// publishes it syncs it first (the release syncs every file before its final rename).
 pub fn write_tar_zst_with(
     out: &Path,
     entries: &[TarEntry],
@@ -327,7 +328,7 @@ pub fn write_tar_zst_with(
         let file = buffered
             .into_inner()
             .map_err(|e| io_err(out, "write")(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp, "sync"))?;
+        drop(file);
         Ok(WrittenArchive {
             file: ArtifactFile { name, sha256, size },
             frames: index,

@@ -1,13 +1,16 @@
 //! One OS profile from its lock to a disk image: a flat list of stages, each a call into its
-//! own module, read top to bottom (mkosi's shape). Packages → initrd → overlay → agent →
-//! normalize → ext4 → verity → UKI per slot → ESP → disk. Everything is written below the
-//! build's own work directory; artifacts are assembled from [`Built`] by the caller.
+//! own module, read top to bottom (mkosi's shape). Packages → initrd → normalize → root ext4
+//! → overlay and agent written into it → verity → UKI per slot → ESP → disk. Everything is
+//! written below the build's own work directory; artifacts are assembled from [`Built`] by the
+//! caller.
 //!
-//! With a stage cache, two keys are computed first ([`StageKeys`]): the package stage's
-//! (lock, base, epoch, host tools, builder) and the whole build's (that plus the overlay, the
-//! agent sources, the profile and the version). A hit on the second reuses everything; a hit
-//! on the first reuses the installed root and its initrd, so an overlay change only reruns
-//! what follows them.
+//! With a stage cache, three keys are computed first ([`StageKeys`]): the package stage's
+//! (lock, base, epoch, host tools, builder), the root image's (that plus the version, which
+//! the filesystem's ids derive from, and the partition) and the whole build's (that plus the
+//! overlay, the agent sources and the profile). A hit on the last reuses everything; a hit on
+//! the first reuses the normalized root tree (read in place, never copied) and its initrd, and
+//! one on the second also its ext4 image, so an overlay change only writes a few inodes into a
+//! copy of that image and reruns what follows.
 
 use super::stage_cache::{self, StageCache, StageKey};
 use super::{
@@ -116,17 +119,23 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
     let keys = StageKeys::compute(plan).map_err(failed("cache"))?;
     if let Some(out) = cache.lookup(&keys.image) {
         let mut built = Built::load(&out).map_err(failed("cache"))?;
-        built.earlier = cache.others(&keys.image);
+        // The release reads the root tree (package licenses) from the package stage's entry.
+        if built.root_dir.is_dir() {
+            built.earlier = cache.others(&keys.image);
+            (plan.log)(&format!(
+                "{os}: every stage reused from the stage cache ({})",
+                &keys.image.digest()[..12]
+            ));
+            return Ok(built);
+        }
         (plan.log)(&format!(
-            "{os}: every stage reused from the stage cache ({})",
-            &keys.image.digest()[..12]
+            "{os}: stage cache miss: the package stage entry of the cached build is gone"
         ));
-        return Ok(built);
     }
     for why in cache.changed_inputs(&keys.image) {
         (plan.log)(&format!("{os}: stage cache miss: {why}"));
     }
-    let built = run_stages(plan, Some((cache, &keys.packages)))?;
+    let built = run_stages(plan, Some((cache, &keys)))?;
     // The finished work directory becomes the cache entry (moved, or copied across
     // filesystems); the build continues from there.
     cache
@@ -153,34 +162,39 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
 
 /// File in a package stage cache entry: the initrd made from its root.
 const INITRD_FILE: &str = "initrd.img";
+/// File in a root image stage cache entry.
+const ROOT_IMAGE_FILE: &str = "root.img";
 
-/// The package stage and the initrd made from its root, from the stage cache when its key is
-/// there. The initrd depends on the installed packages alone (kernel, modules, systemd and
-/// dracut are the image's; dracut runs with `--no-hostonly`, so no configuration of the
-/// overlay reaches it), so it is made before the overlay and cached with the packages: an
-/// overlay or agent change reuses both.
+/// The package stage, the initrd made from its root and normalization, from the stage cache
+/// when its key is there. The initrd depends on the installed packages alone (kernel,
+/// modules, systemd and dracut are the image's; dracut runs with `--no-hostonly`, so no
+/// configuration of the overlay reaches it), so it is made before the overlay and cached with
+/// the packages: an overlay or agent change reuses both. The returned root is read, never
+/// written, by what follows: with a stage cache it is the cache entry's own tree.
 fn base_stages(
     rplan: &rootfs::Plan<'_>,
     plan: &BuildPlan<'_>,
     cache: Option<(&StageCache, &StageKey)>,
 ) -> Result<(PathBuf, initrd::Initrd), BuildError> {
-    let stage = |name| StageRunner::start(&rplan.profile.os, name, plan.log);
+    let os = rplan.profile.os.as_str();
+    let stage = |name| StageRunner::start(os, name, plan.log);
     let work = plan.work;
     let initrd_path = work.join(INITRD_FILE);
     let make = || -> Result<(PathBuf, initrd::Initrd), BuildError> {
         let root = stage("packages").run(|| rootfs::install(rplan, work))?;
         let boot = stage("initrd").run(|| initrd::build(&root, plan.epoch, &initrd_path))?;
+        stage("normalize").run(|| normalize::normalize(&root, os, plan.epoch))?;
         Ok((root, boot))
     };
     let Some((cache, key)) = cache else {
         return make();
     };
     // An entry without its initrd (removed by hand) counts as a miss.
-    if let Some(out) = cache.lookup(key).filter(|o| o.join(INITRD_FILE).is_file()) {
-        let root = work.join("root");
+    let entry = || cache.lookup(key).filter(|o| o.join(INITRD_FILE).is_file());
+    if let Some(out) = entry() {
+        let root = out.join("root");
         let boot = stage("packages").run(|| {
             std::fs::create_dir_all(work)?;
-            stage_cache::copy_tree(&out.join("root"), &root)?;
             std::fs::copy(out.join(INITRD_FILE), &initrd_path)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(initrd::Initrd::existing(
                 &root,
@@ -188,8 +202,7 @@ fn base_stages(
             )?)
         })?;
         (plan.log)(&format!(
-            "{}: packages and initrd reused from the stage cache ({})",
-            rplan.profile.os,
+            "{os}: packages and initrd reused from the stage cache ({})",
             &key.digest()[..12]
         ));
         return Ok((root, boot));
@@ -200,19 +213,75 @@ fn base_stages(
             key,
             |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 std::fs::create_dir_all(out)?;
-                stage_cache::copy_tree(&root, &out.join("root"))?;
+                if std::fs::rename(&root, out.join("root")).is_err() {
+                    stage_cache::copy_tree(&root, &out.join("root"))?;
+                }
                 std::fs::copy(&boot.initrd, out.join(INITRD_FILE))?;
                 Ok(())
             },
         )
     })?;
+    let out = entry().ok_or_else(|| BuildError::Stage {
+        os: os.to_string(),
+        stage: "cache packages",
+        source: "the entry just stored is missing".into(),
+    })?;
+    let root = out.join("root");
+    let boot = initrd::Initrd::existing(&root, &boot.initrd).map_err(|e| BuildError::Stage {
+        os: os.to_string(),
+        stage: "cache packages",
+        source: Box::new(e),
+    })?;
     Ok((root, boot))
+}
+
+/// The root filesystem made from the package stage's tree (before the overlay) into `image`,
+/// from the stage cache when its key is there (copied: the build writes into its own copy).
+fn root_image_stage(
+    ext4_plan: &ext4::Ext4Plan<'_>,
+    plan: &BuildPlan<'_>,
+    cache: Option<(&StageCache, &StageKey)>,
+) -> Result<(), BuildError> {
+    let os = plan.profile.os.as_str();
+    let stage = |name| StageRunner::start(os, name, plan.log);
+    let image = ext4_plan.image;
+    let Some((cache, key)) = cache else {
+        return stage("ext4").run(|| ext4::make(ext4_plan));
+    };
+    if let Some(out) = cache.lookup(key) {
+        let cached = out.join(ROOT_IMAGE_FILE);
+        stage("ext4").run(|| super::blocks::copy_span_sparse(&cached, 0, ext4_plan.size, image))?;
+        (plan.log)(&format!(
+            "{os}: root image reused from the stage cache ({})",
+            &key.digest()[..12]
+        ));
+        return Ok(());
+    }
+    stage("ext4").run(|| ext4::make(ext4_plan))?;
+    stage("cache root image").run(|| {
+        cache.store(
+            key,
+            |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+                std::fs::create_dir_all(out)?;
+                super::blocks::copy_span_sparse(
+                    image,
+                    0,
+                    ext4_plan.size,
+                    &out.join(ROOT_IMAGE_FILE),
+                )?;
+                Ok(())
+            },
+        )
+    })?;
+    Ok(())
 }
 
 /// The stage cache keys of one build.
 pub struct StageKeys {
-    /// The package stage: what mmdebstrap installs.
+    /// The package stage: what mmdebstrap installs, its initrd, normalized.
     pub packages: StageKey,
+    /// The root filesystem made from that tree (before the overlay).
+    pub root_image: StageKey,
     /// The whole build.
     pub image: StageKey,
 }
@@ -254,8 +323,15 @@ impl StageKeys {
                 ),
             )
             .with("builder", builder.clone());
+        let root_partition = p.partitions.iter().find(|q| q.role == Role::Root);
+        let root_image = common("root-image")
+            .with("packages", packages.digest())
+            .with("builder", builder.clone())
+            .with("version", plan.version)
+            .with("partition", format!("{root_partition:?}"));
         let mut image = common("image")
             .with("packages", packages.digest())
+            .with("root-image", root_image.digest())
             .with("builder", builder.clone())
             .with("profile", sha256_bytes(format!("{p:?}").as_bytes()))
             .with("version", plan.version)
@@ -266,7 +342,11 @@ impl StageKeys {
         if agent::agent_for(&p.os).is_some() {
             image = image.with("agent-sources", agent::source_digest(plan.workspace)?);
         }
-        Ok(StageKeys { packages, image })
+        Ok(StageKeys {
+            packages,
+            root_image,
+            image,
+        })
     }
 }
 
@@ -329,7 +409,7 @@ impl Built {
 /// Every stage, in order; the package stage through `cache` when given.
 fn run_stages(
     plan: &BuildPlan<'_>,
-    cache: Option<(&StageCache, &StageKey)>,
+    cache: Option<(&StageCache, &StageKeys)>,
 ) -> Result<Built, BuildError> {
     let p = plan.profile;
     let os = p.os.as_str();
@@ -346,15 +426,30 @@ fn run_stages(
         cache: plan.cache,
         epoch: plan.epoch,
     };
-    let (root, boot) = base_stages(&rplan, plan, cache)?;
+    let (root, boot) = base_stages(&rplan, plan, cache.map(|(c, k)| (c, &k.packages)))?;
+    // One root image and hash tree serve every slot: their ids do not name a slot.
+    let (first_root, first_verity) = (&slots[0].0, &slots[0].1);
+    let root_image = plan.work.join("root.img");
+    root_image_stage(
+        &ext4::Ext4Plan {
+            root: &root,
+            image: &root_image,
+            size: first_root.size.bytes(),
+            uuid: &ids.uuid_string("root/fs-uuid"),
+            hash_seed: &ids.uuid_string("root/hash-seed"),
+            label: "root",
+            epoch: plan.epoch,
+        },
+        plan,
+        cache.map(|(c, k)| (c, &k.root_image)),
+    )?;
     let overlay_dir = plan.workspace.join(os).join("rootfs");
-    stage("overlay").run(|| overlay::apply(&overlay_dir, &root))?;
+    let mut changes = stage("overlay").run(|| overlay::plan(&overlay_dir, &root))?;
     if let Some(name) = agent::agent_for(os) {
-        stage("agent").run(|| {
-            let bin = agent::build(plan.workspace, name, plan.agent_target)?;
-            agent::install(&bin, &root, name)
-        })?;
+        let bin = stage("agent").run(|| agent::build(plan.workspace, name, plan.agent_target))?;
+        changes.push(overlay::binary(&bin, &root, name));
     }
+    stage("write overlay").run(|| ext4::apply(&root_image, &changes, plan.epoch))?;
     // Kept outside the root: the UKI carries them, and the stub and boot loader come from the
     // image's own packages.
     let kernel = plan.work.join("vmlinuz");
@@ -374,27 +469,14 @@ fn run_stages(
                 .to_string(),
         })?;
     }
-    let osrel = std::fs::read(root.join("usr/lib/os-release")).map_err(|e| BuildError::Stage {
-        os: os.to_string(),
-        stage: "uki",
-        source: Box::new(e),
+    let osrel = overlay::read_file(&changes, &root, "usr/lib/os-release").map_err(|e| {
+        BuildError::Stage {
+            os: os.to_string(),
+            stage: "uki",
+            source: Box::new(e),
+        }
     })?;
-    stage("normalize").run(|| normalize::normalize(&root, os, plan.epoch))?;
 
-    // One root image and hash tree serve every slot: their ids do not name a slot.
-    let (first_root, first_verity) = (&slots[0].0, &slots[0].1);
-    let root_image = plan.work.join("root.img");
-    stage("ext4").run(|| {
-        ext4::make(&ext4::Ext4Plan {
-            root: &root,
-            image: &root_image,
-            size: first_root.size.bytes(),
-            uuid: &ids.uuid_string("root/fs-uuid"),
-            hash_seed: &ids.uuid_string("root/hash-seed"),
-            label: "root",
-            epoch: plan.epoch,
-        })
-    })?;
     let verity_image = plan.work.join("verity.img");
     let tree = stage("verity").run(|| {
         verity::format(

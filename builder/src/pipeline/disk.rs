@@ -22,7 +22,7 @@ use gpt::GptConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -39,8 +39,6 @@ const BACKUP_SECTORS: u64 = 33;
 const MAX_NAME_UNITS: usize = 36;
 /// Granularity of the sparse copy: blocks of this size that are all zero are not written.
 const BLOCK: usize = 4096;
-/// Read size of the copy.
-const CHUNK: usize = 1 << 20;
 
 /// DPS: EFI System Partition.
 pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
@@ -415,23 +413,25 @@ fn copy_sparse(
     limit: u64,
 ) -> Result<u64, DiskError> {
     static ZERO: [u8; BLOCK] = [0; BLOCK];
-    let mut src = File::open(source).map_err(|e| io_error(source, "open", e))?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    loop {
-        let n = read_full(&mut src, &mut buf).map_err(|e| io_error(source, "read", e))?;
-        if n == 0 {
-            break;
-        }
-        if pos + n as u64 > limit {
-            return Err(DiskError::Io {
-                path: source.to_path_buf(),
-                action: "copy (it grew while being read)",
-                source: io::Error::other(format!("more than the partition's {limit} bytes")),
-            });
-        }
-        let data = &buf[..n];
-        // Write maximal runs of non-zero blocks.
+    let src = File::open(source).map_err(|e| io_error(source, "open", e))?;
+    let len = src
+        .metadata()
+        .map_err(|e| io_error(source, "read the metadata of", e))?
+        .len();
+    if len > limit {
+        return Err(DiskError::Io {
+            path: source.to_path_buf(),
+            action: "copy",
+            source: io::Error::other(format!("more than the partition's {limit} bytes")),
+        });
+    }
+    // The source's holes are skipped unread; in its data, maximal runs of non-zero blocks
+    // are written.
+    super::blocks::for_each_block(&src, 0, len, |block| {
+        let Some(data) = block.data else {
+            return Ok(());
+        };
+        let n = data.len();
         let mut run: Option<usize> = None;
         let mut at = 0;
         while at <= n {
@@ -439,35 +439,21 @@ fn copy_sparse(
             match (zero, run) {
                 (false, None) => run = Some(at),
                 (true, Some(start)) => {
-                    dst.write_all_at(&data[start..at], offset + pos + start as u64)
-                        .map_err(|e| io_error(dst_path, "write", e))?;
+                    dst.write_all_at(&data[start..at], offset + block.at + start as u64)?;
                     run = None;
                 }
                 _ => {}
             }
             at += BLOCK;
         }
+        // A short last block skips `at == n`: its run is still open.
         if let Some(start) = run {
-            dst.write_all_at(&data[start..], offset + pos + start as u64)
-                .map_err(|e| io_error(dst_path, "write", e))?;
+            dst.write_all_at(&data[start..], offset + block.at + start as u64)?;
         }
-        pos += n as u64;
-    }
-    Ok(pos)
-}
-
-/// Read until `buf` is full or the end of the file; returns the bytes read.
-fn read_full(src: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
+        Ok(())
+    })
+    .map_err(|e| io_error(dst_path, "copy into", e))?;
+    Ok(len)
 }
 
 fn io_error(path: &Path, action: &'static str, source: io::Error) -> DiskError {

@@ -2,9 +2,13 @@
 //! and directory hash seed derived (never random), a fixed mke2fs configuration (the host's
 //! /etc/mke2fs.conf must not change the bytes), fake time, and then every inode's times
 //! clamped with `debugfs` (mke2fs copies ctime from the source tree, which cannot be set).
-//! `e2fsck -fn` must find nothing.
+//! That image holds the package stage's tree and is cached with it; [`apply`] then writes the
+//! overlay's and the agent's [`Change`]s into a copy with `debugfs`, so an overlay change costs
+//! a few inodes instead of a new filesystem. `e2fsck -fn` must find nothing after each step.
 
-use std::path::Path;
+use super::overlay::{Change, What};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// ext4 settings of plinth images: no journal (the root is read-only under dm-verity), 4 KiB
@@ -54,7 +58,7 @@ pub enum Ext4Error {
     },
     #[error(transparent)]
     Tool(#[from] super::tool::ToolError),
-    #[error("debugfs could not set inode times in {image}: {line}")]
+    #[error("debugfs failed on {image}: {line}")]
     Debugfs { image: String, line: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
@@ -103,9 +107,105 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
     }
     out?;
     clamp_inode_times(plan)?;
+    check(plan.image)
+}
+
+/// Write `changes` (parents before children) into the ext4 image `image` made by [`make`]:
+/// directories made, files and links replaced, owner root, the given modes, and every time of
+/// each changed inode and of its parent directories set to `epoch`. Then `e2fsck -fn`.
+pub fn apply(image: &Path, changes: &[Change], epoch: i64) -> Result<(), Ext4Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let stamp = debugfs_time(epoch);
+    let mut script = String::new();
+    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+    for change in changes {
+        let abs = Path::new("/").join(&change.path);
+        let parent = abs.parent().unwrap_or(Path::new("/"));
+        let name = quoted(Path::new(abs.file_name().unwrap_or_default()))?;
+        let (path, parent_q) = (quoted(&abs)?, quoted(parent)?);
+        if change.replaces {
+            script.push_str(&format!("rm {path}\n"));
+        }
+        let mode = match &change.what {
+            What::Dir => {
+                if !change.exists {
+                    script.push_str(&format!("cd {parent_q}\nmkdir {name}\n"));
+                }
+                Some(0o040755)
+            }
+            What::File { source, mode } => {
+                let source = quoted(source)?;
+                script.push_str(&format!("cd {parent_q}\nwrite {source} {name}\n"));
+                Some(0o100000 | mode)
+            }
+            What::Symlink { target } => {
+                let target = quoted(target)?;
+                script.push_str(&format!("cd {parent_q}\nsymlink {name} {target}\n"));
+                None
+            }
+        };
+        if let Some(mode) = mode {
+            script.push_str(&format!("sif {path} mode 0{mode:o}\n"));
+        }
+        script.push_str(&format!("sif {path} uid 0\nsif {path} gid 0\n"));
+        touched.extend(abs.ancestors().map(Path::to_path_buf));
+    }
+    for t in &touched {
+        let t = quoted(t)?;
+        for field in ["atime", "mtime", "ctime", "crtime"] {
+            script.push_str(&format!(
+                "sif {t} {field} {stamp}\nsif {t} {field}_extra 0\n"
+            ));
+        }
+    }
+    debugfs(image, &script, epoch)?;
+    check(image)
+}
+
+/// `e2fsck -fn`: any finding fails the build. Read-only, so its closing fsync is skipped
+/// (it waited seconds for the image's own unwritten pages).
+fn check(image: &Path) -> Result<(), Ext4Error> {
     let mut fsck = Command::new("e2fsck");
-    fsck.arg("-fn").arg(plan.image);
-    run("e2fsck", &mut fsck)?;
+    fsck.arg("-fn").arg(image);
+    run("e2fsck", super::tool::scratch(&mut fsck))?;
+    Ok(())
+}
+
+/// `path` in double quotes for a debugfs script; names debugfs cannot take are refused.
+fn quoted(path: &Path) -> Result<String, Ext4Error> {
+    let text = path.display().to_string();
+    if text.contains('"') || text.contains('\n') {
+        return Err(Ext4Error::BadName { path: text });
+    }
+    Ok(format!("\"{text}\""))
+}
+
+/// Run a debugfs script on `image` (writable, fake time `epoch`); a failed command is an error.
+fn debugfs(image: &Path, script: &str, epoch: i64) -> Result<(), Ext4Error> {
+    let script_path = image.with_extension("debugfs");
+    std::fs::write(&script_path, script).map_err(|e| Ext4Error::Io {
+        path: script_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut debugfs = Command::new("debugfs");
+    debugfs
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(image)
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string());
+    let out = run("debugfs", super::tool::scratch(&mut debugfs));
+    let _ = std::fs::remove_file(&script_path);
+    let stderr = out?;
+    // debugfs reports a failed command on stderr and still exits 0.
+    if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs ")) {
+        return Err(Ext4Error::Debugfs {
+            image: image.display().to_string(),
+            line: line.to_string(),
+        });
+    }
     Ok(())
 }
 
@@ -131,29 +231,7 @@ fn clamp_inode_times(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
             script.push_str(&format!("sif \"{t}\" {field} {stamp}\n"));
         }
     }
-    let script_path = plan.image.with_extension("debugfs");
-    std::fs::write(&script_path, script).map_err(|e| Ext4Error::Io {
-        path: script_path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let mut debugfs = Command::new("debugfs");
-    debugfs
-        .arg("-w")
-        .arg("-f")
-        .arg(&script_path)
-        .arg(plan.image)
-        .env("E2FSPROGS_FAKE_TIME", plan.epoch.to_string());
-    let out = run("debugfs", super::tool::scratch(&mut debugfs));
-    let _ = std::fs::remove_file(&script_path);
-    let stderr = out?;
-    // debugfs reports a failed command on stderr and still exits 0.
-    if let Some(line) = stderr.lines().find(|l| !l.starts_with("debugfs ")) {
-        return Err(Ext4Error::Debugfs {
-            image: plan.image.display().to_string(),
-            line: line.to_string(),
-        });
-    }
-    Ok(())
+    debugfs(plan.image, &script, plan.epoch)
 }
 
 /// debugfs's time format: `YYYYMMDDHHMMSS` in UTC.

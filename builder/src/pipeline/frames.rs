@@ -9,7 +9,8 @@
 //! in the next build when that part of the partition did not change. A frame is a pure
 //! function of its bytes, the level and the libzstd version ([`FrameIndex::format`]); so a
 //! frame already compressed in an earlier archive ([`FramePool`]) is copied instead of
-//! compressed again, after checking that it decompresses to exactly the bytes it stands for.
+//! compressed again, after checking that its compressed bytes are the ones recorded when it
+//! was written (sha256; an altered or truncated archive in the cache loses its frames).
 //! The output is the same whether a frame was reused or not, and whatever the number of
 //! threads.
 
@@ -27,7 +28,8 @@ pub const FRAME: u64 = 4 << 20;
 /// Raw bytes gathered before a batch of frames is compressed (in parallel).
 const BATCH: usize = 8 * FRAME as usize;
 
-/// A frame of a written archive: its content's sha256 and size, its place in the archive.
+/// A frame of a written archive: its content's sha256 and size, its place in the archive,
+/// and the sha256 of its compressed bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrameRecord {
@@ -35,6 +37,7 @@ pub struct FrameRecord {
     pub raw_size: u64,
     pub offset: u64,
     pub size: u64,
+    pub frame_sha256: String,
 }
 
 /// The frames of one archive and the settings that made them.
@@ -120,17 +123,17 @@ impl FramePool {
         }
     }
 
-    /// The compressed frame holding exactly `raw`, if an earlier archive has one that
-    /// decompresses to it.
-    fn find(&self, sha256: &[u8; 32], raw: &[u8]) -> Option<Vec<u8>> {
+    /// The compressed frame of content `sha256` (of `raw_size` bytes) and the sha256 of its
+    /// bytes, if an earlier archive still holds it as recorded.
+    fn find(&self, sha256: &[u8; 32], raw_size: usize) -> Option<(Vec<u8>, [u8; 32])> {
         let (n, f) = self.by_sha256.get(sha256)?;
-        if f.raw_size != raw.len() as u64 {
+        if f.raw_size != raw_size as u64 {
             return None;
         }
         let mut frame = vec![0u8; usize::try_from(f.size).ok()?];
         self.archives[*n].read_exact_at(&mut frame, f.offset).ok()?;
-        let back = zstd::bulk::decompress(&frame, raw.len()).ok()?;
-        (back == raw).then_some(frame)
+        let digest: [u8; 32] = Sha256::digest(&frame).into();
+        (hex::encode(digest) == f.frame_sha256).then_some((frame, digest))
     }
 }
 
@@ -230,6 +233,7 @@ impl<'p, W: Write> FrameWriter<'p, W> {
                 raw_size: raw.len() as u64,
                 offset: self.written,
                 size: d.bytes.len() as u64,
+                frame_sha256: hex::encode(d.frame_sha256),
             });
             self.written += d.bytes.len() as u64;
         }
@@ -248,6 +252,7 @@ impl<'p, W: Write> FrameWriter<'p, W> {
 struct Done {
     sha256: [u8; 32],
     bytes: Vec<u8>,
+    frame_sha256: [u8; 32],
     reused: bool,
 }
 
@@ -258,10 +263,11 @@ fn one_frame(
     compressor: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> io::Result<Done> {
     let sha256: [u8; 32] = Sha256::digest(raw).into();
-    if let Some(bytes) = pool.find(&sha256, raw) {
+    if let Some((bytes, frame_sha256)) = pool.find(&sha256, raw.len()) {
         return Ok(Done {
             sha256,
             bytes,
+            frame_sha256,
             reused: true,
         });
     }
@@ -272,9 +278,11 @@ fn one_frame(
         *compressor = Some(c);
     }
     let c = compressor.as_mut().expect("set above");
+    let bytes = c.compress(raw)?;
     Ok(Done {
         sha256,
-        bytes: c.compress(raw)?,
+        frame_sha256: Sha256::digest(&bytes).into(),
+        bytes,
         reused: false,
     })
 }

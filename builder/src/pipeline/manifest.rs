@@ -2,8 +2,8 @@
 //! anyone comparing two builds or two releases (a voter, `plinth verify`, `plinth diff`).
 //!
 //! Inputs (source commit, SOURCE_DATE_EPOCH, lock and spec digests, builder version), the
-//! artifacts with sha256 and size, every partition of the disk image with the sha256 of its
-//! span, and the boot measurements of each slot (verity root hash, UKI sha256, predicted
+//! artifacts with sha256 and size, every partition of the disk image with the block digest of
+//! its span ([`super::blocks`]), and the boot measurements of each slot (verity root hash, UKI sha256, predicted
 //! PCR 11). The file is pretty JSON with a trailing newline; field order is fixed by the types
 //! and every list is sorted ([`Manifest::to_bytes`]), so equal manifests are equal bytes and a
 //! plain `diff` of two manifests reads well. Only serde types live here, so that the node
@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The manifest format this plinth reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: partitions carry `blocks_sha256` (sha256 over their 1 MiB blocks' sha256s) in
+/// place of version 1's plain `sha256` of the span.
+pub const FORMAT_VERSION: u32 = 2;
 /// The manifest's file name in a release directory.
 pub const FILE_NAME: &str = "manifest.json";
 
@@ -81,8 +83,9 @@ pub struct PartitionImage {
     pub offset: u64,
     /// Bytes the partition spans.
     pub size: u64,
-    /// sha256 of the partition's whole span in the disk image (`size` bytes from `offset`).
-    pub sha256: String,
+    /// The block digest ([`super::blocks::blocks_sha256`]) of the partition's whole span in the
+    /// disk image (`size` bytes from `offset`): sha256 over the sha256 of each 1 MiB block.
+    pub blocks_sha256: String,
 }
 
 /// What the boot chain measures; more kinds (SNP launch digests, PCR 4) join as fields.
@@ -239,7 +242,11 @@ impl Manifest {
             }
         }
         for (i, p) in self.partitions.iter().enumerate() {
-            digest(format!("partitions[{i}].sha256"), &p.sha256, 64)?;
+            digest(
+                format!("partitions[{i}].blocks_sha256"),
+                &p.blocks_sha256,
+                64,
+            )?;
             slot(format!("partitions[{i}].slot"), &p.slot)?;
             if i > 0 && self.partitions[i - 1].number >= p.number {
                 return Err((

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod blocks;
 pub mod build;
 pub mod disk;
 pub mod esp;

@@ -1,10 +1,12 @@
-//! The OS's overlay: `<os>/rootfs/` copied over the installed root. Git keeps only "file" or
-//! "executable", and a checkout's umask decides the rest, so modes are normalized the same way
-//! (directories 0755, files 0644 or 0755), owners are root, and symlinks are kept as links.
-//! An OS without an overlay directory is a no-op.
+//! The OS's overlay: what `<os>/rootfs/` (and the agent binary) change in the installed root,
+//! as a list of [`Change`]s that the ext4 stage writes into the package stage's root image.
+//! Git keeps only "file" or "executable", and a checkout's umask decides the rest, so modes are
+//! normalized the same way (directories 0755, files 0644 or 0755), owners are root, and
+//! symlinks are kept as links. An OS without an overlay directory changes nothing. The
+//! overlay is applied after normalization: what it says is what the image holds.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Why the overlay could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +19,33 @@ pub enum OverlayError {
     Kind { path: String },
 }
 
-/// Copy `overlay` over `root`; returns the number of paths written.
-pub fn apply(overlay: &Path, root: &Path) -> Result<usize, OverlayError> {
+/// What one path of the root becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// A directory, mode 0755 (made if the root has none).
+    Dir,
+    /// A regular file with the content of `source` and this mode.
+    File { source: PathBuf, mode: u32 },
+    /// A symbolic link to `target`.
+    Symlink { target: PathBuf },
+}
+
+/// One path of the root (relative, e.g. `etc/motd`) and what it becomes; owner root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: PathBuf,
+    pub what: What,
+    /// The root has a file or link there already, which this one replaces.
+    pub replaces: bool,
+    /// The root has that directory already.
+    pub exists: bool,
+}
+
+/// The changes `overlay` makes to the tree `root`, parents before children. Refuses a file
+/// over a directory of `root` (or the reverse) and anything but directories, files and links.
+pub fn plan(overlay: &Path, root: &Path) -> Result<Vec<Change>, OverlayError> {
     if !overlay.is_dir() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let io = |path: &Path, e: std::io::Error| OverlayError::Io {
         path: path.display().to_string(),
@@ -30,58 +55,88 @@ pub fn apply(overlay: &Path, root: &Path) -> Result<usize, OverlayError> {
         path: e.path,
         message: e.message,
     })?;
+    let mut changes = Vec::new();
     for src in &paths {
-        let rel = src.strip_prefix(overlay).unwrap_or(src);
-        let dest = root.join(rel);
+        let rel = src.strip_prefix(overlay).unwrap_or(src).to_path_buf();
         let meta = std::fs::symlink_metadata(src).map_err(|e| io(src, e))?;
-        let existing = std::fs::symlink_metadata(&dest).ok();
+        let existing = std::fs::symlink_metadata(root.join(&rel)).ok();
         let ft = meta.file_type();
-        if ft.is_dir() {
-            match existing {
-                Some(m) if m.is_dir() => {}
-                Some(_) => {
-                    return Err(OverlayError::Kind {
-                        path: rel.display().to_string(),
-                    })
-                }
-                None => std::fs::create_dir(&dest).map_err(|e| io(&dest, e))?,
+        let kind_error = || OverlayError::Kind {
+            path: rel.display().to_string(),
+        };
+        let what = if ft.is_dir() {
+            if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                return Err(kind_error());
             }
-            set_mode(&dest, 0o755).map_err(|e| io(&dest, e))?;
+            What::Dir
         } else if ft.is_file() || ft.is_symlink() {
             if existing.as_ref().is_some_and(|m| m.is_dir()) {
-                return Err(OverlayError::Kind {
-                    path: rel.display().to_string(),
-                });
-            }
-            if existing.is_some() {
-                std::fs::remove_file(&dest).map_err(|e| io(&dest, e))?;
+                return Err(kind_error());
             }
             if ft.is_symlink() {
-                let target = std::fs::read_link(src).map_err(|e| io(src, e))?;
-                std::os::unix::fs::symlink(target, &dest).map_err(|e| io(&dest, e))?;
+                What::Symlink {
+                    target: std::fs::read_link(src).map_err(|e| io(src, e))?,
+                }
             } else {
-                std::fs::copy(src, &dest).map_err(|e| io(&dest, e))?;
                 let exec = meta.permissions().mode() & 0o111 != 0;
-                set_mode(&dest, if exec { 0o755 } else { 0o644 }).map_err(|e| io(&dest, e))?;
+                What::File {
+                    source: src.clone(),
+                    mode: if exec { 0o755 } else { 0o644 },
+                }
             }
         } else {
             return Err(OverlayError::Special {
                 path: rel.display().to_string(),
             });
-        }
-        // Owners are root: the build runs as root, so new paths already are; keep it explicit.
-        std::os::unix::fs::lchown(&dest, Some(0), Some(0)).map_err(|e| io(&dest, e))?;
+        };
+        let dir = matches!(what, What::Dir);
+        changes.push(Change {
+            path: rel,
+            what,
+            replaces: existing.is_some() && !dir,
+            exists: existing.is_some() && dir,
+        });
     }
-    Ok(paths.len())
+    Ok(changes)
 }
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// The change that installs `binary` as `/usr/bin/<name>` (mode 0755) in `root`.
+pub fn binary(binary: &Path, root: &Path, name: &str) -> Change {
+    let path = Path::new("usr/bin").join(name);
+    Change {
+        replaces: std::fs::symlink_metadata(root.join(&path)).is_ok(),
+        exists: false,
+        path,
+        what: What::File {
+            source: binary.to_path_buf(),
+            mode: 0o755,
+        },
+    }
+}
+
+/// Read a regular file of the root as the overlay leaves it: the overlay's own copy when it
+/// has one, else the root's.
+pub fn read_file(changes: &[Change], root: &Path, rel: &str) -> std::io::Result<Vec<u8>> {
+    match changes.iter().find(|c| c.path == Path::new(rel)) {
+        Some(Change {
+            what: What::File { source, .. },
+            ..
+        }) => std::fs::read(source),
+        Some(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the overlay makes {rel} a directory or a link: a regular file is needed"),
+        )),
+        None => std::fs::read(root.join(rel)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    }
 
     #[test]
     fn modes_are_normalized_links_kept_and_kinds_checked() {
@@ -91,35 +146,52 @@ mod tests {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/motd"), "old").unwrap();
         std::fs::write(overlay.join("etc/motd"), "new").unwrap();
-        set_mode(&overlay.join("etc/motd"), 0o600).unwrap();
+        set_mode(&overlay.join("etc/motd"), 0o600);
         std::fs::write(overlay.join("etc/systemd/system/a.service"), "[Unit]").unwrap();
         std::fs::write(overlay.join("etc/run.sh"), "#!/bin/sh").unwrap();
-        set_mode(&overlay.join("etc/run.sh"), 0o700).unwrap();
+        set_mode(&overlay.join("etc/run.sh"), 0o700);
         std::os::unix::fs::symlink("motd", overlay.join("etc/motd.link")).unwrap();
-        assert_eq!(apply(&overlay, &root).unwrap(), 7);
-        let mode = |p: &str| {
-            std::fs::symlink_metadata(root.join(p))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o7777
-        };
+        let changes = plan(&overlay, &root).unwrap();
+        let paths: Vec<String> = changes
+            .iter()
+            .map(|c| c.path.display().to_string())
+            .collect();
         assert_eq!(
-            std::fs::read_to_string(root.join("etc/motd")).unwrap(),
-            "new"
+            paths,
+            [
+                "etc",
+                "etc/motd",
+                "etc/motd.link",
+                "etc/run.sh",
+                "etc/systemd",
+                "etc/systemd/system",
+                "etc/systemd/system/a.service"
+            ]
         );
-        assert_eq!(mode("etc/motd"), 0o644);
-        assert_eq!(mode("etc/run.sh"), 0o755);
-        assert_eq!(mode("etc/systemd"), 0o755);
+        let get = |p: &str| changes.iter().find(|c| c.path == Path::new(p)).unwrap();
+        assert!(get("etc").exists && !get("etc").replaces);
+        assert!(!get("etc/systemd").exists);
+        assert!(get("etc/motd").replaces);
+        assert!(matches!(
+            get("etc/motd").what,
+            What::File { mode: 0o644, .. }
+        ));
+        assert!(matches!(
+            get("etc/run.sh").what,
+            What::File { mode: 0o755, .. }
+        ));
         assert_eq!(
-            std::fs::read_link(root.join("etc/motd.link")).unwrap(),
-            Path::new("motd")
+            get("etc/motd.link").what,
+            What::Symlink {
+                target: "motd".into()
+            }
         );
-        assert_eq!(apply(&dir.path().join("none"), &root).unwrap(), 0);
+        assert_eq!(read_file(&changes, &root, "etc/motd").unwrap(), b"new");
+        assert!(plan(&dir.path().join("none"), &root).unwrap().is_empty());
         // A file over a directory is refused.
         std::fs::create_dir_all(overlay.join("x")).unwrap();
         std::fs::write(root.join("x"), "file").unwrap();
-        let err = apply(&overlay, &root).unwrap_err();
+        let err = plan(&overlay, &root).unwrap_err();
         assert!(matches!(err, OverlayError::Kind { .. }), "{err}");
     }
 }

@@ -159,7 +159,8 @@ pub fn assemble(
             slot: spec.and_then(|q| slot_text(q.slot)),
             offset: w.offset,
             size: w.size,
-            sha256: artifacts::sha256_range(&built.disk, w.offset, w.size)?,
+            blocks_sha256: super::blocks::blocks_sha256(&built.disk, w.offset, w.size)
+                .map_err(io(&built.disk))?,
         });
     }
     let mut slots = Vec::new();
@@ -199,13 +200,34 @@ pub fn assemble(
         start.elapsed().as_secs_f64()
     ));
 
-    // Release files are world-readable whatever the umask or the source's mode.
+    // Release files are world-readable whatever the umask or the source's mode, and on disk
+    // before the release appears under its name.
+    let mut syncs = Vec::new();
     for entry in std::fs::read_dir(&staging).map_err(io(&staging))? {
         let path = entry.map_err(io(&staging))?.path();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
             .map_err(io(&path))?;
+        syncs.push(std::thread::spawn(move || {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| (path, e))
+        }));
     }
+    for sync in syncs {
+        let (path, e) = match sync.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(failed)) => failed,
+            Err(_) => (
+                staging.clone(),
+                std::io::Error::other("a sync thread panicked"),
+            ),
+        };
+        return Err(io(&path)(e));
+    }
+    std::fs::File::open(&staging)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&staging))?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
@@ -236,6 +258,9 @@ fn archive(
     let written =
         artifacts::write_tar_zst_with(&dest, entries, inputs.epoch, Compression::RELEASE, pool)?;
     pool.add(&dest, &written.frames);
+    // Start writing it back while the release goes on; the final sync waits for the rest.
+    let early = dest.clone();
+    std::thread::spawn(move || std::fs::File::open(early).and_then(|f| f.sync_all()));
     let raw: u64 = written.frames.frames.iter().map(|f| f.raw_size).sum();
     (inputs.log)(&format!(
         "{}: {name} done in {:.1} s ({} of {} MiB from frames of earlier archives)",
