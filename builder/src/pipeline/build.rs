@@ -368,7 +368,6 @@ const HOST_TOOL_PACKAGES: &[&str] = &[
     "apt",
     "dpkg",
     "e2fsprogs",
-    "cryptsetup-bin",
     "dosfstools",
     "mtools",
     "coreutils",

@@ -1,4 +1,4 @@
-//! Running the host tools the stages use (mmdebstrap, mke2fs, debugfs, veritysetup, …): a
+//! Running the host tools the stages use (mmdebstrap, mke2fs, debugfs, e2fsck, mtools, …): a
 //! failure names the tool, its exit status, the command to reproduce it and the last lines
 //! of its output; a tool that cannot be started names the Debian package that has it.
 
