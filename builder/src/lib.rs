@@ -10,4 +10,5 @@ pub mod compare;
 pub mod packages;
 pub mod pipeline;
 pub mod spec;
+pub mod vm;
 pub mod workspace;

@@ -9,11 +9,12 @@
 //!   artifact byte for byte;
 //! - one overlay file changed: the rebuild reuses the package stage, `plinth diff` lists the
 //!   file, and `plinth verify` of that release fails naming it;
-//! - the GuestOS disk boots under QEMU (OVMF, TCG) through systemd-boot, its UKI and the
-//!   dm-verity root to a login prompt.
+//! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot,
+//!   its UKI and the dm-verity root until its agent prints `PLINTH BOOT OK <os> <version>
+//!   slot=<A|none>`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const OSES: [&str; 3] = ["guest-os", "host-os", "setup-os"];
 const VERSION: &str = "0.0.0-ci";
@@ -272,63 +273,50 @@ fn every_image_reproduces_verifies_and_diffs() {
         serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["inputs"]["source_dirty"], true);
 
-    // The first GuestOS disk boots: OVMF → systemd-boot → UKI → dracut → dm-verity root.
-    let disk = plinth::compare::release::Release::open(&a)
-        .unwrap()
-        .extract_member("disk-img.tar.zst", "disk.img", &dir.path().join("boot"))
-        .unwrap();
-    let console = boot_until(&disk, "guest-os login:", 300);
-    assert!(
-        console.contains("Verity Protection Setup for root."),
-        "systemd-veritysetup did not open the root"
-    );
+    // Every first release boots with `plinth run` (OVMF → systemd-boot → UKI → dracut →
+    // dm-verity root, a swtpm attached) until its agent reports the boot.
+    for os in OSES {
+        boot(&out1.join(os).join(VERSION), os);
+    }
 }
 
-/// Boot `disk` under QEMU (TCG) with OVMF until `marker` appears on the serial console (then
-/// stop the VM) or `seconds` pass (then fail with the console's last lines).
-fn boot_until(disk: &Path, marker: &str, seconds: u64) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let vars = dir.path().join("vars.fd");
-    std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
-    let log = dir.path().join("console.log");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-m", "1536", "-smp", "2", "-nographic"])
-        .args(["-no-reboot", "-nodefaults"])
-        .args([
-            "-drive",
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=virtio,snapshot=on",
-            disk.display()
-        ))
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .stdin(Stdio::null())
-        .spawn()
+/// `plinth run` the release `release` of `os` with a TPM until the boot report; assert it is
+/// `PLINTH BOOT OK` with the right identity (the agent says OK only if the root is mounted
+/// from a dm-verity device and no unit failed). The console log is kept in the target
+/// directory (its path is in any failure message).
+fn boot(release: &Path, os: &str) {
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{os}.log"));
+    let out = Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .arg("run")
+        .arg(release)
+        .args(["--profile", "test", "--tpm", "--accel", "tcg"])
+        .args(["--expect", "PLINTH BOOT ", "--timeout", "400", "--json"])
+        .arg("--console-log")
+        .arg(&log)
+        .output()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    let console = loop {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-        let exited = child.try_wait().unwrap().is_some();
-        if text.contains(marker) || exited || std::time::Instant::now() > deadline {
-            break text;
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    let tail: Vec<&str> = console.lines().rev().take(30).collect();
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = console.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
     assert!(
-        console.contains(marker),
-        "no `{marker}` on the console within {seconds} s; last lines:\n{}",
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        out.status.success(),
+        "{os}: no boot report ({}); console log {}:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log.display(),
+        tail.join("\n")
     );
-    console
+    let slot = if os == "setup-os" { "none" } else { "A" };
+    let wanted = format!("PLINTH BOOT OK {os} {VERSION} slot={slot}");
+    assert!(
+        console.contains(&wanted),
+        "{os}: `{wanted}` not on the console (log {}):\n{}",
+        log.display(),
+        tail.join("\n")
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "{os}: booted to `{wanted}` in {:.1} s under {}",
+        report["seconds"].as_f64().unwrap_or(0.0),
+        report["accel"]
+    );
 }

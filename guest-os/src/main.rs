@@ -1,15 +1,34 @@
 //! `plinth-guest`: the guest-os agent. GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
 //!
-//! Its verbs arrive with the issues that build them; today it answers `--help` and
-//! `--version`, so that images can already install and start it.
+//! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
+//! `plinth-boot-report.service` (see the crate `plinth-boot-report`).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
 #[derive(Debug, Parser)]
 #[command(name = "plinth-guest", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Check the boot (image identity, dm-verity root, failed units) and print
+    /// `PLINTH BOOT OK|FAILED ...` on every active console.
+    BootReport,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().verb {
+        Verb::BootReport => {
+            if plinth_boot_report::report("guest-os") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }

@@ -1,15 +1,34 @@
 //! `plinth-host`: the host-os agent. HostOS agent: plans and launches the GuestOS VM from the machine's topology, quotes TPM measurements and applies upgrades.
 //!
-//! Its verbs arrive with the issues that build them; today it answers `--help` and
-//! `--version`, so that images can already install and start it.
+//! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
+//! `plinth-boot-report.service` (see the crate `plinth-boot-report`).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// HostOS agent: plans and launches the GuestOS VM from the machine's topology, quotes TPM measurements and applies upgrades.
 #[derive(Debug, Parser)]
 #[command(name = "plinth-host", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Check the boot (image identity, dm-verity root, failed units) and print
+    /// `PLINTH BOOT OK|FAILED ...` on every active console.
+    BootReport,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().verb {
+        Verb::BootReport => {
+            if plinth_boot_report::report("host-os") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
 }

@@ -21,7 +21,8 @@ cache are fetched first (sha256-verified) unless --offline; the build itself
 uses no network. SOURCE_DATE_EPOCH is the source commit's time.
 Stage outputs are cached by the hash of their inputs (<cache>/stages): with
 nothing changed, a rebuild reuses everything; after an overlay change it
-reuses the installed packages. -v says why a stage was rebuilt.
+reuses the installed packages and their root filesystem. -v says why a stage
+was rebuilt.
 
 Examples:
   plinth build                          every OS, prod profile, into out/

@@ -10,6 +10,7 @@ mod diff;
 mod fetch;
 mod lock;
 pub mod output;
+mod run;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -27,7 +28,8 @@ Examples:
   plinth fetch guest-os --offline   list what the cache lacks, download nothing
   plinth build guest-os --profile test   build the small GuestOS image into out/
   plinth verify out/guest-os/0.1.0  rebuild a release and compare every byte
-  plinth diff out/a/guest-os/1.0.0 out/b/guest-os/1.1.0   what changed";
+  plinth diff out/a/guest-os/1.0.0 out/b/guest-os/1.1.0   what changed
+  plinth run host-os --tpm          boot the built HostOS in QEMU";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -93,6 +95,7 @@ pub enum Verb {
     Fetch(fetch::Args),
     Verify(verify::Args),
     Diff(diff::Args),
+    Run(run::Args),
 }
 
 /// A failed check (exit code 1): the message has been printed or is in the error.
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Verb::Fetch(args) => fetch::run(&cli.global, &out, args),
         Verb::Verify(args) => verify::run(&cli.global, &out, args),
         Verb::Diff(args) => diff::run(&cli.global, &out, args),
+        Verb::Run(args) => run::run(&cli.global, &out, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! The OS's agent (`plinth-guest`, `plinth-host`, `plinth-setup`): its crates fetched and
 //! checked against Cargo.lock, then built from this workspace offline with
 //! `cargo build --release --frozen`, every build-machine path remapped (workspace, cargo
-//! home, target directory) and no incremental state, then written into the root image as `/usr/bin/<name>` ([`super::overlay::binary`]).
+//! home, target directory) and no incremental state, then written into the root image as `/usr/bin/<name>` ([`super::overlay::put_file`]).
 //! Two builds from the same source give the same bytes whatever their target directory.
 
 use std::path::{Path, PathBuf};

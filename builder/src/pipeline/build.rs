@@ -14,7 +14,8 @@
 
 use super::stage_cache::{self, StageCache, StageKey};
 use super::{
-    agent, disk, esp, ext4, ids::IdSource, initrd, normalize, overlay, rootfs, uki, verity,
+    agent, disk, esp, ext4, identity, ids::IdSource, initrd, normalize, overlay, rootfs, uki,
+    verity,
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
@@ -189,8 +190,12 @@ fn base_stages(
     let Some((cache, key)) = cache else {
         return make();
     };
-    // An entry without its initrd (removed by hand) counts as a miss.
-    let entry = || cache.lookup(key).filter(|o| o.join(INITRD_FILE).is_file());
+    // An entry without its initrd or root (removed by hand) counts as a miss.
+    let entry = || {
+        cache
+            .lookup(key)
+            .filter(|o| o.join(INITRD_FILE).is_file() && o.join("root").is_dir())
+    };
     if let Some(out) = entry() {
         let root = out.join("root");
         let boot = stage("packages").run(|| {
@@ -248,7 +253,10 @@ fn root_image_stage(
     let Some((cache, key)) = cache else {
         return stage("ext4").run(|| ext4::make(ext4_plan));
     };
-    if let Some(out) = cache.lookup(key) {
+    if let Some(out) = cache
+        .lookup(key)
+        .filter(|o| o.join(ROOT_IMAGE_FILE).is_file())
+    {
         let cached = out.join(ROOT_IMAGE_FILE);
         stage("ext4").run(|| super::blocks::copy_span_sparse(&cached, 0, ext4_plan.size, image))?;
         (plan.log)(&format!(
@@ -405,7 +413,7 @@ impl Built {
     }
 }
 
-/// Every stage, in order; the package stage through `cache` when given.
+/// Every stage, in order; the package stage and the root image through `cache` when given.
 fn run_stages(
     plan: &BuildPlan<'_>,
     cache: Option<(&StageCache, &StageKeys)>,
@@ -446,8 +454,29 @@ fn run_stages(
     let mut changes = stage("overlay").run(|| overlay::plan(&overlay_dir, &root))?;
     if let Some(name) = agent::agent_for(os) {
         let bin = stage("agent").run(|| agent::build(plan.workspace, name, plan.agent_target))?;
-        changes.push(overlay::binary(&bin, &root, name));
+        overlay::put_file(&mut changes, &root, &format!("usr/bin/{name}"), &bin, 0o755);
     }
+    // The image names itself in os-release (read by the boot report; the UKI's .osrel).
+    let osrel = overlay::read_file(&changes, &root, identity::OS_RELEASE)
+        .map(|base| identity::os_release(&base, os, plan.version))
+        .map_err(|e| BuildError::Stage {
+            os: os.to_string(),
+            stage: "overlay",
+            source: Box::new(e),
+        })?;
+    let osrel_path = plan.work.join("os-release");
+    std::fs::write(&osrel_path, &osrel).map_err(|e| BuildError::Stage {
+        os: os.to_string(),
+        stage: "overlay",
+        source: Box::new(e),
+    })?;
+    overlay::put_file(
+        &mut changes,
+        &root,
+        identity::OS_RELEASE,
+        &osrel_path,
+        0o644,
+    );
     stage("write overlay").run(|| ext4::apply(&root_image, &changes, plan.epoch))?;
     // Kept outside the root: the UKI carries them, and the stub and boot loader come from the
     // image's own packages.
@@ -468,13 +497,6 @@ fn run_stages(
                 .to_string(),
         })?;
     }
-    let osrel = overlay::read_file(&changes, &root, "usr/lib/os-release").map_err(|e| {
-        BuildError::Stage {
-            os: os.to_string(),
-            stage: "uki",
-            source: Box::new(e),
-        }
-    })?;
 
     let verity_image = plan.work.join("verity.img");
     let tree = stage("verity").run(|| {
@@ -492,8 +514,12 @@ fn run_stages(
     let initrd_bytes = read(os, "uki", &boot.initrd)?;
     let mut slot_builds = Vec::new();
     for (root_part, verity_part) in &slots {
+        let slot_arg = match root_part.slot {
+            Some(slot) => format!(" {}", identity::slot_arg(slot)),
+            None => String::new(),
+        };
         let cmdline = format!(
-            "{} roothash={} systemd.verity_root_data=PARTUUID={} systemd.verity_root_hash=PARTUUID={} root=/dev/mapper/root ro",
+            "{}{slot_arg} roothash={} systemd.verity_root_data=PARTUUID={} systemd.verity_root_hash=PARTUUID={} root=/dev/mapper/root ro",
             p.cmdline.join(" "),
             tree.root_hash,
             disk::part_guid(&ids, &root_part.name),

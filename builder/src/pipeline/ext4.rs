@@ -2,7 +2,8 @@
 //! and directory hash seed derived (never random), a fixed mke2fs configuration (the host's
 //! /etc/mke2fs.conf must not change the bytes), fake time, and then every inode's times
 //! clamped with `debugfs` (mke2fs copies ctime from the source tree, which cannot be set).
-//! That image holds the package stage's tree and is cached with it; [`apply`] then writes the
+//! That image holds the package stage's tree and has its own stage cache entry (keyed by the
+//! packages, the version and the partition); [`apply`] then writes the
 //! overlay's and the agent's [`Change`]s into a copy with `debugfs`, so an overlay change costs
 //! a few inodes instead of a new filesystem. `e2fsck -fn` must find nothing after each step.
 
@@ -62,7 +63,7 @@ pub enum Ext4Error {
     Debugfs { image: String, line: String },
     #[error("{path}: {message}")]
     Io { path: String, message: String },
-    #[error("{path}: a file name with a double quote or a line break cannot be given to debugfs\n  hint: rename it in the overlay or the package set")]
+    #[error("{path}: a file name with a double quote, a line break, a carriage return or bytes that are not UTF-8 cannot be given to debugfs\n  hint: rename it in the overlay or the package set")]
     BadName { path: String },
 }
 
@@ -126,7 +127,8 @@ pub fn apply(image: &Path, changes: &[Change], epoch: i64) -> Result<(), Ext4Err
         let name = quoted(Path::new(abs.file_name().unwrap_or_default()))?;
         let (path, parent_q) = (quoted(&abs)?, quoted(parent)?);
         if change.replaces {
-            script.push_str(&format!("rm {path}\n"));
+            // debugfs unlinks the name from its current directory.
+            script.push_str(&format!("cd {parent_q}\nrm {name}\n"));
         }
         let mode = match &change.what {
             What::Dir => {
@@ -175,9 +177,13 @@ fn check(image: &Path) -> Result<(), Ext4Error> {
 
 /// `path` in double quotes for a debugfs script; names debugfs cannot take are refused.
 fn quoted(path: &Path) -> Result<String, Ext4Error> {
-    let text = path.display().to_string();
-    if text.contains('"') || text.contains('\n') {
-        return Err(Ext4Error::BadName { path: text });
+    let Some(text) = path.to_str() else {
+        return Err(Ext4Error::BadName {
+            path: path.display().to_string(),
+        });
+    };
+    if text.contains(['"', '\n', '\r']) {
+        return Err(Ext4Error::BadName { path: text.into() });
     }
     Ok(format!("\"{text}\""))
 }

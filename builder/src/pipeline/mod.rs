@@ -11,6 +11,7 @@ pub mod disk;
 pub mod esp;
 pub mod ext4;
 pub mod frames;
+pub mod identity;
 pub mod ids;
 pub mod initrd;
 pub mod manifest;

@@ -100,18 +100,21 @@ pub fn plan(overlay: &Path, root: &Path) -> Result<Vec<Change>, OverlayError> {
     Ok(changes)
 }
 
-/// The change that installs `binary` as `/usr/bin/<name>` (mode 0755) in `root`.
-pub fn binary(binary: &Path, root: &Path, name: &str) -> Change {
-    let path = Path::new("usr/bin").join(name);
-    Change {
-        replaces: std::fs::symlink_metadata(root.join(&path)).is_ok(),
+/// Make `rel` a regular file of the root with the content of `source` (a file the build
+/// generated, or the agent binary), replacing what the root or the overlay had there.
+pub fn put_file(changes: &mut Vec<Change>, root: &Path, rel: &str, source: &Path, mode: u32) {
+    let path = PathBuf::from(rel);
+    let before = changes.len();
+    changes.retain(|c| c.path != path);
+    changes.push(Change {
+        replaces: changes.len() < before || std::fs::symlink_metadata(root.join(&path)).is_ok(),
         exists: false,
         path,
         what: What::File {
-            source: binary.to_path_buf(),
-            mode: 0o755,
+            source: source.to_path_buf(),
+            mode,
         },
-    }
+    });
 }
 
 /// Read a regular file of the root as the overlay leaves it: the overlay's own copy when it

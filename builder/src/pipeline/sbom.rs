@@ -42,8 +42,8 @@ pub struct SbomInput<'a> {
     pub release: &'a str,
     /// The profile's locked packages.
     pub packages: &'a [&'a LockedPackage],
-    /// The built image root, where copyright files are read; `None`: every license is
-    /// NOASSERTION.
+    /// The installed root (the package stage's tree, before the overlay), where copyright
+    /// files are read; `None`: every license is NOASSERTION.
     pub root: Option<&'a Path>,
 }
 
@@ -205,6 +205,12 @@ pub fn sbom(input: &SbomInput) -> Result<Document, SbomError> {
             ids.insert(id.clone());
         }
         let license = match input.root {
+            Some(root) if !root.is_dir() => {
+                return Err(io_err(root, "read licenses from")(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the installed root is missing",
+                )))
+            }
             Some(root) => package_license(root, &deb.name)?,
             None => None,
         };

@@ -84,7 +84,10 @@ pub struct StageCache {
 impl StageCache {
     /// The cache in `root` (created on first store).
     pub fn new(root: impl Into<PathBuf>) -> StageCache {
-        StageCache { root: root.into() }
+        // Absolute: a build records paths into other entries (the package stage's tree).
+        let root = root.into();
+        let root = std::path::absolute(&root).unwrap_or(root);
+        StageCache { root }
     }
 
     /// `<root>/<key>/out` if a complete entry exists.

@@ -1,0 +1,229 @@
+//! The boot report of a plinth image: once the system is up, the OS's agent checks the boot
+//! and prints one line on every active console (the serial console among them), which boot
+//! tests and `plinth run --expect` wait for:
+//!
+//! ```text
+//! PLINTH BOOT OK guest-os 1.2.0 slot=A
+//! PLINTH BOOT FAILED host-os 1.2.0 slot=B: failed units: chrony.service
+//! ```
+//!
+//! Which image it is comes from `IMAGE_ID` and `IMAGE_VERSION` in os-release (the build
+//! writes them) and the slot from `plinth.slot=` on the kernel command line (the slot's UKI
+//! carries it; `slot=none` for an OS without A/B slots). The checks: the image is the agent's
+//! own OS, the root filesystem is mounted from a dm-verity device, and no systemd unit failed.
+//! The parsing and checks take their inputs as text, so tests give them captured files.
+
+use std::fmt;
+
+/// The marker's first words; boot tests wait for `PLINTH BOOT OK`.
+pub const PREFIX: &str = "PLINTH BOOT";
+
+/// Which image booted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// os-release `IMAGE_ID`: `guest-os`, `host-os` or `setup-os`.
+    pub os: String,
+    /// os-release `IMAGE_VERSION`.
+    pub version: String,
+    /// `A` or `B` from `plinth.slot=`; `None` for an OS without slots.
+    pub slot: Option<String>,
+}
+
+impl Identity {
+    /// From the text of os-release and of /proc/cmdline. Missing fields are reported as
+    /// `unknown` (and fail the boot through [`check_identity`]).
+    pub fn read(os_release: &str, cmdline: &str) -> Identity {
+        Identity {
+            os: os_release_field(os_release, "IMAGE_ID").unwrap_or_else(|| "unknown".into()),
+            version: os_release_field(os_release, "IMAGE_VERSION")
+                .unwrap_or_else(|| "unknown".into()),
+            slot: cmdline_value(cmdline, "plinth.slot").map(str::to_string),
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let slot = self.slot.as_deref().unwrap_or("none");
+        write!(f, "{} {} slot={slot}", self.os, self.version)
+    }
+}
+
+/// A field of os-release text, unquoted (`KEY=value`, `KEY="value"` or `KEY='value'`).
+pub fn os_release_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let value = line.trim().strip_prefix(key)?.strip_prefix('=')?;
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        Some(unquoted.to_string())
+    })
+}
+
+/// The value of `key=value` on a kernel command line (the last one wins, as for the kernel).
+pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+}
+
+/// What is wrong with the identity for the agent of `agent_os`.
+pub fn check_identity(id: &Identity, agent_os: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if id.os == "unknown" || id.version == "unknown" {
+        problems.push("os-release lacks IMAGE_ID or IMAGE_VERSION (not a plinth image?)".into());
+    } else if id.os != agent_os {
+        problems.push(format!(
+            "os-release says IMAGE_ID={}, but this is the {agent_os} agent",
+            id.os
+        ));
+    }
+    if let Some(slot) = &id.slot {
+        if slot != "A" && slot != "B" {
+            problems.push(format!(
+                "plinth.slot={slot} on the command line: expected A or B"
+            ));
+        }
+    }
+    problems
+}
+
+/// The device (`major:minor`) mounted on `/`, from /proc/self/mountinfo text.
+pub fn root_device(mountinfo: &str) -> Option<&str> {
+    // Fields: id parent major:minor root mount-point ...
+    mountinfo.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(4) == Some(&"/"))
+            .then(|| f.get(2).copied())
+            .flatten()
+    })
+}
+
+/// What is wrong with the root filesystem's device, given the text of its
+/// `/sys/dev/block/<dev>/dm/uuid` (`None`: not a device-mapper device).
+pub fn check_root(device: Option<&str>, dm_uuid: Option<&str>) -> Vec<String> {
+    match (device, dm_uuid.map(str::trim)) {
+        (None, _) => vec!["no filesystem is mounted on / in /proc/self/mountinfo".into()],
+        (Some(dev), None) => vec![format!(
+            "the root filesystem (device {dev}) is not on device-mapper: dm-verity is not protecting it"
+        )],
+        (Some(dev), Some(uuid)) if !uuid.starts_with("CRYPT-VERITY-") => vec![format!(
+            "the root filesystem (device {dev}) is on device-mapper `{uuid}`, not on a dm-verity target"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// What is wrong given the output of `systemctl list-units --state=failed --plain
+/// --no-legend` (one unit per line, its name first).
+pub fn check_units(failed_listing: &str) -> Vec<String> {
+    let failed: Vec<&str> = failed_listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| *w != "●"))
+        .collect();
+    if failed.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!("failed units: {}", failed.join(", "))]
+    }
+}
+
+/// The console line for `id` with these problems.
+pub fn marker(id: &Identity, problems: &[String]) -> String {
+    if problems.is_empty() {
+        format!("{PREFIX} OK {id}")
+    } else {
+        format!("{PREFIX} FAILED {id}: {}", problems.join("; "))
+    }
+}
+
+/// The whole report on the running system: wait until systemd has finished starting, run
+/// every check, print the line on stdout and on every active console. Returns whether the
+/// boot is good.
+pub fn report(agent_os: &str) -> bool {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let run = |cmd: &mut std::process::Command| {
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    // Returns when no start job is left (this unit is started already: Type=exec).
+    let _ = run(std::process::Command::new("systemctl").args(["is-system-running", "--wait"]));
+    let id = Identity::read(&read("/etc/os-release"), &read("/proc/cmdline"));
+    let mut problems = check_identity(&id, agent_os);
+    let mountinfo = read("/proc/self/mountinfo");
+    let device = root_device(&mountinfo);
+    let dm_uuid =
+        device.and_then(|d| std::fs::read_to_string(format!("/sys/dev/block/{d}/dm/uuid")).ok());
+    problems.extend(check_root(device, dm_uuid.as_deref()));
+    match run(std::process::Command::new("systemctl").args([
+        "list-units",
+        "--state=failed",
+        "--plain",
+        "--no-legend",
+    ])) {
+        Ok(listing) => problems.extend(check_units(&listing)),
+        Err(e) => problems.push(format!("systemctl could not be run: {e}")),
+    }
+    let line = marker(&id, &problems);
+    println!("{line}");
+    for console in read("/sys/class/tty/console/active").split_whitespace() {
+        use std::io::Write;
+        if let Ok(mut tty) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/{console}"))
+        {
+            let _ = writeln!(tty, "\r\n{line}\r");
+        }
+    }
+    problems.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OS_RELEASE: &str = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nIMAGE_ID=guest-os\nIMAGE_VERSION=\"1.2.0\"\n";
+
+    #[test]
+    fn identity_and_marker() {
+        let id = Identity::read(OS_RELEASE, "console=ttyS0 plinth.slot=A roothash=ab ro\n");
+        assert_eq!(id.to_string(), "guest-os 1.2.0 slot=A");
+        assert!(check_identity(&id, "guest-os").is_empty());
+        assert_eq!(marker(&id, &[]), "PLINTH BOOT OK guest-os 1.2.0 slot=A");
+        let problems = check_identity(&id, "host-os");
+        assert_eq!(
+            marker(&id, &problems),
+            "PLINTH BOOT FAILED guest-os 1.2.0 slot=A: os-release says IMAGE_ID=guest-os, but this is the host-os agent"
+        );
+        let none = Identity::read("ID=debian\n", "quiet");
+        assert_eq!(none.to_string(), "unknown unknown slot=none");
+        assert_eq!(check_identity(&none, "setup-os").len(), 1);
+        let bad_slot = Identity::read(OS_RELEASE, "plinth.slot=C");
+        assert_eq!(check_identity(&bad_slot, "guest-os").len(), 1);
+    }
+
+    #[test]
+    fn root_must_be_verity() {
+        let mountinfo = "22 1 254:0 / / ro,relatime shared:1 - ext4 /dev/mapper/root ro\n\
+                         23 22 0:21 / /proc rw shared:2 - proc proc rw\n";
+        assert_eq!(root_device(mountinfo), Some("254:0"));
+        assert!(check_root(Some("254:0"), Some("CRYPT-VERITY-0123-root\n")).is_empty());
+        assert!(check_root(Some("254:0"), Some("LVM-abc"))[0].contains("not on a dm-verity"));
+        assert!(check_root(Some("8:2"), None)[0].contains("not on device-mapper"));
+        assert_eq!(check_root(None, None).len(), 1);
+    }
+
+    #[test]
+    fn failed_units_are_named() {
+        assert!(check_units("").is_empty());
+        let listing =
+            "chrony.service loaded failed failed chrony\n● x.mount loaded failed failed X\n";
+        assert_eq!(
+            check_units(listing),
+            ["failed units: chrony.service, x.mount"]
+        );
+    }
+}

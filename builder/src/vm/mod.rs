@@ -1,0 +1,508 @@
+//! Booting images in QEMU, for `plinth run` and the boot tests: q35 with OVMF (the code
+//! read-only, a private copy of the VARS file), KVM when it really runs guests here and TCG
+//! otherwise ([`accel`]), an optional software TPM started and stopped with the VM
+//! ([`swtpm`]), the boot disk opened copy-on-write (never written) and extra disks as given,
+//! the serial console copied to the terminal and kept in a log, and a marker to wait for.
+//!
+//! However the run ends (the guest powers off, the marker appears, the timeout passes,
+//! Ctrl-C or SIGTERM), QEMU and swtpm are stopped and the temporary directory removed before
+//! [`run`] returns.
+
+pub mod accel;
+pub mod swtpm;
+
+use accel::Accel;
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// OVMF from Debian's `ovmf` package (4 MiB flash, no Secure Boot keys enrolled).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// The virtual machine.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// The disk it boots from; opened with `snapshot=on`, so the file is never written.
+    pub boot_disk: PathBuf,
+    /// More disks (virtio), written by the guest.
+    pub disks: Vec<PathBuf>,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// Guest NUMA nodes (vCPUs and memory split evenly); 1: no NUMA topology.
+    pub numa_nodes: u32,
+    /// A software TPM 2.0 (swtpm).
+    pub tpm: bool,
+    /// `None`: detect ([`accel::detect`]).
+    pub accel: Option<Accel>,
+}
+
+impl Machine {
+    /// 2 vCPUs, 1.5 GiB, one node, no TPM, accelerator detected.
+    pub fn new(boot_disk: impl Into<PathBuf>) -> Machine {
+        Machine {
+            boot_disk: boot_disk.into(),
+            disks: Vec::new(),
+            memory_mib: 1536,
+            cpus: 2,
+            numa_nodes: 1,
+            tpm: false,
+            accel: None,
+        }
+    }
+}
+
+/// Where the console goes besides the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Nowhere (tests read [`Run::console`]).
+    Off,
+    Stdout,
+    Stderr,
+    /// The terminal is the serial console, both ways (stdin must be a terminal).
+    Interactive,
+}
+
+/// When to stop.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// Stop as soon as this text is on the console.
+    pub expect: Option<String>,
+    pub timeout: Option<Duration>,
+    pub echo: Echo,
+    /// Keep the console log here as well (it is written as it comes).
+    pub console_log: Option<PathBuf>,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// QEMU exited: the guest powered off (or QEMU failed: see the status).
+    Exited {
+        success: bool,
+    },
+    /// The expected text appeared.
+    Marker,
+    Timeout,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub accel: Accel,
+    /// Why that accelerator (e.g. why not KVM).
+    pub accel_reason: String,
+    pub ending: Ending,
+    /// Everything the serial console printed.
+    pub console: String,
+    /// What QEMU printed on stderr.
+    pub qemu_stderr: String,
+    pub seconds: f64,
+}
+
+impl Run {
+    /// The console's last `n` lines.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.console.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Why a VM could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what}\n  hint: {hint}")]
+    Bad { what: String, hint: String },
+    #[error("qemu-system-x86_64 could not be started: {0}\n  hint: install the Debian package qemu-system-x86 (ci/setup does)")]
+    NoQemu(std::io::Error),
+    #[error(transparent)]
+    Tpm(#[from] swtpm::SwtpmError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+    move |source| VmError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Set by Ctrl-C, SIGTERM or SIGHUP; the handlers are installed by the first run of the
+/// process (from then on those signals end the run, not the process).
+fn interrupt_flag() -> &'static AtomicBool {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    let flag = FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut term), Ok(mut hup)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) else {
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                        _ = hup.recv() => {}
+                    }
+                    set.store(true, Ordering::SeqCst);
+                }
+            });
+        });
+        flag
+    });
+    flag.store(false, Ordering::SeqCst);
+    flag
+}
+
+/// Check the machine's settings before anything starts.
+fn check(m: &Machine, echo: Echo) -> Result<(), VmError> {
+    let bad = |what: String, hint: &str| VmError::Bad {
+        what,
+        hint: hint.into(),
+    };
+    for disk in std::iter::once(&m.boot_disk).chain(&m.disks) {
+        if !disk.is_file() {
+            return Err(bad(
+                format!("{}: no such disk image", disk.display()),
+                "give the path of a raw disk image file",
+            ));
+        }
+    }
+    if m.numa_nodes == 0 || m.cpus < m.numa_nodes || m.memory_mib < 64 * m.numa_nodes as u64 {
+        return Err(bad(
+            format!(
+                "{} NUMA nodes for {} vCPUs and {} MiB: every node needs a vCPU and 64 MiB",
+                m.numa_nodes, m.cpus, m.memory_mib
+            ),
+            "lower --numa or raise --cpus / --memory",
+        ));
+    }
+    for path in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(path).is_file() {
+            return Err(bad(
+                format!("{path}: missing"),
+                "install the Debian package ovmf (ci/setup does)",
+            ));
+        }
+    }
+    if echo == Echo::Interactive && !std::io::stdin().is_terminal() {
+        return Err(bad(
+            "an interactive console needs a terminal on stdin".into(),
+            "run it from a terminal, or pass --expect TEXT",
+        ));
+    }
+    Ok(())
+}
+
+/// The QEMU arguments for `m` with `accel`, the VARS copy `vars` and the console `console`.
+pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-machine",
+        "q35",
+        "-accel",
+        accel.name(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-nic",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if accel == Accel::Kvm {
+        a.extend(["-cpu".into(), "host".into()]);
+    }
+    a.extend(["-m".into(), format!("{}M", m.memory_mib)]);
+    a.extend(["-smp".into(), m.cpus.to_string()]);
+    if m.numa_nodes > 1 {
+        let n = m.numa_nodes as u64;
+        let cpus = m.cpus as u64;
+        for i in 0..n {
+            // Memory and vCPUs split evenly; the last node takes the remainders.
+            let mem = if i + 1 == n {
+                m.memory_mib - (m.memory_mib / n) * (n - 1)
+            } else {
+                m.memory_mib / n
+            };
+            let first = i * (cpus / n);
+            let last = if i + 1 == n {
+                cpus - 1
+            } else {
+                first + cpus / n - 1
+            };
+            a.extend([
+                "-object".into(),
+                format!("memory-backend-ram,id=mem{i},size={mem}M"),
+                "-numa".into(),
+                format!("node,nodeid={i},cpus={first}-{last},memdev=mem{i}"),
+            ]);
+        }
+    }
+    a.extend([
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        "-drive".into(),
+        format!(
+            "file={},format=raw,if=virtio,snapshot=on",
+            m.boot_disk.display()
+        ),
+    ]);
+    for d in &m.disks {
+        a.extend([
+            "-drive".into(),
+            format!("file={},format=raw,if=virtio", d.display()),
+        ]);
+    }
+    a.extend(console.iter().cloned());
+    a.extend(["-serial".into(), "chardev:con0".into()]);
+    a
+}
+
+/// Boot `m` and watch its console until `w` says stop (or QEMU exits).
+pub fn run(m: &Machine, w: &Watch) -> Result<Run, VmError> {
+    check(m, w.echo)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("plinth-vm-")
+        .tempdir()
+        .map_err(io(Path::new("a temporary directory")))?;
+    let dir = tmp.path();
+    let (accel, accel_reason) = match m.accel {
+        Some(a) => (a, "as asked".to_string()),
+        None => accel::detect(dir),
+    };
+    let vars = dir.join("OVMF_VARS.fd");
+    std::fs::copy(OVMF_VARS, &vars).map_err(io(&vars))?;
+    let log = dir.join("console.log");
+    let console = if w.echo == Echo::Interactive {
+        vec![
+            "-chardev".into(),
+            format!("stdio,id=con0,signal=on,logfile={}", log.display()),
+        ]
+    } else {
+        vec![
+            "-chardev".into(),
+            format!("file,id=con0,path={}", log.display()),
+        ]
+    };
+    let tpm = if m.tpm {
+        Some(swtpm::Swtpm::start(&dir.join("tpm"))?)
+    } else {
+        None
+    };
+    let mut args = qemu_args(m, accel, &vars, &console);
+    if let Some(t) = &tpm {
+        args.extend(t.qemu_args());
+    }
+    let stderr_path = dir.join("qemu.stderr");
+    let stderr = std::fs::File::create(&stderr_path).map_err(io(&stderr_path))?;
+    let interactive = w.echo == Echo::Interactive;
+    let interrupted = interrupt_flag();
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(if interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(if interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stderr(stderr)
+        .spawn()
+        .map_err(VmError::NoQemu)?;
+    let watched = watch(&mut child, &log, w, interrupted, start);
+    stop(&mut child);
+    drop(tpm);
+    let (ending, console) = watched?;
+    let qemu_stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    Ok(Run {
+        accel,
+        accel_reason,
+        ending,
+        console,
+        qemu_stderr,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Follow the console log until the run ends; returns the ending and the whole console.
+fn watch(
+    child: &mut Child,
+    log: &Path,
+    w: &Watch,
+    interrupted: &AtomicBool,
+    start: Instant,
+) -> Result<(Ending, String), VmError> {
+    let mut keep = match &w.console_log {
+        Some(p) => Some(std::fs::File::create(p).map_err(io(p))?),
+        None => None,
+    };
+    let mut console: Vec<u8> = Vec::new();
+    let mut reader: Option<std::fs::File> = None;
+    loop {
+        // New console bytes.
+        if reader.is_none() {
+            reader = std::fs::File::open(log).ok();
+        }
+        if let Some(r) = reader.as_mut() {
+            let mut fresh = Vec::new();
+            r.seek(SeekFrom::Start(console.len() as u64))
+                .and_then(|_| r.read_to_end(&mut fresh))
+                .map_err(io(log))?;
+            if !fresh.is_empty() {
+                match w.echo {
+                    Echo::Stdout => {
+                        let _ = std::io::stdout().write_all(&fresh);
+                        let _ = std::io::stdout().flush();
+                    }
+                    Echo::Stderr => {
+                        let _ = std::io::stderr().write_all(&fresh);
+                    }
+                    Echo::Off | Echo::Interactive => {}
+                }
+                if let Some(k) = keep.as_mut() {
+                    let _ = k.write_all(&fresh);
+                }
+                console.extend_from_slice(&fresh);
+            }
+        }
+        if let Some(marker) = &w.expect {
+            if String::from_utf8_lossy(&console).contains(marker.as_str()) {
+                return Ok((
+                    Ending::Marker,
+                    String::from_utf8_lossy(&console).into_owned(),
+                ));
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Let the last bytes reach the log reader once more.
+            if reader.is_some() {
+                if let Some(r) = reader.as_mut() {
+                    let mut rest = Vec::new();
+                    let _ = r
+                        .seek(SeekFrom::Start(console.len() as u64))
+                        .and_then(|_| r.read_to_end(&mut rest));
+                    console.extend_from_slice(&rest);
+                }
+            }
+            let seen = w
+                .expect
+                .as_ref()
+                .is_some_and(|mk| String::from_utf8_lossy(&console).contains(mk.as_str()));
+            let ending = if seen {
+                Ending::Marker
+            } else {
+                Ending::Exited {
+                    success: status.success(),
+                }
+            };
+            return Ok((ending, String::from_utf8_lossy(&console).into_owned()));
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            return Ok((
+                Ending::Interrupted,
+                String::from_utf8_lossy(&console).into_owned(),
+            ));
+        }
+        if w.timeout.is_some_and(|t| start.elapsed() > t) {
+            return Ok((
+                Ending::Timeout,
+                String::from_utf8_lossy(&console).into_owned(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM (QEMU restores the terminal and exits), then SIGKILL after 5 s.
+fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numa_split_and_disk_modes() {
+        let mut m = Machine::new("/boot.img");
+        m.cpus = 3;
+        m.memory_mib = 1000;
+        m.numa_nodes = 2;
+        m.disks = vec!["/extra.img".into()];
+        let args = qemu_args(&m, Accel::Tcg, Path::new("/v.fd"), &[]).join(" ");
+        assert!(
+            args.contains(
+                "memory-backend-ram,id=mem0,size=500M -numa node,nodeid=0,cpus=0-0,memdev=mem0"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains(
+                "memory-backend-ram,id=mem1,size=500M -numa node,nodeid=1,cpus=1-2,memdev=mem1"
+            ),
+            "{args}"
+        );
+        assert!(args.contains("file=/boot.img,format=raw,if=virtio,snapshot=on"));
+        assert!(args.contains("file=/extra.img,format=raw,if=virtio "));
+        assert!(args.contains("-accel tcg") && !args.contains("-cpu host"));
+        assert!(args.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
+    }
+
+    #[test]
+    fn bad_machines_are_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Machine::new(dir.path().join("none.img"));
+        let err = check(&missing, Echo::Off).unwrap_err().to_string();
+        assert!(err.contains("none.img: no such disk image"), "{err}");
+        let disk = dir.path().join("d.img");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let mut m = Machine::new(&disk);
+        m.numa_nodes = 3;
+        let err = check(&m, Echo::Off).unwrap_err().to_string();
+        assert!(err.contains("3 NUMA nodes for 2 vCPUs"), "{err}");
+    }
+}

@@ -1,0 +1,127 @@
+//! A software TPM 2.0 (swtpm) for one VM: its state in the VM's temporary directory,
+//! manufactured by `swtpm_setup` with only the sha256 PCR bank active (the bank plinth
+//! predicts), started before QEMU on a unix socket and killed with the VM.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running swtpm; killed when dropped.
+pub struct Swtpm {
+    child: Child,
+    /// The socket QEMU's `-chardev socket` connects to.
+    pub socket: PathBuf,
+}
+
+/// Why the TPM could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SwtpmError {
+    #[error("{tool} could not be started: {source}\n  hint: install the Debian package swtpm-tools (ci/setup does)")]
+    Missing {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}):\n{output}")]
+    Failed {
+        tool: &'static str,
+        status: String,
+        output: String,
+    },
+    #[error("swtpm did not open its socket {socket} within 10 s")]
+    NoSocket { socket: String },
+}
+
+impl Swtpm {
+    /// Manufacture a TPM in `dir` (created) and start it.
+    pub fn start(dir: &Path) -> Result<Swtpm, SwtpmError> {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).map_err(|source| SwtpmError::Missing {
+            tool: "swtpm_setup",
+            source,
+        })?;
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--pcr-banks", "sha256", "--overwrite"])
+            .arg("--tpmstate")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| SwtpmError::Missing {
+                tool: "swtpm_setup",
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(SwtpmError::Failed {
+                tool: "swtpm_setup",
+                status: out.status.to_string(),
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        let socket = dir.join("swtpm.sock");
+        let log = dir.join("swtpm.log");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--log")
+            .arg(format!("file={}", log.display()))
+            // Ends by itself when QEMU disconnects, should plinth be killed outright.
+            .arg("--terminate")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SwtpmError::Missing {
+                tool: "swtpm",
+                source,
+            })?;
+        let mut tpm = Swtpm { child, socket };
+        let start = Instant::now();
+        while !tpm.socket.exists() {
+            if let Ok(Some(status)) = tpm.child.try_wait() {
+                let mut output = String::new();
+                if let Some(mut e) = tpm.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut output);
+                }
+                output.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
+                return Err(SwtpmError::Failed {
+                    tool: "swtpm",
+                    status: status.to_string(),
+                    output,
+                });
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(SwtpmError::NoSocket {
+                    socket: tpm.socket.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tpm)
+    }
+
+    /// QEMU arguments that attach this TPM (TIS interface, as on q35 servers).
+    pub fn qemu_args(&self) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", self.socket.display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-tis,tpmdev=tpm0".into(),
+        ]
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
