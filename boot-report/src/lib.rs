@@ -94,7 +94,8 @@ pub fn check_identity(id: &Identity, agent_os: &str) -> Vec<String> {
 /// The device (`major:minor`) mounted on `/`, from /proc/self/mountinfo text.
 pub fn root_device(mountinfo: &str) -> Option<&str> {
     // Fields: id parent major:minor root mount-point ...
-    mountinfo.lines().find_map(|line| {
+    // The last mount on / is the one in effect.
+    mountinfo.lines().rev().find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
         (f.get(4) == Some(&"/"))
             .then(|| f.get(2).copied())
@@ -149,10 +150,12 @@ pub fn report(agent_os: &str) -> bool {
         cmd.output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    // Returns when no start job is left (this unit is started already: Type=exec).
-    let _ = run(std::process::Command::new("systemctl").args(["is-system-running", "--wait"]));
     let id = Identity::read(&read("/etc/os-release"), &read("/proc/cmdline"));
-    let mut problems = check_identity(&id, agent_os);
+    let mut problems = Vec::new();
+    if let Err(why) = wait_for_startup(STARTUP_WAIT) {
+        problems.push(why);
+    }
+    problems.extend(check_identity(&id, agent_os));
     let mountinfo = read("/proc/self/mountinfo");
     let device = root_device(&mountinfo);
     let dm_uuid =
@@ -171,14 +174,53 @@ pub fn report(agent_os: &str) -> bool {
     println!("{line}");
     for console in read("/sys/class/tty/console/active").split_whitespace() {
         use std::io::Write;
-        if let Ok(mut tty) = std::fs::OpenOptions::new()
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not as the controlling terminal: the service is a session leader.
+        let tty = std::fs::OpenOptions::new()
             .write(true)
-            .open(format!("/dev/{console}"))
-        {
+            .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
+            .open(format!("/dev/{console}"));
+        if let Ok(mut tty) = tty {
             let _ = writeln!(tty, "\r\n{line}\r");
         }
     }
     problems.is_empty()
+}
+
+/// How long startup may take before the report says it hangs.
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Wait until systemd has no start job left (`systemctl is-system-running --wait`; this unit
+/// is started already, being Type=exec), at most `limit`; on a timeout, name the jobs left.
+fn wait_for_startup(limit: std::time::Duration) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut wait = std::process::Command::new("systemctl")
+        .args(["is-system-running", "--wait"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("systemctl could not be run: {e}"))?;
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = wait.try_wait() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = wait.kill();
+    let _ = wait.wait();
+    let jobs = std::process::Command::new("systemctl")
+        .args(["list-jobs", "--plain", "--no-legend"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let names: Vec<&str> = jobs
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    Err(format!(
+        "startup did not finish within {} s; jobs left: {}",
+        limit.as_secs(),
+        names.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -210,6 +252,12 @@ mod tests {
         let mountinfo = "22 1 254:0 / / ro,relatime shared:1 - ext4 /dev/mapper/root ro\n\
                          23 22 0:21 / /proc rw shared:2 - proc proc rw\n";
         assert_eq!(root_device(mountinfo), Some("254:0"));
+        let over = format!("{mountinfo}30 22 0:40 / / rw - tmpfs tmpfs rw\n");
+        assert_eq!(
+            root_device(&over),
+            Some("0:40"),
+            "the last mount on / counts"
+        );
         assert!(check_root(Some("254:0"), Some("CRYPT-VERITY-0123-root\n")).is_empty());
         assert!(check_root(Some("254:0"), Some("LVM-abc"))[0].contains("not on a dm-verity"));
         assert!(check_root(Some("8:2"), None)[0].contains("not on device-mapper"));

@@ -40,7 +40,10 @@ fn vm_dirs() -> usize {
     std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("plinth-vm-"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("plinth-vm-") || name.starts_with("plinth-run-")
+        })
         .count()
 }
 

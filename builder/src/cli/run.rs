@@ -18,8 +18,9 @@ never written (copy-on-write); --disk files are. KVM is used when it runs
 guests here, TCG otherwise (the log says which). QEMU and swtpm are stopped
 and their files removed when the run ends, Ctrl-C included. Without
 --expect, on a terminal, the console is interactive (Ctrl-C ends the run).
-Exit 0: the guest powered off, or the expected text appeared; 1: timeout
-(the console's last lines are shown) or QEMU failed; 2: bad input.
+Exit 0: the expected text appeared (or, without --expect, the guest powered
+off); 1: timeout or power-off before the text (the console's last lines are
+shown), QEMU failed, or interrupted; 2: bad input.
 
 Examples:
   plinth run guest-os --profile test
@@ -83,6 +84,8 @@ struct Report<'a> {
 }
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
+    // Before anything that needs cleaning up: Ctrl-C from now on ends the run, not plinth.
+    let interrupted = vm::catch_interrupts();
     let scratch = tempfile::Builder::new()
         .prefix("plinth-run-")
         .tempdir()
@@ -94,11 +97,15 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     machine.cpus = args.cpus;
     machine.numa_nodes = args.numa;
     machine.tpm = args.tpm;
-    machine.accel = match args.accel.as_str() {
-        "kvm" => Some(Accel::Kvm),
-        "tcg" => Some(Accel::Tcg),
-        _ => None,
+    let (accel, accel_reason) = match args.accel.as_str() {
+        "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
+        "tcg" => (Accel::Tcg, "--accel tcg".to_string()),
+        _ => vm::accel::detect(scratch.path()),
     };
+    machine.accel = Some(accel);
+    if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(CheckFailed("interrupted".into()).into());
+    }
     let echo = if out.json || g.quiet {
         Echo::Off
     } else if args.expect.is_none() && std::io::stdin().is_terminal() {
@@ -111,7 +118,8 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         .or(args.expect.as_ref().map(|_| 600))
         .map(Duration::from_secs);
     out.info(format!(
-        "booting {label}: {} vCPUs, {} MiB{}{}",
+        "booting {label} under {} ({accel_reason}): {} vCPUs, {} MiB{}{}",
+        accel.name().to_uppercase(),
         args.cpus,
         args.memory,
         if args.numa > 1 {
@@ -132,7 +140,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         other => anyhow::Error::new(other),
     })?;
     out.info(format!(
-        "{} under {} ({}), {:.1} s",
+        "{} after {:.1} s",
         match result.ending {
             Ending::Marker => "expected text seen",
             Ending::Exited { success: true } => "guest powered off",
@@ -140,26 +148,30 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             Ending::Timeout => "timed out",
             Ending::Interrupted => "interrupted",
         },
-        result.accel.name().to_uppercase(),
-        result.accel_reason,
         result.seconds
     ));
     if out.json {
         out.json_result(&Report {
             image: label.clone(),
             accel: result.accel,
-            accel_reason: &result.accel_reason,
+            accel_reason: &accel_reason,
             ending: result.ending,
             seconds: result.seconds,
             console_tail: result.tail(30),
         })?;
     }
     match result.ending {
-        Ending::Marker | Ending::Exited { success: true } => Ok(()),
+        Ending::Marker => Ok(()),
+        Ending::Exited { success: true } if args.expect.is_none() => Ok(()),
+        Ending::Exited { success: true } => Err(CheckFailed(format!(
+            "the guest powered off before `{}` appeared; the console's last lines:\n{}",
+            args.expect.as_deref().unwrap_or_default(),
+            result.tail(20)
+        ))
+        .into()),
         Ending::Interrupted => Err(CheckFailed("interrupted".into()).into()),
         Ending::Timeout => Err(CheckFailed(format!(
-            "{}no `{}` within {} s; the console's last lines:\n{}",
-            "",
+            "no `{}` within {} s; the console's last lines:\n{}",
             args.expect.as_deref().unwrap_or("power-off"),
             timeout.map(|t| t.as_secs()).unwrap_or(0),
             result.tail(20)

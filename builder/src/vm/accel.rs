@@ -69,8 +69,13 @@ fn probe(scratch: &Path) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("qemu-system-x86_64 could not be started: {e}"))?;
-    let start = Instant::now();
+    // The wait starts once QEMU has opened its serial file (its own start-up can be slow).
+    let spawned = Instant::now();
+    let mut start: Option<Instant> = None;
     let result = loop {
+        if start.is_none() && (out.exists() || spawned.elapsed() > Duration::from_secs(10)) {
+            start = Some(Instant::now());
+        }
         if std::fs::read(&out).is_ok_and(|b| b.contains(&b'K')) {
             break Ok(());
         }
@@ -79,7 +84,7 @@ fn probe(scratch: &Path) -> Result<(), String> {
                 "a KVM guest could not start (QEMU exited: {status})"
             ));
         }
-        if start.elapsed() > PROBE_WAIT {
+        if start.is_some_and(|s| s.elapsed() > PROBE_WAIT) {
             break Err(format!(
                 "/dev/kvm opens but a guest under it ran no code in {} s",
                 PROBE_WAIT.as_secs()

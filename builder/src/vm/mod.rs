@@ -5,8 +5,9 @@
 //! the serial console copied to the terminal and kept in a log, and a marker to wait for.
 //!
 //! However the run ends (the guest powers off, the marker appears, the timeout passes,
-//! Ctrl-C or SIGTERM), QEMU and swtpm are stopped and the temporary directory removed before
-//! [`run`] returns.
+//! Ctrl-C, SIGTERM or SIGHUP once [`catch_interrupts`] was called, a panic), QEMU and swtpm
+//! are stopped and the temporary directory removed before [`run`] returns. What cannot be
+//! caught (SIGKILL of plinth) leaves QEMU running; swtpm then ends with QEMU's connection.
 
 pub mod accel;
 pub mod swtpm;
@@ -137,31 +138,40 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
     }
 }
 
-/// Set by Ctrl-C, SIGTERM or SIGHUP; the handlers are installed by the first run of the
-/// process (from then on those signals end the run, not the process).
-fn interrupt_flag() -> &'static AtomicBool {
+/// Catch Ctrl-C, SIGTERM and SIGHUP from now on: they set the returned flag instead of
+/// killing the process, so that a run in progress stops its VM and removes its files. The
+/// handlers are in place when this returns; call it before creating anything to clean up.
+pub fn catch_interrupts() -> &'static AtomicBool {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-    let flag = FLAG.get_or_init(|| {
+    FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
         let set = flag.clone();
+        let (ready, installed) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
+                let _ = ready.send(());
+                return;
+            };
+            use tokio::signal::unix::{signal, SignalKind};
+            // Registered here, before `ready`: from then on the signals are caught.
+            let streams = rt.block_on(async {
+                (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                )
+            });
+            let _ = ready.send(());
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams else {
                 return;
             };
             rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut hup)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::hangup()),
-                ) else {
-                    return;
-                };
                 loop {
                     tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
+                        _ = int.recv() => {}
                         _ = term.recv() => {}
                         _ = hup.recv() => {}
                     }
@@ -169,10 +179,9 @@ fn interrupt_flag() -> &'static AtomicBool {
                 }
             });
         });
+        let _ = installed.recv();
         flag
-    });
-    flag.store(false, Ordering::SeqCst);
-    flag
+    })
 }
 
 /// Check the machine's settings before anything starts.
@@ -323,28 +332,47 @@ pub fn run(m: &Machine, w: &Watch) -> Result<Run, VmError> {
     let stderr_path = dir.join("qemu.stderr");
     let stderr = std::fs::File::create(&stderr_path).map_err(io(&stderr_path))?;
     let interactive = w.echo == Echo::Interactive;
-    let interrupted = interrupt_flag();
+    let interrupted = catch_interrupts();
+    if interrupted.load(Ordering::SeqCst) {
+        return Ok(Run {
+            accel,
+            accel_reason,
+            ending: Ending::Interrupted,
+            console: String::new(),
+            qemu_stderr: String::new(),
+            seconds: 0.0,
+        });
+    }
+    // QEMU puts an interactive terminal in raw mode; it is restored whatever happens to QEMU.
+    let terminal = interactive
+        .then(|| nix::sys::termios::tcgetattr(std::io::stdin()).ok())
+        .flatten();
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(if interactive {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if interactive {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stderr(stderr)
-        .spawn()
-        .map_err(VmError::NoQemu)?;
-    let watched = watch(&mut child, &log, w, interrupted, start);
-    stop(&mut child);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(&args).stderr(stderr);
+    if interactive {
+        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+    } else {
+        // Its own process group: the terminal's Ctrl-C reaches plinth only, which stops it.
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0);
+    }
+    let mut qemu = Qemu(cmd.spawn().map_err(VmError::NoQemu)?);
+    let watched = watch(&mut qemu.0, &log, w, interrupted, start);
+    drop(qemu);
     drop(tpm);
-    let (ending, console) = watched?;
+    if let Some(t) = terminal {
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
+    }
+    let (mut ending, console) = watched?;
     let qemu_stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    // An interactive Ctrl-C reaches QEMU as a key, and QEMU ends itself.
+    if matches!(ending, Ending::Exited { .. }) && qemu_stderr.contains("terminating on signal") {
+        ending = Ending::Interrupted;
+    }
     Ok(Run {
         accel,
         accel_reason,
@@ -355,7 +383,17 @@ pub fn run(m: &Machine, w: &Watch) -> Result<Run, VmError> {
     })
 }
 
+/// QEMU, stopped when dropped (also on a panic).
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
 /// Follow the console log until the run ends; returns the ending and the whole console.
+/// After the marker, the rest of its line is read too (up to a second more).
 fn watch(
     child: &mut Child,
     log: &Path,
@@ -369,8 +407,18 @@ fn watch(
     };
     let mut console: Vec<u8> = Vec::new();
     let mut reader: Option<std::fs::File> = None;
+    // Where the marker search goes on from, and when the marker was seen.
+    let mut searched = 0usize;
+    let mut seen: Option<(usize, Instant)> = None;
+    let marker = w.expect.as_deref().map(str::as_bytes);
+    let finish =
+        |ending, console: &[u8]| Ok((ending, String::from_utf8_lossy(console).into_owned()));
     loop {
-        // New console bytes.
+        if interrupted.load(Ordering::SeqCst) {
+            return finish(Ending::Interrupted, &console);
+        }
+        let exited = child.try_wait().ok().flatten();
+        // New console bytes (after an exit too: the last ones).
         if reader.is_none() {
             reader = std::fs::File::open(log).ok();
         }
@@ -396,52 +444,40 @@ fn watch(
                 console.extend_from_slice(&fresh);
             }
         }
-        if let Some(marker) = &w.expect {
-            if String::from_utf8_lossy(&console).contains(marker.as_str()) {
-                return Ok((
-                    Ending::Marker,
-                    String::from_utf8_lossy(&console).into_owned(),
-                ));
+        if let (Some(m), None) = (marker, seen) {
+            let from = searched.saturating_sub(m.len().saturating_sub(1));
+            if let Some(at) = find(&console[from..], m) {
+                seen = Some((from + at + m.len(), Instant::now()));
+            }
+            searched = console.len();
+        }
+        if let Some((end, when)) = seen {
+            let line_done = console[end..].contains(&b'\n');
+            if line_done || exited.is_some() || when.elapsed() > Duration::from_secs(1) {
+                return finish(Ending::Marker, &console);
             }
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            // Let the last bytes reach the log reader once more.
-            if reader.is_some() {
-                if let Some(r) = reader.as_mut() {
-                    let mut rest = Vec::new();
-                    let _ = r
-                        .seek(SeekFrom::Start(console.len() as u64))
-                        .and_then(|_| r.read_to_end(&mut rest));
-                    console.extend_from_slice(&rest);
-                }
-            }
-            let seen = w
-                .expect
-                .as_ref()
-                .is_some_and(|mk| String::from_utf8_lossy(&console).contains(mk.as_str()));
-            let ending = if seen {
-                Ending::Marker
-            } else {
+        if let Some(status) = exited {
+            return finish(
                 Ending::Exited {
                     success: status.success(),
-                }
-            };
-            return Ok((ending, String::from_utf8_lossy(&console).into_owned()));
-        }
-        if interrupted.load(Ordering::SeqCst) {
-            return Ok((
-                Ending::Interrupted,
-                String::from_utf8_lossy(&console).into_owned(),
-            ));
+                },
+                &console,
+            );
         }
         if w.timeout.is_some_and(|t| start.elapsed() > t) {
-            return Ok((
-                Ending::Timeout,
-                String::from_utf8_lossy(&console).into_owned(),
-            ));
+            return finish(Ending::Timeout, &console);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// SIGTERM (QEMU restores the terminal and exits), then SIGKILL after 5 s.

@@ -70,11 +70,12 @@ impl Swtpm {
             .arg(format!("type=unixio,path={}", socket.display()))
             .arg("--log")
             .arg(format!("file={}", log.display()))
-            // Ends by itself when QEMU disconnects, should plinth be killed outright.
+            // Ends by itself when QEMU disconnects (once it has connected), should plinth be
+            // killed outright.
             .arg("--terminate")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|source| SwtpmError::Missing {
                 tool: "swtpm",
@@ -84,12 +85,7 @@ impl Swtpm {
         let start = Instant::now();
         while !tpm.socket.exists() {
             if let Ok(Some(status)) = tpm.child.try_wait() {
-                let mut output = String::new();
-                if let Some(mut e) = tpm.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut output);
-                }
-                output.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
+                let output = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(SwtpmError::Failed {
                     tool: "swtpm",
                     status: status.to_string(),
