@@ -223,18 +223,14 @@ fn clamp_inode_times(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
     })?;
     let mut script = String::new();
     let stamp = debugfs_time(plan.epoch);
-    let mut targets = vec!["/".to_string()];
+    let mut targets = vec![quoted(Path::new("/"))?];
     for path in &paths {
         let rel = path.strip_prefix(plan.root).unwrap_or(path);
-        let text = format!("/{}", rel.display());
-        if text.contains('"') || text.contains('\n') {
-            return Err(Ext4Error::BadName { path: text });
-        }
-        targets.push(text);
+        targets.push(quoted(&Path::new("/").join(rel))?);
     }
     for t in &targets {
         for field in ["ctime", "crtime", "atime"] {
-            script.push_str(&format!("sif \"{t}\" {field} {stamp}\n"));
+            script.push_str(&format!("sif {t} {field} {stamp}\n"));
         }
     }
     debugfs(plan.image, &script, plan.epoch)
