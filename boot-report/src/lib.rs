@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+pub mod measured;
+
 /// The marker's first words; boot tests wait for `PLINTH BOOT OK`.
 pub const PREFIX: &str = "PLINTH BOOT";
 
@@ -170,8 +172,56 @@ pub fn report(agent_os: &str) -> bool {
         Ok(listing) => problems.extend(check_units(&listing)),
         Err(e) => problems.push(format!("systemctl could not be run: {e}")),
     }
+    let mut lines = Vec::new();
+    if measured::tpm_present() {
+        problems.extend(measured_boot(&id, &mut lines));
+    }
     let line = marker(&id, &problems);
-    println!("{line}");
+    lines.push(line);
+    say(&lines);
+    problems.is_empty()
+}
+
+/// Read the TPM's PCRs and the event log into `lines`, and check them against the
+/// measurements disk if the machine has one; the problems found.
+fn measured_boot(id: &Identity, lines: &mut Vec<String>) -> Vec<String> {
+    let observed = match measured::observe() {
+        Ok(o) => o,
+        Err(why) => return vec![format!("measured boot: {why}")],
+    };
+    lines.extend(measured::lines(&observed));
+    let Some(device) = measured::measurements_device(std::path::Path::new("/sys/block")) else {
+        lines.push(format!(
+            "PLINTH TPM no disk with serial {} attached: the PCRs are not checked",
+            measured::MEASUREMENTS_SERIAL
+        ));
+        return Vec::new();
+    };
+    let origin = format!("{} (measurements.json)", device.display());
+    let expected = std::fs::read(&device)
+        .map_err(|e| format!("{origin}: {e}"))
+        .and_then(|bytes| measured::parse_measurements(&bytes, &origin));
+    let problems = match expected {
+        Ok(m) => measured::check(&observed, &m, id.slot.as_deref()),
+        Err(why) => vec![why],
+    };
+    if problems.is_empty() {
+        lines.push(format!(
+            "PLINTH TPM measurements.json matches: every predicted PCR is the live one ({origin})"
+        ));
+    }
+    problems
+        .into_iter()
+        .map(|p| format!("measured boot: {p}"))
+        .collect()
+}
+
+/// Print `lines` on stdout and on every active console.
+fn say(lines: &[String]) {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    for line in lines {
+        println!("{line}");
+    }
     for console in read("/sys/class/tty/console/active").split_whitespace() {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
@@ -181,10 +231,14 @@ pub fn report(agent_os: &str) -> bool {
             .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
             .open(format!("/dev/{console}"));
         if let Ok(mut tty) = tty {
-            let _ = writeln!(tty, "\r\n{line}\r");
+            let mut text = String::from("\r\n");
+            for line in lines {
+                text.push_str(line);
+                text.push_str("\r\n");
+            }
+            let _ = tty.write_all(text.as_bytes());
         }
     }
-    problems.is_empty()
 }
 
 /// How long startup may take before the report says it hangs.
@@ -221,6 +275,43 @@ fn wait_for_startup(limit: std::time::Duration) -> Result<(), String> {
         limit.as_secs(),
         names.join(", ")
     ))
+}
+
+/// The agents' `measured-boot` verb.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Prints each SHA-256 PCR (read from the TPM through tss-esapi) and every event of the
+firmware's log, and checks them against a measurements.json (from `plinth measure` or the
+release directory): the file given, else the disk with serial plinth-measurements if the
+machine has one. Exit 0: nothing differs (or nothing to check); 1: a PCR differs (each
+difference is explained event by event); 2: no TPM, or an unreadable file.
+
+Examples:
+  plinth-host measured-boot
+  plinth-host measured-boot --expect /run/measurements.json --json")]
+pub struct MeasuredBootArgs {
+    /// The measurements.json to check against.
+    #[arg(long, value_name = "FILE")]
+    pub expect: Option<std::path::PathBuf>,
+    /// Print JSON (pcrs, events, problems).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl MeasuredBootArgs {
+    /// Run the verb; the process's exit code.
+    pub fn run(&self) -> std::process::ExitCode {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let slot = cmdline_value(&cmdline, "plinth.slot");
+        match measured::show(self.expect.as_deref(), slot, self.json) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::FAILURE,
+            Err(why) => {
+                eprintln!("error: {why}");
+                std::process::ExitCode::from(2)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

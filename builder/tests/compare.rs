@@ -162,6 +162,8 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
                 slot: Some("A".into()),
                 verity_root_hash: h('a'),
                 uki_sha256: h('b'),
+                pcr4: Some(h('c')),
+                pcr7: None,
                 pcr11: h(v.pcr11),
             }],
         },

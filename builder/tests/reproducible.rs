@@ -11,7 +11,12 @@
 //!   file, and `plinth verify` of that release fails naming it;
 //! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot,
 //!   its UKI and the dm-verity root until its agent prints `PLINTH BOOT OK <os> <version>
-//!   slot=<A|none>`.
+//!   slot=<A|none>`; the PCRs the agent read from the TPM equal those of the release's
+//!   measurements.json (PCR 4, 7, 9, 11, 12), which `plinth measure` recomputes from the
+//!   image;
+//! - tampering: one flipped byte in GuestOS's verity-protected root stops its boot with a
+//!   dm-verity error on the console; a changed command line in HostOS's UKI makes its agent
+//!   report the PCR 11 mismatch against measurements.json.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -279,25 +284,189 @@ fn every_image_reproduces_verifies_and_diffs() {
     assert_eq!(manifest["inputs"]["source_dirty"], true);
 
     // Every first release boots with `plinth run` (OVMF → systemd-boot → UKI → dracut →
-    // dm-verity root) until its agent reports the boot. HostOS with a swtpm: the other two
-    // images lack the tpm2-tss libraries, so systemd-pcrphase fails when a TPM is there.
+    // dm-verity root) with a swtpm, until its agent reports the boot and the TPM's PCRs.
     for os in OSES {
-        boot(&out1.join(os).join(VERSION), os, os == "host-os");
+        let release = out1.join(os).join(VERSION);
+        let measure = plinth(
+            &repo,
+            &cache,
+            &["measure"]
+                .into_iter()
+                .chain([release.to_str().unwrap()])
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            measure.status.success() && text(&measure).contains("matches the image"),
+            "{os}: plinth measure: {}",
+            text(&measure)
+        );
+        let console = boot(&release, os, &[]);
+        let wanted = format!("PLINTH BOOT OK {os} {VERSION} slot={}", slot_of(os));
+        assert!(console.contains(&wanted), "{os}: no `{wanted}`");
+        assert_pcrs_as_predicted(&release, os, &console);
+    }
+
+    // Tampering. A flipped byte in GuestOS's root (in its ext4 superblock, which every boot
+    // reads): dm-verity refuses the block and the boot goes no further.
+    let guest = out1.join("guest-os").join(VERSION);
+    let tampered = tampered_disk(&guest, &dir.path().join("tamper"), |disk, m| {
+        let root = m.partitions.iter().find(|p| p.name == "root-a").unwrap();
+        flip_byte(disk, root.offset + 1024 + 100);
+    });
+    let console = boot(
+        &tampered,
+        "guest-os-tampered-root",
+        &["--expect", "is corrupted"],
+    );
+    assert!(
+        console.contains("device-mapper: verity") && !console.contains("PLINTH BOOT OK"),
+        "a flipped root byte must stop the boot with a verity error"
+    );
+    eprintln!(
+        "guest-os, one root byte flipped: {}",
+        console
+            .lines()
+            .find(|l| l.contains("is corrupted"))
+            .unwrap_or_default()
+            .trim()
+    );
+
+    // A changed kernel command line in HostOS's UKI (on the ESP, same length): the booted
+    // agent finds PCR 11 (and 4, 9, 12) off its release's measurements.json and says which
+    // event differs.
+    let host = out1.join("host-os").join(VERSION);
+    let tampered = tampered_disk(&host, &dir.path().join("tamper"), |disk, m| {
+        let esp = m.partitions.iter().find(|p| p.role == "esp").unwrap();
+        replace_once(disk, esp.offset, esp.size, b" panic=10 ", b" panic=11 ");
+    });
+    let measurements = host.join("measurements.json");
+    let console = boot(
+        &tampered,
+        "host-os-tampered-cmdline",
+        &["--measurements", measurements.to_str().unwrap()],
+    );
+    let failed = console
+        .lines()
+        .find(|l| l.contains("PLINTH BOOT FAILED host-os"))
+        .unwrap_or_else(|| panic!("the tampered HostOS did not report a failed boot"));
+    assert!(
+        failed.contains("measured boot: PCR 11 is ") && failed.contains(".cmdline"),
+        "the agent must name the PCR 11 mismatch and the .cmdline event: {failed}"
+    );
+    eprintln!("host-os, command line changed: {}", failed.trim());
+}
+
+fn slot_of(os: &str) -> &'static str {
+    if os == "setup-os" {
+        "none"
+    } else {
+        "A"
     }
 }
 
-/// `plinth run` the release `release` of `os` (with a TPM if `tpm`) until the boot report; assert it is
-/// `PLINTH BOOT OK` with the right identity (the agent says OK only if the root is mounted
-/// from a dm-verity device and no unit failed). The console log is kept in the target
-/// directory (its path is in any failure message).
-fn boot(release: &Path, os: &str, tpm: bool) {
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{os}.log"));
-    let out = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("run")
-        .arg(release)
-        .args(["--profile", "test", "--accel", "tcg"])
-        .args(tpm.then_some("--tpm"))
-        .args(["--expect", "PLINTH BOOT ", "--timeout", "400", "--json"])
+/// The PCRs the agent printed (`PLINTH TPM PCR <n> <hex> ...`) equal every PCR the release's
+/// measurements.json predicts for slot A (or the only slot), PCR 4, 7 and 11 among them.
+fn assert_pcrs_as_predicted(release: &Path, os: &str, console: &str) {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(release.join("measurements.json")).unwrap()).unwrap();
+    let slot = m["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["slot"].as_str().unwrap_or("none") == slot_of(os))
+        .unwrap();
+    let live: std::collections::BTreeMap<String, String> = console
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("PLINTH TPM PCR")?;
+            let mut w = rest.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect();
+    let predicted = slot["pcrs"].as_object().unwrap();
+    for n in ["4", "7", "11"] {
+        assert!(predicted.contains_key(n), "{os}: PCR {n} is not predicted");
+    }
+    for (n, value) in predicted {
+        assert_eq!(
+            live.get(n).map(String::as_str),
+            value.as_str(),
+            "{os}: PCR {n} as booted vs measurements.json"
+        );
+    }
+    assert!(
+        console.contains("PLINTH TPM measurements.json matches"),
+        "{os}: the agent did not confirm its measurements"
+    );
+    let names: Vec<&String> = predicted.keys().collect();
+    eprintln!("{os}: PCR {names:?} as booted equal measurements.json");
+}
+
+/// The disk image of `release`, unpacked into `scratch` and changed by `change`.
+fn tampered_disk(
+    release: &Path,
+    scratch: &Path,
+    change: impl FnOnce(&mut std::fs::File, &plinth::pipeline::manifest::Manifest),
+) -> PathBuf {
+    use plinth::compare::release::Release;
+    let r = Release::open(release).unwrap();
+    let _ = std::fs::remove_dir_all(scratch);
+    let disk = r
+        .extract_member("disk-img.tar.zst", "disk.img", scratch)
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    change(&mut f, &r.manifest);
+    disk
+}
+
+fn flip_byte(f: &mut std::fs::File, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0xff;
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// Replace the one occurrence of `from` (in `len` bytes from `offset`) with `to`, same length.
+fn replace_once(f: &mut std::fs::File, offset: u64, len: u64, from: &[u8], to: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    assert_eq!(from.len(), to.len());
+    let mut span = vec![0u8; len as usize];
+    f.read_exact_at(&mut span, offset).unwrap();
+    let hits: Vec<usize> = span
+        .windows(from.len())
+        .enumerate()
+        .filter(|(_, w)| *w == from)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "`{}` occurs {} times",
+        String::from_utf8_lossy(from),
+        hits.len()
+    );
+    f.write_all_at(to, offset + hits[0] as u64).unwrap();
+}
+
+/// `plinth run` `image` (a release or a disk) with a swtpm and `extra` arguments (by default
+/// until the boot report, `PLINTH BOOT `), and return its console. `name` names the console
+/// log, kept in the target directory (its path is in any failure message).
+fn boot(image: &Path, name: &str, extra: &[&str]) -> String {
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{name}.log"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
+    cmd.arg("run")
+        .arg(image)
+        .args(["--accel", "tcg", "--tpm", "--timeout", "400", "--json"]);
+    if !extra.contains(&"--expect") {
+        cmd.args(["--expect", "PLINTH BOOT "]);
+    }
+    let out = cmd
+        .args(extra)
         .arg("--console-log")
         .arg(&log)
         .output()
@@ -307,23 +476,16 @@ fn boot(release: &Path, os: &str, tpm: bool) {
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     assert!(
         out.status.success(),
-        "{os}: no boot report ({}); console log {}:\n{}",
+        "{name}: the expected text did not appear ({}); console log {}:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        log.display(),
-        tail.join("\n")
-    );
-    let slot = if os == "setup-os" { "none" } else { "A" };
-    let wanted = format!("PLINTH BOOT OK {os} {VERSION} slot={slot}");
-    assert!(
-        console.contains(&wanted),
-        "{os}: `{wanted}` not on the console (log {}):\n{}",
         log.display(),
         tail.join("\n")
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!(
-        "{os}: booted to `{wanted}` in {:.1} s under {}",
+        "{name}: booted to the expected text in {:.1} s under {}",
         report["seconds"].as_f64().unwrap_or(0.0),
         report["accel"]
     );
+    console
 }

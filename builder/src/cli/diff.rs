@@ -209,7 +209,7 @@ fn package_changes(
 }
 
 /// Reads one measurement of a slot.
-type Field = fn(&SlotMeasurements) -> &String;
+type Field = fn(&SlotMeasurements) -> Option<String>;
 
 fn measurement_changes(a: &Manifest, b: &Manifest) -> Vec<MeasurementChange> {
     let by_slot = |m: &Manifest| -> BTreeMap<Option<String>, SlotMeasurements> {
@@ -226,13 +226,15 @@ fn measurement_changes(a: &Manifest, b: &Manifest) -> Vec<MeasurementChange> {
     let mut out = Vec::new();
     for slot in slots {
         let (x, y) = (sa.get(slot), sb.get(slot));
-        let fields: [(&'static str, Field); 3] = [
-            ("verity root hash", |s| &s.verity_root_hash),
-            ("UKI sha256", |s| &s.uki_sha256),
-            ("PCR 11", |s| &s.pcr11),
+        let fields: [(&'static str, Field); 5] = [
+            ("verity root hash", |s| Some(s.verity_root_hash.clone())),
+            ("UKI sha256", |s| Some(s.uki_sha256.clone())),
+            ("PCR 4", |s| s.pcr4.clone()),
+            ("PCR 7", |s| s.pcr7.clone()),
+            ("PCR 11", |s| Some(s.pcr11.clone())),
         ];
         for (what, get) in fields {
-            let (before, after) = (x.map(get).cloned(), y.map(get).cloned());
+            let (before, after) = (x.and_then(get), y.and_then(get));
             if before != after {
                 out.push(MeasurementChange {
                     slot: slot.clone(),

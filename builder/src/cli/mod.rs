@@ -8,7 +8,9 @@ mod build;
 mod check;
 mod diff;
 mod fetch;
+mod image;
 mod lock;
+mod measure;
 pub mod output;
 mod run;
 mod verify;
@@ -29,7 +31,8 @@ Examples:
   plinth build guest-os --profile test   build the small GuestOS image into out/
   plinth verify out/guest-os/0.1.0  rebuild a release and compare every byte
   plinth diff out/a/guest-os/1.0.0 out/b/guest-os/1.1.0   what changed
-  plinth run host-os --tpm          boot the built HostOS in QEMU";
+  plinth run host-os --tpm          boot the built HostOS in QEMU
+  plinth measure host-os            the PCRs its boot will produce";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -96,6 +99,7 @@ pub enum Verb {
     Verify(verify::Args),
     Diff(diff::Args),
     Run(run::Args),
+    Measure(measure::Args),
 }
 
 /// A failed check (exit code 1): the message has been printed or is in the error.
@@ -119,6 +123,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Verb::Verify(args) => verify::run(&cli.global, &out, args),
         Verb::Diff(args) => diff::run(&cli.global, &out, args),
         Verb::Run(args) => run::run(&cli.global, &out, args),
+        Verb::Measure(args) => measure::run(&cli.global, &out, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

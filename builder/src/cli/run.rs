@@ -2,8 +2,8 @@
 //! (`out/<os>/<version>`), a release directory, or a raw disk image. The console is shown
 //! on the terminal; with `--expect` the run ends as soon as the text appears.
 
+use super::image::{self, Image, Lookup};
 use super::{BadInput, CheckFailed, Global, Output};
-use crate::compare::release::Release;
 use crate::vm::{self, accel::Accel, Echo, Ending, Machine, Watch};
 use anyhow::Context;
 use serde::Serialize;
@@ -14,7 +14,9 @@ use std::time::Duration;
 const AFTER_HELP: &str = "\
 IMAGE is an OS name (its release in <OUT>/<os>/<version>, built with plinth
 build), a release directory, or a raw disk image file. The boot disk is
-never written (copy-on-write); --disk files are. KVM is used when it runs
+never written (copy-on-write); --disk files are. With --tpm, the booted
+agent checks the TPM's PCRs against the release's measurements.json (or
+--measurements FILE) and its boot report says whether they match. KVM is used when it runs
 guests here, TCG otherwise (the log says which). QEMU and swtpm are stopped
 and their files removed when the run ends, Ctrl-C included. Without
 --expect, on a terminal, the console is interactive (Ctrl-C ends the run).
@@ -25,6 +27,7 @@ shown), QEMU failed, or interrupted; 2: bad input.
 Examples:
   plinth run guest-os --profile test
   plinth run host-os --tpm --expect 'PLINTH BOOT OK' --timeout 300
+  plinth run changed.img --tpm --measurements out/host-os/0.1.0/measurements.json
   plinth run out/setup-os/0.1.0 --disk blank1.img --disk blank2.img
   plinth run disk.img --numa 2 --cpus 4 --memory 4096 --json";
 
@@ -68,6 +71,10 @@ pub struct Args {
     /// Accelerator: auto (KVM if it runs guests here), kvm or tcg.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// The measurements.json the booted agent checks the TPM against (given to the guest as
+    /// a read-only disk) [default with --tpm: the release's own].
+    #[arg(long, value_name = "FILE", requires = "tpm")]
+    pub measurements: Option<PathBuf>,
     /// Keep the console log in this file.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
@@ -90,9 +97,23 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         .prefix("plinth-run-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let (disk, label) = boot_disk(g, out, &args, scratch.path())?;
+    let (disk, label, release) = boot_disk(g, out, &args, scratch.path())?;
     let mut machine = Machine::new(&disk);
     machine.disks = args.disks.clone();
+    let measurements = args.measurements.clone().or_else(|| {
+        let own = release?.join(crate::pipeline::release::MEASUREMENTS);
+        (args.tpm && own.is_file()).then_some(own)
+    });
+    if let Some(file) = &measurements {
+        let disk = measurements_disk(file, scratch.path())?;
+        machine
+            .labelled_disks
+            .push((disk, plinth_firmware::measurements::DISK_SERIAL.to_string()));
+        out.detail(format!(
+            "the guest checks its PCRs against {}",
+            file.display()
+        ));
+    }
     machine.memory_mib = args.memory;
     machine.cpus = args.cpus;
     machine.numa_nodes = args.numa;
@@ -186,79 +207,49 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// The disk to boot and how to name it: a disk image as given, or the disk image of a
-/// release (checked against its manifest and unpacked into `scratch`).
+/// A disk image holding `file` (checked to be a measurements file), padded with NULs to
+/// whole sectors, in `scratch`.
+fn measurements_disk(file: &Path, scratch: &Path) -> anyhow::Result<PathBuf> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| BadInput(format!("{}: {e}", file.display())))?;
+    plinth_firmware::measurements::Measurements::parse(&text, &file.display().to_string())
+        .map_err(BadInput)?;
+    let mut bytes = text.into_bytes();
+    bytes.resize(bytes.len().div_ceil(512) * 512 + 512, 0);
+    let disk = scratch.join("measurements.img");
+    std::fs::write(&disk, bytes).with_context(|| format!("writing {}", disk.display()))?;
+    Ok(disk)
+}
+
+/// The disk to boot, how to name it, and the release directory it came from: a disk image
+/// as given, or the disk image of a release (unpacked into `scratch`).
 fn boot_disk(
     g: &Global,
     out: &Output,
     args: &Args,
     scratch: &Path,
-) -> anyhow::Result<(PathBuf, String)> {
-    let given = Path::new(&args.image);
-    let is_os = crate::spec::OS_NAMES.contains(&args.image.as_str());
-    // A bare OS name wins over a directory of that name (the source tree has one per OS).
-    if given.is_file() && !is_os {
-        if args.profile.is_some() {
-            return Err(BadInput(format!(
-                "{}: a disk image has no profile to check\n  hint: drop --profile, or name an OS or a release directory",
-                given.display()
-            ))
-            .into());
-        }
-        return Ok((given.to_path_buf(), given.display().to_string()));
-    }
-    let dir = if is_os {
-        let version = args
-            .release_version
-            .clone()
-            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
-        let base = match &g.root {
-            Some(root) if args.out.is_relative() => root.join(&args.out),
-            _ => args.out.clone(),
-        };
-        let dir = base.join(&args.image).join(&version);
-        if !dir.is_dir() {
-            return Err(BadInput(format!(
-                "{}: no release of {} {version}\n  hint: build it first: plinth build {} --profile {}{}",
-                dir.display(),
-                args.image,
-                args.image,
-                args.profile.as_deref().unwrap_or("test"),
-                if args.release_version.is_some() {
-                    format!(" --release-version {version}")
-                } else {
-                    String::new()
-                }
-            ))
-            .into());
-        }
-        dir
-    } else if given.is_dir() {
-        given.to_path_buf()
-    } else {
-        return Err(BadInput(format!(
-            "`{}` is not an OS (guest-os, host-os, setup-os), a release directory or a disk image file",
-            args.image
-        ))
-        .into());
+) -> anyhow::Result<(PathBuf, String, Option<PathBuf>)> {
+    let lookup = Lookup {
+        out: &args.out,
+        release_version: args.release_version.as_deref(),
+        profile: args.profile.as_deref(),
     };
-    let release = Release::open(&dir).map_err(|e| BadInput(e.to_string()))?;
-    let m = &release.manifest;
-    if let Some(p) = &args.profile {
-        if &m.profile != p {
-            return Err(BadInput(format!(
-                "{}: holds the {} profile of {}, not {p}\n  hint: plinth build {} --profile {p}",
-                dir.display(),
-                m.profile,
-                m.os,
-                m.os
-            ))
-            .into());
+    let release = match image::resolve(g, &args.image, &lookup)? {
+        Image::Disk(disk) => {
+            let label = disk.display().to_string();
+            return Ok((disk, label, None));
         }
-    }
+        Image::Release(release) => release,
+    };
+    let dir = release.dir.clone();
+    let m = &release.manifest;
     out.detail(format!("unpacking the disk image of {}", dir.display()));
     let disk = release
         .extract_member(crate::pipeline::release::DISK_ARCHIVE, "disk.img", scratch)
         .with_context(|| format!("unpacking the disk image of {}", dir.display()))?;
-    Ok((disk, format!("{} {} ({})", m.os, m.version, m.profile)))
+    Ok((
+        disk,
+        format!("{} {} ({})", m.os, m.version, m.profile),
+        Some(dir),
+    ))
 }

@@ -671,6 +671,25 @@ pub fn extract_tar_zst(archive: &Path, dest: &Path) -> Result<Vec<String>, Artif
     Ok(names)
 }
 
+/// Stream the members of a `.tar.zst` in archive order, each to `visit` (its name and its
+/// contents, holes read as zeros), without unpacking anything; `visit` returns false to stop.
+pub fn for_each_member(
+    archive: &Path,
+    mut visit: impl FnMut(&str, &mut dyn io::Read) -> io::Result<bool>,
+) -> Result<(), ArtifactError> {
+    let file = File::open(archive).map_err(io_err(archive, "open"))?;
+    let decoder = zstd::Decoder::new(file).map_err(io_err(archive, "start zstd"))?;
+    let mut tar = tar::Archive::new(decoder);
+    for entry in tar.entries().map_err(io_err(archive, "read"))? {
+        let mut entry = entry.map_err(io_err(archive, "read"))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if !visit(&name, &mut entry).map_err(io_err(archive, "read"))? {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The sha256 (lower-case hex) of `len` bytes of `path` from `offset` (e.g. a partition of a
 /// disk image). Fails if the file ends first.
 pub fn sha256_range(path: &Path, offset: u64, len: u64) -> Result<String, ArtifactError> {

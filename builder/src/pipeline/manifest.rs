@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 /// The manifest format this plinth reads and writes.
 /// Version 2: partitions carry `blocks_sha256` (sha256 over their 1 MiB blocks' sha256s) in
-/// place of version 1's plain `sha256` of the span.
-pub const FORMAT_VERSION: u32 = 2;
+/// place of version 1's plain `sha256` of the span. Version 3: slots carry `pcr4` and `pcr7`.
+pub const FORMAT_VERSION: u32 = 3;
 /// The manifest's file name in a release directory.
 pub const FILE_NAME: &str = "manifest.json";
 
@@ -107,7 +107,13 @@ pub struct SlotMeasurements {
     pub verity_root_hash: String,
     /// sha256 of the slot's UKI.
     pub uki_sha256: String,
-    /// The predicted PCR 11 (SHA-256 bank, hex) after booting the UKI.
+    /// The predicted PCR 4 (SHA-256 bank, hex) once the system is up (measurements.json has
+    /// its events); absent for an OS without an ESP.
+    pub pcr4: Option<String>,
+    /// The predicted PCR 7, likewise.
+    pub pcr7: Option<String>,
+    /// The predicted PCR 11 (SHA-256 bank, hex) as systemd-stub leaves it, before the boot
+    /// phases (measurements.json has the value once the system is up).
     pub pcr11: String,
 }
 
@@ -261,6 +267,11 @@ impl Manifest {
             digest(at("verity_root_hash"), &s.verity_root_hash, 64)?;
             digest(at("uki_sha256"), &s.uki_sha256, 64)?;
             digest(at("pcr11"), &s.pcr11, 64)?;
+            for (field, value) in [("pcr4", &s.pcr4), ("pcr7", &s.pcr7)] {
+                if let Some(value) = value {
+                    digest(at(field), value, 64)?;
+                }
+            }
             if i > 0 && self.measurements.slots[i - 1].slot >= s.slot {
                 return Err((at("slot"), "slots must be sorted, each once".to_string()));
             }

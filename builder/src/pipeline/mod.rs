@@ -15,6 +15,7 @@ pub mod identity;
 pub mod ids;
 pub mod initrd;
 pub mod manifest;
+pub mod measure;
 pub mod normalize;
 pub mod overlay;
 pub mod release;

@@ -8,6 +8,7 @@ use super::artifacts::{self, ArtifactFile, Compression, TarEntry};
 use super::build::{uki_name, Built};
 use super::frames::FramePool;
 use super::manifest::{Inputs, Manifest, Measurements, PartitionImage, SlotMeasurements};
+use super::measure;
 use super::sbom;
 use crate::packages::cache::sha256_file;
 use crate::packages::lockfile::LockedPackage;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub const DISK_ARCHIVE: &str = artifacts::DISK_ARCHIVE;
 pub const UPDATE_ARCHIVE: &str = artifacts::UPDATE_ARCHIVE;
 pub const SBOM: &str = "sbom.spdx.json";
+pub const MEASUREMENTS: &str = plinth_firmware::measurements::FILE_NAME;
 
 /// What a release records besides the build's outputs.
 pub struct ReleaseInputs<'a> {
@@ -132,6 +134,17 @@ pub fn assemble(
         }
     }
     let start = std::time::Instant::now();
+    let measured = measurements(built, os, inputs.version)?;
+    if let Some(m) = &measured {
+        let path = staging.join(MEASUREMENTS);
+        let mut text = serde_json::to_string_pretty(m).map_err(|e| ReleaseError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        text.push('\n');
+        std::fs::write(&path, text).map_err(io(&path))?;
+        outputs.push(artifact(&path, MEASUREMENTS)?);
+    }
     let sbom_path = staging.join(SBOM);
     sbom::write_sbom(
         &sbom::SbomInput {
@@ -165,10 +178,18 @@ pub fn assemble(
     }
     let mut slots = Vec::new();
     for s in &built.slots {
+        let slot = slot_text(s.slot);
+        let predicted = measured
+            .as_ref()
+            .and_then(|m| m.slot(slot.as_deref()))
+            .map(|p| &p.pcrs);
+        let pcr = |n: u32| predicted.and_then(|p| p.get(&n)).cloned();
         slots.push(SlotMeasurements {
-            slot: slot_text(s.slot),
+            slot,
             verity_root_hash: built.root_hash.clone(),
             uki_sha256: sha256_file(&s.uki).map_err(io(&s.uki))?.0,
+            pcr4: pcr(4),
+            pcr7: pcr(7),
             pcr11: s.pcr11.clone(),
         });
     }
@@ -233,6 +254,39 @@ pub fn assemble(
     }
     std::fs::rename(&staging, dir).map_err(io(dir))?;
     Ok(manifest)
+}
+
+/// What booting each slot measures (see [`measure`]), from the boot loader on the ESP and
+/// each slot's UKI; `None` for an OS without an ESP.
+fn measurements(
+    built: &Built,
+    os: &str,
+    version: &str,
+) -> Result<Option<plinth_firmware::measurements::Measurements>, ReleaseError> {
+    let Some(esp) = &built.esp_image else {
+        return Ok(None);
+    };
+    let failed = |message: String| ReleaseError::Io {
+        path: esp.display().to_string(),
+        message,
+    };
+    let loader =
+        super::esp::read_fat_file(esp, measure::LOADER_PATH).map_err(|e| failed(e.to_string()))?;
+    let mut ukis = Vec::new();
+    for s in &built.slots {
+        ukis.push((s, std::fs::read(&s.uki).map_err(io(&s.uki))?));
+    }
+    let slots: Vec<measure::SlotFiles> = ukis
+        .iter()
+        .map(|(s, bytes)| measure::SlotFiles {
+            slot: slot_text(s.slot),
+            uki_path: format!("EFI/Linux/{}.efi", uki_name(os, s.slot)),
+            uki: bytes,
+        })
+        .collect();
+    measure::predict(os, version, &loader, &slots)
+        .map(Some)
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Write archive `name` into `staging`, or take it from the build's stage cache entry, where

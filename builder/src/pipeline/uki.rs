@@ -46,6 +46,7 @@
 //! Checked by hand once: a UKI of Debian's 6.1 kernel and a tiny initrd booted on OVMF
 //! (q35, TCG) with swtpm, and the guest's PCR 11 equalled the prediction.
 
+use plinth_firmware::pcr;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::ops::Range;
@@ -198,6 +199,8 @@ impl PeSection {
 /// Why a PE file could not be read or a UKI could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
+    #[error("the PE file has no `{0}` section (not a UKI?)")]
+    NoSection(String),
     #[error("not a PE file: expected \"MZ\" at offset 0, found {found:02x?}")]
     NotMz { found: Vec<u8> },
     #[error("truncated PE file: the {what} ends at byte {end} but the file has {len} bytes")]
@@ -770,10 +773,7 @@ pub fn write_uki(stub: &Path, sections: &UkiSections, out: &Path) -> Result<(), 
 
 /// TPM extend: `sha256(pcr || sha256(data))`.
 fn extend(pcr: [u8; 32], data: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(pcr);
-    h.update(Sha256::digest(data));
-    h.finalize().into()
+    pcr::extend(pcr, &pcr::digest(data))
 }
 
 /// The SHA-256 PCR 11 value systemd-stub 252 leaves after booting `uki`, starting from the
@@ -787,8 +787,16 @@ fn extend(pcr: [u8; 32], data: &[u8]) -> [u8; 32] {
 /// is `VirtualSize` and a size of 0 means "absent"; the bytes are the section as mapped in
 /// memory. Later boot phases extend PCR 11 further: see [`pcr11_after_phases`].
 pub fn predict_pcr11(uki: &[u8]) -> Result<[u8; 32], UkiError> {
+    Ok(stub_pcr11_events(uki)?
+        .iter()
+        .fold([0u8; 32], |value, (_, digest)| pcr::extend(value, digest)))
+}
+
+/// The events behind [`predict_pcr11`], in order: for each measured section its name (with
+/// the NUL) and then its contents, each as (what, sha256).
+pub fn stub_pcr11_events(uki: &[u8]) -> Result<Vec<(String, [u8; 32])>, UkiError> {
     let sections = read_sections(uki)?;
-    let mut pcr = [0u8; 32];
+    let mut events = Vec::new();
     for name in STUB_252_MEASURED_SECTIONS {
         let found = sections
             .iter()
@@ -799,10 +807,28 @@ pub fn predict_pcr11(uki: &[u8]) -> Result<[u8; 32], UkiError> {
         };
         let mut named = name.as_bytes().to_vec();
         named.push(0);
-        pcr = extend(pcr, &named);
-        pcr = extend(pcr, &s.data(uki)?);
+        events.push((
+            format!("{name} section name"),
+            Sha256::digest(&named).into(),
+        ));
+        events.push((
+            format!("{name} section ({} B)", s.virtual_size),
+            Sha256::digest(&s.data(uki)?).into(),
+        ));
     }
-    Ok(pcr)
+    Ok(events)
+}
+
+/// A section of a UKI as the stub reads it (its `VirtualSize` bytes), e.g. `.linux`, which
+/// the stub hands to the firmware to start, or `.cmdline`.
+pub fn section(uki: &[u8], name: &str) -> Result<Vec<u8>, UkiError> {
+    let sections = read_sections(uki)?;
+    let found = sections
+        .iter()
+        .rev()
+        .find(|s| s.raw_name.starts_with(name.as_bytes()))
+        .ok_or_else(|| UkiError::NoSection(name.into()))?;
+    Ok(found.data(uki)?.into_owned())
 }
 
 /// PCR 11 after `systemd-pcrphase` (252) extended it with each boot phase word in `phases`

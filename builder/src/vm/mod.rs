@@ -31,6 +31,8 @@ pub struct Machine {
     pub boot_disk: PathBuf,
     /// More disks (virtio), written by the guest.
     pub disks: Vec<PathBuf>,
+    /// Read-only disks with a serial number the guest finds them by (`/sys/block/*/serial`).
+    pub labelled_disks: Vec<(PathBuf, String)>,
     pub memory_mib: u64,
     pub cpus: u32,
     /// Guest NUMA nodes (vCPUs and memory split evenly); 1: no NUMA topology.
@@ -47,6 +49,7 @@ impl Machine {
         Machine {
             boot_disk: boot_disk.into(),
             disks: Vec::new(),
+            labelled_disks: Vec::new(),
             memory_mib: 1536,
             cpus: 2,
             numa_nodes: 1,
@@ -277,16 +280,32 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
         format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
         "-drive".into(),
         format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        // The boot disk is the first boot option (bootindex), so the firmware's first boot
+        // attempt is the one that boots: a failed attempt on another disk would add events
+        // to PCR 4.
         "-drive".into(),
         format!(
-            "file={},format=raw,if=virtio,snapshot=on",
+            "file={},format=raw,if=none,id=boot,snapshot=on",
             m.boot_disk.display()
         ),
+        "-device".into(),
+        "virtio-blk-pci,drive=boot,bootindex=0".into(),
     ]);
     for d in &m.disks {
         a.extend([
             "-drive".into(),
             format!("file={},format=raw,if=virtio", d.display()),
+        ]);
+    }
+    for (i, (d, serial)) in m.labelled_disks.iter().enumerate() {
+        a.extend([
+            "-drive".into(),
+            format!(
+                "file={},format=raw,if=none,id=labelled{i},readonly=on",
+                d.display()
+            ),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=labelled{i},serial={serial}"),
         ]);
     }
     a.extend(console.iter().cloned());
@@ -522,7 +541,8 @@ mod tests {
             ),
             "{args}"
         );
-        assert!(args.contains("file=/boot.img,format=raw,if=virtio,snapshot=on"));
+        assert!(args.contains("file=/boot.img,format=raw,if=none,id=boot,snapshot=on"));
+        assert!(args.contains("virtio-blk-pci,drive=boot,bootindex=0"));
         assert!(args.contains("file=/extra.img,format=raw,if=virtio "));
         assert!(args.contains("-accel tcg") && !args.contains("-cpu host"));
         assert!(args.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));

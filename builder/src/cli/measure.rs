@@ -1,0 +1,258 @@
+//! `plinth measure`: the TPM PCR values a boot of an image will produce, from the image's own
+//! boot files (see [`crate::pipeline::measure`]): a release (its ESP from the disk archive,
+//! every slot's UKI from the update archive) or a raw disk image (its ESP). Prints them, writes
+//! `measurements.json` with `-o`, and checks a release's published file against the image.
+
+use super::image::{self, Image, Lookup};
+use super::{BadInput, CheckFailed, Global, Output};
+use crate::pipeline::{esp, measure, release};
+use anyhow::Context;
+use plinth_firmware::measurements::Measurements;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const AFTER_HELP: &str = "\\
+IMAGE is an OS name (its release in <OUT>/<os>/<version>), a release
+directory, or a raw disk image. The prediction holds for the platform plinth
+run --tpm gives (OVMF, Secure Boot off, swtpm): PCR 4, 7, 9, 11 (once the
+system is up) and 12; measurements.json names the other PCRs and why. For a
+release, the published measurements.json is checked against the image (exit 1
+if they differ). The booted agent checks the real PCRs against it:
+plinth-host measured-boot, or the boot report under plinth run --tpm.
+
+Examples:
+  plinth measure host-os
+  plinth measure out/guest-os/0.1.0 -o measurements.json
+  plinth measure disk.img --json";
+
+/// Predict the PCRs a boot of an image produces (measurements.json).
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// guest-os, host-os or setup-os; a release directory; or a disk image.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The profile the release must hold [default: whichever it holds].
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Release directory root, for an OS name.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Release version, for an OS name [default: the plinth version].
+    #[arg(long, value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// Write measurements.json here.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    let lookup = Lookup {
+        out: &args.out,
+        release_version: args.release_version.as_deref(),
+        profile: args.profile.as_deref(),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("plinth-measure-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let esp_image = scratch.path().join("esp.img");
+    let (measured, published) = match image::resolve(g, &args.image, &lookup)? {
+        Image::Disk(disk) => (from_disk(&disk, &esp_image)?, None),
+        Image::Release(r) => {
+            let published = r.dir.join(release::MEASUREMENTS);
+            (
+                from_release(&r, &esp_image)?,
+                published.is_file().then_some(published),
+            )
+        }
+    };
+    let mut text = serde_json::to_string_pretty(&measured)?;
+    text.push('\n');
+    if let Some(path) = &args.output {
+        std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+        out.info(format!("wrote {}", path.display()));
+    }
+    if out.json {
+        print!("{text}");
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        for s in &measured.slots {
+            writeln!(
+                stdout,
+                "{} {} slot {}:",
+                measured.os,
+                measured.version,
+                s.slot.as_deref().unwrap_or("none")
+            )?;
+            for (n, v) in &s.pcrs {
+                writeln!(stdout, "  PCR {n:2}  {v}")?;
+            }
+        }
+        let left: Vec<String> = measured
+            .not_predicted
+            .iter()
+            .map(|n| n.pcr.to_string())
+            .collect();
+        writeln!(
+            stdout,
+            "not predicted: PCR {} (measurements.json says why)",
+            left.join(", ")
+        )?;
+    }
+    out.info(format!(
+        "measured in {:.2} s",
+        start.elapsed().as_secs_f64()
+    ));
+    if let Some(published) = published {
+        let text = std::fs::read_to_string(&published)
+            .with_context(|| format!("reading {}", published.display()))?;
+        let theirs =
+            Measurements::parse(&text, &published.display().to_string()).map_err(BadInput)?;
+        if theirs != measured {
+            return Err(CheckFailed(format!(
+                "{}: differs from what the release's own boot files give (printed above)\n  hint: the release was altered, or built by a plinth that predicts otherwise",
+                published.display()
+            ))
+            .into());
+        }
+        out.info(format!("{} matches the image", published.display()));
+    }
+    Ok(())
+}
+
+/// The prediction for a raw disk image: the boot loader and every UKI on its ESP.
+fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
+    let bad = |why: String| BadInput(format!("{}: {why}", disk.display()));
+    let gpt = gpt::GptConfig::new()
+        .writable(false)
+        .open(disk)
+        .map_err(|e| bad(format!("no GPT partition table: {e}")))?;
+    let esp_type = crate::pipeline::disk::TYPE_ESP.to_ascii_lowercase();
+    let lb = gpt::disk::LogicalBlockSize::Lb512;
+    let esp = gpt
+        .partitions()
+        .values()
+        .find(|p| p.part_type_guid.guid.to_string() == esp_type)
+        .ok_or_else(|| bad("has no EFI system partition".into()))?;
+    let (offset, len) = (esp.bytes_start(lb)?, esp.bytes_len(lb)?);
+    let mut src = std::fs::File::open(disk)?;
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(offset))?;
+    let mut dst = std::fs::File::create(esp_image)?;
+    std::io::copy(&mut src.take(len), &mut dst)?;
+    let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH)?;
+    let mut ukis = Vec::new();
+    for entry in esp::list_fat(esp_image)? {
+        if !entry.is_dir && entry.path.starts_with("EFI/Linux/") && entry.path.ends_with(".efi") {
+            ukis.push((
+                entry.path.clone(),
+                esp::read_fat_file(esp_image, &entry.path)?,
+            ));
+        }
+    }
+    if ukis.is_empty() {
+        return Err(bad("its ESP has no UKI in EFI/Linux/".into()).into());
+    }
+    // Which OS, version and slot each UKI is, from its own .osrel and .cmdline.
+    let (mut os, mut version) = (String::new(), String::new());
+    let mut slots = Vec::new();
+    for (path, bytes) in &ukis {
+        let osrel = crate::pipeline::uki::section(bytes, ".osrel")
+            .map_err(|e| bad(format!("{path}: {e}")))?;
+        let cmdline = crate::pipeline::uki::section(bytes, ".cmdline")
+            .map_err(|e| bad(format!("{path}: {e}")))?;
+        let osrel = String::from_utf8_lossy(&osrel);
+        let field = |k: &str| {
+            osrel
+                .lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        os = field("IMAGE_ID");
+        version = field("IMAGE_VERSION");
+        let slot = String::from_utf8_lossy(&cmdline)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("plinth.slot="))
+            .map(str::to_string);
+        slots.push(measure::SlotFiles {
+            slot,
+            uki_path: path.clone(),
+            uki: bytes,
+        });
+    }
+    slots.sort_by(|a, b| a.slot.cmp(&b.slot));
+    Ok(measure::predict(&os, &version, &loader, &slots)?)
+}
+
+/// The prediction for a release: the boot loader from the disk archive's ESP (only that much
+/// of the disk is decompressed), every slot's UKI from the update archive.
+fn from_release(
+    r: &crate::compare::release::Release,
+    esp_image: &Path,
+) -> anyhow::Result<Measurements> {
+    let m = &r.manifest;
+    let esp = m
+        .partitions
+        .iter()
+        .find(|p| p.role == "esp")
+        .ok_or_else(|| {
+            BadInput(format!(
+                "{}: the release's disk has no ESP",
+                r.dir.display()
+            ))
+        })?;
+    let disk_archive = r.dir.join(release::DISK_ARCHIVE);
+    let mut dst = std::fs::File::create(esp_image)?;
+    crate::pipeline::artifacts::for_each_member(&disk_archive, |name, data| {
+        if name != "disk.img" {
+            return Ok(true);
+        }
+        std::io::copy(&mut data.take(esp.offset), &mut std::io::sink())?;
+        std::io::copy(&mut data.take(esp.size), &mut dst)?;
+        Ok(false)
+    })?;
+    let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH)?;
+    let mut ukis: Vec<(Option<String>, String, Vec<u8>)> = Vec::new();
+    crate::pipeline::artifacts::for_each_member(
+        &r.dir.join(release::UPDATE_ARCHIVE),
+        |name, data| {
+            // Named as `uki_name` names them: `<os>-a.efi`, or `<os>.efi` without slots.
+            let named = |slot: Option<&str>| match slot {
+                Some(x) => format!("{}-{}.efi", m.os, x.to_lowercase()),
+                None => format!("{}.efi", m.os),
+            };
+            if let Some(s) = m
+                .measurements
+                .slots
+                .iter()
+                .find(|s| name == named(s.slot.as_deref()))
+            {
+                let mut bytes = Vec::new();
+                data.read_to_end(&mut bytes)?;
+                ukis.push((s.slot.clone(), format!("EFI/Linux/{name}"), bytes));
+            }
+            Ok(ukis.len() < m.measurements.slots.len())
+        },
+    )?;
+    if ukis.len() != m.measurements.slots.len() {
+        return Err(BadInput(format!(
+            "{}: has {} of the {} slots' UKIs",
+            r.dir.join(release::UPDATE_ARCHIVE).display(),
+            ukis.len(),
+            m.measurements.slots.len()
+        ))
+        .into());
+    }
+    ukis.sort();
+    let slots: Vec<measure::SlotFiles> = ukis
+        .iter()
+        .map(|(slot, path, bytes)| measure::SlotFiles {
+            slot: slot.clone(),
+            uki_path: path.clone(),
+            uki: bytes,
+        })
+        .collect();
+    Ok(measure::predict(&m.os, &m.version, &loader, &slots)?)
+}

@@ -1,0 +1,196 @@
+//! What a boot of an image measures into the TPM, predicted from the image's own boot files
+//! (its boot loader and each slot's UKI): the events and values of PCR 4 (the applications
+//! the firmware starts: systemd-boot, the UKI, the UKI's kernel), PCR 7 (Secure Boot off) and
+//! PCR 11 (the UKI's sections as systemd-stub measures them, then the boot phases), PCR 12
+//! and 9 (the command line as systemd-boot, the stub and Linux pass it; the initrd), written
+//! as `measurements.json` ([`plinth_firmware::measurements`]). Every other PCR is named with
+//! why it is not predicted.
+
+use super::uki;
+use plinth_firmware::measurements::{Measurements, NotPredicted, Platform, Slot, FORMAT_VERSION};
+use plinth_firmware::{authenticode, eventlog::types, pcr, uefi};
+
+/// The platform the predictions hold for: what `plinth run --tpm` boots.
+pub const PLATFORM_FIRMWARE: &str =
+    "OVMF_CODE_4M.fd + a fresh OVMF_VARS_4M.fd (Debian 12 ovmf 2022.11), swtpm TPM 2.0";
+
+/// What systemd-pcrphase (systemd 252) extends into PCR 11 once the system is up: the
+/// initrd has no pcrphase (dracut includes it only on request), the system extends these.
+pub const BOOT_PHASES: [&str; 2] = ["sysinit", "ready"];
+
+/// The boot loader's path on the ESP, where the firmware's default boot option finds it.
+pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
+
+/// One slot's boot files.
+pub struct SlotFiles<'a> {
+    /// `A`, `B`, or `None` for an OS without slots.
+    pub slot: Option<String>,
+    /// The UKI's path on the ESP (e.g. `EFI/Linux/host-os-a.efi`).
+    pub uki_path: String,
+    pub uki: &'a [u8],
+}
+
+/// A boot file that is not what the prediction needs.
+#[derive(Debug, thiserror::Error)]
+pub enum MeasureError {
+    #[error("{file}: {source}")]
+    Pe {
+        file: String,
+        source: authenticode::PeError,
+    },
+    #[error("{file}: {source}")]
+    Uki { file: String, source: uki::UkiError },
+}
+
+fn efi_path(path: &str) -> String {
+    format!("\\{}", path.replace('/', "\\"))
+}
+
+/// The prediction for a boot of `loader` (systemd-boot) into each slot's UKI.
+pub fn predict(
+    os: &str,
+    version: &str,
+    loader: &[u8],
+    slots: &[SlotFiles<'_>],
+) -> Result<Measurements, MeasureError> {
+    let pe = |file: &str, bytes: &[u8]| {
+        authenticode::sha256(bytes).map_err(|source| MeasureError::Pe {
+            file: file.to_string(),
+            source,
+        })
+    };
+    let loader_digest = pe(LOADER_PATH, loader)?;
+    let mut out = Vec::new();
+    for s in slots {
+        let bad_uki = |source| MeasureError::Uki {
+            file: s.uki_path.clone(),
+            source,
+        };
+        let linux = uki::section(s.uki, ".linux").map_err(bad_uki)?;
+        let mut events = uefi::pcr4_boot(&[
+            (
+                format!("{} (systemd-boot)", efi_path(LOADER_PATH)),
+                loader_digest,
+            ),
+            (
+                format!("{} (the slot's UKI)", efi_path(&s.uki_path)),
+                pe(&s.uki_path, s.uki)?,
+            ),
+            (
+                "the UKI's .linux section (the kernel), started by systemd-stub".into(),
+                pe(&format!("{}: .linux", s.uki_path), &linux)?,
+            ),
+        ]);
+        events.extend(uefi::pcr7_secure_boot_off());
+        for (what, sha256) in uki::stub_pcr11_events(s.uki).map_err(bad_uki)? {
+            events.push(uefi::Expected {
+                pcr: 11,
+                event_type: types::EV_IPL,
+                sha256,
+                what: format!("systemd-stub: {what}"),
+            });
+        }
+        events.extend(command_line_events(
+            &uki::section(s.uki, ".cmdline").map_err(bad_uki)?,
+            &uki::section(s.uki, ".initrd").map_err(bad_uki)?,
+        ));
+        let later: Vec<uefi::Expected> = BOOT_PHASES
+            .iter()
+            .map(|phase| uefi::Expected {
+                pcr: 11,
+                event_type: types::EV_IPL,
+                sha256: pcr::digest(phase.as_bytes()),
+                what: format!("systemd-pcrphase: {phase}"),
+            })
+            .collect();
+        out.push(Slot::new(
+            s.slot.clone(),
+            hex::encode(pcr::digest(s.uki)),
+            &events,
+            &later,
+        ));
+    }
+    Ok(Measurements {
+        format_version: FORMAT_VERSION,
+        os: os.to_string(),
+        version: version.to_string(),
+        platform: Platform {
+            firmware: PLATFORM_FIRMWARE.into(),
+            secure_boot: false,
+            bank: "sha256".into(),
+        },
+        slots: out,
+        not_predicted: not_predicted(),
+    })
+}
+
+/// PCR 12 and PCR 9 for a UKI with this `.cmdline` and `.initrd` started by systemd-boot:
+/// systemd-boot measures the options it passes (the UKI's `.cmdline`) into PCR 12, the stub
+/// measures the options it received again, then Linux's EFI stub tags the options and the
+/// initrd into PCR 9. The options are measured as UTF-16LE with their NUL.
+fn command_line_events(cmdline: &[u8], initrd: &[u8]) -> Vec<uefi::Expected> {
+    let text = String::from_utf8_lossy(cmdline);
+    let text = text.trim_end_matches(['\0', '\n']);
+    let mut utf16: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    utf16.extend_from_slice(&[0, 0]);
+    let options = pcr::digest(&utf16);
+    let ipl = |what: &str| uefi::Expected {
+        pcr: 12,
+        event_type: types::EV_IPL,
+        sha256: options,
+        what: what.into(),
+    };
+    vec![
+        ipl("systemd-boot: the options it passes (the UKI's .cmdline)"),
+        ipl("systemd-stub: the options it received"),
+        uefi::Expected {
+            pcr: 9,
+            event_type: types::EV_EVENT_TAG,
+            sha256: options,
+            what: "Linux EFI stub: LOADED_IMAGE::LoadOptions".into(),
+        },
+        uefi::Expected {
+            pcr: 9,
+            event_type: types::EV_EVENT_TAG,
+            sha256: pcr::digest(initrd),
+            what: format!("Linux EFI stub: the initrd ({} B)", initrd.len()),
+        },
+    ]
+}
+
+/// The PCRs left out, and why.
+pub fn not_predicted() -> Vec<NotPredicted> {
+    [
+        (0, "the firmware's own code (the OVMF build the machine runs), not part of the image"),
+        (1, "the machine's configuration: QEMU's ACPI tables and the firmware's boot variables"),
+        (2, "option ROMs and drivers of the machine's devices"),
+        (3, "firmware configuration of the machine (only a separator on OVMF)"),
+        (5, "the GPT and ExitBootServices: the disk's partition table as the machine sees it (predictable, not published yet)"),
+        (6, "platform events of the machine (only a separator on OVMF)"),
+        (8, "unused by systemd-boot 252 (its PCR 8 compatibility measurement is off)"),
+        (10, "IMA, which measures files as they are opened at run time"),
+        (13, "system extension images: none are used"),
+        (14, "shim's MOK lists: no shim is used"),
+        (15, "systemd's runtime measurements (machine id, file systems): none in systemd 252"),
+    ]
+    .into_iter()
+    .map(|(pcr, why)| NotPredicted {
+        pcr,
+        why: why.to_string(),
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_both_predicted_and_left_out() {
+        let left: Vec<u32> = not_predicted().iter().map(|n| n.pcr).collect();
+        for published in [4, 7, 9, 11, 12] {
+            assert!(!left.contains(&published));
+        }
+        assert_eq!(left.len() + 5, 16, "every PCR 0-15 is predicted or named");
+    }
+}

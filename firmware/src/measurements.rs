@@ -1,0 +1,343 @@
+//! `measurements.json`: what a boot of a release measures into the TPM, per boot slot (the
+//! PCR values once the system is up, the events of the firmware's log behind them, the
+//! extends that come after the log), and which PCRs are not predicted and why. The build
+//! writes it ([`Slot::new`]); the booted agent checks the real PCRs and log against it
+//! ([`check`]) and explains any difference event by event.
+
+use crate::eventlog::{self, EventLog};
+use crate::pcr::{self, Sha256Digest};
+use crate::uefi::Expected;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The file's name in a release directory.
+pub const FILE_NAME: &str = "measurements.json";
+/// The serial number of the read-only disk that carries the file into a test machine (its
+/// bytes, padded with NULs).
+pub const DISK_SERIAL: &str = "plinth-measurements";
+/// Bumped when a field changes meaning.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurements {
+    pub format_version: u32,
+    pub os: String,
+    pub version: String,
+    /// The platform the prediction holds for.
+    pub platform: Platform,
+    /// One per boot slot (slot `null` for an OS without A/B slots).
+    pub slots: Vec<Slot>,
+    /// The PCRs not predicted, each with why.
+    pub not_predicted: Vec<NotPredicted>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    pub firmware: String,
+    pub secure_boot: bool,
+    /// The PCR bank of every value here.
+    pub bank: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slot {
+    pub slot: Option<String>,
+    /// sha256 of the slot's UKI.
+    pub uki_sha256: String,
+    /// PCR number → its value once the system is up (hex).
+    pub pcrs: BTreeMap<u32, String>,
+    /// The events of those PCRs in the firmware's log, in log order.
+    pub events: Vec<Event>,
+    /// Extends of those PCRs after the firmware's log (not in it), in order.
+    pub later: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub pcr: u32,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub sha256: String,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotPredicted {
+    pub pcr: u32,
+    pub why: String,
+}
+
+impl From<&Expected> for Event {
+    fn from(e: &Expected) -> Event {
+        Event {
+            pcr: e.pcr,
+            event_type: eventlog::type_name(e.event_type),
+            sha256: hex::encode(e.sha256),
+            what: e.what.clone(),
+        }
+    }
+}
+
+impl Slot {
+    /// The prediction of one slot from its log events and later extends; the PCR values are
+    /// their replay.
+    pub fn new(
+        slot: Option<String>,
+        uki_sha256: String,
+        events: &[Expected],
+        later: &[Expected],
+    ) -> Slot {
+        let mut values: BTreeMap<u32, Sha256Digest> = BTreeMap::new();
+        for e in events.iter().chain(later) {
+            let v = values.entry(e.pcr).or_insert([0; 32]);
+            *v = pcr::extend(*v, &e.sha256);
+        }
+        Slot {
+            slot,
+            uki_sha256,
+            pcrs: values
+                .into_iter()
+                .map(|(k, v)| (k, hex::encode(v)))
+                .collect(),
+            events: events.iter().map(Event::from).collect(),
+            later: later.iter().map(Event::from).collect(),
+        }
+    }
+}
+
+impl Measurements {
+    /// Parse the text of a measurements file; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Measurements, String> {
+        let m: Measurements = serde_json::from_str(text)
+            .map_err(|e| format!("{origin}: not a plinth measurements file: {e}"))?;
+        if m.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "{origin}: format_version {}, this plinth reads {FORMAT_VERSION}\n  hint: measure the release again with this plinth (plinth measure)",
+                m.format_version
+            ));
+        }
+        for s in &m.slots {
+            for (n, v) in &s.pcrs {
+                if pcr::from_hex(v).is_none() {
+                    return Err(format!(
+                        "{origin}: slot {}: PCR {n} is `{v}`, expected 64 hex digits",
+                        s.slot.as_deref().unwrap_or("none")
+                    ));
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// The prediction for `slot` (`None`: the OS has no slots).
+    pub fn slot(&self, slot: Option<&str>) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.slot.as_deref() == slot)
+    }
+}
+
+/// What differs between the prediction for a slot and a real boot: the live PCR values (as the
+/// TPM reports them) and the firmware's event log. Empty when every predicted PCR matches.
+pub fn check(
+    slot: &Slot,
+    live: &BTreeMap<u32, Sha256Digest>,
+    log: Option<&EventLog>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (&n, expected) in &slot.pcrs {
+        let Some(value) = live.get(&n) else {
+            problems.push(format!("PCR {n} could not be read"));
+            continue;
+        };
+        if hex::encode(value) == *expected {
+            continue;
+        }
+        let why = match log {
+            Some(log) => explain(slot, n, value, log),
+            None => "the event log could not be read to say why".into(),
+        };
+        problems.push(format!(
+            "PCR {n} is {}, measurements.json says {expected}: {why}",
+            hex::encode(value)
+        ));
+    }
+    problems
+}
+
+/// Why PCR `n` differs: the first log event that is not the predicted one, or else the
+/// extends after the log.
+fn explain(slot: &Slot, n: u32, value: &Sha256Digest, log: &EventLog) -> String {
+    let expected: Vec<&Event> = slot.events.iter().filter(|e| e.pcr == n).collect();
+    let seen: Vec<&eventlog::Event> = log.of_pcr(n).collect();
+    for i in 0..expected.len().max(seen.len()) {
+        match (expected.get(i), seen.get(i)) {
+            (Some(e), Some(s)) if e.sha256 == hex::encode(s.sha256) => continue,
+            (Some(e), Some(s)) => {
+                return format!(
+                    "event {} of PCR {n} in the log is `{}` with sha256 {}, the prediction is `{}` {} with sha256 {}",
+                    i + 1,
+                    s.describe(),
+                    hex::encode(s.sha256),
+                    e.event_type,
+                    e.what,
+                    e.sha256
+                )
+            }
+            (Some(e), None) => {
+                return format!(
+                    "the log has {} events for PCR {n}, the prediction {}; the first missing is `{}` {}",
+                    seen.len(),
+                    expected.len(),
+                    e.event_type,
+                    e.what
+                )
+            }
+            (None, Some(s)) => {
+                return format!(
+                    "the log has {} events for PCR {n}, the prediction {}; the first extra is `{}` with sha256 {}",
+                    seen.len(),
+                    expected.len(),
+                    s.describe(),
+                    hex::encode(s.sha256)
+                )
+            }
+            (None, None) => unreachable!("i is below the longer length"),
+        }
+    }
+    let replayed = log.replay().get(&n).copied().unwrap_or([0; 32]);
+    let later: Vec<&Event> = slot.later.iter().filter(|e| e.pcr == n).collect();
+    let with_later = later.iter().fold(replayed, |v, e| {
+        pcr::extend(v, &pcr::from_hex(&e.sha256).unwrap_or([0; 32]))
+    });
+    if with_later == *value {
+        "the log's events are the predicted ones, yet the value differs (a changed prediction?)"
+            .into()
+    } else {
+        let words: Vec<&str> = later.iter().map(|e| e.what.as_str()).collect();
+        format!(
+            "the log's events are the predicted ones (they replay to {}); what was extended after the log differs from the prediction ({})",
+            hex::encode(replayed),
+            if words.is_empty() {
+                "nothing".to_string()
+            } else {
+                words.join(", ")
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventlog::{self, types};
+    use crate::uefi;
+
+    fn expected(pcr: u32, data: &[u8], what: &str) -> Expected {
+        Expected {
+            pcr,
+            event_type: types::EV_IPL,
+            sha256: pcr::digest(data),
+            what: what.into(),
+        }
+    }
+
+    #[test]
+    fn a_matching_boot_passes_and_a_changed_event_is_named() {
+        let events = vec![
+            expected(11, b".cmdline\0", ".cmdline name"),
+            expected(11, b"ro quiet", ".cmdline data"),
+        ];
+        let later = vec![expected(11, b"ready", "ready")];
+        let slot = Slot::new(Some("A".into()), "00".into(), &events, &later);
+        let log_bytes = eventlog::tests::synth(&[
+            (11, types::EV_IPL, b".cmdline\0"),
+            (11, types::EV_IPL, b"ro quiet"),
+        ]);
+        let log = eventlog::parse(&log_bytes).unwrap();
+        let live: BTreeMap<u32, Sha256Digest> =
+            [(11, pcr::extend(log.replay()[&11], &pcr::digest(b"ready")))].into();
+        assert!(check(&slot, &live, Some(&log)).is_empty());
+
+        let tampered_bytes = eventlog::tests::synth(&[
+            (11, types::EV_IPL, b".cmdline\0"),
+            (11, types::EV_IPL, b"ro quiet init=/bin/sh"),
+        ]);
+        let tampered = eventlog::parse(&tampered_bytes).unwrap();
+        let live: BTreeMap<u32, Sha256Digest> = [(
+            11,
+            pcr::extend(tampered.replay()[&11], &pcr::digest(b"ready")),
+        )]
+        .into();
+        let problems = check(&slot, &live, Some(&tampered));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("PCR 11 is "), "{}", problems[0]);
+        assert!(
+            problems[0].contains("event 2 of PCR 11 in the log is `EV_IPL ro quiet init=/bin/sh`"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[0].contains("`EV_IPL` .cmdline data"),
+            "{}",
+            problems[0]
+        );
+
+        // The log as predicted, but nothing extended after it.
+        let live: BTreeMap<u32, Sha256Digest> = [(11, log.replay()[&11])].into();
+        let problems = check(&slot, &live, Some(&log));
+        assert!(
+            problems[0].contains("extended after the log differs"),
+            "{}",
+            problems[0]
+        );
+        assert_eq!(
+            check(&slot, &BTreeMap::new(), None),
+            ["PCR 11 could not be read"]
+        );
+    }
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let m = Measurements {
+            format_version: FORMAT_VERSION,
+            os: "host-os".into(),
+            version: "1.0.0".into(),
+            platform: Platform {
+                firmware: "OVMF".into(),
+                secure_boot: false,
+                bank: "sha256".into(),
+            },
+            slots: vec![Slot::new(
+                None,
+                "00".into(),
+                &uefi::pcr7_secure_boot_off(),
+                &[],
+            )],
+            not_predicted: vec![NotPredicted {
+                pcr: 0,
+                why: "firmware".into(),
+            }],
+        };
+        let text = serde_json::to_string_pretty(&m).unwrap();
+        assert_eq!(Measurements::parse(&text, "m.json").unwrap(), m);
+        assert_eq!(
+            m.slot(None).unwrap().pcrs[&7],
+            "65caf8dd1e0ea7a6347b635d2b379c93b9a1351edc2afc3ecda700e534eb3068"
+        );
+        let bad = text.replace("\"format_version\": 1", "\"format_version\": 9");
+        assert!(Measurements::parse(&bad, "m.json")
+            .unwrap_err()
+            .contains("format_version 9"));
+        let bad = text.replace("65caf8dd", "zz");
+        assert!(Measurements::parse(&bad, "m.json")
+            .unwrap_err()
+            .contains("PCR 7"));
+        assert!(Measurements::parse("{}", "m.json")
+            .unwrap_err()
+            .starts_with("m.json: not a plinth"));
+    }
+}
