@@ -109,8 +109,10 @@ fn text(out: &Output) -> String {
 }
 
 /// `plinth verify` in another place and environment: its own UTS namespace and host name,
-/// umask 077, another TZ and LANG, another working directory.
+/// umask 077, another TZ and LANG, another working directory. The verifies share one fresh
+/// agent target directory (never the builds'), so the agent's dependencies compile once.
 fn verify_elsewhere(repo: &Path, cache: &Path, release: &Path) -> Output {
+    let agent_target = cache.with_file_name("verify-agent-target");
     let elsewhere = tempfile::Builder::new()
         .prefix("other-place-")
         .tempdir()
@@ -130,6 +132,8 @@ fn verify_elsewhere(repo: &Path, cache: &Path, release: &Path) -> Output {
         .arg(release)
         .arg("--cache")
         .arg(cache)
+        .arg("--agent-target")
+        .arg(&agent_target)
         .env("TZ", "Pacific/Chatham")
         .env("LANG", "fr_FR.UTF-8")
         .env("TMPDIR", elsewhere.path())
@@ -283,33 +287,52 @@ fn every_image_reproduces_verifies_and_diffs() {
         serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["inputs"]["source_dirty"], true);
 
-    // Every first release boots with `plinth run` (OVMF → systemd-boot → UKI → dracut →
-    // dm-verity root) with a swtpm, until its agent reports the boot and the TPM's PCRs.
+    // `plinth measure` recomputes every release's measurements.json from its image.
     for os in OSES {
         let release = out1.join(os).join(VERSION);
-        let measure = plinth(
-            &repo,
-            &cache,
-            &["measure"]
-                .into_iter()
-                .chain([release.to_str().unwrap()])
-                .collect::<Vec<_>>(),
-        );
+        let measure = plinth(&repo, &cache, &["measure", release.to_str().unwrap()]);
         assert!(
             measure.status.success() && text(&measure).contains("matches the image"),
             "{os}: plinth measure: {}",
             text(&measure)
         );
-        let console = boot(&release, os, &[]);
-        let wanted = format!("PLINTH BOOT OK {os} {VERSION} slot={}", slot_of(os));
-        assert!(console.contains(&wanted), "{os}: no `{wanted}`");
-        assert_pcrs_as_predicted(&release, os, &console);
     }
+    // The boots, in two lanes at once (two cores): every first release boots with
+    // `plinth run` (OVMF → systemd-boot or not → UKI → dracut → dm-verity root) with a swtpm,
+    // until its agent reports the boot and the TPM's PCRs; then the tampered disks.
+    let (out1, tamper) = (&out1, dir.path().join("tamper"));
+    std::thread::scope(|lanes| {
+        let first = lanes.spawn(|| {
+            boot_as_predicted(out1, "guest-os");
+            boot_as_predicted(out1, "setup-os");
+            tampered_root(&out1.join("guest-os").join(VERSION), &tamper.join("root"));
+        });
+        let second = lanes.spawn(|| {
+            boot_as_predicted(out1, "host-os");
+            tampered_cmdline(&out1.join("host-os").join(VERSION), &tamper.join("cmdline"));
+        });
+        for lane in [first.join(), second.join()] {
+            if let Err(panic) = lane {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
 
-    // Tampering. A flipped byte in GuestOS's root (in its ext4 superblock, which every boot
-    // reads): dm-verity refuses the block and the boot goes no further.
-    let guest = out1.join("guest-os").join(VERSION);
-    let tampered = tampered_disk(&guest, &dir.path().join("tamper"), |disk, m| {
+/// Boot the first release of `os` to `PLINTH BOOT OK` and compare its PCRs with the
+/// prediction.
+fn boot_as_predicted(out1: &Path, os: &str) {
+    let release = out1.join(os).join(VERSION);
+    let console = boot(&release, os, &[]);
+    let wanted = format!("PLINTH BOOT OK {os} {VERSION} slot={}", slot_of(os));
+    assert!(console.contains(&wanted), "{os}: no `{wanted}`");
+    assert_pcrs_as_predicted(&release, os, &console);
+}
+
+/// A flipped byte in GuestOS's root (in its ext4 superblock, which every boot reads):
+/// dm-verity refuses the block and the boot goes no further.
+fn tampered_root(guest: &Path, scratch: &Path) {
+    let tampered = tampered_disk(guest, scratch, |disk, m| {
         let root = m.partitions.iter().find(|p| p.name == "root-a").unwrap();
         flip_byte(disk, root.offset + 1024 + 100);
     });
@@ -330,12 +353,14 @@ fn every_image_reproduces_verifies_and_diffs() {
             .unwrap_or_default()
             .trim()
     );
+    std::fs::remove_dir_all(scratch).unwrap();
+}
 
-    // A changed kernel command line in HostOS's UKI (on the ESP, same length): the booted
-    // agent finds PCR 11 (and 4, 9, 12) off its release's measurements.json and says which
-    // event differs.
-    let host = out1.join("host-os").join(VERSION);
-    let tampered = tampered_disk(&host, &dir.path().join("tamper"), |disk, m| {
+/// A changed kernel command line in HostOS's UKI (on the ESP, same length): the booted agent
+/// finds PCR 11 (and 4, 9, 12) off its release's measurements.json and says which event
+/// differs.
+fn tampered_cmdline(host: &Path, scratch: &Path) {
+    let tampered = tampered_disk(host, scratch, |disk, m| {
         let esp = m.partitions.iter().find(|p| p.role == "esp").unwrap();
         replace_once(disk, esp.offset, esp.size, b" panic=10 ", b" panic=11 ");
     });
@@ -354,6 +379,7 @@ fn every_image_reproduces_verifies_and_diffs() {
         "the agent must name the PCR 11 mismatch and the .cmdline event: {failed}"
     );
     eprintln!("host-os, command line changed: {}", failed.trim());
+    std::fs::remove_dir_all(scratch).unwrap();
 }
 
 fn slot_of(os: &str) -> &'static str {
@@ -410,7 +436,6 @@ fn tampered_disk(
 ) -> PathBuf {
     use plinth::compare::release::Release;
     let r = Release::open(release).unwrap();
-    let _ = std::fs::remove_dir_all(scratch);
     let disk = r
         .extract_member("disk-img.tar.zst", "disk.img", scratch)
         .unwrap();

@@ -13,20 +13,37 @@ pub enum Image {
     Release(Box<Release>),
 }
 
-/// How to find a release for an OS name.
-pub struct Lookup<'a> {
-    pub out: &'a Path,
-    pub release_version: Option<&'a str>,
-    /// The profile the release must hold.
-    pub profile: Option<&'a str>,
+/// The IMAGE argument and how to find a release for an OS name.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// guest-os, host-os or setup-os; a release directory; or a disk image.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// The profile the release must hold [default: whichever it holds].
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Release directory root, for an OS name.
+    #[arg(long, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Release version, for an OS name [default: the plinth version].
+    #[arg(long, value_name = "VERSION")]
+    pub release_version: Option<String>,
 }
 
-/// Resolve `image`.
-pub fn resolve(g: &Global, image: &str, l: &Lookup<'_>) -> anyhow::Result<Image> {
+impl ImageArgs {
+    /// What the arguments name.
+    pub fn resolve(&self, g: &Global) -> anyhow::Result<Image> {
+        resolve(g, self)
+    }
+}
+
+fn resolve(g: &Global, l: &ImageArgs) -> anyhow::Result<Image> {
+    let image = l.image.as_str();
     let given = Path::new(image);
     let is_os = crate::spec::OS_NAMES.contains(&image);
+    let profile = l.profile.as_deref();
     if given.is_file() && !is_os {
-        if l.profile.is_some() {
+        if profile.is_some() {
             return Err(BadInput(format!(
                 "{}: a disk image has no profile to check\n  hint: drop --profile, or name an OS or a release directory",
                 given.display()
@@ -38,18 +55,18 @@ pub fn resolve(g: &Global, image: &str, l: &Lookup<'_>) -> anyhow::Result<Image>
     let dir = if is_os {
         let version = l
             .release_version
-            .map(str::to_string)
+            .clone()
             .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
         let base = match &g.root {
-            Some(root) if l.out.is_relative() => root.join(l.out),
-            _ => l.out.to_path_buf(),
+            Some(root) if l.out.is_relative() => root.join(&l.out),
+            _ => l.out.clone(),
         };
         let dir = base.join(image).join(&version);
         if !dir.is_dir() {
             return Err(BadInput(format!(
                 "{}: no release of {image} {version}\n  hint: build it first: plinth build {image} --profile {}{}",
                 dir.display(),
-                l.profile.unwrap_or("test"),
+                profile.unwrap_or("test"),
                 if l.release_version.is_some() {
                     format!(" --release-version {version}")
                 } else {
@@ -69,7 +86,7 @@ pub fn resolve(g: &Global, image: &str, l: &Lookup<'_>) -> anyhow::Result<Image>
     };
     let release = Release::open(&dir).map_err(|e| BadInput(e.to_string()))?;
     let m = &release.manifest;
-    if let Some(p) = l.profile {
+    if let Some(p) = profile {
         if m.profile != p {
             return Err(BadInput(format!(
                 "{}: holds the {} profile of {}, not {p}\n  hint: plinth build {} --profile {p}",

@@ -3,7 +3,7 @@
 //! every slot's UKI from the update archive) or a raw disk image (its ESP). Prints them, writes
 //! `measurements.json` with `-o`, and checks a release's published file against the image.
 
-use super::image::{self, Image, Lookup};
+use super::image::{Image, ImageArgs};
 use super::{BadInput, CheckFailed, Global, Output};
 use crate::pipeline::{esp, measure, release};
 use anyhow::Context;
@@ -29,18 +29,8 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
-    /// guest-os, host-os or setup-os; a release directory; or a disk image.
-    #[arg(value_name = "IMAGE")]
-    pub image: String,
-    /// The profile the release must hold [default: whichever it holds].
-    #[arg(long, value_name = "NAME")]
-    pub profile: Option<String>,
-    /// Release directory root, for an OS name.
-    #[arg(long, default_value = "out", value_name = "DIR")]
-    pub out: PathBuf,
-    /// Release version, for an OS name [default: the plinth version].
-    #[arg(long, value_name = "VERSION")]
-    pub release_version: Option<String>,
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Write measurements.json here.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -48,17 +38,12 @@ pub struct Args {
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
-    let lookup = Lookup {
-        out: &args.out,
-        release_version: args.release_version.as_deref(),
-        profile: args.profile.as_deref(),
-    };
     let scratch = tempfile::Builder::new()
         .prefix("plinth-measure-")
         .tempdir()
         .context("creating a temporary directory")?;
     let esp_image = scratch.path().join("esp.img");
-    let (measured, published) = match image::resolve(g, &args.image, &lookup)? {
+    let (measured, published) = match args.image.resolve(g)? {
         Image::Disk(disk) => (from_disk(&disk, &esp_image)?, None),
         Image::Release(r) => {
             let published = r.dir.join(release::MEASUREMENTS);
@@ -143,6 +128,9 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
     std::io::copy(&mut src.take(len), &mut dst)?;
     let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH)?;
     let mut ukis = Vec::new();
+    if measure::is_uki(&loader) {
+        ukis.push((measure::LOADER_PATH.to_string(), loader.clone()));
+    }
     for entry in esp::list_fat(esp_image)? {
         if !entry.is_dir && entry.path.starts_with("EFI/Linux/") && entry.path.ends_with(".efi") {
             ukis.push((
@@ -152,7 +140,11 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         }
     }
     if ukis.is_empty() {
-        return Err(bad("its ESP has no UKI in EFI/Linux/".into()).into());
+        return Err(bad(format!(
+            "its ESP has no UKI (in EFI/Linux/ or as {})",
+            measure::LOADER_PATH
+        ))
+        .into());
     }
     // Which OS, version and slot each UKI is, from its own .osrel and .cmdline.
     let (mut os, mut version) = (String::new(), String::new());

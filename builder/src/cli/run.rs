@@ -2,7 +2,7 @@
 //! (`out/<os>/<version>`), a release directory, or a raw disk image. The console is shown
 //! on the terminal; with `--expect` the run ends as soon as the text appears.
 
-use super::image::{self, Image, Lookup};
+use super::image::{Image, ImageArgs};
 use super::{BadInput, CheckFailed, Global, Output};
 use crate::vm::{self, accel::Accel, Echo, Ending, Machine, Watch};
 use anyhow::Context;
@@ -35,18 +35,8 @@ Examples:
 #[derive(Debug, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
-    /// guest-os, host-os or setup-os; a release directory; or a disk image.
-    #[arg(value_name = "IMAGE")]
-    pub image: String,
-    /// The profile the release must hold [default: whichever it holds].
-    #[arg(long, value_name = "NAME")]
-    pub profile: Option<String>,
-    /// Release directory root, for an OS name.
-    #[arg(long, default_value = "out", value_name = "DIR")]
-    pub out: PathBuf,
-    /// Release version, for an OS name [default: the plinth version].
-    #[arg(long, value_name = "VERSION")]
-    pub release_version: Option<String>,
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Attach a software TPM 2.0 (swtpm), fresh for this run.
     #[arg(long)]
     pub tpm: bool,
@@ -229,12 +219,7 @@ fn boot_disk(
     args: &Args,
     scratch: &Path,
 ) -> anyhow::Result<(PathBuf, String, Option<PathBuf>)> {
-    let lookup = Lookup {
-        out: &args.out,
-        release_version: args.release_version.as_deref(),
-        profile: args.profile.as_deref(),
-    };
-    let release = match image::resolve(g, &args.image, &lookup)? {
+    let release = match args.image.resolve(g)? {
         Image::Disk(disk) => {
             let label = disk.display().to_string();
             return Ok((disk, label, None));

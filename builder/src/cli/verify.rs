@@ -36,6 +36,11 @@ pub struct Args {
     /// Work directory (kept afterwards) [default: a temporary one].
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
+    /// Cargo target directory for rebuilding the agent [default: a fresh one in the work
+    /// directory]. Several verifies may share one (its dependencies compile once); never
+    /// point it at the original build's.
+    #[arg(long, value_name = "DIR")]
+    pub agent_target: Option<PathBuf>,
     /// Paths listed per differing partition or member (0: all).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub limit: usize,
@@ -118,7 +123,10 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         dirty: false,
         cache: &cache,
         stage_cache: None,
-        agent_target: &work.join("agent-target"),
+        agent_target: &args
+            .agent_target
+            .clone()
+            .unwrap_or_else(|| work.join("agent-target")),
         work: &work.join("work"),
         release_dir: &rebuilt_dir,
         offline: args.offline,

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
-use crate::spec::{Partition, Profile, Role, Slot};
+use crate::spec::{BootLoader, Partition, Profile, Role, Slot};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -567,12 +567,17 @@ fn run_stages(
                     source: Box::new(e),
                 }
             })?;
-            let files = [
-                esp::FatFile::new("EFI/BOOT/BOOTX64.EFI", &bootloader),
-                esp::FatFile::new("EFI/systemd/systemd-bootx64.efi", &bootloader),
-                esp::FatFile::new(format!("EFI/Linux/{entry}"), &first.uki),
-                esp::FatFile::new("loader/loader.conf", &loader_conf),
-            ];
+            let files = match p.boot_loader {
+                BootLoader::SystemdBoot => vec![
+                    esp::FatFile::new(super::measure::LOADER_PATH, &bootloader),
+                    esp::FatFile::new("EFI/systemd/systemd-bootx64.efi", &bootloader),
+                    esp::FatFile::new(format!("EFI/Linux/{entry}"), &first.uki),
+                    esp::FatFile::new("loader/loader.conf", &loader_conf),
+                ],
+                BootLoader::None => {
+                    vec![esp::FatFile::new(super::measure::LOADER_PATH, &first.uki)]
+                }
+            };
             let opts = esp::FatOptions {
                 size: part.size.bytes(),
                 volume_id: esp::volume_id(&ids, "esp/volume-id"),

@@ -18,14 +18,16 @@ pub const PLATFORM_FIRMWARE: &str =
 /// initrd has no pcrphase (dracut includes it only on request), the system extends these.
 pub const BOOT_PHASES: [&str; 2] = ["sysinit", "ready"];
 
-/// The boot loader's path on the ESP, where the firmware's default boot option finds it.
+/// The firmware's default boot path on the ESP: systemd-boot, or the UKI itself for an OS
+/// without a boot loader.
 pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 
 /// One slot's boot files.
 pub struct SlotFiles<'a> {
     /// `A`, `B`, or `None` for an OS without slots.
     pub slot: Option<String>,
-    /// The UKI's path on the ESP (e.g. `EFI/Linux/host-os-a.efi`).
+    /// The UKI's path on the ESP (e.g. `EFI/Linux/host-os-a.efi`) when a boot loader starts
+    /// it (without one, the firmware starts it from [`LOADER_PATH`]).
     pub uki_path: String,
     pub uki: &'a [u8],
 }
@@ -46,20 +48,28 @@ fn efi_path(path: &str) -> String {
     format!("\\{}", path.replace('/', "\\"))
 }
 
-/// The prediction for a boot of `loader` (systemd-boot) into each slot's UKI.
+/// Whether the file at the default boot path is a UKI (it has a `.linux` section), so that
+/// the firmware starts the UKI directly, with no boot loader.
+pub fn is_uki(default_boot: &[u8]) -> bool {
+    uki::section(default_boot, ".linux").is_ok()
+}
+
+/// The prediction for a boot of `default_boot` (systemd-boot, which starts the slot's UKI,
+/// or the slot's UKI itself: see [`is_uki`]) for each slot.
 pub fn predict(
     os: &str,
     version: &str,
-    loader: &[u8],
+    default_boot: &[u8],
     slots: &[SlotFiles<'_>],
 ) -> Result<Measurements, MeasureError> {
+    let loader = (!is_uki(default_boot)).then_some(default_boot);
     let pe = |file: &str, bytes: &[u8]| {
         authenticode::sha256(bytes).map_err(|source| MeasureError::Pe {
             file: file.to_string(),
             source,
         })
     };
-    let loader_digest = pe(LOADER_PATH, loader)?;
+    let loader_digest = loader.map(|l| pe(LOADER_PATH, l)).transpose()?;
     let mut out = Vec::new();
     for s in slots {
         let bad_uki = |source| MeasureError::Uki {
@@ -67,20 +77,24 @@ pub fn predict(
             source,
         };
         let linux = uki::section(s.uki, ".linux").map_err(bad_uki)?;
-        let mut events = uefi::pcr4_boot(&[
-            (
-                format!("{} (systemd-boot)", efi_path(LOADER_PATH)),
-                loader_digest,
-            ),
-            (
-                format!("{} (the slot's UKI)", efi_path(&s.uki_path)),
-                pe(&s.uki_path, s.uki)?,
-            ),
-            (
-                "the UKI's .linux section (the kernel), started by systemd-stub".into(),
-                pe(&format!("{}: .linux", s.uki_path), &linux)?,
-            ),
-        ]);
+        let mut images = Vec::new();
+        if let Some(digest) = loader_digest {
+            images.push((format!("{} (systemd-boot)", efi_path(LOADER_PATH)), digest));
+        }
+        let uki_path = if loader.is_some() {
+            s.uki_path.as_str()
+        } else {
+            LOADER_PATH
+        };
+        images.push((
+            format!("{} (the slot's UKI)", efi_path(uki_path)),
+            pe(&s.uki_path, s.uki)?,
+        ));
+        images.push((
+            "the UKI's .linux section (the kernel), started by systemd-stub".into(),
+            pe(&format!("{}: .linux", s.uki_path), &linux)?,
+        ));
+        let mut events = uefi::pcr4_boot(&images);
         events.extend(uefi::pcr7_secure_boot_off());
         for (what, sha256) in uki::stub_pcr11_events(s.uki).map_err(bad_uki)? {
             events.push(uefi::Expected {
@@ -93,6 +107,7 @@ pub fn predict(
         events.extend(command_line_events(
             &uki::section(s.uki, ".cmdline").map_err(bad_uki)?,
             &uki::section(s.uki, ".initrd").map_err(bad_uki)?,
+            loader.is_some(),
         ));
         let later: Vec<uefi::Expected> = BOOT_PHASES
             .iter()
@@ -120,15 +135,16 @@ pub fn predict(
             bank: "sha256".into(),
         },
         slots: out,
-        not_predicted: not_predicted(),
+        not_predicted: not_predicted(loader.is_some()),
     })
 }
 
-/// PCR 12 and PCR 9 for a UKI with this `.cmdline` and `.initrd` started by systemd-boot:
-/// systemd-boot measures the options it passes (the UKI's `.cmdline`) into PCR 12, the stub
-/// measures the options it received again, then Linux's EFI stub tags the options and the
-/// initrd into PCR 9. The options are measured as UTF-16LE with their NUL.
-fn command_line_events(cmdline: &[u8], initrd: &[u8]) -> Vec<uefi::Expected> {
+/// PCR 12 and PCR 9 for a UKI with this `.cmdline` and `.initrd`: systemd-boot (if it
+/// started the UKI) measures the options it passes (the UKI's `.cmdline`) into PCR 12, and
+/// the stub measures the options it received again (started by the firmware, the UKI gets
+/// none and uses its own `.cmdline` unmeasured); then Linux's EFI stub tags the options and
+/// the initrd into PCR 9. The options are measured as UTF-16LE with their NUL.
+fn command_line_events(cmdline: &[u8], initrd: &[u8], loader: bool) -> Vec<uefi::Expected> {
     let text = String::from_utf8_lossy(cmdline);
     let text = text.trim_end_matches(['\0', '\n']);
     let mut utf16: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
@@ -140,9 +156,14 @@ fn command_line_events(cmdline: &[u8], initrd: &[u8]) -> Vec<uefi::Expected> {
         sha256: options,
         what: what.into(),
     };
-    vec![
-        ipl("systemd-boot: the options it passes (the UKI's .cmdline)"),
-        ipl("systemd-stub: the options it received"),
+    let mut events = Vec::new();
+    if loader {
+        events.push(ipl(
+            "systemd-boot: the options it passes (the UKI's .cmdline)",
+        ));
+        events.push(ipl("systemd-stub: the options it received"));
+    }
+    events.extend([
         uefi::Expected {
             pcr: 9,
             event_type: types::EV_EVENT_TAG,
@@ -155,12 +176,14 @@ fn command_line_events(cmdline: &[u8], initrd: &[u8]) -> Vec<uefi::Expected> {
             sha256: pcr::digest(initrd),
             what: format!("Linux EFI stub: the initrd ({} B)", initrd.len()),
         },
-    ]
+    ]);
+    events
 }
 
-/// The PCRs left out, and why.
-pub fn not_predicted() -> Vec<NotPredicted> {
-    [
+/// The PCRs left out, and why (PCR 12 too when no boot loader passes options: nothing is
+/// measured into it, and a PCR without events is not published).
+pub fn not_predicted(loader: bool) -> Vec<NotPredicted> {
+    let mut left: Vec<(u32, &str)> = vec![
         (0, "the firmware's own code (the OVMF build the machine runs), not part of the image"),
         (1, "the machine's configuration: QEMU's ACPI tables and the firmware's boot variables"),
         (2, "option ROMs and drivers of the machine's devices"),
@@ -172,13 +195,17 @@ pub fn not_predicted() -> Vec<NotPredicted> {
         (13, "system extension images: none are used"),
         (14, "shim's MOK lists: no shim is used"),
         (15, "systemd's runtime measurements (machine id, file systems): none in systemd 252"),
-    ]
-    .into_iter()
-    .map(|(pcr, why)| NotPredicted {
-        pcr,
-        why: why.to_string(),
-    })
-    .collect()
+    ];
+    if !loader {
+        left.push((12, "no boot loader passes options to the UKI, so nothing is measured into it (it stays zero)"));
+        left.sort();
+    }
+    left.into_iter()
+        .map(|(pcr, why)| NotPredicted {
+            pcr,
+            why: why.to_string(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -187,10 +214,12 @@ mod tests {
 
     #[test]
     fn nothing_is_both_predicted_and_left_out() {
-        let left: Vec<u32> = not_predicted().iter().map(|n| n.pcr).collect();
+        let left: Vec<u32> = not_predicted(true).iter().map(|n| n.pcr).collect();
         for published in [4, 7, 9, 11, 12] {
             assert!(!left.contains(&published));
         }
         assert_eq!(left.len() + 5, 16, "every PCR 0-15 is predicted or named");
+        let without_loader: Vec<u32> = not_predicted(false).iter().map(|n| n.pcr).collect();
+        assert!(without_loader.contains(&12) && without_loader.windows(2).all(|w| w[0] < w[1]));
     }
 }

@@ -131,6 +131,22 @@ pub enum Slot {
 pub struct Kernel {
     /// Kernel command line arguments (`root=` and verity arguments are added by the builder).
     pub cmdline: Vec<String>,
+    /// How UEFI firmware reaches the slot's UKI on the ESP.
+    #[serde(default)]
+    pub boot_loader: BootLoader,
+}
+
+/// How UEFI firmware reaches the UKI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootLoader {
+    /// systemd-boot as `\EFI\BOOT\BOOTX64.EFI`, the slot's UKI in `\EFI\Linux\` (its
+    /// default entry names it).
+    #[default]
+    SystemdBoot,
+    /// No boot loader: the slot's UKI itself is `\EFI\BOOT\BOOTX64.EFI` (an OS that a VMM
+    /// launches by direct kernel boot in production, and that chooses its slot there).
+    None,
 }
 
 /// What a profile changes relative to the spec's defaults.
@@ -167,6 +183,7 @@ pub struct Profile {
     pub disk_size: Size,
     pub partitions: Vec<Partition>,
     pub cmdline: Vec<String>,
+    pub boot_loader: BootLoader,
 }
 
 impl OsSpec {
@@ -213,6 +230,7 @@ impl OsSpec {
             disk_size: p.disk_size.unwrap_or(self.disk.size),
             partitions,
             cmdline,
+            boot_loader: self.kernel.boot_loader,
         })
     }
 }
