@@ -173,8 +173,13 @@ pub fn report(agent_os: &str) -> bool {
         Err(e) => problems.push(format!("systemctl could not be run: {e}")),
     }
     let mut lines = Vec::new();
+    let expected = measured::load_expected(None);
     if measured::tpm_present() {
-        problems.extend(measured_boot(&id, &mut lines));
+        problems.extend(measured_boot(&id, expected, &mut lines));
+    } else if let Ok(Some((_, origin))) = &expected {
+        problems.push(format!(
+            "measured boot: {origin} is attached, but there is no TPM at /dev/tpmrm0\n  hint: give the machine a TPM 2.0 (plinth run --tpm), or check that the kernel's TPM driver loaded"
+        ));
     }
     let line = marker(&id, &problems);
     lines.push(line);
@@ -182,34 +187,38 @@ pub fn report(agent_os: &str) -> bool {
     problems.is_empty()
 }
 
-/// Read the TPM's PCRs and the event log into `lines`, and check them against the
-/// measurements disk if the machine has one; the problems found.
-fn measured_boot(id: &Identity, lines: &mut Vec<String>) -> Vec<String> {
+/// Read the TPM's PCRs and the event log into `lines`, and check them against `expected`
+/// (the measurements disk, if the machine has one); the problems found.
+fn measured_boot(
+    id: &Identity,
+    expected: Result<Option<(measured::Measurements, String)>, String>,
+    lines: &mut Vec<String>,
+) -> Vec<String> {
     let observed = match measured::observe() {
         Ok(o) => o,
         Err(why) => return vec![format!("measured boot: {why}")],
     };
     lines.extend(measured::lines(&observed));
-    let Some(device) = measured::measurements_device(std::path::Path::new("/sys/block")) else {
-        lines.push(format!(
-            "PLINTH TPM no disk with serial {} attached: the PCRs are not checked",
-            measured::MEASUREMENTS_SERIAL
-        ));
-        return Vec::new();
-    };
-    let origin = format!("{} (measurements.json)", device.display());
-    let expected = std::fs::read(&device)
-        .map_err(|e| format!("{origin}: {e}"))
-        .and_then(|bytes| measured::parse_measurements(&bytes, &origin));
     let problems = match expected {
-        Ok(m) => measured::check(&observed, &m, id.slot.as_deref()),
+        Ok(None) => {
+            lines.push(format!(
+                "PLINTH TPM no disk with serial {} attached: the PCRs are not checked",
+                measured::MEASUREMENTS_SERIAL
+            ));
+            return Vec::new();
+        }
+        Ok(Some((m, origin))) => {
+            let problems =
+                measured::check(&observed, &m, (&id.os, &id.version), id.slot.as_deref());
+            if problems.is_empty() {
+                lines.push(format!(
+                    "PLINTH TPM measurements.json matches: every predicted PCR is the live one ({origin})"
+                ));
+            }
+            problems
+        }
         Err(why) => vec![why],
     };
-    if problems.is_empty() {
-        lines.push(format!(
-            "PLINTH TPM measurements.json matches: every predicted PCR is the live one ({origin})"
-        ));
-    }
     problems
         .into_iter()
         .map(|p| format!("measured boot: {p}"))
@@ -301,9 +310,14 @@ pub struct MeasuredBootArgs {
 impl MeasuredBootArgs {
     /// Run the verb; the process's exit code.
     pub fn run(&self) -> std::process::ExitCode {
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let slot = cmdline_value(&cmdline, "plinth.slot");
-        match measured::show(self.expect.as_deref(), slot, self.json) {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let id = Identity::read(&read("/etc/os-release"), &read("/proc/cmdline"));
+        match measured::show(
+            self.expect.as_deref(),
+            (&id.os, &id.version),
+            id.slot.as_deref(),
+            self.json,
+        ) {
             Ok(true) => std::process::ExitCode::SUCCESS,
             Ok(false) => std::process::ExitCode::FAILURE,
             Err(why) => {

@@ -5,7 +5,8 @@
 //! file's bytes padded with NULs).
 
 use plinth_firmware::eventlog::{self, EventLog};
-use plinth_firmware::measurements::{self, Measurements};
+use plinth_firmware::measurements;
+pub use plinth_firmware::measurements::Measurements;
 use plinth_firmware::pcr::Sha256Digest;
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -134,9 +135,39 @@ pub fn lines(observed: &Observed) -> Vec<String> {
     out
 }
 
-/// What differs from `expected` for the boot of `slot`: empty if every predicted PCR is
-/// the live one.
-pub fn check(observed: &Observed, expected: &Measurements, slot: Option<&str>) -> Vec<String> {
+/// The measurements.json to check against and where it came from: `file` if given, else
+/// the measurements disk if the machine has one; `None` if neither.
+pub fn load_expected(
+    file: Option<&std::path::Path>,
+) -> Result<Option<(Measurements, String)>, String> {
+    let (path, origin) = match file {
+        Some(f) => (f.to_path_buf(), f.display().to_string()),
+        None => match measurements_device(std::path::Path::new("/sys/block")) {
+            Some(dev) => {
+                let origin = format!("{} (measurements.json)", dev.display());
+                (dev, origin)
+            }
+            None => return Ok(None),
+        },
+    };
+    let bytes = std::fs::read(&path).map_err(|e| format!("{origin}: {e}"))?;
+    Ok(Some((parse_measurements(&bytes, &origin)?, origin)))
+}
+
+/// What differs from `expected` for the boot of `os` `version` from `slot`: empty if the
+/// file is for this image and every predicted PCR is the live one.
+pub fn check(
+    observed: &Observed,
+    expected: &Measurements,
+    (os, version): (&str, &str),
+    slot: Option<&str>,
+) -> Vec<String> {
+    if (expected.os.as_str(), expected.version.as_str()) != (os, version) {
+        return vec![format!(
+            "measurements.json is for {} {}, but this is {os} {version}\n  hint: give the machine the measurements.json of the release it boots",
+            expected.os, expected.version
+        )];
+    }
     let Some(prediction) = expected.slot(slot) else {
         return vec![format!(
             "measurements.json has no prediction for slot {} (it has: {})",
@@ -154,45 +185,25 @@ pub fn check(observed: &Observed, expected: &Measurements, slot: Option<&str>) -
 
 /// The agents' `measured-boot` verb: print the PCRs and the log (as console lines, or as
 /// JSON), checked against `expect` (a measurements.json file, or the measurements disk if
-/// the machine has one) for `slot`. Returns whether nothing differs.
+/// the machine has one) for the image `id` (os, version) booted from `slot`. Returns
+/// whether nothing differs.
 pub fn show(
     expect: Option<&std::path::Path>,
+    id: (&str, &str),
     slot: Option<&str>,
     json: bool,
 ) -> Result<bool, String> {
     let observed = observe()?;
-    let expected = match expect {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            Some(parse_measurements(&bytes, &path.display().to_string())?)
-        }
-        None => match measurements_device(std::path::Path::new("/sys/block")) {
-            Some(dev) => {
-                let bytes = std::fs::read(&dev).map_err(|e| format!("{}: {e}", dev.display()))?;
-                Some(parse_measurements(&bytes, &dev.display().to_string())?)
-            }
-            None => None,
-        },
-    };
+    let expected = load_expected(expect)?.map(|(m, _)| m);
     let problems = expected
         .as_ref()
-        .map(|m| check(&observed, m, slot))
+        .map(|m| check(&observed, m, id, slot))
         .unwrap_or_default();
     if json {
         let events: Vec<measurements::Event> = observed
             .log
             .as_ref()
-            .map(|log| {
-                log.events
-                    .iter()
-                    .map(|e| measurements::Event {
-                        pcr: e.pcr,
-                        event_type: eventlog::type_name(e.event_type),
-                        sha256: hex::encode(e.sha256),
-                        what: e.describe(),
-                    })
-                    .collect()
-            })
+            .map(|log| log.events.iter().map(measurements::Event::from).collect())
             .unwrap_or_default();
         let pcrs: BTreeMap<u32, String> = observed
             .pcrs

@@ -100,11 +100,20 @@ fn uki_started_by_the_firmware() {
         "{}",
         pcr4[2].what
     );
-    assert!(
-        !s.pcrs.contains_key(&12),
+    assert_eq!(
+        s.pcrs[&12],
+        hex::encode([0u8; 32]),
         "nothing passes options, nothing is measured"
     );
-    assert!(m.not_predicted.iter().any(|n| n.pcr == 12));
+    assert!(m.not_predicted.iter().all(|n| n.pcr != 12));
+    // The ESP's UKI must be one of the slots'.
+    let other = SlotFiles {
+        slot: Some("A".into()),
+        uki_path: "EFI/Linux/guest-os-a.efi".into(),
+        uki: &uki[..uki.len() - 1],
+    };
+    let e = measure::predict("guest-os", "1.0.0", &uki, &[other]).unwrap_err();
+    assert!(e.to_string().contains("none of the slots' UKIs"), "{e}");
     let d = options_digest();
     assert_eq!(
         s.pcrs[&9],
@@ -114,12 +123,12 @@ fn uki_started_by_the_firmware() {
 
 #[test]
 fn what_is_not_pe_is_named() {
-    let uki = uki();
     let slots = [SlotFiles {
         slot: None,
         uki_path: "EFI/Linux/setup-os.efi".into(),
         uki: b"not a PE",
     }];
-    let e = measure::predict("setup-os", "1.0.0", &uki, &slots).unwrap_err();
+    let loader = std::fs::read(SYSTEMD_BOOT).unwrap();
+    let e = measure::predict("setup-os", "1.0.0", &loader, &slots).unwrap_err();
     assert!(e.to_string().starts_with("EFI/Linux/setup-os.efi: "), "{e}");
 }

@@ -9,11 +9,11 @@
 //!   artifact byte for byte;
 //! - one overlay file changed: the rebuild reuses the package stage, `plinth diff` lists the
 //!   file, and `plinth verify` of that release fails naming it;
-//! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot,
-//!   its UKI and the dm-verity root until its agent prints `PLINTH BOOT OK <os> <version>
+//! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot
+//!   (GuestOS: OVMF starts its UKI), its UKI and the dm-verity root until its agent prints `PLINTH BOOT OK <os> <version>
 //!   slot=<A|none>`; the PCRs the agent read from the TPM equal those of the release's
-//!   measurements.json (PCR 4, 7, 9, 11, 12), which `plinth measure` recomputes from the
-//!   image;
+//!   measurements.json (PCR 4, 7, 9, 11, 12; GuestOS's 12 predicted zero), which
+//!   `plinth measure` recomputes from the image;
 //! - tampering: one flipped byte in GuestOS's verity-protected root stops its boot with a
 //!   dm-verity error on the console; a changed command line in HostOS's UKI makes its agent
 //!   report the PCR 11 mismatch against measurements.json.
@@ -325,7 +325,14 @@ fn boot_as_predicted(out1: &Path, os: &str) {
     let release = out1.join(os).join(VERSION);
     let console = boot(&release, os, &[]);
     let wanted = format!("PLINTH BOOT OK {os} {VERSION} slot={}", slot_of(os));
-    assert!(console.contains(&wanted), "{os}: no `{wanted}`");
+    let report = console
+        .lines()
+        .find(|l| l.contains("PLINTH BOOT "))
+        .unwrap_or_default();
+    assert!(
+        console.contains(&wanted),
+        "{os}: `{report}`, not `{wanted}` (console log target/tmp/boot-{os}.log)"
+    );
     assert_pcrs_as_predicted(&release, os, &console);
 }
 

@@ -280,7 +280,10 @@ fn describe_data(e: &Event) -> String {
                 .get(16..24)
                 .map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()) as usize)
                 .unwrap_or(0);
-            d.get(32..32 + 2 * chars)
+            chars
+                .checked_mul(2)
+                .and_then(|n| n.checked_add(32))
+                .and_then(|end| d.get(32..end))
                 .and_then(utf16)
                 .unwrap_or_else(|| "(variable)".into())
         }

@@ -72,6 +72,17 @@ pub struct NotPredicted {
     pub why: String,
 }
 
+impl From<&eventlog::Event> for Event {
+    fn from(e: &eventlog::Event) -> Event {
+        Event {
+            pcr: e.pcr,
+            event_type: eventlog::type_name(e.event_type),
+            sha256: hex::encode(e.sha256),
+            what: e.describe(),
+        }
+    }
+}
+
 impl From<&Expected> for Event {
     fn from(e: &Expected) -> Event {
         Event {
@@ -85,14 +96,16 @@ impl From<&Expected> for Event {
 
 impl Slot {
     /// The prediction of one slot from its log events and later extends; the PCR values are
-    /// their replay.
+    /// their replay, and `untouched` PCRs (no events at all) are predicted to stay zero.
     pub fn new(
         slot: Option<String>,
         uki_sha256: String,
         events: &[Expected],
         later: &[Expected],
+        untouched: &[u32],
     ) -> Slot {
-        let mut values: BTreeMap<u32, Sha256Digest> = BTreeMap::new();
+        let mut values: BTreeMap<u32, Sha256Digest> =
+            untouched.iter().map(|&n| (n, [0; 32])).collect();
         for e in events.iter().chain(later) {
             let v = values.entry(e.pcr).or_insert([0; 32]);
             *v = pcr::extend(*v, &e.sha256);
@@ -122,11 +135,22 @@ impl Measurements {
             ));
         }
         for s in &m.slots {
+            let slot = s.slot.as_deref().unwrap_or("none");
+            let canonical = |v: &str| pcr::from_hex(v).is_some_and(|d| hex::encode(d) == v);
             for (n, v) in &s.pcrs {
-                if pcr::from_hex(v).is_none() {
+                if !canonical(v) {
                     return Err(format!(
-                        "{origin}: slot {}: PCR {n} is `{v}`, expected 64 hex digits",
-                        s.slot.as_deref().unwrap_or("none")
+                        "{origin}: slot {slot}: PCR {n} is `{v}`, expected 64 lower-case hex digits"
+                    ));
+                }
+            }
+            for (i, e) in s.events.iter().chain(&s.later).enumerate() {
+                if !canonical(&e.sha256) {
+                    return Err(format!(
+                        "{origin}: slot {slot}: event {} ({}) has sha256 `{}`, expected 64 lower-case hex digits",
+                        i + 1,
+                        e.what,
+                        e.sha256
                     ));
                 }
             }
@@ -252,7 +276,7 @@ mod tests {
             expected(11, b"ro quiet", ".cmdline data"),
         ];
         let later = vec![expected(11, b"ready", "ready")];
-        let slot = Slot::new(Some("A".into()), "00".into(), &events, &later);
+        let slot = Slot::new(Some("A".into()), "00".into(), &events, &later, &[12]);
         let log_bytes = eventlog::tests::synth(&[
             (11, types::EV_IPL, b".cmdline\0"),
             (11, types::EV_IPL, b"ro quiet"),
@@ -260,6 +284,13 @@ mod tests {
         let log = eventlog::parse(&log_bytes).unwrap();
         let live: BTreeMap<u32, Sha256Digest> =
             [(11, pcr::extend(log.replay()[&11], &pcr::digest(b"ready")))].into();
+        assert_eq!(
+            check(&slot, &live, Some(&log)),
+            ["PCR 12 could not be read"],
+            "an untouched PCR is published as zero and checked"
+        );
+        let mut live = live;
+        live.insert(12, [0; 32]);
         assert!(check(&slot, &live, Some(&log)).is_empty());
 
         let tampered_bytes = eventlog::tests::synth(&[
@@ -315,6 +346,7 @@ mod tests {
                 None,
                 "00".into(),
                 &uefi::pcr7_secure_boot_off(),
+                &[],
                 &[],
             )],
             not_predicted: vec![NotPredicted {

@@ -24,6 +24,11 @@ pub fn replay<'a>(digests: impl IntoIterator<Item = &'a Sha256Digest>) -> Sha256
     digests.into_iter().fold([0; 32], extend)
 }
 
+/// `text` as UTF-16LE, as UEFI measures names and command lines (no NUL added).
+pub fn utf16le(text: &str) -> Vec<u8> {
+    text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+}
+
 /// A digest from 64 hex digits; `None` for anything else.
 pub fn from_hex(text: &str) -> Option<Sha256Digest> {
     let bytes = hex::decode(text.trim()).ok()?;

@@ -55,7 +55,7 @@ pub fn separator(pcr: u32) -> Expected {
 /// An EV_EFI_VARIABLE_DRIVER_CONFIG event: the digest covers the whole UEFI_VARIABLE_DATA
 /// (GUID, name length in characters, data length, UTF-16 name without NUL, data).
 fn variable(pcr: u32, vendor: [u8; 16], name: &str, data: &[u8]) -> Expected {
-    let name16: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    let name16 = pcr::utf16le(name);
     let mut v = vendor.to_vec();
     v.extend_from_slice(&(name.encode_utf16().count() as u64).to_le_bytes());
     v.extend_from_slice(&(data.len() as u64).to_le_bytes());

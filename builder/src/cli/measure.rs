@@ -97,14 +97,38 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             Measurements::parse(&text, &published.display().to_string()).map_err(BadInput)?;
         if theirs != measured {
             return Err(CheckFailed(format!(
-                "{}: differs from what the release's own boot files give (printed above)\n  hint: the release was altered, or built by a plinth that predicts otherwise",
-                published.display()
+                "{}: {}, not what the release's own boot files give (printed above)\n  hint: the release was altered, or built by a plinth that predicts otherwise",
+                published.display(),
+                first_difference(&theirs, &measured)
             ))
             .into());
         }
         out.info(format!("{} matches the image", published.display()));
     }
     Ok(())
+}
+
+/// The first thing `published` says differently from `measured`, in words.
+fn first_difference(published: &Measurements, measured: &Measurements) -> String {
+    for m in &measured.slots {
+        let name = m.slot.as_deref().unwrap_or("none");
+        let Some(p) = published.slot(m.slot.as_deref()) else {
+            return format!("has no slot {name}");
+        };
+        for (n, value) in &m.pcrs {
+            match p.pcrs.get(n) {
+                Some(v) if v == value => {}
+                Some(v) => {
+                    return format!("says PCR {n} of slot {name} is {v} (the image gives {value})")
+                }
+                None => return format!("does not predict PCR {n} of slot {name}"),
+            }
+        }
+        if p != m {
+            return format!("lists other events for slot {name}");
+        }
+    }
+    "differs in its other fields (slots, platform or the PCRs not predicted)".into()
 }
 
 /// The prediction for a raw disk image: the boot loader and every UKI on its ESP.
@@ -126,7 +150,11 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
     std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(offset))?;
     let mut dst = std::fs::File::create(esp_image)?;
     std::io::copy(&mut src.take(len), &mut dst)?;
-    let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH)?;
+    let read = |path: &str| {
+        esp::read_fat_file(esp_image, path)
+            .map_err(|e| bad(format!("its ESP (at byte {offset}): {path}: {e}")))
+    };
+    let loader = read(measure::LOADER_PATH)?;
     let mut ukis = Vec::new();
     if measure::is_uki(&loader) {
         ukis.push((measure::LOADER_PATH.to_string(), loader.clone()));
@@ -164,9 +192,11 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         };
         os = field("IMAGE_ID");
         version = field("IMAGE_VERSION");
+        // The last one counts, as for the kernel and the agent.
         let slot = String::from_utf8_lossy(&cmdline)
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("plinth.slot="))
+            .filter_map(|w| w.strip_prefix("plinth.slot="))
+            .next_back()
             .map(str::to_string);
         slots.push(measure::SlotFiles {
             slot,
@@ -175,7 +205,7 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         });
     }
     slots.sort_by(|a, b| a.slot.cmp(&b.slot));
-    Ok(measure::predict(&os, &version, &loader, &slots)?)
+    measure::predict(&os, &version, &loader, &slots).map_err(|e| bad(e.to_string()).into())
 }
 
 /// The prediction for a release: the boot loader from the disk archive's ESP (only that much
@@ -197,15 +227,27 @@ fn from_release(
         })?;
     let disk_archive = r.dir.join(release::DISK_ARCHIVE);
     let mut dst = std::fs::File::create(esp_image)?;
+    let mut found = false;
     crate::pipeline::artifacts::for_each_member(&disk_archive, |name, data| {
         if name != "disk.img" {
             return Ok(true);
         }
+        found = true;
         std::io::copy(&mut data.take(esp.offset), &mut std::io::sink())?;
         std::io::copy(&mut data.take(esp.size), &mut dst)?;
         Ok(false)
     })?;
-    let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH)?;
+    let bad = |why: String| BadInput(format!("{}: {why}", r.dir.display()));
+    if !found {
+        return Err(bad(format!("{} has no disk.img", release::DISK_ARCHIVE)).into());
+    }
+    let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH).map_err(|e| {
+        bad(format!(
+            "the ESP of {}'s disk.img: {}: {e}",
+            release::DISK_ARCHIVE,
+            measure::LOADER_PATH
+        ))
+    })?;
     let mut ukis: Vec<(Option<String>, String, Vec<u8>)> = Vec::new();
     crate::pipeline::artifacts::for_each_member(
         &r.dir.join(release::UPDATE_ARCHIVE),
@@ -246,5 +288,5 @@ fn from_release(
             uki: bytes,
         })
         .collect();
-    Ok(measure::predict(&m.os, &m.version, &loader, &slots)?)
+    measure::predict(&m.os, &m.version, &loader, &slots).map_err(|e| bad(e.to_string()).into())
 }

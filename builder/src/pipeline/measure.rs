@@ -42,6 +42,8 @@ pub enum MeasureError {
     },
     #[error("{file}: {source}")]
     Uki { file: String, source: uki::UkiError },
+    #[error("{file} is a UKI, but none of the slots' UKIs\n  hint: the ESP was changed after the build, or the release's files do not belong together")]
+    Foreign { file: String },
 }
 
 fn efi_path(path: &str) -> String {
@@ -55,7 +57,9 @@ pub fn is_uki(default_boot: &[u8]) -> bool {
 }
 
 /// The prediction for a boot of `default_boot` (systemd-boot, which starts the slot's UKI,
-/// or the slot's UKI itself: see [`is_uki`]) for each slot.
+/// or the slot's UKI itself: see [`is_uki`]) for each slot. Without a boot loader, a slot
+/// boots once its UKI is installed at [`LOADER_PATH`] (the ESP holds one slot's at a time):
+/// its prediction is for that boot.
 pub fn predict(
     os: &str,
     version: &str,
@@ -69,6 +73,11 @@ pub fn predict(
             source,
         })
     };
+    if loader.is_none() && !slots.iter().any(|s| s.uki == default_boot) {
+        return Err(MeasureError::Foreign {
+            file: LOADER_PATH.into(),
+        });
+    }
     let loader_digest = loader.map(|l| pe(LOADER_PATH, l)).transpose()?;
     let mut out = Vec::new();
     for s in slots {
@@ -118,11 +127,14 @@ pub fn predict(
                 what: format!("systemd-pcrphase: {phase}"),
             })
             .collect();
+        // Without a boot loader nothing passes options to the UKI: PCR 12 stays zero.
+        let untouched: &[u32] = if loader.is_some() { &[] } else { &[12] };
         out.push(Slot::new(
             s.slot.clone(),
             hex::encode(pcr::digest(s.uki)),
             &events,
             &later,
+            untouched,
         ));
     }
     Ok(Measurements {
@@ -135,7 +147,7 @@ pub fn predict(
             bank: "sha256".into(),
         },
         slots: out,
-        not_predicted: not_predicted(loader.is_some()),
+        not_predicted: not_predicted(),
     })
 }
 
@@ -147,7 +159,7 @@ pub fn predict(
 fn command_line_events(cmdline: &[u8], initrd: &[u8], loader: bool) -> Vec<uefi::Expected> {
     let text = String::from_utf8_lossy(cmdline);
     let text = text.trim_end_matches(['\0', '\n']);
-    let mut utf16: Vec<u8> = text.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+    let mut utf16 = pcr::utf16le(text);
     utf16.extend_from_slice(&[0, 0]);
     let options = pcr::digest(&utf16);
     let ipl = |what: &str| uefi::Expected {
@@ -180,10 +192,9 @@ fn command_line_events(cmdline: &[u8], initrd: &[u8], loader: bool) -> Vec<uefi:
     events
 }
 
-/// The PCRs left out, and why (PCR 12 too when no boot loader passes options: nothing is
-/// measured into it, and a PCR without events is not published).
-pub fn not_predicted(loader: bool) -> Vec<NotPredicted> {
-    let mut left: Vec<(u32, &str)> = vec![
+/// The PCRs left out, and why.
+pub fn not_predicted() -> Vec<NotPredicted> {
+    let left: Vec<(u32, &str)> = vec![
         (0, "the firmware's own code (the OVMF build the machine runs), not part of the image"),
         (1, "the machine's configuration: QEMU's ACPI tables and the firmware's boot variables"),
         (2, "option ROMs and drivers of the machine's devices"),
@@ -196,10 +207,6 @@ pub fn not_predicted(loader: bool) -> Vec<NotPredicted> {
         (14, "shim's MOK lists: no shim is used"),
         (15, "systemd's runtime measurements (machine id, file systems): none in systemd 252"),
     ];
-    if !loader {
-        left.push((12, "no boot loader passes options to the UKI, so nothing is measured into it (it stays zero)"));
-        left.sort();
-    }
     left.into_iter()
         .map(|(pcr, why)| NotPredicted {
             pcr,
@@ -214,12 +221,10 @@ mod tests {
 
     #[test]
     fn nothing_is_both_predicted_and_left_out() {
-        let left: Vec<u32> = not_predicted(true).iter().map(|n| n.pcr).collect();
+        let left: Vec<u32> = not_predicted().iter().map(|n| n.pcr).collect();
         for published in [4, 7, 9, 11, 12] {
             assert!(!left.contains(&published));
         }
         assert_eq!(left.len() + 5, 16, "every PCR 0-15 is predicted or named");
-        let without_loader: Vec<u32> = not_predicted(false).iter().map(|n| n.pcr).collect();
-        assert!(without_loader.contains(&12) && without_loader.windows(2).all(|w| w[0] < w[1]));
     }
 }
