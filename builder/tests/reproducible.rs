@@ -290,7 +290,9 @@ fn every_image_reproduces_verifies_and_diffs() {
     // `plinth measure` recomputes every release's measurements.json from its image.
     for os in OSES {
         let release = out1.join(os).join(VERSION);
-        let measure = plinth(&repo, &cache, &["measure", release.to_str().unwrap()]);
+        let measure = run(Command::new(env!("CARGO_BIN_EXE_plinth"))
+            .arg("measure")
+            .arg(&release));
         assert!(
             measure.status.success() && text(&measure).contains("matches the image"),
             "{os}: plinth measure: {}",
