@@ -559,21 +559,24 @@ fn run_stages(
         Some(part) => {
             let image = plan.work.join("esp.img");
             let entry = format!("{}.efi", uki_name(os, first.slot));
-            let loader_conf = plan.work.join("loader.conf");
-            std::fs::write(&loader_conf, format!("timeout 0\ndefault {entry}\n")).map_err(|e| {
-                BuildError::Stage {
-                    os: os.to_string(),
-                    stage: "esp",
-                    source: Box::new(e),
-                }
-            })?;
             let files = match p.boot_loader {
-                BootLoader::SystemdBoot => vec![
-                    esp::FatFile::new(super::measure::LOADER_PATH, &bootloader),
-                    esp::FatFile::new("EFI/systemd/systemd-bootx64.efi", &bootloader),
-                    esp::FatFile::new(format!("EFI/Linux/{entry}"), &first.uki),
-                    esp::FatFile::new("loader/loader.conf", &loader_conf),
-                ],
+                BootLoader::SystemdBoot => {
+                    let loader_conf = plan.work.join("loader.conf");
+                    std::fs::write(&loader_conf, format!("timeout 0\ndefault {entry}\n")).map_err(
+                        |e| BuildError::Stage {
+                            os: os.to_string(),
+                            stage: "esp",
+                            source: Box::new(e),
+                        },
+                    )?;
+                    vec![
+                        esp::FatFile::new(super::measure::LOADER_PATH, &bootloader),
+                        esp::FatFile::new("EFI/systemd/systemd-bootx64.efi", &bootloader),
+                        esp::FatFile::new(format!("EFI/Linux/{entry}"), &first.uki),
+                        esp::FatFile::new("loader/loader.conf", &loader_conf),
+                    ]
+                }
+                // The firmware starts the UKI itself: no loader, no loader.conf.
                 BootLoader::None => {
                     vec![esp::FatFile::new(super::measure::LOADER_PATH, &first.uki)]
                 }
