@@ -298,10 +298,13 @@ mod tests {
             (11, types::EV_IPL, b"ro quiet init=/bin/sh"),
         ]);
         let tampered = eventlog::parse(&tampered_bytes).unwrap();
-        let live: BTreeMap<u32, Sha256Digest> = [(
-            11,
-            pcr::extend(tampered.replay()[&11], &pcr::digest(b"ready")),
-        )]
+        let live: BTreeMap<u32, Sha256Digest> = [
+            (
+                11,
+                pcr::extend(tampered.replay()[&11], &pcr::digest(b"ready")),
+            ),
+            (12, [0; 32]),
+        ]
         .into();
         let problems = check(&slot, &live, Some(&tampered));
         assert_eq!(problems.len(), 1);
@@ -318,7 +321,7 @@ mod tests {
         );
 
         // The log as predicted, but nothing extended after it.
-        let live: BTreeMap<u32, Sha256Digest> = [(11, log.replay()[&11])].into();
+        let live: BTreeMap<u32, Sha256Digest> = [(11, log.replay()[&11]), (12, [0; 32])].into();
         let problems = check(&slot, &live, Some(&log));
         assert!(
             problems[0].contains("extended after the log differs"),
@@ -327,7 +330,7 @@ mod tests {
         );
         assert_eq!(
             check(&slot, &BTreeMap::new(), None),
-            ["PCR 11 could not be read"]
+            ["PCR 11 could not be read", "PCR 12 could not be read"]
         );
     }
 
