@@ -740,6 +740,7 @@ fn sample_manifest() -> Manifest {
             },
         ],
         measurements: Measurements {
+            snp: Vec::new(),
             slots: vec![
                 SlotMeasurements {
                     slot: Some("B".into()),

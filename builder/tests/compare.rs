@@ -158,6 +158,7 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
             part(2, "root-a", "root", 9 * MIB, 10 * MIB),
         ],
         measurements: Measurements {
+            snp: Vec::new(),
             slots: vec![SlotMeasurements {
                 slot: Some("A".into()),
                 verity_root_hash: h('a'),

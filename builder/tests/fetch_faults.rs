@@ -641,6 +641,7 @@ fn workspace(pkgs: &[Pkg]) -> tempfile::TempDir {
             ("test".to_string(), profile(&pkgs[..2])),
         ]),
         packages,
+        sources: Vec::new(),
     };
     std::fs::write(dir.path().join("guest-os/packages.lock"), lock.to_bytes()).unwrap();
     dir

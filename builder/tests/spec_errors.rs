@@ -67,6 +67,13 @@ partitions:
   - {name: data, size: 8GiB, filesystem: raw, role: data}
 kernel:
   cmdline: [console=ttyS0, panic=10, "console=ttyS1,115200"]
+firmware:
+  source: {package: edk2, version: 2025.02-8+deb13u1, suite: trixie}
+  toolchain: [build-essential, nasm]
+snp:
+  vcpus: [4, 16]
+  vcpu_types: [EPYC-v4, EPYC-Milan]
+  smt: true
 profiles:
   prod:
     description: What nodes run
@@ -785,6 +792,54 @@ const CASES: &[Case] = &[
         "profiles.test.partition_sizes.root-a",
         "root-a: 1GiB",
         "root-a",
+    ),
+    case(
+        "firmware from another source package",
+        "package: edk2",
+        "package: edk3",
+        "firmware.source.package",
+        "edk3",
+        "edk3",
+    ),
+    case(
+        "firmware source from an unknown release",
+        "suite: trixie}",
+        "suite: jessie}",
+        "firmware.source.suite",
+        "jessie",
+        "jessie",
+    ),
+    case(
+        "firmware toolchain package misspelt",
+        "toolchain: [build-essential, nasm]",
+        "toolchain: [build-essential, NASM]",
+        "firmware.toolchain[1]",
+        "NASM",
+        "NASM",
+    ),
+    case(
+        "snp vCPU type QEMU does not know",
+        "vcpu_types: [EPYC-v4, EPYC-Milan]",
+        "vcpu_types: [EPYC-v4, EPYC-Milano]",
+        "snp.vcpu_types[1]",
+        "EPYC-Milano",
+        "EPYC-Milano",
+    ),
+    case(
+        "snp vCPU count zero",
+        "vcpus: [4, 16]",
+        "vcpus: [4, 0]",
+        "snp.vcpus[1]",
+        "0]",
+        "0",
+    ),
+    case(
+        "snp without firmware",
+        "firmware:\n  source: {package: edk2, version: 2025.02-8+deb13u1, suite: trixie}\n  toolchain: [build-essential, nasm]\n",
+        "",
+        "snp",
+        "vcpus: [4, 16]",
+        "no `firmware`",
     ),
     case(
         "partition_sizes gives A/B halves different sizes",

@@ -1,10 +1,12 @@
 //! Firmware and trust: measurement prediction and checking for TPM measured boot (PCR
 //! arithmetic, the PE Authenticode digest firmware measures, the TCG event log, the UEFI
-//! events of a boot, and `measurements.json`). The hardware catalog, the AMD SEV guest
-//! firmware recipe and attestation join with the firmware issue.
+//! events of a boot, and `measurements.json`); AMD SEV-SNP (launch expectations and attestation
+//! report checks); and the firmware catalog of the certified AMD generations.
 
 pub mod authenticode;
+pub mod catalog;
 pub mod eventlog;
 pub mod measurements;
 pub mod pcr;
+pub mod snp;
 pub mod uefi;

@@ -6,6 +6,7 @@
 
 use crate::eventlog::{self, EventLog};
 use crate::pcr::{self, Sha256Digest};
+use crate::snp::SnpExpected;
 use crate::uefi::Expected;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ pub const FILE_NAME: &str = "measurements.json";
 /// bytes, padded with NULs).
 pub const DISK_SERIAL: &str = "plinth-measurements";
 /// Bumped when a field changes meaning.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +31,9 @@ pub struct Measurements {
     pub slots: Vec<Slot>,
     /// The PCRs not predicted, each with why.
     pub not_predicted: Vec<NotPredicted>,
+    /// For an OS launched as an SEV-SNP guest (GuestOS): its launch digests and policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snp: Option<SnpExpected>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +356,7 @@ mod tests {
                 &[],
                 &[],
             )],
+            snp: None,
             not_predicted: vec![NotPredicted {
                 pcr: 0,
                 why: "firmware".into(),
@@ -363,7 +368,10 @@ mod tests {
             m.slot(None).unwrap().pcrs[&7],
             "65caf8dd1e0ea7a6347b635d2b379c93b9a1351edc2afc3ecda700e534eb3068"
         );
-        let bad = text.replace("\"format_version\": 1", "\"format_version\": 9");
+        let bad = text.replace(
+            &format!("\"format_version\": {FORMAT_VERSION}"),
+            "\"format_version\": 9",
+        );
         assert!(Measurements::parse(&bad, "m.json")
             .unwrap_err()
             .contains("format_version 9"));

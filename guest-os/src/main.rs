@@ -1,7 +1,10 @@
 //! `plinth-guest`: the guest-os agent. GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
 //!
 //! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
-//! `plinth-boot-report.service`, and `measured-boot` (both in the crate `plinth-boot-report`).
+//! `plinth-boot-report.service`, `measured-boot` (both in the crate `plinth-boot-report`), and
+//! `attest` (an SEV-SNP attestation report for a verifier's nonce, [`attest`]).
+
+mod attest;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,11 +24,15 @@ enum Verb {
     BootReport,
     /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
     MeasuredBoot(plinth_boot_report::MeasuredBootArgs),
+    /// Request an SEV-SNP attestation report bound to a nonce, with the host's
+    /// certificates, for `plinth attest verify`.
+    Attest(attest::AttestArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
         Verb::MeasuredBoot(args) => args.run(),
+        Verb::Attest(args) => args.run(),
         Verb::BootReport => {
             if plinth_boot_report::report("guest-os") {
                 ExitCode::SUCCESS

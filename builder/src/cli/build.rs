@@ -8,7 +8,7 @@ use crate::packages::fetch::{fetch, FetchOptions};
 use crate::packages::lockfile::{Lock, LockedPackage};
 use crate::packages::mirror::Mirrors;
 use crate::pipeline::stage_cache::StageCache;
-use crate::pipeline::{build, release};
+use crate::pipeline::{build, ovmf, release};
 use crate::spec;
 use crate::workspace::Workspace;
 use anyhow::Context;
@@ -248,6 +248,15 @@ pub(super) fn build_release(
         stage_cache: job.stage_cache,
     };
     let built = build::build(&plan)?;
+    let firmware = match spec.firmware_toolchain() {
+        Some(toolchain) => Some(build_firmware(out, job, &spec, &lock, &toolchain, &log)?),
+        None => None,
+    };
+    let edk2 = spec
+        .firmware
+        .as_ref()
+        .map(|f| f.source.version.clone())
+        .unwrap_or_default();
     let inputs = release::ReleaseInputs {
         profile: &profile,
         version: job.version,
@@ -257,10 +266,62 @@ pub(super) fn build_release(
         lock_sha256: &sha256_file(&lock_path)?.0,
         os_spec_sha256: &sha256_file(&spec_path)?.0,
         packages: &packages,
+        firmware: firmware.as_ref().map(|f| release::ReleaseFirmware {
+            firmware: f,
+            edk2: &edk2,
+            launches: spec.snp.as_ref().map(Into::into),
+        }),
         log: &log,
     };
     release::assemble(&built, &inputs, job.release_dir)
         .with_context(|| format!("writing the release {}", job.release_dir.display()))
+}
+
+/// The guest firmware of the OS (`firmware` in os.yaml), from the lock's toolchain and source.
+fn build_firmware(
+    out: &Output,
+    job: &ReleaseJob<'_>,
+    spec: &spec::OsSpec,
+    lock: &Lock,
+    toolchain: &spec::Profile,
+    log: &dyn Fn(&str),
+) -> anyhow::Result<ovmf::Firmware> {
+    let os = job.os;
+    let packages = lock
+        .profile_packages(spec::FIRMWARE_TOOLCHAIN)
+        .context("the lock has no firmware toolchain")?;
+    let source = lock
+        .sources
+        .first()
+        .context("the lock has no firmware source")?;
+    let downloads = source.downloads();
+    let mut wanted: Vec<&LockedPackage> = packages.clone();
+    wanted.extend(downloads.iter());
+    ensure_cached(out, job, spec, &wanted)?;
+    let work = job.work.join("firmware");
+    if work.exists() {
+        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    out.info(format!(
+        "{os}: guest firmware from {} {} ({} toolchain packages)",
+        source.package,
+        source.version,
+        packages.len()
+    ));
+    let plan = ovmf::FirmwarePlan {
+        workspace: &job.source.root,
+        toolchain,
+        packages: &packages,
+        source,
+        cache: job.cache,
+        epoch: job.epoch,
+        work: &work,
+        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        stage_cache: job.stage_cache,
+        log,
+    };
+    Ok(ovmf::build(&plan)?)
 }
 
 /// Fetch the profile's locked packages the cache lacks (verified), or fail offline.

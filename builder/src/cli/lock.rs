@@ -7,6 +7,7 @@ use crate::packages::lockfile::{Lock, LockError, LockInputs};
 use crate::packages::mirror::Mirrors;
 use crate::packages::release::keyring_path;
 use crate::packages::resolve::{self, Request};
+use crate::packages::sources::{lock_source, SourceLookup};
 use crate::spec::{self, OsSpec};
 use crate::workspace::Workspace;
 use anyhow::Context;
@@ -199,8 +200,13 @@ fn lock(
         let spec_display = ws.display(&spec_path);
         let spec_text = std::fs::read_to_string(&spec_path).unwrap_or_default();
         let mut profiles = BTreeMap::new();
+        let mut sets = Vec::new();
         for name in spec.profile_names() {
-            let profile = spec.profile(name)?;
+            sets.push(spec.profile(name)?);
+        }
+        sets.extend(spec.firmware_toolchain());
+        for profile in &sets {
+            let name = profile.profile.as_str();
             out.info(format!(
                 "{os} ({name}): resolving {} requested packages ({} variant) with apt",
                 profile.packages.len(),
@@ -211,7 +217,15 @@ fn lock(
                 .tempdir()
                 .context("creating a temporary directory for apt")?;
             let locate = |package: &str| {
-                let field = spec.package_path(name, package).unwrap_or_default();
+                let field = if name == spec::FIRMWARE_TOOLCHAIN {
+                    spec.firmware
+                        .as_ref()
+                        .and_then(|f| f.toolchain.iter().position(|p| p.name == package))
+                        .map(|i| format!("firmware.toolchain[{i}]"))
+                        .unwrap_or_default()
+                } else {
+                    spec.package_path(name, package).unwrap_or_default()
+                };
                 match spec::locate(&spec_text, &field) {
                     Some((line, col)) => format!("{spec_display}:{line}:{col}: {field}"),
                     None => spec_display.clone(),
@@ -226,9 +240,33 @@ fn lock(
                 keyring: &keyring,
             };
             let resolved = resolve::resolve(archive, &req, work.path())?;
-            profiles.insert(name.to_string(), (LockInputs::of(&profile), resolved));
+            profiles.insert(name.to_string(), (LockInputs::of(profile), resolved));
         }
-        let lock = Lock::assemble(os, &spec.base, archive.digests(), profiles);
+        let mut sources = Vec::new();
+        if let Some(firmware) = &spec.firmware {
+            let req = &firmware.source;
+            out.info(format!(
+                "{os}: locking source {} {} from {}'s signed Sources index",
+                req.package, req.version, req.suite
+            ));
+            let lookup = SourceLookup {
+                mirror: mirrors.for_suite(&req.suite),
+                keyring: &keyring,
+                index_cache: &index_cache,
+                now,
+                spec: &spec_display,
+            };
+            let client = crate::packages::http::client();
+            let locked = runtime.block_on(lock_source(&client, req, &lookup))?;
+            for f in &locked.files {
+                out.detail(format!(
+                    "  {} sha256 {} ({} bytes)",
+                    f.name, f.sha256, f.size
+                ));
+            }
+            sources.push(locked);
+        }
+        let lock = Lock::assemble(os, &spec.base, archive.digests(), profiles, sources);
         let path = ws.lock_path(os);
         let file = ws.display(&path);
         let bytes = lock.to_bytes();

@@ -5,13 +5,13 @@
 
 use super::image::{Image, ImageArgs};
 use super::{BadInput, CheckFailed, Global, Output};
-use crate::pipeline::{esp, measure, release};
+use crate::pipeline::{esp, measure, ovmf, release, snp};
 use anyhow::Context;
 use plinth_firmware::measurements::Measurements;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-const AFTER_HELP: &str = "\\
+const AFTER_HELP: &str = "\
 IMAGE is an OS name (its release in <OUT>/<os>/<version>), a release
 directory, or a raw disk image. The prediction holds for the platform plinth
 run --tpm gives (OVMF, Secure Boot off, swtpm): PCR 4, 7, 9, 11 (once the
@@ -19,6 +19,9 @@ system is up) and 12; measurements.json names the other PCRs and why. For a
 release, the published measurements.json is checked against the image (exit 1
 if they differ). The booted agent checks the real PCRs against it:
 plinth-host measured-boot, or the boot report under plinth run --tpm.
+A GuestOS release also gets the SEV-SNP launch digest of each slot, vCPU count
+and vCPU type its measurements.json lists, recomputed from its own
+OVMF-AmdSev.fd and UKIs (equal to sev-snp-measure --mode snp).
 
 Examples:
   plinth measure host-os
@@ -47,10 +50,13 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         Image::Disk(disk) => (from_disk(&disk, &esp_image)?, None),
         Image::Release(r) => {
             let published = r.dir.join(release::MEASUREMENTS);
-            (
-                from_release(&r, &esp_image)?,
-                published.is_file().then_some(published),
-            )
+            let published = published.is_file().then_some(published);
+            let (mut measured, ukis) = from_release(&r, &esp_image)?;
+            let firmware = r.dir.join(ovmf::FIRMWARE_FILE);
+            if let (Some(path), true) = (&published, firmware.is_file()) {
+                measured.snp = launch_digests(path, &firmware, &ukis, scratch.path())?;
+            }
+            (measured, published)
         }
     };
     let mut text = serde_json::to_string_pretty(&measured)?;
@@ -73,6 +79,23 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             )?;
             for (n, v) in &s.pcrs {
                 writeln!(stdout, "  PCR {n:2}  {v}")?;
+            }
+        }
+        if let Some(snp) = &measured.snp {
+            writeln!(
+                stdout,
+                "SEV-SNP launch digests with {} (sha256 {}):",
+                snp.firmware.file, snp.firmware.sha256
+            )?;
+            for d in &snp.launch_digests {
+                writeln!(
+                    stdout,
+                    "  slot {} {:>3} x {:<14} {}",
+                    d.slot.as_deref().unwrap_or("none"),
+                    d.vcpus,
+                    d.vcpu_type,
+                    d.measurement
+                )?;
             }
         }
         let left: Vec<String> = measured
@@ -108,6 +131,48 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A slot (`None` without slots) and its UKI's bytes.
+type SlotUki = (Option<String>, Vec<u8>);
+
+/// The SEV-SNP launch digests of the release's own firmware and UKIs, for the launches its
+/// published file lists (`None` when it lists none).
+fn launch_digests(
+    published: &Path,
+    firmware: &Path,
+    ukis: &[SlotUki],
+    scratch: &Path,
+) -> anyhow::Result<Option<plinth_firmware::snp::SnpExpected>> {
+    let text = std::fs::read_to_string(published)
+        .with_context(|| format!("reading {}", published.display()))?;
+    let theirs = Measurements::parse(&text, &published.display().to_string()).map_err(BadInput)?;
+    let Some(expected) = theirs.snp else {
+        return Ok(None);
+    };
+    let slots: Vec<snp::SlotUki> = ukis
+        .iter()
+        .map(|(slot, uki)| snp::SlotUki {
+            slot: slot.clone(),
+            uki,
+        })
+        .collect();
+    let sha256 = crate::packages::cache::sha256_file(firmware)
+        .with_context(|| format!("reading {}", firmware.display()))?
+        .0;
+    let computed = snp::expected(
+        &snp::FirmwareFile {
+            path: firmware,
+            name: ovmf::FIRMWARE_FILE,
+            sha256: &sha256,
+            edk2: &expected.firmware.edk2,
+        },
+        &snp::Launches::of(&expected),
+        &slots,
+        &scratch.join("snp"),
+    )
+    .map_err(|e| BadInput(e.to_string()))?;
+    Ok(Some(computed))
+}
+
 /// The first thing `published` says differently from `measured`, in words.
 fn first_difference(published: &Measurements, measured: &Measurements) -> String {
     for m in &measured.slots {
@@ -128,7 +193,27 @@ fn first_difference(published: &Measurements, measured: &Measurements) -> String
             return format!("lists other events for slot {name}");
         }
     }
-    "differs in its other fields (slots, platform or the PCRs not predicted)".into()
+    if let (Some(p), Some(m)) = (&published.snp, &measured.snp) {
+        if p.firmware != m.firmware {
+            return format!(
+                "names firmware {} sha256 {} (the release's is sha256 {})",
+                p.firmware.file, p.firmware.sha256, m.firmware.sha256
+            );
+        }
+        for (p, m) in p.launch_digests.iter().zip(&m.launch_digests) {
+            if p != m {
+                return format!(
+                    "says the SEV-SNP launch digest of slot {} on {} x {} is {} (the image gives {})",
+                    m.slot.as_deref().unwrap_or("none"),
+                    m.vcpus,
+                    m.vcpu_type,
+                    p.measurement,
+                    m.measurement
+                );
+            }
+        }
+    }
+    "differs in its other fields (slots, platform, SEV-SNP or the PCRs not predicted)".into()
 }
 
 /// The prediction for a raw disk image: the boot loader and every UKI on its ESP.
@@ -213,7 +298,7 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
 fn from_release(
     r: &crate::compare::release::Release,
     esp_image: &Path,
-) -> anyhow::Result<Measurements> {
+) -> anyhow::Result<(Measurements, Vec<SlotUki>)> {
     let m = &r.manifest;
     let esp = m
         .partitions
@@ -288,5 +373,12 @@ fn from_release(
             uki: bytes,
         })
         .collect();
-    measure::predict(&m.os, &m.version, &loader, &slots).map_err(|e| bad(e.to_string()).into())
+    let measured =
+        measure::predict(&m.os, &m.version, &loader, &slots).map_err(|e| bad(e.to_string()))?;
+    Ok((
+        measured,
+        ukis.into_iter()
+            .map(|(slot, _, bytes)| (slot, bytes))
+            .collect(),
+    ))
 }

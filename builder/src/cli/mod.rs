@@ -4,6 +4,7 @@
 //! spec, a hash mismatch, a download that could not complete); 2 bad input or usage (an invalid
 //! spec or lock, an unknown OS, a wrong flag).
 
+mod attest;
 mod build;
 mod check;
 mod diff;
@@ -32,7 +33,9 @@ Examples:
   plinth verify out/guest-os/0.1.0  rebuild a release and compare every byte
   plinth diff out/a/guest-os/1.0.0 out/b/guest-os/1.1.0   what changed
   plinth run host-os --tpm          boot the built HostOS in QEMU
-  plinth measure host-os            the PCRs its boot will produce";
+  plinth measure host-os            the PCRs its boot will produce
+  plinth attest verify report.bin --certs certs --expect measurements.json
+                                    check a node's SEV-SNP attestation";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -100,6 +103,7 @@ pub enum Verb {
     Diff(diff::Args),
     Run(run::Args),
     Measure(measure::Args),
+    Attest(attest::Args),
 }
 
 /// A failed check (exit code 1): the message has been printed or is in the error.
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Verb::Diff(args) => diff::run(&cli.global, &out, args),
         Verb::Run(args) => run::run(&cli.global, &out, args),
         Verb::Measure(args) => measure::run(&cli.global, &out, args),
+        Verb::Attest(args) => attest::run(&cli.global, &out, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +171,9 @@ mod tests {
         let mut texts = vec![cmd.render_long_help().to_string()];
         for sub in cmd.get_subcommands_mut() {
             texts.push(sub.clone().term_width(80).render_long_help().to_string());
+            for nested in sub.get_subcommands_mut() {
+                texts.push(nested.clone().term_width(80).render_long_help().to_string());
+            }
         }
         for text in texts {
             for line in text.lines() {

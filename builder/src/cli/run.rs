@@ -29,7 +29,8 @@ Examples:
   plinth run host-os --tpm --expect 'PLINTH BOOT OK' --timeout 300
   plinth run changed.img --tpm --measurements out/host-os/0.1.0/measurements.json
   plinth run out/setup-os/0.1.0 --disk blank1.img --disk blank2.img
-  plinth run disk.img --numa 2 --cpus 4 --memory 4096 --json";
+  plinth run disk.img --numa 2 --cpus 4 --memory 4096 --json
+  plinth run out/guest-os/0.1.0 --firmware out/guest-os/0.1.0/OVMF-AmdSev.fd";
 
 /// Boot an image in QEMU with OVMF (and a software TPM).
 #[derive(Debug, clap::Args)]
@@ -65,6 +66,11 @@ pub struct Args {
     /// a read-only disk) [default with --tpm: the release's own].
     #[arg(long, value_name = "FILE", requires = "tpm")]
     pub measurements: Option<PathBuf>,
+    /// Boot with this single-image firmware instead of Debian's OVMF, e.g. a GuestOS
+    /// release's OVMF-AmdSev.fd (it boots the UKI from the disk; it refuses -kernel without
+    /// SEV, and has no TPM support).
+    #[arg(long, value_name = "FILE", conflicts_with = "tpm")]
+    pub firmware: Option<PathBuf>,
     /// Keep the console log in this file.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
@@ -108,6 +114,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     machine.cpus = args.cpus;
     machine.numa_nodes = args.numa;
     machine.tpm = args.tpm;
+    machine.firmware = args.firmware.clone();
     let (accel, accel_reason) = match args.accel.as_str() {
         "kvm" => (Accel::Kvm, "--accel kvm".to_string()),
         "tcg" => (Accel::Tcg, "--accel tcg".to_string()),

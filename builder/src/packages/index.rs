@@ -61,38 +61,10 @@ pub async fn fetch_index(
     arch: &str,
     cache_dir: &Path,
 ) -> Result<PackageIndex, ArchiveError> {
-    let path = format!("{component}/binary-{arch}/Packages.xz");
-    let (sha256, size) = release.digest(&path)?.clone();
-    let cached = cache_dir.join(format!("{sha256}.xz"));
+    let path = format!("{component}/binary-{arch}/Packages");
+    let (text, signed) = fetch_signed_index(client, mirror, release, &path, cache_dir).await?;
+    let (path, sha256, size, xz) = (signed.path, signed.sha256, signed.size, signed.xz);
     let url = format!("{mirror}/dists/{}/{path}", release.suite);
-    let xz = match std::fs::read(&cached) {
-        Ok(bytes) if sha256_hex(&bytes) == sha256 => bytes,
-        _ => {
-            let bytes = download(client, mirror, release, component, arch, &sha256, &url).await?;
-            check_digest(&bytes, &sha256, size, &release.suite, &url)?;
-            store(cache_dir, &cached, &bytes);
-            bytes
-        }
-    };
-    check_digest(&xz, &sha256, size, &release.suite, &url)?;
-    let text = decompress(&xz).map_err(|message| ArchiveError::Decompress {
-        suite: release.suite.clone(),
-        url: url.clone(),
-        message,
-    })?;
-    // The signed list also names the uncompressed file: check it too when present.
-    if let Some((plain_sha, plain_size)) = release
-        .files
-        .get(&format!("{component}/binary-{arch}/Packages"))
-    {
-        check_digest(
-            text.as_bytes(),
-            plain_sha,
-            *plain_size,
-            &release.suite,
-            &url,
-        )?;
-    }
     let entries = parse_packages(&text).map_err(|message| ArchiveError::Malformed {
         suite: release.suite.clone(),
         url: url.clone(),
@@ -109,20 +81,80 @@ pub async fn fetch_index(
     })
 }
 
+/// An index file as the signed release lists it.
+pub struct SignedIndex {
+    /// Path below `dists/<suite>/`, e.g. `main/source/Sources.xz`.
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The compressed file as fetched.
+    pub xz: Vec<u8>,
+}
+
+/// Fetch `<plain>.xz` of `release` (e.g. `main/source/Sources`), check it against the signed
+/// release (and the uncompressed text too when the release lists it), and return its text.
+/// `cache_dir` keeps verified files by digest.
+pub async fn fetch_signed_index(
+    client: &reqwest::Client,
+    mirror: &str,
+    release: &Release,
+    plain: &str,
+    cache_dir: &Path,
+) -> Result<(String, SignedIndex), ArchiveError> {
+    let path = format!("{plain}.xz");
+    let (sha256, size) = release.digest(&path)?.clone();
+    let cached = cache_dir.join(format!("{sha256}.xz"));
+    let url = format!("{mirror}/dists/{}/{path}", release.suite);
+    let xz = match std::fs::read(&cached) {
+        Ok(bytes) if sha256_hex(&bytes) == sha256 => bytes,
+        _ => {
+            let dir = plain.rsplit_once('/').map_or("", |(d, _)| d);
+            let bytes = download(client, mirror, release, dir, &sha256, &url).await?;
+            check_digest(&bytes, &sha256, size, &release.suite, &url)?;
+            store(cache_dir, &cached, &bytes);
+            bytes
+        }
+    };
+    check_digest(&xz, &sha256, size, &release.suite, &url)?;
+    let text = decompress(&xz).map_err(|message| ArchiveError::Decompress {
+        suite: release.suite.clone(),
+        url: url.clone(),
+        message,
+    })?;
+    // The signed list also names the uncompressed file: check it too when present.
+    if let Some((plain_sha, plain_size)) = release.files.get(plain) {
+        check_digest(
+            text.as_bytes(),
+            plain_sha,
+            *plain_size,
+            &release.suite,
+            &url,
+        )?;
+    }
+    Ok((
+        text,
+        SignedIndex {
+            path,
+            sha256,
+            size,
+            xz,
+        },
+    ))
+}
+
 /// By-hash first when the archive offers it (immune to a mirror update between InRelease and
 /// the index), the plain path otherwise or when the by-hash copy is missing.
 async fn download(
     client: &reqwest::Client,
     mirror: &str,
     release: &Release,
-    component: &str,
-    arch: &str,
+    dir: &str,
     sha256: &str,
     url: &str,
 ) -> Result<Vec<u8>, ArchiveError> {
     if release.acquire_by_hash {
         let by_hash = format!(
-            "{mirror}/dists/{}/{component}/binary-{arch}/by-hash/SHA256/{sha256}",
+            "{mirror}/dists/{}/{dir}/by-hash/SHA256/{sha256}",
             release.suite
         );
         match super::http::get(client, &by_hash).await {

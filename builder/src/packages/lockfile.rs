@@ -23,6 +23,52 @@ pub struct Lock {
     pub profiles: BTreeMap<String, LockedProfile>,
     /// Every package of any profile, sorted by name, version, architecture.
     pub packages: Vec<LockedPackage>,
+    /// Debian source packages the build compiles (the guest firmware's edk2), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<LockedSource>,
+}
+
+/// One version of one Debian source package: the signed `Sources` index it was found in and
+/// its files (orig and debian tarballs; the `.dsc` is left out, the build unpacks the
+/// tarballs itself).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSource {
+    pub package: String,
+    pub version: String,
+    pub index: IndexDigest,
+    /// Sorted by name.
+    pub files: Vec<SourceFile>,
+}
+
+/// A file of a source package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    pub name: String,
+    /// Path below the mirror root, e.g. `pool/main/e/edk2/edk2_2025.02.orig.tar.xz`.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl LockedSource {
+    /// The files as downloads the package fetcher and cache take (content-addressed by
+    /// sha256, served by the mirror of the source's suite).
+    pub fn downloads(&self) -> Vec<LockedPackage> {
+        self.files
+            .iter()
+            .map(|f| LockedPackage {
+                name: f.name.clone(),
+                version: self.version.clone(),
+                architecture: "source".into(),
+                suite: self.index.suite.clone(),
+                filename: f.filename.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            })
+            .collect()
+    }
 }
 
 /// A signed index the lock was resolved from.
@@ -206,6 +252,19 @@ impl Lock {
                 return Err(bad(format!("package {} is listed twice", pkg.key())));
             }
         }
+        for src in &self.sources {
+            for f in &src.files {
+                if !is_sha256_hex(&f.sha256)
+                    || f.filename.contains("..")
+                    || f.filename.starts_with('/')
+                {
+                    return Err(bad(format!(
+                        "source {} {}: file {} has sha256 `{}` and filename `{}`: expected 64 lower-case hex digits and a path below the mirror root",
+                        src.package, src.version, f.name, f.sha256, f.filename
+                    )));
+                }
+            }
+        }
         for (name, profile) in &self.profiles {
             for key in &profile.packages {
                 if !seen.contains(key) {
@@ -298,7 +357,9 @@ impl Lock {
         base: &crate::spec::Base,
         indexes: Vec<IndexDigest>,
         profiles: BTreeMap<String, (LockInputs, Vec<LockedPackage>)>,
+        mut sources: Vec<LockedSource>,
     ) -> Lock {
+        sources.sort();
         let mut all = std::collections::BTreeSet::new();
         let mut locked_profiles = BTreeMap::new();
         for (name, (inputs, resolved)) in profiles {
@@ -326,15 +387,22 @@ impl Lock {
             indexes,
             profiles: locked_profiles,
             packages: all.into_iter().collect(),
+            sources,
         }
     }
 
     /// Where the spec and this lock disagree (empty when they agree). Offline and fast.
     pub fn disagreements(&self, spec: &crate::spec::OsSpec) -> Vec<String> {
         let mut out = Vec::new();
-        for name in spec.profile_names() {
-            let profile = spec.profile(name).expect("names come from the spec");
-            let inputs = LockInputs::of(&profile);
+        let mut sets: Vec<crate::spec::Profile> = spec
+            .profile_names()
+            .into_iter()
+            .map(|name| spec.profile(name).expect("names come from the spec"))
+            .collect();
+        sets.extend(spec.firmware_toolchain());
+        for profile in &sets {
+            let name = profile.profile.as_str();
+            let inputs = LockInputs::of(profile);
             match self.profiles.get(name) {
                 None => out.push(format!(
                     "profile `{name}` is in os.yaml but not in the lock"
@@ -351,9 +419,42 @@ impl Lock {
             }
         }
         for name in self.profiles.keys() {
-            if !spec.profiles.contains_key(name) {
+            if !sets.iter().any(|p| p.profile == *name) {
                 out.push(format!(
                     "profile `{name}` is in the lock but not in os.yaml"
+                ));
+            }
+        }
+        let wanted: Vec<(&str, &str, &str)> = spec
+            .firmware
+            .iter()
+            .map(|f| {
+                let s = &f.source;
+                (s.package.as_str(), s.version.as_str(), s.suite.as_str())
+            })
+            .collect();
+        let locked: Vec<(&str, &str, &str)> = self
+            .sources
+            .iter()
+            .map(|s| {
+                (
+                    s.package.as_str(),
+                    s.version.as_str(),
+                    s.index.suite.as_str(),
+                )
+            })
+            .collect();
+        for (package, version, suite) in &wanted {
+            if !locked.contains(&(package, version, suite)) {
+                out.push(format!(
+                    "source {package} {version} ({suite}) is in os.yaml but not in the lock"
+                ));
+            }
+        }
+        for (package, version, suite) in &locked {
+            if !wanted.contains(&(package, version, suite)) {
+                out.push(format!(
+                    "source {package} {version} ({suite}) is in the lock but not in os.yaml"
                 ));
             }
         }

@@ -16,3 +16,4 @@ pub mod lockfile;
 pub mod mirror;
 pub mod release;
 pub mod resolve;
+pub mod sources;

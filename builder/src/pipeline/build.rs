@@ -359,7 +359,7 @@ impl StageKeys {
 }
 
 /// The versions of the host tools whose output lands in images, as one line.
-fn host_tools() -> String {
+pub(super) fn host_tools() -> String {
     let out = std::process::Command::new("dpkg-query")
         .args(["-W", "-f", "${Package}=${Version} "])
         .args(HOST_TOOL_PACKAGES)

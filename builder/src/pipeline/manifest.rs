@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// The manifest format this plinth reads and writes.
 /// Version 2: partitions carry `blocks_sha256` (sha256 over their 1 MiB blocks' sha256s) in
 /// place of version 1's plain `sha256` of the span. Version 3: slots carry `pcr4` and `pcr7`.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The manifest's file name in a release directory.
 pub const FILE_NAME: &str = "manifest.json";
 
@@ -88,13 +88,17 @@ pub struct PartitionImage {
     pub blocks_sha256: String,
 }
 
-/// What the boot chain measures; more kinds (SNP launch digests, PCR 4) join as fields.
+/// What the boot chain measures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Measurements {
     /// One per boot slot, sorted by slot; a single entry with slot `null` for an OS without
     /// update slots.
     pub slots: Vec<SlotMeasurements>,
+    /// For an OS launched as an SEV-SNP guest: the launch digest of every slot, vCPU count
+    /// and vCPU type (measurements.json has the firmware and policy beside them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snp: Vec<plinth_firmware::snp::LaunchDigest>,
 }
 
 /// The measurements of one boot slot.

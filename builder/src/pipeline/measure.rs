@@ -148,6 +148,7 @@ pub fn predict(
         },
         slots: out,
         not_predicted: not_predicted(),
+        snp: None,
     })
 }
 

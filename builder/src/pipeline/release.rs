@@ -32,8 +32,19 @@ pub struct ReleaseInputs<'a> {
     pub lock_sha256: &'a str,
     pub os_spec_sha256: &'a str,
     pub packages: &'a [&'a LockedPackage],
+    /// The guest firmware built with the OS (GuestOS), and the SEV-SNP launches whose
+    /// digests are published.
+    pub firmware: Option<ReleaseFirmware<'a>>,
     /// Receives one line per archive and one for the rest.
     pub log: &'a dyn Fn(&str),
+}
+
+/// The guest firmware of a release and what its launches are measured for.
+pub struct ReleaseFirmware<'a> {
+    pub firmware: &'a super::ovmf::Firmware,
+    /// The Debian edk2 version it was built from.
+    pub edk2: &'a str,
+    pub launches: Option<super::snp::Launches>,
 }
 
 /// Why a release directory could not be written.
@@ -45,6 +56,8 @@ pub enum ReleaseError {
     Sbom(#[from] sbom::SbomError),
     #[error(transparent)]
     Manifest(#[from] super::manifest::ManifestError),
+    #[error(transparent)]
+    Snp(#[from] super::snp::SnpError),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
 }
@@ -125,6 +138,12 @@ pub fn assemble(
             std::fs::write(&path, format!("{}\n", s.cmdline)).map_err(io(&path))?;
             extras.push((name, path));
         }
+        if let Some(f) = &inputs.firmware {
+            extras.push((
+                super::ovmf::FIRMWARE_FILE.to_string(),
+                f.firmware.path.clone(),
+            ));
+        }
         for (name, source) in extras {
             let dest = staging.join(&name);
             if source != dest {
@@ -134,7 +153,16 @@ pub fn assemble(
         }
     }
     let start = std::time::Instant::now();
-    let measured = measurements(built, os, inputs.version)?;
+    let mut measured = measurements(built, os, inputs.version)?;
+    if let (Some(m), Some(f)) = (measured.as_mut(), &inputs.firmware) {
+        if let Some(launches) = &f.launches {
+            m.snp = Some(snp_expected(built, f, launches, &staging)?);
+            (inputs.log)(&format!(
+                "{os}: {} SEV-SNP launch digests computed",
+                m.snp.as_ref().map_or(0, |s| s.launch_digests.len())
+            ));
+        }
+    }
     if let Some(m) = &measured {
         let path = staging.join(MEASUREMENTS);
         let mut text = serde_json::to_string_pretty(m).map_err(|e| ReleaseError::Io {
@@ -208,7 +236,14 @@ pub fn assemble(
         },
         outputs: outputs.iter().cloned().map(Into::into).collect(),
         partitions,
-        measurements: Measurements { slots },
+        measurements: Measurements {
+            slots,
+            snp: measured
+                .as_ref()
+                .and_then(|m| m.snp.as_ref())
+                .map(|s| s.launch_digests.clone())
+                .unwrap_or_default(),
+        },
     };
     let manifest_path = staging.join(super::manifest::FILE_NAME);
     manifest.write(&manifest_path)?;
@@ -254,6 +289,45 @@ pub fn assemble(
     }
     std::fs::rename(&staging, dir).map_err(io(dir))?;
     Ok(manifest)
+}
+
+/// The SEV-SNP launch digests of every slot with the release's firmware (its copy in
+/// `staging`), computed in a scratch directory below `staging` that is removed after.
+fn snp_expected(
+    built: &Built,
+    f: &ReleaseFirmware<'_>,
+    launches: &super::snp::Launches,
+    staging: &Path,
+) -> Result<plinth_firmware::snp::SnpExpected, ReleaseError> {
+    let mut ukis = Vec::new();
+    for s in &built.slots {
+        ukis.push((
+            slot_text(s.slot),
+            std::fs::read(&s.uki).map_err(io(&s.uki))?,
+        ));
+    }
+    let slots: Vec<super::snp::SlotUki> = ukis
+        .iter()
+        .map(|(slot, uki)| super::snp::SlotUki {
+            slot: slot.clone(),
+            uki,
+        })
+        .collect();
+    let firmware = staging.join(super::ovmf::FIRMWARE_FILE);
+    let scratch = staging.join(".snp-scratch");
+    let expected = super::snp::expected(
+        &super::snp::FirmwareFile {
+            path: &firmware,
+            name: super::ovmf::FIRMWARE_FILE,
+            sha256: &f.firmware.sha256,
+            edk2: f.edk2,
+        },
+        launches,
+        &slots,
+        &scratch,
+    );
+    std::fs::remove_dir_all(&scratch).map_err(io(&scratch))?;
+    Ok(expected?)
 }
 
 /// What booting each slot measures (see [`measure`]), from the boot loader on the ESP and

@@ -35,9 +35,53 @@ pub struct OsSpec {
     pub disk: Disk,
     pub partitions: Vec<Partition>,
     pub kernel: Kernel,
+    /// The guest firmware built with this OS (GuestOS: edk2's AMD SEV OVMF), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareSpec>,
+    /// The SEV-SNP launch configurations whose digests the release publishes (needs
+    /// `firmware`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snp: Option<SnpSpec>,
     /// Profiles by name; `prod` and `test` are required.
     pub profiles: BTreeMap<String, ProfileSpec>,
 }
+
+/// The guest firmware: edk2's `OvmfPkg/AmdSev` built from a Debian source package by
+/// `firmware/ovmf/build.sh`, with a toolchain locked like the image's packages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSpec {
+    /// The Debian source package to build from.
+    pub source: SourceRequest,
+    /// The build tools, installed from `base` (variant essential): compiler, assembler and
+    /// ACPI compiler versions change the firmware's bytes, so they are locked.
+    pub toolchain: Vec<PackageRequest>,
+}
+
+/// One version of one Debian source package, from a suite's signed `Sources` index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRequest {
+    pub package: String,
+    pub version: String,
+    /// The suite whose index lists that version, e.g. `trixie`.
+    pub suite: String,
+}
+
+/// The SEV-SNP launches HostOS may make of this OS: a digest is published for every vCPU
+/// count × vCPU type × boot slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpSpec {
+    pub vcpus: Vec<u32>,
+    /// QEMU's vCPU model names, e.g. `EPYC-v4`, `EPYC-Milan`, `EPYC-Genoa`.
+    pub vcpu_types: Vec<String>,
+    /// Whether the guest may run on hosts with SMT enabled (the guest policy's SMT bit).
+    pub smt: bool,
+}
+
+/// The name of the toolchain's package set in the OS's lock (beside the profiles).
+pub const FIRMWARE_TOOLCHAIN: &str = "firmware-toolchain";
 
 /// The Debian base of an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +275,29 @@ impl OsSpec {
             partitions,
             cmdline,
             boot_loader: self.kernel.boot_loader,
+        })
+    }
+
+    /// The firmware's toolchain as a package set the lock, fetch and package stages take
+    /// like a profile's: the spec's base (variant essential, as the images), the toolchain's
+    /// packages, no disk.
+    pub fn firmware_toolchain(&self) -> Option<Profile> {
+        let firmware = self.firmware.as_ref()?;
+        let mut packages = firmware.toolchain.clone();
+        packages.sort();
+        packages.dedup();
+        Some(Profile {
+            os: self.os.clone(),
+            profile: FIRMWARE_TOOLCHAIN.to_string(),
+            base: Base {
+                variant: "essential".into(),
+                ..self.base.clone()
+            },
+            packages,
+            disk_size: Size::from_mib(0),
+            partitions: Vec::new(),
+            cmdline: Vec::new(),
+            boot_loader: BootLoader::None,
         })
     }
 }

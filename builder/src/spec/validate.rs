@@ -114,6 +114,8 @@ pub const CHECKS: &[fn(&mut Checker)] = &[
     check_partition_slots,
     check_partitions_fit_disk,
     check_kernel_cmdline,
+    check_firmware,
+    check_snp,
     check_profiles_required,
     check_profile_names,
     check_profile_packages,
@@ -1000,6 +1002,119 @@ fn check_profile_cmdline(cx: &mut Checker) {
     for (name, profile) in &cx.spec.profiles {
         let path = format!("profiles.{name}.cmdline_append");
         check_cmdline_list(cx, &path, &profile.cmdline_append);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// firmware, snp
+
+/// The only source package the firmware recipe (`firmware/ovmf/build.sh`) knows how to build.
+pub const FIRMWARE_SOURCE: &str = "edk2";
+
+/// `firmware`: edk2 from a known Debian release, a version, a non-empty toolchain.
+fn check_firmware(cx: &mut Checker) {
+    let Some(firmware) = &cx.spec.firmware else {
+        return;
+    };
+    let source = &firmware.source;
+    if source.package != FIRMWARE_SOURCE {
+        cx.at(
+            "firmware.source.package",
+            format!("`{FIRMWARE_SOURCE}` (the recipe builds edk2's OvmfPkg/AmdSev)"),
+            q(&source.package),
+            format!("write `package: {FIRMWARE_SOURCE}`"),
+        );
+    }
+    if source.version.trim().is_empty() || source.version.chars().any(char::is_whitespace) {
+        cx.at(
+            "firmware.source.version",
+            "a Debian source version, e.g. `2025.02-8+deb13u1`",
+            q(&source.version),
+            "copy the version from the suite's Sources index (`apt-cache showsrc edk2`)",
+        );
+    }
+    let suite_release = source.suite.split('-').next().unwrap_or_default();
+    if !RELEASES.contains(&suite_release) {
+        cx.at(
+            "firmware.source.suite",
+            format!("a suite of {}", one_of(&RELEASES)),
+            q(&source.suite),
+            "the suite whose signed Sources index lists that version, e.g. `trixie`",
+        );
+    }
+    if firmware.toolchain.is_empty() {
+        cx.at(
+            "firmware.toolchain",
+            "the build tools to install (compiler, nasm, iasl, python3, quilt)",
+            "an empty list",
+            "e.g. `toolchain: [build-essential, nasm, acpica-tools, uuid-dev, python3, quilt, xz-utils]`",
+        );
+    }
+    let toolchain = firmware.toolchain.clone();
+    check_package_list(cx, "firmware.toolchain", &toolchain);
+}
+
+/// `snp`: needs `firmware`; vCPU counts and types the digest can model, each once.
+fn check_snp(cx: &mut Checker) {
+    use plinth_firmware::snp::digest::{MAX_VCPUS, VCPU_TYPES};
+    let Some(snp) = &cx.spec.snp else {
+        return;
+    };
+    if cx.spec.firmware.is_none() {
+        cx.at(
+            "snp",
+            "a `firmware` section beside `snp` (the digests measure that firmware)",
+            "no `firmware`",
+            "add `firmware:` with the edk2 source and toolchain, or remove `snp`",
+        );
+    }
+    if snp.vcpus.is_empty() {
+        cx.at(
+            "snp.vcpus",
+            "the vCPU counts HostOS may launch the guest with",
+            "an empty list",
+            "e.g. `vcpus: [4, 16, 64]`",
+        );
+    }
+    let vcpus = snp.vcpus.clone();
+    for (i, n) in vcpus.iter().enumerate() {
+        let item = join_index("snp.vcpus", i);
+        if *n == 0 || *n > MAX_VCPUS {
+            cx.at(
+                &item,
+                format!("a vCPU count from 1 to {MAX_VCPUS}"),
+                n.to_string(),
+                "remove or correct the entry",
+            );
+        } else if vcpus[..i].contains(n) {
+            cx.at(
+                &item,
+                "each count once",
+                n.to_string(),
+                "remove the repeated entry",
+            );
+        }
+    }
+    if snp.vcpu_types.is_empty() {
+        cx.at(
+            "snp.vcpu_types",
+            "QEMU vCPU models, e.g. `EPYC-v4`",
+            "an empty list",
+            "e.g. `vcpu_types: [EPYC-v4, EPYC-Milan, EPYC-Genoa]`",
+        );
+    }
+    let types = snp.vcpu_types.clone();
+    for (i, t) in types.iter().enumerate() {
+        let item = join_index("snp.vcpu_types", i);
+        if !VCPU_TYPES.contains(&t.as_str()) {
+            let hint = match closest(t, VCPU_TYPES) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "QEMU's names of the EPYC models, as `qemu -cpu help` lists them".into(),
+            };
+            cx.at(&item, one_of(VCPU_TYPES), q(t), hint);
+        } else if types[..i].contains(t) {
+            cx.at(&item, "each type once", q(t), "remove the repeated entry");
+        }
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Machine {
     pub tpm: bool,
     /// `None`: detect ([`accel::detect`]).
     pub accel: Option<Accel>,
+    /// A single-image firmware (no variable store) instead of Debian's OVMF: a GuestOS
+    /// release's AMD SEV OVMF. It has no TPM support.
+    pub firmware: Option<PathBuf>,
 }
 
 impl Machine {
@@ -55,6 +58,7 @@ impl Machine {
             numa_nodes: 1,
             tpm: false,
             accel: None,
+            firmware: None,
         }
     }
 }
@@ -210,6 +214,20 @@ fn check(m: &Machine, echo: Echo) -> Result<(), VmError> {
             "lower --numa or raise --cpus / --memory",
         ));
     }
+    if let Some(f) = &m.firmware {
+        if !f.is_file() {
+            return Err(bad(
+                format!("{}: no such firmware file", f.display()),
+                "give a GuestOS release's OVMF-AmdSev.fd",
+            ));
+        }
+        if m.tpm {
+            return Err(bad(
+                format!("{} has no TPM support", f.display()),
+                "leave out --tpm (the TPM predictions hold for Debian's OVMF)",
+            ));
+        }
+    }
     for path in [OVMF_CODE, OVMF_VARS] {
         if !Path::new(path).is_file() {
             return Err(bad(
@@ -275,11 +293,22 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
             ]);
         }
     }
+    match &m.firmware {
+        Some(f) => a.extend([
+            "-drive".into(),
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                f.display()
+            ),
+        ]),
+        None => a.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]),
+    }
     a.extend([
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-        "-drive".into(),
-        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
         // The boot disk is the first boot option (bootindex), so the firmware's first boot
         // attempt is the one that boots: a failed attempt on another disk would add events
         // to PCR 4.

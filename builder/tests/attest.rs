@@ -1,0 +1,393 @@
+//! `plinth attest verify` end to end with AMD's real Milan report and VCEK (from
+//! firmware/testdata/snp/): exit codes 0, 1 and 2 with their messages, `--json`, the
+//! certificate sources (--vcek, --certs, --cert-table), and `--fetch` from a KDS served on
+//! 127.0.0.1, whose answer is cached and reused.
+
+use plinth_firmware::measurements::{Measurements, Platform, FORMAT_VERSION};
+use plinth_firmware::snp::cert_table::{self, CertKind, TableEntry};
+use plinth_firmware::snp::report::Report;
+use plinth_firmware::snp::{GuestFirmware, LaunchDigest, Policy, SnpExpected};
+use plinth_testkit::{Faults, TestServer};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../firmware/testdata/snp");
+/// A catalog with the floors of 2023, when the real report was made (the built-in one is
+/// newer, and refuses it).
+const CATALOG_2023: &str = "format_version: 1\ngenerations:\n  - name: milan\n    cpu_family: 0x19\n    cpu_models: [[0x00, 0x0f]]\n    minimum_tcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 }\n";
+
+fn data(name: &str) -> PathBuf {
+    Path::new(DATA).join(name)
+}
+
+fn real_report() -> Report {
+    Report::read(&data("report_milan.hex")).unwrap()
+}
+
+/// A scratch directory with measurements.json expecting what the real report carries, and
+/// the 2023 catalog.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let r = real_report().parsed;
+        let m = Measurements {
+            format_version: FORMAT_VERSION,
+            os: "guest-os".into(),
+            version: "1.0.0".into(),
+            platform: Platform {
+                firmware: "OVMF".into(),
+                secure_boot: false,
+                bank: "sha256".into(),
+            },
+            slots: vec![],
+            not_predicted: vec![],
+            snp: Some(SnpExpected {
+                firmware: GuestFirmware {
+                    file: "OVMF.fd".into(),
+                    sha256: "00".repeat(32),
+                    edk2: "2025.02-1".into(),
+                },
+                vmm: "QEMU".into(),
+                guest_features: "0x1".into(),
+                policy: Policy {
+                    abi_major: 0,
+                    abi_minor: 0,
+                    smt: r.policy.smt_allowed(),
+                    debug: false,
+                    migrate_ma: false,
+                },
+                vmpl: r.vmpl,
+                launch_digests: vec![LaunchDigest {
+                    slot: Some("A".into()),
+                    vcpus: 4,
+                    vcpu_type: "EPYC-Milan".into(),
+                    measurement: hex::encode(r.measurement),
+                }],
+            }),
+        };
+        std::fs::write(
+            dir.path().join("measurements.json"),
+            serde_json::to_string_pretty(&m).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("catalog-2023.yaml"), CATALOG_2023).unwrap();
+        Scratch { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// The nonce the real report was made for (all 64 bytes of its REPORT_DATA).
+fn nonce() -> String {
+    hex::encode(real_report().parsed.report_data)
+}
+
+fn plinth(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
+    cmd.args(args).env_remove("PLINTH_KDS_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("plinth runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn verify_args<'a>(s: &'a Scratch, extra: &[&'a str]) -> Vec<String> {
+    let mut v = vec![
+        "attest".to_string(),
+        "verify".into(),
+        data("report_milan.hex").display().to_string(),
+        "--expect".into(),
+        s.path("measurements.json"),
+    ];
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
+}
+
+fn run(args: &[String], env: &[(&str, &str)]) -> (i32, String, String) {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    plinth(&refs, env)
+}
+
+#[test]
+fn exit_0_when_every_check_passes() {
+    let s = Scratch::new();
+    let (vcek, catalog, nonce) = (data("vcek_milan.der"), s.path("catalog-2023.yaml"), nonce());
+    let vcek = vcek.display().to_string();
+    let (code, stdout, stderr) = run(
+        &verify_args(
+            &s,
+            &["--vcek", &vcek, "--catalog", &catalog, "--nonce", &nonce],
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with("SEV-SNP report of a Milan node"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("11 checks: 11 passed, 0 failed, 0 skipped"),
+        "{stdout}"
+    );
+    for name in [
+        "ark",
+        "ask",
+        "vek_tcb",
+        "vek_hwid",
+        "report_signature",
+        "vmpl",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok   {name} ")),
+            "{name}: {stdout}"
+        );
+    }
+
+    // The certificates from a directory (KDS chain and VCEK) and from a certificate table.
+    let dir = s.dir.path().join("certs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(data("vcek_milan.der"), dir.join("vcek.der")).unwrap();
+    std::fs::copy(data("cert_chain_milan"), dir.join("cert_chain.pem")).unwrap();
+    let dir = dir.display().to_string();
+    let (code, stdout, _) = run(
+        &verify_args(
+            &s,
+            &["--certs", &dir, "--catalog", &catalog, "--nonce", &nonce],
+        ),
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("cert_chain.pem certificate 1"),
+        "the given ASK: {stdout}"
+    );
+    let table = cert_table::encode(&[TableEntry {
+        kind: CertKind::Vcek,
+        data: std::fs::read(data("vcek_milan.der")).unwrap(),
+    }]);
+    std::fs::write(s.dir.path().join("certs.bin"), table).unwrap();
+    let table = s.path("certs.bin");
+    let (code, stdout, _) = run(
+        &verify_args(&s, &["--cert-table", &table, "--catalog", &catalog]),
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("skip report_data"),
+        "no nonce, no freshness: {stdout}"
+    );
+}
+
+#[test]
+fn exit_1_names_every_failed_check_and_its_values() {
+    let s = Scratch::new();
+    let vcek = data("vcek_milan.der").display().to_string();
+    // The built-in catalog: the report's 2023 firmware is below today's floor.
+    let (code, stdout, stderr) = run(
+        &verify_args(&s, &["--vcek", &vcek, "--nonce", &nonce()]),
+        &[],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAIL tcb_minimum") && stdout.contains("snp 8 < 21"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("11 checks: 10 passed, 1 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 of 11 checks failed: tcb_minimum"),
+        "{stderr}"
+    );
+
+    // Another nonce, and the VCEK of another chip.
+    let catalog = s.path("catalog-2023.yaml");
+    let other = data("vcek_milan_azure.pem").display().to_string();
+    let (code, stdout, stderr) = run(
+        &verify_args(
+            &s,
+            &["--vcek", &other, "--catalog", &catalog, "--nonce", "abcd"],
+        ),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("FAIL report_data") && stdout.contains("not the nonce abcd"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL vek_hwid") && stdout.contains("hwID da8a5695b5aeafdb"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("3 of 11 checks failed: vek_hwid, report_signature, report_data"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_output() {
+    let s = Scratch::new();
+    let vcek = data("vcek_milan.der").display().to_string();
+    let (code, stdout, _) = run(&verify_args(&s, &["--vcek", &vcek, "--json"]), &[]);
+    assert_eq!(code, 1, "tcb_minimum fails with the built-in catalog");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["passed"], false);
+    assert_eq!(v["generation"], "milan");
+    assert_eq!(v["signed_by"], "VCEK");
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 11);
+    let tcb = checks.iter().find(|c| c["check"] == "tcb_minimum").unwrap();
+    assert_eq!(tcb["status"], "failed");
+    assert!(tcb["detail"]
+        .as_str()
+        .unwrap()
+        .contains("microcode 115 < 211"));
+    let data_check = checks.iter().find(|c| c["check"] == "report_data").unwrap();
+    assert_eq!(data_check["status"], "skipped");
+}
+
+#[test]
+fn exit_2_for_bad_input() {
+    let s = Scratch::new();
+    let vcek = data("vcek_milan.der").display().to_string();
+    let missing = s.path("nope.bin");
+    let expect = s.path("measurements.json");
+    let (code, _, stderr) = plinth(&["attest", "verify", &missing, "--expect", &expect], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains(&format!("{missing}: cannot read")),
+        "{stderr}"
+    );
+
+    std::fs::write(s.dir.path().join("short.bin"), [0u8; 100]).unwrap();
+    let short = s.path("short.bin");
+    let (code, _, stderr) = plinth(&["attest", "verify", &short, "--expect", &expect], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("short.bin: 100 bytes: expected an SEV-SNP attestation report"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(&verify_args(&s, &[]), &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no VCEK to check the report with") && stderr.contains("--fetch"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(&verify_args(&s, &["--vcek", &vcek, "--nonce", "xyz"]), &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--nonce: the nonce `xyz` is not hex"),
+        "{stderr}"
+    );
+
+    let text = std::fs::read_to_string(&expect).unwrap();
+    let mut m = Measurements::parse(&text, "m").unwrap();
+    m.snp = None;
+    std::fs::write(&expect, serde_json::to_string(&m).unwrap()).unwrap();
+    let (code, _, stderr) = run(&verify_args(&s, &["--vcek", &vcek]), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("has no `snp` part"), "{stderr}");
+}
+
+#[test]
+fn fetch_from_kds_and_reuse_the_cache() {
+    let s = Scratch::new();
+    let report = real_report().parsed;
+    let path = format!("vcek/v1/Milan/{}", hex::encode(report.chip_id));
+    let files = HashMap::from([(path.clone(), std::fs::read(data("vcek_milan.der")).unwrap())]);
+    let kds = TestServer::start(files, Faults::none());
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().display().to_string();
+    let env = [
+        ("PLINTH_KDS_URL", kds.url()),
+        ("PLINTH_CACHE_DIR", cache_dir.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let catalog = s.path("catalog-2023.yaml");
+    let nonce = nonce();
+
+    // A version 2 report names no generation: without a VCEK it must be given.
+    let (code, _, stderr) = run(&verify_args(&s, &["--fetch", "--catalog", &catalog]), &env);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--generation milan|genoa|turin"),
+        "{stderr}"
+    );
+
+    let args = verify_args(
+        &s,
+        &[
+            "--fetch",
+            "--generation",
+            "milan",
+            "--catalog",
+            &catalog,
+            "--nonce",
+            &nonce,
+        ],
+    );
+    let (code, stdout, stderr) = run(&args, &env);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "fetching {}/{path}?blSPL=03&teeSPL=00&snpSPL=08&ucodeSPL=115",
+            kds.url()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(kds.requests_for(&path), 1);
+    let cached = cache
+        .path()
+        .join("kds/vcek/v1/Milan")
+        .join(hex::encode(report.chip_id))
+        .join("blSPL_03_teeSPL_00_snpSPL_08_ucodeSPL_115.der");
+    assert!(cached.is_file(), "{}", cached.display());
+
+    // Again: from the cache, no request.
+    let (code, stdout, stderr) = run(&args, &env);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stderr.contains("fetching"), "{stderr}");
+    assert_eq!(kds.requests_for(&path), 1);
+
+    // A KDS that does not know the chip: the download fails (exit 1) and says what to do.
+    let empty = TestServer::start(HashMap::<String, Vec<u8>>::new(), Faults::none());
+    let other_cache = tempfile::tempdir().unwrap();
+    let other_cache = other_cache.path().display().to_string();
+    let url = empty.url();
+    let env = [
+        ("PLINTH_KDS_URL", url.as_str()),
+        ("PLINTH_CACHE_DIR", other_cache.as_str()),
+    ];
+    let (code, _, stderr) = run(&args, &env);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("HTTP 404") && stderr.contains("--vcek"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_has_examples() {
+    let (code, stdout, _) = plinth(&["attest", "verify", "--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("Examples:") && stdout.contains("plinth-guest attest --nonce"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,1283 @@
+//! The checks of an SEV-SNP attestation report against a release's expectations. The `sev`
+//! crate checks signatures only; this goes further: the ARK pinned to our built-in copy, the
+//! VCEK's (or VLEK's) TCB and chip extensions against the report, the report's signature over
+//! its original bytes, and the launch policy: measurement, policy bits, minimum TCB from the
+//! firmware catalog, nonce, VMPL.
+//!
+//! Every check runs, whatever another found, and each is judged on its own inputs (the
+//! report's signature is checked with the VCEK's key even if the VCEK's own signature failed),
+//! so one defect fails one check and the result names it with the values seen.
+
+use super::certs::{Cert, CertSet, Role};
+use super::expected::SnpExpected;
+use super::extensions::{self, VekExtensions, TCB_OIDS};
+use super::generation::Generation;
+use super::kds;
+use super::report::{Report, SigningKey, SIGNATURE_COMPONENT_LEN, SIGNED_LEN};
+use super::report_data::{report_data, NonceError};
+use super::tcb::Tcb;
+use crate::catalog::Catalog;
+use serde::Serialize;
+use sev::certs::snp::{Certificate, Verifiable};
+use std::collections::BTreeMap;
+
+/// One check of a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// The ARK is the pinned one of the generation and signs itself.
+    Ark,
+    /// The ARK signs the ASK (or, for a VLEK, the ASVK).
+    Ask,
+    /// The ASK (ASVK) signs the VCEK (VLEK).
+    Vek,
+    /// The VCEK's (VLEK's) TCB extensions are the report's REPORTED_TCB.
+    VekTcb,
+    /// The VCEK's hwID is the report's CHIP_ID.
+    VekHwid,
+    /// The VCEK (VLEK) signs the report.
+    ReportSignature,
+    /// The measurement is one of the release's launch digests.
+    Measurement,
+    /// Debug off, migration agent off, SMT as expected, ABI at least the expected one.
+    Policy,
+    /// REPORTED_TCB is at least the catalog's minimum in every component.
+    TcbMinimum,
+    /// REPORT_DATA is the caller's nonce.
+    ReportData,
+    /// The report was requested at the expected VMPL.
+    Vmpl,
+}
+
+impl Check {
+    pub const ALL: [Check; 11] = [
+        Check::Ark,
+        Check::Ask,
+        Check::Vek,
+        Check::VekTcb,
+        Check::VekHwid,
+        Check::ReportSignature,
+        Check::Measurement,
+        Check::Policy,
+        Check::TcbMinimum,
+        Check::ReportData,
+        Check::Vmpl,
+    ];
+
+    /// The name in output (`vek_tcb`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Ark => "ark",
+            Check::Ask => "ask",
+            Check::Vek => "vek",
+            Check::VekTcb => "vek_tcb",
+            Check::VekHwid => "vek_hwid",
+            Check::ReportSignature => "report_signature",
+            Check::Measurement => "measurement",
+            Check::Policy => "policy",
+            Check::TcbMinimum => "tcb_minimum",
+            Check::ReportData => "report_data",
+            Check::Vmpl => "vmpl",
+        }
+    }
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Failed,
+    /// Not applicable, or nothing to check against (said why).
+    Skipped,
+}
+
+/// One check's outcome, with the values it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub check: Check,
+    pub status: Status,
+    pub detail: String,
+}
+
+/// The outcome of a verification: every check, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub generation: Generation,
+    /// How the generation was told (`the report's CPUID`, ...).
+    pub generation_from: String,
+    /// `VCEK` or `VLEK`.
+    pub signed_by: &'static str,
+    /// No check failed.
+    pub passed: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+impl Verification {
+    /// The checks that failed.
+    pub fn failed(&self) -> Vec<Check> {
+        self.checks
+            .iter()
+            .filter(|c| c.status == Status::Failed)
+            .map(|c| c.check)
+            .collect()
+    }
+
+    /// The result of `check`.
+    pub fn result(&self, check: Check) -> Option<&CheckResult> {
+        self.checks.iter().find(|c| c.check == check)
+    }
+
+    /// The outcome for people: a heading, one line per check, a count.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "SEV-SNP report of a {} node (generation: {}), signed by a {}:",
+            self.generation.product(),
+            self.generation_from,
+            self.signed_by
+        )];
+        for c in &self.checks {
+            let word = match c.status {
+                Status::Passed => "ok  ",
+                Status::Failed => "FAIL",
+                Status::Skipped => "skip",
+            };
+            out.push(format!("  {word} {:<16} {}", c.check.name(), c.detail));
+        }
+        let count = |s: Status| self.checks.iter().filter(|c| c.status == s).count();
+        out.push(format!(
+            "{} checks: {} passed, {} failed, {} skipped",
+            self.checks.len(),
+            count(Status::Passed),
+            count(Status::Failed),
+            count(Status::Skipped)
+        ));
+        out
+    }
+}
+
+/// What is trusted: the pinned ARK of each generation, the ASK used when none is given, and
+/// the firmware catalog.
+#[derive(Debug, Clone)]
+pub struct Trust<'a> {
+    pub arks: BTreeMap<Generation, Certificate>,
+    pub asks: BTreeMap<Generation, Certificate>,
+    pub catalog: &'a Catalog,
+}
+
+impl Trust<'static> {
+    /// The sev crate's built-in ARKs and ASKs and the built-in catalog.
+    pub fn builtin() -> Trust<'static> {
+        Trust::with_catalog(Catalog::builtin())
+    }
+}
+
+impl<'a> Trust<'a> {
+    /// The built-in ARKs and ASKs with another catalog.
+    pub fn with_catalog(catalog: &'a Catalog) -> Trust<'a> {
+        Trust {
+            arks: Generation::ALL.map(|g| (g, g.builtin_ark())).into(),
+            asks: Generation::ALL.map(|g| (g, g.builtin_ask())).into(),
+            catalog,
+        }
+    }
+}
+
+/// What is checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub report: &'a Report,
+    pub certs: &'a CertSet,
+    pub expected: &'a SnpExpected,
+    /// The caller's nonce; without one, freshness is not checked.
+    pub nonce: Option<&'a [u8]>,
+    /// The generation, when the caller knows it (needed for version 2 reports whose VCEK does
+    /// not name it).
+    pub generation: Option<Generation>,
+}
+
+/// Inputs that do not allow a verification (bad input, but for [`VerifyError::UncertifiedCpu`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no {what} to check the report with\n  hint: {hint}")]
+    NoVek {
+        what: &'static str,
+        hint: &'static str,
+    },
+    #[error("the report is signed by a VLEK, and no ASVK is given (the sev crate has none built in)\n  hint: put asvk.pem (AMD KDS: /vlek/v1/<Product>/cert_chain) in the --certs directory, or use --fetch")]
+    NoAsvk,
+    #[error("the report's CPU (family {family:#04x}, model {model:#04x}) is not a generation of the firmware catalog ({certified})")]
+    UncertifiedCpu {
+        family: u8,
+        model: u8,
+        certified: String,
+    },
+    #[error("--generation {given}, but {how} says {found}")]
+    GenerationConflict {
+        given: Generation,
+        found: Generation,
+        how: &'static str,
+    },
+    #[error("the processor generation cannot be told: the report (version {version}) has no CPUID and the {what} names none\n  hint: pass --generation milan|genoa|turin")]
+    UnknownGeneration { version: u32, what: &'static str },
+    #[error(transparent)]
+    Nonce(#[from] NonceError),
+}
+
+impl VerifyError {
+    /// Whether the inputs were at fault (exit 2), rather than the node (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, VerifyError::UncertifiedCpu { .. })
+    }
+}
+
+/// Which key signs the report, as the report says.
+pub fn vek_role(report: &Report, certs: &CertSet) -> Role {
+    match report.signing_key() {
+        SigningKey::Vlek => Role::Vlek,
+        SigningKey::Vcek => Role::Vcek,
+        // Unsigned or reserved: the signature check fails; use whichever key there is.
+        _ if certs.vcek.is_none() && certs.vlek.is_some() => Role::Vlek,
+        _ => Role::Vcek,
+    }
+}
+
+/// The generation of the node: from the report's CPUID (version 3 and later), else from the
+/// VEK's productName, else `given`; `given` must agree with what the report or VEK says.
+pub fn resolve_generation(
+    report: &Report,
+    vek: Option<&Cert>,
+    given: Option<Generation>,
+    catalog: &Catalog,
+) -> Result<(Generation, String), VerifyError> {
+    let told = match report.cpuid() {
+        Some((family, model)) => Some((
+            catalog
+                .generation_of(family, model)
+                .ok_or(VerifyError::UncertifiedCpu {
+                    family,
+                    model,
+                    certified: catalog.names(),
+                })?,
+            "the report's CPUID",
+        )),
+        None => vek
+            .and_then(|v| extensions::read(&v.cert).ok()?.product_name)
+            .and_then(|n| Generation::from_product_name(&n))
+            .map(|g| (g, "the VEK's productName")),
+    };
+    match (given, told) {
+        (Some(given), Some((found, how))) if given != found => {
+            Err(VerifyError::GenerationConflict { given, found, how })
+        }
+        (_, Some((g, how))) => Ok((g, how.to_string())),
+        (Some(g), None) => Ok((g, "as given".to_string())),
+        (None, None) => Err(VerifyError::UnknownGeneration {
+            version: report.parsed.version,
+            what: "VEK",
+        }),
+    }
+}
+
+/// Run every check.
+pub fn verify(inputs: &Inputs<'_>, trust: &Trust<'_>) -> Result<Verification, VerifyError> {
+    let Inputs {
+        report,
+        certs,
+        expected,
+        nonce,
+        generation,
+    } = *inputs;
+    let role = vek_role(report, certs);
+    let vek = certs.get(role).ok_or(VerifyError::NoVek {
+        what: role.what(),
+        hint: match role {
+            Role::Vlek => "a VLEK comes from the host (the extended report's certificate table, certs/vlek.der of plinth-guest attest): pass --certs DIR",
+            _ => "pass --vcek FILE or --certs DIR (plinth-guest attest writes certs/vcek.der), or --fetch it from AMD",
+        },
+    })?;
+    let (generation, generation_from) =
+        resolve_generation(report, Some(vek), generation, trust.catalog)?;
+    let want_data = nonce.map(report_data).transpose()?;
+    let builtin_ask;
+    let signer: &Cert = match role {
+        Role::Vlek => certs
+            .asvk
+            .as_ref()
+            .or(certs.ask.as_ref())
+            .ok_or(VerifyError::NoAsvk)?,
+        _ => match &certs.ask {
+            Some(ask) => ask,
+            None => {
+                let ask = trust
+                    .asks
+                    .get(&generation)
+                    .cloned()
+                    .unwrap_or_else(|| generation.builtin_ask());
+                builtin_ask = Cert::new(ask, format!("the built-in {} ASK", generation.product()))
+                    .map_err(|_| VerifyError::NoVek {
+                        what: "ASK",
+                        hint: "pass the ASK in --certs DIR",
+                    })?;
+                &builtin_ask
+            }
+        },
+    };
+    let signer_what = if role == Role::Vlek { "ASVK" } else { "ASK" };
+    let ext = extensions::read(&vek.cert);
+    let ctx = Context {
+        report,
+        vek,
+        vek_what: role.what(),
+        signer,
+        signer_what,
+        ext: &ext,
+        generation,
+    };
+    let pinned = trust.arks.get(&generation);
+    let checks = vec![
+        ctx.ark(certs.ark.as_ref(), pinned),
+        ctx.ask(pinned),
+        ctx.vek(),
+        ctx.vek_tcb(),
+        ctx.vek_hwid(),
+        ctx.report_signature(),
+        measurement(report, expected),
+        policy(report, expected),
+        tcb_minimum(report, generation, trust.catalog),
+        nonce_check(report, nonce, want_data),
+        vmpl(report, expected),
+    ];
+    Ok(Verification {
+        generation,
+        generation_from,
+        signed_by: role.what(),
+        passed: checks.iter().all(|c| c.status != Status::Failed),
+        checks,
+    })
+}
+
+fn result(check: Check, ok: bool, detail: String) -> CheckResult {
+    CheckResult {
+        check,
+        status: if ok { Status::Passed } else { Status::Failed },
+        detail,
+    }
+}
+
+/// The first 16 hex digits of `bytes`, with an ellipsis if there are more.
+fn short_hex(bytes: &[u8]) -> String {
+    abbreviate(&hex::encode(bytes))
+}
+
+/// The first 16 characters of a hex string, with an ellipsis if there are more.
+fn abbreviate(hex: &str) -> String {
+    match hex.get(..16) {
+        Some(head) if hex.len() > 16 => format!("{head}…"),
+        _ => hex.to_string(),
+    }
+}
+
+/// What the certificate checks share.
+struct Context<'a> {
+    report: &'a Report,
+    vek: &'a Cert,
+    vek_what: &'static str,
+    signer: &'a Cert,
+    signer_what: &'static str,
+    ext: &'a Result<VekExtensions, String>,
+    generation: Generation,
+}
+
+impl Context<'_> {
+    fn ark(&self, given: Option<&Cert>, pinned: Option<&Certificate>) -> CheckResult {
+        let product = self.generation.product();
+        let Some(pinned) = pinned else {
+            return result(Check::Ark, false, format!("no {product} ARK is pinned"));
+        };
+        let pinned = match Cert::new(pinned.clone(), format!("the pinned {product} ARK")) {
+            Ok(c) => c,
+            Err(e) => return result(Check::Ark, false, e.to_string()),
+        };
+        if let Some(given) = given {
+            if given.der != pinned.der {
+                return result(
+                    Check::Ark,
+                    false,
+                    format!(
+                        "{} (sha256 {}, subject CN `{}`) is not the pinned {product} ARK (sha256 {}): only that root is trusted",
+                        given.origin,
+                        abbreviate(&given.sha256()),
+                        given.subject_cn(),
+                        abbreviate(&pinned.sha256()),
+                    ),
+                );
+            }
+        }
+        let fp = abbreviate(&pinned.sha256());
+        match (&pinned.cert, &pinned.cert).verify() {
+            Ok(()) => result(
+                Check::Ark,
+                true,
+                format!(
+                    "the pinned {product} ARK (sha256 {fp}{}), self-signed",
+                    given
+                        .map(|g| format!(", as in {}", g.origin))
+                        .unwrap_or_default()
+                ),
+            ),
+            Err(e) => result(
+                Check::Ark,
+                false,
+                format!(
+                    "the pinned {product} ARK (sha256 {fp}) does not verify its own signature: {e}"
+                ),
+            ),
+        }
+    }
+
+    fn ask(&self, pinned: Option<&Certificate>) -> CheckResult {
+        let product = self.generation.product();
+        let (what, origin) = (self.signer_what, &self.signer.origin);
+        let Some(ark) = pinned else {
+            return result(Check::Ask, false, format!("no {product} ARK is pinned"));
+        };
+        match (ark, &self.signer.cert).verify() {
+            Ok(()) => result(
+                Check::Ask,
+                true,
+                format!("the {what} ({origin}) is signed by the {product} ARK"),
+            ),
+            Err(e) => result(
+                Check::Ask,
+                false,
+                format!("the {what} ({origin}, subject CN `{}`) is not signed by the pinned {product} ARK: {e}", self.signer.subject_cn()),
+            ),
+        }
+    }
+
+    fn vek(&self) -> CheckResult {
+        let (vek, signer) = (self.vek_what, self.signer_what);
+        match (&self.signer.cert, &self.vek.cert).verify() {
+            Ok(()) => result(
+                Check::Vek,
+                true,
+                format!("the {vek} ({}) is signed by the {signer}", self.vek.origin),
+            ),
+            Err(e) => result(
+                Check::Vek,
+                false,
+                format!(
+                    "the {vek} ({}) is not signed by the {signer} ({}): {e}",
+                    self.vek.origin, self.signer.origin
+                ),
+            ),
+        }
+    }
+
+    fn vek_tcb(&self) -> CheckResult {
+        let ext = match self.ext {
+            Ok(e) => e,
+            Err(e) => return result(Check::VekTcb, false, format!("{}: {e}", self.vek.origin)),
+        };
+        let reported = Tcb::from(self.report.parsed.reported_tcb);
+        let mut differences = Vec::new();
+        for (name, value) in reported.components() {
+            match ext.tcb_component(name) {
+                Some(v) if v == value => {}
+                Some(v) => differences.push(format!("{name} {v} (report: {value})")),
+                None => {
+                    let oid = TCB_OIDS
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, o)| *o)
+                        .unwrap_or("?");
+                    differences.push(format!("no {name} SPL extension ({oid})"))
+                }
+            }
+        }
+        let vek = self.vek_what;
+        if differences.is_empty() {
+            result(
+                Check::VekTcb,
+                true,
+                format!("the {vek} was issued for the report's REPORTED_TCB ({reported})"),
+            )
+        } else {
+            result(
+                Check::VekTcb,
+                false,
+                format!(
+                    "the {vek} ({}) was issued for another TCB than the report's REPORTED_TCB ({reported}): {}",
+                    self.vek.origin,
+                    differences.join(", ")
+                ),
+            )
+        }
+    }
+
+    fn vek_hwid(&self) -> CheckResult {
+        if self.vek_what == "VLEK" {
+            return CheckResult {
+                check: Check::VekHwid,
+                status: Status::Skipped,
+                detail: "a VLEK belongs to a cloud provider, not to one chip: it has no hwID"
+                    .into(),
+            };
+        }
+        let ext = match self.ext {
+            Ok(e) => e,
+            Err(e) => return result(Check::VekHwid, false, format!("{}: {e}", self.vek.origin)),
+        };
+        let chip = kds::hwid(self.generation, &self.report.parsed.chip_id);
+        match &ext.hwid {
+            None => result(
+                Check::VekHwid,
+                false,
+                format!("the VCEK ({}) has no hwID extension (1.3.6.1.4.1.3704.1.4)", self.vek.origin),
+            ),
+            Some(h) if h.as_slice() == chip => result(
+                Check::VekHwid,
+                true,
+                format!("the VCEK's hwID is the report's CHIP_ID ({})", short_hex(chip)),
+            ),
+            Some(h) => result(
+                Check::VekHwid,
+                false,
+                format!(
+                    "the VCEK ({}) has hwID {}, the report's CHIP_ID is {}: the VCEK of another chip",
+                    self.vek.origin,
+                    short_hex(h),
+                    short_hex(chip)
+                ),
+            ),
+        }
+    }
+
+    fn report_signature(&self) -> CheckResult {
+        let fail = |why: String| result(Check::ReportSignature, false, why);
+        let algo = self.report.parsed.sig_algo;
+        if algo != 1 {
+            return fail(format!(
+                "SIGNATURE_ALGO is {algo}, expected 1 (ECDSA P-384 with SHA-384)"
+            ));
+        }
+        match self.report.signing_key() {
+            SigningKey::None => {
+                return fail(
+                    "the report is not signed (SIGNING_KEY 7: the host masked the chip key)".into(),
+                )
+            }
+            SigningKey::Reserved(n) => {
+                return fail(format!(
+                    "SIGNING_KEY is {n}, a reserved value (0: VCEK, 1: VLEK)"
+                ))
+            }
+            SigningKey::Vcek | SigningKey::Vlek => {}
+        }
+        let (r, s) = self.report.signature_components();
+        const P384_LEN: usize = 48;
+        if r[P384_LEN..].iter().chain(&s[P384_LEN..]).any(|&b| b != 0) {
+            return fail(format!(
+                "the signature's R or S has non-zero bytes past the {P384_LEN} of P-384 (each component is {SIGNATURE_COMPONENT_LEN} bytes)"
+            ));
+        }
+        // Little-endian in the report, big-endian for p384.
+        let mut rs: Vec<u8> = r[..P384_LEN].iter().rev().copied().collect();
+        rs.extend(s[..P384_LEN].iter().rev());
+        let Ok(signature) = p384::ecdsa::Signature::from_slice(&rs) else {
+            return fail("the signature's R or S is not a valid P-384 scalar (zero, or not below the group order)".into());
+        };
+        let vek = self.vek_what;
+        let Ok(key) = p384::ecdsa::VerifyingKey::from_sec1_bytes(self.vek.cert.public_key_sec1())
+        else {
+            return fail(format!(
+                "the {vek}'s ({}) public key is not a P-384 point",
+                self.vek.origin
+            ));
+        };
+        use p384::ecdsa::signature::Verifier;
+        match key.verify(self.report.signed_bytes(), &signature) {
+            Ok(()) => result(
+                Check::ReportSignature,
+                true,
+                format!("signed by the {vek}'s key (bytes 0 to {:#x})", SIGNED_LEN - 1),
+            ),
+            Err(_) => fail(format!(
+                "the signature (R {}) over bytes 0 to {:#x} does not verify with the key of the {vek} ({})",
+                short_hex(&rs[..P384_LEN]),
+                SIGNED_LEN - 1,
+                self.vek.origin
+            )),
+        }
+    }
+}
+
+fn measurement(report: &Report, expected: &SnpExpected) -> CheckResult {
+    let seen = hex::encode(report.parsed.measurement);
+    let matches = expected.matching(&seen);
+    if matches.is_empty() {
+        return result(
+            Check::Measurement,
+            false,
+            format!(
+                "{seen} is none of the {} expected launch digests",
+                expected.launch_digests.len()
+            ),
+        );
+    }
+    let configs: Vec<String> = matches
+        .iter()
+        .map(|d| {
+            format!(
+                "slot {}, {} vCPUs, {}",
+                d.slot.as_deref().unwrap_or("none"),
+                d.vcpus,
+                d.vcpu_type
+            )
+        })
+        .collect();
+    result(
+        Check::Measurement,
+        true,
+        format!("{seen}: the launch digest of {}", configs.join("; ")),
+    )
+}
+
+fn policy(report: &Report, expected: &SnpExpected) -> CheckResult {
+    let p = report.parsed.policy;
+    let want = expected.policy;
+    let bits = u64::from(p);
+    let mut problems = Vec::new();
+    if p.debug_allowed() {
+        problems.push(
+            "DEBUG (bit 19) is set: the host may read and change the guest's memory".to_string(),
+        );
+    }
+    if p.migrate_ma_allowed() {
+        problems
+            .push("MIGRATE_MA (bit 18) is set: a migration agent may be associated".to_string());
+    }
+    if p.smt_allowed() != want.smt {
+        problems.push(format!(
+            "SMT (bit 16) is {}, measurements.json says {}",
+            u8::from(p.smt_allowed()),
+            u8::from(want.smt)
+        ));
+    }
+    let abi = (p.abi_major(), p.abi_minor());
+    let min = (u64::from(want.abi_major), u64::from(want.abi_minor));
+    if abi < min {
+        problems.push(format!(
+            "the ABI minimum is {}.{}, below the expected {}.{}",
+            abi.0, abi.1, min.0, min.1
+        ));
+    }
+    if problems.is_empty() {
+        result(
+            Check::Policy,
+            true,
+            format!(
+                "{bits:#x}: debug off, migration agent off, SMT {}, ABI minimum {}.{} (at least {}.{})",
+                if want.smt { "allowed" } else { "not allowed" },
+                abi.0,
+                abi.1,
+                min.0,
+                min.1
+            ),
+        )
+    } else {
+        result(
+            Check::Policy,
+            false,
+            format!("{bits:#x}: {}", problems.join("; ")),
+        )
+    }
+}
+
+fn tcb_minimum(report: &Report, generation: Generation, catalog: &Catalog) -> CheckResult {
+    let reported = Tcb::from(report.parsed.reported_tcb);
+    let Some(entry) = catalog.get(generation) else {
+        return result(
+            Check::TcbMinimum,
+            false,
+            format!(
+                "{generation} is not a generation of the firmware catalog ({})",
+                catalog.names()
+            ),
+        );
+    };
+    let min = entry.minimum_tcb;
+    let low = reported.below(&min);
+    if low.is_empty() {
+        result(
+            Check::TcbMinimum,
+            true,
+            format!("REPORTED_TCB ({reported}) is at least the catalog's {generation} minimum ({min}) in every component"),
+        )
+    } else {
+        result(
+            Check::TcbMinimum,
+            false,
+            format!(
+                "REPORTED_TCB ({reported}) is below the catalog's {generation} minimum ({min}): {}",
+                low.join(", ")
+            ),
+        )
+    }
+}
+
+fn nonce_check(report: &Report, nonce: Option<&[u8]>, want: Option<[u8; 64]>) -> CheckResult {
+    let seen = report.parsed.report_data;
+    match (nonce, want) {
+        (Some(nonce), Some(want)) if want == seen => result(
+            Check::ReportData,
+            true,
+            format!("REPORT_DATA is the nonce {}, zero-padded", hex::encode(nonce)),
+        ),
+        (Some(nonce), Some(_)) => result(
+            Check::ReportData,
+            false,
+            format!(
+                "REPORT_DATA is {}, not the nonce {} zero-padded: a report for another request, or a replay",
+                hex::encode(seen),
+                hex::encode(nonce)
+            ),
+        ),
+        _ => CheckResult {
+            check: Check::ReportData,
+            status: Status::Skipped,
+            detail: format!(
+                "no nonce given, so freshness is not checked (REPORT_DATA is {})",
+                short_hex(&seen)
+            ),
+        },
+    }
+}
+
+fn vmpl(report: &Report, expected: &SnpExpected) -> CheckResult {
+    let (seen, want) = (report.parsed.vmpl, expected.vmpl);
+    result(
+        Check::Vmpl,
+        seen == want,
+        if seen == want {
+            format!("requested at VMPL {seen}")
+        } else {
+            format!("requested at VMPL {seen}, measurements.json says {want}")
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snp::certs::{parse_cert, Cert};
+    use crate::snp::testing::{self, World};
+
+    /// What a case verifies: the world's parts, some of them changed.
+    struct Scenario {
+        certs: CertSet,
+        report: Vec<u8>,
+        expected: SnpExpected,
+        nonce: Vec<u8>,
+    }
+
+    impl Scenario {
+        fn of(w: &World) -> Scenario {
+            Scenario {
+                certs: w.certs(),
+                report: w.report.clone(),
+                expected: w.expected.clone(),
+                nonce: w.nonce.clone(),
+            }
+        }
+
+        fn verify(&self, w: &World) -> Verification {
+            let report = Report::from_bytes(&self.report, "report.bin").unwrap();
+            let inputs = Inputs {
+                report: &report,
+                certs: &self.certs,
+                expected: &self.expected,
+                nonce: Some(&self.nonce),
+                generation: None,
+            };
+            verify(&inputs, &w.trust(Catalog::builtin())).unwrap()
+        }
+    }
+
+    /// Re-sign after changing the report.
+    fn resigned(w: &World, change: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut w2 = World {
+            report: w.report.clone(),
+            ark: w.ark.clone(),
+            ask: w.ask.clone(),
+            vcek: w.vcek.clone(),
+            expected: w.expected.clone(),
+            nonce: w.nonce.clone(),
+        };
+        change(&mut w2.report);
+        w2.resign();
+        w2.report
+    }
+
+    fn milan_min() -> Tcb {
+        Catalog::builtin()
+            .get(Generation::Milan)
+            .unwrap()
+            .minimum_tcb
+    }
+
+    /// One case per check: a change that breaks that check and no other, and a word the
+    /// failure must show.
+    fn cases(w: &World) -> Vec<(&'static str, Check, Scenario, &'static str)> {
+        let base = || Scenario::of(w);
+        let mut out = Vec::new();
+
+        let mut s = base();
+        s.certs.ark = Some(Cert::new(Generation::Milan.builtin_ark(), "certs/ark.pem").unwrap());
+        out.push((
+            "a different ARK (AMD's own, not the pinned one)",
+            Check::Ark,
+            s,
+            "ARK-Milan",
+        ));
+
+        let mut s = base();
+        s.certs.ask = Some(testing::break_signature(&w.ask));
+        out.push((
+            "an ASK the ARK did not sign",
+            Check::Ask,
+            s,
+            "not signed by the pinned Milan ARK",
+        ));
+
+        let mut s = base();
+        s.certs.vcek = Some(testing::break_signature(&w.vcek));
+        out.push((
+            "a VCEK the ASK did not sign",
+            Check::Vek,
+            s,
+            "not signed by the ASK",
+        ));
+
+        let mut s = base();
+        let mut tcb = milan_min();
+        tcb.microcode += 1;
+        s.certs.vcek = Some(w.vcek_for(&tcb, &w.chip_id()));
+        out.push((
+            "a VCEK of another TCB",
+            Check::VekTcb,
+            s,
+            "microcode 212 (report: 211)",
+        ));
+
+        let mut s = base();
+        let mut chip = w.chip_id();
+        chip[0] ^= 0xff;
+        s.certs.vcek = Some(w.vcek_for(&milan_min(), &chip));
+        out.push((
+            "a VCEK of another chip",
+            Check::VekHwid,
+            s,
+            "the VCEK of another chip",
+        ));
+
+        let mut s = base();
+        s.report[crate::snp::report::SIGNATURE_OFFSET + 5] ^= 0x01;
+        out.push((
+            "a flipped signature byte",
+            Check::ReportSignature,
+            s,
+            "does not verify",
+        ));
+
+        let mut s = base();
+        s.report = resigned(w, |r| r[testing::MEASUREMENT] ^= 0xff);
+        out.push((
+            "a measurement not in the set",
+            Check::Measurement,
+            s,
+            "none of the 2 expected",
+        ));
+
+        let mut s = base();
+        s.report = resigned(w, |r| r[testing::POLICY + 2] |= 1 << 3);
+        out.push(("the debug policy bit", Check::Policy, s, "DEBUG (bit 19)"));
+
+        let mut s = base();
+        s.report = resigned(w, |r| r[testing::POLICY + 2] |= 1 << 2);
+        out.push((
+            "the migration agent policy bit",
+            Check::Policy,
+            s,
+            "MIGRATE_MA (bit 18)",
+        ));
+
+        let mut s = base();
+        s.expected.policy.smt = false;
+        out.push((
+            "SMT allowed where it must not be",
+            Check::Policy,
+            s,
+            "SMT (bit 16) is 1",
+        ));
+
+        let mut s = base();
+        s.expected.policy.abi_major = 1;
+        s.expected.policy.abi_minor = 55;
+        out.push((
+            "an ABI minimum below the expected",
+            Check::Policy,
+            s,
+            "below the expected 1.55",
+        ));
+
+        let mut s = base();
+        let mut low = milan_min();
+        low.snp -= 1;
+        s.report = resigned(w, |r| testing::set_tcb(r, &low));
+        s.certs.vcek = Some(w.vcek_for(&low, &w.chip_id()));
+        out.push((
+            "a TCB below the catalog minimum",
+            Check::TcbMinimum,
+            s,
+            "snp 20 < 21",
+        ));
+
+        let mut s = base();
+        s.nonce = b"another nonce".to_vec();
+        out.push((
+            "a report for another nonce",
+            Check::ReportData,
+            s,
+            "not the nonce",
+        ));
+
+        let mut s = base();
+        s.report = resigned(w, |r| r[testing::VMPL] = 1);
+        out.push((
+            "a report requested at VMPL 1",
+            Check::Vmpl,
+            s,
+            "VMPL 1, measurements.json says 0",
+        ));
+        out
+    }
+
+    #[test]
+    fn the_synthetic_world_passes_every_check() {
+        let w = World::new();
+        let v = Scenario::of(&w).verify(&w);
+        assert!(v.passed, "{}", v.lines().join("\n"));
+        assert_eq!(v.checks.len(), Check::ALL.len());
+        assert!(
+            v.checks.iter().all(|c| c.status == Status::Passed),
+            "{:#?}",
+            v.checks
+        );
+        assert_eq!(v.generation, Generation::Milan);
+        assert!(v
+            .result(Check::Measurement)
+            .unwrap()
+            .detail
+            .contains("slot A, 4 vCPUs, EPYC-v4"));
+    }
+
+    #[test]
+    fn each_break_fails_its_check_and_only_it() {
+        let w = World::new();
+        let cases = cases(&w);
+        for check in Check::ALL {
+            assert!(
+                cases.iter().any(|c| c.1 == check),
+                "no case breaks {}",
+                check.name()
+            );
+        }
+        for (what, check, scenario, mention) in cases {
+            let v = scenario.verify(&w);
+            assert_eq!(v.failed(), [check], "{what}:\n{}", v.lines().join("\n"));
+            let detail = &v.result(check).unwrap().detail;
+            assert!(
+                detail.contains(mention),
+                "{what}: `{mention}` not in: {detail}"
+            );
+            assert!(!v.passed);
+            let line = v.lines().into_iter().find(|l| l.contains("FAIL")).unwrap();
+            assert!(line.contains(check.name()), "{line}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let w = World::new();
+        let report = w.parsed();
+        let catalog = Catalog::builtin();
+        let trust = w.trust(catalog);
+        let run = |certs: &CertSet, nonce: Option<&[u8]>, generation| {
+            verify(
+                &Inputs {
+                    report: &report,
+                    certs,
+                    expected: &w.expected,
+                    nonce,
+                    generation,
+                },
+                &trust,
+            )
+        };
+        let no_vcek = CertSet {
+            vcek: None,
+            ..w.certs()
+        };
+        let err = run(&no_vcek, None, None).unwrap_err();
+        assert!(
+            err.to_string().contains("no VCEK") && err.is_bad_input(),
+            "{err}"
+        );
+        let err = run(&w.certs(), Some(&[]), None).unwrap_err();
+        assert!(err.to_string().contains("nonce is empty"), "{err}");
+        let err = run(&w.certs(), None, Some(Generation::Genoa)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--generation genoa, but the VEK's productName says milan"),
+            "{err}"
+        );
+        // Without a nonce freshness is skipped, not failed.
+        let v = run(&w.certs(), None, Some(Generation::Milan)).unwrap();
+        assert!(v.passed);
+        assert_eq!(v.result(Check::ReportData).unwrap().status, Status::Skipped);
+        // No ASK given: the built-in one is used (AMD's, which did not sign the test VCEK).
+        let no_ask = CertSet {
+            ask: None,
+            ..w.certs()
+        };
+        let mut t = Trust::with_catalog(catalog);
+        t.arks.insert(Generation::Milan, w.ark.cert.clone());
+        let v = verify(
+            &Inputs {
+                report: &report,
+                certs: &no_ask,
+                expected: &w.expected,
+                nonce: None,
+                generation: None,
+            },
+            &t,
+        )
+        .unwrap();
+        assert_eq!(v.failed(), [Check::Ask, Check::Vek]);
+        assert!(v
+            .result(Check::Ask)
+            .unwrap()
+            .detail
+            .contains("the built-in Milan ASK"));
+    }
+
+    #[test]
+    fn a_vlek_signed_report() {
+        let w = World::new();
+        let (bytes, vlek, asvk) = w.vlek_variant();
+        let report = Report::from_bytes(&bytes, "report.bin").unwrap();
+        assert_eq!(report.signing_key(), SigningKey::Vlek);
+        let catalog = Catalog::builtin();
+        let trust = w.trust(catalog);
+        let run = |certs: CertSet| {
+            verify(
+                &Inputs {
+                    report: &report,
+                    certs: &certs,
+                    expected: &w.expected,
+                    nonce: Some(&w.nonce),
+                    generation: None,
+                },
+                &trust,
+            )
+        };
+        let certs = CertSet {
+            ark: Some(w.ark.clone()),
+            asvk: Some(asvk.clone()),
+            vlek: Some(vlek.clone()),
+            ..CertSet::default()
+        };
+        let v = run(certs.clone()).unwrap();
+        assert!(v.passed, "{}", v.lines().join("\n"));
+        assert_eq!(v.signed_by, "VLEK");
+        assert_eq!(v.result(Check::VekHwid).unwrap().status, Status::Skipped);
+        assert!(v
+            .result(Check::Ask)
+            .unwrap()
+            .detail
+            .contains("the ASVK (test ASVK)"));
+        // An extended report's table carries the ASVK in the ASK's entry.
+        let v = run(CertSet {
+            asvk: None,
+            ask: Some(asvk),
+            ..certs.clone()
+        })
+        .unwrap();
+        assert!(v.passed, "{}", v.lines().join("\n"));
+        // A VLEK the ASVK did not sign.
+        let v = run(CertSet {
+            vlek: Some(testing::break_signature(&vlek)),
+            ..certs.clone()
+        })
+        .unwrap();
+        assert_eq!(v.failed(), [Check::Vek]);
+        let err = run(CertSet {
+            asvk: None,
+            ..certs.clone()
+        })
+        .unwrap_err();
+        assert!(matches!(err, VerifyError::NoAsvk), "{err}");
+        let err = run(CertSet {
+            vlek: None,
+            vcek: Some(w.vcek.clone()),
+            ..certs
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no VLEK"), "{err}");
+    }
+
+    /// The real Milan report of the sev crate, checked against what it carries.
+    fn real_milan() -> (Report, SnpExpected, [u8; 64]) {
+        let report = Report::from_bytes(testing::MILAN_REPORT_HEX, "report_milan.hex").unwrap();
+        let mut expected = testing::expected_for(&report.parsed.measurement);
+        expected.policy.smt = report.parsed.policy.smt_allowed();
+        expected.vmpl = report.parsed.vmpl;
+        let nonce = report.parsed.report_data;
+        (report, expected, nonce)
+    }
+
+    /// The firmware of 2023, when the real report was made (SNP firmware 1.52).
+    const CATALOG_2023: &str = "format_version: 1\ngenerations:\n  - name: milan\n    cpu_family: 0x19\n    cpu_models: [[0x00, 0x0f]]\n    minimum_tcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 }\n";
+
+    #[test]
+    fn real_milan_report_verifies_fully() {
+        let (report, expected, nonce) = real_milan();
+        let certs = CertSet {
+            vcek: Some(parse_cert(testing::MILAN_VCEK, "vcek_milan.der").unwrap()),
+            ..CertSet::default()
+        };
+        let inputs = Inputs {
+            report: &report,
+            certs: &certs,
+            expected: &expected,
+            nonce: Some(&nonce),
+            generation: None,
+        };
+        let catalog = Catalog::parse(CATALOG_2023, "catalog-2023.yaml").unwrap();
+        let v = verify(&inputs, &Trust::with_catalog(&catalog)).unwrap();
+        assert!(v.passed, "{}", v.lines().join("\n"));
+        assert!(v.checks.iter().all(|c| c.status == Status::Passed));
+        assert_eq!(v.generation_from, "the VEK's productName");
+        assert!(v
+            .result(Check::Ask)
+            .unwrap()
+            .detail
+            .contains("built-in Milan ASK"));
+
+        // Against today's built-in catalog, its 2023 firmware is too old, and only that fails.
+        let v = verify(&inputs, &Trust::builtin()).unwrap();
+        assert_eq!(v.failed(), [Check::TcbMinimum]);
+        let detail = &v.result(Check::TcbMinimum).unwrap().detail;
+        assert!(
+            detail.contains("bootloader 3 < 4, snp 8 < 21, microcode 115 < 211"),
+            "{detail}"
+        );
+
+        // The KDS chain of the test data is the built-in one.
+        let chain = crate::snp::certs::chain_set(
+            include_bytes!("../../testdata/snp/cert_chain_milan"),
+            "cert_chain_milan",
+        )
+        .unwrap();
+        let mut with_chain = certs.clone();
+        with_chain.fill_from(chain);
+        let v = verify(
+            &Inputs {
+                certs: &with_chain,
+                ..inputs
+            },
+            &Trust::with_catalog(&catalog),
+        )
+        .unwrap();
+        assert!(v.passed, "{}", v.lines().join("\n"));
+    }
+
+    #[test]
+    fn real_milan_report_rejections() {
+        let (report, expected, nonce) = real_milan();
+        let catalog = Catalog::parse(CATALOG_2023, "catalog-2023.yaml").unwrap();
+        let trust = Trust::with_catalog(&catalog);
+        let vcek = parse_cert(testing::MILAN_VCEK, "vcek_milan.der").unwrap();
+        let run = |certs: CertSet| {
+            verify(
+                &Inputs {
+                    report: &report,
+                    certs: &certs,
+                    expected: &expected,
+                    nonce: Some(&nonce),
+                    generation: None,
+                },
+                &trust,
+            )
+            .unwrap()
+        };
+        // Genoa's real root given for a Milan chip.
+        let genoa_ark = Cert::new(Generation::Genoa.builtin_ark(), "ark.pem").unwrap();
+        let v = run(CertSet {
+            ark: Some(genoa_ark),
+            vcek: Some(vcek.clone()),
+            ..CertSet::default()
+        });
+        assert_eq!(v.failed(), [Check::Ark]);
+        // Genoa's real ASK: it signed neither itself under Milan's ARK nor this VCEK.
+        let genoa_ask = Cert::new(Generation::Genoa.builtin_ask(), "ask.pem").unwrap();
+        let v = run(CertSet {
+            ask: Some(genoa_ask),
+            vcek: Some(vcek.clone()),
+            ..CertSet::default()
+        });
+        assert_eq!(v.failed(), [Check::Ask, Check::Vek]);
+        // A real VCEK of another Milan chip with the same TCB (Azure's).
+        let other = parse_cert(
+            include_bytes!("../../testdata/snp/vcek_milan_azure.pem"),
+            "vcek_milan_azure.pem",
+        )
+        .unwrap();
+        let v = run(CertSet {
+            vcek: Some(other),
+            ..CertSet::default()
+        });
+        assert_eq!(v.failed(), [Check::VekHwid, Check::ReportSignature]);
+        assert!(v
+            .result(Check::VekHwid)
+            .unwrap()
+            .detail
+            .contains("hwID da8a5695b5aeafdb…"));
+    }
+
+    #[test]
+    fn output_is_lines_and_json() {
+        let w = World::new();
+        let mut s = Scenario::of(&w);
+        s.nonce = b"stale".to_vec();
+        let v = s.verify(&w);
+        let lines = v.lines();
+        assert!(
+            lines[0].starts_with("SEV-SNP report of a Milan node"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines.len(), Check::ALL.len() + 2);
+        assert_eq!(
+            lines.last().unwrap(),
+            "11 checks: 10 passed, 1 failed, 0 skipped"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["passed"], false);
+        assert_eq!(json["generation"], "milan");
+        assert_eq!(json["checks"][9]["check"], "report_data");
+        assert_eq!(json["checks"][9]["status"], "failed");
+    }
+}
