@@ -1,7 +1,7 @@
 #!/bin/sh
 # Build edk2's OvmfPkg/AmdSev (AmdSevX64) inside the locked toolchain root: plinth's ovmf stage
 # (builder/src/pipeline/ovmf.rs) copies in Debian's edk2 tarballs, verified against
-# firmware/ovmf/recipe.lock, and this file with the Grub patch, then runs it under chroot with
+# the OS's packages.lock (its `sources`), and this file with the Grub patch, then runs it under chroot with
 # no network. The tree sits at one fixed absolute path (/build/edk2): GenFw reserves debug
 # entry space by the length of the path, so another path gives other bytes.
 #   sh /build/build.sh ORIG_TARBALL DEBIAN_TARBALL JOBS

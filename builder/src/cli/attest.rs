@@ -118,6 +118,11 @@ fn verify_report(_g: &Global, out: &Output, args: VerifyArgs) -> anyhow::Result<
         .map(parse_nonce_hex)
         .transpose()
         .map_err(|e| BadInput(format!("--nonce: {e}")))?;
+    if nonce.is_none() {
+        eprintln!(
+            "warning: no --nonce: the report's freshness is not checked (an old report of the same VM would pass)"
+        );
+    }
     let mut certs = load_certs(&args)?;
     if args.fetch {
         fetch_missing(out, &args, &report, &catalog, &mut certs)?;

@@ -254,12 +254,16 @@ impl Lock {
         }
         for src in &self.sources {
             for f in &src.files {
+                let plain_name =
+                    !f.name.is_empty() && f.name != ".." && f.name != "." && !f.name.contains('/');
                 if !is_sha256_hex(&f.sha256)
+                    || !plain_name
                     || f.filename.contains("..")
                     || f.filename.starts_with('/')
+                    || !f.filename.ends_with(&format!("/{}", f.name))
                 {
                     return Err(bad(format!(
-                        "source {} {}: file {} has sha256 `{}` and filename `{}`: expected 64 lower-case hex digits and a path below the mirror root",
+                        "source {} {}: file {} has sha256 `{}` and filename `{}`: expected 64 lower-case hex digits, a plain file name and a path below the mirror root ending in it",
                         src.package, src.version, f.name, f.sha256, f.filename
                     )));
                 }

@@ -326,8 +326,9 @@ fn snp_expected(
         &slots,
         &scratch,
     );
+    let expected = expected?;
     std::fs::remove_dir_all(&scratch).map_err(io(&scratch))?;
-    Ok(expected?)
+    Ok(expected)
 }
 
 /// What booting each slot measures (see [`measure`]), from the boot loader on the ESP and

@@ -68,6 +68,8 @@ pub struct SlotUki<'a> {
 pub enum SnpError {
     #[error("slot {slot}: {source}")]
     Uki { slot: String, source: uki::UkiError },
+    #[error("slot {slot}: the UKI's .cmdline is not UTF-8 text\n  hint: the UKI was not made by plinth, or is damaged")]
+    Cmdline { slot: String },
     #[error(transparent)]
     Digest(#[from] plinth_firmware::snp::digest::DigestError),
     #[error("{path}: {source}")]
@@ -99,7 +101,9 @@ pub fn expected(
         let initrd = scratch.join(format!("initrd-{name}"));
         std::fs::write(&kernel, section(".linux")?).map_err(io(&kernel))?;
         std::fs::write(&initrd, section(".initrd")?).map_err(io(&initrd))?;
-        let cmdline = cmdline_text(&section(".cmdline")?);
+        let cmdline = cmdline_text(&section(".cmdline")?).ok_or_else(|| SnpError::Cmdline {
+            slot: name.to_string(),
+        })?;
         let image = LaunchImage::new(firmware.path, &kernel, &initrd, &cmdline)?;
         for &vcpus in &launches.vcpus {
             for vcpu_type in &launches.vcpu_types {
@@ -132,12 +136,11 @@ pub fn expected(
     })
 }
 
-/// The command line QEMU gets with `-append`: the UKI's `.cmdline` without trailing NULs or
-/// line ends.
-pub fn cmdline_text(section: &[u8]) -> String {
-    String::from_utf8_lossy(section)
-        .trim_end_matches(['\0', '\n', ' '])
-        .to_string()
+/// The command line QEMU gets with `-append` (it measures these bytes and a NUL): the UKI's
+/// `.cmdline` without trailing NULs or line ends; `None` if it is not UTF-8.
+pub fn cmdline_text(section: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(section).ok()?;
+    Some(text.trim_end_matches(['\0', '\n']).to_string())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnpError + '_ {

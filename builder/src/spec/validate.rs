@@ -893,6 +893,13 @@ fn check_profile_names(cx: &mut Checker) {
                 q(&name),
                 "profile names appear in file names and on the command line",
             );
+        } else if name == super::FIRMWARE_TOOLCHAIN {
+            cx.at_key(
+                &join_key("profiles", &name),
+                "a profile name other than the lock's own package sets",
+                q(&name),
+                "the lock keeps the firmware's toolchain under that name: choose another",
+            );
         }
     }
 }

@@ -665,6 +665,20 @@ fn policy(report: &Report, expected: &SnpExpected) -> CheckResult {
             u8::from(want.smt)
         ));
     }
+    if bits & (1 << 17) == 0 {
+        problems.push("reserved bit 17 is clear (the ABI says it must be one)".to_string());
+    }
+    // Bits 20 and up (SINGLE_SOCKET, CXL_ALLOW, MEM_AES_256_XTS, RAPL_DIS, CIPHERTEXT_HIDING,
+    // PAGE_SWAP_DISABLE, reserved): as HostOS launches the guest, i.e. as expected.
+    let high = bits >> 20;
+    let want_high = want.bits() >> 20;
+    if high != want_high {
+        problems.push(format!(
+            "bits 20-63 are {:#x}, the launch policy has {:#x}",
+            high << 20,
+            want_high << 20
+        ));
+    }
     let abi = (p.abi_major(), p.abi_minor());
     let min = (u64::from(want.abi_major), u64::from(want.abi_minor));
     if abi < min {
