@@ -6,7 +6,7 @@
 use plinth_firmware::measurements::{Measurements, Platform, FORMAT_VERSION};
 use plinth_firmware::snp::cert_table::{self, CertKind, TableEntry};
 use plinth_firmware::snp::report::Report;
-use plinth_firmware::snp::{GuestFirmware, LaunchDigest, Policy, SnpExpected};
+use plinth_firmware::snp::{Policy, SnpExpected};
 use plinth_testkit::{Faults, TestServer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,7 @@ impl Scratch {
     fn new() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         let r = real_report().parsed;
+        let base = SnpExpected::single(&hex::encode(r.measurement), "EPYC-Milan");
         let m = Measurements {
             format_version: FORMAT_VERSION,
             os: "guest-os".into(),
@@ -47,27 +48,12 @@ impl Scratch {
             slots: vec![],
             not_predicted: vec![],
             snp: Some(SnpExpected {
-                firmware: GuestFirmware {
-                    file: "OVMF.fd".into(),
-                    sha256: "00".repeat(32),
-                    edk2: "2025.02-1".into(),
-                },
-                vmm: "QEMU".into(),
-                guest_features: "0x1".into(),
                 policy: Policy {
-                    abi_major: 0,
-                    abi_minor: 0,
                     smt: r.policy.smt_allowed(),
-                    debug: false,
-                    migrate_ma: false,
+                    ..base.policy
                 },
                 vmpl: r.vmpl,
-                launch_digests: vec![LaunchDigest {
-                    slot: Some("A".into()),
-                    vcpus: 4,
-                    vcpu_type: "EPYC-Milan".into(),
-                    measurement: hex::encode(r.measurement),
-                }],
+                ..base
             }),
         };
         std::fs::write(
@@ -365,7 +351,7 @@ fn fetch_from_kds_and_reuse_the_cache() {
     assert!(!stderr.contains("fetching"), "{stderr}");
     assert_eq!(kds.requests_for(&path), 1);
 
-    // A KDS that does not know the chip: the download fails (exit 1) and says what to do.
+    // A KDS that does not know the chip: no VCEK, so bad input (exit 2), saying what to do.
     let empty = TestServer::start(HashMap::<String, Vec<u8>>::new(), Faults::none());
     let other_cache = tempfile::tempdir().unwrap();
     let other_cache = other_cache.path().display().to_string();
@@ -375,7 +361,7 @@ fn fetch_from_kds_and_reuse_the_cache() {
         ("PLINTH_CACHE_DIR", other_cache.as_str()),
     ];
     let (code, _, stderr) = run(&args, &env);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("HTTP 404") && stderr.contains("--vcek"),
         "{stderr}"

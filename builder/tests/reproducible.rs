@@ -7,7 +7,10 @@
 //! - `plinth verify` of each release, in another directory, umask, TZ, LANG and host name
 //!   (own UTS namespace), rebuilds everything without the stage cache and reproduces every
 //!   artifact byte for byte;
-//! - one overlay file changed: the rebuild reuses the package stage, `plinth diff` lists the
+//! - GuestOS's SNP launch digests equal `sev-snp-measure`'s for 6 launches (3 vCPU
+//!   count/type pairs, both slots), and its AmdSev OVMF (built at `plinth build`, rebuilt by
+//!   `plinth verify`) boots its disk;
+//! - one overlay file changed (SetupOS): the rebuild reuses the package stage, `plinth diff` lists the
 //!   file, and `plinth verify` of that release fails naming it;
 //! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot
 //!   (GuestOS: OVMF starts its UKI), its UKI and the dm-verity root until its agent prints `PLINTH BOOT OK <os> <version>
@@ -23,8 +26,12 @@ use std::process::{Command, Output};
 
 const OSES: [&str; 3] = ["guest-os", "host-os", "setup-os"];
 const VERSION: &str = "0.0.0-ci";
-/// The overlay file the one-file change edits.
+/// The overlay file the one-file change edits, in the OS whose rebuilds are cheapest
+/// (SetupOS: no guest firmware, the fewest packages).
 const CHANGED: &str = "etc/systemd/journald.conf.d/10-plinth.conf";
+const CHANGED_OS: &str = "setup-os";
+/// The vCPU counts and types compared with `sev-snp-measure`, for each slot.
+const SNP_COMPARED: [(u32, &str); 3] = [(4, "EPYC-v4"), (16, "EPYC-Milan"), (64, "EPYC-Genoa")];
 
 fn source_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -226,6 +233,13 @@ fn every_image_reproduces_verifies_and_diffs() {
         let release = out1.join(os).join(VERSION);
         check_filesystems(&release, &dir.path().join("fsck"));
         let sums = std::fs::read(release.join("SHA256SUMS")).unwrap();
+        if os == "guest-os" {
+            // Its guest firmware, which the verify below rebuilds in another directory.
+            assert!(
+                String::from_utf8_lossy(&sums).contains("  OVMF-AmdSev.fd\n"),
+                "guest-os: no OVMF-AmdSev.fd in SHA256SUMS"
+            );
+        }
 
         // Nothing changed: every stage from the cache, the same bytes.
         let again = build(os, out1_arg);
@@ -245,20 +259,20 @@ fn every_image_reproduces_verifies_and_diffs() {
     }
 
     // One overlay file changed in the working tree.
-    let changed = repo.join("guest-os/rootfs").join(CHANGED);
+    let changed = repo.join(CHANGED_OS).join("rootfs").join(CHANGED);
     let mut conf = std::fs::read_to_string(&changed).unwrap();
     conf.push_str("MaxLevelConsole=info\n");
     std::fs::write(&changed, conf).unwrap();
     let out2 = dir.path().join("out2");
-    let second = build("guest-os", out2.to_str().unwrap());
+    let second = build(CHANGED_OS, out2.to_str().unwrap());
     assert!(second.status.success());
     assert!(
         text(&second).contains("packages and initrd reused from the stage cache"),
         "an overlay change must reuse the package stage and its initrd"
     );
     let (a, b) = (
-        out1.join("guest-os").join(VERSION),
-        out2.join("guest-os").join(VERSION),
+        out1.join(CHANGED_OS).join(VERSION),
+        out2.join(CHANGED_OS).join(VERSION),
     );
     let diff = run(Command::new(env!("CARGO_BIN_EXE_plinth"))
         .arg("diff")
@@ -280,7 +294,7 @@ fn every_image_reproduces_verifies_and_diffs() {
     );
     let report = String::from_utf8_lossy(&verify.stdout).into_owned();
     assert!(
-        report.contains(&format!("/{CHANGED}")) && report.contains("partition root-a (ext4)"),
+        report.contains(&format!("/{CHANGED}")) && report.contains("partition root (ext4)"),
         "verify does not name the changed file:\n{report}"
     );
     let manifest: serde_json::Value =
@@ -310,6 +324,9 @@ fn every_image_reproduces_verifies_and_diffs() {
             tampered_root(&out1.join("guest-os").join(VERSION), &tamper.join("root"));
         });
         let second = lanes.spawn(|| {
+            let guest = out1.join("guest-os").join(VERSION);
+            snp_digests_as_sev_snp_measure(&guest);
+            amdsev_firmware_boots(&guest);
             boot_as_predicted(out1, "host-os");
             tampered_cmdline(&out1.join("host-os").join(VERSION), &tamper.join("cmdline"));
         });
@@ -336,6 +353,79 @@ fn boot_as_predicted(out1: &Path, os: &str) {
         "{os}: `{report}`, not `{wanted}` (console log target/tmp/boot-{os}.log)"
     );
     assert_pcrs_as_predicted(&release, os, &console);
+}
+
+/// The SNP launch digests of GuestOS's measurements.json (and manifest) equal what
+/// `sev-snp-measure` (PyPI, AMD's reference calculator) computes from the release's own
+/// OVMF-AmdSev.fd, vmlinuz, initrd.img and slot command lines: 3 vCPU count/type pairs for
+/// each slot.
+fn snp_digests_as_sev_snp_measure(guest: &Path) {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(guest.join("measurements.json")).unwrap()).unwrap();
+    let snp = &m["snp"];
+    let digests = snp["launch_digests"]
+        .as_array()
+        .expect("measurements.json: no snp");
+    // guest-os/os.yaml: 3 vCPU counts × 3 types × 2 slots.
+    assert_eq!(digests.len(), 18, "{snp}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(guest.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(&manifest["measurements"]["snp"], &snp["launch_digests"]);
+    assert_eq!(snp["firmware"]["file"], "OVMF-AmdSev.fd");
+    let features = snp["guest_features"].as_str().unwrap();
+    let mut compared = 0;
+    for slot in ["A", "B"] {
+        let cmdline = std::fs::read_to_string(
+            guest.join(format!("cmdline-guest-os-{}.txt", slot.to_lowercase())),
+        )
+        .unwrap();
+        let cmdline = cmdline.trim_end_matches('\n');
+        assert!(cmdline.contains("roothash="), "{cmdline}");
+        for (vcpus, vcpu_type) in SNP_COMPARED {
+            let ours = digests
+                .iter()
+                .find(|d| d["slot"] == slot && d["vcpus"] == vcpus && d["vcpu_type"] == vcpu_type)
+                .unwrap_or_else(|| panic!("no digest for slot {slot}, {vcpus} × {vcpu_type}"));
+            let out = run(Command::new("sev-snp-measure")
+                .args(["--mode", "snp", "--vmm-type", "QEMU"])
+                .arg(format!("--vcpus={vcpus}"))
+                .arg(format!("--vcpu-type={vcpu_type}"))
+                .arg(format!("--guest-features={features}"))
+                .arg("--ovmf")
+                .arg(guest.join("OVMF-AmdSev.fd"))
+                .arg("--kernel")
+                .arg(guest.join("vmlinuz"))
+                .arg("--initrd")
+                .arg(guest.join("initrd.img"))
+                .arg(format!("--append={cmdline}")));
+            assert!(out.status.success(), "sev-snp-measure: {}", text(&out));
+            let theirs = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(
+                ours["measurement"].as_str().unwrap(),
+                theirs,
+                "slot {slot}, {vcpus} × {vcpu_type}: ours vs sev-snp-measure"
+            );
+            compared += 1;
+        }
+    }
+    eprintln!("guest-os: {compared} SNP launch digests equal sev-snp-measure's (of 18)");
+}
+
+/// Our AmdSev OVMF boots GuestOS's disk (the firmware starts the slot's UKI from the ESP)
+/// under TCG to the agent's boot report. It has no TPM, and without SEV it would refuse a
+/// `-kernel` direct boot: it only starts kernels whose hashes SEV measured.
+fn amdsev_firmware_boots(guest: &Path) {
+    let firmware = guest.join("OVMF-AmdSev.fd");
+    let console = boot(
+        guest,
+        "guest-os-amdsev",
+        &["--firmware", firmware.to_str().unwrap()],
+    );
+    let wanted = format!("PLINTH BOOT OK guest-os {VERSION} slot=A");
+    assert!(
+        console.contains(&wanted),
+        "guest-os under OVMF-AmdSev.fd: no `{wanted}`"
+    );
 }
 
 /// A flipped byte in GuestOS's root (in its ext4 superblock, which every boot reads):
@@ -495,7 +585,11 @@ fn boot(image: &Path, name: &str, extra: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
     cmd.arg("run")
         .arg(image)
-        .args(["--accel", "tcg", "--tpm", "--timeout", "400", "--json"]);
+        .args(["--accel", "tcg", "--timeout", "400", "--json"]);
+    // The AmdSev firmware has no TPM support (plinth run refuses the pair).
+    if !extra.contains(&"--firmware") {
+        cmd.arg("--tpm");
+    }
     if !extra.contains(&"--expect") {
         cmd.args(["--expect", "PLINTH BOOT "]);
     }

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 
 /// The guest device of the SEV-SNP firmware interface.
 pub const DEVICE: &str = "/dev/sev-guest";
+/// The certificate files written under `certs/`.
+const CERT_NAMES: [&str; 4] = ["ark", "ask", "vcek", "vlek"];
 
 /// Request an attestation report bound to a nonce.
 #[derive(Debug, clap::Args)]
@@ -70,6 +72,16 @@ fn attest(args: &AttestArgs) -> Result<Vec<PathBuf>, String> {
     let certs_dir = args.out.join("certs");
     std::fs::create_dir_all(&certs_dir)
         .map_err(|e| format!("{}: cannot create: {e}", certs_dir.display()))?;
+    // A certificate of an earlier report must not pass for this one's.
+    for name in CERT_NAMES {
+        let stale = certs_dir.join(format!("{name}.der"));
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: cannot remove: {e}", stale.display()));
+            }
+            _ => {}
+        }
+    }
     write(args.out.join("report.bin"), &report, &mut written)?;
     for entry in table.unwrap_or_default() {
         let name = match entry.cert_type {

@@ -32,7 +32,7 @@ catalog's floor), report_data (the nonce, zero-padded to 64 bytes), vmpl.
 
 Exit codes: 0 every check passed (report_data is skipped without --nonce), 1 a
 check failed (every check is printed), 2 bad input (an unreadable report or
-certificate, a missing VCEK, a bad nonce).
+certificate, a missing VCEK or one KDS could not deliver, a bad nonce).
 
 Examples:
   plinth-guest attest --nonce $NONCE --out a     (on the node)
@@ -235,7 +235,7 @@ fn fetch_missing(
         certs.set(
             Role::Vcek,
             certs::parse_cert(&bytes, &origin).map_err(|e| {
-                anyhow::anyhow!("{e}\n  hint: delete the cached file and try again")
+                BadInput(format!("{e}\n  hint: delete the cached file and try again"))
             })?,
         );
     }
@@ -243,7 +243,7 @@ fn fetch_missing(
         let url = kds::vlek_cert_chain_url(&base, generation);
         let (bytes, path) = kds.get(out, &url, "pem")?;
         let chain = certs::chain_set(&bytes, &path.display().to_string())
-            .map_err(|e| anyhow::anyhow!("{e}\n  hint: delete the cached file and try again"))?;
+            .map_err(|e| BadInput(format!("{e}\n  hint: delete the cached file and try again")))?;
         certs.fill_from(chain);
     }
     Ok(())
@@ -305,10 +305,11 @@ impl Kds {
         let client = crate::packages::http::client();
         let bytes = runtime
             .block_on(crate::packages::http::get(&client, url))
+            // Without the VCEK nothing can be checked: like a missing VCEK, bad input (2).
             .map_err(|e| {
-                anyhow::anyhow!(
+                BadInput(format!(
                     "{e}\n  hint: without network, pass the certificates with --vcek or --certs (set {KDS_URL_ENV} or --kds-url for another KDS)"
-                )
+                ))
             })?;
         let dir = path.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

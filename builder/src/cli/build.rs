@@ -5,7 +5,7 @@
 use super::{BadInput, CheckFailed, Global, Output};
 use crate::packages::cache::{sha256_file, Cache};
 use crate::packages::fetch::{fetch, FetchOptions};
-use crate::packages::lockfile::{Lock, LockedPackage};
+use crate::packages::lockfile::{Lock, LockedPackage, LockedSource};
 use crate::packages::mirror::Mirrors;
 use crate::pipeline::stage_cache::StageCache;
 use crate::pipeline::{build, ovmf, release};
@@ -247,11 +247,25 @@ pub(super) fn build_release(
         log: &log,
         stage_cache: job.stage_cache,
     };
-    let built = build::build(&plan)?;
-    let firmware = match spec.firmware_toolchain() {
-        Some(toolchain) => Some(build_firmware(out, job, &spec, &lock, &toolchain, &log)?),
+    // The firmware (CPU-bound, in its own root) builds beside the image stages.
+    let firmware_packages = match spec.firmware_toolchain() {
+        Some(toolchain) => Some(firmware_inputs(out, job, &spec, &lock, toolchain)?),
         None => None,
     };
+    let (built, firmware) = std::thread::scope(|s| {
+        let firmware = firmware_packages
+            .as_ref()
+            .map(|inputs| s.spawn(|| build_firmware(out, job, inputs)));
+        let built = build::build(&plan);
+        let firmware = firmware.map(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (built, firmware)
+    });
+    let built = built?;
+    let firmware = firmware.transpose()?;
     let edk2 = spec
         .firmware
         .as_ref()
@@ -277,16 +291,21 @@ pub(super) fn build_release(
         .with_context(|| format!("writing the release {}", job.release_dir.display()))
 }
 
-/// The guest firmware of the OS (`firmware` in os.yaml), from the lock's toolchain and source.
-fn build_firmware(
+/// What the firmware stage builds from: the lock's toolchain and source, fetched.
+struct FirmwareInputs<'l> {
+    toolchain: spec::Profile,
+    packages: Vec<&'l LockedPackage>,
+    source: &'l LockedSource,
+}
+
+/// The guest firmware's locked inputs (`firmware` in os.yaml), in the package cache.
+fn firmware_inputs<'l>(
     out: &Output,
     job: &ReleaseJob<'_>,
     spec: &spec::OsSpec,
-    lock: &Lock,
-    toolchain: &spec::Profile,
-    log: &dyn Fn(&str),
-) -> anyhow::Result<ovmf::Firmware> {
-    let os = job.os;
+    lock: &'l Lock,
+    toolchain: spec::Profile,
+) -> anyhow::Result<FirmwareInputs<'l>> {
     let packages = lock
         .profile_packages(spec::FIRMWARE_TOOLCHAIN)
         .context("the lock has no firmware toolchain")?;
@@ -298,28 +317,43 @@ fn build_firmware(
     let mut wanted: Vec<&LockedPackage> = packages.clone();
     wanted.extend(downloads.iter());
     ensure_cached(out, job, spec, &wanted)?;
+    Ok(FirmwareInputs {
+        toolchain,
+        packages,
+        source,
+    })
+}
+
+/// Build the guest firmware (or take it from the stage cache); its log lines say "firmware".
+fn build_firmware(
+    out: &Output,
+    job: &ReleaseJob<'_>,
+    inputs: &FirmwareInputs<'_>,
+) -> anyhow::Result<ovmf::Firmware> {
     let work = job.work.join("firmware");
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
     }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     out.info(format!(
-        "{os}: guest firmware from {} {} ({} toolchain packages)",
-        source.package,
-        source.version,
-        packages.len()
+        "{}: guest firmware from {} {} ({} toolchain packages), beside the image stages",
+        job.os,
+        inputs.source.package,
+        inputs.source.version,
+        inputs.packages.len()
     ));
+    let log = |line: &str| out.info(format!("  {line}"));
     let plan = ovmf::FirmwarePlan {
         workspace: &job.source.root,
-        toolchain,
-        packages: &packages,
-        source,
+        toolchain: &inputs.toolchain,
+        packages: &inputs.packages,
+        source: inputs.source,
         cache: job.cache,
         epoch: job.epoch,
         work: &work,
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         stage_cache: job.stage_cache,
-        log,
+        log: &log,
     };
     Ok(ovmf::build(&plan)?)
 }

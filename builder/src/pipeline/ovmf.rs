@@ -187,26 +187,20 @@ fn compile(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
         let dest = build_dir.join(name);
         std::fs::copy(&from, &dest).map_err(io("copying", &from))?;
     }
+    let log = plan.work.join("firmware-build.log");
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--pid", "--fork", "--net", "--", "sh", "-c"])
-        .arg(
-            "set -e; mount -t proc proc \"$1/proc\"; mount --rbind /dev \"$1/dev\"; \
-             root=$1; shift; exec chroot \"$root\" \"$@\"",
-        )
+        .arg(BUILD_IN_NAMESPACES)
         .arg("sh")
         .arg(&root)
+        .arg(&log)
         .args(["sh", &format!("/{BUILD_DIR}/build.sh")])
         .arg(orig)
         .arg(debian)
         .arg(plan.jobs.max(1).to_string())
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    let out = tool::run("unshare", "util-linux", &mut cmd)?;
-    let log = plan.work.join("firmware-build.log");
-    let _ = std::fs::write(
-        &log,
-        [out.stdout.as_slice(), out.stderr.as_bytes()].concat(),
-    );
+    tool::run("unshare", "util-linux", &mut cmd)?;
     let built = build_dir.join("out").join(FIRMWARE_FILE_IN_BUILD);
     let dest = plan.work.join(FIRMWARE_FILE);
     std::fs::copy(&built, &dest).map_err(io("copying", &built))?;
@@ -215,6 +209,28 @@ fn compile(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
         .map_err(io("removing", &plan.work.join("toolchain")))?;
     found(&dest)
 }
+
+/// Run in fresh mount, PID and network namespaces: `sh -c THIS sh ROOT LOG COMMAND...`. The
+/// root gets its own /proc and a /dev of only null, zero, full, random, urandom and a /dev/shm
+/// (Python's multiprocessing, which edk2's build uses); the build's whole output goes to LOG,
+/// and a failure prints its last lines.
+const BUILD_IN_NAMESPACES: &str = r#"set -e
+root=$1 log=$2
+shift 2
+mount -t proc proc "$root/proc"
+mount -t tmpfs -o mode=0755,nosuid dev "$root/dev"
+for d in null zero full random urandom; do
+  : >"$root/dev/$d"
+  mount --bind "/dev/$d" "$root/dev/$d"
+done
+mkdir "$root/dev/shm"
+mount -t tmpfs -o mode=1777,nosuid,nodev shm "$root/dev/shm"
+rc=0
+chroot "$root" "$@" >"$log" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] && exit 0
+tail -n 40 "$log" >&2
+echo "the firmware build failed (exit $rc); plinth build --work DIR keeps its whole log" >&2
+exit "$rc""#;
 
 /// The name build.sh gives its output.
 const FIRMWARE_FILE_IN_BUILD: &str = "OVMF.fd";

@@ -78,6 +78,35 @@ impl Policy {
 }
 
 impl SnpExpected {
+    /// An expectation of one launch (slot A, 4 × `vcpu_type`) whose digest is `measurement`
+    /// (hex), with QEMU's default guest policy (SMT allowed, debug and migration agent off,
+    /// ABI 0.0) at VMPL 0, for a firmware named `OVMF.fd`: for tests, fuzzing and examples.
+    pub fn single(measurement: &str, vcpu_type: &str) -> SnpExpected {
+        SnpExpected {
+            firmware: GuestFirmware {
+                file: "OVMF.fd".into(),
+                sha256: "00".repeat(32),
+                edk2: "2025.02-1".into(),
+            },
+            vmm: "QEMU".into(),
+            guest_features: "0x1".into(),
+            policy: Policy {
+                abi_major: 0,
+                abi_minor: 0,
+                smt: true,
+                debug: false,
+                migrate_ma: false,
+            },
+            vmpl: 0,
+            launch_digests: vec![LaunchDigest {
+                slot: Some("A".into()),
+                vcpus: 4,
+                vcpu_type: vcpu_type.into(),
+                measurement: measurement.into(),
+            }],
+        }
+    }
+
     /// The launch configurations whose digest is `measurement` (hex).
     pub fn matching(&self, measurement: &str) -> Vec<&LaunchDigest> {
         self.launch_digests

@@ -4,7 +4,7 @@
 //! report after each change. The data made here is synthetic; only its shape is AMD's.
 
 use super::certs::{Cert, CertSet};
-use super::expected::{GuestFirmware, LaunchDigest, Policy, SnpExpected};
+use super::expected::{LaunchDigest, SnpExpected};
 use super::generation::Generation;
 use super::report::{Report, SIGNATURE_COMPONENT_LEN, SIGNATURE_OFFSET, SIGNED_LEN};
 use super::report_data::report_data;
@@ -154,39 +154,17 @@ pub fn set_tcb(report: &mut [u8], tcb: &Tcb) {
     report[REPORTED_TCB..REPORTED_TCB + 8].copy_from_slice(&b);
 }
 
-/// Expectations whose only launch digest is `measurement`, with QEMU's default policy.
+/// Expectations of slot A's launch with `measurement` (and slot B's with another digest),
+/// with QEMU's default policy.
 pub fn expected_for(measurement: &[u8]) -> SnpExpected {
-    SnpExpected {
-        firmware: GuestFirmware {
-            file: "OVMF.fd".into(),
-            sha256: "00".repeat(32),
-            edk2: "2025.02-1".into(),
-        },
-        vmm: "QEMU".into(),
-        guest_features: "0x1".into(),
-        policy: Policy {
-            abi_major: 0,
-            abi_minor: 0,
-            smt: true,
-            debug: false,
-            migrate_ma: false,
-        },
-        vmpl: 0,
-        launch_digests: vec![
-            LaunchDigest {
-                slot: Some("A".into()),
-                vcpus: 4,
-                vcpu_type: "EPYC-v4".into(),
-                measurement: hex::encode(measurement),
-            },
-            LaunchDigest {
-                slot: Some("B".into()),
-                vcpus: 4,
-                vcpu_type: "EPYC-v4".into(),
-                measurement: "11".repeat(48),
-            },
-        ],
-    }
+    let mut expected = SnpExpected::single(&hex::encode(measurement), "EPYC-v4");
+    expected.launch_digests.push(LaunchDigest {
+        slot: Some("B".into()),
+        vcpus: 4,
+        vcpu_type: "EPYC-v4".into(),
+        measurement: "11".repeat(48),
+    });
+    expected
 }
 
 fn sign_report(report: &mut [u8], key: &p384::ecdsa::SigningKey) {
