@@ -1,12 +1,15 @@
-//! `plinth-host`: the host-os agent. HostOS agent: plans and launches the GuestOS VM from the machine's topology, quotes TPM measurements and applies upgrades.
-//!
-//! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
-//! `plinth-boot-report.service`, and `measured-boot` (both in the crate `plinth-boot-report`).
+//! `plinth-host`, the HostOS agent: plans and launches the GuestOS VM from the machine's
+//! topology, quotes TPM measurements and applies upgrades. This file is clap dispatch only;
+//! each verb is a module of `verbs/` (`boot-report` and `measured-boot` come from the crate
+//! `plinth-boot-report`).
+
+mod verbs;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// HostOS agent: plans and launches the GuestOS VM from the machine's topology, quotes TPM measurements and applies upgrades.
+/// HostOS agent: plans and launches the GuestOS VM from the machine's topology, quotes TPM
+/// measurements and applies upgrades.
 #[derive(Debug, Parser)]
 #[command(name = "plinth-host", version)]
 struct Cli {
@@ -21,16 +24,62 @@ enum Verb {
     BootReport,
     /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
     MeasuredBoot(plinth_boot_report::MeasuredBootArgs),
+    /// Print the machine's topology: NUMA nodes, cpus, NVMe, NICs, host disks.
+    Topology(verbs::topology::TopologyArgs),
+    /// The GuestOS VM: where it runs on this machine.
+    #[command(subcommand)]
+    Guest(verbs::guest::GuestVerb),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
         Verb::MeasuredBoot(args) => args.run(),
+        Verb::Topology(args) => args.run(),
+        Verb::Guest(verb) => verb.run(),
         Verb::BootReport => {
             if plinth_boot_report::report("host-os") {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let mut command = Cli::command().term_width(80);
+        let mut texts = vec![command.render_help().to_string()];
+        for sub in command.get_subcommands_mut() {
+            let mut sub = sub.clone().term_width(80);
+            texts.push(sub.render_help().to_string());
+            texts.push(sub.render_long_help().to_string());
+            for subsub in sub.get_subcommands_mut() {
+                let mut subsub = subsub.clone().term_width(80);
+                texts.push(subsub.render_long_help().to_string());
+            }
+        }
+        for example in [
+            "plinth-host topology --sysfs-root",
+            "plinth-host guest plan --vcpus",
+        ] {
+            assert!(texts.iter().any(|t| t.contains(example)), "{example}");
+        }
+        for text in texts {
+            for line in text.lines() {
+                assert!(
+                    line.chars().count() <= 80,
+                    "help line over 80 columns: {line}"
+                );
             }
         }
     }

@@ -1,0 +1,6 @@
+//! `plinth-host` as a library: what the HostOS agent's verbs are built from, for its binary
+//! and for tests: the machine's topology ([`topology`]), read from /sys and /proc, and the
+//! GuestOS VM's plan on it ([`plan`]).
+
+pub mod plan;
+pub mod topology;

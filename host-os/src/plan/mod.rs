@@ -1,0 +1,201 @@
+//! The GuestOS VM plan: from the machine's topology and the VM's settings, where every vCPU,
+//! every byte of guest memory and every disk goes, and why. The plan is data; the launcher
+//! turns it into a QEMU command line.
+//!
+//! In order: the disks are found and checked (`devices`); the home node is the one their
+//! controllers hang off; host threads are reserved there for QEMU's emulator and I/O threads;
+//! the vCPUs and the memory are placed on the home node, or on the fewest nodes nearest to it
+//! when it is too small (`placement`), with a guest NUMA node mirroring each host node used.
+
+mod devices;
+mod placement;
+mod report;
+
+pub use devices::{DiskPlan, DiskRequest};
+
+pub use crate::topology::sysfs::format_cpulist as cpulist;
+use crate::topology::Topology;
+use serde::Serialize;
+
+/// What HostOS asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRequest {
+    pub vcpus: u32,
+    pub memory_gib: u64,
+    /// The GuestOS disks: NVMe namespaces (`nvme1n1`), controllers (`nvme1`) or PCI addresses.
+    pub disks: Vec<String>,
+    /// Launch under AMD SEV-SNP.
+    pub sev: bool,
+}
+
+/// Where the VM goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub vcpus: u32,
+    pub memory_gib: u64,
+    /// The node the disks hang off; the VM is placed there first.
+    pub home_node: u32,
+    /// Where the vCPUs, QEMU's threads and the memory go.
+    #[serde(flatten)]
+    pub placement: Placement,
+    pub disks: Vec<DiskPlan>,
+    pub boot: Boot,
+    /// Why each choice was made, in the order made (`--explain`).
+    pub reasons: Vec<Reason>,
+}
+
+/// Where the VM's threads and memory go (`placement`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// Guest threads per core (2: each pair of vCPUs is one host core's two threads).
+    pub threads_per_core: u32,
+    /// One guest NUMA node per host node used, in guest node order.
+    pub guest_nodes: Vec<GuestNode>,
+    /// vCPU `i` runs on host thread `vcpu_pins[i].host_cpu`.
+    pub vcpu_pins: Vec<VcpuPin>,
+    /// Host threads QEMU's main loop and emulator threads run on (no vCPU there).
+    pub emulator_cpus: Vec<u32>,
+    /// Host threads of the virtio-blk I/O threads (no vCPU there).
+    pub iothread_cpus: Vec<u32>,
+    /// The host threads kept for the host itself (no vCPU, no QEMU thread).
+    pub host_cpus: Vec<u32>,
+    pub memory: MemoryBacking,
+}
+
+/// A guest NUMA node and the host node it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestNode {
+    pub id: u32,
+    pub host_node: u32,
+    /// Its vCPUs (guest indexes).
+    pub vcpus: Vec<u32>,
+    pub memory_gib: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VcpuPin {
+    pub vcpu: u32,
+    pub host_cpu: u32,
+    pub guest_node: u32,
+}
+
+/// What backs guest memory; always bound (`policy=bind`) to each guest node's host node and
+/// preallocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryBacking {
+    Hugepages1G,
+    Hugepages2M,
+    /// SEV-SNP: private memory comes from guest_memfd, which QEMU cannot back with hugetlbfs.
+    GuestMemfd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Boot {
+    /// SEV-SNP: the AMD SEV OVMF starts the slot's kernel, initrd and command line given to
+    /// QEMU, whose hashes it measures (`kernel-hashes=on`).
+    SevSnpDirect { policy: String },
+    /// Without SEV: OVMF boots the slot's UKI from the disk.
+    Disk,
+}
+
+/// One decision and why it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub topic: &'static str,
+    pub text: String,
+}
+
+/// A VM that cannot be placed: what was found, what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the VM needs at least one vCPU and 1 GiB of memory (asked: {vcpus} vCPUs, {memory_gib} GiB)")]
+    Empty { vcpus: u32, memory_gib: u64 },
+    #[error("{vcpus} vCPUs cannot be whole cores: SMT is on and each vCPU pair is one host core\n  hint: ask for an even number of vCPUs")]
+    OddVcpus { vcpus: u32 },
+    #[error("disk {name}: not found; NVMe here: {found}\n  hint: name a namespace (nvme1n1), a controller (nvme1) or a PCI address (0000:41:00.0)")]
+    DiskMissing { name: String, found: String },
+    #[error("disk {name}: the host itself mounts {what}\n  hint: give GuestOS a disk the host does not use")]
+    DiskInUse { name: String, what: String },
+    #[error("disk {name} is asked for twice")]
+    DiskTwice { name: String },
+    #[error("{vcpus} vCPUs do not fit: {available} host threads are left for vCPUs after the reservation ({found})\n  hint: ask for at most {available} vCPUs")]
+    TooManyVcpus {
+        vcpus: u32,
+        available: u32,
+        found: String,
+    },
+    #[error("{memory_gib} GiB does not fit: {found}\n  hint: {hint}")]
+    NotEnoughMemory {
+        memory_gib: u64,
+        found: String,
+        hint: String,
+    },
+}
+
+/// Threads reserved for the host itself: the first core of the machine (systemd, interrupts,
+/// the agent).
+const HOST_CORES: usize = 1;
+
+/// Plan the VM `req` on `topo`.
+pub fn plan(topo: &Topology, req: &VmRequest) -> Result<Plan, PlanError> {
+    if req.vcpus == 0 || req.memory_gib == 0 {
+        return Err(PlanError::Empty {
+            vcpus: req.vcpus,
+            memory_gib: req.memory_gib,
+        });
+    }
+    let mut reasons = Vec::new();
+    let disks = devices::resolve(topo, &req.disks)?;
+    let home = devices::home_node(topo, &disks, &mut reasons);
+    let virtio = disks.iter().filter(|d| !d.is_vfio()).count();
+    let placed = placement::place(
+        topo,
+        &placement::Want {
+            vcpus: req.vcpus,
+            memory_gib: req.memory_gib,
+            home,
+            iothreads: virtio > 0,
+            sev: req.sev,
+            host_cores: HOST_CORES,
+        },
+        &mut reasons,
+    )?;
+    let disks = devices::plan_disks(&disks, &placed.iothread_cpus, req.vcpus, &mut reasons);
+    let boot = if req.sev {
+        let policy = format!("{:#x}", snp_policy(topo.smt()));
+        reasons.push(Reason {
+            topic: "boot",
+            text: format!(
+                "SEV-SNP: direct kernel boot by the AMD SEV OVMF with kernel hashes, so the launch digest covers kernel, initrd and command line; guest policy {policy} (debug and migration agent off{})",
+                if topo.smt() { ", SMT allowed: the host has it on" } else { "" }
+            ),
+        });
+        Boot::SevSnpDirect { policy }
+    } else {
+        reasons.push(Reason {
+            topic: "boot",
+            text: "no SEV: OVMF boots the slot's UKI from the GuestOS disk".into(),
+        });
+        Boot::Disk
+    };
+    Ok(Plan {
+        vcpus: req.vcpus,
+        memory_gib: req.memory_gib,
+        home_node: home,
+        placement: placed,
+        disks,
+        boot,
+        reasons,
+    })
+}
+
+/// The SNP guest policy word: ABI 0.0, bit 17 (reserved, must be one), SMT (bit 16) as the
+/// host has it, migration agent (18) and debug (19) off.
+pub fn snp_policy(smt: bool) -> u64 {
+    (1 << 17) | if smt { 1 << 16 } else { 0 }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,437 @@
+//! Plans for generated sysfs trees of real machine shapes (topology::fixture): each checked
+//! for the properties a plan must have, and its `--explain` text against a golden file in
+//! host-os/fixtures/plan/ (`PLINTH_BLESS=1 cargo test -p plinth-host` rewrites them).
+
+use super::*;
+use crate::topology::fixture::Machine;
+use crate::topology::sysfs;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn topology(m: &Machine) -> Topology {
+    let dir = tempfile::tempdir().unwrap();
+    m.write(dir.path()).unwrap();
+    sysfs::read(dir.path()).unwrap()
+}
+
+/// The namespaces of the controllers the host does not use.
+fn data_disks(t: &Topology) -> Vec<String> {
+    t.nvme
+        .iter()
+        .filter(|c| !t.is_host_disk(c))
+        .filter_map(|c| c.namespaces.first().map(|n| n.name.clone()))
+        .collect()
+}
+
+fn request(t: &Topology, vcpus: u32, memory_gib: u64) -> VmRequest {
+    VmRequest {
+        vcpus,
+        memory_gib,
+        disks: data_disks(t),
+        sev: false,
+    }
+}
+
+/// What every plan must hold.
+fn check(t: &Topology, req: &VmRequest, p: &Plan) {
+    // Every vCPU once, on its own host thread; no vCPU beside QEMU's or the host's threads.
+    assert_eq!(p.placement.vcpu_pins.len() as u32, req.vcpus);
+    let mut used = BTreeSet::new();
+    for cpu in p
+        .placement
+        .vcpu_pins
+        .iter()
+        .map(|v| v.host_cpu)
+        .chain(p.placement.emulator_cpus.iter().copied())
+        .chain(p.placement.iothread_cpus.iter().copied())
+        .chain(p.placement.host_cpus.iter().copied())
+    {
+        assert!(used.insert(cpu), "host thread {cpu} is used twice");
+        assert!(t.cpu(cpu).is_some(), "host thread {cpu} does not exist");
+    }
+    // No vCPU shares a core with a QEMU or host thread.
+    let reserved: BTreeSet<u32> = p
+        .placement
+        .emulator_cpus
+        .iter()
+        .chain(&p.placement.iothread_cpus)
+        .chain(&p.placement.host_cpus)
+        .copied()
+        .collect();
+    for v in &p.placement.vcpu_pins {
+        let siblings = &t.cpu(v.host_cpu).unwrap().siblings;
+        assert!(
+            siblings.iter().all(|s| !reserved.contains(s)),
+            "vCPU {} on host thread {} shares its core with a reserved thread",
+            v.vcpu,
+            v.host_cpu
+        );
+    }
+    // The guest NUMA layout mirrors the host: each guest node's vCPUs on its host node.
+    for v in &p.placement.vcpu_pins {
+        let g = &p.placement.guest_nodes[v.guest_node as usize];
+        assert!(g.vcpus.contains(&v.vcpu));
+        assert_eq!(t.cpu(v.host_cpu).unwrap().node, g.host_node);
+    }
+    let hosts: BTreeSet<u32> = p
+        .placement
+        .guest_nodes
+        .iter()
+        .map(|g| g.host_node)
+        .collect();
+    assert_eq!(
+        hosts.len(),
+        p.placement.guest_nodes.len(),
+        "two guest nodes on one host node"
+    );
+    assert_eq!(
+        p.placement
+            .guest_nodes
+            .iter()
+            .map(|g| g.memory_gib)
+            .sum::<u64>(),
+        req.memory_gib
+    );
+    // With SMT, vCPUs 2k and 2k+1 are the two threads of one host core.
+    if p.placement.threads_per_core == 2 {
+        for pair in p.placement.vcpu_pins.chunks(2) {
+            let a = t.cpu(pair[0].host_cpu).unwrap();
+            assert_eq!(a.siblings, vec![pair[0].host_cpu, pair[1].host_cpu]);
+        }
+    }
+    // Memory within what each node has.
+    for g in &p.placement.guest_nodes {
+        let n = t.node(g.host_node).unwrap();
+        let cap = match p.placement.memory {
+            MemoryBacking::Hugepages1G => n.hugepages_1g.free,
+            MemoryBacking::Hugepages2M => n.hugepages_2m.free / 512,
+            MemoryBacking::GuestMemfd => n.memory_free_bytes >> 30,
+        };
+        assert!(
+            g.memory_gib <= cap,
+            "guest node {} over its host node",
+            g.id
+        );
+    }
+    // QEMU's threads on the home node.
+    for c in p
+        .placement
+        .emulator_cpus
+        .iter()
+        .chain(&p.placement.iothread_cpus)
+    {
+        assert_eq!(t.cpu(*c).unwrap().node, p.home_node);
+    }
+}
+
+/// The VM on the disks' node alone.
+fn all_on_home(t: &Topology, p: &Plan) {
+    let home = t.find_nvme(&data_disks(t)[0]).and_then(|c| c.node).unwrap();
+    assert_eq!(p.home_node, home);
+    assert_eq!(p.placement.guest_nodes.len(), 1);
+    assert_eq!(p.placement.guest_nodes[0].host_node, home);
+}
+
+fn golden(name: &str, p: &Plan) {
+    let text = p.render(true);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/plan")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("PLINTH_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{}: missing (PLINTH_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        text,
+        want,
+        "{name}: the plan differs from {}",
+        path.display()
+    );
+}
+
+#[test]
+fn one_socket() {
+    let t = topology(&Machine::one_socket());
+    let req = request(&t, 16, 64);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    all_on_home(&t, &p);
+    assert_eq!(p.placement.threads_per_core, 2);
+    assert_eq!(p.placement.memory, MemoryBacking::Hugepages1G);
+    assert_eq!(p.boot, Boot::Disk);
+    assert!(p.disks.iter().all(|d| matches!(
+        d,
+        DiskPlan::VirtioBlk {
+            queues: 16,
+            direct: true,
+            aio: "io_uring",
+            ..
+        }
+    )));
+    golden("one-socket", &p);
+}
+
+#[test]
+fn two_socket_nps1_production_shape_spans_for_memory() {
+    // 64 vCPUs and most of the machine's memory: the vCPUs fit the disks' node, the memory
+    // does not, so it spills to the other socket, mirrored by a second guest node.
+    let t = topology(&Machine::two_socket_nps1());
+    let free_1g: u64 = t.nodes.iter().map(|n| n.hugepages_1g.free).sum();
+    let req = request(&t, 64, free_1g * 8 / 10);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    let home = p.home_node;
+    assert_eq!(p.placement.guest_nodes.len(), 2);
+    assert_eq!(p.placement.guest_nodes[0].host_node, home);
+    assert_eq!(
+        p.placement.guest_nodes[0].vcpus.len(),
+        64,
+        "every vCPU on the disks' node"
+    );
+    assert_eq!(
+        p.placement.guest_nodes[0].memory_gib,
+        t.node(home).unwrap().hugepages_1g.free,
+        "the home node's memory first"
+    );
+    golden("two-socket-nps1-64vcpu", &p);
+}
+
+#[test]
+fn two_socket_nps4_spans_the_nearest_node() {
+    let t = topology(&Machine::two_socket_nps4());
+    let home = t.find_nvme(&data_disks(&t)[0]).unwrap().node.unwrap();
+    // More vCPUs than a 16-core node has after QEMU's two cores.
+    let req = request(&t, 40, 96);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    assert_eq!(p.placement.guest_nodes.len(), 2);
+    assert_eq!(p.placement.guest_nodes[0].host_node, home);
+    let other = p.placement.guest_nodes[1].host_node;
+    let nearest = t
+        .nodes
+        .iter()
+        .filter(|n| n.id != home)
+        .map(|n| t.distance(home, n.id))
+        .min()
+        .unwrap();
+    assert_eq!(
+        t.distance(home, other),
+        nearest,
+        "the second node is a nearest one"
+    );
+    // Memory in proportion to each node's vCPUs.
+    let (a, b) = (&p.placement.guest_nodes[0], &p.placement.guest_nodes[1]);
+    assert!(a.vcpus.len() > b.vcpus.len() && a.memory_gib > b.memory_gib);
+    golden("two-socket-nps4-40vcpu", &p);
+}
+
+#[test]
+fn nps4_small_vm_stays_on_the_disks_node() {
+    let t = topology(&Machine::two_socket_nps4());
+    let req = request(&t, 16, 64);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    all_on_home(&t, &p);
+}
+
+#[test]
+fn nvme_on_node_0_vs_node_1() {
+    let mut m = Machine::two_socket_nps1();
+    for d in m.nvme.iter_mut().filter(|d| !d.host_disk) {
+        d.node = 0;
+    }
+    let t0 = topology(&m);
+    let req = request(&t0, 32, 128);
+    let p0 = plan(&t0, &req).unwrap();
+    check(&t0, &req, &p0);
+    all_on_home(&t0, &p0);
+    assert_eq!(p0.home_node, 0);
+    let t1 = topology(&Machine::two_socket_nps1());
+    let p1 = plan(&t1, &request(&t1, 32, 128)).unwrap();
+    all_on_home(&t1, &p1);
+    assert_eq!(p1.home_node, 1);
+    // On node 0 the host's own core (cpu 0's) is not the VM's.
+    assert!(p0
+        .placement
+        .vcpu_pins
+        .iter()
+        .all(|v| !p0.placement.host_cpus.contains(&v.host_cpu)));
+    golden("two-socket-nps1-disks-node0", &p0);
+}
+
+#[test]
+fn smt_off() {
+    let mut m = Machine::two_socket_nps1();
+    m.threads_per_core = 1;
+    let t = topology(&m);
+    assert!(!t.smt());
+    let req = request(&t, 33, 64);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    all_on_home(&t, &p);
+    assert_eq!(p.placement.threads_per_core, 1);
+    golden("two-socket-nps1-smt-off", &p);
+}
+
+#[test]
+fn odd_vcpus_with_smt_on_are_refused() {
+    let t = topology(&Machine::one_socket());
+    let err = plan(&t, &request(&t, 15, 16)).unwrap_err();
+    assert_eq!(err, PlanError::OddVcpus { vcpus: 15 });
+    assert!(err.to_string().contains("even number"), "{err}");
+}
+
+#[test]
+fn no_free_1g_hugepages_falls_back_to_2m_and_none_is_refused() {
+    let mut m = Machine::one_socket();
+    m.free_hugepages_1g_per_node = 0;
+    m.free_hugepages_2m_per_node = 40 * 512;
+    let t = topology(&m);
+    let req = request(&t, 8, 32);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    assert_eq!(p.placement.memory, MemoryBacking::Hugepages2M);
+    assert!(p.render(true).contains("not enough free 1 GiB pages"));
+
+    m.free_hugepages_2m_per_node = 0;
+    let t = topology(&m);
+    let err = plan(&t, &request(&t, 8, 32)).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(
+        err,
+        PlanError::NotEnoughMemory { memory_gib: 32, .. }
+    ));
+    assert!(
+        text.contains("node 0: 0 free 1 GiB pages, 0 free 2 MiB pages")
+            && text.contains("hugepagesz=1G hugepages=32"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_machine_too_small_is_refused_with_what_is_left() {
+    let t = topology(&Machine::one_socket());
+    let threads = t.cpus.len() as u32;
+    let err = plan(&t, &request(&t, threads, 16)).unwrap_err();
+    // 3 cores (6 threads) are reserved: the host's, the emulator's, the I/O threads'.
+    let left = threads - 6;
+    assert_eq!(
+        err,
+        PlanError::TooManyVcpus {
+            vcpus: threads,
+            available: left,
+            found: match &err {
+                PlanError::TooManyVcpus { found, .. } => found.clone(),
+                _ => unreachable!(),
+            },
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("ask for at most {left} vCPUs")),
+        "{err}"
+    );
+    assert!(plan(&t, &request(&t, left, 16)).is_ok());
+}
+
+#[test]
+fn sev_snp_binds_guest_memfd_and_boots_direct() {
+    let mut m = Machine::one_socket();
+    m.free_hugepages_1g_per_node = 0;
+    let t = topology(&m);
+    let mut req = request(&t, 8, 32);
+    req.sev = true;
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    assert_eq!(p.placement.memory, MemoryBacking::GuestMemfd);
+    assert_eq!(
+        p.boot,
+        Boot::SevSnpDirect {
+            policy: "0x30000".into()
+        }
+    );
+    let text = p.render(true);
+    assert!(text.contains("cannot back with hugetlbfs"), "{text}");
+    golden("one-socket-sev", &p);
+}
+
+#[test]
+fn vfio_bound_nvme_is_passed_through() {
+    let mut m = Machine::one_socket();
+    for d in m.nvme.iter_mut().filter(|d| !d.host_disk) {
+        d.driver = "vfio-pci";
+    }
+    let t = topology(&m);
+    let vfio: Vec<String> = t
+        .nvme
+        .iter()
+        .filter(|c| c.driver.as_deref() == Some("vfio-pci"))
+        .map(|c| c.pci.clone())
+        .collect();
+    assert!(!vfio.is_empty());
+    let req = VmRequest {
+        vcpus: 8,
+        memory_gib: 16,
+        disks: vfio.clone(),
+        sev: false,
+    };
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    assert!(
+        p.placement.iothread_cpus.is_empty(),
+        "no virtio-blk disk, no I/O thread core"
+    );
+    for (d, pci) in p.disks.iter().zip(&vfio) {
+        assert_eq!(
+            d,
+            &DiskPlan::Vfio {
+                pci: pci.clone(),
+                node: Some(0)
+            }
+        );
+    }
+}
+
+#[test]
+fn missing_repeated_and_host_disks_are_refused() {
+    let t = topology(&Machine::one_socket());
+    let mut req = request(&t, 8, 16);
+    req.disks = vec!["nvme9n1".into()];
+    let err = plan(&t, &req).unwrap_err();
+    assert!(matches!(&err, PlanError::DiskMissing { name, .. } if name == "nvme9n1"));
+    assert!(err.to_string().contains("NVMe here: 0000:"), "{err}");
+
+    let host = t.nvme.iter().find(|c| t.is_host_disk(c)).unwrap();
+    req.disks = vec![host.namespaces[0].name.clone()];
+    let err = plan(&t, &req).unwrap_err();
+    assert!(matches!(err, PlanError::DiskInUse { .. }), "{err}");
+
+    let d = data_disks(&t)[0].clone();
+    req.disks = vec![d.clone(), d];
+    assert!(matches!(
+        plan(&t, &req).unwrap_err(),
+        PlanError::DiskTwice { .. }
+    ));
+}
+
+#[test]
+fn nps4_plans_of_every_size_hold() {
+    // From one core to most of the machine: the fewer nodes the better, nearest first.
+    let t = topology(&Machine::two_socket_nps4());
+    let threads_per_node = (t.cpus.len() / t.nodes.len()) as u32;
+    for vcpus in [2, 64, 128, 200] {
+        let req = request(&t, vcpus, 64);
+        let p = plan(&t, &req).unwrap();
+        check(&t, &req, &p);
+        // Every node but the last one used is full (home loses two cores to QEMU).
+        let fewest = (vcpus + 4).div_ceil(threads_per_node) as usize;
+        assert_eq!(
+            p.placement.guest_nodes.len(),
+            fewest,
+            "{vcpus} vCPUs: {}",
+            p.render(true)
+        );
+    }
+}

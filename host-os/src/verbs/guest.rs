@@ -1,0 +1,111 @@
+//! `plinth-host guest plan`: where the GuestOS VM goes on this machine (vCPU pins, memory
+//! nodes and backing, disks, QEMU's threads), and with `--explain` why.
+
+use plinth_host::plan::{self, VmRequest};
+use plinth_host::topology::sysfs::{self, TopologyError};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GuestVerb {
+    /// Plan the GuestOS VM on this machine's topology.
+    Plan(PlanArgs),
+}
+
+/// Plan the GuestOS VM: the NUMA node of its disks, a host thread per vCPU there (SMT
+/// siblings together), cores for QEMU's threads, memory bound to the same node(s) on
+/// hugepages, each disk by VFIO or virtio-blk; nodes nearest first when one is too small.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 planned; 2 the VM does not fit (what was found and what to \
+change are printed) or the topology cannot be read.\n\n\
+Examples:\n  plinth-host guest plan --vcpus 64 --memory 480 --disk nvme1n1 --disk nvme2n1 \
+--sev --explain\n  plinth-host guest plan --vcpus 8 --memory 16 --json"
+)]
+pub struct PlanArgs {
+    /// vCPUs (an even number when the host has SMT on: each pair is one host core).
+    #[arg(long)]
+    pub vcpus: u32,
+    /// Guest memory in GiB.
+    #[arg(long, value_name = "GIB")]
+    pub memory: u64,
+    /// A GuestOS disk: NVMe namespace (nvme1n1), controller (nvme1) or PCI address.
+    #[arg(long = "disk", value_name = "NAME")]
+    pub disks: Vec<String>,
+    /// Launch under AMD SEV-SNP (guest_memfd memory, direct kernel boot).
+    #[arg(long)]
+    pub sev: bool,
+    /// Say why each choice was made.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print the plan as JSON (with the reasons).
+    #[arg(long)]
+    pub json: bool,
+    /// The directory that stands for `/`: its sys/ and proc/ are read.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub sysfs_root: PathBuf,
+}
+
+impl GuestVerb {
+    pub fn run(self) -> ExitCode {
+        match self {
+            GuestVerb::Plan(args) => args.run(),
+        }
+    }
+}
+
+impl PlanArgs {
+    fn run(self) -> ExitCode {
+        let topology = match sysfs::read(&self.sysfs_root) {
+            Ok(t) => t,
+            Err(e) => return bad_topology(&e),
+        };
+        let request = VmRequest {
+            vcpus: self.vcpus,
+            memory_gib: self.memory,
+            disks: self.disks.clone(),
+            sev: self.sev,
+        };
+        let started = std::time::Instant::now();
+        let planned = plan::plan(&topology, &request);
+        let elapsed = started.elapsed();
+        let text = match planned {
+            Ok(p) if self.json => match serde_json::to_string_pretty(&p) {
+                Ok(text) => text + "\n",
+                Err(e) => {
+                    eprintln!("error: serializing the plan: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            Ok(p) if self.explain => format!(
+                "{}planned in {:.2} ms\n",
+                p.render(true),
+                elapsed.as_secs_f64() * 1000.0
+            ),
+            Ok(p) => p.render(false),
+            Err(e) => {
+                eprintln!("error: the GuestOS VM cannot be planned: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut stdout = std::io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            // `| head`: the reader has what it wanted.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: writing the plan: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn bad_topology(e: &TopologyError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}

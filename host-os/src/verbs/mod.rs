@@ -1,0 +1,4 @@
+//! The verbs of `plinth-host`, one module each.
+
+pub mod guest;
+pub mod topology;
