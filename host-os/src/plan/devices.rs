@@ -56,8 +56,22 @@ pub fn resolve(topo: &Topology, names: &[String]) -> Result<Vec<DiskRequest>, Pl
                 found: describe(topo),
             })?
             .clone();
-        if found.iter().any(|d| d.nvme.pci == nvme.pci) {
-            return Err(PlanError::DiskTwice { name: name.clone() });
+        let namespace = nvme
+            .namespaces
+            .iter()
+            .find(|n| &n.name == name)
+            .or_else(|| nvme.namespaces.first())
+            .map(|n| n.name.clone());
+        // The same namespace twice, or a passed-through controller with anything else on it.
+        let vfio = nvme.driver.as_deref() == Some("vfio-pci");
+        if let Some(first) = found
+            .iter()
+            .find(|d| d.nvme.pci == nvme.pci && (vfio || d.is_vfio() || d.namespace == namespace))
+        {
+            return Err(PlanError::DiskTwice {
+                name: name.clone(),
+                first: first.name.clone(),
+            });
         }
         if let Some(ns) = nvme
             .namespaces
@@ -69,12 +83,13 @@ pub fn resolve(topo: &Topology, names: &[String]) -> Result<Vec<DiskRequest>, Pl
                 what: format!("/dev/{} (controller {})", ns.name, nvme.pci),
             });
         }
-        let namespace = nvme
-            .namespaces
-            .iter()
-            .find(|n| &n.name == name)
-            .or_else(|| nvme.namespaces.first())
-            .map(|n| n.name.clone());
+        if !vfio && namespace.is_none() {
+            return Err(PlanError::DiskUnusable {
+                name: name.clone(),
+                pci: nvme.pci.clone(),
+                driver: nvme.driver.clone().unwrap_or_else(|| "no driver".into()),
+            });
+        }
         found.push(DiskRequest {
             name: name.clone(),
             nvme,
@@ -84,8 +99,8 @@ pub fn resolve(topo: &Topology, names: &[String]) -> Result<Vec<DiskRequest>, Pl
     Ok(found)
 }
 
-/// The node most disks hang off (the lowest such id on a tie); the first node when there are
-/// no disks or the firmware does not say.
+/// The node most disks hang off (the lowest such id on a tie); when no disk's node is known,
+/// the first NIC's node, else the first node.
 pub fn home_node(topo: &Topology, disks: &[DiskRequest], reasons: &mut Vec<Reason>) -> u32 {
     let first = topo.nodes.first().map_or(0, |n| n.id);
     let mut count: BTreeMap<u32, usize> = BTreeMap::new();
@@ -98,6 +113,7 @@ pub fn home_node(topo: &Topology, disks: &[DiskRequest], reasons: &mut Vec<Reaso
         .iter()
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
         .map(|(n, _)| *n);
+    let nic_node = topo.nics.iter().find_map(|n| n.node);
     let text = match best {
         Some(n) if count.len() == 1 => {
             format!("home node {n}: every GuestOS disk's controller is attached to it")
@@ -110,9 +126,22 @@ pub fn home_node(topo: &Topology, disks: &[DiskRequest], reasons: &mut Vec<Reaso
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        None if disks.is_empty() => format!("home node {first}: no GuestOS disk given"),
-        None => format!("home node {first}: the firmware does not say which node the disks are on"),
+        None => match nic_node {
+            Some(n) => format!(
+                "home node {n}, the NIC's: {}",
+                if disks.is_empty() {
+                    "no GuestOS disk given"
+                } else {
+                    "the firmware does not say which node the disks are on"
+                }
+            ),
+            None if disks.is_empty() => format!("home node {first}: no GuestOS disk given"),
+            None => {
+                format!("home node {first}: the firmware does not say which node the disks are on")
+            }
+        },
     };
+    let home = best.or(nic_node).unwrap_or(first);
     reasons.push(Reason {
         topic: "node",
         text,
@@ -120,7 +149,7 @@ pub fn home_node(topo: &Topology, disks: &[DiskRequest], reasons: &mut Vec<Reaso
     let nics: Vec<String> = topo
         .nics
         .iter()
-        .filter(|n| n.node.is_some() && n.node == best.or(Some(first)))
+        .filter(|n| n.node == Some(home))
         .map(|n| n.name.clone())
         .collect();
     if !topo.nics.is_empty() {
@@ -133,7 +162,7 @@ pub fn home_node(topo: &Topology, disks: &[DiskRequest], reasons: &mut Vec<Reaso
             },
         });
     }
-    best.unwrap_or(first)
+    home
 }
 
 /// How each disk is attached; virtio-blk disks get the I/O threads in turn.
@@ -163,10 +192,8 @@ pub fn plan_disks(
         let Some(ns) = &d.namespace else {
             continue;
         };
-        let iothread_cpu = iothread_cpus
-            .get(next_iothread as usize % iothread_cpus.len().max(1))
-            .copied()
-            .unwrap_or(0);
+        // The planner reserves an I/O thread core whenever there is a virtio-blk disk.
+        let iothread_cpu = iothread_cpus[next_iothread as usize % iothread_cpus.len()];
         let queues = vcpus.min(MAX_QUEUES);
         reasons.push(Reason {
             topic: "disk",

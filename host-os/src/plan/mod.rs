@@ -24,8 +24,17 @@ pub struct VmRequest {
     pub memory_gib: u64,
     /// The GuestOS disks: NVMe namespaces (`nvme1n1`), controllers (`nvme1`) or PCI addresses.
     pub disks: Vec<String>,
-    /// Launch under AMD SEV-SNP.
-    pub sev: bool,
+    /// Launch under AMD SEV-SNP, as the GuestOS release expects.
+    pub sev: Option<SevRequest>,
+}
+
+/// What the GuestOS release's measurements.json (`snp`) says of its SEV-SNP launches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SevRequest {
+    /// The guest policy allows SMT (bit 16); attestation checks it.
+    pub smt: bool,
+    /// The vCPU counts launch digests were published for (empty: not checked).
+    pub vcpu_counts: Vec<u32>,
 }
 
 /// Where the VM goes.
@@ -118,8 +127,18 @@ pub enum PlanError {
     DiskMissing { name: String, found: String },
     #[error("disk {name}: the host itself mounts {what}\n  hint: give GuestOS a disk the host does not use")]
     DiskInUse { name: String, what: String },
-    #[error("disk {name} is asked for twice")]
-    DiskTwice { name: String },
+    #[error("disk {name} is asked for twice (as {first} too)\n  hint: name each disk once")]
+    DiskTwice { name: String, first: String },
+    #[error("disk {name}: controller {pci} is bound to {driver} and has no namespace to give\n  hint: bind it to vfio-pci for passthrough, or to nvme and create a namespace")]
+    DiskUnusable {
+        name: String,
+        pci: String,
+        driver: String,
+    },
+    #[error("SEV-SNP: no launch digest is published for {vcpus} vCPUs (measurements.json has {allowed})\n  hint: ask for one of those counts, or publish a release that measures this one (guest-os/os.yaml snp.vcpus)")]
+    SevVcpus { vcpus: u32, allowed: String },
+    #[error("SEV-SNP: the release's guest policy forbids SMT, and this host has SMT on\n  hint: turn SMT off in the firmware setup, or publish a release with snp.smt: true")]
+    SevSmt,
     #[error("{vcpus} vCPUs do not fit: {available} host threads are left for vCPUs after the reservation ({found})\n  hint: ask for at most {available} vCPUs")]
     TooManyVcpus {
         vcpus: u32,
@@ -146,6 +165,22 @@ pub fn plan(topo: &Topology, req: &VmRequest) -> Result<Plan, PlanError> {
             memory_gib: req.memory_gib,
         });
     }
+    if let Some(sev) = &req.sev {
+        if !sev.vcpu_counts.is_empty() && !sev.vcpu_counts.contains(&req.vcpus) {
+            return Err(PlanError::SevVcpus {
+                vcpus: req.vcpus,
+                allowed: sev
+                    .vcpu_counts
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if !sev.smt && topo.smt() {
+            return Err(PlanError::SevSmt);
+        }
+    }
     let mut reasons = Vec::new();
     let disks = devices::resolve(topo, &req.disks)?;
     let home = devices::home_node(topo, &disks, &mut reasons);
@@ -157,19 +192,19 @@ pub fn plan(topo: &Topology, req: &VmRequest) -> Result<Plan, PlanError> {
             memory_gib: req.memory_gib,
             home,
             iothreads: virtio > 0,
-            sev: req.sev,
+            sev: req.sev.is_some(),
             host_cores: HOST_CORES,
         },
         &mut reasons,
     )?;
     let disks = devices::plan_disks(&disks, &placed.iothread_cpus, req.vcpus, &mut reasons);
-    let boot = if req.sev {
-        let policy = format!("{:#x}", snp_policy(topo.smt()));
+    let boot = if let Some(sev) = &req.sev {
+        let policy = format!("{:#x}", snp_policy(sev.smt));
         reasons.push(Reason {
             topic: "boot",
             text: format!(
-                "SEV-SNP: direct kernel boot by the AMD SEV OVMF with kernel hashes, so the launch digest covers kernel, initrd and command line; guest policy {policy} (debug and migration agent off{})",
-                if topo.smt() { ", SMT allowed: the host has it on" } else { "" }
+                "SEV-SNP: direct kernel boot by the AMD SEV OVMF with kernel hashes, so the launch digest covers kernel, initrd and command line; guest policy {policy} as the release publishes it (debug and migration agent off, SMT {})",
+                if sev.smt { "allowed" } else { "not allowed" }
             ),
         });
         Boot::SevSnpDirect { policy }
@@ -191,10 +226,18 @@ pub fn plan(topo: &Topology, req: &VmRequest) -> Result<Plan, PlanError> {
     })
 }
 
-/// The SNP guest policy word: ABI 0.0, bit 17 (reserved, must be one), SMT (bit 16) as the
-/// host has it, migration agent (18) and debug (19) off.
+/// The SNP guest policy word of a release: ABI 0.0, SMT (bit 16) as the release allows it,
+/// bit 17 (reserved, one), migration agent (18) and debug (19) off: firmware's
+/// [`plinth_firmware::snp::Policy::bits`], which attestation checks reports against.
 pub fn snp_policy(smt: bool) -> u64 {
-    (1 << 17) | if smt { 1 << 16 } else { 0 }
+    plinth_firmware::snp::Policy {
+        abi_major: 0,
+        abi_minor: 0,
+        smt,
+        debug: false,
+        migrate_ma: false,
+    }
+    .bits()
 }
 
 #[cfg(test)]

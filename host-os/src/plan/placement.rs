@@ -60,7 +60,7 @@ pub fn place(
         .filter(|c| host_cpus.contains(&c.id))
         .map(|c| (c.node, c.l3))
         .collect();
-    let mut take_qemu = |free: &mut Vec<Core>| -> Vec<u32> {
+    let mut take_qemu = |free: &mut Vec<Core>| -> (Option<u32>, Vec<u32>) {
         let on_home: Vec<usize> = (0..free.len()).filter(|i| free[*i].node == home).collect();
         let pick = on_home
             .iter()
@@ -73,26 +73,33 @@ pub fn place(
             Some(i) => {
                 let core = free.remove(i);
                 reserved_l3.insert((core.node, core.l3));
-                core.threads
+                (Some(core.node), core.threads)
             }
-            None => Vec::new(),
+            None => (None, Vec::new()),
         }
     };
-    let emulator_cpus = take_qemu(&mut free);
+    let where_ = |node: Option<u32>| match node {
+        Some(n) if n == home => format!("a core of node {home}"),
+        Some(n) => format!("a core of node {n}: node {home} has none left"),
+        None => "no core left".to_string(),
+    };
+    let (node, emulator_cpus) = take_qemu(&mut free);
     reasons.push(Reason {
         topic: "cpu",
         text: format!(
-            "QEMU's main loop and emulator threads on host threads {} (a core of node {home}), never a vCPU's",
-            cpulist(&emulator_cpus)
+            "QEMU's main loop and emulator threads on host threads {} ({}), never a vCPU's",
+            cpulist(&emulator_cpus),
+            where_(node)
         ),
     });
     let iothread_cpus = if want.iothreads {
-        let cpus = take_qemu(&mut free);
+        let (node, cpus) = take_qemu(&mut free);
         reasons.push(Reason {
             topic: "cpu",
             text: format!(
-                "virtio-blk I/O threads on host threads {} (a core of node {home}), never a vCPU's",
-                cpulist(&cpus)
+                "virtio-blk I/O threads on host threads {} ({}), never a vCPU's",
+                cpulist(&cpus),
+                where_(node)
             ),
         });
         cpus
@@ -100,28 +107,39 @@ pub fn place(
         Vec::new()
     };
 
-    // vCPUs: whole cores.
-    let threads_per_core = free
+    // vCPUs: whole cores of the machine's usual thread count (a core with an offline
+    // sibling would break the guest's SMT pairs: it is left unused).
+    let threads_per_core = usual_threads(&free);
+    let unused: Vec<u32> = free
         .iter()
-        .map(|c| c.threads.len() as u32)
-        .max()
-        .unwrap_or(1)
-        .max(1);
+        .filter(|c| c.threads.len() as u32 != threads_per_core)
+        .flat_map(|c| c.threads.iter().copied())
+        .collect();
+    if !unused.is_empty() {
+        reasons.push(Reason {
+            topic: "cpu",
+            text: format!(
+                "host threads {} are not given to vCPUs: their cores do not have {threads_per_core} online threads",
+                cpulist(&unused)
+            ),
+        });
+    }
+    free.retain(|c| c.threads.len() as u32 == threads_per_core);
     if threads_per_core > 1 && want.vcpus % threads_per_core != 0 {
         return Err(PlanError::OddVcpus { vcpus: want.vcpus });
     }
-    let cores_needed = (want.vcpus / threads_per_core) as usize;
+    let cores_needed = u64::from(want.vcpus / threads_per_core);
     let order = node_order(topo, home);
     let mut free_by_node: BTreeMap<u32, Vec<Core>> = BTreeMap::new();
     for c in free {
         free_by_node.entry(c.node).or_default().push(c);
     }
-    let free_cores = |n: u32| free_by_node.get(&n).map_or(0, |v| v.len());
-    let total_free: usize = order.iter().map(|n| free_cores(*n)).sum();
+    let free_cores = |n: u32| free_by_node.get(&n).map_or(0, |v| v.len() as u64);
+    let total_free: u64 = order.iter().map(|n| free_cores(*n)).sum();
     if total_free < cores_needed {
         return Err(PlanError::TooManyVcpus {
             vcpus: want.vcpus,
-            available: total_free as u32 * threads_per_core,
+            available: (total_free as u32) * threads_per_core,
             found: format!(
                 "{} host threads; {} for the host, {} for QEMU; free: {}",
                 topo.cpus.len(),
@@ -139,34 +157,31 @@ pub fn place(
         });
     }
 
-    // Memory: the first backing whose capacity the nodes have, nearest first.
+    // The fewest nodes that hold the VM (nodes with CPUs first; memory-only ones, such as
+    // CXL, only if those are not enough), nearest to home, on the best backing they have.
     let backings: &[MemoryBacking] = if want.sev {
         &[MemoryBacking::GuestMemfd]
     } else {
         &[MemoryBacking::Hugepages1G, MemoryBacking::Hugepages2M]
     };
-    let capacity = |b: MemoryBacking, n: u32| -> u64 {
-        let Some(node) = topo.node(n) else { return 0 };
-        match b {
-            MemoryBacking::Hugepages1G => node.hugepages_1g.free,
-            MemoryBacking::Hugepages2M => node.hugepages_2m.free * 2 / 1024,
-            MemoryBacking::GuestMemfd => node.memory_free_bytes / GIB,
-        }
-    };
+    let capacity = |b: MemoryBacking, n: u32| memory_capacity(topo, b, n);
+    let with_cpus: Vec<u32> = order
+        .iter()
+        .copied()
+        .filter(|n| topo.node(*n).is_some_and(|n| !n.cpus.is_empty()))
+        .collect();
     let mut chosen: Option<(MemoryBacking, Vec<u32>)> = None;
-    for &b in backings {
-        let (mut cores, mut mem, mut nodes) = (0usize, 0u64, Vec::new());
-        for &n in &order {
-            if cores >= cores_needed && mem >= want.memory_gib {
-                break;
+    'search: for candidates in [&with_cpus, &order] {
+        for k in 1..=candidates.len() {
+            for &b in backings {
+                if let Some(nodes) = nearest_fitting(topo, home, candidates, k, |set| {
+                    set.iter().map(|n| free_cores(*n)).sum::<u64>() >= cores_needed
+                        && set.iter().map(|n| capacity(b, *n)).sum::<u64>() >= want.memory_gib
+                }) {
+                    chosen = Some((b, nodes));
+                    break 'search;
+                }
             }
-            cores += free_cores(n);
-            mem += capacity(b, n);
-            nodes.push(n);
-        }
-        if cores >= cores_needed && mem >= want.memory_gib {
-            chosen = Some((b, nodes));
-            break;
         }
     }
     let Some((memory, nodes)) = chosen else {
@@ -177,14 +192,16 @@ pub fn place(
         text: match memory {
             MemoryBacking::Hugepages1G => "guest memory on 1 GiB hugepages, preallocated and bound to its nodes".into(),
             MemoryBacking::Hugepages2M => "guest memory on 2 MiB hugepages (not enough free 1 GiB pages), preallocated and bound to its nodes".into(),
-            MemoryBacking::GuestMemfd => "SEV-SNP: private guest memory comes from guest_memfd, which QEMU cannot back with hugetlbfs today: it is bound to its nodes without hugepages".into(),
+            MemoryBacking::GuestMemfd => format!(
+                "SEV-SNP: private guest memory comes from guest_memfd, which QEMU cannot back with hugetlbfs today: no hugepages; the shared memory is bound to its nodes by the memory backends, the private memory by the QEMU cgroup's cpuset.mems; each node keeps {HOST_RESERVE_GIB} GiB and 1% of its memory for the host"
+            ),
         },
     });
     if nodes.len() > 1 {
         reasons.push(Reason {
             topic: "node",
             text: format!(
-                "the VM does not fit node {home} alone: it spans nodes {} (nearest first by distance: {}), each mirrored by a guest NUMA node",
+                "the VM does not fit node {home} alone: it spans the fewest nodes that hold it, {} (distance from node {home}: {}), each mirrored by a guest NUMA node with its share of vCPUs and memory",
                 nodes.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
                 nodes
                     .iter()
@@ -195,34 +212,43 @@ pub fn place(
         });
     }
 
-    // vCPU cores per node, home first; memory in proportion, within each node's capacity.
-    let mut cores_left = cores_needed;
-    let mut share: Vec<(u32, usize)> = Vec::new();
-    for &n in &nodes {
-        let k = free_cores(n).min(cores_left);
-        cores_left -= k;
-        share.push((n, k));
-    }
-    let mut mem: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut mem_left = want.memory_gib;
-    for &(n, k) in &share {
-        let proportional = want.memory_gib * k as u64 / cores_needed.max(1) as u64;
-        let m = proportional.min(capacity(memory, n)).min(mem_left);
-        mem.insert(n, m);
-        mem_left -= m;
-    }
-    for &n in &nodes {
-        let room = capacity(memory, n) - mem[&n];
-        let m = room.min(mem_left);
-        *mem.get_mut(&n).expect("every chosen node has an entry") += m;
-        mem_left -= m;
+    // Each node's share, in proportion to what it has (home first for the remainders), so
+    // the guest nodes come out as even as the machine allows; no guest node with vCPUs
+    // and no memory.
+    let core_caps: Vec<u64> = nodes.iter().map(|n| free_cores(*n)).collect();
+    let mem_caps: Vec<u64> = nodes.iter().map(|n| capacity(memory, *n)).collect();
+    let core_share = split(cores_needed, &core_caps);
+    let mut mem_share = split(want.memory_gib, &mem_caps);
+    for i in 0..nodes.len() {
+        if core_share[i] > 0 && mem_share[i] == 0 {
+            let donor = (0..nodes.len())
+                .filter(|j| mem_share[*j] > 1)
+                .max_by_key(|j| mem_share[*j]);
+            match donor {
+                Some(j) if mem_caps[i] > 0 => {
+                    mem_share[j] -= 1;
+                    mem_share[i] = 1;
+                }
+                _ => {
+                    return Err(PlanError::NotEnoughMemory {
+                        memory_gib: want.memory_gib,
+                        found: format!(
+                            "the vCPUs span {} nodes and each needs at least 1 GiB of its own",
+                            core_share.iter().filter(|c| **c > 0).count()
+                        ),
+                        hint: "ask for more memory or fewer vCPUs".into(),
+                    })
+                }
+            }
+        }
     }
 
     let mut guest_nodes = Vec::new();
     let mut vcpu_pins = Vec::new();
     let mut vcpu = 0u32;
-    for &(n, k) in &share {
-        if k == 0 && mem[&n] == 0 {
+    for (i, &n) in nodes.iter().enumerate() {
+        let (k, m) = (core_share[i] as usize, mem_share[i]);
+        if k == 0 && m == 0 {
             continue;
         }
         let id = guest_nodes.len() as u32;
@@ -234,7 +260,7 @@ pub fn place(
         let mut l3s = BTreeSet::new();
         for c in node_cores.into_iter().take(k) {
             l3s.insert(c.l3);
-            for &t in c.threads.iter().take(threads_per_core as usize) {
+            for &t in &c.threads {
                 vcpu_pins.push(VcpuPin {
                     vcpu,
                     host_cpu: t,
@@ -252,14 +278,13 @@ pub fn place(
         reasons.push(Reason {
             topic: "cpu",
             text: if vcpus.is_empty() {
-                format!("guest node {id} = host node {n}: memory only ({} GiB)", mem[&n])
+                format!("guest node {id} = host node {n}: memory only ({m} GiB)")
             } else {
                 format!(
-                    "guest node {id} = host node {n}: vCPUs {}-{} on host threads {} ({} cores{}, {} L3 group{}), {} GiB",
+                    "guest node {id} = host node {n}: vCPUs {}-{} on host threads {} ({k} cores{}, {} L3 group{}), {m} GiB",
                     vcpus[0],
                     vcpus[vcpus.len() - 1],
                     cpulist(&host),
-                    k,
                     if threads_per_core > 1 {
                         ", both threads of each: guest SMT mirrors the host's"
                     } else {
@@ -267,7 +292,6 @@ pub fn place(
                     },
                     l3s.len(),
                     if l3s.len() == 1 { "" } else { "s" },
-                    mem[&n]
                 )
             },
         });
@@ -275,9 +299,10 @@ pub fn place(
             id,
             host_node: n,
             vcpus,
-            memory_gib: mem[&n],
+            memory_gib: m,
         });
     }
+    debug_assert_eq!(vcpu, want.vcpus, "every vCPU placed");
     Ok(Placement {
         threads_per_core,
         guest_nodes,
@@ -287,6 +312,101 @@ pub fn place(
         host_cpus,
         memory,
     })
+}
+
+/// GiB each node keeps for the host under SEV-SNP (with 1% of its memory).
+const HOST_RESERVE_GIB: u64 = 2;
+
+/// The GiB node `n` can give the guest on backing `b`.
+fn memory_capacity(topo: &Topology, b: MemoryBacking, n: u32) -> u64 {
+    let Some(node) = topo.node(n) else { return 0 };
+    match b {
+        MemoryBacking::Hugepages1G => node.hugepages_1g.free,
+        MemoryBacking::Hugepages2M => node.hugepages_2m.free / 512,
+        MemoryBacking::GuestMemfd => {
+            let reserve = HOST_RESERVE_GIB * GIB + node.memory_total_bytes / 100;
+            node.memory_free_bytes.saturating_sub(reserve) / GIB
+        }
+    }
+}
+
+/// The thread count most free cores have (the larger on a tie).
+fn usual_threads(free: &[Core]) -> u32 {
+    let mut count: BTreeMap<u32, usize> = BTreeMap::new();
+    for c in free {
+        *count.entry(c.threads.len() as u32).or_default() += 1;
+    }
+    count
+        .into_iter()
+        .max_by_key(|(threads, n)| (*n, *threads))
+        .map_or(1, |(threads, _)| threads.max(1))
+}
+
+/// The `k` nodes of `candidates` that `fits`, nearest to `home` (the sum of their distances
+/// from it, then their ids), with `home` among them when it is a candidate. Searches every
+/// such set for up to 16 candidates (EPYC has at most 8 nodes), nearest-first otherwise.
+fn nearest_fitting(
+    topo: &Topology,
+    home: u32,
+    candidates: &[u32],
+    k: usize,
+    fits: impl Fn(&[u32]) -> bool,
+) -> Option<Vec<u32>> {
+    if candidates.len() > 16 {
+        let set: Vec<u32> = candidates.iter().copied().take(k).collect();
+        return fits(&set).then_some(set);
+    }
+    let must = candidates.contains(&home);
+    let mut best: Option<(u32, Vec<u32>)> = None;
+    for mask in 0u32..(1 << candidates.len()) {
+        if mask.count_ones() as usize != k {
+            continue;
+        }
+        let set: Vec<u32> = (0..candidates.len())
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| candidates[i])
+            .collect();
+        if must && !set.contains(&home) {
+            continue;
+        }
+        let cost: u32 = set.iter().map(|n| topo.distance(home, *n)).sum();
+        let better = match &best {
+            None => true,
+            Some((c, b)) => cost < *c || (cost == *c && set < *b),
+        };
+        if better && fits(&set) {
+            best = Some((cost, set));
+        }
+    }
+    // Home first, then by distance.
+    best.map(|(_, mut set)| {
+        set.sort_by_key(|n| (*n != home, topo.distance(home, *n), *n));
+        set
+    })
+}
+
+/// `total` split over nodes in proportion to their capacities `caps` (never above one),
+/// the remainder one at a time from the first node on.
+fn split(total: u64, caps: &[u64]) -> Vec<u64> {
+    let sum: u64 = caps.iter().sum();
+    let mut share: Vec<u64> = caps
+        .iter()
+        .map(|c| (total * c).checked_div(sum).unwrap_or(0).min(*c))
+        .collect();
+    let mut left = total - share.iter().sum::<u64>();
+    while left > 0 {
+        let before = left;
+        for (s, c) in share.iter_mut().zip(caps) {
+            if left > 0 && *s < *c {
+                *s += 1;
+                left -= 1;
+            }
+        }
+        if left == before {
+            break;
+        }
+    }
+    share
 }
 
 /// The machine's cores, by their first thread.
@@ -332,7 +452,12 @@ fn not_enough_memory(topo: &Topology, want: &Want, order: &[u32]) -> PlanError {
         .filter_map(|n| topo.node(*n))
         .map(|n| {
             if want.sev {
-                format!("node {}: {} GiB free", n.id, n.memory_free_bytes / GIB)
+                format!(
+                    "node {}: {} GiB free, {} GiB of it for the guest",
+                    n.id,
+                    n.memory_free_bytes / GIB,
+                    memory_capacity(topo, MemoryBacking::GuestMemfd, n.id)
+                )
             } else {
                 format!(
                     "node {}: {} free 1 GiB pages, {} free 2 MiB pages",
@@ -342,12 +467,12 @@ fn not_enough_memory(topo: &Topology, want: &Want, order: &[u32]) -> PlanError {
         })
         .collect::<Vec<_>>()
         .join("; ");
+    let (home, m) = (want.home, want.memory_gib);
     let hint = if want.sev {
-        "free memory on the nodes, or ask for less".to_string()
+        format!("free memory on node {home} (reserved hugepages count against it: lower its nr_hugepages), or ask for less")
     } else {
         format!(
-            "reserve 1 GiB hugepages at boot (kernel command line `hugepagesz=1G hugepages={}`) or per node in /sys/devices/system/node/node{}/hugepages/hugepages-1048576kB/nr_hugepages",
-            want.memory_gib, want.home
+            "reserve {m} 1 GiB pages on node {home}: `echo {m} > /sys/devices/system/node/node{home}/hugepages/hugepages-1048576kB/nr_hugepages`, or at boot `hugepagesz=1G hugepages={home}:{m}`"
         )
     };
     PlanError::NotEnoughMemory {

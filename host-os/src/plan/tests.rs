@@ -28,7 +28,7 @@ fn request(t: &Topology, vcpus: u32, memory_gib: u64) -> VmRequest {
         vcpus,
         memory_gib,
         disks: data_disks(t),
-        sev: false,
+        sev: None,
     }
 }
 
@@ -99,13 +99,21 @@ fn check(t: &Topology, req: &VmRequest, p: &Plan) {
             assert_eq!(a.siblings, vec![pair[0].host_cpu, pair[1].host_cpu]);
         }
     }
+    // Every guest node with vCPUs has memory of its own (QEMU refuses an empty backend).
+    for g in &p.placement.guest_nodes {
+        assert!(
+            g.vcpus.is_empty() || g.memory_gib > 0,
+            "guest node {} has no memory",
+            g.id
+        );
+    }
     // Memory within what each node has.
     for g in &p.placement.guest_nodes {
         let n = t.node(g.host_node).unwrap();
         let cap = match p.placement.memory {
             MemoryBacking::Hugepages1G => n.hugepages_1g.free,
             MemoryBacking::Hugepages2M => n.hugepages_2m.free / 512,
-            MemoryBacking::GuestMemfd => n.memory_free_bytes >> 30,
+            MemoryBacking::GuestMemfd => (n.memory_free_bytes >> 30).saturating_sub(2),
         };
         assert!(
             g.memory_gib <= cap,
@@ -175,26 +183,19 @@ fn one_socket() {
 
 #[test]
 fn two_socket_nps1_production_shape_spans_for_memory() {
-    // 64 vCPUs and most of the machine's memory: the vCPUs fit the disks' node, the memory
-    // does not, so it spills to the other socket, mirrored by a second guest node.
+    // 64 vCPUs and most of the machine's memory: the memory does not fit the disks' node,
+    // so the VM spans both sockets as two even guest nodes, each with half the vCPUs and
+    // half the memory bound to its own host node.
     let t = topology(&Machine::two_socket_nps1());
     let free_1g: u64 = t.nodes.iter().map(|n| n.hugepages_1g.free).sum();
     let req = request(&t, 64, free_1g * 8 / 10);
     let p = plan(&t, &req).unwrap();
     check(&t, &req, &p);
-    let home = p.home_node;
-    assert_eq!(p.placement.guest_nodes.len(), 2);
-    assert_eq!(p.placement.guest_nodes[0].host_node, home);
-    assert_eq!(
-        p.placement.guest_nodes[0].vcpus.len(),
-        64,
-        "every vCPU on the disks' node"
-    );
-    assert_eq!(
-        p.placement.guest_nodes[0].memory_gib,
-        t.node(home).unwrap().hugepages_1g.free,
-        "the home node's memory first"
-    );
+    let g = &p.placement.guest_nodes;
+    assert_eq!(g.len(), 2);
+    assert_eq!(g[0].host_node, p.home_node);
+    assert_eq!((g[0].vcpus.len(), g[1].vcpus.len()), (32, 32));
+    assert_eq!((g[0].memory_gib, g[1].memory_gib), (384, 384));
     golden("two-socket-nps1-64vcpu", &p);
 }
 
@@ -219,11 +220,13 @@ fn two_socket_nps4_spans_the_nearest_node() {
     assert_eq!(
         t.distance(home, other),
         nearest,
-        "the second node is a nearest one"
+        "the second node is the nearest one"
     );
-    // Memory in proportion to each node's vCPUs.
+    assert_eq!(t.distance(home, other), 11, "NPS4: the paired quadrant");
+    // Even guest nodes: 10 cores each, memory in proportion.
     let (a, b) = (&p.placement.guest_nodes[0], &p.placement.guest_nodes[1]);
-    assert!(a.vcpus.len() > b.vcpus.len() && a.memory_gib > b.memory_gib);
+    assert_eq!((a.vcpus.len(), b.vcpus.len()), (20, 20));
+    assert_eq!((a.memory_gib, b.memory_gib), (48, 48));
     golden("two-socket-nps4-40vcpu", &p);
 }
 
@@ -305,7 +308,7 @@ fn no_free_1g_hugepages_falls_back_to_2m_and_none_is_refused() {
     ));
     assert!(
         text.contains("node 0: 0 free 1 GiB pages, 0 free 2 MiB pages")
-            && text.contains("hugepagesz=1G hugepages=32"),
+            && text.contains("hugepagesz=1G hugepages=0:32"),
         "{text}"
     );
 }
@@ -342,7 +345,10 @@ fn sev_snp_binds_guest_memfd_and_boots_direct() {
     m.free_hugepages_1g_per_node = 0;
     let t = topology(&m);
     let mut req = request(&t, 8, 32);
-    req.sev = true;
+    req.sev = Some(SevRequest {
+        smt: true,
+        vcpu_counts: vec![4, 8, 16],
+    });
     let p = plan(&t, &req).unwrap();
     check(&t, &req, &p);
     assert_eq!(p.placement.memory, MemoryBacking::GuestMemfd);
@@ -375,7 +381,7 @@ fn vfio_bound_nvme_is_passed_through() {
         vcpus: 8,
         memory_gib: 16,
         disks: vfio.clone(),
-        sev: false,
+        sev: None,
     };
     let p = plan(&t, &req).unwrap();
     check(&t, &req, &p);
@@ -420,18 +426,170 @@ fn missing_repeated_and_host_disks_are_refused() {
 fn nps4_plans_of_every_size_hold() {
     // From one core to most of the machine: the fewer nodes the better, nearest first.
     let t = topology(&Machine::two_socket_nps4());
-    let threads_per_node = (t.cpus.len() / t.nodes.len()) as u32;
     for vcpus in [2, 64, 128, 200] {
         let req = request(&t, vcpus, 64);
         let p = plan(&t, &req).unwrap();
         check(&t, &req, &p);
-        // Every node but the last one used is full (home loses two cores to QEMU).
-        let fewest = (vcpus + 4).div_ceil(threads_per_node) as usize;
-        assert_eq!(
-            p.placement.guest_nodes.len(),
-            fewest,
-            "{vcpus} vCPUs: {}",
+        // No fewer nodes could hold the vCPUs: home (the disks' node, always in the set)
+        // with the largest free thread counts of the others, one node less, falls short.
+        let used: BTreeSet<u32> = p
+            .placement
+            .emulator_cpus
+            .iter()
+            .chain(&p.placement.iothread_cpus)
+            .chain(&p.placement.host_cpus)
+            .copied()
+            .collect();
+        let free = |n: &crate::topology::NumaNode| {
+            n.cpus.iter().filter(|c| !used.contains(c)).count() as u32
+        };
+        let home = free(t.node(p.home_node).unwrap());
+        let mut others: Vec<u32> = t
+            .nodes
+            .iter()
+            .filter(|n| n.id != p.home_node)
+            .map(free)
+            .collect();
+        others.sort_unstable_by(|a, b| b.cmp(a));
+        let k = p.placement.guest_nodes.len();
+        assert!(
+            home + others.iter().take(k.saturating_sub(2)).sum::<u32>() < vcpus || k == 1,
+            "{vcpus} vCPUs: {k} nodes where fewer would do:\n{}",
             p.render(true)
         );
     }
+}
+
+#[test]
+fn a_core_with_an_offline_sibling_is_not_a_vcpu_core() {
+    let dir = tempfile::tempdir().unwrap();
+    Machine::one_socket().write(dir.path()).unwrap();
+    let mut t = sysfs::read(dir.path()).unwrap();
+    // cpu 40 (the sibling of cpu 8) goes offline.
+    t.cpus.retain(|c| c.id != 40);
+    for c in &mut t.cpus {
+        c.siblings.retain(|s| *s != 40);
+    }
+    let req = request(&t, 10, 16);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    assert!(p.placement.vcpu_pins.iter().all(|v| v.host_cpu != 8));
+    assert!(p
+        .render(true)
+        .contains("host threads 8 are not given to vCPUs"));
+}
+
+#[test]
+fn memory_only_nodes_are_used_last() {
+    // A CPU-less (CXL) node nearest to home: the VM stays on nodes with CPUs while they hold it.
+    let dir = tempfile::tempdir().unwrap();
+    Machine::two_socket_nps1().write(dir.path()).unwrap();
+    let mut t = sysfs::read(dir.path()).unwrap();
+    let mut cxl = t.nodes[0].clone();
+    cxl.id = 2;
+    cxl.cpus.clear();
+    for n in &mut t.nodes {
+        n.distances.push(14);
+    }
+    cxl.distances = vec![14, 14, 10];
+    t.nodes.push(cxl);
+    let req = request(&t, 32, 600);
+    let p = plan(&t, &req).unwrap();
+    check(&t, &req, &p);
+    let hosts: Vec<u32> = p
+        .placement
+        .guest_nodes
+        .iter()
+        .map(|g| g.host_node)
+        .collect();
+    assert_eq!(hosts, vec![1, 0]);
+}
+
+#[test]
+fn sev_refuses_counts_without_a_digest_and_smt_against_the_policy() {
+    let t = topology(&Machine::one_socket());
+    let mut req = request(&t, 8, 16);
+    req.sev = Some(SevRequest {
+        smt: true,
+        vcpu_counts: vec![4, 16, 64],
+    });
+    let err = plan(&t, &req).unwrap_err();
+    assert_eq!(
+        err,
+        PlanError::SevVcpus {
+            vcpus: 8,
+            allowed: "4, 16, 64".into()
+        }
+    );
+    req.sev = Some(SevRequest {
+        smt: false,
+        vcpu_counts: vec![],
+    });
+    assert_eq!(plan(&t, &req).unwrap_err(), PlanError::SevSmt);
+    // SMT off on the host, SMT-free policy: planned, policy bit 16 clear.
+    let mut m = Machine::one_socket();
+    m.threads_per_core = 1;
+    m.free_hugepages_1g_per_node = 0;
+    let t = topology(&m);
+    req.disks = data_disks(&t);
+    let p = plan(&t, &req).unwrap();
+    assert_eq!(
+        p.boot,
+        Boot::SevSnpDirect {
+            policy: "0x20000".into()
+        }
+    );
+}
+
+#[test]
+fn a_disk_without_a_namespace_or_node_is_handled() {
+    let mut m = Machine::one_socket();
+    m.nvme[1].driver = "";
+    let t = topology(&m);
+    let unbound = t
+        .nvme
+        .iter()
+        .find(|c| c.driver.is_none())
+        .unwrap()
+        .pci
+        .clone();
+    let mut req = request(&t, 8, 16);
+    req.disks = vec![unbound.clone()];
+    let err = plan(&t, &req).unwrap_err();
+    assert!(
+        matches!(&err, PlanError::DiskUnusable { pci, .. } if *pci == unbound),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bind it to vfio-pci"), "{err}");
+
+    // The firmware does not say where the disks are: the NIC's node is home.
+    let dir = tempfile::tempdir().unwrap();
+    Machine::two_socket_nps1().write(dir.path()).unwrap();
+    let mut t = sysfs::read(dir.path()).unwrap();
+    for c in &mut t.nvme {
+        c.node = None;
+    }
+    let nic = t.nics[0].node.unwrap();
+    let req = request(&t, 8, 16);
+    let p = plan(&t, &req).unwrap();
+    assert_eq!(p.home_node, nic);
+    assert!(p.render(true).contains("the NIC's"));
+}
+
+#[test]
+fn refusals_read_as_expected() {
+    // The texts an operator gets, as a golden file too.
+    let mut m = Machine::one_socket();
+    m.free_hugepages_1g_per_node = 0;
+    m.free_hugepages_2m_per_node = 0;
+    let t = topology(&m);
+    let no_pages = plan(&t, &request(&t, 8, 32)).unwrap_err().to_string();
+    let t = topology(&Machine::one_socket());
+    let too_small = plan(&t, &request(&t, 64, 16)).unwrap_err().to_string();
+    let text = format!("no free hugepages:\n{no_pages}\n\nmachine too small:\n{too_small}\n");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/plan/refusals.txt");
+    if std::env::var_os("PLINTH_BLESS").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    assert_eq!(text, std::fs::read_to_string(&path).unwrap());
 }

@@ -298,8 +298,11 @@ impl Machine {
             )?;
             let distances: Vec<String> = (0..nodes)
                 .map(|other| {
+                    // Rome/Milan NPS4's SLIT: the paired quadrant 11, the other two 12.
                     if other == node {
                         "10"
+                    } else if other / 2 == node / 2 && self.nodes_per_socket > 1 {
+                        "11"
                     } else if other / self.nodes_per_socket == node / self.nodes_per_socket {
                         "12"
                     } else {
@@ -618,13 +621,14 @@ mod tests {
         assert_eq!(cpus_of(&t, 5), node5);
         assert_eq!(
             t.node(0).unwrap().distances,
-            [10, 12, 12, 12, 32, 32, 32, 32]
+            [10, 11, 12, 12, 32, 32, 32, 32]
         );
         assert_eq!(
             t.node(5).unwrap().distances,
-            [32, 32, 32, 32, 12, 10, 12, 12]
+            [32, 32, 32, 32, 11, 10, 12, 12]
         );
-        assert_eq!(t.distance(5, 4), 12);
+        assert_eq!(t.distance(5, 4), 11);
+        assert_eq!(t.distance(5, 6), 12);
         assert_eq!(t.distance(5, 0), 32);
         for node in &t.nodes {
             assert_eq!(node.cpus.len(), 32);

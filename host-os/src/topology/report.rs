@@ -143,7 +143,7 @@ mod tests {
         assert_eq!(lines[1], "node 0: cpus 0-15,128-143 (32 threads)");
         assert_eq!(lines[2], "  memory     128.0 GiB total, 7.0 GiB free");
         assert_eq!(lines[3], "  hugepages  1G 120 free of 120, 2M 0 free of 0");
-        assert_eq!(lines[4], "  distances  10 12 12 12 32 32 32 32");
+        assert_eq!(lines[4], "  distances  10 11 12 12 32 32 32 32");
         assert!(text.contains("(host disk)\n  nvme0n1  960.0 GiB (host disk)\n"));
         assert!(
             text.contains("nic enp177s0f0: 0000:b1:00.0, node 5, driver mlx5_core, 25000 Mb/s\n")

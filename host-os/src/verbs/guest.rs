@@ -1,9 +1,11 @@
 //! `plinth-host guest plan`: where the GuestOS VM goes on this machine (vCPU pins, memory
 //! nodes and backing, disks, QEMU's threads), and with `--explain` why.
 
-use plinth_host::plan::{self, VmRequest};
+use plinth_firmware::measurements::Measurements;
+use plinth_host::plan::{self, SevRequest, VmRequest};
 use plinth_host::topology::sysfs::{self, TopologyError};
 use std::io::Write as _;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -21,7 +23,7 @@ pub enum GuestVerb {
     after_help = "Exit status: 0 planned; 2 the VM does not fit (what was found and what to \
 change are printed) or the topology cannot be read.\n\n\
 Examples:\n  plinth-host guest plan --vcpus 64 --memory 480 --disk nvme1n1 --disk nvme2n1 \
---sev --explain\n  plinth-host guest plan --vcpus 8 --memory 16 --json"
+--sev --expect guest/measurements.json --explain\n  plinth-host guest plan --vcpus 8 --memory 16 --json"
 )]
 pub struct PlanArgs {
     /// vCPUs (an even number when the host has SMT on: each pair is one host core).
@@ -36,6 +38,10 @@ pub struct PlanArgs {
     /// Launch under AMD SEV-SNP (guest_memfd memory, direct kernel boot).
     #[arg(long)]
     pub sev: bool,
+    /// The GuestOS release's measurements.json: its SEV-SNP policy (SMT) and the vCPU
+    /// counts it publishes launch digests for (without it: SMT allowed, any count).
+    #[arg(long, value_name = "FILE", requires = "sev")]
+    pub expect: Option<PathBuf>,
     /// Say why each choice was made.
     #[arg(long)]
     pub explain: bool,
@@ -61,11 +67,25 @@ impl PlanArgs {
             Ok(t) => t,
             Err(e) => return bad_topology(&e),
         };
+        let sev = match (&self.sev, &self.expect) {
+            (false, _) => None,
+            (true, None) => Some(SevRequest {
+                smt: true,
+                vcpu_counts: Vec::new(),
+            }),
+            (true, Some(path)) => match sev_request(path) {
+                Ok(sev) => Some(sev),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
         let request = VmRequest {
             vcpus: self.vcpus,
             memory_gib: self.memory,
             disks: self.disks.clone(),
-            sev: self.sev,
+            sev,
         };
         let started = std::time::Instant::now();
         let planned = plan::plan(&topology, &request);
@@ -103,6 +123,23 @@ impl PlanArgs {
             }
         }
     }
+}
+
+/// The SEV-SNP part of a release's measurements.json.
+fn sev_request(path: &Path) -> Result<SevRequest, String> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let m = Measurements::parse(&text, &shown)?;
+    let snp = m.snp.ok_or_else(|| {
+        format!("{shown}: no `snp` part: not a GuestOS release measured for SEV-SNP\n  hint: pass the measurements.json of a guest-os release")
+    })?;
+    let mut vcpu_counts: Vec<u32> = snp.launch_digests.iter().map(|d| d.vcpus).collect();
+    vcpu_counts.sort_unstable();
+    vcpu_counts.dedup();
+    Ok(SevRequest {
+        smt: snp.policy.smt,
+        vcpu_counts,
+    })
 }
 
 fn bad_topology(e: &TopologyError) -> ExitCode {

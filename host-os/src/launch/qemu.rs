@@ -1,0 +1,453 @@
+//! The QEMU command line of a plan. Pure: the plan and the files to boot in, the arguments
+//! out (the launcher runs them; the tests read them).
+//!
+//! What each part does:
+//! - `-smp` gives the guest whole cores (`threads` = the plan's threads per core) and
+//!   `-numa cpu` puts each vCPU (`core-id`, `thread-id`) on its guest node;
+//! - each guest node's memory is its own backend bound to its host node (`host-nodes`,
+//!   `policy=bind`, `prealloc=on`): memfd on 1 GiB or 2 MiB hugetlb pages, or, under
+//!   SEV-SNP, plain memfd (private memory is guest_memfd, which hugetlbfs cannot back);
+//! - every virtio-blk disk has its own I/O thread, one queue per vCPU, io_uring and
+//!   `cache.direct` (no host page cache); a vfio-pci NVMe is passed through whole;
+//! - SEV-SNP: `sev-snp-guest` with `kernel-hashes=on`, the AMD SEV OVMF as `-bios` and the
+//!   slot's kernel, initrd and command line (so the launch digest covers them);
+//!   otherwise OVMF in pflash boots the slot's UKI from the first disk;
+//! - `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`
+//!   (seccomp), a QMP socket for the supervisor, the serial console into a file, thread
+//!   names (`debug-threads=on`) so the pinning can find the vCPU and I/O threads.
+
+use crate::plan::{Boot, DiskPlan, MemoryBacking, Plan};
+use std::path::PathBuf;
+
+/// The files a launch boots from and writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub accel: Accel,
+    pub firmware: Firmware,
+    /// The QMP socket the supervisor talks to.
+    pub qmp_socket: PathBuf,
+    /// The serial console's log.
+    pub console_log: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    /// Emulation (machines without usable KVM, like CI's); pinning still applies.
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// OVMF in pflash (code read-only, a private copy of the variables).
+    Pflash { code: PathBuf, vars: PathBuf },
+    /// SEV-SNP direct boot: the AMD SEV OVMF and the slot's kernel, initrd and command line.
+    /// `vcpu_type` must be the one the published launch digest was computed for.
+    SevSnp {
+        ovmf: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+        vcpu_type: String,
+    },
+}
+
+/// Why the plan and the launch do not go together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QemuError {
+    #[error("the plan is for SEV-SNP ({boot}) but the launch has no SEV-SNP firmware, kernel and initrd\n  hint: give the GuestOS release's OVMF-AmdSev.fd, vmlinuz, initrd.img and the slot's command line")]
+    NeedsSevFiles { boot: String },
+    #[error(
+        "the launch boots SEV-SNP files but the plan is not for SEV-SNP\n  hint: plan with --sev"
+    )]
+    NotSev,
+    #[error("SEV-SNP needs KVM: TCG cannot launch an SEV-SNP guest")]
+    SevUnderTcg,
+}
+
+/// The binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The seccomp sandbox QEMU runs in.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The C-bit position and the physical address bits SEV-SNP takes on EPYC.
+const CBITPOS: u32 = 51;
+const REDUCED_PHYS_BITS: u32 = 1;
+
+/// QEMU's arguments (after the binary) for `plan` launched as `launch`.
+pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
+    let sev = matches!(plan.boot, Boot::SevSnpDirect { .. });
+    match (&plan.boot, &launch.firmware) {
+        (Boot::SevSnpDirect { .. }, Firmware::Pflash { .. }) => {
+            return Err(QemuError::NeedsSevFiles {
+                boot: "Boot::SevSnpDirect".into(),
+            })
+        }
+        (Boot::Disk, Firmware::SevSnp { .. }) => return Err(QemuError::NotSev),
+        _ => {}
+    }
+    if sev && launch.accel == Accel::Tcg {
+        return Err(QemuError::SevUnderTcg);
+    }
+    let p = &plan.placement;
+    let mut a = Args::default();
+    a.push("-name", "guest-os,debug-threads=on");
+    a.push("-nodefaults", "");
+    a.push("-no-user-config", "");
+    a.push("-display", "none");
+    let mut machine = format!(
+        "q35,accel={}",
+        match launch.accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    );
+    if sev {
+        machine.push_str(",confidential-guest-support=sev0");
+    }
+    a.push("-machine", &machine);
+    let cpu = match (&launch.firmware, launch.accel) {
+        (Firmware::SevSnp { vcpu_type, .. }, _) => vcpu_type.clone(),
+        (_, Accel::Kvm) => "host".into(),
+        (_, Accel::Tcg) => "max".into(),
+    };
+    a.push("-cpu", &cpu);
+    let threads = p.threads_per_core.max(1);
+    a.push(
+        "-smp",
+        &format!(
+            "{},sockets=1,cores={},threads={threads}",
+            plan.vcpus,
+            plan.vcpus.div_ceil(threads)
+        ),
+    );
+    a.push("-m", &format!("{}G", plan.memory_gib));
+    for g in &p.guest_nodes {
+        let backend = match p.memory {
+            MemoryBacking::Hugepages1G => format!(
+                "memory-backend-memfd,id=mem{},size={}G,hugetlb=on,hugetlbsize=1G,prealloc=on,host-nodes={},policy=bind",
+                g.id, g.memory_gib, g.host_node
+            ),
+            MemoryBacking::Hugepages2M => format!(
+                "memory-backend-memfd,id=mem{},size={}G,hugetlb=on,hugetlbsize=2M,prealloc=on,host-nodes={},policy=bind",
+                g.id, g.memory_gib, g.host_node
+            ),
+            MemoryBacking::GuestMemfd => format!(
+                "memory-backend-memfd,id=mem{},size={}G,prealloc=on,host-nodes={},policy=bind",
+                g.id, g.memory_gib, g.host_node
+            ),
+        };
+        a.push("-object", &backend);
+        a.push("-numa", &format!("node,nodeid={},memdev=mem{}", g.id, g.id));
+    }
+    for v in &p.vcpu_pins {
+        a.push(
+            "-numa",
+            &format!(
+                "cpu,node-id={},socket-id=0,core-id={},thread-id={}",
+                v.guest_node,
+                v.vcpu / threads,
+                v.vcpu % threads
+            ),
+        );
+    }
+    if let Firmware::SevSnp {
+        ovmf,
+        kernel,
+        initrd,
+        cmdline,
+        ..
+    } = &launch.firmware
+    {
+        let Boot::SevSnpDirect { policy } = &plan.boot else {
+            unreachable!("checked above");
+        };
+        a.push(
+            "-object",
+            &format!(
+                "sev-snp-guest,id=sev0,cbitpos={CBITPOS},reduced-phys-bits={REDUCED_PHYS_BITS},policy={policy},kernel-hashes=on"
+            ),
+        );
+        a.push("-bios", &ovmf.display().to_string());
+        a.push("-kernel", &kernel.display().to_string());
+        a.push("-initrd", &initrd.display().to_string());
+        a.push("-append", cmdline);
+    }
+    if let Firmware::Pflash { code, vars } = &launch.firmware {
+        a.push(
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ),
+        );
+        a.push(
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        );
+    }
+    let mut first_disk = true;
+    for (i, d) in plan.disks.iter().enumerate() {
+        // Without SEV the firmware boots the UKI from the first disk.
+        let boot = if first_disk && !sev {
+            ",bootindex=1"
+        } else {
+            ""
+        };
+        first_disk = false;
+        match d {
+            DiskPlan::Vfio { pci, .. } => {
+                a.push("-device", &format!("vfio-pci,host={pci},id=pt{i}{boot}"));
+            }
+            DiskPlan::VirtioBlk {
+                path,
+                iothread,
+                queues,
+                aio,
+                direct,
+                ..
+            } => {
+                let driver = if path.starts_with("/dev/") {
+                    "host_device"
+                } else {
+                    "file"
+                };
+                a.push("-object", &format!("iothread,id=io{iothread}"));
+                a.push(
+                    "-blockdev",
+                    &format!(
+                        "{{\"driver\":\"raw\",\"node-name\":\"disk{i}\",\"file\":{{\"driver\":\"{driver}\",\"filename\":{},\"aio\":\"{aio}\",\"cache\":{{\"direct\":{direct}}}}}}}",
+                        json_string(path)
+                    ),
+                );
+                a.push(
+                    "-device",
+                    &format!(
+                        "virtio-blk-pci,drive=disk{i},id=vd{i},iothread=io{iothread},num-queues={queues}{boot}"
+                    ),
+                );
+            }
+        }
+    }
+    a.push(
+        "-chardev",
+        &format!("file,id=console,path={}", launch.console_log.display()),
+    );
+    a.push("-serial", "chardev:console");
+    a.push(
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", launch.qmp_socket.display()),
+    );
+    a.push("-sandbox", SANDBOX);
+    a.push("-msg", "timestamp=on");
+    Ok(a.0)
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+#[derive(Default)]
+struct Args(Vec<String>);
+
+impl Args {
+    /// `flag value`, or the flag alone when `value` is empty.
+    fn push(&mut self, flag: &str, value: &str) {
+        self.0.push(flag.to_string());
+        if !value.is_empty() {
+            self.0.push(value.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan, SevRequest, VmRequest};
+    use crate::topology::fixture::Machine;
+    use crate::topology::{sysfs, Topology};
+
+    fn topology(m: &Machine) -> Topology {
+        let dir = tempfile::tempdir().unwrap();
+        m.write(dir.path()).unwrap();
+        sysfs::read(dir.path()).unwrap()
+    }
+
+    fn launch(firmware: Firmware, accel: Accel) -> Launch {
+        Launch {
+            accel,
+            firmware,
+            qmp_socket: "/run/plinth/guest/qmp.sock".into(),
+            console_log: "/var/log/plinth/guest-console.log".into(),
+        }
+    }
+
+    fn pflash() -> Firmware {
+        Firmware::Pflash {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/run/plinth/guest/OVMF_VARS.fd".into(),
+        }
+    }
+
+    /// The value after each occurrence of `flag`.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_two_node_plan_becomes_two_bound_guest_nodes() {
+        let t = topology(&Machine::two_socket_nps4());
+        let disks: Vec<String> = t
+            .nvme
+            .iter()
+            .filter(|c| !t.is_host_disk(c))
+            .map(|c| c.namespaces[0].name.clone())
+            .take(2)
+            .collect();
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 40,
+                memory_gib: 96,
+                disks,
+                sev: None,
+            },
+        )
+        .unwrap();
+        let a = args(&p, &launch(pflash(), Accel::Kvm)).unwrap();
+        assert_eq!(values(&a, "-smp"), ["40,sockets=1,cores=20,threads=2"]);
+        assert_eq!(values(&a, "-m"), ["96G"]);
+        assert_eq!(values(&a, "-cpu"), ["host"]);
+        let objects = values(&a, "-object");
+        for g in &p.placement.guest_nodes {
+            let backend = format!(
+                "memory-backend-memfd,id=mem{},size={}G,hugetlb=on,hugetlbsize=1G,prealloc=on,host-nodes={},policy=bind",
+                g.id, g.memory_gib, g.host_node
+            );
+            assert!(objects.contains(&backend.as_str()), "{backend}");
+        }
+        let numa = values(&a, "-numa");
+        assert!(numa.contains(&"node,nodeid=0,memdev=mem0"));
+        assert!(numa.contains(&"node,nodeid=1,memdev=mem1"));
+        // One `-numa cpu` per vCPU, on the vCPU's guest node, core and thread.
+        for v in &p.placement.vcpu_pins {
+            let cpu = format!(
+                "cpu,node-id={},socket-id=0,core-id={},thread-id={}",
+                v.guest_node,
+                v.vcpu / 2,
+                v.vcpu % 2
+            );
+            assert!(numa.contains(&cpu.as_str()), "{cpu}");
+        }
+        // Each virtio-blk disk: its own I/O thread, one queue per vCPU, io_uring, no cache.
+        assert!(objects.contains(&"iothread,id=io0") && objects.contains(&"iothread,id=io1"));
+        let blockdevs = values(&a, "-blockdev");
+        assert_eq!(blockdevs.len(), 2);
+        let b: serde_json::Value = serde_json::from_str(blockdevs[0]).unwrap();
+        assert_eq!(b["file"]["driver"], "host_device");
+        assert_eq!(b["file"]["aio"], "io_uring");
+        assert_eq!(b["file"]["cache"]["direct"], true);
+        let devices = values(&a, "-device");
+        assert!(devices
+            .contains(&"virtio-blk-pci,drive=disk0,id=vd0,iothread=io0,num-queues=40,bootindex=1"));
+        assert!(devices.contains(&"virtio-blk-pci,drive=disk1,id=vd1,iothread=io1,num-queues=40"));
+        assert_eq!(values(&a, "-sandbox"), [SANDBOX]);
+        assert_eq!(
+            values(&a, "-qmp"),
+            ["unix:/run/plinth/guest/qmp.sock,server=on,wait=off"]
+        );
+        assert!(values(&a, "-drive")[0].contains("readonly=on"));
+        assert!(!a.iter().any(|x| x == "-kernel"));
+    }
+
+    #[test]
+    fn sev_snp_boots_the_slot_directly_with_kernel_hashes() {
+        let mut m = Machine::one_socket();
+        m.free_hugepages_1g_per_node = 0;
+        let t = topology(&m);
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 16,
+                memory_gib: 32,
+                disks: vec!["nvme1n1".into()],
+                sev: Some(SevRequest {
+                    smt: true,
+                    vcpu_counts: vec![4, 16, 64],
+                }),
+            },
+        )
+        .unwrap();
+        let sev = Firmware::SevSnp {
+            ovmf: "/var/lib/plinth/guest/A/OVMF-AmdSev.fd".into(),
+            kernel: "/var/lib/plinth/guest/A/vmlinuz".into(),
+            initrd: "/var/lib/plinth/guest/A/initrd.img".into(),
+            cmdline: "console=ttyS0 roothash=ab".into(),
+            vcpu_type: "EPYC-Milan".into(),
+        };
+        let a = args(&p, &launch(sev.clone(), Accel::Kvm)).unwrap();
+        assert_eq!(
+            values(&a, "-machine"),
+            ["q35,accel=kvm,confidential-guest-support=sev0"]
+        );
+        assert_eq!(values(&a, "-cpu"), ["EPYC-Milan"]);
+        let objects = values(&a, "-object");
+        assert!(objects.contains(
+            &"sev-snp-guest,id=sev0,cbitpos=51,reduced-phys-bits=1,policy=0x30000,kernel-hashes=on"
+        ));
+        assert!(objects.contains(
+            &"memory-backend-memfd,id=mem0,size=32G,prealloc=on,host-nodes=0,policy=bind"
+        ));
+        assert_eq!(
+            values(&a, "-bios"),
+            ["/var/lib/plinth/guest/A/OVMF-AmdSev.fd"]
+        );
+        assert_eq!(values(&a, "-append"), ["console=ttyS0 roothash=ab"]);
+        assert!(values(&a, "-drive").is_empty(), "no pflash under SEV-SNP");
+        // The disk is data, not the boot device.
+        assert!(values(&a, "-device")
+            .iter()
+            .all(|d| !d.contains("bootindex")));
+        // Mismatches are refused.
+        assert_eq!(
+            args(&p, &launch(sev, Accel::Tcg)).unwrap_err(),
+            QemuError::SevUnderTcg
+        );
+        assert!(matches!(
+            args(&p, &launch(pflash(), Accel::Kvm)).unwrap_err(),
+            QemuError::NeedsSevFiles { .. }
+        ));
+    }
+
+    #[test]
+    fn vfio_nvme_is_passed_through_as_the_boot_disk() {
+        let mut m = Machine::one_socket();
+        m.nvme[1].driver = "vfio-pci";
+        let t = topology(&m);
+        let pci = t.nvme[1].pci.clone();
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 4,
+                memory_gib: 8,
+                disks: vec![pci.clone()],
+                sev: None,
+            },
+        )
+        .unwrap();
+        let a = args(&p, &launch(pflash(), Accel::Tcg)).unwrap();
+        assert_eq!(
+            values(&a, "-device"),
+            [format!("vfio-pci,host={pci},id=pt0,bootindex=1").as_str()]
+        );
+        assert!(values(&a, "-object")
+            .iter()
+            .all(|o| !o.starts_with("iothread")));
+        assert_eq!(values(&a, "-cpu"), ["max"]);
+    }
+}
