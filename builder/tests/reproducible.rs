@@ -6,7 +6,8 @@
 //! - a second `plinth build` with nothing changed is served from the stage cache;
 //! - `plinth verify` of each release, in another directory, umask, TZ, LANG and host name
 //!   (own UTS namespace), rebuilds everything without the stage cache and reproduces every
-//!   artifact byte for byte;
+//!   artifact byte for byte (the agents in a target directory of their own, then checked
+//!   for build paths);
 //! - GuestOS's SNP launch digests equal `sev-snp-measure`'s for 6 launches (3 vCPU
 //!   count/type pairs, both slots), and its AmdSev OVMF (built at `plinth build`, rebuilt by
 //!   `plinth verify`) boots its disk;
@@ -258,6 +259,10 @@ fn every_image_reproduces_verifies_and_diffs() {
         eprintln!("{os}: built twice (build, verify elsewhere): every artifact identical");
     }
 
+    // The agents the verifies built (in their own target directory, never the builds'):
+    // reproduced above, and without a build-machine path in them.
+    agents_are_path_free(&repo, &cache.with_file_name("verify-agent-target"));
+
     // One overlay file changed in the working tree.
     let changed = repo.join(CHANGED_OS).join("rootfs").join(CHANGED);
     let mut conf = std::fs::read_to_string(&changed).unwrap();
@@ -319,14 +324,13 @@ fn every_image_reproduces_verifies_and_diffs() {
     let (out1, tamper) = (&out1, dir.path().join("tamper"));
     std::thread::scope(|lanes| {
         let first = lanes.spawn(|| {
+            snp_digests_as_sev_snp_measure(&out1.join("guest-os").join(VERSION));
             boot_as_predicted(out1, "guest-os");
             boot_as_predicted(out1, "setup-os");
             tampered_root(&out1.join("guest-os").join(VERSION), &tamper.join("root"));
         });
         let second = lanes.spawn(|| {
-            let guest = out1.join("guest-os").join(VERSION);
-            snp_digests_as_sev_snp_measure(&guest);
-            amdsev_firmware_boots(&guest);
+            amdsev_firmware_boots(&out1.join("guest-os").join(VERSION));
             boot_as_predicted(out1, "host-os");
             tampered_cmdline(&out1.join("host-os").join(VERSION), &tamper.join("cmdline"));
         });
@@ -336,6 +340,28 @@ fn every_image_reproduces_verifies_and_diffs() {
             }
         }
     });
+}
+
+/// Each OS's agent binary in `target` names neither the source tree nor the target directory
+/// (the build remaps both), and runs.
+fn agents_are_path_free(repo: &Path, target: &Path) {
+    for package in ["plinth-guest", "plinth-host", "plinth-setup"] {
+        let bin = target.join("release").join(package);
+        let bytes = std::fs::read(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        for needle in [repo.to_str().unwrap(), target.to_str().unwrap()] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{package} contains the build path {needle}"
+            );
+        }
+        let out = run(Command::new(&bin).arg("--version"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&format!("{package} ")),
+            "{package} --version: {}",
+            text(&out)
+        );
+    }
+    eprintln!("agents: no build path in plinth-guest, plinth-host, plinth-setup");
 }
 
 /// Boot the first release of `os` to `PLINTH BOOT OK` and compare its PCRs with the
