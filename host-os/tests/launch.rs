@@ -1,17 +1,19 @@
 //! A real QEMU (TCG) started with the command line of a two-guest-node plan: QMP reports a
 //! thread per vCPU and per I/O thread, the pinning puts each where the plan says (read back
-//! from /proc), the guest sees the plan's NUMA layout, and QEMU runs under seccomp.
+//! from /proc), the guest sees the plan's NUMA layout, QEMU runs as nobody, under seccomp,
+//! in a cgroup of its own (needs root).
 //!
 //! The plan is written by hand: this machine (2 threads, 1 node) is too small for the
 //! planner's reservations, so here the two guest nodes share host node 0 and the vCPUs share
 //! the host's threads with QEMU's.
 
+use plinth_host::launch::cgroup::{Cgroup, Hierarchy, Limits};
 use plinth_host::launch::pin::{affinity, pin, Role};
-use plinth_host::launch::qemu::{args, Accel, Firmware, Launch, QEMU};
+use plinth_host::launch::qemu::{args, command, Accel, Firmware, Launch, RunAs};
 use plinth_host::launch::qmp::Qmp;
 use plinth_host::plan::{Boot, DiskPlan, GuestNode, MemoryBacking, Placement, Plan, VcpuPin};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -96,14 +98,31 @@ fn qemu_runs_the_plan_pinned_and_sandboxed() {
         qmp_socket: dir.path().join("qmp.sock"),
         console_log: dir.path().join("console.log"),
     };
-    let mut qemu = Command::new(QEMU)
-        .args(args(&plan, &launch).unwrap())
+    // As nobody (HostOS has a system user of its own): the files it opens are its.
+    let nobody = RunAs {
+        uid: 65534,
+        gid: 65534,
+    };
+    for p in [dir.path(), &disk, &dir.path().join("vars.fd")] {
+        std::os::unix::fs::chown(p, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    }
+    let mut qemu = command(&args(&plan, &launch).unwrap(), Some(nobody))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = qemu.id() as i32;
+    // Its own cgroup (root; cgroup v2, or v1 as on CI's hybrid hosts).
+    let hierarchy = Hierarchy::detect(Path::new("/sys/fs/cgroup")).unwrap();
+    let name = format!("plinth-test-{}", std::process::id());
+    let cgroup = Cgroup::create(&hierarchy, Path::new(""), &name, &Limits::of(&plan)).unwrap();
     let result = std::panic::catch_unwind(|| {
+        cgroup.add(pid).unwrap();
+        let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            membership.lines().any(|l| l.ends_with(&format!("/{name}"))),
+            "{membership}"
+        );
         let mut qmp = Qmp::connect(&launch.qmp_socket, Duration::from_secs(30)).unwrap();
         let vcpus = qmp.vcpu_threads().unwrap();
         let iothreads = qmp.iothreads().unwrap();
@@ -139,6 +158,20 @@ fn qemu_runs_the_plan_pinned_and_sandboxed() {
         assert!(pinned
             .iter()
             .any(|p| p.role == Role::Emulator && p.thread_id == pid));
+        // Unprivileged: every uid of the process is nobody's, no supplementary group.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+        assert_eq!(field("Groups:"), "");
         // -sandbox on: seccomp filter mode (2).
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(
@@ -154,6 +187,7 @@ fn qemu_runs_the_plan_pinned_and_sandboxed() {
         let _ = qemu.kill();
     }
     let out = qemu.wait_with_output().unwrap();
+    cgroup.remove().unwrap();
     if let Err(panic) = result {
         eprintln!("qemu: {}", String::from_utf8_lossy(&out.stderr));
         std::panic::resume_unwind(panic);

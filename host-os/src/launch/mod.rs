@@ -1,12 +1,13 @@
-//! Launching the GuestOS VM from its plan: the QEMU command line (`qemu`), the QMP client
-//! (`qmp`) and the pinning of QEMU's threads (`pin`). Running it unprivileged in its own
-//! cgroup and supervising it come next (issue 6).
+//! Launching the GuestOS VM from its plan: the QEMU command line and process (`qemu`, run
+//! as an unprivileged user), its cgroup (`cgroup`), the QMP client (`qmp`) and the pinning
+//! of QEMU's threads (`pin`). Supervising it comes next (issue 6).
 //!
 //! Why a QEMU command line and not a libvirt domain: HostOS carries no libvirtd (a daemon,
 //! its RPC and its own sandbox policy in the node's TCB); the SEV-SNP objects, guest NUMA
 //! layout and thread pinning are all plain QEMU options and QMP commands; and the command
 //! line is data a test can read whole.
 
+pub mod cgroup;
 pub mod pin;
 pub mod qemu;
 pub mod qmp;

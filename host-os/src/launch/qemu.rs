@@ -244,6 +244,29 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
     Ok(a.0)
 }
 
+/// The unprivileged account QEMU runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The QEMU process for `args`: an empty environment but PATH, no stdin, and, with `run_as`,
+/// that user and group with no supplementary groups (the standard library drops them when
+/// root sets a uid) before QEMU starts.
+pub fn command(args: &[String], run_as: Option<RunAs>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(QEMU);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null());
+    if let Some(u) = run_as {
+        cmd.gid(u.gid).uid(u.uid);
+    }
+    cmd
+}
+
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()

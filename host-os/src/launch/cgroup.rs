@@ -1,0 +1,278 @@
+//! The GuestOS VM's cgroup: QEMU and every thread it starts are confined to the plan's host
+//! threads (`cpuset.cpus`: vCPUs, emulator, I/O threads) and nodes (`cpuset.mems`: the guest
+//! nodes' host nodes; under SEV-SNP this is what binds guest_memfd's private memory), with a
+//! memory limit on what is not hugetlb. cgroup v2 (HostOS: systemd, the service's own cgroup
+//! delegated) or v1 (hybrid hosts such as CI's: the cpuset and memory hierarchies).
+
+use crate::plan::{MemoryBacking, Plan};
+use crate::topology::sysfs::format_cpulist;
+use std::path::{Path, PathBuf};
+
+/// QEMU's own memory beside the guest's: 1 GiB and 2% of the guest's.
+const OVERHEAD_BYTES: u64 = 1 << 30;
+const GIB: u64 = 1 << 30;
+
+/// Which cgroup hierarchy a machine has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// The unified hierarchy, mounted at this directory.
+    V2(PathBuf),
+    /// Separate cpuset and memory hierarchies.
+    V1 { cpuset: PathBuf, memory: PathBuf },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{mount}: neither a cgroup v2 hierarchy with cpuset and memory nor cgroup v1 cpuset and memory hierarchies\n  hint: HostOS mounts cgroup2 at /sys/fs/cgroup; check that the cpuset and memory controllers are enabled")]
+    NoHierarchy { mount: String },
+    #[error("{path}: {action}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// What the VM's cgroup allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub cpus: Vec<u32>,
+    pub mems: Vec<u32>,
+    pub memory_max_bytes: u64,
+}
+
+impl Limits {
+    /// The plan's host threads and nodes; memory: QEMU's overhead, plus the guest's memory
+    /// when it is not on hugepages (hugetlb pages are not charged to the memory controller).
+    pub fn of(plan: &Plan) -> Limits {
+        let p = &plan.placement;
+        let mut cpus: Vec<u32> = p
+            .vcpu_pins
+            .iter()
+            .map(|v| v.host_cpu)
+            .chain(p.emulator_cpus.iter().copied())
+            .chain(p.iothread_cpus.iter().copied())
+            .collect();
+        cpus.sort_unstable();
+        cpus.dedup();
+        let mut mems: Vec<u32> = p.guest_nodes.iter().map(|g| g.host_node).collect();
+        mems.sort_unstable();
+        mems.dedup();
+        let guest = plan.memory_gib * GIB;
+        let charged = match p.memory {
+            MemoryBacking::Hugepages1G | MemoryBacking::Hugepages2M => 0,
+            MemoryBacking::GuestMemfd => guest,
+        };
+        Limits {
+            cpus,
+            mems,
+            memory_max_bytes: charged + OVERHEAD_BYTES + guest / 50,
+        }
+    }
+}
+
+impl Hierarchy {
+    /// The hierarchy mounted under `mount` (normally /sys/fs/cgroup).
+    pub fn detect(mount: &Path) -> Result<Hierarchy, CgroupError> {
+        if let Ok(controllers) = std::fs::read_to_string(mount.join("cgroup.controllers")) {
+            let has = |c: &str| controllers.split_whitespace().any(|w| w == c);
+            if has("cpuset") && has("memory") {
+                return Ok(Hierarchy::V2(mount.to_path_buf()));
+            }
+        }
+        let (cpuset, memory) = (mount.join("cpuset"), mount.join("memory"));
+        if cpuset.join("cpuset.cpus").is_file() && memory.join("memory.limit_in_bytes").is_file() {
+            return Ok(Hierarchy::V1 { cpuset, memory });
+        }
+        Err(CgroupError::NoHierarchy {
+            mount: mount.display().to_string(),
+        })
+    }
+}
+
+/// A cgroup made for the VM (one directory per hierarchy).
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Make `<parent>/<name>` (parent relative to the hierarchy's root) with `limits`.
+    pub fn create(
+        h: &Hierarchy,
+        parent: &Path,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Cgroup, CgroupError> {
+        let (cpus, mems) = (format_cpulist(&limits.cpus), format_cpulist(&limits.mems));
+        let memory = limits.memory_max_bytes.to_string();
+        match h {
+            Hierarchy::V2(root) => {
+                let parent = root.join(parent);
+                // The controllers must be on in the parent for its children.
+                write(&parent.join("cgroup.subtree_control"), "+cpuset +memory")?;
+                let dir = parent.join(name);
+                mkdir(&dir)?;
+                write(&dir.join("cpuset.cpus"), &cpus)?;
+                write(&dir.join("cpuset.mems"), &mems)?;
+                write(&dir.join("memory.max"), &memory)?;
+                Ok(Cgroup { dirs: vec![dir] })
+            }
+            Hierarchy::V1 {
+                cpuset,
+                memory: mem,
+            } => {
+                let c = cpuset.join(parent).join(name);
+                mkdir(&c)?;
+                // v1 takes no task before both are set.
+                write(&c.join("cpuset.cpus"), &cpus)?;
+                write(&c.join("cpuset.mems"), &mems)?;
+                let m = mem.join(parent).join(name);
+                mkdir(&m)?;
+                write(&m.join("memory.limit_in_bytes"), &memory)?;
+                Ok(Cgroup { dirs: vec![c, m] })
+            }
+        }
+    }
+
+    /// Move process `pid` (and so the threads it starts later) into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup's directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Remove the cgroup (its processes gone).
+    pub fn remove(self) -> Result<(), CgroupError> {
+        for d in &self.dirs {
+            std::fs::remove_dir(d).map_err(io("removing", d))?;
+        }
+        Ok(())
+    }
+}
+
+fn mkdir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io("creating", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io("writing", path))
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError {
+    let path = path.display().to_string();
+    move |source| CgroupError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan, VmRequest};
+    use crate::topology::fixture::Machine;
+    use crate::topology::sysfs;
+
+    fn nps4_plan(vcpus: u32) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        Machine::two_socket_nps4().write(dir.path()).unwrap();
+        let t = sysfs::read(dir.path()).unwrap();
+        let disks = vec!["nvme1n1".to_string()];
+        plan(
+            &t,
+            &VmRequest {
+                vcpus,
+                memory_gib: 96,
+                disks,
+                sev: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn limits_cover_the_plan_and_nothing_else() {
+        let p = nps4_plan(40);
+        let l = Limits::of(&p);
+        let pl = &p.placement;
+        for c in pl
+            .vcpu_pins
+            .iter()
+            .map(|v| v.host_cpu)
+            .chain(pl.emulator_cpus.iter().copied())
+            .chain(pl.iothread_cpus.iter().copied())
+        {
+            assert!(l.cpus.contains(&c));
+        }
+        assert_eq!(
+            l.cpus.len(),
+            40 + pl.emulator_cpus.len() + pl.iothread_cpus.len()
+        );
+        assert!(l.cpus.iter().all(|c| !pl.host_cpus.contains(c)));
+        assert_eq!(l.mems, vec![4, 5]);
+        // Hugepages are not charged: QEMU's overhead only.
+        assert_eq!(l.memory_max_bytes, GIB + 96 * GIB / 50);
+    }
+
+    #[test]
+    fn v2_and_v1_trees_are_written() {
+        let p = nps4_plan(8);
+        let l = Limits::of(&p);
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        std::fs::create_dir(root.path().join("plinth-host.service")).unwrap();
+        let h = Hierarchy::detect(root.path()).unwrap();
+        assert_eq!(h, Hierarchy::V2(root.path().to_path_buf()));
+        let cg = Cgroup::create(&h, Path::new("plinth-host.service"), "guest-os", &l).unwrap();
+        let dir = root.path().join("plinth-host.service/guest-os");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("cpuset.cpus"), format_cpulist(&l.cpus));
+        assert_eq!(read("cpuset.mems"), "5");
+        assert_eq!(read("memory.max"), l.memory_max_bytes.to_string());
+        assert_eq!(
+            std::fs::read_to_string(
+                root.path()
+                    .join("plinth-host.service/cgroup.subtree_control")
+            )
+            .unwrap(),
+            "+cpuset +memory"
+        );
+        cg.add(4242).unwrap();
+        assert_eq!(read("cgroup.procs"), "4242");
+
+        let v1 = tempfile::tempdir().unwrap();
+        for (d, f) in [
+            ("cpuset", "cpuset.cpus"),
+            ("memory", "memory.limit_in_bytes"),
+        ] {
+            std::fs::create_dir(v1.path().join(d)).unwrap();
+            std::fs::write(v1.path().join(d).join(f), "").unwrap();
+        }
+        let h = Hierarchy::detect(v1.path()).unwrap();
+        assert!(matches!(h, Hierarchy::V1 { .. }));
+        let cg = Cgroup::create(&h, Path::new(""), "guest-os", &l).unwrap();
+        assert_eq!(cg.dirs().len(), 2);
+        let limit =
+            std::fs::read_to_string(v1.path().join("memory/guest-os/memory.limit_in_bytes"));
+        assert_eq!(limit.unwrap(), l.memory_max_bytes.to_string());
+
+        let none = tempfile::tempdir().unwrap();
+        let err = Hierarchy::detect(none.path()).unwrap_err();
+        assert!(err.to_string().contains("neither a cgroup v2"), "{err}");
+    }
+}
