@@ -32,6 +32,17 @@ fn request(t: &Topology, vcpus: u32, memory_gib: u64) -> VmRequest {
     }
 }
 
+/// The host threads the plan keeps from vCPUs: the host's, the emulator's, the I/O threads'.
+fn reserved(p: &Plan) -> BTreeSet<u32> {
+    let pl = &p.placement;
+    pl.emulator_cpus
+        .iter()
+        .chain(&pl.iothread_cpus)
+        .chain(&pl.host_cpus)
+        .copied()
+        .collect()
+}
+
 /// What every plan must hold.
 fn check(t: &Topology, req: &VmRequest, p: &Plan) {
     // Every vCPU once, on its own host thread; no vCPU beside QEMU's or the host's threads.
@@ -50,14 +61,7 @@ fn check(t: &Topology, req: &VmRequest, p: &Plan) {
         assert!(t.cpu(cpu).is_some(), "host thread {cpu} does not exist");
     }
     // No vCPU shares a core with a QEMU or host thread.
-    let reserved: BTreeSet<u32> = p
-        .placement
-        .emulator_cpus
-        .iter()
-        .chain(&p.placement.iothread_cpus)
-        .chain(&p.placement.host_cpus)
-        .copied()
-        .collect();
+    let reserved = reserved(p);
     for v in &p.placement.vcpu_pins {
         let siblings = &t.cpu(v.host_cpu).unwrap().siblings;
         assert!(
@@ -432,14 +436,7 @@ fn nps4_plans_of_every_size_hold() {
         check(&t, &req, &p);
         // No fewer nodes could hold the vCPUs: home (the disks' node, always in the set)
         // with the largest free thread counts of the others, one node less, falls short.
-        let used: BTreeSet<u32> = p
-            .placement
-            .emulator_cpus
-            .iter()
-            .chain(&p.placement.iothread_cpus)
-            .chain(&p.placement.host_cpus)
-            .copied()
-            .collect();
+        let used = reserved(&p);
         let free = |n: &crate::topology::NumaNode| {
             n.cpus.iter().filter(|c| !used.contains(c)).count() as u32
         };
