@@ -12,6 +12,10 @@
 //! carries it; `slot=none` for an OS without A/B slots). The checks: the image is the agent's
 //! own OS, the root filesystem is mounted from a dm-verity device, and no systemd unit failed.
 //! The parsing and checks take their inputs as text, so tests give them captured files.
+//!
+//! Before the marker come the lines an agent adds about the machine ([`report_with`]; the
+//! GuestOS agent prints the NUMA nodes and disks it sees as `PLINTH GUEST ...`) and, on a
+//! machine with a TPM, the `PLINTH TPM ...` lines, in that order.
 
 use std::fmt;
 
@@ -145,8 +149,16 @@ pub fn marker(id: &Identity, problems: &[String]) -> String {
 
 /// The whole report on the running system: wait until systemd has finished starting, run
 /// every check, print the line on stdout and on every active console. Returns whether the
-/// boot is good.
+/// boot is good. The same as [`report_with`] without machine lines.
 pub fn report(agent_os: &str) -> bool {
+    report_with(agent_os, &[])
+}
+
+/// [`report`], printing `machine` (the agent's lines about the machine it sees, e.g. the
+/// GuestOS's `PLINTH GUEST ...` NUMA and disk lines) first, then the TPM lines, then the
+/// marker, all in one write to each console so that nothing interleaves them. The machine
+/// lines are information only: they do not fail the boot.
+pub fn report_with(agent_os: &str, machine: &[String]) -> bool {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let run = |cmd: &mut std::process::Command| {
         cmd.output()
@@ -172,7 +184,7 @@ pub fn report(agent_os: &str) -> bool {
         Ok(listing) => problems.extend(check_units(&listing)),
         Err(e) => problems.push(format!("systemctl could not be run: {e}")),
     }
-    let mut lines = Vec::new();
+    let mut lines = machine.to_vec();
     let expected = measured::load_expected(None);
     if measured::tpm_present() {
         problems.extend(measured_boot(&id, expected, &mut lines));

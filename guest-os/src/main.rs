@@ -3,10 +3,17 @@
 //! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
 //! `plinth-boot-report.service`, `measured-boot` (both in the crate `plinth-boot-report`), and
 //! `attest` (an SEV-SNP attestation report for a verifier's nonce, [`attest`]).
+//!
+//! GuestOS's boot report prints, before its `PLINTH BOOT` marker, what the guest sees of its
+//! machine: `PLINTH GUEST NUMA ...` lines (the node count, then each node's CPUs and memory)
+//! and a `PLINTH GUEST DISK ...` line per disk (size, serial, rotational), read from sysfs by
+//! [`machine`], so host-side tests can check the NUMA layout and disks HostOS gave the VM.
 
 mod attest;
+mod machine;
 
 use clap::{Parser, Subcommand};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
@@ -19,8 +26,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// Check the boot (image identity, dm-verity root, failed units) and print
-    /// `PLINTH BOOT OK|FAILED ...` on every active console.
+    /// Check the boot (image identity, dm-verity root, failed units) and print the machine's
+    /// NUMA nodes and disks (`PLINTH GUEST ...`), then `PLINTH BOOT OK|FAILED ...`, on every
+    /// active console.
     BootReport,
     /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
     MeasuredBoot(plinth_boot_report::MeasuredBootArgs),
@@ -34,7 +42,7 @@ fn main() -> ExitCode {
         Verb::MeasuredBoot(args) => args.run(),
         Verb::Attest(args) => args.run(),
         Verb::BootReport => {
-            if plinth_boot_report::report("guest-os") {
+            if plinth_boot_report::report_with("guest-os", &machine::lines(Path::new("/sys"))) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

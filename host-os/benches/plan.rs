@@ -62,6 +62,7 @@ fn main() {
             memory_gib,
             disks,
             sev: None,
+            layout: Default::default(),
         };
         let mut plans = Vec::with_capacity(runs);
         let mut reads = Vec::with_capacity(runs);

@@ -28,14 +28,14 @@ enum Verb {
     Topology(verbs::topology::TopologyArgs),
     /// The GuestOS VM: where it runs on this machine.
     #[command(subcommand)]
-    Guest(verbs::guest::GuestVerb),
+    Guest(Box<verbs::guest::GuestVerb>),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
         Verb::MeasuredBoot(args) => args.run(),
         Verb::Topology(args) => args.run(),
-        Verb::Guest(verb) => verb.run(),
+        Verb::Guest(verb) => (*verb).run(),
         Verb::BootReport => {
             if plinth_boot_report::report("host-os") {
                 ExitCode::SUCCESS

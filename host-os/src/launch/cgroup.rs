@@ -61,7 +61,7 @@ impl Limits {
         let guest = plan.memory_gib * GIB;
         let charged = match p.memory {
             MemoryBacking::Hugepages1G | MemoryBacking::Hugepages2M => 0,
-            MemoryBacking::GuestMemfd => guest,
+            MemoryBacking::GuestMemfd | MemoryBacking::Memfd => guest,
         };
         Limits {
             cpus,
@@ -150,8 +150,19 @@ impl Cgroup {
 
     /// Remove the cgroup (its processes gone).
     pub fn remove(self) -> Result<(), CgroupError> {
+        self.try_remove()
+    }
+
+    /// Remove the cgroup's directories that are still there (busy while a process of it
+    /// is still exiting: the caller may try again).
+    pub fn try_remove(&self) -> Result<(), CgroupError> {
         for d in &self.dirs {
-            std::fs::remove_dir(d).map_err(io("removing", d))?;
+            match std::fs::remove_dir(d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", d)(e))
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -196,6 +207,7 @@ mod tests {
                 memory_gib: 96,
                 disks,
                 sev: None,
+                layout: Default::default(),
             },
         )
         .unwrap()

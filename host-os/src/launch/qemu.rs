@@ -39,8 +39,12 @@ pub enum Accel {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Firmware {
-    /// OVMF in pflash (code read-only, a private copy of the variables).
-    Pflash { code: PathBuf, vars: PathBuf },
+    /// OVMF in pflash: code read-only, and a private copy of the variables, or none for a
+    /// single-image firmware such as the GuestOS release's OVMF-AmdSev.fd.
+    Pflash {
+        code: PathBuf,
+        vars: Option<PathBuf>,
+    },
     /// SEV-SNP direct boot: the AMD SEV OVMF and the slot's kernel, initrd and command line.
     /// `vcpu_type` must be the one the published launch digest was computed for.
     SevSnp {
@@ -133,7 +137,7 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 "memory-backend-memfd,id=mem{},size={}G,hugetlb=on,hugetlbsize=2M,prealloc=on,host-nodes={},policy=bind",
                 g.id, g.memory_gib, g.host_node
             ),
-            MemoryBacking::GuestMemfd => format!(
+            MemoryBacking::GuestMemfd | MemoryBacking::Memfd => format!(
                 "memory-backend-memfd,id=mem{},size={}G,prealloc=on,host-nodes={},policy=bind",
                 g.id, g.memory_gib, g.host_node
             ),
@@ -182,10 +186,12 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 code.display()
             ),
         );
-        a.push(
-            "-drive",
-            &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-        );
+        if let Some(vars) = vars {
+            a.push(
+                "-drive",
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            );
+        }
     }
     let mut first_disk = true;
     for (i, d) in plan.disks.iter().enumerate() {
@@ -206,6 +212,7 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 queues,
                 aio,
                 direct,
+                serial,
                 ..
             } => {
                 let driver = if path.starts_with("/dev/") {
@@ -224,7 +231,7 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 a.push(
                     "-device",
                     &format!(
-                        "virtio-blk-pci,drive=disk{i},id=vd{i},iothread=io{iothread},num-queues={queues}{boot}"
+                        "virtio-blk-pci,drive=disk{i},id=vd{i},iothread=io{iothread},num-queues={queues},serial={serial}{boot}"
                     ),
                 );
             }
@@ -232,7 +239,10 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
     }
     a.push(
         "-chardev",
-        &format!("file,id=console,path={}", launch.console_log.display()),
+        &format!(
+            "file,id=console,path={},append=on",
+            launch.console_log.display()
+        ),
     );
     a.push("-serial", "chardev:console");
     a.push(
@@ -310,7 +320,7 @@ mod tests {
     fn pflash() -> Firmware {
         Firmware::Pflash {
             code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
-            vars: "/run/plinth/guest/OVMF_VARS.fd".into(),
+            vars: Some("/run/plinth/guest/OVMF_VARS.fd".into()),
         }
     }
 
@@ -339,6 +349,7 @@ mod tests {
                 memory_gib: 96,
                 disks,
                 sev: None,
+                layout: Default::default(),
             },
         )
         .unwrap();
@@ -377,8 +388,10 @@ mod tests {
         assert_eq!(b["file"]["cache"]["direct"], true);
         let devices = values(&a, "-device");
         assert!(devices
-            .contains(&"virtio-blk-pci,drive=disk0,id=vd0,iothread=io0,num-queues=40,bootindex=1"));
-        assert!(devices.contains(&"virtio-blk-pci,drive=disk1,id=vd1,iothread=io1,num-queues=40"));
+            .contains(&"virtio-blk-pci,drive=disk0,id=vd0,iothread=io0,num-queues=40,serial=plinth-disk0,bootindex=1"));
+        assert!(devices.contains(
+            &"virtio-blk-pci,drive=disk1,id=vd1,iothread=io1,num-queues=40,serial=plinth-disk1"
+        ));
         assert_eq!(values(&a, "-sandbox"), [SANDBOX]);
         assert_eq!(
             values(&a, "-qmp"),
@@ -403,6 +416,7 @@ mod tests {
                     smt: true,
                     vcpu_counts: vec![4, 16, 64],
                 }),
+                layout: Default::default(),
             },
         )
         .unwrap();
@@ -460,6 +474,7 @@ mod tests {
                 memory_gib: 8,
                 disks: vec![pci.clone()],
                 sev: None,
+                layout: Default::default(),
             },
         )
         .unwrap();

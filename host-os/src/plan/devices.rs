@@ -2,6 +2,7 @@
 //! refused if the host uses it; the home node they give the VM; and how each is attached:
 //! VFIO passthrough of the controller when it is bound to vfio-pci, otherwise virtio-blk of
 //! the namespace with its own I/O thread, one queue per vCPU, io_uring and no host page cache.
+//! In the development layout an image file can stand for a disk (virtio-blk, no node).
 
 use super::{PlanError, Reason};
 use crate::topology::{Nvme, Topology};
@@ -13,15 +14,42 @@ use std::collections::BTreeMap;
 pub struct DiskRequest {
     /// As asked.
     pub name: String,
-    pub nvme: Nvme,
-    /// The namespace when one was named or the controller has one.
-    pub namespace: Option<String>,
+    pub source: DiskSource,
+}
+
+/// What an asked-for disk is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    Nvme {
+        nvme: Nvme,
+        /// The namespace when one was named or the controller has one.
+        namespace: Option<String>,
+    },
+    /// An image file (development layout only).
+    File,
 }
 
 impl DiskRequest {
     pub fn is_vfio(&self) -> bool {
-        self.nvme.driver.as_deref() == Some("vfio-pci")
+        self.nvme()
+            .is_some_and(|n| n.driver.as_deref() == Some("vfio-pci"))
     }
+
+    fn nvme(&self) -> Option<&Nvme> {
+        match &self.source {
+            DiskSource::Nvme { nvme, .. } => Some(nvme),
+            DiskSource::File => None,
+        }
+    }
+
+    fn node(&self) -> Option<u32> {
+        self.nvme().and_then(|n| n.node)
+    }
+}
+
+/// The serial number the guest sees on virtio-blk disk `i` (`/sys/block/vdX/serial`).
+pub fn serial(i: usize) -> String {
+    format!("plinth-disk{i}")
 }
 
 /// How one disk is given to the guest.
@@ -33,8 +61,12 @@ pub enum DiskPlan {
     /// The namespace's block device, by virtio-blk.
     VirtioBlk {
         path: String,
-        pci: String,
+        /// The NVMe controller (none for an image file).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pci: Option<String>,
         node: Option<u32>,
+        /// What the guest reads in `/sys/block/vdX/serial`.
+        serial: String,
         /// Index into the plan's I/O threads.
         iothread: u32,
         iothread_cpu: u32,
@@ -46,9 +78,28 @@ pub enum DiskPlan {
 }
 
 /// Find every asked-for disk; refuse unknown ones, repeated ones, and any the host uses.
-pub fn resolve(topo: &Topology, names: &[String]) -> Result<Vec<DiskRequest>, PlanError> {
+/// With `files` (the development layout), an absolute path outside /dev names an image file.
+pub fn resolve(
+    topo: &Topology,
+    names: &[String],
+    files: bool,
+) -> Result<Vec<DiskRequest>, PlanError> {
     let mut found: Vec<DiskRequest> = Vec::new();
     for name in names {
+        if name.starts_with('/') && !name.starts_with("/dev/") {
+            file_disk(name, files)?;
+            if let Some(first) = found.iter().find(|d| &d.name == name) {
+                return Err(PlanError::DiskTwice {
+                    name: name.clone(),
+                    first: first.name.clone(),
+                });
+            }
+            found.push(DiskRequest {
+                name: name.clone(),
+                source: DiskSource::File,
+            });
+            continue;
+        }
         let nvme = topo
             .find_nvme(name)
             .ok_or_else(|| PlanError::DiskMissing {
@@ -64,10 +115,13 @@ pub fn resolve(topo: &Topology, names: &[String]) -> Result<Vec<DiskRequest>, Pl
             .map(|n| n.name.clone());
         // The same namespace twice, or a passed-through controller with anything else on it.
         let vfio = nvme.driver.as_deref() == Some("vfio-pci");
-        if let Some(first) = found
-            .iter()
-            .find(|d| d.nvme.pci == nvme.pci && (vfio || d.is_vfio() || d.namespace == namespace))
-        {
+        if let Some(first) = found.iter().find(|d| match &d.source {
+            DiskSource::Nvme {
+                nvme: n,
+                namespace: ns,
+            } => n.pci == nvme.pci && (vfio || d.is_vfio() || *ns == namespace),
+            DiskSource::File => false,
+        }) {
             return Err(PlanError::DiskTwice {
                 name: name.clone(),
                 first: first.name.clone(),
@@ -92,11 +146,36 @@ pub fn resolve(topo: &Topology, names: &[String]) -> Result<Vec<DiskRequest>, Pl
         }
         found.push(DiskRequest {
             name: name.clone(),
-            nvme,
-            namespace,
+            source: DiskSource::Nvme { nvme, namespace },
         });
     }
     Ok(found)
+}
+
+/// An image file as a disk: only in the development layout, and it must be a regular file.
+fn file_disk(name: &str, allowed: bool) -> Result<(), PlanError> {
+    let refuse = |why: String, hint| PlanError::DiskFile {
+        name: name.to_string(),
+        why,
+        hint,
+    };
+    if !allowed {
+        return Err(refuse(
+            "an image file is a disk only in the development layout".into(),
+            "name an NVMe namespace, controller or PCI address, or plan with --development",
+        ));
+    }
+    match std::fs::metadata(name) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(refuse(
+            "not a regular file".into(),
+            "give the path of a raw disk image",
+        )),
+        Err(e) => Err(refuse(
+            format!("cannot be read: {e}"),
+            "give the path of a raw disk image",
+        )),
+    }
 }
 
 /// The node most disks hang off (the lowest such id on a tie); when no disk's node is known,
@@ -105,7 +184,7 @@ pub fn home_node(topo: &Topology, disks: &[DiskRequest], reasons: &mut Vec<Reaso
     let first = topo.nodes.first().map_or(0, |n| n.id);
     let mut count: BTreeMap<u32, usize> = BTreeMap::new();
     for d in disks {
-        if let Some(n) = d.nvme.node {
+        if let Some(n) = d.node() {
             *count.entry(n).or_default() += 1;
         }
     }
@@ -174,40 +253,55 @@ pub fn plan_disks(
 ) -> Vec<DiskPlan> {
     let mut plans = Vec::new();
     let mut next_iothread = 0u32;
-    for d in disks {
-        if d.is_vfio() {
-            reasons.push(Reason {
-                topic: "disk",
-                text: format!(
-                    "{}: VFIO passthrough of controller {}: it is bound to vfio-pci and the host does not use it, so the guest drives it with no host I/O path",
-                    d.name, d.nvme.pci
+    for (i, d) in disks.iter().enumerate() {
+        let (path, pci, why) = match &d.source {
+            DiskSource::Nvme { nvme, .. } if d.is_vfio() => {
+                reasons.push(Reason {
+                    topic: "disk",
+                    text: format!(
+                        "{}: VFIO passthrough of controller {}: it is bound to vfio-pci and the host does not use it, so the guest drives it with no host I/O path",
+                        d.name, nvme.pci
+                    ),
+                });
+                plans.push(DiskPlan::Vfio {
+                    pci: nvme.pci.clone(),
+                    node: nvme.node,
+                });
+                continue;
+            }
+            DiskSource::Nvme {
+                namespace: None, ..
+            } => continue,
+            DiskSource::Nvme {
+                nvme,
+                namespace: Some(ns),
+            } => (
+                format!("/dev/{ns}"),
+                Some(nvme.pci.clone()),
+                format!(
+                    "virtio-blk of /dev/{ns} (controller {} is bound to {}, not vfio-pci)",
+                    nvme.pci,
+                    nvme.driver.as_deref().unwrap_or("no driver")
                 ),
-            });
-            plans.push(DiskPlan::Vfio {
-                pci: d.nvme.pci.clone(),
-                node: d.nvme.node,
-            });
-            continue;
-        }
-        let Some(ns) = &d.namespace else {
-            continue;
+            ),
+            DiskSource::File => (d.name.clone(), None, "virtio-blk of the image file".into()),
         };
         // The planner reserves an I/O thread core whenever there is a virtio-blk disk.
         let iothread_cpu = iothread_cpus[next_iothread as usize % iothread_cpus.len()];
         let queues = vcpus.min(MAX_QUEUES);
+        let serial = serial(i);
         reasons.push(Reason {
             topic: "disk",
             text: format!(
-                "{}: virtio-blk of /dev/{ns} (controller {} is bound to {}, not vfio-pci): I/O thread {next_iothread} on host thread {iothread_cpu}, {queues} queues (one per vCPU), io_uring, no host page cache",
+                "{}: {why}, serial {serial}: I/O thread {next_iothread} on host thread {iothread_cpu}, {queues} queues (one per vCPU), io_uring, no host page cache",
                 d.name,
-                d.nvme.pci,
-                d.nvme.driver.as_deref().unwrap_or("no driver")
             ),
         });
         plans.push(DiskPlan::VirtioBlk {
-            path: format!("/dev/{ns}"),
-            pci: d.nvme.pci.clone(),
-            node: d.nvme.node,
+            path,
+            pci,
+            node: d.node(),
+            serial,
             iothread: next_iothread,
             iothread_cpu,
             queues,

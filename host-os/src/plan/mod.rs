@@ -26,6 +26,20 @@ pub struct VmRequest {
     pub disks: Vec<String>,
     /// Launch under AMD SEV-SNP, as the GuestOS release expects.
     pub sev: Option<SevRequest>,
+    pub layout: Layout,
+}
+
+/// How strictly the VM is kept apart from the host's threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Nodes: the host's core and QEMU's cores are no vCPU's; one guest node per host node.
+    #[default]
+    Production,
+    /// Development machines too small for production's reservations (CI's: 2 threads, one
+    /// node): the vCPUs take the home node's threads in turn, QEMU's threads share them, and
+    /// the guest gets `guest_nodes` NUMA nodes, all bound to the home node, so a multi-node
+    /// guest can be booted and checked on one host node. Image files may be disks.
+    Development { guest_nodes: u32 },
 }
 
 /// What the GuestOS release's measurements.json (`snp`) says of its SEV-SNP launches.
@@ -97,6 +111,8 @@ pub enum MemoryBacking {
     Hugepages2M,
     /// SEV-SNP: private memory comes from guest_memfd, which QEMU cannot back with hugetlbfs.
     GuestMemfd,
+    /// Ordinary pages, preallocated (development layout on a machine without hugepages).
+    Memfd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,6 +161,18 @@ pub enum PlanError {
         available: u32,
         found: String,
     },
+    #[error("{guest_nodes} guest NUMA nodes cannot each have a vCPU and 1 GiB of a {vcpus}-vCPU, {memory_gib} GiB VM\n  hint: ask for at most {vcpus} guest nodes and at least {guest_nodes} GiB")]
+    GuestNodes {
+        guest_nodes: u32,
+        vcpus: u32,
+        memory_gib: u64,
+    },
+    #[error("disk {name}: {why}\n  hint: {hint}")]
+    DiskFile {
+        name: String,
+        why: String,
+        hint: &'static str,
+    },
     #[error("{memory_gib} GiB does not fit: {found}\n  hint: {hint}")]
     NotEnoughMemory {
         memory_gib: u64,
@@ -182,21 +210,24 @@ pub fn plan(topo: &Topology, req: &VmRequest) -> Result<Plan, PlanError> {
         }
     }
     let mut reasons = Vec::new();
-    let disks = devices::resolve(topo, &req.disks)?;
+    let development = matches!(req.layout, Layout::Development { .. });
+    let disks = devices::resolve(topo, &req.disks, development)?;
     let home = devices::home_node(topo, &disks, &mut reasons);
     let virtio = disks.iter().filter(|d| !d.is_vfio()).count();
-    let placed = placement::place(
-        topo,
-        &placement::Want {
-            vcpus: req.vcpus,
-            memory_gib: req.memory_gib,
-            home,
-            iothreads: virtio > 0,
-            sev: req.sev.is_some(),
-            host_cores: HOST_CORES,
-        },
-        &mut reasons,
-    )?;
+    let want = placement::Want {
+        vcpus: req.vcpus,
+        memory_gib: req.memory_gib,
+        home,
+        iothreads: virtio > 0,
+        sev: req.sev.is_some(),
+        host_cores: HOST_CORES,
+    };
+    let placed = match req.layout {
+        Layout::Production => placement::place(topo, &want, &mut reasons)?,
+        Layout::Development { guest_nodes } => {
+            placement::place_development(topo, &want, guest_nodes, &mut reasons)?
+        }
+    };
     let disks = devices::plan_disks(&disks, &placed.iothread_cpus, req.vcpus, &mut reasons);
     let boot = if let Some(sev) = &req.sev {
         let policy = format!("{:#x}", snp_policy(sev.smt));

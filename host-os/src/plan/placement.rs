@@ -195,6 +195,7 @@ pub fn place(
             MemoryBacking::GuestMemfd => format!(
                 "SEV-SNP: private guest memory comes from guest_memfd, which QEMU cannot back with hugetlbfs today: no hugepages; the shared memory is bound to its nodes by the memory backends, the private memory by the QEMU cgroup's cpuset.mems; each node keeps {HOST_RESERVE_GIB} GiB and 1% of its memory for the host"
             ),
+            MemoryBacking::Memfd => unreachable!("production backings are hugepages or guest_memfd"),
         },
     });
     if nodes.len() > 1 {
@@ -314,6 +315,125 @@ pub fn place(
     })
 }
 
+/// The development layout ([`super::Layout::Development`]): every vCPU on a thread of the
+/// home node in turn (shared with QEMU's threads; nothing is kept for the host), memory on
+/// the best backing the home node has (ordinary pages when it has no hugepages), and
+/// `guest_nodes` guest NUMA nodes bound to the home node with even shares.
+pub fn place_development(
+    topo: &Topology,
+    want: &Want,
+    guest_nodes: u32,
+    reasons: &mut Vec<Reason>,
+) -> Result<Placement, PlanError> {
+    let home = want.home;
+    if guest_nodes == 0 || guest_nodes > want.vcpus || u64::from(guest_nodes) > want.memory_gib {
+        return Err(PlanError::GuestNodes {
+            guest_nodes,
+            vcpus: want.vcpus,
+            memory_gib: want.memory_gib,
+        });
+    }
+    let mut threads: Vec<u32> = topo
+        .cpus
+        .iter()
+        .filter(|c| c.node == home)
+        .map(|c| c.id)
+        .collect();
+    threads.sort_unstable();
+    if (want.vcpus as usize) > threads.len() {
+        return Err(PlanError::TooManyVcpus {
+            vcpus: want.vcpus,
+            available: threads.len() as u32,
+            found: format!(
+                "development layout: node {home} has {} threads, and vCPUs do not share one",
+                threads.len()
+            ),
+        });
+    }
+    reasons.push(Reason {
+        topic: "cpu",
+        text: format!(
+            "development layout: nothing is kept for the host, and QEMU's threads share node {home}'s threads {} with the vCPUs (not for production: use it where the machine is too small for the reservations)",
+            cpulist(&threads)
+        ),
+    });
+    let backings: &[MemoryBacking] = if want.sev {
+        &[MemoryBacking::GuestMemfd]
+    } else {
+        &[
+            MemoryBacking::Hugepages1G,
+            MemoryBacking::Hugepages2M,
+            MemoryBacking::Memfd,
+        ]
+    };
+    let Some(memory) = backings
+        .iter()
+        .copied()
+        .find(|b| memory_capacity(topo, *b, home) >= want.memory_gib)
+    else {
+        return Err(not_enough_memory(topo, want, &[home]));
+    };
+    reasons.push(Reason {
+        topic: "memory",
+        text: format!(
+            "guest memory on {}, preallocated and bound to node {home}",
+            match memory {
+                MemoryBacking::Hugepages1G => "1 GiB hugepages",
+                MemoryBacking::Hugepages2M => "2 MiB hugepages",
+                MemoryBacking::GuestMemfd => "guest_memfd (SEV-SNP)",
+                MemoryBacking::Memfd => "ordinary pages (the node has no free hugepages for it)",
+            }
+        ),
+    });
+    let n = guest_nodes as usize;
+    let vcpu_share = split(u64::from(want.vcpus), &vec![u64::from(want.vcpus); n]);
+    let mem_share = split(want.memory_gib, &vec![want.memory_gib; n]);
+    let mut guest = Vec::new();
+    let mut vcpu_pins = Vec::new();
+    let mut next = 0u32;
+    for (id, (k, m)) in vcpu_share.iter().zip(&mem_share).enumerate() {
+        let id = id as u32;
+        let vcpus: Vec<u32> = (next..next + *k as u32).collect();
+        next += *k as u32;
+        for &v in &vcpus {
+            vcpu_pins.push(VcpuPin {
+                vcpu: v,
+                host_cpu: threads[v as usize],
+                guest_node: id,
+            });
+        }
+        let host: Vec<u32> = vcpus.iter().map(|v| threads[*v as usize]).collect();
+        reasons.push(Reason {
+            topic: "cpu",
+            text: format!(
+                "guest node {id} = host node {home}: vCPUs {} on host threads {}, {m} GiB",
+                cpulist(&vcpus),
+                cpulist(&host)
+            ),
+        });
+        guest.push(GuestNode {
+            id,
+            host_node: home,
+            vcpus,
+            memory_gib: *m,
+        });
+    }
+    let last = threads[threads.len() - 1];
+    Ok(Placement {
+        threads_per_core: 1,
+        guest_nodes: guest,
+        vcpu_pins,
+        emulator_cpus: vec![threads[0]],
+        iothread_cpus: if want.iothreads {
+            vec![last]
+        } else {
+            Vec::new()
+        },
+        host_cpus: Vec::new(),
+        memory,
+    })
+}
+
 /// GiB each node keeps for the host under SEV-SNP (with 1% of its memory).
 const HOST_RESERVE_GIB: u64 = 2;
 
@@ -323,7 +443,7 @@ fn memory_capacity(topo: &Topology, b: MemoryBacking, n: u32) -> u64 {
     match b {
         MemoryBacking::Hugepages1G => node.hugepages_1g.free,
         MemoryBacking::Hugepages2M => node.hugepages_2m.free / 512,
-        MemoryBacking::GuestMemfd => {
+        MemoryBacking::GuestMemfd | MemoryBacking::Memfd => {
             let reserve = HOST_RESERVE_GIB * GIB + node.memory_total_bytes / 100;
             node.memory_free_bytes.saturating_sub(reserve) / GIB
         }

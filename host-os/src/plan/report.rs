@@ -57,6 +57,7 @@ impl Plan {
             MemoryBacking::Hugepages1G => "1 GiB hugepages",
             MemoryBacking::Hugepages2M => "2 MiB hugepages",
             MemoryBacking::GuestMemfd => "guest_memfd (SEV-SNP), no hugepages",
+            MemoryBacking::Memfd => "ordinary pages (development layout)",
         };
         let _ = writeln!(s, "  memory: {memory}, preallocated, bound per node");
         for d in &self.disks {

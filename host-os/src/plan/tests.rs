@@ -29,6 +29,7 @@ fn request(t: &Topology, vcpus: u32, memory_gib: u64) -> VmRequest {
         memory_gib,
         disks: data_disks(t),
         sev: None,
+        layout: Default::default(),
     }
 }
 
@@ -117,7 +118,9 @@ fn check(t: &Topology, req: &VmRequest, p: &Plan) {
         let cap = match p.placement.memory {
             MemoryBacking::Hugepages1G => n.hugepages_1g.free,
             MemoryBacking::Hugepages2M => n.hugepages_2m.free / 512,
-            MemoryBacking::GuestMemfd => (n.memory_free_bytes >> 30).saturating_sub(2),
+            MemoryBacking::GuestMemfd | MemoryBacking::Memfd => {
+                (n.memory_free_bytes >> 30).saturating_sub(2)
+            }
         };
         assert!(
             g.memory_gib <= cap,
@@ -386,6 +389,7 @@ fn vfio_bound_nvme_is_passed_through() {
         memory_gib: 16,
         disks: vfio.clone(),
         sev: None,
+        layout: Default::default(),
     };
     let p = plan(&t, &req).unwrap();
     check(&t, &req, &p);
@@ -589,4 +593,79 @@ fn refusals_read_as_expected() {
         std::fs::write(&path, &text).unwrap();
     }
     assert_eq!(text, std::fs::read_to_string(&path).unwrap());
+}
+
+#[test]
+fn development_layout_splits_the_guest_on_one_node_and_takes_image_files() {
+    let t = topology(&Machine::one_socket());
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("guest.img");
+    std::fs::write(&image, b"").unwrap();
+    let image = image.display().to_string();
+    let mut req = request(&t, 4, 4);
+    req.disks = vec![image.clone()];
+    // An image file is a disk only in the development layout.
+    assert!(matches!(plan(&t, &req), Err(PlanError::DiskFile { .. })));
+    req.layout = Layout::Development { guest_nodes: 2 };
+    let p = plan(&t, &req).unwrap();
+    assert!(p.placement.host_cpus.is_empty());
+    assert_eq!(p.placement.guest_nodes.len(), 2);
+    for g in &p.placement.guest_nodes {
+        assert_eq!(
+            (g.host_node, g.vcpus.len(), g.memory_gib),
+            (p.home_node, 2, 2)
+        );
+    }
+    // vCPUs on the home node's threads in turn, one each; QEMU's beside them.
+    let home: Vec<u32> = {
+        let mut v: Vec<u32> = t
+            .cpus
+            .iter()
+            .filter(|c| c.node == p.home_node)
+            .map(|c| c.id)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    for pin in &p.placement.vcpu_pins {
+        assert_eq!(pin.host_cpu, home[pin.vcpu as usize]);
+    }
+    assert_eq!(p.placement.memory, MemoryBacking::Hugepages1G);
+    match &p.disks[..] {
+        [DiskPlan::VirtioBlk {
+            path,
+            pci,
+            node,
+            serial,
+            ..
+        }] => {
+            assert_eq!(
+                (path, pci, node, serial.as_str()),
+                (&image, &None, &None, "plinth-disk0")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(p
+        .reasons
+        .iter()
+        .any(|r| r.text.contains("development layout")));
+    // Every guest node needs a vCPU and 1 GiB; a missing file is named.
+    req.layout = Layout::Development { guest_nodes: 5 };
+    assert!(matches!(plan(&t, &req), Err(PlanError::GuestNodes { .. })));
+    req.layout = Layout::Development { guest_nodes: 1 };
+    req.disks = vec!["/nonexistent/guest.img".into()];
+    let e = plan(&t, &req).unwrap_err().to_string();
+    assert!(
+        e.contains("/nonexistent/guest.img") && e.contains("cannot be read"),
+        "{e}"
+    );
+    // No hugepages: ordinary pages, still bound and preallocated.
+    let mut m = Machine::one_socket();
+    m.free_hugepages_1g_per_node = 0;
+    m.free_hugepages_2m_per_node = 0;
+    let t = topology(&m);
+    req.disks = vec![image];
+    let p = plan(&t, &req).unwrap();
+    assert_eq!(p.placement.memory, MemoryBacking::Memfd);
 }

@@ -1,9 +1,15 @@
-//! `plinth-host guest plan`: where the GuestOS VM goes on this machine (vCPU pins, memory
-//! nodes and backing, disks, QEMU's threads), and with `--explain` why.
+//! `plinth-host guest`: `plan` (here: where the GuestOS VM goes on this machine, vCPU pins,
+//! memory nodes and backing, disks, QEMU's threads, and with `--explain` why), `launch`,
+//! `stop` and `status` (the supervisor, `launch.rs` and `control.rs`) and the internal
+//! `exec-qemu` (`exec_qemu.rs`).
+
+mod control;
+mod exec_qemu;
+mod launch;
 
 use plinth_firmware::measurements::Measurements;
-use plinth_host::plan::{self, SevRequest, VmRequest};
-use plinth_host::topology::sysfs::{self, TopologyError};
+use plinth_host::plan::{self, Layout, SevRequest, VmRequest};
+use plinth_host::topology::sysfs;
 use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;
@@ -13,6 +19,15 @@ use std::process::ExitCode;
 pub enum GuestVerb {
     /// Plan the GuestOS VM on this machine's topology.
     Plan(PlanArgs),
+    /// Plan, start and supervise the GuestOS VM (until stopped).
+    Launch(Box<launch::LaunchArgs>),
+    /// Stop the supervised VM: ACPI power-down, then quit.
+    Stop(control::StopArgs),
+    /// What the supervisor says of the VM.
+    Status(control::StatusArgs),
+    /// (Internal: the supervisor's jail) join the cgroups, drop to the user, exec QEMU.
+    #[command(hide = true)]
+    ExecQemu(exec_qemu::ExecQemuArgs),
 }
 
 /// Plan the GuestOS VM: the NUMA node of its disks, a host thread per vCPU there (SMT
@@ -26,6 +41,19 @@ Examples:\n  plinth-host guest plan --vcpus 64 --memory 480 --disk nvme1n1 --dis
 --sev --expect guest/measurements.json --explain\n  plinth-host guest plan --vcpus 8 --memory 16 --json"
 )]
 pub struct PlanArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Say why each choice was made.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print the plan as JSON (with the reasons).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The VM asked for (shared by `plan` and `launch`).
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
     /// vCPUs (an even number when the host has SMT on: each pair is one host core).
     #[arg(long)]
     pub vcpus: u32,
@@ -42,12 +70,13 @@ pub struct PlanArgs {
     /// counts it publishes launch digests for (without it: SMT allowed, any count).
     #[arg(long, value_name = "FILE", requires = "sev")]
     pub expect: Option<PathBuf>,
-    /// Say why each choice was made.
+    /// Development layout, for machines too small for production's reservations: vCPUs
+    /// share the home node's threads with QEMU's, image files may be disks.
     #[arg(long)]
-    pub explain: bool,
-    /// Print the plan as JSON (with the reasons).
-    #[arg(long)]
-    pub json: bool,
+    pub development: bool,
+    /// Guest NUMA nodes in the development layout, all bound to the home node.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "development")]
+    pub guest_nodes: u32,
     /// The directory that stands for `/`: its sys/ and proc/ are read.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub sysfs_root: PathBuf,
@@ -57,38 +86,48 @@ impl GuestVerb {
     pub fn run(self) -> ExitCode {
         match self {
             GuestVerb::Plan(args) => args.run(),
+            GuestVerb::Launch(args) => (*args).run(),
+            GuestVerb::Stop(args) => args.run(),
+            GuestVerb::Status(args) => args.run(),
+            GuestVerb::ExecQemu(args) => args.run(),
         }
     }
 }
 
-impl PlanArgs {
-    fn run(self) -> ExitCode {
-        let topology = match sysfs::read(&self.sysfs_root) {
-            Ok(t) => t,
-            Err(e) => return bad_topology(&e),
-        };
+impl VmArgs {
+    /// The plan of this VM on this machine, or the error to print (exit 2).
+    pub fn plan(&self) -> Result<plan::Plan, String> {
+        let topology = sysfs::read(&self.sysfs_root).map_err(|e| e.to_string())?;
         let sev = match (&self.sev, &self.expect) {
             (false, _) => None,
             (true, None) => Some(SevRequest {
                 smt: true,
                 vcpu_counts: Vec::new(),
             }),
-            (true, Some(path)) => match sev_request(path) {
-                Ok(sev) => Some(sev),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            },
+            (true, Some(path)) => Some(sev_request(path)?),
         };
         let request = VmRequest {
             vcpus: self.vcpus,
             memory_gib: self.memory,
             disks: self.disks.clone(),
             sev,
+            layout: if self.development {
+                Layout::Development {
+                    guest_nodes: self.guest_nodes,
+                }
+            } else {
+                Layout::Production
+            },
         };
+        plan::plan(&topology, &request)
+            .map_err(|e| format!("the GuestOS VM cannot be planned: {e}"))
+    }
+}
+
+impl PlanArgs {
+    fn run(self) -> ExitCode {
         let started = std::time::Instant::now();
-        let planned = plan::plan(&topology, &request);
+        let planned = self.vm.plan();
         let elapsed = started.elapsed();
         let text = match planned {
             Ok(p) if self.json => match serde_json::to_string_pretty(&p) {
@@ -105,7 +144,7 @@ impl PlanArgs {
             ),
             Ok(p) => p.render(false),
             Err(e) => {
-                eprintln!("error: the GuestOS VM cannot be planned: {e}");
+                eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         };
@@ -140,9 +179,4 @@ fn sev_request(path: &Path) -> Result<SevRequest, String> {
         smt: snp.policy.smt,
         vcpu_counts,
     })
-}
-
-fn bad_topology(e: &TopologyError) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(2)
 }

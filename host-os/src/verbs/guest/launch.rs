@@ -1,0 +1,198 @@
+//! `plinth-host guest launch`: plan the GuestOS VM on this machine, then start and
+//! supervise it ([`plinth_host::launch::supervise`]) until SIGTERM, SIGINT or the restart
+//! policy ends it. HostOS runs it as `plinth-guest.service`.
+
+use super::VmArgs;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use plinth_host::launch::qemu::{Accel, Firmware, Launch, RunAs};
+use plinth_host::launch::supervise::{supervise, Options, Restart};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Debian's OVMF (`ovmf`): code and the variable store template.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Plan the GuestOS VM, start QEMU as an unprivileged user in its own cgroup under seccomp,
+/// pin its threads, and supervise it: serial log kept, boot report detected, restarts by
+/// policy, a clean ACPI power-down on SIGTERM (`guest stop`, `systemctl stop`).
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Files in --state-dir: status.json (read by `guest status`), \
+console.log (the serial console, every start appended), qemu.log (QEMU's output and \
+command lines), qemu/ (QEMU's own: QMP socket, firmware variables).\n\n\
+Exit status: 0 stopped on request, or the guest powered off; 1 QEMU failed past the \
+restart policy; 2 the VM cannot be planned or set up.\n\nExamples:\n  \
+plinth-host guest launch --vcpus 64 --memory 480 --disk nvme1n1 --disk nvme2n1\n  \
+plinth-host guest launch --vcpus 2 --memory 2 --development --guest-nodes 2 \\\n    \
+--disk /var/tmp/guest.img --firmware OVMF-AmdSev.fd --accel tcg --user nobody"
+)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    vm: VmArgs,
+    /// The UEFI firmware QEMU maps as pflash; a single-image firmware (the GuestOS
+    /// release's OVMF-AmdSev.fd) needs no --vars.
+    #[arg(long, value_name = "FILE", default_value = OVMF_CODE)]
+    firmware: PathBuf,
+    /// The variable store template (copied; the copy is QEMU's). Default: Debian's, when
+    /// --firmware is Debian's too.
+    #[arg(long, value_name = "FILE")]
+    vars: Option<PathBuf>,
+    /// SEV-SNP direct boot: the AMD SEV OVMF (-bios), and the slot's kernel, initrd and
+    /// command line, whose hashes the launch digest covers.
+    #[arg(long, value_name = "FILE", requires_all = ["kernel", "initrd", "cmdline"])]
+    sev_ovmf: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "sev_ovmf")]
+    kernel: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "sev_ovmf")]
+    initrd: Option<PathBuf>,
+    #[arg(long, value_name = "TEXT", requires = "sev_ovmf")]
+    cmdline: Option<String>,
+    /// The vCPU model the release's launch digest was computed for.
+    #[arg(long, value_name = "MODEL", default_value = "EPYC-Milan")]
+    vcpu_type: String,
+    /// kvm (HostOS) or tcg (emulation, for machines without usable KVM).
+    #[arg(long, value_enum, default_value = "kvm")]
+    accel: AccelArg,
+    /// The unprivileged user QEMU runs as.
+    #[arg(long, value_name = "NAME", default_value = "plinth-qemu")]
+    user: String,
+    #[arg(long, value_name = "DIR", default_value = "/run/plinth/guest")]
+    state_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "on-failure")]
+    restart: Restart,
+    /// Starts in a row that end before the boot report before giving up.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    max_failures: u32,
+    /// Seconds the guest gets to power down before QEMU is told to quit.
+    #[arg(long, value_name = "S", default_value_t = 60)]
+    stop_timeout: u64,
+    /// The VM cgroup's parent, below the cgroup mount (default: the mount's root; the VM's
+    /// cgroup is `plinth-guest-os` there).
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
+    cgroup_mount: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+impl LaunchArgs {
+    pub fn run(self) -> ExitCode {
+        match self.launch() {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    }
+
+    fn launch(self) -> Result<ExitCode, String> {
+        // Signals are read from a signalfd (blocked here; QEMU's mask is reset at spawn).
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| format!("blocking signals: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        let plan = self.vm.plan()?;
+        let user = nix::unistd::User::from_name(&self.user)
+            .map_err(|e| format!("user {}: {e}", self.user))?
+            .ok_or_else(|| {
+                format!(
+                    "no user {} on this machine\n  hint: HostOS has plinth-qemu (sysusers.d); elsewhere pass --user with an unprivileged account",
+                    self.user
+                )
+            })?;
+        if user.uid.is_root() {
+            return Err(format!("--user {}: QEMU must not run as root", self.user));
+        }
+        let firmware = match &self.sev_ovmf {
+            Some(ovmf) => Firmware::SevSnp {
+                ovmf: ovmf.clone(),
+                kernel: self.kernel.clone().unwrap_or_default(),
+                initrd: self.initrd.clone().unwrap_or_default(),
+                cmdline: self.cmdline.clone().unwrap_or_default(),
+                vcpu_type: self.vcpu_type.clone(),
+            },
+            None => Firmware::Pflash {
+                vars: self.vars.clone().or_else(|| {
+                    (self.firmware == std::path::Path::new(OVMF_CODE)).then(|| OVMF_VARS.into())
+                }),
+                code: self.firmware.clone(),
+            },
+        };
+        for f in [&self.firmware]
+            .into_iter()
+            .chain(self.sev_ovmf.iter())
+            .chain(self.vars.iter())
+        {
+            if !f.is_file() {
+                return Err(format!("{}: no such firmware file", f.display()));
+            }
+        }
+        let launch = Launch {
+            accel: match self.accel {
+                AccelArg::Kvm => Accel::Kvm,
+                AccelArg::Tcg => Accel::Tcg,
+            },
+            firmware,
+            qmp_socket: PathBuf::new(),
+            console_log: PathBuf::new(),
+        };
+        let opts = Options {
+            state_dir: self.state_dir.clone(),
+            run_as: Some(RunAs {
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            }),
+            cgroup_mount: self.cgroup_mount.clone(),
+            cgroup_parent: self.cgroup_parent.clone().unwrap_or_default(),
+            jail: std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?,
+            restart: self.restart,
+            max_failures: self.max_failures,
+            stop_timeout: Duration::from_secs(self.stop_timeout),
+            marker: "PLINTH BOOT ".into(),
+        };
+        std::fs::create_dir_all(&opts.state_dir)
+            .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
+        println!(
+            "plinth-host: {} vCPUs, {} GiB on guest nodes {:?} as {}; state in {}",
+            plan.vcpus,
+            plan.memory_gib,
+            plan.placement
+                .guest_nodes
+                .iter()
+                .map(|g| (g.id, g.host_node))
+                .collect::<Vec<_>>(),
+            self.user,
+            opts.state_dir.display()
+        );
+        let stop = std::cell::Cell::new(false);
+        let stop_requested = || {
+            if let Ok(Some(sig)) = signals.read_signal() {
+                println!("plinth-host: signal {}: stopping the VM", sig.ssi_signo);
+                stop.set(true);
+            }
+            stop.get()
+        };
+        let say = |line: &str| println!("plinth-host: {line}");
+        match supervise(&plan, &launch, &opts, &stop_requested, &say) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(plinth_host::launch::supervise::SuperviseError::Setup(e)) => Err(e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
