@@ -42,6 +42,14 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// The supervisor's status, or exit 2 with why it cannot be read.
+fn status_or_exit(state_dir: &std::path::Path) -> Result<Status, ExitCode> {
+    read_status(state_dir).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// The process exists and has not ended (a zombie waiting for its parent has).
 fn alive(pid: u32) -> bool {
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -53,12 +61,9 @@ fn alive(pid: u32) -> bool {
 
 impl StopArgs {
     pub fn run(self) -> ExitCode {
-        let status = match read_status(&self.state_dir) {
+        let status = match status_or_exit(&self.state_dir) {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         let pid = status.supervisor_pid;
         if !alive(pid) {
@@ -94,12 +99,9 @@ impl StopArgs {
 
 impl StatusArgs {
     pub fn run(self) -> ExitCode {
-        let status = match read_status(&self.state_dir) {
+        let status = match status_or_exit(&self.state_dir) {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         let supervised = alive(status.supervisor_pid);
         let runs = supervised
