@@ -161,3 +161,32 @@ fn verity_tree_equals_veritysetup() {
         "{err}"
     );
 }
+
+#[test]
+fn applied_files_get_their_mode_and_group() {
+    use plinth::pipeline::overlay;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    tree(&root);
+    let image = dir.path().join("root.img");
+    make(&root, &image, 32 << 20).unwrap();
+    let shadow = dir.path().join("shadow");
+    std::fs::write(&shadow, "root:*:19000:0:99999:7:::\n").unwrap();
+    let mut changes = Vec::new();
+    overlay::put_file(&mut changes, &root, "etc/hostname", &shadow, 0o644);
+    overlay::put_file_group(&mut changes, &root, "etc/shadow", &shadow, 0o640, 42);
+    ext4::apply(&image, &changes, EPOCH).unwrap();
+    let stat = |path: &str| {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {path}")])
+            .arg(&image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (hostname, shadow) = (stat("/etc/hostname"), stat("/etc/shadow"));
+    assert!(hostname.contains("Mode:  0644"), "{hostname}");
+    assert!(hostname.contains("Group:     0"), "{hostname}");
+    assert!(shadow.contains("Mode:  0640"), "{shadow}");
+    assert!(shadow.contains("Group:    42"), "{shadow}");
+}

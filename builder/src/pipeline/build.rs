@@ -15,7 +15,7 @@
 use super::stage_cache::{self, StageCache, StageKey};
 use super::{
     agent, disk, esp, ext4, identity, ids::IdSource, initrd, normalize, overlay, rootfs, uki,
-    verity,
+    users, verity,
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
@@ -379,6 +379,8 @@ const HOST_TOOL_PACKAGES: &[&str] = &[
     "dosfstools",
     "mtools",
     "coreutils",
+    // systemd-sysusers: the overlay's system users in /etc/passwd and friends.
+    "systemd",
 ];
 
 impl Built {
@@ -477,6 +479,11 @@ fn run_stages(
         &osrel_path,
         0o644,
     );
+    // The overlay's system users go into /etc at build time: the root is read-only.
+    if !users::conf_files(&changes).is_empty() {
+        let scratch = plan.work.join("sysusers");
+        stage("system users").run(|| users::apply(&mut changes, &root, &scratch, plan.epoch))?;
+    }
     stage("write overlay").run(|| ext4::apply(&root_image, &changes, plan.epoch))?;
     // Kept outside the root: the UKI carries them, and the stub and boot loader come from the
     // image's own packages.

@@ -112,8 +112,9 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
 }
 
 /// Write `changes` (parents before children) into the ext4 image `image` made by [`make`]:
-/// directories made, files and links replaced, owner root, the given modes, and every time of
-/// each changed inode and of its parent directories set to `epoch`. Then `e2fsck -fn`.
+/// directories made, files and links replaced, owner root, group root (or a file's own gid),
+/// the given modes, and every time of each changed inode and of its parent directories set to
+/// `epoch`. Then `e2fsck -fn`.
 pub fn apply(image: &Path, changes: &[Change], epoch: i64) -> Result<(), Ext4Error> {
     if changes.is_empty() {
         return Ok(());
@@ -130,6 +131,7 @@ pub fn apply(image: &Path, changes: &[Change], epoch: i64) -> Result<(), Ext4Err
             // debugfs unlinks the name from its current directory.
             script.push_str(&format!("cd {parent_q}\nrm {name}\n"));
         }
+        let mut gid = 0;
         let mode = match &change.what {
             What::Dir => {
                 if !change.exists {
@@ -137,7 +139,12 @@ pub fn apply(image: &Path, changes: &[Change], epoch: i64) -> Result<(), Ext4Err
                 }
                 Some(0o040755)
             }
-            What::File { source, mode } => {
+            What::File {
+                source,
+                mode,
+                gid: group,
+            } => {
+                gid = *group;
                 let source = quoted(source)?;
                 script.push_str(&format!("cd {parent_q}\nwrite {source} {name}\n"));
                 Some(0o100000 | mode)
@@ -151,7 +158,7 @@ pub fn apply(image: &Path, changes: &[Change], epoch: i64) -> Result<(), Ext4Err
         if let Some(mode) = mode {
             script.push_str(&format!("sif {path} mode 0{mode:o}\n"));
         }
-        script.push_str(&format!("sif {path} uid 0\nsif {path} gid 0\n"));
+        script.push_str(&format!("sif {path} uid 0\nsif {path} gid {gid}\n"));
         touched.extend(abs.ancestors().map(Path::to_path_buf));
     }
     for t in &touched {

@@ -26,4 +26,5 @@ pub mod snp;
 pub mod stage_cache;
 pub mod tool;
 pub mod uki;
+pub mod users;
 pub mod verity;

@@ -1,8 +1,9 @@
 //! The OS's overlay: what `<os>/rootfs/` (and the agent binary) change in the installed root,
 //! as a list of [`Change`]s that the ext4 stage writes into the package stage's root image.
 //! Git keeps only "file" or "executable", and a checkout's umask decides the rest, so modes are
-//! normalized the same way (directories 0755, files 0644 or 0755), owners are root, and
-//! symlinks are kept as links. An OS without an overlay directory changes nothing. The
+//! normalized the same way (directories 0755, files 0644 or 0755), owners are root (group
+//! root too, except for files the build generates with another group: [`put_file_group`]),
+//! and symlinks are kept as links. An OS without an overlay directory changes nothing. The
 //! overlay is applied after normalization: what it says is what the image holds.
 
 use std::os::unix::fs::PermissionsExt;
@@ -24,13 +25,18 @@ pub enum OverlayError {
 pub enum What {
     /// A directory, mode 0755 (made if the root has none).
     Dir,
-    /// A regular file with the content of `source` and this mode.
-    File { source: PathBuf, mode: u32 },
+    /// A regular file with the content of `source`, this mode and group id (owner root).
+    File {
+        source: PathBuf,
+        mode: u32,
+        gid: u32,
+    },
     /// A symbolic link to `target`.
     Symlink { target: PathBuf },
 }
 
-/// One path of the root (relative, e.g. `etc/motd`) and what it becomes; owner root.
+/// One path of the root (relative, e.g. `etc/motd`) and what it becomes; owner root, group
+/// root unless [`What::File`] names another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub path: PathBuf,
@@ -82,6 +88,7 @@ pub fn plan(overlay: &Path, root: &Path) -> Result<Vec<Change>, OverlayError> {
                 What::File {
                     source: src.clone(),
                     mode: if exec { 0o755 } else { 0o644 },
+                    gid: 0,
                 }
             }
         } else {
@@ -101,8 +108,21 @@ pub fn plan(overlay: &Path, root: &Path) -> Result<Vec<Change>, OverlayError> {
 }
 
 /// Make `rel` a regular file of the root with the content of `source` (a file the build
-/// generated, or the agent binary), replacing what the root or the overlay had there.
+/// generated, or the agent binary), replacing what the root or the overlay had there; group
+/// root.
 pub fn put_file(changes: &mut Vec<Change>, root: &Path, rel: &str, source: &Path, mode: u32) {
+    put_file_group(changes, root, rel, source, mode, 0);
+}
+
+/// [`put_file`] with group id `gid` (e.g. /etc/shadow, group `shadow`).
+pub fn put_file_group(
+    changes: &mut Vec<Change>,
+    root: &Path,
+    rel: &str,
+    source: &Path,
+    mode: u32,
+    gid: u32,
+) {
     let path = PathBuf::from(rel);
     let before = changes.len();
     changes.retain(|c| c.path != path);
@@ -113,6 +133,7 @@ pub fn put_file(changes: &mut Vec<Change>, root: &Path, rel: &str, source: &Path
         what: What::File {
             source: source.to_path_buf(),
             mode,
+            gid,
         },
     });
 }
