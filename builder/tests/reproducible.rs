@@ -10,7 +10,9 @@
 //!   for build paths);
 //! - GuestOS's SNP launch digests equal `sev-snp-measure`'s for 6 launches (3 vCPU
 //!   count/type pairs, both slots), and its AmdSev OVMF (built at `plinth build`, rebuilt by
-//!   `plinth verify`) boots its disk;
+//!   `plinth verify`) boots its disk, launched by `plinth-host guest launch` (two guest NUMA
+//!   nodes, an extra disk, both reported by the guest agent; QEMU as nobody under seccomp,
+//!   its threads pinned as planned; `guest stop` powers it down through ACPI);
 //! - one overlay file changed (SetupOS): the rebuild reuses the package stage, `plinth diff` lists the
 //!   file, and `plinth verify` of that release fails naming it;
 //! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot
@@ -20,8 +22,10 @@
 //!   `plinth measure` recomputes from the image;
 //! - tampering: one flipped byte in GuestOS's verity-protected root stops its boot with a
 //!   dm-verity error on the console; a changed command line in HostOS's UKI makes its agent
-//!   report the PCR 11 mismatch against measurements.json.
+//!   report the PCR 11 mismatch against measurements.json (and, the same disk given a node
+//!   configuration with a missing GuestOS disk, `plinth-guest.service`'s failure at boot).
 
+use plinth_testkit::procfs::status_field;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -330,7 +334,13 @@ fn every_image_reproduces_verifies_and_diffs() {
             tampered_root(&out1.join("guest-os").join(VERSION), &tamper.join("root"));
         });
         let second = lanes.spawn(|| {
-            amdsev_firmware_boots(&out1.join("guest-os").join(VERSION));
+            guest_launch_boots(
+                &out1.join("guest-os").join(VERSION),
+                &cache
+                    .with_file_name("verify-agent-target")
+                    .join("release/plinth-host"),
+                &tamper.join("launch"),
+            );
             boot_as_predicted(out1, "host-os");
             tampered_cmdline(&out1.join("host-os").join(VERSION), &tamper.join("cmdline"));
         });
@@ -437,21 +447,151 @@ fn snp_digests_as_sev_snp_measure(guest: &Path) {
     eprintln!("guest-os: {compared} SNP launch digests equal sev-snp-measure's (of 18)");
 }
 
-/// Our AmdSev OVMF boots GuestOS's disk (the firmware starts the slot's UKI from the ESP)
-/// under TCG to the agent's boot report. It has no TPM, and without SEV it would refuse a
-/// `-kernel` direct boot: it only starts kernels whose hashes SEV measured.
-fn amdsev_firmware_boots(guest: &Path) {
+/// `plinth-host guest launch` boots GuestOS's disk with our AmdSev OVMF (it starts the
+/// slot's UKI from the ESP; without SEV it would refuse a `-kernel` direct boot, and it has
+/// no TPM) under TCG, planned in the development layout on this machine: two guest NUMA
+/// nodes and an extra disk, which the guest agent reports on the console; QEMU runs as
+/// nobody under seccomp, each of its threads pinned as the plan says (read from /proc).
+fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
+    use plinth::compare::release::Release;
+    let disk = Release::open(guest)
+        .unwrap()
+        .extract_member("disk-img.tar.zst", "disk.img", scratch)
+        .unwrap();
+    let extra = scratch.join("extra.img");
+    std::fs::File::create(&extra)
+        .unwrap()
+        .set_len(96 << 20)
+        .unwrap();
+    let state = scratch.join("state");
+    let vm: Vec<String> = [
+        "--vcpus",
+        "2",
+        "--memory",
+        "2",
+        "--development",
+        "--guest-nodes",
+        "2",
+        "--disk",
+        disk.to_str().unwrap(),
+        "--disk",
+        extra.to_str().unwrap(),
+    ]
+    .map(String::from)
+    .into();
+    let plan = run(Command::new(host_agent)
+        .args(["guest", "plan", "--json"])
+        .args(&vm));
+    assert!(plan.status.success(), "guest plan: {}", text(&plan));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let firmware = guest.join("OVMF-AmdSev.fd");
-    let console = boot(
-        guest,
-        "guest-os-amdsev",
-        &["--firmware", firmware.to_str().unwrap()],
-    );
-    let wanted = format!("PLINTH BOOT OK guest-os {VERSION} slot=A");
-    assert!(
-        console.contains(&wanted),
-        "guest-os under OVMF-AmdSev.fd: no `{wanted}`"
-    );
+    let mut launch = Command::new(host_agent)
+        .args(["guest", "launch"])
+        .args(&vm)
+        .arg("--firmware")
+        .arg(&firmware)
+        .args(["--accel", "tcg", "--user", "nobody", "--restart", "never"])
+        .args(["--stop-timeout", "20", "--state-dir"])
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = || {
+        let out = run(Command::new(host_agent)
+            .args(["guest", "status", "--json", "--state-dir"])
+            .arg(&state));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let console_log = state.join("console.log");
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let started = std::time::Instant::now();
+        let booted = loop {
+            let s = status();
+            if !s["boot_line"].is_null() {
+                break s;
+            }
+            if let Ok(Some(code)) = launch.try_wait() {
+                panic!("guest launch ended ({code}) before the boot report: {s}");
+            }
+            assert!(
+                started.elapsed().as_secs() < 400,
+                "no boot report in 400 s: {s}"
+            );
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        };
+        let console = std::fs::read_to_string(&console_log).unwrap();
+        let wanted = format!("PLINTH BOOT OK guest-os {VERSION} slot=A");
+        assert!(console.contains(&wanted), "no `{wanted}`: {booted}");
+        // What the guest got: the plan's two nodes, a vCPU each, and both disks by serial.
+        let lines: Vec<&str> = console
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("PLINTH GUEST "))
+            .collect();
+        assert!(lines.contains(&"NUMA nodes=2"), "{lines:?}");
+        for (node, cpu) in [(0, 0), (1, 1)] {
+            let prefix = format!("NUMA node={node} cpus={cpu} ");
+            assert!(lines.iter().any(|l| l.starts_with(&prefix)), "{lines:?}");
+        }
+        let disks: Vec<&&str> = lines.iter().filter(|l| l.starts_with("DISK ")).collect();
+        assert_eq!(disks.len(), 2, "{lines:?}");
+        for (name, serial) in [("vda", "plinth-disk0"), ("vdb", "plinth-disk1")] {
+            let d = disks
+                .iter()
+                .find(|l| l.contains(&format!("name={name} ")))
+                .unwrap_or_else(|| panic!("no disk {name}: {lines:?}"));
+            assert!(d.contains(&format!("serial={serial} ")), "{d}");
+        }
+        assert!(
+            disks.iter().any(|d| d.contains("size_mib=96 ")),
+            "{disks:?}"
+        );
+        // Each pinned thread's affinity, from /proc, is the plan's; QEMU is unprivileged
+        // (nobody) with its seccomp filter on.
+        let pid = booted["qemu_pid"].as_i64().unwrap();
+        let threads = booted["threads"].as_array().unwrap();
+        let affinity = |tid: i64| status_field(tid, "Cpus_allowed_list:");
+        for pin in plan["vcpu_pins"].as_array().unwrap() {
+            let role = format!("vcpu {}", pin["vcpu"]);
+            let t = threads.iter().find(|t| t["role"] == role.as_str()).unwrap();
+            assert_eq!(
+                affinity(t["thread_id"].as_i64().unwrap()),
+                pin["host_cpu"].to_string(),
+                "{role}"
+            );
+        }
+        assert_eq!(affinity(pid), plan["emulator_cpus"][0].to_string());
+        assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
+        assert_eq!(status_field(pid, "Seccomp:"), "2");
+        eprintln!(
+            "guest-os by plinth-host guest launch: booted in {:.1} s, 2 guest NUMA nodes, \
+             vda and vdb by serial, QEMU pid {pid} as nobody under seccomp, {} threads pinned",
+            started.elapsed().as_secs_f64(),
+            threads.len()
+        );
+        let stop = run(Command::new(host_agent)
+            .args(["guest", "stop", "--state-dir"])
+            .arg(&state));
+        // GuestOS honours the ACPI power button (acpid): a clean power-off, not a quit.
+        assert!(
+            stop.status.success() && text(&stop).contains("the guest powered down"),
+            "guest stop: {}",
+            text(&stop)
+        );
+        assert!(launch.wait().unwrap().success());
+    }));
+    if let Err(panic) = checked {
+        let _ = launch.kill();
+        let _ = launch.wait();
+        let console = std::fs::read_to_string(&console_log).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(40).collect();
+        eprintln!(
+            "guest launch console (last lines):\n{}\nqemu.log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            std::fs::read_to_string(state.join("qemu.log")).unwrap_or_default()
+        );
+        std::panic::resume_unwind(panic);
+    }
+    std::fs::remove_dir_all(scratch).unwrap();
 }
 
 /// A flipped byte in GuestOS's root (in its ext4 superblock, which every boot reads):
@@ -483,12 +623,33 @@ fn tampered_root(guest: &Path, scratch: &Path) {
 
 /// A changed kernel command line in HostOS's UKI (on the ESP, same length): the booted agent
 /// finds PCR 11 (and 4, 9, 12) off its release's measurements.json and says which event
-/// differs.
+/// differs. The same disk carries a node configuration on its config partition (what SetupOS
+/// writes) whose GuestOS disk is missing: `plinth-guest.service` starts at boot, reads it,
+/// cannot plan the VM (exit 2, not restarted) and fails its start job, which the agent's
+/// report names too (the `test` image has no QEMU: the service cannot get further).
 fn tampered_cmdline(host: &Path, scratch: &Path) {
+    let mut config_offset = 0;
     let tampered = tampered_disk(host, scratch, |disk, m| {
         let esp = m.partitions.iter().find(|p| p.role == "esp").unwrap();
         replace_once(disk, esp.offset, esp.size, b" panic=10 ", b" panic=11 ");
+        config_offset = m
+            .partitions
+            .iter()
+            .find(|p| p.name == "config")
+            .unwrap()
+            .offset;
     });
+    let env = scratch.join("guest-os.env");
+    std::fs::write(
+        &env,
+        "PLINTH_GUEST_VCPUS=2\nPLINTH_GUEST_MEMORY_GIB=1\nPLINTH_GUEST_DISKS=nvme9n1\n",
+    )
+    .unwrap();
+    let write = run(Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} guest-os.env", env.display()))
+        .arg(format!("{}?offset={config_offset}", tampered.display())));
+    assert!(write.status.success(), "debugfs: {}", text(&write));
     let measurements = host.join("measurements.json");
     let console = boot(
         &tampered,
@@ -503,7 +664,14 @@ fn tampered_cmdline(host: &Path, scratch: &Path) {
         failed.contains("measured boot: PCR 11 is ") && failed.contains(".cmdline"),
         "the agent must name the PCR 11 mismatch and the .cmdline event: {failed}"
     );
-    eprintln!("host-os, command line changed: {}", failed.trim());
+    assert!(
+        failed.contains("failed units: plinth-guest.service"),
+        "plinth-guest.service must have run and failed on the missing disk: {failed}"
+    );
+    eprintln!(
+        "host-os, command line changed, a node configuration with a missing disk: {}",
+        failed.trim()
+    );
     std::fs::remove_dir_all(scratch).unwrap();
 }
 

@@ -76,18 +76,24 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
 /// Block devices that are not disks of the machine.
 const NOT_DISKS: [&str; 5] = ["loop", "ram", "dm-", "zram", "sr"];
 
-/// One line per disk.
-fn disk_lines(sys: &Path) -> Vec<String> {
-    let block = sys.join("block");
-    let Ok(entries) = std::fs::read_dir(&block) else {
+/// The names in `<sys>/block` that `keep` keeps, sorted (none without that directory).
+pub fn block_devices(sys: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys.join("block")) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| !NOT_DISKS.iter().any(|p| name.starts_with(p)))
+        .filter(|name| keep(name))
         .collect();
     names.sort();
+    names
+}
+
+/// One line per disk.
+fn disk_lines(sys: &Path) -> Vec<String> {
+    let block = sys.join("block");
+    let names = block_devices(sys, |name| !NOT_DISKS.iter().any(|p| name.starts_with(p)));
     names
         .into_iter()
         .map(|name| {

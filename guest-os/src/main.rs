@@ -1,8 +1,10 @@
 //! `plinth-guest`: the guest-os agent. GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
 //!
 //! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
-//! `plinth-boot-report.service`, `measured-boot` (both in the crate `plinth-boot-report`), and
-//! `attest` (an SEV-SNP attestation report for a verifier's nonce, [`attest`]).
+//! `plinth-boot-report.service`, `measured-boot` (both in the crate `plinth-boot-report`),
+//! `attest` (an SEV-SNP attestation report for a verifier's nonce, [`attest`]) and
+//! `disk-bench` (direct-I/O throughput of scratch disks marked for `ci/bench-launch`, run at
+//! boot by `plinth-disk-bench.service`, inert without such a disk, [`disk_bench`]).
 //!
 //! GuestOS's boot report prints, before its `PLINTH BOOT` marker, what the guest sees of its
 //! machine: `PLINTH GUEST NUMA ...` lines (the node count, then each node's CPUs and memory)
@@ -10,6 +12,7 @@
 //! [`machine`], so host-side tests can check the NUMA layout and disks HostOS gave the VM.
 
 mod attest;
+mod disk_bench;
 mod machine;
 
 use clap::{Parser, Subcommand};
@@ -35,12 +38,17 @@ enum Verb {
     /// Request an SEV-SNP attestation report bound to a nonce, with the host's
     /// certificates, for `plinth attest verify`.
     Attest(attest::AttestArgs),
+    /// Benchmark the disks marked as scratch benchmark disks (direct I/O, sequential write
+    /// and read, 4 KiB random reads) and print `PLINTH DISK BENCH ...` on every active
+    /// console; without a marked disk, nothing.
+    DiskBench(disk_bench::DiskBenchArgs),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
         Verb::MeasuredBoot(args) => args.run(),
         Verb::Attest(args) => args.run(),
+        Verb::DiskBench(args) => args.run(),
         Verb::BootReport => {
             if plinth_boot_report::report_with("guest-os", &machine::lines(Path::new("/sys"))) {
                 ExitCode::SUCCESS

@@ -5,6 +5,7 @@
 //! it all, the cgroup removed (needs root). The disk is blank: OVMF finds nothing to boot,
 //! which is enough here; the release tier boots GuestOS this way.
 
+use plinth_testkit::procfs::status_field;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -38,17 +39,6 @@ fn wait_for(state: &Path, launch: &mut Child, wanted: &str, start: u64) -> Value
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn proc_field(pid: i64, name: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -111,7 +101,7 @@ fn launch_pins_sandboxes_restarts_and_stops() {
         for pin in plan["vcpu_pins"].as_array().unwrap() {
             let role = format!("vcpu {}", pin["vcpu"]);
             let t = threads.iter().find(|t| t["role"] == role.as_str()).unwrap();
-            let allowed = proc_field(t["thread_id"].as_i64().unwrap(), "Cpus_allowed_list:");
+            let allowed = status_field(t["thread_id"].as_i64().unwrap(), "Cpus_allowed_list:");
             assert_eq!(allowed, pin["host_cpu"].to_string(), "{role}");
         }
         let io = threads
@@ -119,18 +109,18 @@ fn launch_pins_sandboxes_restarts_and_stops() {
             .find(|t| t["role"] == "iothread io0")
             .unwrap();
         assert_eq!(
-            proc_field(io["thread_id"].as_i64().unwrap(), "Cpus_allowed_list:"),
+            status_field(io["thread_id"].as_i64().unwrap(), "Cpus_allowed_list:"),
             plan["iothread_cpus"][0].to_string()
         );
         assert_eq!(
-            proc_field(pid, "Cpus_allowed_list:"),
+            status_field(pid, "Cpus_allowed_list:"),
             plan["emulator_cpus"][0].to_string()
         );
         // Unprivileged, no supplementary group, seccomp filter mode, its own cgroup.
-        assert_eq!(proc_field(pid, "Uid:"), "65534 65534 65534 65534");
-        assert_eq!(proc_field(pid, "Gid:"), "65534 65534 65534 65534");
-        assert_eq!(proc_field(pid, "Groups:"), "");
-        assert_eq!(proc_field(pid, "Seccomp:"), "2");
+        assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
+        assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
+        assert_eq!(status_field(pid, "Groups:"), "");
+        assert_eq!(status_field(pid, "Seccomp:"), "2");
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(
             cgroups.lines().any(|l| l.ends_with("/plinth-guest-os")),
@@ -156,7 +146,7 @@ fn launch_pins_sandboxes_restarts_and_stops() {
         assert_ne!(s["qemu_pid"].as_i64().unwrap(), pid);
         assert_eq!(s["last_exit"], "killed by signal 9");
         let again = s["qemu_pid"].as_i64().unwrap();
-        assert_eq!(proc_field(again, "Seccomp:"), "2");
+        assert_eq!(status_field(again, "Seccomp:"), "2");
         // Stopped: power-down asked, QEMU quits, the supervisor ends cleanly.
         let stop = Command::new(HOST)
             .args(["guest", "stop", "--state-dir"])

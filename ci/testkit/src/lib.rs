@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod procfs;
+
 /// Largest piece of a body written at once.
 const CHUNK: usize = 1 << 20;
 /// Largest request head accepted.

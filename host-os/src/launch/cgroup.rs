@@ -25,6 +25,10 @@ pub enum Hierarchy {
 pub enum CgroupError {
     #[error("{mount}: neither a cgroup v2 hierarchy with cpuset and memory nor cgroup v1 cpuset and memory hierarchies\n  hint: HostOS mounts cgroup2 at /sys/fs/cgroup; check that the cpuset and memory controllers are enabled")]
     NoHierarchy { mount: String },
+    #[error("a delegated cgroup needs the unified hierarchy (cgroup v2); this machine has cgroup v1 cpuset and memory hierarchies\n  hint: leave out --cgroup-delegated (the VM's cgroup then goes below --cgroup-parent)")]
+    NotDelegable,
+    #[error("{path}: another VM runs in this cgroup (processes {pids})\n  hint: stop it first (`plinth-host guest stop`), or give this launch another --cgroup-parent")]
+    Busy { path: String, pids: String },
     #[error("{path}: {action}: {source}")]
     Io {
         action: &'static str,
@@ -90,6 +94,34 @@ impl Hierarchy {
     }
 }
 
+/// The cgroup a process is in on the unified hierarchy (relative to its mount), from the
+/// `0::` line of its `/proc/<pid>/cgroup`; None on a machine without one.
+pub fn own_v2(proc_cgroup: &str) -> Option<PathBuf> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| PathBuf::from(p.trim().trim_start_matches('/')))
+}
+
+/// Take a cgroup delegated to this service (systemd's `Delegate=yes`) for the VM: move
+/// process `pid` from `own` (relative to the v2 mount) into its leaf `leaf`, so that `own`
+/// holds no process and may give its children the cpuset and memory controllers (cgroup
+/// v2 lets no cgroup both hold processes and enable controllers for its children). The
+/// VM's cgroup is then made beside the leaf, with `own` as its parent.
+pub fn enter_delegated_leaf(
+    h: &Hierarchy,
+    own: &Path,
+    leaf: &str,
+    pid: u32,
+) -> Result<(), CgroupError> {
+    let Hierarchy::V2(root) = h else {
+        return Err(CgroupError::NotDelegable);
+    };
+    let dir = root.join(own).join(leaf);
+    mkdir(&dir)?;
+    write(&dir.join("cgroup.procs"), &pid.to_string())
+}
+
 /// A cgroup made for the VM (one directory per hierarchy).
 #[derive(Debug)]
 pub struct Cgroup {
@@ -112,7 +144,7 @@ impl Cgroup {
                 // The controllers must be on in the parent for its children.
                 write(&parent.join("cgroup.subtree_control"), "+cpuset +memory")?;
                 let dir = parent.join(name);
-                mkdir(&dir)?;
+                mkdir_vacant(&dir)?;
                 write(&dir.join("cpuset.cpus"), &cpus)?;
                 write(&dir.join("cpuset.mems"), &mems)?;
                 write(&dir.join("memory.max"), &memory)?;
@@ -123,12 +155,12 @@ impl Cgroup {
                 memory: mem,
             } => {
                 let c = cpuset.join(parent).join(name);
-                mkdir(&c)?;
+                mkdir_vacant(&c)?;
                 // v1 takes no task before both are set.
                 write(&c.join("cpuset.cpus"), &cpus)?;
                 write(&c.join("cpuset.mems"), &mems)?;
                 let m = mem.join(parent).join(name);
-                mkdir(&m)?;
+                mkdir_vacant(&m)?;
                 write(&m.join("memory.limit_in_bytes"), &memory)?;
                 Ok(Cgroup { dirs: vec![c, m] })
             }
@@ -165,6 +197,26 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+}
+
+/// Make cgroup `dir`, or take the one a killed supervisor left (its QEMU died with it, by its
+/// death signal), but never one whose processes still run: another VM's.
+fn mkdir_vacant(dir: &Path) -> Result<(), CgroupError> {
+    mkdir(dir)?;
+    let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io("reading", &dir.join("cgroup.procs"))(e)),
+    };
+    let pids: Vec<&str> = procs.split_whitespace().collect();
+    if pids.is_empty() {
+        Ok(())
+    } else {
+        Err(CgroupError::Busy {
+            path: dir.display().to_string(),
+            pids: pids.join(" "),
+        })
     }
 }
 
@@ -286,5 +338,50 @@ mod tests {
         let none = tempfile::tempdir().unwrap();
         let err = Hierarchy::detect(none.path()).unwrap_err();
         assert!(err.to_string().contains("neither a cgroup v2"), "{err}");
+    }
+
+    #[test]
+    fn a_delegated_cgroup_is_taken_through_a_leaf() {
+        let own = own_v2("12:cpuset:/\n0::/system.slice/plinth-guest.service\n");
+        assert_eq!(
+            own,
+            Some(PathBuf::from("system.slice/plinth-guest.service"))
+        );
+        assert_eq!(own_v2("9:memory:/\n"), None);
+        let root = tempfile::tempdir().unwrap();
+        let own = own.unwrap();
+        std::fs::create_dir_all(root.path().join(&own)).unwrap();
+        let h = Hierarchy::V2(root.path().to_path_buf());
+        enter_delegated_leaf(&h, &own, "supervisor", 4242).unwrap();
+        let procs = root.path().join(&own).join("supervisor/cgroup.procs");
+        assert_eq!(std::fs::read_to_string(procs).unwrap(), "4242");
+        let v1 = Hierarchy::V1 {
+            cpuset: root.path().join("cpuset"),
+            memory: root.path().join("memory"),
+        };
+        let err = enter_delegated_leaf(&v1, &own, "supervisor", 1).unwrap_err();
+        assert!(
+            err.to_string().contains("needs the unified hierarchy"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_cgroup_another_vm_runs_in_is_not_taken() {
+        let l = Limits::of(&nps4_plan(8));
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpuset memory").unwrap();
+        let h = Hierarchy::V2(root.path().to_path_buf());
+        // Left by a killed supervisor, empty: taken over.
+        std::fs::create_dir(root.path().join("guest-os")).unwrap();
+        std::fs::write(root.path().join("guest-os/cgroup.procs"), "").unwrap();
+        Cgroup::create(&h, Path::new(""), "guest-os", &l).unwrap();
+        // Another VM's QEMU in it: refused, nothing changed.
+        std::fs::write(root.path().join("guest-os/cgroup.procs"), "4242\n4243\n").unwrap();
+        std::fs::write(root.path().join("guest-os/cpuset.cpus"), "9").unwrap();
+        let err = Cgroup::create(&h, Path::new(""), "guest-os", &l).unwrap_err();
+        assert!(err.to_string().contains("processes 4242 4243"), "{err}");
+        let cpus = std::fs::read_to_string(root.path().join("guest-os/cpuset.cpus")).unwrap();
+        assert_eq!(cpus, "9");
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod cgroup;
 pub mod jail;
+pub mod notify;
 pub mod pin;
 pub mod qemu;
 pub mod qmp;

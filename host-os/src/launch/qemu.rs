@@ -8,7 +8,9 @@
 //!   `policy=bind`, `prealloc=on`): memfd on 1 GiB or 2 MiB hugetlb pages, or, under
 //!   SEV-SNP, plain memfd (private memory is guest_memfd, which hugetlbfs cannot back);
 //! - every virtio-blk disk has its own I/O thread, one queue per vCPU, io_uring and
-//!   `cache.direct` (no host page cache); a vfio-pci NVMe is passed through whole;
+//!   `cache.direct` (no host page cache); a vfio-pci NVMe is passed through whole (a
+//!   development launch may ask for QEMU's own defaults instead, [`DiskSettings`], the
+//!   baseline of `ci/bench-launch`);
 //! - SEV-SNP: `sev-snp-guest` with `kernel-hashes=on`, the AMD SEV OVMF as `-bios` and the
 //!   slot's kernel, initrd and command line (so the launch digest covers them);
 //!   otherwise OVMF in pflash boots the slot's UKI from the first disk;
@@ -28,6 +30,23 @@ pub struct Launch {
     pub qmp_socket: PathBuf,
     /// The serial console's log.
     pub console_log: PathBuf,
+    /// How the virtio-blk disks are rendered.
+    pub disk_settings: DiskSettings,
+}
+
+/// How QEMU is given the plan's virtio-blk disks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskSettings {
+    /// The plan's (what nodes run): a `-blockdev` raw over file or host_device with the
+    /// plan's aio (io_uring) and `cache.direct`, on the disk's own I/O thread with the
+    /// plan's queue count.
+    #[default]
+    Planned,
+    /// What QEMU does when told nothing, the baseline the benchmark compares the planned
+    /// settings with (development only): `-drive if=none,format=raw` (writeback host page
+    /// cache, aio=threads) and a `virtio-blk-pci` with no I/O thread and QEMU's own queue
+    /// count (one per vCPU since QEMU 5.2). Serial and boot order stay the plan's.
+    QemuDefault,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +93,6 @@ pub const QEMU: &str = "qemu-system-x86_64";
 
 /// The seccomp sandbox QEMU runs in.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
-
-/// The C-bit position and the physical address bits SEV-SNP takes on EPYC.
-const CBITPOS: u32 = 51;
-const REDUCED_PHYS_BITS: u32 = 1;
 
 /// QEMU's arguments (after the binary) for `plan` launched as `launch`.
 pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
@@ -164,13 +179,20 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
         ..
     } = &launch.firmware
     {
-        let Boot::SevSnpDirect { policy } = &plan.boot else {
+        let Boot::SevSnpDirect {
+            policy,
+            cbitpos,
+            reduced_phys_bits,
+            kernel_hashes,
+        } = &plan.boot
+        else {
             unreachable!("checked above");
         };
         a.push(
             "-object",
             &format!(
-                "sev-snp-guest,id=sev0,cbitpos={CBITPOS},reduced-phys-bits={REDUCED_PHYS_BITS},policy={policy},kernel-hashes=on"
+                "sev-snp-guest,id=sev0,cbitpos={cbitpos},reduced-phys-bits={reduced_phys_bits},policy={policy},kernel-hashes={}",
+                if *kernel_hashes { "on" } else { "off" }
             ),
         );
         a.push("-bios", &ovmf.display().to_string());
@@ -215,6 +237,21 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 serial,
                 ..
             } => {
+                if launch.disk_settings == DiskSettings::QemuDefault {
+                    // In -drive's option syntax a comma is written twice.
+                    a.push(
+                        "-drive",
+                        &format!(
+                            "file={},format=raw,if=none,id=disk{i}",
+                            path.replace(',', ",,")
+                        ),
+                    );
+                    a.push(
+                        "-device",
+                        &format!("virtio-blk-pci,drive=disk{i},id=vd{i},serial={serial}{boot}"),
+                    );
+                    continue;
+                }
                 let driver = if path.starts_with("/dev/") {
                     "host_device"
                 } else {
@@ -314,6 +351,7 @@ mod tests {
             firmware,
             qmp_socket: "/run/plinth/guest/qmp.sock".into(),
             console_log: "/var/log/plinth/guest-console.log".into(),
+            disk_settings: DiskSettings::Planned,
         }
     }
 
@@ -459,6 +497,58 @@ mod tests {
             args(&p, &launch(pflash(), Accel::Kvm)).unwrap_err(),
             QemuError::NeedsSevFiles { .. }
         ));
+    }
+
+    #[test]
+    fn qemu_default_disk_settings_leave_cache_aio_and_queues_to_qemu() {
+        let t = topology(&Machine::one_socket());
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("guest.img");
+        // A comma in a path is doubled in -drive's option syntax.
+        let bench = dir.path().join("bench,1.img");
+        for f in [&boot, &bench] {
+            std::fs::write(f, b"").unwrap();
+        }
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 2,
+                memory_gib: 2,
+                disks: vec![boot.display().to_string(), bench.display().to_string()],
+                sev: None,
+                layout: crate::plan::Layout::Development { guest_nodes: 2 },
+            },
+        )
+        .unwrap();
+        let mut l = launch(pflash(), Accel::Tcg);
+        // The default is the plan's settings.
+        assert_eq!(l.disk_settings, DiskSettings::default());
+        assert_eq!(values(&args(&p, &l).unwrap(), "-blockdev").len(), 2);
+        l.disk_settings = DiskSettings::QemuDefault;
+        let a = args(&p, &l).unwrap();
+        assert!(values(&a, "-blockdev").is_empty());
+        assert!(values(&a, "-object")
+            .iter()
+            .all(|o| !o.starts_with("iothread")));
+        let drives = values(&a, "-drive");
+        // The firmware's pflash drives, then one per disk: no cache, aio or discard options.
+        assert_eq!(
+            drives[2..],
+            [
+                format!("file={},format=raw,if=none,id=disk0", boot.display()),
+                format!(
+                    "file={}/bench,,1.img,format=raw,if=none,id=disk1",
+                    dir.path().display()
+                ),
+            ]
+        );
+        assert_eq!(
+            values(&a, "-device"),
+            [
+                "virtio-blk-pci,drive=disk0,id=vd0,serial=plinth-disk0,bootindex=1",
+                "virtio-blk-pci,drive=disk1,id=vd1,serial=plinth-disk1",
+            ]
+        );
     }
 
     #[test]

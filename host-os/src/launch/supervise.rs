@@ -126,13 +126,13 @@ pub fn read_status(state_dir: &Path) -> Result<Status, String> {
 
 /// Run the VM of `plan` as `launch` says (its QMP socket and console log are replaced by the
 /// state directory's) until `stop_requested` or the restart policy ends it. `say` gets one
-/// line per event.
+/// line per event, with the state it enters when it is a change of state.
 pub fn supervise(
     plan: &Plan,
     launch: &Launch,
     opts: &Options,
     stop_requested: &dyn Fn() -> bool,
-    say: &dyn Fn(&str),
+    say: &dyn Fn(Option<State>, &str),
 ) -> Result<(), SuperviseError> {
     let mut sup = Supervisor::new(plan, launch, opts, say)?;
     let mut failures = 0u32;
@@ -206,7 +206,7 @@ struct Supervisor<'a> {
     plan: &'a Plan,
     launch: Launch,
     opts: &'a Options,
-    say: &'a dyn Fn(&str),
+    say: &'a dyn Fn(Option<State>, &str),
     status: Status,
     hierarchy: Hierarchy,
 }
@@ -216,7 +216,7 @@ impl<'a> Supervisor<'a> {
         plan: &'a Plan,
         launch: &Launch,
         opts: &'a Options,
-        say: &'a dyn Fn(&str),
+        say: &'a dyn Fn(Option<State>, &str),
     ) -> Result<Supervisor<'a>, SuperviseError> {
         let setup =
             |what: &str, e: &dyn std::fmt::Display| SuperviseError::Setup(format!("{what}: {e}"));
@@ -288,7 +288,7 @@ impl<'a> Supervisor<'a> {
     /// Set the state, say why, write status.json.
     fn set(&mut self, state: State, message: String) {
         self.status.state = state;
-        (self.say)(&message);
+        (self.say)(Some(state), &message);
         self.status.message = message;
         self.write_status();
     }
@@ -301,7 +301,10 @@ impl<'a> Supervisor<'a> {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .is_err()
         {
-            (self.say)(&format!("warning: {} could not be written", path.display()));
+            (self.say)(
+                None,
+                &format!("warning: {} could not be written", path.display()),
+            );
         }
     }
 
@@ -322,6 +325,10 @@ impl<'a> Supervisor<'a> {
         self.status.boot_line = None;
         self.status.boot_seconds = None;
         self.status.threads.clear();
+        self.set(
+            State::Starting,
+            format!("starting QEMU (start {})", self.status.starts),
+        );
         let mut args =
             qemu::args(self.plan, &self.launch).map_err(|e| setup("QEMU command line", &e))?;
         // Paused until its threads are pinned.
@@ -390,7 +397,7 @@ impl<'a> Supervisor<'a> {
         while let Err(e) = cgroup.try_remove() {
             tries += 1;
             if tries > 50 {
-                (self.say)(&format!("warning: the VM's cgroup stays: {e}"));
+                (self.say)(None, &format!("warning: the VM's cgroup stays: {e}"));
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -494,20 +501,23 @@ impl<'a> Supervisor<'a> {
                         "stop requested: ACPI power-down through QMP".into(),
                     );
                     if let Err(e) = qmp.powerdown() {
-                        (self.say)(&format!("power-down not sent: {e}"));
+                        (self.say)(None, &format!("power-down not sent: {e}"));
                     }
                     stopping = Some((Instant::now(), false));
                 }
                 Some((since, false)) if since.elapsed() > self.opts.stop_timeout => {
-                    (self.say)(&format!(
-                        "the guest did not power down in {} s: QEMU is told to quit",
-                        self.opts.stop_timeout.as_secs()
-                    ));
+                    (self.say)(
+                        None,
+                        &format!(
+                            "the guest did not power down in {} s: QEMU is told to quit",
+                            self.opts.stop_timeout.as_secs()
+                        ),
+                    );
                     let _ = qmp.quit();
                     stopping = Some((Instant::now(), true));
                 }
                 Some((since, true)) if since.elapsed() > Duration::from_secs(10) => {
-                    (self.say)("QEMU did not quit in 10 s: killed");
+                    (self.say)(None, "QEMU did not quit in 10 s: killed");
                     let _ = child.kill();
                 }
                 _ => {}

@@ -120,9 +120,29 @@ pub enum MemoryBacking {
 pub enum Boot {
     /// SEV-SNP: the AMD SEV OVMF starts the slot's kernel, initrd and command line given to
     /// QEMU, whose hashes it measures (`kernel-hashes=on`).
-    SevSnpDirect { policy: String },
+    SevSnpDirect {
+        policy: String,
+        /// The confidential-guest object's C-bit position and the physical address bits it
+        /// takes (`sev-snp-guest,cbitpos=…,reduced-phys-bits=…`): EPYC's.
+        cbitpos: u32,
+        reduced_phys_bits: u32,
+        /// `kernel-hashes=on`: the OVMF measures the kernel, initrd and command line.
+        kernel_hashes: bool,
+    },
     /// Without SEV: OVMF boots the slot's UKI from the disk.
     Disk,
+}
+
+impl Boot {
+    /// SEV-SNP direct boot on EPYC (C-bit 51, one physical address bit) with kernel hashes.
+    pub fn sev_snp(policy: String) -> Boot {
+        Boot::SevSnpDirect {
+            policy,
+            cbitpos: 51,
+            reduced_phys_bits: 1,
+            kernel_hashes: true,
+        }
+    }
 }
 
 /// One decision and why it was made.
@@ -141,7 +161,7 @@ pub enum PlanError {
     OddVcpus { vcpus: u32 },
     #[error("disk {name}: not found; NVMe here: {found}\n  hint: name a namespace (nvme1n1), a controller (nvme1) or a PCI address (0000:41:00.0)")]
     DiskMissing { name: String, found: String },
-    #[error("disk {name}: the host itself mounts {what}\n  hint: give GuestOS a disk the host does not use")]
+    #[error("disk {name}: the host itself uses {what} (mounts or swaps on it, or device-mapper, LVM or md holds it)\n  hint: give GuestOS a disk the host does not use")]
     DiskInUse { name: String, what: String },
     #[error("disk {name} is asked for twice (as {first} too)\n  hint: name each disk once")]
     DiskTwice { name: String, first: String },
@@ -238,7 +258,7 @@ pub fn plan(topo: &Topology, req: &VmRequest) -> Result<Plan, PlanError> {
                 if sev.smt { "allowed" } else { "not allowed" }
             ),
         });
-        Boot::SevSnpDirect { policy }
+        Boot::sev_snp(policy)
     } else {
         reasons.push(Reason {
             topic: "boot",

@@ -76,7 +76,7 @@ impl Plan {
             };
         }
         let _ = match &self.boot {
-            Boot::SevSnpDirect { policy } => writeln!(
+            Boot::SevSnpDirect { policy, .. } => writeln!(
                 s,
                 "  boot: SEV-SNP, AMD SEV OVMF, direct kernel boot with kernel hashes, policy {policy}"
             ),

@@ -359,12 +359,7 @@ fn sev_snp_binds_guest_memfd_and_boots_direct() {
     let p = plan(&t, &req).unwrap();
     check(&t, &req, &p);
     assert_eq!(p.placement.memory, MemoryBacking::GuestMemfd);
-    assert_eq!(
-        p.boot,
-        Boot::SevSnpDirect {
-            policy: "0x30000".into()
-        }
-    );
+    assert_eq!(p.boot, Boot::sev_snp("0x30000".into()));
     let text = p.render(true);
     assert!(text.contains("cannot back with hugetlbfs"), "{text}");
     golden("one-socket-sev", &p);
@@ -534,12 +529,7 @@ fn sev_refuses_counts_without_a_digest_and_smt_against_the_policy() {
     let t = topology(&m);
     req.disks = data_disks(&t);
     let p = plan(&t, &req).unwrap();
-    assert_eq!(
-        p.boot,
-        Boot::SevSnpDirect {
-            policy: "0x20000".into()
-        }
-    );
+    assert_eq!(p.boot, Boot::sev_snp("0x20000".into()));
 }
 
 #[test]

@@ -19,8 +19,8 @@ pub struct Topology {
     pub cpus: Vec<Cpu>,
     pub nvme: Vec<Nvme>,
     pub nics: Vec<Nic>,
-    /// The block devices the running host mounts its own filesystems from (`nvme0n1`, `sda`):
-    /// never given to a guest.
+    /// The disks the running host uses itself (`nvme0n1`, `sda`): it mounts a filesystem or
+    /// swaps on them, or a device-mapper, md or LVM device holds them. Never given to a guest.
     pub host_disks: BTreeSet<String>,
 }
 
@@ -31,6 +31,7 @@ pub struct NumaNode {
     /// Its online host threads.
     pub cpus: Vec<u32>,
     pub memory_total_bytes: u64,
+    /// Free, or taken back by the kernel on demand (page cache, reclaimable slab).
     pub memory_free_bytes: u64,
     /// Distance to every node, in the order of node ids (`distances[i]` to the i-th node of
     /// `Topology::nodes`); 10 is local.

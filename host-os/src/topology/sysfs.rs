@@ -10,7 +10,7 @@
 //! | cpus | `sys/devices/system/cpu/online`, `cpuN/topology/{physical_package_id,core_id,thread_siblings_list}`, `cpuN/cache/indexK/{level,id,shared_cpu_list}` |
 //! | NVMe | `sys/bus/pci/devices/*/{class,numa_node,driver}`, `.../nvme/nvmeX/{model,serial}`, `.../nvme/nvmeX/<namespace>/size` |
 //! | NICs | `sys/class/net/*/{speed,device/uevent,device/numa_node,device/driver}` |
-//! | host disks | `proc/self/mountinfo` (else `proc/mounts`), `sys/block/*/dm/name`, `sys/block/*/slaves/*` |
+//! | host disks | `proc/self/mountinfo` (else `proc/mounts`), `proc/swaps`, `sys/block/*/dm/name`, `sys/block/*/slaves/*`, `sys/block/*/{,*/}holders/*` |
 //!
 //! Real sysfs is full of symlinks; a captured or generated tree is plain files. The reader
 //! works on both: it follows symlinks when it opens files, takes PCI addresses from `uevent`'s
@@ -259,7 +259,10 @@ fn read_nodes(root: &Path, online: &[u32]) -> Result<(Vec<NumaNode>, PathBuf), T
             id: 0,
             cpus: online.to_vec(),
             memory_total_bytes: meminfo_field(&meminfo, &text, "MemTotal")?,
-            memory_free_bytes: meminfo_field(&meminfo, &text, "MemFree")?,
+            memory_free_bytes: match meminfo_bytes(&text, "MemAvailable") {
+                Ok(Some(available)) => available,
+                _ => meminfo_field(&meminfo, &text, "MemFree")?,
+            },
             distances: vec![10],
             hugepages_2m: read_hugepages(&hugepages.join(HUGEPAGES_2M))?,
             hugepages_1g: read_hugepages(&hugepages.join(HUGEPAGES_1G))?,
@@ -303,7 +306,7 @@ fn read_nodes(root: &Path, online: &[u32]) -> Result<(Vec<NumaNode>, PathBuf), T
             id,
             cpus,
             memory_total_bytes: meminfo_field(&meminfo, &text, "MemTotal")?,
-            memory_free_bytes: meminfo_field(&meminfo, &text, "MemFree")?,
+            memory_free_bytes: node_available(&meminfo, &text)?,
             distances,
             hugepages_2m: read_hugepages(&hugepages.join(HUGEPAGES_2M))?,
             hugepages_1g: read_hugepages(&hugepages.join(HUGEPAGES_1G))?,
@@ -522,7 +525,8 @@ fn pci_slot_name(device: &Path) -> Result<Option<String>, TopologyError> {
     }))
 }
 
-/// The whole disks behind the host's mounted filesystems. Best effort by design, from the
+/// The whole disks behind the host's mounted filesystems and swap areas, and those a
+/// device-mapper, md or LVM device holds. Best effort by design, from the
 /// mount sources that are block devices (`/dev/...`): `/dev/X` is X; `/dev/mapper/N` is the
 /// `sys/block/dm-K` whose `dm/name` is N (or, on a live system, where the `dev/mapper/N` link
 /// points); other nested names (`/dev/disk/by-uuid/...`) only where `dev/` under the root
@@ -541,10 +545,38 @@ fn read_host_disks(root: &Path) -> Result<BTreeSet<String>, TopologyError> {
             .map(unescape_mount_field)
             .collect()
     };
+    // Swap areas are the host's too (`proc/swaps`: a header line, then the device first).
+    let swaps = read_optional(&root.join("proc/swaps"))?.unwrap_or_default();
+    let swap_sources = swaps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(unescape_mount_field);
     let mut disks = BTreeSet::new();
-    for source in sources {
+    for source in sources.into_iter().chain(swap_sources) {
         if let Some(device) = block_device_of_source(root, &source)? {
             add_disks(root, &device, 0, &mut disks)?;
+        }
+    }
+    // A disk one of whose partitions (or itself) something holds (`holders/`: device-mapper,
+    // LVM, md, dm-crypt) is in use even when nothing on it is mounted.
+    let block = root.join("sys/block");
+    if block.is_dir() {
+        for (disk, _) in list_dir(&block)? {
+            let dir = block.join(&disk);
+            let held = |d: &Path| -> Result<bool, TopologyError> {
+                let holders = d.join("holders");
+                Ok(holders.is_dir() && !list_dir(&holders)?.is_empty())
+            };
+            let mut in_use = held(&dir)?;
+            for (part, _) in list_dir(&dir)? {
+                if !in_use && part.starts_with(disk.as_str()) && dir.join(&part).is_dir() {
+                    in_use = held(&dir.join(&part))?;
+                }
+            }
+            if in_use {
+                disks.insert(disk);
+            }
         }
     }
     Ok(disks)
@@ -778,6 +810,30 @@ fn parse_number<T: std::str::FromStr>(
     })
 }
 
+/// What a node can give: its free memory and what the kernel reclaims on demand, the page
+/// cache that is not shmem and the reclaimable kernel memory (a host that just wrote disk
+/// images has most of its memory in the page cache, free to take). Lines a node's meminfo
+/// lacks (older kernels, captured trees) count as zero.
+fn node_available(path: &Path, text: &str) -> Result<u64, TopologyError> {
+    let optional = |field: &'static str| -> Result<u64, TopologyError> {
+        match meminfo_bytes(text, field) {
+            Ok(bytes) => Ok(bytes.unwrap_or(0)),
+            Err(line) => Err(TopologyError::Meminfo {
+                path: path.to_path_buf(),
+                field,
+                found: format!("{line:?}"),
+            }),
+        }
+    };
+    let reclaimable = match optional("KReclaimable")? {
+        0 => optional("SReclaimable")?,
+        k => k,
+    };
+    Ok(meminfo_field(path, text, "MemFree")?
+        + optional("FilePages")?.saturating_sub(optional("Shmem")?)
+        + reclaimable)
+}
+
 fn meminfo_field(path: &Path, text: &str, field: &'static str) -> Result<u64, TopologyError> {
     match meminfo_bytes(text, field) {
         Ok(Some(bytes)) => Ok(bytes),
@@ -888,6 +944,26 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("\"0-3,a\""), "{message}");
+    }
+
+    #[test]
+    fn a_node_can_give_its_page_cache() {
+        let path = Path::new("node0/meminfo");
+        // A host that just wrote disk images: 1 GiB free, 12 GiB of page cache (1 of it
+        // shmem, which is not reclaimed), 1 GiB of reclaimable slab.
+        let node = "Node 0 MemTotal: 20971520 kB\nNode 0 MemFree: 1048576 kB\n\
+                    Node 0 FilePages: 12582912 kB\nNode 0 Shmem: 1048576 kB\n\
+                    Node 0 KReclaimable: 1048576 kB\nNode 0 SReclaimable: 524288 kB\n";
+        assert_eq!(node_available(path, node).unwrap(), 13 << 30);
+        // Only MemFree (older kernels, generated trees): that.
+        let bare = "Node 0 MemTotal: 2048 kB\nNode 0 MemFree: 1024 kB\n";
+        assert_eq!(node_available(path, bare).unwrap(), 1024 * 1024);
+        let bad = "Node 0 MemFree: 1024 kB\nNode 0 FilePages: lots\n";
+        let err = node_available(path, bad).unwrap_err().to_string();
+        assert!(
+            err.contains("node0/meminfo") && err.contains("FilePages"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1044,6 +1120,35 @@ mod tests {
         // No sys/block: `mapper/root` cannot be resolved in a plain tree; `vda1` can.
         let disks = read_host_disks(root.path()).unwrap();
         assert_eq!(disks.into_iter().collect::<Vec<_>>(), ["vda"]);
+    }
+
+    #[test]
+    fn swap_and_held_disks_are_the_hosts() {
+        // Swap on nvme2n1p1; an active LVM volume group on nvme3n1 (whole disk) and an md
+        // member partition nvme4n1p2, none of them mounted; nvme5n1 free.
+        let root = tree(&[
+            ("proc/mounts", "/dev/vda1 / ext4 rw 0 0\n"),
+            (
+                "proc/swaps",
+                "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+                 /dev/nvme2n1p1                          partition\t8388604\t\t0\t\t-2\n",
+            ),
+            ("sys/block/nvme3n1/holders/dm-2", ""),
+            ("sys/block/nvme4n1/nvme4n1p2/holders/md1", ""),
+            ("sys/block/nvme4n1/nvme4n1p1/holders/.keep", ""),
+            ("sys/block/nvme5n1/nvme5n1p1/partition", "1\n"),
+            ("sys/block/nvme5n1/holders/.keep", ""),
+        ]);
+        // (An empty `holders/` cannot be made by `tree`: the .keep files stand for none, so
+        // remove them.)
+        for d in ["nvme4n1/nvme4n1p1", "nvme5n1"] {
+            fs::remove_file(root.path().join("sys/block").join(d).join("holders/.keep")).unwrap();
+        }
+        let disks = read_host_disks(root.path()).unwrap();
+        assert_eq!(
+            disks.into_iter().collect::<Vec<_>>(),
+            ["nvme2n1", "nvme3n1", "nvme4n1", "vda"]
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 use super::VmArgs;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use plinth_host::launch::qemu::{Accel, Firmware, Launch, RunAs};
-use plinth_host::launch::supervise::{supervise, Options, Restart};
+use plinth_host::launch::notify::Notifier;
+use plinth_host::launch::qemu::{Accel, DiskSettings, Firmware, Launch, RunAs};
+use plinth_host::launch::supervise::{supervise, Options, Restart, State};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +24,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
     after_help = "Files in --state-dir: status.json (read by `guest status`), \
 console.log (the serial console, every start appended), qemu.log (QEMU's output and \
 command lines), qemu/ (QEMU's own: QMP socket, firmware variables).\n\n\
+HostOS runs it as plinth-guest.service, its options from the environment (the \
+[env: PLINTH_GUEST_…] of each) set by /run/plinth/config/guest-os.env.\n\n\
 Exit status: 0 stopped on request, or the guest powered off; 1 QEMU failed past the \
 restart policy; 2 the VM cannot be planned or set up.\n\nExamples:\n  \
 plinth-host guest launch --vcpus 64 --memory 480 --disk nvme1n1 --disk nvme2n1\n  \
@@ -34,24 +37,44 @@ pub struct LaunchArgs {
     vm: VmArgs,
     /// The UEFI firmware QEMU maps as pflash; a single-image firmware (the GuestOS
     /// release's OVMF-AmdSev.fd) needs no --vars.
-    #[arg(long, value_name = "FILE", default_value = OVMF_CODE)]
+    #[arg(long, value_name = "FILE", default_value = OVMF_CODE, env = "PLINTH_GUEST_FIRMWARE")]
     firmware: PathBuf,
     /// The variable store template (copied; the copy is QEMU's). Default: Debian's, when
     /// --firmware is Debian's too.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "PLINTH_GUEST_VARS")]
     vars: Option<PathBuf>,
     /// SEV-SNP direct boot: the AMD SEV OVMF (-bios), and the slot's kernel, initrd and
     /// command line, whose hashes the launch digest covers.
-    #[arg(long, value_name = "FILE", requires_all = ["kernel", "initrd", "cmdline"])]
+    #[arg(long, value_name = "FILE", requires_all = ["kernel", "initrd", "cmdline"], env = "PLINTH_GUEST_SEV_OVMF")]
     sev_ovmf: Option<PathBuf>,
-    #[arg(long, value_name = "FILE", requires = "sev_ovmf")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "sev_ovmf",
+        env = "PLINTH_GUEST_KERNEL"
+    )]
     kernel: Option<PathBuf>,
-    #[arg(long, value_name = "FILE", requires = "sev_ovmf")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "sev_ovmf",
+        env = "PLINTH_GUEST_INITRD"
+    )]
     initrd: Option<PathBuf>,
-    #[arg(long, value_name = "TEXT", requires = "sev_ovmf")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        requires = "sev_ovmf",
+        env = "PLINTH_GUEST_CMDLINE"
+    )]
     cmdline: Option<String>,
     /// The vCPU model the release's launch digest was computed for.
-    #[arg(long, value_name = "MODEL", default_value = "EPYC-Milan")]
+    #[arg(
+        long,
+        value_name = "MODEL",
+        default_value = "EPYC-Milan",
+        env = "PLINTH_GUEST_VCPU_TYPE"
+    )]
     vcpu_type: String,
     /// kvm (HostOS) or tcg (emulation, for machines without usable KVM).
     #[arg(long, value_enum, default_value = "kvm")]
@@ -73,8 +96,40 @@ pub struct LaunchArgs {
     /// cgroup is `plinth-guest-os` there).
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<PathBuf>,
+    /// The service's own cgroup was delegated to it (systemd's Delegate=yes, cgroup v2):
+    /// the supervisor moves into its leaf `supervisor` and the VM's cgroup goes beside it.
+    #[arg(long, conflicts_with = "cgroup_parent")]
+    cgroup_delegated: bool,
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/cgroup")]
     cgroup_mount: PathBuf,
+    /// The virtio-blk disks with the plan's settings (chosen), or with QEMU's defaults
+    /// (qemu-default: writeback cache, aio=threads, no I/O thread), the baseline of
+    /// ci/bench-launch; development layout only.
+    #[arg(long, value_enum, default_value = "chosen", requires = "development")]
+    disk_settings: DiskSettingsArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DiskSettingsArg {
+    Chosen,
+    QemuDefault,
+}
+
+impl LaunchArgs {
+    /// --cgroup-delegated: this process's own cgroup, left for its leaf `supervisor`, as the
+    /// parent of the VM's.
+    fn take_delegated_cgroup(&self) -> Result<PathBuf, String> {
+        use plinth_host::launch::cgroup::{self, Hierarchy};
+        let h = Hierarchy::detect(&self.cgroup_mount).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+        let own = cgroup::own_v2(&text).ok_or_else(|| {
+            "--cgroup-delegated: /proc/self/cgroup names no cgroup v2 (no `0::` line)".to_string()
+        })?;
+        cgroup::enter_delegated_leaf(&h, &own, "supervisor", std::process::id())
+            .map_err(|e| format!("--cgroup-delegated: {e}"))?;
+        Ok(own)
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -148,6 +203,14 @@ impl LaunchArgs {
             firmware,
             qmp_socket: PathBuf::new(),
             console_log: PathBuf::new(),
+            disk_settings: match self.disk_settings {
+                DiskSettingsArg::Chosen => DiskSettings::Planned,
+                DiskSettingsArg::QemuDefault => DiskSettings::QemuDefault,
+            },
+        };
+        let cgroup_parent = match (self.cgroup_delegated, &self.cgroup_parent) {
+            (true, _) => self.take_delegated_cgroup()?,
+            (false, parent) => parent.clone().unwrap_or_default(),
         };
         let opts = Options {
             state_dir: self.state_dir.clone(),
@@ -156,7 +219,7 @@ impl LaunchArgs {
                 gid: user.gid.as_raw(),
             }),
             cgroup_mount: self.cgroup_mount.clone(),
-            cgroup_parent: self.cgroup_parent.clone().unwrap_or_default(),
+            cgroup_parent,
             jail: std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?,
             restart: self.restart,
             max_failures: self.max_failures,
@@ -177,15 +240,24 @@ impl LaunchArgs {
             self.user,
             opts.state_dir.display()
         );
+        // Under systemd (plinth-guest.service, Type=notify): ready once QEMU first runs.
+        let notify = Notifier::from_env();
         let stop = std::cell::Cell::new(false);
         let stop_requested = || {
             if let Ok(Some(sig)) = signals.read_signal() {
                 println!("plinth-host: signal {}: stopping the VM", sig.ssi_signo);
+                notify.send("STOPPING=1");
                 stop.set(true);
             }
             stop.get()
         };
-        let say = |line: &str| println!("plinth-host: {line}");
+        let say = |state: Option<State>, line: &str| {
+            println!("plinth-host: {line}");
+            notify.status(line);
+            if state == Some(State::Running) {
+                notify.send("READY=1");
+            }
+        };
         match supervise(&plan, &launch, &opts, &stop_requested, &say) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(plinth_host::launch::supervise::SuperviseError::Setup(e)) => Err(e),

@@ -55,20 +55,31 @@ pub struct PlanArgs {
 #[derive(Debug, clap::Args)]
 pub struct VmArgs {
     /// vCPUs (an even number when the host has SMT on: each pair is one host core).
-    #[arg(long)]
+    #[arg(long, env = "PLINTH_GUEST_VCPUS")]
     pub vcpus: u32,
     /// Guest memory in GiB.
-    #[arg(long, value_name = "GIB")]
+    #[arg(long, value_name = "GIB", env = "PLINTH_GUEST_MEMORY_GIB")]
     pub memory: u64,
-    /// A GuestOS disk: NVMe namespace (nvme1n1), controller (nvme1) or PCI address.
-    #[arg(long = "disk", value_name = "NAME")]
+    /// A GuestOS disk: NVMe namespace (nvme1n1), controller (nvme1) or PCI address (the
+    /// environment's list: comma-separated).
+    #[arg(
+        long = "disk",
+        value_name = "NAME",
+        env = "PLINTH_GUEST_DISKS",
+        value_delimiter = ','
+    )]
     pub disks: Vec<String>,
     /// Launch under AMD SEV-SNP (guest_memfd memory, direct kernel boot).
-    #[arg(long)]
+    #[arg(long, env = "PLINTH_GUEST_SEV")]
     pub sev: bool,
     /// The GuestOS release's measurements.json: its SEV-SNP policy (SMT) and the vCPU
     /// counts it publishes launch digests for (without it: SMT allowed, any count).
-    #[arg(long, value_name = "FILE", requires = "sev")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "sev",
+        env = "PLINTH_GUEST_EXPECT"
+    )]
     pub expect: Option<PathBuf>,
     /// Development layout, for machines too small for production's reservations: vCPUs
     /// share the home node's threads with QEMU's, image files may be disks.
