@@ -2,8 +2,9 @@
 //! this machine's own topology (two guest NUMA nodes on its one host node): the supervisor
 //! starts QEMU as nobody, under seccomp, in a cgroup of its own, pins every thread as the
 //! plan says (read back from /proc), restarts QEMU when it is killed, and `guest stop` ends
-//! it all, the cgroup removed (needs root). The disk is blank: OVMF finds nothing to boot,
-//! which is enough here; the release tier boots GuestOS this way.
+//! it all, the cgroup removed (needs root); and the jail step alone sets QEMU's locked-memory
+//! limit before the drop. The disk is blank: OVMF finds nothing to boot, which is enough
+//! here; the release tier boots GuestOS this way.
 
 use plinth_testkit::procfs::status_field;
 use serde_json::Value;
@@ -190,4 +191,55 @@ fn launch_pins_sandboxes_restarts_and_stops() {
         );
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The hard "Max locked memory" of /proc/PID/limits (or of self).
+fn memlock_hard(limits: &str) -> String {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .unwrap();
+    line.split_whitespace().nth(4).unwrap().to_string()
+}
+
+/// The jail step alone: the QEMU it becomes runs as nobody with the locked-memory limit a
+/// VFIO plan asks for, set before the drop (QEMU could not change it after). Half the
+/// limit this test runs under: lowering needs no CAP_SYS_RESOURCE, which CI may lack.
+#[test]
+fn the_jail_sets_the_locked_memory_limit_before_dropping_root() {
+    let ours = memlock_hard(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    let bytes: u64 = ours.parse::<u64>().map_or(9 << 30, |b| b / 2);
+    let mut qemu = Command::new(HOST)
+        .args(["guest", "exec-qemu", "--uid", "65534", "--gid", "65534"])
+        .args(["--memlock", &bytes.to_string(), "--"])
+        .args(["-machine", "none", "-nodefaults", "-display", "none", "-S"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = i64::from(qemu.id());
+    let t = Instant::now();
+    let limits = loop {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.starts_with("qemu-system") {
+            break std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        }
+        if let Ok(Some(code)) = qemu.try_wait() {
+            panic!("exec-qemu ended ({code}) before QEMU ran");
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no QEMU in 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let uid = status_field(pid, "Uid:");
+    qemu.kill().unwrap();
+    qemu.wait().unwrap();
+    let memlock = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .unwrap();
+    assert_eq!(
+        memlock.split_whitespace().collect::<Vec<_>>()[3..],
+        [bytes.to_string().as_str(), &bytes.to_string(), "bytes"],
+        "{memlock}"
+    );
+    assert_eq!(uid, "65534 65534 65534 65534");
 }

@@ -394,6 +394,7 @@ mod tests {
         let a = args(&p, &launch(pflash(), Accel::Kvm)).unwrap();
         assert_eq!(values(&a, "-smp"), ["40,sockets=1,cores=20,threads=2"]);
         assert_eq!(values(&a, "-m"), ["96G"]);
+        assert_eq!(crate::launch::access::memlock_bytes(&p), None);
         assert_eq!(values(&a, "-cpu"), ["host"]);
         let objects = values(&a, "-object");
         for g in &p.placement.guest_nodes {
@@ -577,5 +578,7 @@ mod tests {
             .iter()
             .all(|o| !o.starts_with("iothread")));
         assert_eq!(values(&a, "-cpu"), ["max"]);
+        // All 8 GiB pinned for DMA, and 1 GiB for QEMU.
+        assert_eq!(crate::launch::access::memlock_bytes(&p), Some(9 << 30));
     }
 }

@@ -5,6 +5,7 @@
 //! written to `status.json` in the state directory after every change, for
 //! `plinth-host guest status`.
 
+use super::access;
 use super::cgroup::{Cgroup, Hierarchy, Limits};
 use super::pin::{affinity, pin, Role};
 use super::qemu::{self, Launch, RunAs};
@@ -44,6 +45,8 @@ pub struct Options {
     pub stop_timeout: Duration,
     /// The boot report's marker on the serial console.
     pub marker: String,
+    /// Where the devices QEMU opens are looked up (`/sys`, `/dev`).
+    pub roots: access::Roots,
 }
 
 /// What `status.json` says.
@@ -243,6 +246,8 @@ impl<'a> Supervisor<'a> {
             .append(true)
             .open(&console_log)
             .map_err(|e| setup(&console_log.display().to_string(), &e))?;
+        let devices = access::devices(&plan.disks, &plan.boot, &opts.roots)
+            .map_err(|e| SuperviseError::Setup(e.to_string()))?;
         if let Some(u) = opts.run_as {
             let mut owned = vec![qemu_dir.clone(), console_log.clone()];
             owned.extend(
@@ -252,14 +257,8 @@ impl<'a> Supervisor<'a> {
                     .flatten()
                     .map(|e| e.path()),
             );
-            owned.extend(plan.disks.iter().filter_map(|d| match d {
-                crate::plan::DiskPlan::VirtioBlk { path, .. } => Some(PathBuf::from(path)),
-                crate::plan::DiskPlan::Vfio { .. } => None,
-            }));
-            for p in owned {
-                std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
-                    .map_err(|e| setup(&format!("giving {} to uid {}", p.display(), u.uid), &e))?;
-            }
+            owned.extend(devices);
+            access::give(&owned, u).map_err(|e| SuperviseError::Setup(e.to_string()))?;
         }
         let hierarchy = Hierarchy::detect(&opts.cgroup_mount).map_err(|e| setup("cgroup", &e))?;
         let status = Status {
@@ -361,6 +360,9 @@ impl<'a> Supervisor<'a> {
         }
         if let Some(u) = self.opts.run_as {
             cmd.args(["--uid", &u.uid.to_string(), "--gid", &u.gid.to_string()]);
+        }
+        if let Some(bytes) = access::memlock_bytes(self.plan) {
+            cmd.args(["--memlock", &bytes.to_string()]);
         }
         cmd.arg("--").args(&args);
         let stderr = log.try_clone().map_err(|e| setup("qemu.log", &e))?;

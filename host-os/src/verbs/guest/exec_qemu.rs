@@ -5,7 +5,7 @@ use plinth_host::launch::{jail, qemu::RunAs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Join the cgroups, drop to the user, exec QEMU with the arguments after `--`.
+/// Join the cgroups, set the locked-memory limit, drop to the user, exec QEMU with the arguments after `--`.
 #[derive(Debug, clap::Args)]
 pub struct ExecQemuArgs {
     /// A cgroup directory to join (one per hierarchy).
@@ -15,6 +15,9 @@ pub struct ExecQemuArgs {
     uid: Option<u32>,
     #[arg(long, requires = "uid")]
     gid: Option<u32>,
+    /// RLIMIT_MEMLOCK for QEMU, soft and hard, in bytes (VFIO pins guest memory).
+    #[arg(long, value_name = "BYTES")]
+    memlock: Option<u64>,
     /// QEMU's arguments.
     #[arg(last = true, required = true)]
     args: Vec<String>,
@@ -23,7 +26,7 @@ pub struct ExecQemuArgs {
 impl ExecQemuArgs {
     pub fn run(self) -> ExitCode {
         let run_as = self.uid.zip(self.gid).map(|(uid, gid)| RunAs { uid, gid });
-        let e = jail::exec(&self.cgroups, run_as, &self.args);
+        let e = jail::exec(&self.cgroups, self.memlock, run_as, &self.args);
         eprintln!("error: {e}");
         ExitCode::FAILURE
     }

@@ -5,6 +5,7 @@
 use super::VmArgs;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use plinth_host::launch::access::Roots;
 use plinth_host::launch::notify::Notifier;
 use plinth_host::launch::qemu::{Accel, DiskSettings, Firmware, Launch, RunAs};
 use plinth_host::launch::supervise::{supervise, Options, Restart, State};
@@ -225,6 +226,10 @@ impl LaunchArgs {
             max_failures: self.max_failures,
             stop_timeout: Duration::from_secs(self.stop_timeout),
             marker: "PLINTH BOOT ".into(),
+            roots: Roots {
+                sysfs: self.vm.sysfs_root.join("sys"),
+                dev: self.vm.sysfs_root.join("dev"),
+            },
         };
         std::fs::create_dir_all(&opts.state_dir)
             .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
