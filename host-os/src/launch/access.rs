@@ -6,6 +6,7 @@
 
 use super::qemu::RunAs;
 use crate::plan::{Boot, DiskPlan, Plan};
+use crate::topology::sysfs;
 use std::path::{Path, PathBuf};
 
 /// Why a device the plan needs cannot be given to QEMU.
@@ -99,11 +100,11 @@ fn vfio_group(pci: &str, sysfs: &Path) -> Result<String, AccessError> {
             continue;
         }
         let dev = entry.path();
-        let driver = std::fs::read_link(dev.join("driver")).map(|t| file_name(&t));
+        let driver = sysfs::read_driver(&dev.join("driver")).ok().flatten();
         let bridge = std::fs::read_to_string(dev.join("class"))
             .is_ok_and(|c| c.trim().starts_with("0x0604"));
         match driver {
-            Ok(d) if !bridge && d != "vfio-pci" && d != "pci-stub" => {
+            Some(d) if !bridge && d != "vfio-pci" && d != "pci-stub" => {
                 return Err(AccessError::SharedGroup {
                     pci: pci.into(),
                     group,

@@ -1,9 +1,9 @@
 //! The last step before QEMU runs, in the process that becomes QEMU (Firecracker's jailer
 //! pattern): join the VM's cgroup, so every page and thread QEMU makes is the cgroup's from
 //! its first instruction; set the locked-memory limit when VFIO must pin guest memory
-//! (before the drop: QEMU could not raise it); drop to the unprivileged user with no supplementary groups; ask
-//! for SIGKILL when the supervisor dies (no orphan VM); then exec QEMU with an empty
-//! environment. `plinth-host guest exec-qemu` runs this; the supervisor starts that verb.
+//! (before the drop: QEMU could not raise it); drop to the unprivileged user with no
+//! supplementary groups; ask for SIGKILL when the supervisor dies (no orphan VM); then exec
+//! QEMU with an empty environment. `plinth-host guest exec-qemu` runs this; the supervisor starts that verb.
 
 use super::qemu::{command, RunAs};
 use nix::sys::prctl;

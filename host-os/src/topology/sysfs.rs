@@ -694,7 +694,7 @@ fn read_numa_node(path: &Path) -> Result<Option<u32>, TopologyError> {
 
 /// The driver bound to a device: the file name of the `driver` link's target in sysfs, the
 /// content of a plain `driver` file in captured and generated trees, `None` when unbound.
-fn read_driver(path: &Path) -> Result<Option<String>, TopologyError> {
+pub fn read_driver(path: &Path) -> Result<Option<String>, TopologyError> {
     let metadata = match fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
