@@ -193,13 +193,13 @@ fn launch_pins_sandboxes_restarts_and_stops() {
     }
 }
 
-/// The hard "Max locked memory" of /proc/PID/limits (or of self).
-fn memlock_hard(limits: &str) -> String {
+/// The "Max locked memory" of a /proc/PID/limits: soft, hard, unit.
+fn memlock(limits: &str) -> Vec<&str> {
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max locked memory"))
         .unwrap();
-    line.split_whitespace().nth(4).unwrap().to_string()
+    line.split_whitespace().skip(3).collect()
 }
 
 /// The jail step alone: the QEMU it becomes runs as nobody with the locked-memory limit a
@@ -207,8 +207,8 @@ fn memlock_hard(limits: &str) -> String {
 /// limit this test runs under: lowering needs no CAP_SYS_RESOURCE, which CI may lack.
 #[test]
 fn the_jail_sets_the_locked_memory_limit_before_dropping_root() {
-    let ours = memlock_hard(&std::fs::read_to_string("/proc/self/limits").unwrap());
-    let bytes: u64 = ours.parse::<u64>().map_or(9 << 30, |b| b / 2);
+    let ours = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let bytes: u64 = memlock(&ours)[1].parse::<u64>().map_or(9 << 30, |b| b / 2);
     let mut qemu = Command::new(HOST)
         .args(["guest", "exec-qemu", "--uid", "65534", "--gid", "65534"])
         .args(["--memlock", &bytes.to_string(), "--"])
@@ -232,14 +232,10 @@ fn the_jail_sets_the_locked_memory_limit_before_dropping_root() {
     let uid = status_field(pid, "Uid:");
     qemu.kill().unwrap();
     qemu.wait().unwrap();
-    let memlock = limits
-        .lines()
-        .find(|l| l.starts_with("Max locked memory"))
-        .unwrap();
     assert_eq!(
-        memlock.split_whitespace().collect::<Vec<_>>()[3..],
+        memlock(&limits),
         [bytes.to_string().as_str(), &bytes.to_string(), "bytes"],
-        "{memlock}"
+        "{limits}"
     );
     assert_eq!(uid, "65534 65534 65534 65534");
 }
