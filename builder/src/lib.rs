@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod names;
 pub mod packages;
 pub mod pipeline;
 pub mod spec;

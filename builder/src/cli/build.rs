@@ -91,15 +91,8 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         .release_version
         .clone()
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
-    if version.is_empty()
-        || !version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-+_".contains(c))
-    {
-        return Err(BadInput(format!(
-            "--release-version `{version}`: expected letters, digits and . - + _ only"
-        ))
-        .into());
+    if let Err(e) = crate::names::check_version(&version) {
+        return Err(BadInput(format!("--release-version {e}")).into());
     }
     let (commit, commit_time) = source_commit(&ws.root);
     let epoch = match (args.source_date_epoch, commit_time) {

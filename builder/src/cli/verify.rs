@@ -64,13 +64,14 @@ struct Report<'a> {
 }
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
+    // The release first: a crafted one is refused, naming the field, before anything else.
+    let release = open_release(&args.release)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(BadInput(
             "plinth verify needs root: it rebuilds the release (mmdebstrap, chroot, namespaces) and mounts its filesystems read-only to compare them\n  hint: run it as root".into(),
         )
         .into());
     }
-    let release = open_release(&args.release)?;
     let m = &release.manifest;
     let repo = Workspace::discover(g.root.as_deref())?;
     let commit = m.inputs.source_commit.as_str();
@@ -87,13 +88,17 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             release.dir.display()
         ));
     }
+    // The manifest's names were checked when it was read (`Manifest::check`); the OS is
+    // taken from plinth's own list, so no path below is built from the manifest's text.
+    let os = Workspace::select(&m.os)
+        .map_err(|e| BadInput(format!("{}: os: {e}", release.dir.display())))?[0];
     let temp;
     let work = match &args.work {
         Some(w) => {
             if w.exists() {
                 std::fs::remove_dir_all(w).with_context(|| format!("clearing {}", w.display()))?;
             }
-            std::fs::create_dir_all(w)?;
+            private_dir(w)?;
             w.clone()
         }
         None => {
@@ -109,13 +114,14 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         m.os, m.version, m.profile, m.inputs.source_date_epoch
     ));
     let source = export_commit(&repo.root, commit, &work.join("source"))?;
-    check_source_inputs(&source, &release)?;
+    check_source_inputs(&source, os, &release)?;
 
     let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
-    let rebuilt_dir = work.join("rebuilt").join(&m.os).join(&m.version);
+    let rebuilt_dir = crate::names::under(&work, &["rebuilt", os, &m.version])
+        .map_err(|e| BadInput(format!("{}: version: {e}", release.dir.display())))?;
     let job = ReleaseJob {
         source: &source,
-        os: &m.os,
+        os,
         profile: &m.profile,
         version: &m.version,
         epoch: m.inputs.source_date_epoch,
@@ -135,7 +141,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     build_release(out, &job)?;
     let rebuilt = Release::open(&rebuilt_dir)?;
     let scratch = work.join("compare");
-    std::fs::create_dir_all(&scratch)?;
+    private_dir(&scratch)?;
     let comparison = compare::compare(&release, &rebuilt, &scratch)?;
     report(out, &release, &comparison, args.limit)
 }
@@ -149,9 +155,29 @@ pub(super) fn open_release(path: &Path) -> anyhow::Result<Release> {
     }
 }
 
+/// Create `dir` (and its parents) with mode 0700: nobody but its owner can reach what is
+/// unpacked or built inside.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", dir.display()))
+}
+
 /// `git archive` of `commit` unpacked into `dest`: the source exactly as committed.
 fn export_commit(repo: &Path, commit: &str, dest: &Path) -> anyhow::Result<Workspace> {
-    std::fs::create_dir_all(dest)?;
+    if !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(BadInput(format!(
+            "inputs.source_commit `{}`: expected hex digits",
+            commit.escape_debug()
+        ))
+        .into());
+    }
+    private_dir(dest)?;
     let archive = Command::new("git")
         .arg("-C")
         .arg(repo)
@@ -184,22 +210,36 @@ fn export_commit(repo: &Path, commit: &str, dest: &Path) -> anyhow::Result<Works
     Ok(Workspace::discover(Some(dest))?)
 }
 
-/// The exported source must hold the lock and spec the manifest names.
-fn check_source_inputs(source: &Workspace, release: &Release) -> anyhow::Result<()> {
+/// The exported source must hold the lock and spec the manifest names, as regular files
+/// inside the export (never a link leading out of it).
+fn check_source_inputs(source: &Workspace, os: &str, release: &Release) -> anyhow::Result<()> {
     let m = &release.manifest;
     let mut problems = Vec::new();
     for (path, want, field) in [
         (
-            source.lock_path(&m.os),
+            source.lock_path(os),
             &m.inputs.lock_sha256,
             "inputs.lock_sha256",
         ),
         (
-            source.spec_path(&m.os),
+            source.spec_path(os),
             &m.inputs.os_spec_sha256,
             "inputs.os_spec_sha256",
         ),
     ] {
+        let inside = std::fs::canonicalize(&path)
+            .ok()
+            .zip(std::fs::canonicalize(&source.root).ok())
+            .is_some_and(|(p, root)| p.starts_with(root));
+        let regular = std::fs::symlink_metadata(&path).is_ok_and(|md| md.file_type().is_file());
+        if !inside || !regular {
+            return Err(CheckFailed(format!(
+                "{}: not a regular file inside the source exported from commit {}\n  hint: the commit does not hold a plinth tree for {os}",
+                source.display(&path),
+                m.inputs.source_commit
+            ))
+            .into());
+        }
         let (have, _) =
             sha256_file(&path).with_context(|| format!("reading {}", path.display()))?;
         if &have != want {

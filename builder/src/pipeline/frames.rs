@@ -10,7 +10,9 @@
 //! function of its bytes, the level and the libzstd version ([`FrameIndex::format`]); so a
 //! frame already compressed in an earlier archive ([`FramePool`]) is copied instead of
 //! compressed again, after checking that its compressed bytes are the ones recorded when it
-//! was written (sha256; an altered or truncated archive in the cache loses its frames).
+//! was written (sha256; an altered or truncated archive in the cache loses its frames) and
+//! that they decompress to the content wanted (sha256 of the content: a poisoned cache whose
+//! index was rewritten to match cannot slip other bytes into a release).
 //! The output is the same whether a frame was reused or not, and whatever the number of
 //! threads.
 
@@ -124,16 +126,33 @@ impl FramePool {
     }
 
     /// The compressed frame of content `sha256` (of `raw_size` bytes) and the sha256 of its
-    /// bytes, if an earlier archive still holds it as recorded.
+    /// bytes, if an earlier archive still holds it as recorded and it decompresses to exactly
+    /// that content. The stage cache is not trusted: an index and archive rewritten together
+    /// would pass the compressed digest alone, so the frame is decompressed and its content
+    /// hashed before it is reused (a frame that does not is compressed afresh).
     fn find(&self, sha256: &[u8; 32], raw_size: usize) -> Option<(Vec<u8>, [u8; 32])> {
         let (n, f) = self.by_sha256.get(sha256)?;
         if f.raw_size != raw_size as u64 {
             return None;
         }
-        let mut frame = vec![0u8; usize::try_from(f.size).ok()?];
+        // Bounded before anything is allocated: no frame is larger than zstd's bound for its
+        // content.
+        let size = usize::try_from(f.size).ok()?;
+        if size > zstd::zstd_safe::compress_bound(raw_size) {
+            return None;
+        }
+        let mut frame = vec![0u8; size];
         self.archives[*n].read_exact_at(&mut frame, f.offset).ok()?;
         let digest: [u8; 32] = Sha256::digest(&frame).into();
-        (hex::encode(digest) == f.frame_sha256).then_some((frame, digest))
+        if hex::encode(digest) != f.frame_sha256 {
+            return None;
+        }
+        let content = zstd::bulk::Decompressor::new()
+            .ok()?
+            .decompress(&frame, raw_size)
+            .ok()?;
+        let content_sha256: [u8; 32] = Sha256::digest(&content).into();
+        (content.len() == raw_size && &content_sha256 == sha256).then_some((frame, digest))
     }
 }
 
@@ -362,5 +381,53 @@ mod tests {
         let (again, _, reused) = write(&frames, 2, &pool);
         assert_eq!(again, bytes);
         assert_eq!(reused, frames[0].len() as u64);
+    }
+
+    #[test]
+    fn a_poisoned_frame_whose_index_was_rewritten_to_match_is_compressed_afresh() {
+        // The attack: a cache archive whose second frame holds other content, and an index
+        // rewritten so that the frame's compressed sha256 and size match the new bytes while
+        // it still claims the original content's sha256.
+        let frames = vec![noise(50_000, 1), noise(60_000, 2)];
+        let empty = FramePool::default();
+        let (bytes, index, _) = write(&frames, 1, &empty);
+        let mut evil = frames[1].clone();
+        evil[100..120].copy_from_slice(b"planted by the cache");
+        let evil_frame = zstd::bulk::Compressor::new(6)
+            .unwrap()
+            .compress(&evil)
+            .unwrap();
+        let at = index.frames[1].offset as usize;
+        let mut poisoned = bytes[..at].to_vec();
+        poisoned.extend_from_slice(&evil_frame);
+        let mut forged = index.clone();
+        forged.frames[1].size = evil_frame.len() as u64;
+        forged.frames[1].frame_sha256 = hex::encode(Sha256::digest(&evil_frame));
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tar.zst");
+        std::fs::write(&archive, &poisoned).unwrap();
+        forged.save_for(&archive).unwrap();
+        let mut pool = FramePool::for_level(6);
+        assert!(pool.add_saved(&archive));
+        let (again, _, reused) = write(&frames, 2, &pool);
+        assert_eq!(again, bytes, "the planted content reached the archive");
+        assert_eq!(zstd::decode_all(&again[..]).unwrap(), frames.concat());
+        assert_eq!(
+            reused,
+            frames[0].len() as u64,
+            "only the honest frame is reused"
+        );
+
+        // A frame record claiming an absurd compressed size is ignored before allocation.
+        let mut huge = index.clone();
+        huge.frames[0].size = u64::MAX / 2;
+        let archive2 = dir.path().join("b.tar.zst");
+        std::fs::write(&archive2, &bytes).unwrap();
+        huge.save_for(&archive2).unwrap();
+        let mut pool = FramePool::for_level(6);
+        assert!(pool.add_saved(&archive2));
+        let (again, _, reused) = write(&frames, 1, &pool);
+        assert_eq!(again, bytes);
+        assert_eq!(reused, frames[1].len() as u64);
     }
 }

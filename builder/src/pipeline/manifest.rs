@@ -10,8 +10,12 @@
 //! side can share them later. A change of meaning bumps [`FORMAT_VERSION`]; readers refuse
 //! versions they do not know and fields they do not know.
 
+use crate::names;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The partition roles a manifest may name (os.yaml's `role`).
+const ROLES: [&str; 5] = ["esp", "root", "verity", "config", "data"];
 
 /// The manifest format this plinth reads and writes.
 /// Version 2: partitions carry `blocks_sha256` (sha256 over their 1 MiB blocks' sha256s) in
@@ -231,6 +235,15 @@ impl Manifest {
             None | Some("A") | Some("B") => Ok(()),
             Some(other) => Err((field, format!("`{other}`: expected \"A\", \"B\" or null"))),
         };
+        // Names first: every one of them becomes part of a path somewhere (the rebuilt
+        // release's directory, the spec and lock read from the source, files opened in the
+        // release), so each passes the rule `plinth build` applies to what it writes.
+        let name = |field: String, checked: Result<(), String>| {
+            checked.map_err(|message| (field, format!("{message}\n  hint: a release's names come from `plinth build`; this manifest was crafted or damaged: do not use the release")))
+        };
+        name("os".into(), names::check_os(&self.os))?;
+        name("version".into(), names::check_version(&self.version))?;
+        name("profile".into(), names::check_simple_name(&self.profile))?;
         digest(
             "inputs.source_commit".into(),
             &self.inputs.source_commit,
@@ -243,6 +256,10 @@ impl Manifest {
             64,
         )?;
         for (i, o) in self.outputs.iter().enumerate() {
+            name(
+                format!("outputs[{i}].name"),
+                names::check_file_name(&o.name),
+            )?;
             digest(format!("outputs[{i}].sha256"), &o.sha256, 64)?;
             if i > 0 && self.outputs[i - 1].name >= o.name {
                 return Err((
@@ -252,6 +269,20 @@ impl Manifest {
             }
         }
         for (i, p) in self.partitions.iter().enumerate() {
+            name(
+                format!("partitions[{i}].name"),
+                names::check_simple_name(&p.name),
+            )?;
+            if !ROLES.contains(&p.role.as_str()) {
+                return Err((
+                    format!("partitions[{i}].role"),
+                    format!(
+                        "`{}`: expected one of {}",
+                        p.role.escape_debug(),
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
             digest(
                 format!("partitions[{i}].blocks_sha256"),
                 &p.blocks_sha256,

@@ -15,6 +15,7 @@ use super::position::{join_index, join_key, Pos, PositionIndex, SyntaxError};
 use super::size::{Size, MIB};
 use super::OS_NAMES;
 use super::{Filesystem, OsSpec, PackageRequest, Partition, Role, Slot, SpecError, SpecErrors};
+use crate::names::is_simple_name;
 use std::collections::HashMap;
 
 /// Debian releases plinth knows how to build from.
@@ -1137,13 +1138,6 @@ fn slot_partner<'p>(partitions: &'p [Partition], p: &Partition) -> Option<&'p Pa
     partitions
         .iter()
         .find(|o| o.name == other && o.slot.is_some())
-}
-
-/// `[a-z][a-z0-9-]*`
-fn is_simple_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn fs_name(fs: Filesystem) -> &'static str {

@@ -192,11 +192,47 @@ pub fn catch_interrupts() -> &'static AtomicBool {
 }
 
 /// Check the machine's settings before anything starts.
+/// A path or value as QEMU's option syntax takes it: a comma is written twice, so that
+/// `file=a,b` cannot add an option `b`. [`check`] has refused what QEMU cannot take at all.
+pub fn qemu_value(value: &Path) -> String {
+    value.display().to_string().replace(',', ",,")
+}
+
+/// A path QEMU's option syntax can carry: UTF-8 (it is passed as text) without control
+/// characters.
+fn qemu_safe(path: &Path) -> bool {
+    path.to_str()
+        .is_some_and(|s| !s.is_empty() && !s.chars().any(char::is_control))
+}
+
 fn check(m: &Machine, echo: Echo) -> Result<(), VmError> {
     let bad = |what: String, hint: &str| VmError::Bad {
         what,
         hint: hint.into(),
     };
+    let paths = std::iter::once(&m.boot_disk)
+        .chain(&m.disks)
+        .chain(&m.firmware)
+        .chain(m.labelled_disks.iter().map(|(d, _)| d));
+    for path in paths {
+        if !qemu_safe(path) {
+            return Err(bad(
+                format!(
+                    "{}: QEMU cannot be given this path (not UTF-8, or a control character)",
+                    path.display()
+                ),
+                "rename or copy the file to a plain path",
+            ));
+        }
+    }
+    for (_, serial) in &m.labelled_disks {
+        if !qemu_safe(Path::new(serial)) {
+            return Err(bad(
+                format!("disk serial {serial:?}: a control character"),
+                "use a plain serial",
+            ));
+        }
+    }
     for disk in std::iter::once(&m.boot_disk).chain(&m.disks) {
         if !disk.is_file() {
             return Err(bad(
@@ -298,14 +334,14 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
             "-drive".into(),
             format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                f.display()
+                qemu_value(f)
             ),
         ]),
         None => a.extend([
             "-drive".into(),
             format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
             "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            format!("if=pflash,format=raw,unit=1,file={}", qemu_value(vars)),
         ]),
     }
     a.extend([
@@ -315,7 +351,7 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
         "-drive".into(),
         format!(
             "file={},format=raw,if=none,id=boot,snapshot=on",
-            m.boot_disk.display()
+            qemu_value(&m.boot_disk)
         ),
         "-device".into(),
         "virtio-blk-pci,drive=boot,bootindex=0".into(),
@@ -323,7 +359,7 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
     for d in &m.disks {
         a.extend([
             "-drive".into(),
-            format!("file={},format=raw,if=virtio", d.display()),
+            format!("file={},format=raw,if=virtio", qemu_value(d)),
         ]);
     }
     for (i, (d, serial)) in m.labelled_disks.iter().enumerate() {
@@ -331,10 +367,13 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
             "-drive".into(),
             format!(
                 "file={},format=raw,if=none,id=labelled{i},readonly=on",
-                d.display()
+                qemu_value(d)
             ),
             "-device".into(),
-            format!("virtio-blk-pci,drive=labelled{i},serial={serial}"),
+            format!(
+                "virtio-blk-pci,drive=labelled{i},serial={}",
+                qemu_value(Path::new(serial))
+            ),
         ]);
     }
     a.extend(console.iter().cloned());
@@ -360,12 +399,12 @@ pub fn run(m: &Machine, w: &Watch) -> Result<Run, VmError> {
     let console = if w.echo == Echo::Interactive {
         vec![
             "-chardev".into(),
-            format!("stdio,id=con0,signal=on,logfile={}", log.display()),
+            format!("stdio,id=con0,signal=on,logfile={}", qemu_value(&log)),
         ]
     } else {
         vec![
             "-chardev".into(),
-            format!("file,id=con0,path={}", log.display()),
+            format!("file,id=con0,path={}", qemu_value(&log)),
         ]
     };
     let tpm = if m.tpm {
@@ -589,5 +628,41 @@ mod tests {
         m.numa_nodes = 3;
         let err = check(&m, Echo::Off).unwrap_err().to_string();
         assert!(err.contains("3 NUMA nodes for 2 vCPUs"), "{err}");
+
+        // A path with a control character cannot be written in QEMU's option syntax.
+        let odd = dir.path().join("d\nfile=x.img");
+        std::fs::write(&odd, [0u8; 512]).unwrap();
+        let err = check(&Machine::new(&odd), Echo::Off)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("QEMU cannot be given this path"), "{err}");
+    }
+
+    #[test]
+    fn commas_in_paths_cannot_add_qemu_options() {
+        // The attack: a disk named so that its `file=` value ends early and the rest of
+        // the name becomes options of the drive (here: a second file, and writable).
+        let mut m = Machine::new("/img/a,file=/etc/shadow,snapshot=off");
+        m.disks = vec!["/img/b,if=none".into()];
+        m.labelled_disks = vec![("/img/c,readonly=off".into(), "s,n".into())];
+        m.firmware = Some("/fw/x,unit=1".into());
+        let args = qemu_args(&m, Accel::Tcg, Path::new("/v,readonly=off.fd"), &[]);
+        let drives: Vec<&String> = args
+            .iter()
+            .zip(args.iter().skip(1))
+            .filter(|(flag, _)| *flag == "-drive")
+            .map(|(_, value)| value)
+            .collect();
+        assert!(drives.contains(
+            &&"file=/img/a,,file=/etc/shadow,,snapshot=off,format=raw,if=none,id=boot,snapshot=on"
+                .to_string()
+        ));
+        assert!(drives.contains(&&"file=/img/b,,if=none,format=raw,if=virtio".to_string()));
+        assert!(drives.contains(
+            &&"file=/img/c,,readonly=off,format=raw,if=none,id=labelled0,readonly=on".to_string()
+        ));
+        assert!(drives
+            .contains(&&"if=pflash,format=raw,unit=0,readonly=on,file=/fw/x,,unit=1".to_string()));
+        assert!(args.contains(&"virtio-blk-pci,drive=labelled0,serial=s,,n".to_string()));
     }
 }

@@ -106,7 +106,7 @@ impl Swtpm {
     pub fn qemu_args(&self) -> Vec<String> {
         vec![
             "-chardev".into(),
-            format!("socket,id=chrtpm,path={}", self.socket.display()),
+            format!("socket,id=chrtpm,path={}", super::qemu_value(&self.socket)),
             "-tpmdev".into(),
             "emulator,id=tpm0,chardev=chrtpm".into(),
             "-device".into(),
