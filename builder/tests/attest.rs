@@ -1,7 +1,9 @@
 //! `plinth attest verify` end to end with AMD's real Milan report and VCEK (from
 //! firmware/testdata/snp/): exit codes 0, 1 and 2 with their messages, `--json`, the
 //! certificate sources (--vcek, --certs, --cert-table), and `--fetch` from a KDS served on
-//! 127.0.0.1, whose answer is cached and reused.
+//! 127.0.0.1, whose answer is cached and reused. And AWS EC2's kind of report (version 2,
+//! chip id masked, signed by a VLEK), synthetic: firmware/testdata/snp/synthetic_vlek_*,
+//! made with test keys, so that AMD's pinned root refuses its chain and nothing else.
 
 use plinth_firmware::measurements::{Measurements, Platform, FORMAT_VERSION};
 use plinth_firmware::snp::cert_table::{self, CertKind, TableEntry};
@@ -33,9 +35,19 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::tempdir().unwrap();
         let r = real_report().parsed;
-        let base = SnpExpected::single(&hex::encode(r.measurement), "EPYC-Milan");
+        Scratch::expecting(
+            &hex::encode(r.measurement),
+            r.policy.smt_allowed(),
+            r.vmpl,
+            CATALOG_2023,
+        )
+    }
+
+    /// measurements.json expecting `measurement` with `smt` at `vmpl`, and `catalog`.
+    fn expecting(measurement: &str, smt: bool, vmpl: u32, catalog: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let base = SnpExpected::single(measurement, "EPYC-Milan");
         let m = Measurements {
             format_version: FORMAT_VERSION,
             os: "guest-os".into(),
@@ -48,11 +60,8 @@ impl Scratch {
             slots: vec![],
             not_predicted: vec![],
             snp: Some(SnpExpected {
-                policy: Policy {
-                    smt: r.policy.smt_allowed(),
-                    ..base.policy
-                },
-                vmpl: r.vmpl,
+                policy: Policy { smt, ..base.policy },
+                vmpl,
                 ..base
             }),
         };
@@ -61,7 +70,7 @@ impl Scratch {
             serde_json::to_string_pretty(&m).unwrap(),
         )
         .unwrap();
-        std::fs::write(dir.path().join("catalog-2023.yaml"), CATALOG_2023).unwrap();
+        std::fs::write(dir.path().join("catalog-2023.yaml"), catalog).unwrap();
         Scratch { dir }
     }
 
@@ -375,5 +384,304 @@ fn help_has_examples() {
     assert!(
         stdout.contains("Examples:") && stdout.contains("plinth-guest attest --nonce"),
         "{stdout}"
+    );
+}
+
+/// The synthetic AWS EC2 report's TCB as the floor (firmware's `testing::SYNTHETIC_TCB`).
+const CATALOG_SYNTHETIC: &str = "format_version: 1\ngenerations:\n  - name: milan\n    cpu_family: 0x19\n    cpu_models: [[0x00, 0x0f]]\n    minimum_tcb: { bootloader: 4, tee: 0, snp: 21, microcode: 211 }\n";
+
+/// The synthetic AWS EC2 case: `synthetic_vlek_report_milan.bin` (version 2, CHIP_ID zero,
+/// signed by a Milan VLEK without productName, REPORT_DATA the nonce "a fresh nonce from
+/// the verifier"), with measurements.json expecting what it carries, and these
+/// certificate sources: `certs/` (vlek.pem and the KDS chain: ASVK `SEV-VLEK-Milan`, then
+/// the test `ARK-Milan`), `asvk/` (vlek.pem and asvk.pem: the pinned ARK is used) and
+/// `table.bin` (the host's certificate table: the VLEK only, as AWS's is). Read as bytes:
+/// the report is not parsed here.
+struct Aws {
+    scratch: Scratch,
+    report: String,
+    nonce: String,
+}
+
+impl Aws {
+    fn new() -> Aws {
+        let bytes = std::fs::read(data("synthetic_vlek_report_milan.bin")).unwrap();
+        assert_eq!(&bytes[0..4], &[2, 0, 0, 0], "version 2");
+        assert!(
+            bytes[0x1a0..0x1e0].iter().all(|&b| b == 0),
+            "CHIP_ID masked"
+        );
+        let policy = u64::from_le_bytes(bytes[0x08..0x10].try_into().unwrap());
+        let vmpl = u32::from_le_bytes(bytes[0x30..0x34].try_into().unwrap());
+        let scratch = Scratch::expecting(
+            &hex::encode(&bytes[0x90..0xc0]),
+            policy & (1 << 16) != 0,
+            vmpl,
+            CATALOG_SYNTHETIC,
+        );
+        let vlek = std::fs::read(data("synthetic_vlek_milan.pem")).unwrap();
+        let chain = std::fs::read_to_string(data("synthetic_vlek_cert_chain_milan.pem")).unwrap();
+        let end = "-----END CERTIFICATE-----";
+        let asvk = &chain[..chain.find(end).unwrap() + end.len()];
+        let root = scratch.dir.path();
+        for (dir, files) in [
+            (
+                "certs",
+                [
+                    ("vlek.pem", &vlek[..]),
+                    ("cert_chain.pem", chain.as_bytes()),
+                ],
+            ),
+            (
+                "asvk",
+                [("vlek.pem", &vlek[..]), ("asvk.pem", asvk.as_bytes())],
+            ),
+        ] {
+            std::fs::create_dir(root.join(dir)).unwrap();
+            for (name, content) in files {
+                std::fs::write(root.join(dir).join(name), content).unwrap();
+            }
+        }
+        let vlek_der = plinth_firmware::snp::certs::parse_cert(&vlek, "vlek.pem")
+            .unwrap()
+            .der;
+        let table = cert_table::encode(&[TableEntry {
+            kind: CertKind::Vlek,
+            data: vlek_der,
+        }]);
+        std::fs::write(root.join("table.bin"), table).unwrap();
+        Aws {
+            report: data("synthetic_vlek_report_milan.bin")
+                .display()
+                .to_string(),
+            nonce: hex::encode("a fresh nonce from the verifier"),
+            scratch,
+        }
+    }
+
+    /// `attest verify` of the report with the synthetic catalog, the nonce and `extra`.
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let s = &self.scratch;
+        let mut v: Vec<String> = vec![
+            "attest".into(),
+            "verify".into(),
+            self.report.clone(),
+            "--expect".into(),
+            s.path("measurements.json"),
+            "--catalog".into(),
+            s.path("catalog-2023.yaml"),
+            "--nonce".into(),
+            self.nonce.clone(),
+        ];
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.scratch.path(name)
+    }
+}
+
+/// The checks the synthetic VLEK report passes whatever root is pinned.
+const VLEK_CHECKS_OK: [&str; 8] = [
+    "vek",
+    "vek_tcb",
+    "report_signature",
+    "measurement",
+    "policy",
+    "tcb_minimum",
+    "report_data",
+    "vmpl",
+];
+
+fn assert_vlek_checks_ran(stdout: &str) {
+    for name in VLEK_CHECKS_OK {
+        assert!(
+            stdout.contains(&format!("ok   {name} ")),
+            "{name}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("skip vek_hwid") && stdout.contains("a VLEK belongs to a cloud provider"),
+        "{stdout}"
+    );
+}
+
+/// Issue 18, 9: AWS EC2's reports were refused as "its processor generation cannot be
+/// told". Now the chain's names tell it (Milan), and every check runs: all pass but the
+/// chain's, whose test root is not AMD's pinned one.
+#[test]
+fn aws_vlek_report_with_masked_chip_id_gets_every_check() {
+    let aws = Aws::new();
+    let certs = aws.path("certs");
+    let (code, stdout, stderr) = run(&aws.args(&["--certs", &certs]), &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(
+            "SEV-SNP report of a Milan node (generation: the ARK's subject `ARK-Milan`), signed by a VLEK:"
+        ),
+        "{stdout}"
+    );
+    assert_vlek_checks_ran(&stdout);
+    assert!(
+        stdout.contains("FAIL ark") && stdout.contains("is not the pinned Milan ARK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL ask") && stdout.contains("is not signed by the pinned Milan ARK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("11 checks: 8 passed, 2 failed, 1 skipped"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("2 of 11 checks failed: ark, ask"),
+        "{stderr}"
+    );
+
+    // The ASVK alone (the pinned ARK is used): only `ask` fails, the generation from its name.
+    let asvk = aws.path("asvk");
+    let mut args = aws.args(&["--certs", &asvk, "--json"]);
+    let (code, stdout, stderr) = run(&args, &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["generation"], "milan");
+    assert_eq!(v["generation_from"], "the ASVK's subject `SEV-VLEK-Milan`");
+    assert_eq!(v["signed_by"], "VLEK");
+    let failed: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "failed")
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["ask"], "{stdout}");
+    assert!(stderr.contains("1 of 11 checks failed: ask"), "{stderr}");
+    // --generation agrees with the chain.
+    args.extend(["--generation".to_string(), "milan".to_string()]);
+    let (code, stdout, _) = run(&args, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("\"generation_from\": \"--generation\""),
+        "{stdout}"
+    );
+}
+
+/// AWS's certificate table carries the VLEK only (no productName here): the generation
+/// cannot be told without --generation, which then also says where to fetch the ASVK.
+#[test]
+fn aws_vlek_report_with_only_the_vlek_needs_the_generation() {
+    let aws = Aws::new();
+    let chain = std::fs::read(data("synthetic_vlek_cert_chain_milan.pem")).unwrap();
+    let files = HashMap::from([("vlek/v1/Milan/cert_chain".to_string(), chain)]);
+    let kds = TestServer::start(files, Faults::none());
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().display().to_string();
+    let url = kds.url();
+    let env = [
+        ("PLINTH_KDS_URL", url.as_str()),
+        ("PLINTH_CACHE_DIR", cache_dir.as_str()),
+    ];
+    let table = aws.path("table.bin");
+
+    let (code, stdout, stderr) = run(&aws.args(&["--cert-table", &table, "--fetch"]), &env);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    for part in [
+        "the processor generation cannot be told",
+        "the report (version 2) has no CPUID",
+        "no --generation",
+        "has no productName",
+        "no ARK given; no ASVK given",
+        "hint: pass --generation milan|genoa|turin",
+    ] {
+        assert!(stderr.contains(part), "`{part}` not in: {stderr}");
+    }
+    assert_eq!(kds.requests_for("vlek/v1/Milan/cert_chain"), 0);
+
+    let (code, stdout, stderr) = run(
+        &aws.args(&["--cert-table", &table, "--fetch", "--generation", "milan"]),
+        &env,
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("fetching {url}/vlek/v1/Milan/cert_chain")),
+        "{stderr}"
+    );
+    assert!(
+        stdout.starts_with(
+            "SEV-SNP report of a Milan node (generation: --generation), signed by a VLEK:"
+        ),
+        "{stdout}"
+    );
+    assert_vlek_checks_ran(&stdout);
+    assert!(
+        stderr.contains("2 of 11 checks failed: ark, ask"),
+        "the test root is not AMD's: {stderr}"
+    );
+}
+
+/// A chain of another generation than --generation says fails the `ask` check, naming both.
+#[test]
+fn aws_vlek_report_with_a_chain_of_another_generation() {
+    let aws = Aws::new();
+    let asvk = aws.path("asvk");
+    let (code, stdout, stderr) = run(&aws.args(&["--certs", &asvk, "--generation", "genoa"]), &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("FAIL ask")
+            && stdout.contains(
+                "its subject `SEV-VLEK-Milan` names Milan, the node is Genoa (--generation)"
+            ),
+        "{stdout}"
+    );
+    assert!(stderr.contains("ask"), "{stderr}");
+}
+
+/// A VCEK-signed report with CHIP_ID masked: KDS cannot be asked for its VCEK (it finds
+/// one by chip id); given, the VCEK's signature binds the report to the chip and vek_hwid
+/// is skipped. (The real report with its chip id zeroed: its signature no longer holds.)
+#[test]
+fn masked_chip_id_vcek_report() {
+    let s = Scratch::new();
+    let mut bytes = real_report().bytes().to_vec();
+    bytes[0x1a0..0x1e0].fill(0);
+    std::fs::write(s.dir.path().join("masked.bin"), &bytes).unwrap();
+    let masked = s.path("masked.bin");
+    let expect = s.path("measurements.json");
+    let catalog = s.path("catalog-2023.yaml");
+    let nonce = nonce();
+    let base = [
+        "attest",
+        "verify",
+        &masked,
+        "--expect",
+        &expect,
+        "--catalog",
+        &catalog,
+        "--nonce",
+        &nonce,
+    ];
+    let mut fetch = base.to_vec();
+    fetch.extend(["--fetch", "--generation", "milan"]);
+    let (code, _, stderr) = plinth(&fetch, &[("PLINTH_KDS_URL", "http://127.0.0.1:1")]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("CHIP_ID is zero (masked by the host's MASK_CHIP_ID), so AMD's KDS cannot be asked for its VCEK")
+            && stderr.contains("--vcek"),
+        "{stderr}"
+    );
+    let vcek = data("vcek_milan.der").display().to_string();
+    let mut given = base.to_vec();
+    given.extend(["--vcek", &vcek]);
+    let (code, stdout, stderr) = plinth(&given, &[]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("skip vek_hwid") && stdout.contains("CHIP_ID is zero"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 of 11 checks failed: report_signature"),
+        "{stderr}"
     );
 }

@@ -2,7 +2,9 @@
 //! `measurements.json` (see [`plinth_firmware::snp::verify`]): AMD's chain up to the pinned
 //! root, the VCEK's TCB and chip, the report's signature, measurement, policy, minimum TCB,
 //! nonce and VMPL. The certificates come from files, an extended report's certificate table,
-//! or, with `--fetch`, from AMD's key distribution service (cached).
+//! or, with `--fetch`, from AMD's key distribution service (cached). Reports signed by a
+//! VLEK with the chip id masked (AWS EC2's) are checked like any other; their generation
+//! comes from `--generation`, the VLEK's productName or the chain's names.
 
 use super::{BadInput, CacheArg, CheckFailed, Global, Output};
 use crate::packages::cache::Cache;
@@ -30,6 +32,13 @@ measurement (one of measurements.json's launch digests), policy (debug and
 migration agent off, SMT as expected, ABI minimum), tcb_minimum (the firmware
 catalog's floor), report_data (the nonce, zero-padded to 64 bytes), vmpl.
 
+The generation (whose AMD root is pinned) is the report's CPUID (version 3 and
+later), --generation and the VCEK's or VLEK's productName, which must agree (else
+an error); if none tells, the names of the chain given (ARK-Milan, SEV-Milan,
+SEV-VLEK-Milan). A chain of another generation fails ark or ask. A VLEK-signed report with CHIP_ID zero (AWS EC2: the host masks the
+chip id) skips vek_hwid; so does a VCEK-signed one, which its VCEK's signature
+binds to the chip, but its VCEK must then be given (KDS finds VCEKs by chip id).
+
 Exit codes: 0 every check passed (report_data is skipped without --nonce), 1 a
 check failed (every check is printed), 2 bad input (an unreadable report or
 certificate, a missing VCEK or one KDS could not deliver, a bad nonce).
@@ -39,7 +48,9 @@ Examples:
   plinth attest verify a/report.bin --certs a/certs \\
       --expect out/guest-os/1.0.0/measurements.json --nonce $NONCE
   plinth attest verify report.bin --vcek vcek.der --expect m.json --json
-  plinth attest verify report.bin --fetch --expect m.json --generation milan";
+  plinth attest verify report.bin --fetch --expect m.json --generation milan
+  plinth attest verify report.bin --cert-table certs.bin --fetch --generation milan \\
+      --expect m.json      (AWS EC2: the table has the VLEK; the ASVK is fetched)";
 
 /// Check SEV-SNP attestation reports.
 #[derive(Debug, clap::Args)]
@@ -75,7 +86,8 @@ pub struct VerifyArgs {
     /// The nonce the report must carry (hex, 1 to 64 bytes).
     #[arg(long, value_name = "HEX")]
     pub nonce: Option<String>,
-    /// The processor generation, for version 2 reports whose VCEK is not at hand.
+    /// The processor generation, for version 2 reports whose VCEK or VLEK and chain do not
+    /// name it (AWS EC2's VLEK may not).
     #[arg(long, value_name = "GEN", value_parser = parse_generation)]
     pub generation: Option<Generation>,
     /// Fetch a missing VCEK (or a VLEK's ASVK) from AMD's KDS, cached.
@@ -218,8 +230,11 @@ fn fetch_missing(
     if !need_vcek && !need_asvk {
         return Ok(());
     }
-    let vek = certs.get(role);
-    let (generation, _) = verify::resolve_generation(report, vek, args.generation, catalog)
+    if need_vcek && report.chip_id_masked() {
+        let e = verify::VerifyError::VcekNotFetchable;
+        return Err(BadInput(format!("{}: {e}", args.report.display())).into());
+    }
+    let (generation, _) = verify::resolve_generation(report, certs, role, args.generation, catalog)
         .map_err(|e| BadInput(format!("{}: {e}", args.report.display())))?;
     let base = args
         .kds_url

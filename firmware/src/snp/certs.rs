@@ -78,24 +78,35 @@ impl Cert {
     /// The subject's common name (`SEV-VCEK`), or "" when it has none.
     pub fn subject_cn(&self) -> String {
         let x509: x509_cert::Certificate = self.cert.clone().into();
-        for rdn in x509.tbs_certificate.subject.0.iter() {
-            for atv in rdn.0.iter() {
-                if atv.oid == COMMON_NAME {
-                    return atv
-                        .value
-                        .decode_as::<x509_cert::der::asn1::Utf8StringRef<'_>>()
-                        .map(|s| s.to_string())
-                        .or_else(|_| {
-                            atv.value
-                                .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
-                                .map(|s| s.to_string())
-                        })
-                        .unwrap_or_default();
-                }
+        common_name(&x509.tbs_certificate.subject)
+    }
+
+    /// The issuer's common name (`SEV-Milan` for a Milan VCEK), or "" when it has none.
+    pub fn issuer_cn(&self) -> String {
+        let x509: x509_cert::Certificate = self.cert.clone().into();
+        common_name(&x509.tbs_certificate.issuer)
+    }
+}
+
+/// The common name of `name` (UTF8String or PrintableString), or "".
+fn common_name(name: &x509_cert::name::Name) -> String {
+    for rdn in name.0.iter() {
+        for atv in rdn.0.iter() {
+            if atv.oid == COMMON_NAME {
+                return atv
+                    .value
+                    .decode_as::<x509_cert::der::asn1::Utf8StringRef<'_>>()
+                    .map(|s| s.to_string())
+                    .or_else(|_| {
+                        atv.value
+                            .decode_as::<x509_cert::der::asn1::PrintableStringRef<'_>>()
+                            .map(|s| s.to_string())
+                    })
+                    .unwrap_or_default();
             }
         }
-        String::new()
     }
+    String::new()
 }
 
 const COMMON_NAME: x509_cert::der::oid::ObjectIdentifier =
@@ -346,6 +357,8 @@ mod tests {
         assert_eq!(set.vcek.as_ref().unwrap().subject_cn(), "SEV-VCEK");
         assert_eq!(set.ask.as_ref().unwrap().subject_cn(), "SEV-Milan");
         assert_eq!(set.ark.as_ref().unwrap().subject_cn(), "ARK-Milan");
+        assert_eq!(set.ask.as_ref().unwrap().issuer_cn(), "ARK-Milan");
+        assert_eq!(set.vcek.as_ref().unwrap().issuer_cn(), "SEV-Milan");
         assert!(set.asvk.is_none() && set.vlek.is_none());
 
         std::fs::write(dir.path().join("vcek.pem"), b"x").unwrap();

@@ -1,7 +1,9 @@
 //! The AMD EPYC generations SEV-SNP attestation knows (Milan, Genoa, Turin): how
-//! `--generation`, the firmware catalog and AMD's key distribution service spell each, the
-//! layout of its TCB, and its AMD root (ARK) and signing key (ASK) certificates as the `sev`
-//! crate builds them in.
+//! `--generation`, the firmware catalog, AMD's key distribution service and AMD's
+//! certificates spell each (the productName extension `Milan-B0`; the common names
+//! `ARK-Milan`, `SEV-Milan` of the ASK, `SEV-VLEK-Milan` of the ASVK), the layout of its
+//! TCB, and its AMD root (ARK) and signing key (ASK) certificates as the `sev` crate builds
+//! them in.
 
 use serde::{Deserialize, Serialize};
 use sev::certs::snp::{builtin, Certificate};
@@ -47,6 +49,18 @@ impl Generation {
         Generation::ALL
             .into_iter()
             .find(|g| g.product().eq_ignore_ascii_case(family))
+    }
+
+    /// The generation a certificate's common name names, as AMD names the certificates of a
+    /// generation's chains: `ARK-Milan` (the ARK, subject and issuer), `SEV-Milan` (the
+    /// ASK), `SEV-VLEK-Milan` (the ASVK). `SEV-VCEK` and `SEV-VLEK` (the keys themselves)
+    /// name none.
+    pub fn from_cert_name(common_name: &str) -> Option<Generation> {
+        common_name.split('-').find_map(|part| {
+            Generation::ALL
+                .into_iter()
+                .find(|g| g.product().eq_ignore_ascii_case(part))
+        })
     }
 
     /// AMD's root key certificate for this generation, built into the `sev` crate.
@@ -119,5 +133,32 @@ mod tests {
             Some(Generation::Turin)
         );
         assert_eq!(Generation::from_product_name("Venice"), None);
+        assert_eq!(
+            Generation::from_cert_name("SEV-VLEK-Genoa"),
+            Some(Generation::Genoa)
+        );
+        assert_eq!(Generation::from_cert_name("SEV-VLEK"), None);
+        assert_eq!(Generation::from_cert_name("SEV-VCEK"), None);
+        assert_eq!(Generation::from_cert_name(""), None);
+    }
+
+    /// AMD's own certificates name their generation as `from_cert_name` reads it.
+    #[test]
+    fn builtin_certificates_name_their_generation() {
+        use crate::snp::certs::Cert;
+        for g in Generation::ALL {
+            let ark = Cert::new(g.builtin_ark(), "ark").unwrap();
+            let ask = Cert::new(g.builtin_ask(), "ask").unwrap();
+            assert_eq!(ark.subject_cn(), format!("ARK-{}", g.product()));
+            assert_eq!(ask.subject_cn(), format!("SEV-{}", g.product()));
+            for cn in [
+                ark.subject_cn(),
+                ark.issuer_cn(),
+                ask.subject_cn(),
+                ask.issuer_cn(),
+            ] {
+                assert_eq!(Generation::from_cert_name(&cn), Some(g), "{cn}");
+            }
+        }
     }
 }

@@ -1,7 +1,15 @@
 //! Reading an SEV-SNP attestation report (SEV-SNP ABI specification 56860, "ATTESTATION_REPORT
 //! Structure"): 1184 bytes, as raw binary or as hex text, parsed by the `sev` crate and kept
 //! with its original bytes, over which the signature is checked.
+//!
+//! A version 2 report names no CPU (CPUID came with version 3), and the layout of its TCB
+//! fields depends on the generation (Turin's has an FMC). The `sev` crate guesses it from
+//! the chip id (8 bytes on Turin, 64 before) and refuses a masked, all-zero one, which is
+//! what hosts with MASK_CHIP_ID set write, AWS EC2's among them. Such a report is read here
+//! in the Milan and Genoa layout, and read again in its generation's once that is known
+//! ([`Report::for_generation`], from `--generation` or the certificates).
 
+use super::generation::Generation;
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
 use std::path::Path;
@@ -31,8 +39,6 @@ pub enum ReportError {
     Length { origin: String, len: usize },
     #[error("{origin}: report version {version}: expected 2 or later (versions 0 and 1 predate SEV-SNP's released ABI)")]
     Version { origin: String, version: u32 },
-    #[error("{origin}: a version 2 report with the chip id masked (all zero): its processor generation, hence its TCB layout, cannot be told\n  hint: launch without MASK_CHIP_ID, or request the report from firmware that writes version 3 reports")]
-    MaskedChipId { origin: String },
     #[error("{origin}: CPU family {family:#04x} model {model:#04x}: not a processor with SEV-SNP that this plinth knows")]
     UnknownCpu {
         origin: String,
@@ -91,11 +97,34 @@ impl Report {
             });
         }
         check_decodable(&bytes, origin)?;
-        let parsed = AttestationReport::from_bytes(&bytes).map_err(|e| ReportError::Parse {
+        let parsed = parse(&bytes, None).map_err(|message| ReportError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message,
         })?;
         Ok(Report { bytes, parsed })
+    }
+
+    /// The same report with its TCB fields read in `generation`'s layout. Only a version 2
+    /// report can change (later ones name their CPU, which decides the layout).
+    pub fn for_generation(&self, generation: Generation) -> Result<Report, ReportError> {
+        if self.parsed.version != 2 {
+            return Ok(self.clone());
+        }
+        let parsed =
+            parse(&self.bytes, Some(generation)).map_err(|message| ReportError::Parse {
+                origin: format!("the report read as {}'s", generation.product()),
+                message,
+            })?;
+        Ok(Report {
+            bytes: self.bytes.clone(),
+            parsed,
+        })
+    }
+
+    /// Whether CHIP_ID is all zero: masked by the host (MASK_CHIP_ID in its SNP
+    /// configuration), as hosts that sign with a VLEK do.
+    pub fn chip_id_masked(&self) -> bool {
+        self.parsed.chip_id.iter().all(|&b| b == 0)
     }
 
     /// All 1184 bytes as read.
@@ -141,6 +170,29 @@ fn from_hex(data: &[u8]) -> Option<Vec<u8>> {
     hex::decode(digits).ok()
 }
 
+/// The fields of `bytes`, by the `sev` crate. A version 2 report's TCB layout is `layout`'s
+/// when given; else the crate's guess from the chip id, and for a masked (all-zero) chip id,
+/// which the crate refuses, the Milan and Genoa layout. The crate's guess is steered with a
+/// placeholder chip id of the layout's shape; the real one is put back.
+fn parse(bytes: &[u8], layout: Option<Generation>) -> Result<AttestationReport, String> {
+    let version = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let masked = bytes[CHIP_ID].iter().all(|&b| b == 0);
+    if version != 2 || (layout.is_none() && !masked) {
+        return AttestationReport::from_bytes(bytes).map_err(|e| e.to_string());
+    }
+    let mut steered = bytes.to_vec();
+    let chip = &mut steered[CHIP_ID];
+    chip.fill(0);
+    chip[0] = 1;
+    if layout != Some(Generation::Turin) {
+        // Past Turin's 8 bytes: the Milan and Genoa layout.
+        chip[8] = 1;
+    }
+    let mut parsed = AttestationReport::from_bytes(&steered).map_err(|e| e.to_string())?;
+    parsed.chip_id.copy_from_slice(&bytes[CHIP_ID]);
+    Ok(parsed)
+}
+
 /// Refuse, with a precise reason, what the `sev` crate's parser would refuse with a vague one.
 fn check_decodable(bytes: &[u8], origin: &str) -> Result<(), ReportError> {
     let version = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
@@ -151,11 +203,6 @@ fn check_decodable(bytes: &[u8], origin: &str) -> Result<(), ReportError> {
         });
     }
     if version == 2 {
-        if bytes[CHIP_ID].iter().all(|&b| b == 0) {
-            return Err(ReportError::MaskedChipId {
-                origin: origin.to_string(),
-            });
-        }
         return Ok(());
     }
     let (family, model) = (bytes[CPUID_FAMILY_OFFSET], bytes[CPUID_MODEL_OFFSET]);
@@ -189,6 +236,31 @@ mod tests {
         assert_eq!(r.signed_bytes().len(), SIGNED_LEN);
     }
 
+    /// A version 2 report with a masked chip id (as AWS EC2 hosts write them) reads, in the
+    /// Milan and Genoa TCB layout until its generation is known.
+    #[test]
+    fn masked_chip_id_reads() {
+        let real = Report::from_bytes(MILAN_HEX, "x").unwrap();
+        let mut bytes = real.bytes().to_vec();
+        bytes[CHIP_ID].fill(0);
+        let r = Report::from_bytes(&bytes, "r.bin").unwrap();
+        assert!(r.chip_id_masked() && !real.chip_id_masked());
+        assert_eq!(r.parsed.chip_id, [0; 64]);
+        assert_eq!(r.bytes(), &bytes[..]);
+        assert_eq!(r.parsed.reported_tcb, real.parsed.reported_tcb);
+        assert_eq!(r.parsed.reported_tcb.microcode, 115);
+        let milan = r.for_generation(Generation::Milan).unwrap();
+        assert_eq!(milan.parsed, r.parsed);
+        // Turin's layout reads the same eight bytes otherwise (FMC first, microcode last).
+        let turin = r.for_generation(Generation::Turin).unwrap();
+        assert_eq!(turin.parsed.chip_id, [0; 64]);
+        assert_eq!(turin.parsed.reported_tcb.fmc, Some(3));
+        assert_ne!(turin.parsed.reported_tcb, r.parsed.reported_tcb);
+        // An unmasked report keeps its chip id whatever the layout.
+        let as_genoa = real.for_generation(Generation::Genoa).unwrap();
+        assert_eq!(as_genoa.parsed, real.parsed);
+    }
+
     #[test]
     fn refusals_name_the_file_and_what_was_expected() {
         let err = Report::from_bytes(b"hello", "r.bin")
@@ -202,10 +274,6 @@ mod tests {
         bytes[0] = 1;
         let err = Report::from_bytes(&bytes, "r.bin").unwrap_err().to_string();
         assert!(err.contains("report version 1"), "{err}");
-        bytes[0] = 2;
-        bytes[CHIP_ID].fill(0);
-        let err = Report::from_bytes(&bytes, "r.bin").unwrap_err().to_string();
-        assert!(err.contains("chip id masked"), "{err}");
         bytes[0] = 3;
         bytes[CPUID_FAMILY_OFFSET] = 0x17;
         let err = Report::from_bytes(&bytes, "r.bin").unwrap_err().to_string();

@@ -7,13 +7,31 @@
 //! Every check runs, whatever another found, and each is judged on its own inputs (the
 //! report's signature is checked with the VCEK's key even if the VCEK's own signature failed),
 //! so one defect fails one check and the result names it with the values seen.
+//!
+//! The generation (whose ARK is pinned, whose TCB layout and catalog minimum apply) comes,
+//! in order, from the report's CPUID (version 3 and later), `--generation`, and the VCEK's
+//! or VLEK's productName extension: all of these that tell must agree, or it is an error
+//! naming two that differ. Only when none tells (a version 2 report with a VEK without
+//! productName, as AWS EC2's VLEKs may be) do the names of the chain given tell it: the
+//! ARK's and the ASK's (for a VLEK, the ASVK's) subject and issuer (`ARK-Milan`,
+//! `SEV-Milan`, `SEV-VLEK-Milan`), which again must agree. Otherwise it is an error listing
+//! what was looked at. A chain of another generation than the one told is a failed `ark` or
+//! `ask` check, not an error: the ASK (ASVK) must name the node's generation, if it names
+//! one, and be signed by that generation's pinned ARK.
+//!
+//! CHIP_ID is zero when the host masks it (MASK_CHIP_ID in its SNP configuration). A VLEK
+//! belongs to a cloud provider, not to a chip, so a VLEK-signed report with a masked chip id
+//! (AWS EC2's) loses nothing. A VCEK-signed one is bound to its chip by the VCEK's
+//! signature alone: the VCEK is the key of one chip, named by its hwID, so its signature
+//! proves the chip as well as a chip id would; `vek_hwid` is then skipped, saying so, and
+//! KDS cannot be asked for the VCEK (it is found by the chip id): it must be given.
 
 use super::certs::{Cert, CertSet, Role};
 use super::expected::SnpExpected;
 use super::extensions::{self, VekExtensions, TCB_OIDS};
 use super::generation::Generation;
 use super::kds;
-use super::report::{Report, SigningKey, SIGNATURE_COMPONENT_LEN, SIGNED_LEN};
+use super::report::{Report, ReportError, SigningKey, SIGNATURE_COMPONENT_LEN, SIGNED_LEN};
 use super::report_data::{report_data, NonceError};
 use super::tcb::Tcb;
 use crate::catalog::Catalog;
@@ -33,7 +51,8 @@ pub enum Check {
     Vek,
     /// The VCEK's (VLEK's) TCB extensions are the report's REPORTED_TCB.
     VekTcb,
-    /// The VCEK's hwID is the report's CHIP_ID.
+    /// The VCEK's hwID is the report's CHIP_ID (skipped for a VLEK, which has none, and for
+    /// a masked, all-zero CHIP_ID).
     VekHwid,
     /// The VCEK (VLEK) signs the report.
     ReportSignature,
@@ -191,8 +210,8 @@ pub struct Inputs<'a> {
     pub expected: &'a SnpExpected,
     /// The caller's nonce; without one, freshness is not checked.
     pub nonce: Option<&'a [u8]>,
-    /// The generation, when the caller knows it (needed for version 2 reports whose VCEK does
-    /// not name it).
+    /// The generation, when the caller knows it (`--generation`; needed for version 2
+    /// reports whose VEK and chain do not name it).
     pub generation: Option<Generation>,
 }
 
@@ -212,14 +231,22 @@ pub enum VerifyError {
         model: u8,
         certified: String,
     },
-    #[error("--generation {given}, but {how} says {found}")]
+    #[error("{first_from} says {first}, but {second_from} says {second}\n  hint: the certificates must be those of the node's processor generation; check --generation")]
     GenerationConflict {
-        given: Generation,
-        found: Generation,
-        how: &'static str,
+        first: Generation,
+        first_from: String,
+        second: Generation,
+        second_from: String,
     },
-    #[error("the processor generation cannot be told: the report (version {version}) has no CPUID and the {what} names none\n  hint: pass --generation milan|genoa|turin")]
-    UnknownGeneration { version: u32, what: &'static str },
+    #[error("the processor generation cannot be told: {looked_at}\n  hint: pass --generation milan|genoa|turin, or the generation's chain (AMD KDS: /vlek/v1/<Product>/cert_chain for a VLEK, /vcek/v1/<Product>/cert_chain for a VCEK) in --certs")]
+    UnknownGeneration {
+        /// What was looked at, each saying why it did not tell.
+        looked_at: String,
+    },
+    #[error("the report's CHIP_ID is zero (masked by the host's MASK_CHIP_ID), so AMD's KDS cannot be asked for its VCEK (KDS finds a VCEK by chip id)\n  hint: pass the VCEK with --vcek, --certs or --cert-table (the host's certificate table carries it)")]
+    VcekNotFetchable,
+    #[error(transparent)]
+    Report(#[from] ReportError),
     #[error(transparent)]
     Nonce(#[from] NonceError),
 }
@@ -242,40 +269,112 @@ pub fn vek_role(report: &Report, certs: &CertSet) -> Role {
     }
 }
 
-/// The generation of the node: from the report's CPUID (version 3 and later), else from the
-/// VEK's productName, else `given`; `given` must agree with what the report or VEK says.
+/// The certificate that signs the VEK of `role`, as given: the ASK for a VCEK; for a VLEK
+/// the ASVK, or the ASK's entry of an extended report's table (where hosts put the ASVK).
+pub fn signer_given(certs: &CertSet, role: Role) -> Option<(&Cert, &'static str)> {
+    match role {
+        Role::Vlek => certs
+            .asvk
+            .as_ref()
+            .or(certs.ask.as_ref())
+            .map(|c| (c, "ASVK")),
+        _ => certs.ask.as_ref().map(|c| (c, "ASK")),
+    }
+}
+
+/// The generation of the node and what told it (see the module's documentation): the
+/// report's CPUID, `given`, the VEK's productName, all agreeing; else the names of the ARK
+/// and the ASK (ASVK) given, all agreeing.
 pub fn resolve_generation(
     report: &Report,
-    vek: Option<&Cert>,
+    certs: &CertSet,
+    role: Role,
     given: Option<Generation>,
     catalog: &Catalog,
 ) -> Result<(Generation, String), VerifyError> {
-    let told = match report.cpuid() {
-        Some((family, model)) => Some((
-            catalog
+    let mut looked_at = Vec::new();
+    let mut told = Vec::new();
+    match report.cpuid() {
+        Some((family, model)) => {
+            let g = catalog
                 .generation_of(family, model)
                 .ok_or(VerifyError::UncertifiedCpu {
                     family,
                     model,
                     certified: catalog.names(),
-                })?,
-            "the report's CPUID",
-        )),
-        None => vek
-            .and_then(|v| extensions::read(&v.cert).ok()?.product_name)
-            .and_then(|n| Generation::from_product_name(&n))
-            .map(|g| (g, "the VEK's productName")),
-    };
-    match (given, told) {
-        (Some(given), Some((found, how))) if given != found => {
-            Err(VerifyError::GenerationConflict { given, found, how })
+                })?;
+            told.push((g, "the report's CPUID".to_string()));
         }
-        (_, Some((g, how))) => Ok((g, how.to_string())),
-        (Some(g), None) => Ok((g, "as given".to_string())),
-        (None, None) => Err(VerifyError::UnknownGeneration {
-            version: report.parsed.version,
-            what: "VEK",
+        None => looked_at.push(format!(
+            "the report (version {}) has no CPUID",
+            report.parsed.version
+        )),
+    }
+    match given {
+        Some(g) => told.push((g, "--generation".to_string())),
+        None => looked_at.push("no --generation".to_string()),
+    }
+    let what = role.what();
+    match certs.get(role) {
+        None => looked_at.push(format!("no {what}")),
+        Some(vek) => match extensions::read(&vek.cert).map(|e| e.product_name) {
+            Ok(Some(name)) => match Generation::from_product_name(&name) {
+                Some(g) => told.push((g, format!("the {what}'s productName `{name}`"))),
+                None => looked_at.push(format!(
+                    "the {what}'s ({}) productName `{name}` is no generation this plinth knows",
+                    vek.origin
+                )),
+            },
+            Ok(None) => looked_at.push(format!("the {what} ({}) has no productName", vek.origin)),
+            Err(e) => looked_at.push(format!("the {what} ({}): {e}", vek.origin)),
+        },
+    }
+    if let Some(found) = agreed(told)? {
+        return Ok(found);
+    }
+    let mut named = Vec::new();
+    let signer = signer_given(certs, role);
+    let signer_what = if role == Role::Vlek { "ASVK" } else { "ASK" };
+    for (what, cert) in [
+        ("ARK", certs.ark.as_ref()),
+        (signer_what, signer.map(|(c, _)| c)),
+    ] {
+        let Some(cert) = cert else {
+            looked_at.push(format!("no {what} given"));
+            continue;
+        };
+        let names = [("subject", cert.subject_cn()), ("issuer", cert.issuer_cn())];
+        let before = named.len();
+        for (field, cn) in &names {
+            if let Some(g) = Generation::from_cert_name(cn) {
+                named.push((g, format!("the {what}'s {field} `{cn}`")));
+            }
+        }
+        if named.len() == before {
+            looked_at.push(format!(
+                "the {what} ({}) names none (subject `{}`, issuer `{}`)",
+                cert.origin, names[0].1, names[1].1
+            ));
+        }
+    }
+    agreed(named)?.ok_or_else(|| VerifyError::UnknownGeneration {
+        looked_at: looked_at.join("; "),
+    })
+}
+
+/// The first generation told, if every other agrees with it.
+fn agreed(told: Vec<(Generation, String)>) -> Result<Option<(Generation, String)>, VerifyError> {
+    let Some((first, first_from)) = told.first().cloned() else {
+        return Ok(None);
+    };
+    match told.into_iter().find(|(g, _)| *g != first) {
+        Some((second, second_from)) => Err(VerifyError::GenerationConflict {
+            first,
+            first_from,
+            second,
+            second_from,
         }),
+        None => Ok(Some((first, first_from))),
     }
 }
 
@@ -293,18 +392,19 @@ pub fn verify(inputs: &Inputs<'_>, trust: &Trust<'_>) -> Result<Verification, Ve
         what: role.what(),
         hint: match role {
             Role::Vlek => "a VLEK comes from the host (the extended report's certificate table, certs/vlek.der of plinth-guest attest): pass --certs DIR",
+            _ if report.chip_id_masked() => "pass --vcek FILE or --certs DIR (plinth-guest attest writes certs/vcek.der); the report's CHIP_ID is masked, so it cannot be fetched from AMD",
             _ => "pass --vcek FILE or --certs DIR (plinth-guest attest writes certs/vcek.der), or --fetch it from AMD",
         },
     })?;
     let (generation, generation_from) =
-        resolve_generation(report, Some(vek), generation, trust.catalog)?;
+        resolve_generation(report, certs, role, generation, trust.catalog)?;
+    // A version 2 report's TCB fields, read in its generation's layout.
+    let report = &report.for_generation(generation)?;
     let want_data = nonce.map(report_data).transpose()?;
     let builtin_ask;
     let signer: &Cert = match role {
-        Role::Vlek => certs
-            .asvk
-            .as_ref()
-            .or(certs.ask.as_ref())
+        Role::Vlek => signer_given(certs, role)
+            .map(|(c, _)| c)
             .ok_or(VerifyError::NoAsvk)?,
         _ => match &certs.ask {
             Some(ask) => ask,
@@ -333,6 +433,7 @@ pub fn verify(inputs: &Inputs<'_>, trust: &Trust<'_>) -> Result<Verification, Ve
         signer_what,
         ext: &ext,
         generation,
+        generation_from: &generation_from,
     };
     let pinned = trust.arks.get(&generation);
     let checks = vec![
@@ -387,6 +488,7 @@ struct Context<'a> {
     signer_what: &'static str,
     ext: &'a Result<VekExtensions, String>,
     generation: Generation,
+    generation_from: &'a str,
 }
 
 impl Context<'_> {
@@ -442,6 +544,26 @@ impl Context<'_> {
         let Some(ark) = pinned else {
             return result(Check::Ask, false, format!("no {product} ARK is pinned"));
         };
+        let names = [
+            ("subject", self.signer.subject_cn()),
+            ("issuer", self.signer.issuer_cn()),
+        ];
+        for (field, cn) in names {
+            match Generation::from_cert_name(&cn) {
+                Some(g) if g != self.generation => {
+                    return result(
+                        Check::Ask,
+                        false,
+                        format!(
+                            "the {what} ({origin}) is of another generation: its {field} `{cn}` names {}, the node is {product} ({}); a {product} node's {what} is AMD's {product} one",
+                            g.product(),
+                            self.generation_from
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
         match (ark, &self.signer.cert).verify() {
             Ok(()) => result(
                 Check::Ask,
@@ -529,6 +651,20 @@ impl Context<'_> {
             Ok(e) => e,
             Err(e) => return result(Check::VekHwid, false, format!("{}: {e}", self.vek.origin)),
         };
+        if self.report.chip_id_masked() {
+            let hwid = ext
+                .hwid
+                .as_deref()
+                .map(|h| format!("hwID {}", short_hex(h)))
+                .unwrap_or_else(|| "no hwID".into());
+            return CheckResult {
+                check: Check::VekHwid,
+                status: Status::Skipped,
+                detail: format!(
+                    "CHIP_ID is zero: the host masks it (MASK_CHIP_ID), so the report names no chip; it is bound to the VCEK's chip ({hwid}) by the VCEK's signature alone"
+                ),
+            };
+        }
         let chip = kds::hwid(self.generation, &self.report.parsed.chip_id);
         match &ext.hwid {
             None => result(
@@ -1053,8 +1189,9 @@ mod tests {
         assert!(err.to_string().contains("nonce is empty"), "{err}");
         let err = run(&w.certs(), None, Some(Generation::Genoa)).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("--generation genoa, but the VEK's productName says milan"),
+            err.to_string().contains(
+                "--generation says genoa, but the VCEK's productName `Milan-B0` says milan"
+            ),
             "{err}"
         );
         // Without a nonce freshness is skipped, not failed.
@@ -1090,8 +1227,8 @@ mod tests {
     #[test]
     fn a_vlek_signed_report() {
         let w = World::new();
-        let (bytes, vlek, asvk) = w.vlek_variant();
-        let report = Report::from_bytes(&bytes, "report.bin").unwrap();
+        let chain = w.vlek_chain(Generation::Milan, true);
+        let report = Report::from_bytes(&w.vlek_report(false), "report.bin").unwrap();
         assert_eq!(report.signing_key(), SigningKey::Vlek);
         let catalog = Catalog::builtin();
         let trust = w.trust(catalog);
@@ -1108,31 +1245,30 @@ mod tests {
             )
         };
         let certs = CertSet {
-            ark: Some(w.ark.clone()),
-            asvk: Some(asvk.clone()),
-            vlek: Some(vlek.clone()),
-            ..CertSet::default()
+            ark: Some(chain.ark.clone()),
+            ..chain.certs()
         };
         let v = run(certs.clone()).unwrap();
         assert!(v.passed, "{}", v.lines().join("\n"));
         assert_eq!(v.signed_by, "VLEK");
+        assert_eq!(v.generation_from, "the VLEK's productName `Milan`");
         assert_eq!(v.result(Check::VekHwid).unwrap().status, Status::Skipped);
         assert!(v
             .result(Check::Ask)
             .unwrap()
             .detail
-            .contains("the ASVK (test ASVK)"));
+            .contains("the ASVK (test Milan ASVK)"));
         // An extended report's table carries the ASVK in the ASK's entry.
         let v = run(CertSet {
             asvk: None,
-            ask: Some(asvk),
+            ask: Some(chain.asvk.clone()),
             ..certs.clone()
         })
         .unwrap();
         assert!(v.passed, "{}", v.lines().join("\n"));
         // A VLEK the ASVK did not sign.
         let v = run(CertSet {
-            vlek: Some(testing::break_signature(&vlek)),
+            vlek: Some(testing::break_signature(&chain.vlek)),
             ..certs.clone()
         })
         .unwrap();
@@ -1150,6 +1286,279 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("no VLEK"), "{err}");
+    }
+
+    /// A catalog with the Milan floor (the synthetic reports' TCB) for Milan and Genoa.
+    fn floor_catalog() -> Catalog {
+        let floor = "minimum_tcb: { bootloader: 4, tee: 0, snp: 21, microcode: 211 }";
+        Catalog::parse(
+            &format!("format_version: 1\ngenerations:\n  - name: milan\n    cpu_family: 0x19\n    cpu_models: [[0x00, 0x0f]]\n    {floor}\n  - name: genoa\n    cpu_family: 0x19\n    cpu_models: [[0x10, 0x1f]]\n    {floor}\n"),
+            "floor.yaml",
+        )
+        .unwrap()
+    }
+
+    /// An AWS EC2 report: version 2, CHIP_ID zero, signed by a VLEK.
+    fn aws_report(w: &World) -> Report {
+        let report = Report::from_bytes(&w.vlek_report(true), "report.bin").unwrap();
+        assert_eq!(report.parsed.version, 2);
+        assert_eq!(report.signing_key(), SigningKey::Vlek);
+        assert!(report.chip_id_masked());
+        report
+    }
+
+    /// `report` verified with `certs` and `generation` (as `--generation`), every
+    /// generation's test ARK pinned.
+    fn verify_with(
+        w: &World,
+        report: &Report,
+        certs: &CertSet,
+        generation: Option<Generation>,
+    ) -> Result<Verification, VerifyError> {
+        let catalog = floor_catalog();
+        verify(
+            &Inputs {
+                report,
+                certs,
+                expected: &w.expected,
+                nonce: Some(&w.nonce),
+                generation,
+            },
+            &w.trust_all(&catalog),
+        )
+    }
+
+    fn assert_passes_every_check(v: &Verification) {
+        assert!(v.passed, "{}", v.lines().join("\n"));
+        for c in &v.checks {
+            let want = if c.check == Check::VekHwid {
+                Status::Skipped
+            } else {
+                Status::Passed
+            };
+            assert_eq!(c.status, want, "{}", v.lines().join("\n"));
+        }
+    }
+
+    /// AWS EC2's reports (issue 18, 9): the generation from the chain's names, and every
+    /// check, each passed but vek_hwid (a VLEK has no chip).
+    #[test]
+    fn aws_vlek_report_with_masked_chip_id_passes_with_its_chain() {
+        let w = World::new();
+        let report = aws_report(&w);
+        for g in [Generation::Milan, Generation::Genoa] {
+            let p = g.product();
+            let chain = w.vlek_chain(g, false);
+            let with_ark = CertSet {
+                ark: Some(chain.ark.clone()),
+                ..chain.certs()
+            };
+            let v = verify_with(&w, &report, &with_ark, None).unwrap();
+            assert_passes_every_check(&v);
+            assert_eq!((v.generation, v.signed_by), (g, "VLEK"));
+            assert_eq!(v.generation_from, format!("the ARK's subject `ARK-{p}`"));
+            assert!(
+                v.result(Check::Ask).unwrap().detail.contains(&format!(
+                    "the ASVK (test {p} ASVK) is signed by the {p} ARK"
+                )),
+                "{}",
+                v.lines().join("\n")
+            );
+            // The pinned ARK is used when none is given: the ASVK's name tells.
+            let v = verify_with(&w, &report, &chain.certs(), None).unwrap();
+            assert_passes_every_check(&v);
+            assert_eq!(
+                v.generation_from,
+                format!("the ASVK's subject `SEV-VLEK-{p}`")
+            );
+            // As an extended report's table carries it: the ASVK in the ASK's entry.
+            let table = CertSet {
+                ask: Some(chain.asvk.clone()),
+                vlek: Some(chain.vlek.clone()),
+                ..CertSet::default()
+            };
+            assert_passes_every_check(&verify_with(&w, &report, &table, None).unwrap());
+            // --generation, and a VLEK naming its product, agree with the chain.
+            let named = w.vlek_chain(g, true);
+            let v = verify_with(&w, &report, &named.certs(), Some(g)).unwrap();
+            assert_passes_every_check(&v);
+            assert_eq!(v.generation_from, "--generation");
+            let v = verify_with(&w, &report, &named.certs(), None).unwrap();
+            assert_eq!(v.generation_from, format!("the VLEK's productName `{p}`"));
+        }
+    }
+
+    /// When neither the report, the flag, the VLEK nor the chain names the generation, it
+    /// is an error listing what was looked at; `--generation` then tells it.
+    #[test]
+    fn aws_vlek_report_generation_from_the_flag_when_nothing_names_it() {
+        let w = World::new();
+        let report = aws_report(&w);
+        let chain = w.vlek_chain(Generation::Milan, false);
+        let unnamed = CertSet {
+            asvk: Some(testing::renamed_asvk(
+                &chain.asvk,
+                "SEV-VLEK",
+                "AMD",
+                "certs/asvk.pem",
+            )),
+            ..chain.certs()
+        };
+        let err = verify_with(&w, &report, &unnamed, None).unwrap_err();
+        assert!(matches!(err, VerifyError::UnknownGeneration { .. }) && err.is_bad_input());
+        let msg = err.to_string();
+        for part in [
+            "the processor generation cannot be told: the report (version 2) has no CPUID",
+            "no --generation",
+            "the VLEK (test Milan VLEK) has no productName",
+            "no ARK given",
+            "the ASVK (certs/asvk.pem) names none (subject `SEV-VLEK`, issuer `AMD`)",
+            "hint: pass --generation milan|genoa|turin",
+        ] {
+            assert!(msg.contains(part), "`{part}` not in: {msg}");
+        }
+        let v = verify_with(&w, &report, &unnamed, Some(Generation::Milan)).unwrap();
+        assert_passes_every_check(&v);
+        assert_eq!(v.generation_from, "--generation");
+        // Without the ASVK and ARK, as AWS's certificate table is (the VLEK only), the
+        // generation tells where to fetch them; with no flag it cannot be told.
+        let vlek_only = CertSet {
+            vlek: Some(chain.vlek.clone()),
+            ..CertSet::default()
+        };
+        let err = resolve_generation(&report, &vlek_only, Role::Vlek, None, &floor_catalog())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no ARK given; no ASVK given"), "{err}");
+        let (g, from) = resolve_generation(
+            &report,
+            &vlek_only,
+            Role::Vlek,
+            Some(Generation::Milan),
+            &floor_catalog(),
+        )
+        .unwrap();
+        assert_eq!((g, from.as_str()), (Generation::Milan, "--generation"));
+    }
+
+    /// A chain of another generation than the node's fails the check it breaks; sources
+    /// of the generation that disagree are an error naming both.
+    #[test]
+    fn aws_vlek_report_chain_of_another_generation() {
+        let w = World::new();
+        let report = aws_report(&w);
+        let genoa = w.vlek_chain(Generation::Genoa, false);
+        // --generation milan, the chain Genoa's: its ASVK fails `ask` (it is signed by the
+        // same test ARK key, so only its name tells).
+        let v = verify_with(&w, &report, &genoa.certs(), Some(Generation::Milan)).unwrap();
+        assert_eq!(v.failed(), [Check::Ask], "{}", v.lines().join("\n"));
+        let detail = &v.result(Check::Ask).unwrap().detail;
+        assert!(
+            detail.contains(
+                "its subject `SEV-VLEK-Genoa` names Genoa, the node is Milan (--generation)"
+            ),
+            "{detail}"
+        );
+        // With Genoa's ARK too, that is not the pinned Milan one either.
+        let with_ark = CertSet {
+            ark: Some(genoa.ark.clone()),
+            ..genoa.certs()
+        };
+        let v = verify_with(&w, &report, &with_ark, Some(Generation::Milan)).unwrap();
+        assert_eq!(v.failed(), [Check::Ark, Check::Ask]);
+        // A Milan chain the pinned Milan ARK did not sign.
+        let milan = w.vlek_chain(Generation::Milan, false);
+        let forged = CertSet {
+            asvk: Some(testing::break_signature(&milan.asvk)),
+            ..milan.certs()
+        };
+        let v = verify_with(&w, &report, &forged, None).unwrap();
+        assert_eq!(v.failed(), [Check::Ask]);
+        assert!(v
+            .result(Check::Ask)
+            .unwrap()
+            .detail
+            .contains("is not signed by the pinned Milan ARK"));
+        // Against AMD's real roots, the test chain is not AMD's: `ask` fails.
+        let catalog = floor_catalog();
+        let v = verify(
+            &Inputs {
+                report: &report,
+                certs: &milan.certs(),
+                expected: &w.expected,
+                nonce: Some(&w.nonce),
+                generation: None,
+            },
+            &Trust::with_catalog(&catalog),
+        )
+        .unwrap();
+        assert_eq!(v.failed(), [Check::Ask]);
+
+        // The ARK says Milan, the ASVK Genoa, nothing else tells: which root to pin?
+        let mixed = CertSet {
+            ark: Some(milan.ark.clone()),
+            ..genoa.certs()
+        };
+        let err = verify_with(&w, &report, &mixed, None).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::GenerationConflict { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(
+                "the ARK's subject `ARK-Milan` says milan, but the ASVK's subject `SEV-VLEK-Genoa` says genoa"
+            ),
+            "{err}"
+        );
+        // The flag against the VLEK's productName.
+        let named = w.vlek_chain(Generation::Milan, true);
+        let err = verify_with(&w, &report, &named.certs(), Some(Generation::Genoa))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--generation says genoa, but the VLEK's productName `Milan` says milan"),
+            "{err}"
+        );
+    }
+
+    /// A VCEK-signed report with CHIP_ID masked: bound to its chip by the VCEK's signature;
+    /// vek_hwid is skipped, saying why, and the VCEK cannot be fetched.
+    #[test]
+    fn vcek_report_with_masked_chip_id() {
+        let w = World::new();
+        let bytes = resigned(&w, |r| r[0x1a0..0x1e0].fill(0));
+        let report = Report::from_bytes(&bytes, "report.bin").unwrap();
+        assert!(report.chip_id_masked());
+        let v = verify_with(&w, &report, &w.certs(), None).unwrap();
+        assert_passes_every_check(&v);
+        assert_eq!(v.signed_by, "VCEK");
+        let detail = &v.result(Check::VekHwid).unwrap().detail;
+        assert!(
+            detail.contains("CHIP_ID is zero: the host masks it (MASK_CHIP_ID)")
+                && detail.contains("by the VCEK's signature alone"),
+            "{detail}"
+        );
+        // Another chip's VCEK (another key) still fails: the signature binds.
+        let mut s = Scenario::of(&w);
+        s.report = bytes;
+        s.certs.vcek = Some(parse_cert(testing::MILAN_VCEK, "vcek_milan.der").unwrap());
+        let v = s.verify(&w);
+        assert!(
+            v.failed().contains(&Check::ReportSignature),
+            "{:?}",
+            v.failed()
+        );
+        let no_vcek = CertSet {
+            vcek: None,
+            ..w.certs()
+        };
+        let err = verify_with(&w, &report, &no_vcek, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CHIP_ID is masked, so it cannot be fetched"),
+            "{err}"
+        );
     }
 
     /// The real Milan report of the sev crate, checked against what it carries.
@@ -1183,7 +1592,7 @@ mod tests {
         let v = verify(&inputs, &Trust::with_catalog(&catalog)).unwrap();
         assert!(v.passed, "{}", v.lines().join("\n"));
         assert!(v.checks.iter().all(|c| c.status == Status::Passed));
-        assert_eq!(v.generation_from, "the VEK's productName");
+        assert_eq!(v.generation_from, "the VCEK's productName `Milan-B0`");
         assert!(v
             .result(Check::Ask)
             .unwrap()
