@@ -2,8 +2,9 @@
 //! this machine's own topology (two guest NUMA nodes on its one host node): the supervisor
 //! starts QEMU as nobody, under seccomp, in a cgroup of its own, pins every thread as the
 //! plan says (read back from /proc), restarts QEMU when it is killed, and `guest stop` ends
-//! it all, the cgroup removed (needs root); and the jail step alone sets QEMU's locked-memory
-//! limit before the drop. The disk is blank: OVMF finds nothing to boot, which is enough
+//! it all, the cgroup removed (needs root), core dumps off and the state directory laid out
+//! as the supervisor's doc says; and the jail step alone sets QEMU's locked-memory limit
+//! before the drop. The disk is blank: OVMF finds nothing to boot, which is enough
 //! here; the release tier boots GuestOS this way.
 
 use plinth_testkit::procfs::status_field;
@@ -119,9 +120,36 @@ fn launch_pins_sandboxes_restarts_and_stops() {
         );
         // Unprivileged, no supplementary group, seccomp filter mode, its own cgroup.
         assert_eq!(status_field(pid, "Uid:"), "65534 65534 65534 65534");
-        assert_eq!(status_field(pid, "Gid:"), "65534 65534 65534 65534");
+        // The real gid differs (the jail: not dumpable after exec); files go by the others.
+        assert_eq!(status_field(pid, "Gid:"), "65533 65534 65534 65534");
+        let mem = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&mem),
+            0,
+            "QEMU is dumpable"
+        );
         assert_eq!(status_field(pid, "Groups:"), "");
         assert_eq!(status_field(pid, "Seccomp:"), "2");
+        // No core dumps; the state directory root's, QEMU's directory and console its own.
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap();
+        assert_eq!(
+            core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(),
+            ["0", "0"]
+        );
+        let owner = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(p).unwrap();
+            (m.uid(), m.mode() & 0o7777)
+        };
+        assert_eq!(owner(&state), (0, 0o755));
+        assert_eq!(owner(&state.join("qemu")), (65534, 0o700));
+        assert_eq!(owner(&state.join("qemu/OVMF_VARS.fd")), (65534, 0o600));
+        assert_eq!(owner(&state.join("console.log")), (65534, 0o600));
+        assert_eq!(owner(&state.join("status.json")), (0, 0o644));
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(
             cgroups.lines().any(|l| l.ends_with("/plinth-guest-os")),

@@ -3,6 +3,13 @@
 //! controller, and `/dev/sev` under SEV-SNP; and the locked-memory limit VFIO needs to pin
 //! all guest memory for DMA. Every device is checked first, so a host that cannot run the
 //! plan is told why before QEMU is started.
+//!
+//! Giving is done through a descriptor of the file itself, opened without following a
+//! link (`O_PATH|O_NOFOLLOW`, then `fchownat(fd, "", AT_EMPTY_PATH)`): a development disk
+//! image may sit in a directory QEMU's user can write, where QEMU could swap it for a link
+//! to a root file between two starts. A link, a directory, anything but a regular file or
+//! a device node, and a regular file with more than one name (a hard link to a root file)
+//! are refused.
 
 use super::qemu::RunAs;
 use crate::plan::{Boot, DiskPlan, Plan};
@@ -33,6 +40,8 @@ pub enum AccessError {
         uid: u32,
         source: std::io::Error,
     },
+    #[error("giving {path} to uid {uid}: refused: {why}\n  hint: QEMU is given only regular files with one name and device nodes, never through a link; name the file itself")]
+    Refused { path: String, uid: u32, why: String },
 }
 
 /// Where the kernel's trees are: `/sys` and `/dev` (test trees elsewhere).
@@ -125,16 +134,52 @@ fn file_name(p: &Path) -> String {
 }
 
 /// Give each of `paths` to `to` (owner and group), so QEMU can open it after the jail drops
-/// root. Block devices keep their mode: the owner is who may read and write.
+/// root. Block devices keep their mode: the owner is who may read and write. Each is
+/// changed through a descriptor opened without following a link (see the module doc).
 pub fn give(paths: &[PathBuf], to: RunAs) -> Result<(), AccessError> {
+    use nix::fcntl::{open, AtFlags, OFlag};
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    use nix::unistd::{fchownat, Gid, Uid};
     for p in paths {
-        std::os::unix::fs::chown(p, Some(to.uid), Some(to.gid)).map_err(|source| {
-            AccessError::Chown {
-                path: p.display().to_string(),
-                uid: to.uid,
-                source,
+        let shown = p.display().to_string();
+        let chown_err = |e: nix::Error| AccessError::Chown {
+            path: shown.clone(),
+            uid: to.uid,
+            source: std::io::Error::from(e),
+        };
+        let refused = |why: String| AccessError::Refused {
+            path: shown.clone(),
+            uid: to.uid,
+            why,
+        };
+        let fd = open(
+            p.as_path(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(chown_err)?;
+        let st = fstat(&fd).map_err(chown_err)?;
+        let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+        match kind {
+            SFlag::S_IFREG if st.st_nlink > 1 => {
+                return Err(refused(format!(
+                    "a regular file with {} names (a hard link)",
+                    st.st_nlink
+                )))
             }
-        })?;
+            SFlag::S_IFREG | SFlag::S_IFBLK | SFlag::S_IFCHR => {}
+            SFlag::S_IFLNK => return Err(refused("a symbolic link".into())),
+            SFlag::S_IFDIR => return Err(refused("a directory".into())),
+            _ => return Err(refused("not a regular file or a device node".into())),
+        }
+        fchownat(
+            &fd,
+            "",
+            Some(Uid::from_raw(to.uid)),
+            Some(Gid::from_raw(to.gid)),
+            AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(chown_err)?;
     }
     Ok(())
 }

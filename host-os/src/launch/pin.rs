@@ -1,7 +1,9 @@
 //! Pinning a running QEMU's threads as its plan says: each vCPU thread (its id from QMP's
 //! `query-cpus-fast`) to its one host thread, each I/O thread (`query-iothreads`) to the I/O
 //! core, every other thread of the process (main loop, RCU, workers) to the emulator core.
-//! Affinities are set with sched_setaffinity and read back from /proc.
+//! Affinities are set with sched_setaffinity and read back from /proc. Only QEMU's own
+//! threads are pinned: a thread id QMP names that is not in `/proc/PID/task` is refused
+//! before any affinity is set (QMP is QEMU's word, and QEMU is not trusted).
 
 use super::qmp::{IoThread, VcpuThread};
 use crate::plan::Plan;
@@ -30,6 +32,12 @@ pub struct Pinned {
 pub enum PinError {
     #[error("QEMU has {found} vCPU threads, the plan {planned}")]
     VcpuCount { found: usize, planned: usize },
+    #[error("QMP named thread {thread_id} ({role:?}), which is not a thread of QEMU (pid {pid}): refused")]
+    NotQemus {
+        thread_id: i32,
+        role: Role,
+        pid: i32,
+    },
     #[error("{path}: {source}")]
     Proc {
         path: String,
@@ -91,7 +99,16 @@ pub fn pin(
             cpus: io_cpus.clone(),
         });
     }
-    for tid in threads(pid, proc_root)? {
+    let own = threads(pid, proc_root)?;
+    // QMP's answer names the threads: only QEMU's own are pinned.
+    if let Some(w) = wanted.iter().find(|w| !own.contains(&w.thread_id)) {
+        return Err(PinError::NotQemus {
+            thread_id: w.thread_id,
+            role: w.role.clone(),
+            pid,
+        });
+    }
+    for tid in own {
         if !wanted.iter().any(|w| w.thread_id == tid) {
             wanted.push(Pinned {
                 thread_id: tid,
@@ -156,4 +173,52 @@ pub fn affinity(pid: i32, tid: i32, proc_root: &Path) -> Result<Vec<u32>, PinErr
         path: path.display().to_string(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{plan, VmRequest};
+    use crate::topology::fixture::Machine;
+    use crate::topology::sysfs;
+
+    #[test]
+    fn a_thread_qmp_names_outside_qemu_is_not_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        Machine::one_socket().write(dir.path()).unwrap();
+        let t = sysfs::read(dir.path()).unwrap();
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 2,
+                memory_gib: 2,
+                disks: vec![],
+                sev: None,
+                layout: Default::default(),
+            },
+        )
+        .unwrap();
+        // "QEMU" is this test process; QMP names pid 1's thread for a vCPU.
+        let me = std::process::id() as i32;
+        let vcpus = [
+            VcpuThread {
+                cpu_index: 0,
+                thread_id: me,
+            },
+            VcpuThread {
+                cpu_index: 1,
+                thread_id: 1,
+            },
+        ];
+        let e = pin(me, &p, &vcpus, &[], Path::new("/proc")).unwrap_err();
+        assert!(matches!(e, PinError::NotQemus { thread_id: 1, .. }), "{e}");
+        let before = std::fs::read_to_string("/proc/self/status").unwrap();
+        let allowed = |s: &str| {
+            s.lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .map(str::to_string)
+        };
+        let now = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert_eq!(allowed(&before), allowed(&now), "nothing was pinned");
+    }
 }

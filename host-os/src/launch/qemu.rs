@@ -16,10 +16,18 @@
 //!   otherwise OVMF in pflash boots the slot's UKI from the first disk;
 //! - `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`
 //!   (seccomp), a QMP socket for the supervisor, the serial console into a file, thread
-//!   names (`debug-threads=on`) so the pinning can find the vCPU and I/O threads.
+//!   names (`debug-threads=on`) so the pinning can find the vCPU and I/O threads;
+//! - `dump-guest-core=off`: a core dump of QEMU leaves the guest's RAM out.
+//!
+//! Values from the configuration (paths, the vCPU model) never change the meaning of an
+//! option string: every value placed into a `key=value,...` string goes through [`opt`]
+//! (QEMU's rule: a comma inside a value is written twice), the `-blockdev` JSON is built
+//! with serde_json, every path must be absolute UTF-8 without control characters ([`path`];
+//! a relative name could be read as a protocol such as `json:`), and `-cpu` takes only a
+//! model of [`VCPU_TYPES`] (a `-cpu` string also carries `,+feature` flags).
 
 use crate::plan::{Boot, DiskPlan, MemoryBacking, Plan};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The files a launch boots from and writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +94,64 @@ pub enum QemuError {
     NotSev,
     #[error("SEV-SNP needs KVM: TCG cannot launch an SEV-SNP guest")]
     SevUnderTcg,
+    #[error("vCPU type `{given}` (--vcpu-type, PLINTH_GUEST_VCPU_TYPE) is not one of {list}\n  hint: the vCPU model the GuestOS release's launch digests were computed for", list = VCPU_TYPES.join(", "))]
+    VcpuType { given: String },
+    #[error("{what} {path:?}: {why}\n  hint: {hint}")]
+    BadPath {
+        what: &'static str,
+        path: String,
+        why: &'static str,
+        hint: &'static str,
+    },
+}
+
+/// The vCPU models `-cpu` may name under SEV-SNP: those a launch digest is computed for.
+pub use plinth_firmware::snp::digest::VCPU_TYPES;
+
+/// Refuse a vCPU model that is not one of [`VCPU_TYPES`].
+pub fn check_vcpu_type(given: &str) -> Result<(), QemuError> {
+    if VCPU_TYPES.contains(&given) {
+        Ok(())
+    } else {
+        Err(QemuError::VcpuType {
+            given: given.to_string(),
+        })
+    }
+}
+
+/// `value` as a value inside a QEMU option string (`key=value,key=value`): a comma is
+/// written twice, so it cannot end the value and start another option. Every value placed
+/// into an option string goes through here.
+pub fn opt(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// `p` as QEMU is given it: absolute (a relative name may be read as a protocol, e.g.
+/// `json:{...}`), UTF-8 (so the name QEMU opens is the one given), no control characters
+/// (a newline cannot be passed through QEMU's option and log syntax).
+pub fn path<'p>(what: &'static str, p: &'p Path) -> Result<&'p str, QemuError> {
+    let bad = |why, hint| QemuError::BadPath {
+        what,
+        path: p.display().to_string(),
+        why,
+        hint,
+    };
+    let Some(text) = p.to_str() else {
+        return Err(bad(
+            "not UTF-8",
+            "rename the file; QEMU is given only UTF-8 paths",
+        ));
+    };
+    if text.chars().any(char::is_control) {
+        return Err(bad(
+            "contains a control character (newline, tab, ...)",
+            "rename the file",
+        ));
+    }
+    if !p.is_absolute() {
+        return Err(bad("not absolute", "give the absolute path"));
+    }
+    Ok(text)
 }
 
 /// The binary.
@@ -115,8 +181,9 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
     a.push("-nodefaults", "");
     a.push("-no-user-config", "");
     a.push("-display", "none");
+    // The guest's RAM stays out of any core dump of QEMU.
     let mut machine = format!(
-        "q35,accel={}",
+        "q35,accel={},dump-guest-core=off",
         match launch.accel {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
@@ -127,11 +194,14 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
     }
     a.push("-machine", &machine);
     let cpu = match (&launch.firmware, launch.accel) {
-        (Firmware::SevSnp { vcpu_type, .. }, _) => vcpu_type.clone(),
-        (_, Accel::Kvm) => "host".into(),
-        (_, Accel::Tcg) => "max".into(),
+        (Firmware::SevSnp { vcpu_type, .. }, _) => {
+            check_vcpu_type(vcpu_type)?;
+            vcpu_type.as_str()
+        }
+        (_, Accel::Kvm) => "host",
+        (_, Accel::Tcg) => "max",
     };
-    a.push("-cpu", &cpu);
+    a.push("-cpu", cpu);
     let threads = p.threads_per_core.max(1);
     a.push(
         "-smp",
@@ -195,9 +265,10 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 if *kernel_hashes { "on" } else { "off" }
             ),
         );
-        a.push("-bios", &ovmf.display().to_string());
-        a.push("-kernel", &kernel.display().to_string());
-        a.push("-initrd", &initrd.display().to_string());
+        // Plain file names, not option strings.
+        a.push("-bios", path("the SEV-SNP firmware", ovmf)?);
+        a.push("-kernel", path("the kernel", kernel)?);
+        a.push("-initrd", path("the initrd", initrd)?);
         a.push("-append", cmdline);
     }
     if let Firmware::Pflash { code, vars } = &launch.firmware {
@@ -205,13 +276,16 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
             "-drive",
             &format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                code.display()
+                opt(path("the firmware", code)?)
             ),
         );
         if let Some(vars) = vars {
             a.push(
                 "-drive",
-                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                &format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    opt(path("the firmware variables", vars)?)
+                ),
             );
         }
     }
@@ -226,10 +300,13 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
         first_disk = false;
         match d {
             DiskPlan::Vfio { pci, .. } => {
-                a.push("-device", &format!("vfio-pci,host={pci},id=pt{i}{boot}"));
+                a.push(
+                    "-device",
+                    &format!("vfio-pci,host={},id=pt{i}{boot}", opt(pci)),
+                );
             }
             DiskPlan::VirtioBlk {
-                path,
+                path: disk_path,
                 iothread,
                 queues,
                 aio,
@@ -237,14 +314,12 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 serial,
                 ..
             } => {
+                let file = path_of_disk(disk_path)?;
+                let serial = opt(serial);
                 if launch.disk_settings == DiskSettings::QemuDefault {
-                    // In -drive's option syntax a comma is written twice.
                     a.push(
                         "-drive",
-                        &format!(
-                            "file={},format=raw,if=none,id=disk{i}",
-                            path.replace(',', ",,")
-                        ),
+                        &format!("file={},format=raw,if=none,id=disk{i}", opt(file)),
                     );
                     a.push(
                         "-device",
@@ -252,19 +327,24 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                     );
                     continue;
                 }
-                let driver = if path.starts_with("/dev/") {
+                let driver = if file.starts_with("/dev/") {
                     "host_device"
                 } else {
                     "file"
                 };
                 a.push("-object", &format!("iothread,id=io{iothread}"));
-                a.push(
-                    "-blockdev",
-                    &format!(
-                        "{{\"driver\":\"raw\",\"node-name\":\"disk{i}\",\"file\":{{\"driver\":\"{driver}\",\"filename\":{},\"aio\":\"{aio}\",\"cache\":{{\"direct\":{direct}}}}}}}",
-                        json_string(path)
-                    ),
-                );
+                // JSON syntax: serde_json quotes the path; no option-string escaping.
+                let blockdev = serde_json::json!({
+                    "driver": "raw",
+                    "node-name": format!("disk{i}"),
+                    "file": {
+                        "driver": driver,
+                        "filename": file,
+                        "aio": aio,
+                        "cache": { "direct": direct },
+                    },
+                });
+                a.push("-blockdev", &blockdev.to_string());
                 a.push(
                     "-device",
                     &format!(
@@ -278,13 +358,16 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
         "-chardev",
         &format!(
             "file,id=console,path={},append=on",
-            launch.console_log.display()
+            opt(path("the console log", &launch.console_log)?)
         ),
     );
     a.push("-serial", "chardev:console");
     a.push(
         "-qmp",
-        &format!("unix:{},server=on,wait=off", launch.qmp_socket.display()),
+        &format!(
+            "unix:{},server=on,wait=off",
+            opt(path("the QMP socket", &launch.qmp_socket)?)
+        ),
     );
     a.push("-sandbox", SANDBOX);
     a.push("-msg", "timestamp=on");
@@ -314,9 +397,9 @@ pub fn command(args: &[String], run_as: Option<RunAs>) -> std::process::Command 
     cmd
 }
 
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
+/// A disk's path, checked as [`path`] checks a file's.
+fn path_of_disk(p: &str) -> Result<&str, QemuError> {
+    path("the disk", Path::new(p))
 }
 
 #[derive(Default)]
@@ -469,7 +552,7 @@ mod tests {
         let a = args(&p, &launch(sev.clone(), Accel::Kvm)).unwrap();
         assert_eq!(
             values(&a, "-machine"),
-            ["q35,accel=kvm,confidential-guest-support=sev0"]
+            ["q35,accel=kvm,dump-guest-core=off,confidential-guest-support=sev0"]
         );
         assert_eq!(values(&a, "-cpu"), ["EPYC-Milan"]);
         let objects = values(&a, "-object");
@@ -550,6 +633,135 @@ mod tests {
                 "virtio-blk-pci,drive=disk1,id=vd1,serial=plinth-disk1",
             ]
         );
+    }
+
+    #[test]
+    fn every_path_in_an_option_string_has_its_commas_doubled() {
+        let t = topology(&Machine::one_socket());
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("x,file=evil");
+        std::fs::create_dir(&odd).unwrap();
+        let disk = odd.join("disk,readonly=off.img");
+        std::fs::write(&disk, b"").unwrap();
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 2,
+                memory_gib: 2,
+                disks: vec![disk.display().to_string()],
+                sev: None,
+                layout: crate::plan::Layout::Development { guest_nodes: 1 },
+            },
+        )
+        .unwrap();
+        let mut l = launch(
+            Firmware::Pflash {
+                code: odd.join("code,readonly=off.fd"),
+                vars: Some(odd.join("vars.fd")),
+            },
+            Accel::Tcg,
+        );
+        l.qmp_socket = odd.join("qmp,server=off.sock");
+        l.console_log = odd.join("console.log");
+        let doubled = |p: &Path| p.display().to_string().replace(',', ",,");
+        let a = args(&p, &l).unwrap();
+        let drives = values(&a, "-drive");
+        assert_eq!(
+            drives[0],
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                doubled(&odd.join("code,readonly=off.fd"))
+            )
+        );
+        assert_eq!(
+            drives[1],
+            format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                doubled(&odd.join("vars.fd"))
+            )
+        );
+        assert_eq!(
+            values(&a, "-chardev"),
+            [format!(
+                "file,id=console,path={},append=on",
+                doubled(&l.console_log)
+            )]
+        );
+        assert_eq!(
+            values(&a, "-qmp"),
+            [format!(
+                "unix:{},server=on,wait=off",
+                doubled(&l.qmp_socket)
+            )]
+        );
+        // -blockdev is JSON: the path is a JSON string, whole.
+        let b: serde_json::Value = serde_json::from_str(values(&a, "-blockdev")[0]).unwrap();
+        assert_eq!(b["file"]["filename"], disk.display().to_string());
+        l.disk_settings = DiskSettings::QemuDefault;
+        let a = args(&p, &l).unwrap();
+        assert_eq!(
+            values(&a, "-drive")[2],
+            format!("file={},format=raw,if=none,id=disk0", doubled(&disk))
+        );
+    }
+
+    #[test]
+    fn paths_qemu_cannot_take_and_unknown_vcpu_types_are_refused() {
+        let t = topology(&Machine::one_socket());
+        let p = plan(
+            &t,
+            &VmRequest {
+                vcpus: 2,
+                memory_gib: 2,
+                disks: vec![],
+                sev: None,
+                layout: Default::default(),
+            },
+        )
+        .unwrap();
+        for (bad, why) in [
+            ("/tmp/vars\n.fd", "control character"),
+            ("vars.fd", "not absolute"),
+            ("json:{\"driver\":\"nbd\"}", "not absolute"),
+        ] {
+            let l = launch(
+                Firmware::Pflash {
+                    code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                    vars: Some(bad.into()),
+                },
+                Accel::Kvm,
+            );
+            let e = args(&p, &l).unwrap_err().to_string();
+            assert!(
+                e.starts_with("the firmware variables") && e.contains(why),
+                "{e}"
+            );
+        }
+        use std::os::unix::ffi::OsStrExt;
+        let l = launch(
+            Firmware::Pflash {
+                code: std::ffi::OsStr::from_bytes(b"/tmp/\xff.fd").into(),
+                vars: None,
+            },
+            Accel::Kvm,
+        );
+        assert!(args(&p, &l).unwrap_err().to_string().contains("not UTF-8"));
+        // A -cpu string also takes `,+feature` flags: only a known model name goes in.
+        for bad in [
+            "EPYC-Milan,+svm",
+            "host",
+            "EPYC-Milan,kvm=off",
+            "epyc-milan",
+        ] {
+            let e = check_vcpu_type(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("PLINTH_GUEST_VCPU_TYPE") && e.contains("EPYC-Milan, EPYC-Milan-v1"),
+                "{e}"
+            );
+        }
+        for good in VCPU_TYPES {
+            check_vcpu_type(good).unwrap();
+        }
     }
 
     #[test]

@@ -4,6 +4,24 @@
 //! ACPI power-down through QMP, then `quit`, then SIGKILL. What the supervisor knows is
 //! written to `status.json` in the state directory after every change, for
 //! `plinth-host guest status`.
+//!
+//! QEMU is treated as compromised (a guest escape lands in it), so no path root opens or
+//! changes can be redirected by QEMU's user. The state directory's layout:
+//! - `<state>/` root's, writable by root alone (checked at every start, its ancestors too:
+//!   owned by root, not writable by others unless sticky): `status.json` (written to a
+//!   temporary file and renamed), `qemu.log` (QEMU's output, by descriptor) and
+//!   `console.log` (the serial console; created by root, given to QEMU's user through its
+//!   descriptor, then read by root only through that descriptor, never reopened by path);
+//!   none of these names can be planted, since only root writes the directory;
+//! - `<state>/qemu/`, QEMU's own (0700; the QMP socket, which QEMU makes, and the private
+//!   copy of the firmware variables): made fresh for every start. The previous one is
+//!   removed with `remove_dir_all`, which unlinks planted links without following them
+//!   (std opens each level with `O_NOFOLLOW` and unlinks relative to it), and `qemu`
+//!   itself cannot be swapped, being a name in `<state>`. The new one is root's until the
+//!   vars copy is made in it (`O_CREAT|O_EXCL|O_NOFOLLOW`, relative to the directory's
+//!   descriptor) and given by `fchown`; the directory is given last, by descriptor. Nothing
+//!   in it is walked or changed by path afterwards; root only connects to the QMP socket
+//!   (see [`Supervisor::start_guest`]).
 
 use super::access;
 use super::cgroup::{Cgroup, Hierarchy, Limits};
@@ -11,8 +29,12 @@ use super::pin::{affinity, pin, Role};
 use super::qemu::{self, Launch, RunAs};
 use super::qmp::Qmp;
 use crate::plan::Plan;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fchmod, fstat, Mode};
+use nix::unistd::{fchown, geteuid, Gid, Uid};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -195,6 +217,181 @@ pub fn supervise(
     }
 }
 
+/// The files of one QEMU start in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFiles {
+    /// `<state>/qemu`, fresh, QEMU's user's (0700).
+    pub qemu_dir: PathBuf,
+    /// Where QEMU makes its QMP socket.
+    pub qmp_socket: PathBuf,
+    /// QEMU's private copy of the firmware variables (0600, QEMU's user's).
+    pub vars: Option<PathBuf>,
+}
+
+fn setup_err(what: &Path, e: &dyn std::fmt::Display) -> SuperviseError {
+    SuperviseError::Setup(format!("{}: {e}", what.display()))
+}
+
+/// Open `path` as `opts` says, with `flags` and `O_CLOEXEC`, not following a link.
+fn open_nofollow(
+    path: &Path,
+    opts: &mut std::fs::OpenOptions,
+    flags: OFlag,
+) -> std::io::Result<std::fs::File> {
+    opts.custom_flags((flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)
+}
+
+/// Check that no one but root (this supervisor's user) can change what `state_dir` holds:
+/// it is a directory (not a link), owned by this user, not writable by group or others;
+/// every directory above it is owned by root or this user and not writable by others
+/// unless sticky (`/tmp`).
+pub fn check_state_dir(state_dir: &Path) -> Result<(), SuperviseError> {
+    let me = geteuid().as_raw();
+    let hint = "the state directory must be writable by root alone (chown root, chmod 0755), and so must every directory above it";
+    let dir = open_nofollow(
+        state_dir,
+        std::fs::OpenOptions::new().read(true),
+        OFlag::O_DIRECTORY,
+    )
+    .map_err(|e| {
+        SuperviseError::Setup(format!(
+            "{}: not a directory (or a link): {e}\n  hint: {hint}",
+            state_dir.display()
+        ))
+    })?;
+    let st = fstat(&dir).map_err(|e| setup_err(state_dir, &e))?;
+    if st.st_uid != me {
+        return Err(SuperviseError::Setup(format!(
+            "{}: owned by uid {}, not by this supervisor's (uid {me})\n  hint: {hint}",
+            state_dir.display(),
+            st.st_uid
+        )));
+    }
+    if st.st_mode & 0o022 != 0 {
+        return Err(SuperviseError::Setup(format!(
+            "{}: writable by group or others (mode {:o})\n  hint: {hint}",
+            state_dir.display(),
+            st.st_mode & 0o7777
+        )));
+    }
+    let real = std::fs::canonicalize(state_dir).map_err(|e| setup_err(state_dir, &e))?;
+    for above in real.ancestors().skip(1) {
+        let m = std::fs::symlink_metadata(above).map_err(|e| setup_err(above, &e))?;
+        let sticky = m.mode() & 0o1000 != 0;
+        let others_write = m.mode() & 0o002 != 0 || (m.mode() & 0o020 != 0 && m.gid() != 0);
+        if (m.uid() != 0 && m.uid() != me) || (others_write && !sticky) {
+            return Err(SuperviseError::Setup(format!(
+                "{}: above the state directory {}, and changeable by others (owner uid {}, mode {:o})\n  hint: {hint}",
+                above.display(),
+                state_dir.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Make `<state>/qemu` fresh for a start, with a copy of `vars_template` in it, and give
+/// both to `run_as` by descriptor (see the module doc). Nothing that was in it is
+/// followed.
+pub fn prepare_start(
+    state_dir: &Path,
+    run_as: Option<RunAs>,
+    vars_template: Option<&Path>,
+) -> Result<StartFiles, SuperviseError> {
+    check_state_dir(state_dir)?;
+    let qemu_dir = state_dir.join("qemu");
+    // What the previous start left, links QEMU's user planted included.
+    let removed = match std::fs::symlink_metadata(&qemu_dir) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&qemu_dir),
+        Ok(_) => std::fs::remove_file(&qemu_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    removed.map_err(|e| setup_err(&qemu_dir, &format!("removing the previous start's: {e}")))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&qemu_dir)
+        .map_err(|e| setup_err(&qemu_dir, &e))?;
+    let dir = open_nofollow(
+        &qemu_dir,
+        std::fs::OpenOptions::new().read(true),
+        OFlag::O_DIRECTORY,
+    )
+    .map_err(|e| setup_err(&qemu_dir, &e))?;
+    let give = |fd: &std::fs::File, path: &Path, mode: u32| -> Result<(), SuperviseError> {
+        if let Some(u) = run_as {
+            fchown(fd, Some(Uid::from_raw(u.uid)), Some(Gid::from_raw(u.gid)))
+                .map_err(|e| setup_err(path, &format!("giving it to uid {}: {e}", u.uid)))?;
+        }
+        fchmod(fd, Mode::from_bits_truncate(mode)).map_err(|e| setup_err(path, &e))
+    };
+    let mut vars = None;
+    if let Some(template) = vars_template {
+        let copy = qemu_dir.join("OVMF_VARS.fd");
+        let mut from = std::fs::File::open(template).map_err(|e| setup_err(template, &e))?;
+        let fd = openat(
+            &dir,
+            "OVMF_VARS.fd",
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| setup_err(&copy, &e))?;
+        let mut to = std::fs::File::from(fd);
+        std::io::copy(&mut from, &mut to)
+            .map_err(|e| setup_err(&copy, &format!("copying {}: {e}", template.display())))?;
+        give(&to, &copy, 0o600)?;
+        vars = Some(copy);
+    }
+    // Last: from here QEMU's user may write in it.
+    give(&dir, &qemu_dir, 0o700)?;
+    Ok(StartFiles {
+        qmp_socket: qemu_dir.join("qmp.sock"),
+        qemu_dir,
+        vars,
+    })
+}
+
+/// Open (or make) `<state>/console.log` for QEMU's serial console: not through a link, a
+/// regular file with one name, given to `run_as` (0600) by descriptor. The supervisor reads
+/// the console through the descriptor returned.
+pub fn open_console(
+    state_dir: &Path,
+    run_as: Option<RunAs>,
+) -> Result<std::fs::File, SuperviseError> {
+    check_state_dir(state_dir)?;
+    let path = state_dir.join("console.log");
+    let file = open_nofollow(
+        &path,
+        std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600),
+        OFlag::empty(),
+    )
+    .map_err(|e| setup_err(&path, &e))?;
+    let m = file.metadata().map_err(|e| setup_err(&path, &e))?;
+    if !m.is_file() || m.nlink() != 1 {
+        return Err(setup_err(
+            &path,
+            &"not a regular file with one name\n  hint: remove it; the supervisor makes it",
+        ));
+    }
+    if let Some(u) = run_as {
+        fchown(
+            &file,
+            Some(Uid::from_raw(u.uid)),
+            Some(Gid::from_raw(u.gid)),
+        )
+        .map_err(|e| setup_err(&path, &format!("giving it to uid {}: {e}", u.uid)))?;
+    }
+    fchmod(&file, Mode::from_bits_truncate(0o600)).map_err(|e| setup_err(&path, &e))?;
+    Ok(file)
+}
+
 enum Ended {
     Stopped(&'static str),
     Exited {
@@ -212,6 +409,10 @@ struct Supervisor<'a> {
     say: &'a dyn Fn(Option<State>, &str),
     status: Status,
     hierarchy: Hierarchy,
+    /// The serial console, read through this descriptor only.
+    console: std::fs::File,
+    /// The firmware variables' template, copied fresh for every start.
+    vars_template: Option<PathBuf>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -223,42 +424,18 @@ impl<'a> Supervisor<'a> {
     ) -> Result<Supervisor<'a>, SuperviseError> {
         let setup =
             |what: &str, e: &dyn std::fmt::Display| SuperviseError::Setup(format!("{what}: {e}"));
-        let qemu_dir = opts.state_dir.join("qemu");
-        std::fs::create_dir_all(&qemu_dir)
-            .map_err(|e| setup(&qemu_dir.display().to_string(), &e))?;
         let console_log = opts.state_dir.join("console.log");
-        let mut launch = launch.clone();
-        launch.qmp_socket = qemu_dir.join("qmp.sock");
-        launch.console_log = console_log.clone();
-        // A private copy of the firmware's variables, QEMU's to write.
-        if let qemu::Firmware::Pflash {
-            vars: Some(vars), ..
-        } = &mut launch.firmware
-        {
-            let copy = qemu_dir.join("OVMF_VARS.fd");
-            std::fs::copy(&*vars, &copy)
-                .map_err(|e| setup(&format!("copying {}", vars.display()), &e))?;
-            *vars = copy;
-        }
+        let launch = launch.clone();
+        let vars_template = match &launch.firmware {
+            qemu::Firmware::Pflash { vars, .. } => vars.clone(),
+            qemu::Firmware::SevSnp { .. } => None,
+        };
         // QEMU, unprivileged, opens its files and disks itself: they become its user's.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&console_log)
-            .map_err(|e| setup(&console_log.display().to_string(), &e))?;
+        let console = open_console(&opts.state_dir, opts.run_as)?;
         let devices = access::devices(&plan.disks, &plan.boot, &opts.roots)
             .map_err(|e| SuperviseError::Setup(e.to_string()))?;
         if let Some(u) = opts.run_as {
-            let mut owned = vec![qemu_dir.clone(), console_log.clone()];
-            owned.extend(
-                std::fs::read_dir(&qemu_dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path()),
-            );
-            owned.extend(devices);
-            access::give(&owned, u).map_err(|e| SuperviseError::Setup(e.to_string()))?;
+            access::give(&devices, u).map_err(|e| SuperviseError::Setup(e.to_string()))?;
         }
         let hierarchy = Hierarchy::detect(&opts.cgroup_mount).map_err(|e| setup("cgroup", &e))?;
         let status = Status {
@@ -281,6 +458,8 @@ impl<'a> Supervisor<'a> {
             say,
             status,
             hierarchy,
+            console,
+            vars_template,
         })
     }
 
@@ -296,10 +475,19 @@ impl<'a> Supervisor<'a> {
         let path = status_path(&self.opts.state_dir);
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_string_pretty(&self.status).unwrap_or_default() + "\n";
-        if std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .is_err()
-        {
+        // (The state directory is root's alone: O_NOFOLLOW is a second guard.)
+        let written = open_nofollow(
+            &tmp,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644),
+            OFlag::empty(),
+        )
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
             (self.say)(
                 None,
                 &format!("warning: {} could not be written", path.display()),
@@ -328,6 +516,18 @@ impl<'a> Supervisor<'a> {
             State::Starting,
             format!("starting QEMU (start {})", self.status.starts),
         );
+        let files = prepare_start(
+            &self.opts.state_dir,
+            self.opts.run_as,
+            self.vars_template.as_deref(),
+        )?;
+        self.launch.qmp_socket = files.qmp_socket;
+        self.launch.console_log = self.status.console_log.clone();
+        if let (qemu::Firmware::Pflash { vars, .. }, Some(copy)) =
+            (&mut self.launch.firmware, files.vars)
+        {
+            *vars = Some(copy);
+        }
         let mut args =
             qemu::args(self.plan, &self.launch).map_err(|e| setup("QEMU command line", &e))?;
         // Paused until its threads are pinned.
@@ -339,13 +539,17 @@ impl<'a> Supervisor<'a> {
         let cgroup = Cgroup::create(&self.hierarchy, parent, name, &Limits::of(self.plan))
             .map_err(|e| setup("the VM's cgroup", &e))?;
         self.status.cgroup = cgroup.dirs().to_vec();
-        let console_start = std::fs::metadata(&self.status.console_log).map_or(0, |m| m.len());
+        let console_start = self.console.metadata().map_or(0, |m| m.len());
         let log_path = self.opts.state_dir.join("qemu.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| setup(&log_path.display().to_string(), &e))?;
+        let log = open_nofollow(
+            &log_path,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640),
+            OFlag::empty(),
+        )
+        .map_err(|e| setup(&log_path.display().to_string(), &e))?;
         let _ = writeln!(
             &log,
             "--- plinth-host: start {}: {} {}",
@@ -364,6 +568,8 @@ impl<'a> Supervisor<'a> {
         if let Some(bytes) = access::memlock_bytes(self.plan) {
             cmd.args(["--memlock", &bytes.to_string()]);
         }
+        // The jail starts QEMU only while this process is its parent.
+        cmd.args(["--parent", &std::process::id().to_string()]);
         cmd.arg("--").args(&args);
         let stderr = log.try_clone().map_err(|e| setup("qemu.log", &e))?;
         let spawned = cmd.stdin(Stdio::null()).stdout(log).stderr(stderr).spawn();
@@ -408,8 +614,39 @@ impl<'a> Supervisor<'a> {
     }
 
     /// QMP, the pins, then `cont`.
+    ///
+    /// The QMP socket is connected to by path, in QEMU's directory: QEMU's user could put
+    /// another socket (or a link to one) there. That is kept, for this reason: the
+    /// directory is fresh for this start, and this QEMU, paused before any guest code ran,
+    /// is the only process of its user (the previous one was waited for); the socket is
+    /// checked to be a socket of QEMU's user first (not race-free: a check, not the
+    /// guarantee). A planted socket could at most make root connect to another listener
+    /// and write QMP commands to it, a denial of service; the thread ids it answered
+    /// would be refused by the pinning, which takes only threads of QEMU's process.
     fn start_guest(&mut self, pid: i32) -> Result<Qmp, String> {
-        let mut qmp = Qmp::connect(&self.launch.qmp_socket, Duration::from_secs(60))
+        let socket = &self.launch.qmp_socket;
+        let wait = Duration::from_secs(60);
+        let since = Instant::now();
+        if let Some(u) = self.opts.run_as {
+            use std::os::unix::fs::FileTypeExt;
+            let m = loop {
+                match std::fs::symlink_metadata(socket) {
+                    Ok(m) => break m,
+                    Err(e) if since.elapsed() >= wait => {
+                        return Err(format!("{}: no QMP socket after {} s: {e}\n  hint: QEMU did not start; see its output", socket.display(), wait.as_secs()))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            if !m.file_type().is_socket() || m.uid() != u.uid {
+                return Err(format!(
+                    "{}: not a socket of QEMU's user (uid {}): refused",
+                    socket.display(),
+                    u.uid
+                ));
+            }
+        }
+        let mut qmp = Qmp::connect(socket, wait.saturating_sub(since.elapsed()))
             .map_err(|e| e.to_string())?;
         let vcpus = qmp.vcpu_threads().map_err(|e| e.to_string())?;
         let iothreads = qmp.iothreads().map_err(|e| e.to_string())?;
@@ -461,7 +698,16 @@ impl<'a> Supervisor<'a> {
         console_start: u64,
         stop_requested: &dyn Fn() -> bool,
     ) -> Ended {
-        let mut console = ConsoleWatch::new(&self.status.console_log, console_start);
+        let mut console = match self.console.try_clone() {
+            Ok(f) => ConsoleWatch::new(f, console_start),
+            Err(e) => {
+                (self.say)(
+                    None,
+                    &format!("warning: the console log is not watched: {e}"),
+                );
+                ConsoleWatch::new_closed()
+            }
+        };
         let mut stopping: Option<(Instant, bool)> = None;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -543,33 +789,45 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// The serial log's lines as they are written.
+/// The serial log's lines as they are written, read through the supervisor's descriptor.
 struct ConsoleWatch {
-    path: PathBuf,
+    file: Option<std::fs::File>,
     offset: u64,
     partial: Vec<u8>,
 }
 
 impl ConsoleWatch {
-    fn new(path: &Path, offset: u64) -> ConsoleWatch {
+    fn new(file: std::fs::File, offset: u64) -> ConsoleWatch {
         ConsoleWatch {
-            path: path.to_path_buf(),
+            file: Some(file),
             offset,
+            partial: Vec::new(),
+        }
+    }
+
+    fn new_closed() -> ConsoleWatch {
+        ConsoleWatch {
+            file: None,
+            offset: 0,
             partial: Vec::new(),
         }
     }
 
     /// The whole lines written since the last call.
     fn new_lines(&mut self) -> Vec<String> {
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
+        let Some(f) = &self.file else {
             return Vec::new();
         };
-        let mut bytes = Vec::new();
-        if f.seek(SeekFrom::Start(self.offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
-            return Vec::new();
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            match f.read_at(&mut buf, self.offset) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.offset += n as u64;
+                    self.partial.extend_from_slice(&buf[..n]);
+                }
+            }
         }
-        self.offset += bytes.len() as u64;
-        self.partial.extend_from_slice(&bytes);
         let Some(last) = self.partial.iter().rposition(|b| *b == b'\n') else {
             return Vec::new();
         };
@@ -590,7 +848,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("console.log");
         std::fs::write(&log, "old line\n").unwrap();
-        let mut w = ConsoleWatch::new(&log, 9);
+        let mut w = ConsoleWatch::new(std::fs::File::open(&log).unwrap(), 9);
         assert!(w.new_lines().is_empty());
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         f.write_all(b"\x1b[0mPLINTH BOOT OK guest-os 1.0 slot=A\r\nhalf")
@@ -598,6 +856,77 @@ mod tests {
         assert_eq!(w.new_lines(), ["\x1b[0mPLINTH BOOT OK guest-os 1.0 slot=A"]);
         f.write_all(b" a line\n").unwrap();
         assert_eq!(w.new_lines(), ["half a line"]);
+    }
+
+    #[test]
+    fn the_console_log_is_never_opened_through_a_link_or_a_second_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&state)
+            .unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&other, state.join("console.log")).unwrap();
+        let e = open_console(&state, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&state.join("console.log").display().to_string()),
+            "{e}"
+        );
+        std::fs::remove_file(state.join("console.log")).unwrap();
+        std::fs::hard_link(&other, state.join("console.log")).unwrap();
+        let e = open_console(&state, None).unwrap_err().to_string();
+        assert!(e.contains("one name"), "{e}");
+        assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep\n");
+        std::fs::remove_file(state.join("console.log")).unwrap();
+        let f = open_console(&state, None).unwrap();
+        assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&state)
+            .unwrap();
+        check_state_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o775))
+            .unwrap();
+        let e = check_state_dir(&state).unwrap_err().to_string();
+        assert!(e.contains("writable by group or others (mode 775)"), "{e}");
+        // A directory above it anyone may write (not sticky): its entries can be swapped.
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let e = check_state_dir(&state).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: above the state directory",
+                dir.path().display()
+            )),
+            "{e}"
+        );
+        // A link as the state directory is refused too.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        let e = check_state_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("not a directory (or a link)"), "{e}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let e = check_state_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("not a directory (or a link)"), "{e}");
     }
 
     #[test]

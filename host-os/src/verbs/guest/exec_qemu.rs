@@ -5,7 +5,8 @@ use plinth_host::launch::{jail, qemu::RunAs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Join the cgroups, set the locked-memory limit, drop to the user, exec QEMU with the arguments after `--`.
+/// Join the cgroups, set the locked-memory limit, turn core dumps off, drop to the user,
+/// exec QEMU with the arguments after `--` (if the supervisor still runs).
 #[derive(Debug, clap::Args)]
 pub struct ExecQemuArgs {
     /// A cgroup directory to join (one per hierarchy).
@@ -18,6 +19,10 @@ pub struct ExecQemuArgs {
     /// RLIMIT_MEMLOCK for QEMU, soft and hard, in bytes (VFIO pins guest memory).
     #[arg(long, value_name = "BYTES")]
     memlock: Option<u64>,
+    /// The supervisor's pid: QEMU is not started when it is no longer the parent (default:
+    /// the parent when this starts).
+    #[arg(long, value_name = "PID")]
+    parent: Option<i32>,
     /// QEMU's arguments.
     #[arg(last = true, required = true)]
     args: Vec<String>,
@@ -26,7 +31,7 @@ pub struct ExecQemuArgs {
 impl ExecQemuArgs {
     pub fn run(self) -> ExitCode {
         let run_as = self.uid.zip(self.gid).map(|(uid, gid)| RunAs { uid, gid });
-        let e = jail::exec(&self.cgroups, self.memlock, run_as, &self.args);
+        let e = jail::exec(&self.cgroups, self.memlock, run_as, self.parent, &self.args);
         eprintln!("error: {e}");
         ExitCode::FAILURE
     }

@@ -24,7 +24,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 #[command(
     after_help = "Files in --state-dir: status.json (read by `guest status`), \
 console.log (the serial console, every start appended), qemu.log (QEMU's output and \
-command lines), qemu/ (QEMU's own: QMP socket, firmware variables).\n\n\
+command lines), qemu/ (QEMU's own, made fresh for every start: QMP socket, firmware \
+variables). The state directory must be writable by root alone.\n\n\
 HostOS runs it as plinth-guest.service, its options from the environment (the \
 [env: PLINTH_GUEST_…] of each) set by /run/plinth/config/guest-os.env.\n\n\
 Exit status: 0 stopped on request, or the guest powered off; 1 QEMU failed past the \
@@ -150,7 +151,19 @@ impl LaunchArgs {
         }
     }
 
-    fn launch(self) -> Result<ExitCode, String> {
+    fn launch(mut self) -> Result<ExitCode, String> {
+        // Before anything starts: the vCPU model goes into `-cpu`, and every path into QEMU's
+        // option strings, which take only absolute ones (see launch::qemu).
+        plinth_host::launch::qemu::check_vcpu_type(&self.vcpu_type).map_err(|e| e.to_string())?;
+        for p in [&mut self.firmware, &mut self.state_dir]
+            .into_iter()
+            .chain(self.vars.as_mut())
+            .chain(self.sev_ovmf.as_mut())
+            .chain(self.kernel.as_mut())
+            .chain(self.initrd.as_mut())
+        {
+            *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
         // Signals are read from a signalfd (blocked here; QEMU's mask is reset at spawn).
         let mut mask = SigSet::empty();
         for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
@@ -231,8 +244,15 @@ impl LaunchArgs {
                 dev: self.vm.sysfs_root.join("dev"),
             },
         };
-        std::fs::create_dir_all(&opts.state_dir)
-            .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Root's alone (the supervisor checks it, and the directories above it).
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&opts.state_dir)
+                .map_err(|e| format!("{}: {e}", opts.state_dir.display()))?;
+        }
         println!(
             "plinth-host: {} vCPUs, {} GiB on guest nodes {:?} as {}; state in {}",
             plan.vcpus,
