@@ -2,8 +2,9 @@
 //! a disk archive holding a FAT and an ext4 partition, an SBOM, a command line and a
 //! manifest. Two releases that differ in one file of each filesystem, one package and one
 //! measurement: diff names all of them. Altered or malformed releases are refused with the
-//! file named and the right exit code. Listing ext4 paths mounts the image: root only (the
-//! tests that need it say so and return early otherwise).
+//! file named and the right exit code. Building the sample releases needs root (mke2fs
+//! `root_owner`; the tests that need it say so and return early otherwise); listing their
+//! paths does not (see `hostile_image.rs`).
 
 use plinth::packages::cache::sha256_file;
 use plinth::pipeline::artifacts::{self, TarEntry};
@@ -176,7 +177,7 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
 #[test]
 fn diff_names_packages_measurements_and_changed_files() {
     if !is_root() {
-        eprintln!("skipped: mke2fs -d with root_owner and mounting need root");
+        eprintln!("skipped: mke2fs -d with root_owner needs root");
         return;
     }
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
-Both releases must be of the same OS. Listing the paths inside partitions
-mounts them read-only, which needs root; without root, partitions are
-compared by hash only. Exit 0 whatever differs; 1 or 2 when a release cannot
-be read.
+Both releases must be of the same OS. The paths inside partitions are listed
+in user space (ext4 with debugfs, FAT with mtools; nothing is mounted, no root
+needed). Exit 0 whatever differs; 1 or 2 when a release cannot be read, 2
+when an image in it is malformed (e.g. a directory loop).
 
 Examples:
   plinth diff out/guest-os/1.0.0 out/guest-os/1.1.0
@@ -96,18 +96,12 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if !nix::unistd::geteuid().is_root() {
-        out.warn(
-            "not root: partitions are compared by hash only (listing their paths mounts them)",
-        );
-    }
     let packages = package_changes(&a.packages()?, &b.packages()?);
     let measurements = measurement_changes(&a.manifest, &b.manifest);
-    let scratch = tempfile::Builder::new()
-        .prefix("plinth-diff-")
-        .tempdir()
+    // Private (0700): what is unpacked there is the releases' content, crafted or not.
+    let scratch = crate::pipeline::artifacts::scratch_dir("plinth-diff-")
         .context("creating a scratch directory")?;
-    let comparison = compare::compare(&a, &b, scratch.path())?;
+    let comparison = compare::compare(&a, &b, scratch.path()).map_err(super::compare_error)?;
     if out.json {
         return out.json_result(&Report {
             os: &a.manifest.os,

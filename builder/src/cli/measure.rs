@@ -2,6 +2,12 @@
 //! boot files (see [`crate::pipeline::measure`]): a release (its ESP from the disk archive,
 //! every slot's UKI from the update archive) or a raw disk image (its ESP). Prints them, writes
 //! `measurements.json` with `-o`, and checks a release's published file against the image.
+//!
+//! A release's archives are streamed, never unpacked, each member's header checked against
+//! the manifest's bounds first ([`crate::compare::release::Release::bounds`]): only the ESP's
+//! span of the disk image is written (after a free-space check), and each UKI, which must
+//! fit on the ESP, is read into memory within [`MAX_IN_MEMORY`]. Scratch space is private
+//! (0700).
 
 use super::image::{Image, ImageArgs};
 use super::{BadInput, CheckFailed, Global, Output};
@@ -41,9 +47,7 @@ pub struct Args {
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
-    let scratch = tempfile::Builder::new()
-        .prefix("plinth-measure-")
-        .tempdir()
+    let scratch = crate::pipeline::artifacts::scratch_dir("plinth-measure-")
         .context("creating a temporary directory")?;
     let esp_image = scratch.path().join("esp.img");
     let (measured, published) = match args.image.resolve(g)? {
@@ -158,6 +162,9 @@ fn launch_digests(
     let sha256 = crate::packages::cache::sha256_file(firmware)
         .with_context(|| format!("reading {}", firmware.display()))?
         .0;
+    let snp_dir = scratch.join("snp");
+    crate::pipeline::artifacts::private_dir(&snp_dir)
+        .with_context(|| format!("creating {}", snp_dir.display()))?;
     let computed = snp::expected(
         &snp::FirmwareFile {
             path: firmware,
@@ -167,7 +174,7 @@ fn launch_digests(
         },
         &snp::Launches::of(&expected),
         &slots,
-        &scratch.join("snp"),
+        &snp_dir,
     )
     .map_err(|e| BadInput(e.to_string()))?;
     Ok(Some(computed))
@@ -216,6 +223,33 @@ fn first_difference(published: &Measurements, measured: &Measurements) -> String
     "differs in its other fields (slots, platform, SEV-SNP or the PCRs not predicted)".into()
 }
 
+/// The most of a UKI, or of a raw disk's ESP, `plinth measure` reads into memory (the PE
+/// reader and the PCR prediction take bytes). plinth's ESPs are 128 and 256 MiB: a UKI must
+/// fit on one.
+const MAX_IN_MEMORY: u64 = 1 << 30;
+
+/// Refuse to write `len` bytes of `what` into `dir` if its file system has less free.
+fn check_free(dir: &Path, len: u64, what: &str) -> anyhow::Result<()> {
+    let free = crate::pipeline::artifacts::free_bytes(dir)
+        .with_context(|| format!("finding the free space of {}", dir.display()))?;
+    if len > free {
+        anyhow::bail!(
+            "{what} needs {len} bytes, but {} has only {free} bytes free\n  hint: free space there, or point TMPDIR at a larger file system",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// An archive error as the CLI reports it: a crafted or corrupt archive is bad input.
+fn archive_error(e: crate::pipeline::artifacts::ArtifactError) -> anyhow::Error {
+    if e.is_crafted() {
+        BadInput(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
 /// The prediction for a raw disk image: the boot loader and every UKI on its ESP.
 fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
     let bad = |why: String| BadInput(format!("{}: {why}", disk.display()));
@@ -231,10 +265,27 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         .find(|p| p.part_type_guid.guid.to_string() == esp_type)
         .ok_or_else(|| bad("has no EFI system partition".into()))?;
     let (offset, len) = (esp.bytes_start(lb)?, esp.bytes_len(lb)?);
-    let mut src = std::fs::File::open(disk)?;
-    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(offset))?;
-    let mut dst = std::fs::File::create(esp_image)?;
-    std::io::copy(&mut src.take(len), &mut dst)?;
+    let disk_len = std::fs::metadata(disk)
+        .with_context(|| format!("reading {}", disk.display()))?
+        .len();
+    if offset.checked_add(len).is_none_or(|end| end > disk_len) {
+        return Err(bad(format!(
+            "its ESP (bytes {offset} to {}) ends past the image's {disk_len} bytes",
+            offset.saturating_add(len)
+        ))
+        .into());
+    }
+    if len > MAX_IN_MEMORY {
+        return Err(bad(format!(
+            "its ESP is {len} bytes; plinth measure reads its boot files into memory and takes at most {MAX_IN_MEMORY}"
+        ))
+        .into());
+    }
+    let scratch = esp_image.parent().unwrap_or(Path::new("."));
+    check_free(scratch, len, &format!("the ESP of {}", disk.display()))?;
+    // Holes stay holes: an ESP is mostly empty.
+    crate::pipeline::blocks::copy_span_sparse(disk, offset, len, esp_image)
+        .with_context(|| format!("copying the ESP of {}", disk.display()))?;
     let read = |path: &str| {
         esp::read_fat_file(esp_image, path)
             .map_err(|e| bad(format!("its ESP (at byte {offset}): {path}: {e}")))
@@ -311,9 +362,16 @@ fn from_release(
             ))
         })?;
     let disk_archive = r.dir.join(release::DISK_ARCHIVE);
+    let scratch = esp_image.parent().unwrap_or(Path::new("."));
+    check_free(
+        scratch,
+        esp.size,
+        &format!("the ESP of {}", r.dir.display()),
+    )?;
     let mut dst = std::fs::File::create(esp_image)?;
     let mut found = false;
-    crate::pipeline::artifacts::for_each_member(&disk_archive, |name, data| {
+    let bounds = r.bounds(release::DISK_ARCHIVE);
+    crate::pipeline::artifacts::for_each_member(&disk_archive, &bounds, |name, _, data| {
         if name != "disk.img" {
             return Ok(true);
         }
@@ -321,7 +379,8 @@ fn from_release(
         std::io::copy(&mut data.take(esp.offset), &mut std::io::sink())?;
         std::io::copy(&mut data.take(esp.size), &mut dst)?;
         Ok(false)
-    })?;
+    })
+    .map_err(archive_error)?;
     let bad = |why: String| BadInput(format!("{}: {why}", r.dir.display()));
     if !found {
         return Err(bad(format!("{} has no disk.img", release::DISK_ARCHIVE)).into());
@@ -333,28 +392,39 @@ fn from_release(
             measure::LOADER_PATH
         ))
     })?;
+    // Each UKI is read into memory: it must fit on the ESP (no slack), and in MAX_IN_MEMORY.
+    // The bound is checked on its header, before any of it is read.
+    let uki_bound = crate::pipeline::artifacts::Bound::new(
+        esp.size.min(MAX_IN_MEMORY),
+        format!(
+            "the ESP `{}`'s {} bytes from manifest.json (a UKI must fit on it), and at most {MAX_IN_MEMORY} (plinth measure reads a UKI into memory)",
+            esp.name, esp.size
+        ),
+    );
+    let mut bounds = r.bounds(release::UPDATE_ARCHIVE);
+    for s in &m.measurements.slots {
+        bounds = bounds.member(r.uki_member(s.slot.as_deref()), uki_bound.clone());
+    }
     let mut ukis: Vec<(Option<String>, String, Vec<u8>)> = Vec::new();
     crate::pipeline::artifacts::for_each_member(
         &r.dir.join(release::UPDATE_ARCHIVE),
-        |name, data| {
-            // Named as `uki_name` names them: `<os>-a.efi`, or `<os>.efi` without slots.
-            let named = |slot: Option<&str>| match slot {
-                Some(x) => format!("{}-{}.efi", m.os, x.to_lowercase()),
-                None => format!("{}.efi", m.os),
-            };
+        &bounds,
+        |name, size, data| {
             if let Some(s) = m
                 .measurements
                 .slots
                 .iter()
-                .find(|s| name == named(s.slot.as_deref()))
+                .find(|s| name == r.uki_member(s.slot.as_deref()))
             {
-                let mut bytes = Vec::new();
+                // `size` is within `uki_bound`, and the reader gives no more than it.
+                let mut bytes = Vec::with_capacity(size as usize);
                 data.read_to_end(&mut bytes)?;
                 ukis.push((s.slot.clone(), format!("EFI/Linux/{name}"), bytes));
             }
             Ok(ukis.len() < m.measurements.slots.len())
         },
-    )?;
+    )
+    .map_err(archive_error)?;
     if ukis.len() != m.measurements.slots.len() {
         return Err(BadInput(format!(
             "{}: has {} of the {} slots' UKIs",

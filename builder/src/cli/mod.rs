@@ -155,6 +155,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// A comparison's error for `verify` and `diff`: a malformed or crafted release is bad input
+/// (exit 2), anything else keeps its own code.
+pub(crate) fn compare_error(e: crate::compare::CompareError) -> anyhow::Error {
+    if e.is_crafted() {
+        BadInput(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! `plinth run`: boot an image in QEMU (see [`crate::vm`]): a built release of an OS
 //! (`out/<os>/<version>`), a release directory, or a raw disk image. The console is shown
-//! on the terminal; with `--expect` the run ends as soon as the text appears.
+//! on the terminal; with `--expect` the run ends as soon as the text appears. A release's
+//! disk image is unpacked within its manifest's bounds into a private (0700) scratch
+//! directory.
 
 use super::image::{Image, ImageArgs};
 use super::{BadInput, CheckFailed, Global, Output};
@@ -89,9 +91,7 @@ struct Report<'a> {
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     // Before anything that needs cleaning up: Ctrl-C from now on ends the run, not plinth.
     let interrupted = vm::catch_interrupts();
-    let scratch = tempfile::Builder::new()
-        .prefix("plinth-run-")
-        .tempdir()
+    let scratch = crate::pipeline::artifacts::scratch_dir("plinth-run-")
         .context("creating a temporary directory")?;
     let (disk, label, release) = boot_disk(g, out, &args, scratch.path())?;
     let mut machine = Machine::new(&disk);
@@ -236,8 +236,16 @@ fn boot_disk(
     let dir = release.dir.clone();
     let m = &release.manifest;
     out.detail(format!("unpacking the disk image of {}", dir.display()));
+    // Within the manifest's bounds, into the private (0700) scratch directory.
     let disk = release
         .extract_member(crate::pipeline::release::DISK_ARCHIVE, "disk.img", scratch)
+        .map_err(|e| {
+            if e.is_crafted() {
+                anyhow::Error::new(BadInput(e.to_string()))
+            } else {
+                anyhow::Error::new(e)
+            }
+        })
         .with_context(|| format!("unpacking the disk image of {}", dir.display()))?;
     Ok((
         disk,

@@ -8,6 +8,7 @@ use super::{BadInput, CheckFailed, Global, Output};
 use crate::compare::release::{Release, ReleaseDirError};
 use crate::compare::{self, Comparison};
 use crate::packages::cache::{sha256_file, Cache};
+use crate::pipeline::artifacts;
 use crate::workspace::Workspace;
 use anyhow::Context;
 use serde::Serialize;
@@ -68,7 +69,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let release = open_release(&args.release)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(BadInput(
-            "plinth verify needs root: it rebuilds the release (mmdebstrap, chroot, namespaces) and mounts its filesystems read-only to compare them\n  hint: run it as root".into(),
+            "plinth verify needs root: it rebuilds the release (mmdebstrap, chroot, namespaces)\n  hint: run it as root".into(),
         )
         .into());
     }
@@ -102,10 +103,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             w.clone()
         }
         None => {
-            temp = tempfile::Builder::new()
-                .prefix("plinth-verify-")
-                .tempdir()
-                .context("creating a work directory")?;
+            temp = artifacts::scratch_dir("plinth-verify-").context("creating a work directory")?;
             temp.path().to_path_buf()
         }
     };
@@ -142,7 +140,8 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let rebuilt = Release::open(&rebuilt_dir)?;
     let scratch = work.join("compare");
     private_dir(&scratch)?;
-    let comparison = compare::compare(&release, &rebuilt, &scratch)?;
+    let comparison =
+        compare::compare(&release, &rebuilt, &scratch).map_err(super::compare_error)?;
     report(out, &release, &comparison, args.limit)
 }
 
@@ -158,14 +157,7 @@ pub(super) fn open_release(path: &Path) -> anyhow::Result<Release> {
 /// Create `dir` (and its parents) with mode 0700: nobody but its owner can reach what is
 /// unpacked or built inside.
 fn private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private (0700)", dir.display()))
+    artifacts::private_dir(dir).with_context(|| format!("creating {} (mode 0700)", dir.display()))
 }
 
 /// `git archive` of `commit` unpacked into `dest`: the source exactly as committed.

@@ -2,6 +2,11 @@
 //! releases). Both open release directories ([`release`]), compare artifact by artifact, and
 //! where an archive differs go down to its partitions and members, and from a differing
 //! filesystem to the paths that differ ([`contents`]).
+//!
+//! Releases are hostile input: filesystems are listed in user space (debugfs, mtools; no
+//! mount, no root), and a PE image (a UKI) is read by a bounded read of its headers
+//! ([`PE_HEADER_MAX`]) and section hashes streamed from the file with seeks, never whole. An
+//! image that cannot be read so is an error naming it, not a note.
 
 pub mod contents;
 pub mod release;
@@ -24,6 +29,22 @@ pub enum CompareError {
     Artifact(#[from] crate::pipeline::artifacts::ArtifactError),
     #[error("{}: {message}", path.display())]
     Io { path: PathBuf, message: String },
+    #[error("{}: not a PE image plinth can compare: {problem}", path.display())]
+    Pe { path: PathBuf, problem: String },
+}
+
+impl CompareError {
+    /// Whether the error says a release is malformed or crafted (bad input, exit 2), rather
+    /// than that something could not be read here.
+    pub fn is_crafted(&self) -> bool {
+        match self {
+            CompareError::Release(r) => r.is_crafted(),
+            CompareError::Artifact(a) => a.is_crafted(),
+            CompareError::Contents(c) => c.is_crafted(),
+            CompareError::Pe { .. } => true,
+            CompareError::Io { .. } => false,
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CompareError + '_ {
@@ -127,22 +148,27 @@ pub fn compare(a: &Release, b: &Release, scratch: &Path) -> Result<Comparison, C
 }
 
 /// Filesystem listings by image sha256: the same root filesystem appears as a partition and
-/// as an update member, and is listed once.
+/// as an update member, and is listed once. A filesystem that cannot be listed (malformed, a
+/// directory loop, over a bound) fails the comparison, naming it.
 #[derive(Default)]
-struct Listings(BTreeMap<String, Result<Listing, String>>);
+struct Listings(BTreeMap<String, Listing>);
 
 impl Listings {
-    fn get(&mut self, image: &Path, sha256: &str, format: &str) -> Result<Listing, String> {
-        self.0
-            .entry(sha256.to_string())
-            .or_insert_with(|| {
-                let listed = match format {
-                    "ext4" => contents::list_ext4(image),
-                    _ => contents::list_fat(image),
-                };
-                listed.map_err(|e| e.to_string())
-            })
-            .clone()
+    fn get(
+        &mut self,
+        image: &Path,
+        sha256: &str,
+        format: &str,
+    ) -> Result<Listing, contents::ContentsError> {
+        if let Some(listing) = self.0.get(sha256) {
+            return Ok(listing.clone());
+        }
+        let listing = match format {
+            "ext4" => contents::list_ext4(image)?,
+            _ => contents::list_fat(image)?,
+        };
+        self.0.insert(sha256.to_string(), listing.clone());
+        Ok(listing)
     }
 }
 
@@ -189,28 +215,17 @@ fn compare_images(
     };
     match diff.format {
         "ext4" | "vfat" => {
-            let la = listings.get(a, &before.sha256, diff.format);
-            let lb = listings.get(b, &after.sha256, diff.format);
-            match (la, lb) {
-                (Ok(la), Ok(lb)) => {
-                    diff.changes = contents::changes(&la, &lb);
-                    if diff.changes.is_empty() {
-                        diff.note = Some(
-                            "same files, modes and owners: the filesystem's own metadata differs (times, layout, ids)"
-                                .into(),
-                        );
-                    }
-                }
-                (Err(e), _) | (_, Err(e)) => diff.note = Some(e),
+            let la = listings.get(a, &before.sha256, diff.format)?;
+            let lb = listings.get(b, &after.sha256, diff.format)?;
+            diff.changes = contents::changes(&la, &lb);
+            if diff.changes.is_empty() {
+                diff.note = Some(
+                    "same files, modes and owners: the filesystem's own metadata differs (times, layout, ids)"
+                        .into(),
+                );
             }
         }
-        "pe" => {
-            let (pa, pb) = (
-                std::fs::read(a).map_err(io(a))?,
-                std::fs::read(b).map_err(io(b))?,
-            );
-            diff.sections = pe_sections_differing(&pa, &pb);
-        }
+        "pe" => diff.sections = pe_sections_differing(a, b)?,
         _ => {
             diff.note = Some(if fa != fb {
                 format!("not the same kind of content ({fa} and {fb})")
@@ -222,22 +237,151 @@ fn compare_images(
     Ok(diff)
 }
 
-/// Names of the PE sections whose data differ, or that only one side has.
-fn pe_sections_differing(a: &[u8], b: &[u8]) -> Vec<String> {
-    use crate::pipeline::uki::read_sections;
-    let map = |pe: &[u8]| -> BTreeMap<String, String> {
-        read_sections(pe)
-            .map(|s| {
-                s.iter()
-                    .map(|s| {
-                        let data = s.data(pe).map(|d| d.into_owned()).unwrap_or_default();
-                        (s.name.clone(), crate::packages::cache::sha256_bytes(&data))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+/// The DOS, PE and COFF headers and the section table of a PE image must lie in its first
+/// this many bytes (a UKI's end by 4 KiB); only these are read to find the sections.
+pub const PE_HEADER_MAX: u64 = 64 << 10;
+/// A PE section's `VirtualSize` may exceed its data in the file by at most this much (the
+/// loader zero-fills it; systemd-stub's are kilobytes): hashing a crafted image's zero fill
+/// stays bounded.
+pub const PE_MAX_ZERO_FILL: u64 = 64 << 20;
+
+/// The section table of the PE image at `path`, from a bounded read of its headers; every
+/// section's data checked to lie in the file. Offsets follow the Microsoft PE format.
+fn pe_section_table(path: &Path) -> Result<Vec<crate::pipeline::uki::PeSection>, CompareError> {
+    use crate::pipeline::uki::{PeSection, MAX_SECTIONS};
+    use std::io::Read;
+    let bad = |problem: String| CompareError::Pe {
+        path: path.to_path_buf(),
+        problem,
     };
-    let (ma, mb) = (map(a), map(b));
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    let mut head = Vec::new();
+    file.take(PE_HEADER_MAX)
+        .read_to_end(&mut head)
+        .map_err(io(path))?;
+    let u16_at = |at: usize| {
+        head.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |at: usize| {
+        head.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    // Where a header that must lie in `head` ends, or why it does not.
+    let within = |end: u64, what: &str| -> Result<(), CompareError> {
+        if end <= head.len() as u64 {
+            Ok(())
+        } else if end > len {
+            Err(bad(format!(
+                "the {what} ends at byte {end} but the file has {len} bytes"
+            )))
+        } else {
+            Err(bad(format!(
+                "the {what} ends at byte {end}, beyond the first {PE_HEADER_MAX} bytes"
+            )))
+        }
+    };
+    if head.get(..2) != Some(b"MZ") {
+        return Err(bad("no \"MZ\" at offset 0".into()));
+    }
+    within(0x40, "DOS header")?;
+    let sig = u64::from(u32_at(0x3c).expect("within the DOS header"));
+    within(sig + 24, "PE signature and COFF header")?;
+    let sig = sig as usize;
+    if head[sig..sig + 4] != *b"PE\0\0" {
+        return Err(bad(format!(
+            "no \"PE\\0\\0\" at offset {sig:#x} (e_lfanew)"
+        )));
+    }
+    let coff = sig + 4;
+    let count = usize::from(u16_at(coff + 2).expect("within the COFF header"));
+    if count > MAX_SECTIONS {
+        return Err(bad(format!(
+            "{count} sections, a PE image has at most {MAX_SECTIONS}"
+        )));
+    }
+    let table = coff + 20 + usize::from(u16_at(coff + 16).expect("within the COFF header"));
+    within((table + count * 40) as u64, "section table")?;
+    let mut sections = Vec::with_capacity(count);
+    for i in 0..count {
+        let h = table + i * 40;
+        let field = |at: usize| u32_at(h + at).expect("within the section table");
+        let raw_name: [u8; 8] = head[h..h + 8].try_into().expect("8 bytes");
+        let end = raw_name.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        let s = PeSection {
+            name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
+            raw_name,
+            virtual_size: field(8),
+            virtual_address: field(12),
+            raw_size: field(16),
+            raw_offset: field(20),
+            characteristics: field(36),
+        };
+        let from_file = u64::from(s.virtual_size.min(s.raw_size));
+        let start = u64::from(s.raw_offset);
+        if from_file > 0 && start + from_file > len {
+            return Err(bad(format!(
+                "section {:?}: its data (bytes {start}..{}) lies outside the file of {len} bytes",
+                s.name,
+                start + from_file
+            )));
+        }
+        let zeros = u64::from(s.virtual_size) - from_file;
+        if zeros > PE_MAX_ZERO_FILL {
+            return Err(bad(format!(
+                "section {:?}: VirtualSize {} exceeds its {from_file} bytes of data by more than {PE_MAX_ZERO_FILL}",
+                s.name, s.virtual_size
+            )));
+        }
+        sections.push(s);
+    }
+    Ok(sections)
+}
+
+/// Section name → sha256 of the section's `VirtualSize` bytes as a loader maps them (its data,
+/// zero-filled past `SizeOfRawData`), streamed from the file with seeks.
+fn pe_section_hashes(path: &Path) -> Result<BTreeMap<String, String>, CompareError> {
+    use sha2::{Digest as _, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut out = BTreeMap::new();
+    let mut buf = vec![0u8; 1 << 16];
+    for s in pe_section_table(path)? {
+        let mut hasher = Sha256::new();
+        let from_file = u64::from(s.virtual_size.min(s.raw_size));
+        if from_file > 0 {
+            file.seek(SeekFrom::Start(u64::from(s.raw_offset)))
+                .map_err(io(path))?;
+            let mut left = from_file;
+            while left > 0 {
+                let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = file.read(&mut buf[..want]).map_err(io(path))?;
+                if n == 0 {
+                    return Err(CompareError::Pe {
+                        path: path.to_path_buf(),
+                        problem: format!("section {:?}: the file ends inside its data", s.name),
+                    });
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+        let zeros = [0u8; 1 << 12];
+        let mut left = u64::from(s.virtual_size) - from_file;
+        while left > 0 {
+            let n = zeros.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            hasher.update(&zeros[..n]);
+            left -= n as u64;
+        }
+        out.insert(s.name, hex::encode(hasher.finalize()));
+    }
+    Ok(out)
+}
+
+/// Names of the PE sections whose data differ, or that only one side has.
+fn pe_sections_differing(a: &Path, b: &Path) -> Result<Vec<String>, CompareError> {
+    let (ma, mb) = (pe_section_hashes(a)?, pe_section_hashes(b)?);
     let mut names: Vec<String> = ma
         .keys()
         .chain(mb.keys())
@@ -249,7 +393,7 @@ fn pe_sections_differing(a: &[u8], b: &[u8]) -> Vec<String> {
     if names.is_empty() {
         names.push("PE headers (no section differs)".into());
     }
-    names
+    Ok(names)
 }
 
 /// Partitions of the two disk images that differ, with their differing paths.
@@ -560,6 +704,93 @@ mod tests {
             text_lines(&c, &d).unwrap(),
             vec!["line     2: two → TWO", "line     3: absent → three"]
         );
+    }
+
+    /// A minimal PE32+ image: (name, VirtualSize, PointerToRawData, SizeOfRawData) per
+    /// section, `len` bytes, a pattern past the headers.
+    fn pe(sections: &[(&str, u32, u32, u32)], len: usize) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        b[..0x400].fill(0);
+        b[..2].copy_from_slice(b"MZ");
+        b[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+        b[0x40..0x44].copy_from_slice(b"PE\0\0");
+        let coff = 0x44;
+        b[coff + 2..coff + 4].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        b[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
+        let opt = coff + 20;
+        b[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+        b[opt + 32..opt + 36].copy_from_slice(&0x1000u32.to_le_bytes());
+        b[opt + 36..opt + 40].copy_from_slice(&0x200u32.to_le_bytes());
+        b[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+        for (i, (name, vsize, offset, raw)) in sections.iter().enumerate() {
+            let h = opt + 240 + i * 40;
+            b[h..h + name.len()].copy_from_slice(name.as_bytes());
+            b[h + 8..h + 12].copy_from_slice(&vsize.to_le_bytes());
+            b[h + 16..h + 20].copy_from_slice(&raw.to_le_bytes());
+            b[h + 20..h + 24].copy_from_slice(&offset.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn pe_sections_stream_as_the_loader_maps_them() {
+        use crate::pipeline::uki::read_sections;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.efi");
+        // Exact, shorter than its raw data, zero-filled past it, empty.
+        let image = pe(
+            &[
+                (".linux", 0x300, 0x400, 0x400),
+                (".osrel", 0x10, 0x800, 0x200),
+                (".bss", 0x3000, 0xa00, 0x200),
+                (".empty", 0, 0, 0),
+            ],
+            0xc00,
+        );
+        std::fs::write(&path, &image).unwrap();
+        let want: BTreeMap<String, String> = read_sections(&image)
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let data = s.data(&image).unwrap();
+                (s.name.clone(), crate::packages::cache::sha256_bytes(&data))
+            })
+            .collect();
+        assert_eq!(pe_section_hashes(&path).unwrap(), want);
+        assert_eq!(
+            pe_sections_differing(&path, &path).unwrap(),
+            ["PE headers (no section differs)"]
+        );
+
+        // Absurd claims are named errors, nothing read or allocated for them.
+        for (sections, len, problem) in [
+            (
+                vec![(".linux", 0xffff_fe00, 0x400, 0xffff_fe00)],
+                0x800,
+                "lies outside the file",
+            ),
+            (
+                vec![(".linux", 0xffff_0000, 0x400, 0x200)],
+                0x800,
+                "by more than",
+            ),
+            (vec![], 0x30, "DOS header ends at byte 64"),
+        ] {
+            std::fs::write(&path, &pe(&sections, len.max(0x400))[..len]).unwrap();
+            let err = pe_section_hashes(&path).unwrap_err().to_string();
+            assert!(err.contains(problem), "{err}");
+        }
+        let mut many = pe(&[], 0x800);
+        many[0x46..0x48].copy_from_slice(&97u16.to_le_bytes());
+        std::fs::write(&path, &many).unwrap();
+        let err = pe_section_hashes(&path).unwrap_err().to_string();
+        assert!(err.contains("97 sections"), "{err}");
+        let mut far = pe(&[], 0x800);
+        far[0x3c..0x40].copy_from_slice(&0x2_0000u32.to_le_bytes());
+        far.resize(0x3_0000, 0);
+        std::fs::write(&path, &far).unwrap();
+        let err = pe_section_hashes(&path).unwrap_err().to_string();
+        assert!(err.contains("beyond the first 65536 bytes"), "{err}");
     }
 
     #[test]

@@ -381,9 +381,7 @@ struct Tools {
 
 impl Tools {
     fn new(epoch: i64) -> Result<Tools, EspError> {
-        let dir = tempfile::Builder::new()
-            .prefix("plinth-mtools")
-            .tempdir()
+        let dir = super::artifacts::scratch_dir("plinth-mtools")
             .map_err(|e| io_error(&std::env::temp_dir(), "create a directory in", e))?;
         let rc = dir.path().join("mtoolsrc");
         std::fs::write(&rc, MTOOLSRC).map_err(|e| io_error(&rc, "write", e))?;

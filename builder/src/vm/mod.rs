@@ -384,9 +384,7 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
 /// Boot `m` and watch its console until `w` says stop (or QEMU exits).
 pub fn run(m: &Machine, w: &Watch) -> Result<Run, VmError> {
     check(m, w.echo)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("plinth-vm-")
-        .tempdir()
+    let tmp = crate::pipeline::artifacts::scratch_dir("plinth-vm-")
         .map_err(io(Path::new("a temporary directory")))?;
     let dir = tmp.path();
     let (accel, accel_reason) = match m.accel {
