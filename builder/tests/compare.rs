@@ -6,27 +6,20 @@
 //! `root_owner`; the tests that need it say so and return early otherwise); listing their
 //! paths does not (see `hostile_image.rs`).
 
-use plinth::packages::cache::sha256_file;
+mod support;
+use support::plinth;
+
 use plinth::pipeline::artifacts::{self, TarEntry};
 use plinth::pipeline::esp::{self, FatFile, FatOptions};
-use plinth::pipeline::manifest::{
-    self, Inputs, Manifest, Measurements, OutputFile, PartitionImage, SlotMeasurements,
-};
+use plinth::pipeline::manifest::{self, Manifest, OutputFile};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 const EPOCH: i64 = 1_700_000_000;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-fn plinth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// What differs between the two sample releases.
@@ -108,7 +101,7 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
 
     let rel = dir.join("release");
     std::fs::create_dir_all(&rel).unwrap();
-    let mut outputs = vec![artifacts::write_tar_zst(
+    let outputs = vec![artifacts::write_tar_zst(
         &rel.join("disk-img.tar.zst"),
         &[TarEntry::new("disk.img", &disk)],
         EPOCH,
@@ -120,56 +113,23 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
         format!("console=ttyS0 roothash={}\n", v.pcr11.to_string().repeat(8)),
     )
     .unwrap();
-    for name in ["sbom.spdx.json", "cmdline-guest-os-a.txt"] {
-        let (sha256, size) = sha256_file(&rel.join(name)).unwrap();
-        outputs.push(artifacts::ArtifactFile {
-            name: name.into(),
-            sha256,
-            size,
-        });
-    }
-    let part = |number: u32, name: &str, role: &str, offset: u64, size: u64| PartitionImage {
-        number,
-        name: name.into(),
-        role: role.into(),
-        slot: (role == "root").then(|| "A".to_string()),
-        offset,
-        size,
-        blocks_sha256: plinth::pipeline::blocks::blocks_sha256(&disk, offset, size).unwrap(),
+    let part = |number: u32, name: &str, role: &str, offset: u64, size: u64| {
+        support::partition(&disk, number, name, role, offset, size)
     };
-    let h = |c: char| c.to_string().repeat(64);
+    let h = support::hex;
     let mut outputs: Vec<OutputFile> = outputs.into_iter().map(Into::into).collect();
-    outputs.sort();
-    let m = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        os: "guest-os".into(),
-        version: "1.0.0".into(),
-        profile: "test".into(),
-        inputs: Inputs {
-            source_commit: "c".repeat(40),
-            source_dirty: false,
-            source_date_epoch: EPOCH,
-            lock_sha256: h('1'),
-            os_spec_sha256: h('2'),
-            builder_version: "0.1.0".into(),
-        },
+    for name in ["sbom.spdx.json", "cmdline-guest-os-a.txt"] {
+        outputs.push(support::output_file(&rel, name));
+    }
+    let m = support::sample_manifest(
+        "guest-os",
         outputs,
-        partitions: vec![
+        vec![
             part(1, "esp", "esp", MIB, 8 * MIB),
             part(2, "root-a", "root", 9 * MIB, 10 * MIB),
         ],
-        measurements: Measurements {
-            snp: Vec::new(),
-            slots: vec![SlotMeasurements {
-                slot: Some("A".into()),
-                verity_root_hash: h('a'),
-                uki_sha256: h('b'),
-                pcr4: Some(h('c')),
-                pcr7: None,
-                pcr11: h(v.pcr11),
-            }],
-        },
-    };
+        support::slot(Some("A"), Some(h('c')), h(v.pcr11)),
+    );
     m.write(&rel.join(manifest::FILE_NAME)).unwrap();
     rel
 }

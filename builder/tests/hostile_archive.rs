@@ -11,13 +11,13 @@
 //! The tar streams are written by hand, as an attacker would; the benign archives by the
 //! real writer.
 
+mod support;
+
 use plinth::compare::release::Release;
 use plinth::packages::cache::sha256_file;
 use plinth::pipeline::artifacts::{self, TarEntry};
 use plinth::pipeline::esp::{self, FatFile, FatOptions};
-use plinth::pipeline::manifest::{
-    self, Inputs, Manifest, Measurements, OutputFile, PartitionImage, SlotMeasurements,
-};
+use plinth::pipeline::manifest::{self, OutputFile, PartitionImage};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -162,7 +162,7 @@ fn release(dir: &Path, disk: &Path, update: &Path) -> PathBuf {
             size,
         });
     }
-    let h = |c: char| c.to_string().repeat(64);
+    let h = support::hex;
     let partitions = PARTITIONS
         .iter()
         .enumerate()
@@ -176,33 +176,12 @@ fn release(dir: &Path, disk: &Path, update: &Path) -> PathBuf {
             blocks_sha256: h('e'),
         })
         .collect();
-    let m = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        os: "guest-os".into(),
-        version: "1.0.0".into(),
-        profile: "test".into(),
-        inputs: Inputs {
-            source_commit: "c".repeat(40),
-            source_dirty: false,
-            source_date_epoch: EPOCH,
-            lock_sha256: h('1'),
-            os_spec_sha256: h('2'),
-            builder_version: "0.1.0".into(),
-        },
+    let m = support::sample_manifest(
+        "guest-os",
         outputs,
         partitions,
-        measurements: Measurements {
-            snp: Vec::new(),
-            slots: vec![SlotMeasurements {
-                slot: Some("A".into()),
-                verity_root_hash: h('a'),
-                uki_sha256: h('b'),
-                pcr4: None,
-                pcr7: None,
-                pcr11: h('c'),
-            }],
-        },
-    };
+        support::slot(Some("A"), None, h('c')),
+    );
     m.write(&rel.join(manifest::FILE_NAME)).unwrap();
     Release::open(&rel).expect("the test release opens");
     rel

@@ -7,15 +7,16 @@
 //! Building images with owners, devices and setuid files needs root (the tests that do say
 //! so and return early otherwise); one test then runs `plinth diff` as `nobody`.
 
+mod support;
+use support::plinth;
+
 use plinth::compare::contents::{list_ext4, ContentsError, Entry, Listing};
 use plinth::packages::cache::{sha256_bytes, sha256_file};
 use plinth::pipeline::artifacts::{self, TarEntry};
-use plinth::pipeline::manifest::{
-    self, Inputs, Manifest, Measurements, OutputFile, PartitionImage, SlotMeasurements,
-};
+use plinth::pipeline::manifest::{self, OutputFile};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -380,7 +381,7 @@ fn release(dir: &Path, root: &Path, uki: &[u8]) -> PathBuf {
     std::fs::write(&efi, uki).unwrap();
     let rel = dir.join("release");
     std::fs::create_dir_all(&rel).unwrap();
-    let mut outputs = vec![
+    let outputs = vec![
         artifacts::write_tar_zst(
             &rel.join("disk-img.tar.zst"),
             &[TarEntry::new("disk.img", &disk)],
@@ -399,54 +400,21 @@ fn release(dir: &Path, root: &Path, uki: &[u8]) -> PathBuf {
     ];
     let sbom = serde_json::json!({"spdxVersion": "SPDX-2.3", "packages": []});
     std::fs::write(rel.join("sbom.spdx.json"), sbom.to_string()).unwrap();
-    let (sha256, size) = sha256_file(&rel.join("sbom.spdx.json")).unwrap();
-    outputs.push(artifacts::ArtifactFile {
-        name: "sbom.spdx.json".into(),
-        sha256,
-        size,
-    });
-    let part = |number: u32, name: &str, role: &str, offset: u64, size: u64| PartitionImage {
-        number,
-        name: name.into(),
-        role: role.into(),
-        slot: (role == "root").then(|| "A".to_string()),
-        offset,
-        size,
-        blocks_sha256: plinth::pipeline::blocks::blocks_sha256(&disk, offset, size).unwrap(),
+    let part = |number: u32, name: &str, role: &str, offset: u64, size: u64| {
+        support::partition(&disk, number, name, role, offset, size)
     };
-    let h = |c: char| c.to_string().repeat(64);
+    let h = support::hex;
     let mut outputs: Vec<OutputFile> = outputs.into_iter().map(Into::into).collect();
-    outputs.sort();
-    let m = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        os: "guest-os".into(),
-        version: "1.0.0".into(),
-        profile: "test".into(),
-        inputs: Inputs {
-            source_commit: "c".repeat(40),
-            source_dirty: false,
-            source_date_epoch: EPOCH,
-            lock_sha256: h('1'),
-            os_spec_sha256: h('2'),
-            builder_version: "0.1.0".into(),
-        },
+    outputs.push(support::output_file(&rel, "sbom.spdx.json"));
+    let m = support::sample_manifest(
+        "guest-os",
         outputs,
-        partitions: vec![
+        vec![
             part(1, "esp", "esp", MIB, MIB),
             part(2, "root-a", "root", 2 * MIB, 8 * MIB),
         ],
-        measurements: Measurements {
-            snp: Vec::new(),
-            slots: vec![SlotMeasurements {
-                slot: Some("A".into()),
-                verity_root_hash: h('a'),
-                uki_sha256: h('b'),
-                pcr4: None,
-                pcr7: None,
-                pcr11: h('c'),
-            }],
-        },
-    };
+        support::slot(Some("A"), None, h('c')),
+    );
     m.write(&rel.join(manifest::FILE_NAME)).unwrap();
     rel
 }
@@ -459,13 +427,6 @@ fn root_image(dir: &Path, motd: &str) -> PathBuf {
     let img = dir.join("root.img");
     mkfs(&src, &img, 8 * MIB, "");
     img
-}
-
-fn plinth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

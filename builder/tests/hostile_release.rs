@@ -4,45 +4,27 @@
 //! field named, nothing written outside the work directory. Each test builds its own release
 //! (one SBOM file and a manifest listing it) and changes one field the way an attacker would.
 
-use plinth::packages::cache::sha256_file;
-use plinth::pipeline::manifest::{
-    self, Inputs, Manifest, Measurements, OutputFile, PartitionImage, SlotMeasurements,
-};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+use support::plinth;
 
-fn plinth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+use plinth::packages::cache::sha256_file;
+use plinth::pipeline::manifest::{self, Manifest, OutputFile, PartitionImage};
+use std::path::{Path, PathBuf};
 
 /// A well-formed manifest of a release holding only its SBOM.
 fn manifest(rel: &Path) -> serde_json::Value {
     std::fs::create_dir_all(rel).unwrap();
     std::fs::write(rel.join("sbom.spdx.json"), "{\"packages\": []}\n").unwrap();
     let (sha256, size) = sha256_file(&rel.join("sbom.spdx.json")).unwrap();
-    let h = |c: char| c.to_string().repeat(64);
-    let m = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        os: "host-os".into(),
-        version: "1.0.0".into(),
-        profile: "test".into(),
-        inputs: Inputs {
-            source_commit: "c".repeat(40),
-            source_dirty: false,
-            source_date_epoch: 1_700_000_000,
-            lock_sha256: h('1'),
-            os_spec_sha256: h('2'),
-            builder_version: "0.1.0".into(),
-        },
-        outputs: vec![OutputFile {
+    let h = support::hex;
+    let m = support::sample_manifest(
+        "host-os",
+        vec![OutputFile {
             name: "sbom.spdx.json".into(),
             sha256,
             size,
         }],
-        partitions: vec![PartitionImage {
+        vec![PartitionImage {
             number: 1,
             name: "esp".into(),
             role: "esp".into(),
@@ -51,18 +33,8 @@ fn manifest(rel: &Path) -> serde_json::Value {
             size: 1 << 20,
             blocks_sha256: h('3'),
         }],
-        measurements: Measurements {
-            snp: Vec::new(),
-            slots: vec![SlotMeasurements {
-                slot: None,
-                verity_root_hash: h('a'),
-                uki_sha256: h('b'),
-                pcr4: None,
-                pcr7: None,
-                pcr11: h('c'),
-            }],
-        },
-    };
+        support::slot(None, None, h('c')),
+    );
     serde_json::from_slice(&m.to_bytes()).unwrap()
 }
 

@@ -15,7 +15,7 @@ use plinth_host::launch::access;
 use plinth_host::launch::qemu::{self, Accel, DiskSettings, Firmware, Launch, RunAs};
 use plinth_host::launch::qmp::Qmp;
 use plinth_host::launch::supervise::prepare_start;
-use plinth_testkit::procfs::status_field;
+use plinth_testkit::procfs::{status_field, wait_for_exec};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -356,19 +356,8 @@ fn the_jail_turns_core_dumps_off_for_good() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = i64::from(qemu.id());
-    let t = Instant::now();
-    let limits = loop {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.starts_with("qemu-system") {
-            break std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        }
-        if let Ok(Some(code)) = qemu.try_wait() {
-            panic!("exec-qemu ended ({code}) before QEMU ran");
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "no QEMU in 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let pid = wait_for_exec(&mut qemu, "qemu-system", Duration::from_secs(30));
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let uid = status_field(pid, "Uid:");
     let gid = status_field(pid, "Gid:");
     let proc_owner = std::fs::metadata(format!("/proc/{pid}/mem")).unwrap().uid();

@@ -7,7 +7,7 @@
 //! before the drop. The disk is blank: OVMF finds nothing to boot, which is enough
 //! here; the release tier boots GuestOS this way.
 
-use plinth_testkit::procfs::status_field;
+use plinth_testkit::procfs::{status_field, wait_for_exec};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -244,19 +244,8 @@ fn the_jail_sets_the_locked_memory_limit_before_dropping_root() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = i64::from(qemu.id());
-    let t = Instant::now();
-    let limits = loop {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.starts_with("qemu-system") {
-            break std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        }
-        if let Ok(Some(code)) = qemu.try_wait() {
-            panic!("exec-qemu ended ({code}) before QEMU ran");
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "no QEMU in 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let pid = wait_for_exec(&mut qemu, "qemu-system", Duration::from_secs(30));
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let uid = status_field(pid, "Uid:");
     qemu.kill().unwrap();
     qemu.wait().unwrap();
