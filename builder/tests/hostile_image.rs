@@ -540,3 +540,24 @@ fn real_image_lists_as_mounted() {
     );
     assert_eq!(listed, mounted);
 }
+
+#[test]
+fn a_partition_past_the_end_of_the_disk_image_is_bad_input() {
+    // The manifest places root-a at 11 MiB of a 12 MiB disk image: the span cannot be read,
+    // and that is the release's fault (exit 2, named), not a read error here.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let uki = pe(&[(".linux", 0x200, 0x400, 0x200)], 0x800);
+    let a = release(da.path(), &root_image(da.path(), "one\n"), &uki);
+    let b = release(db.path(), &root_image(db.path(), "two\n"), &uki);
+    let path = b.join(manifest::FILE_NAME);
+    let mut m = manifest::Manifest::read(&path).unwrap();
+    m.partitions[1].offset = 11 * MIB;
+    m.write(&path).unwrap();
+    let out = plinth(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("partition `root-a`") && err.contains("lies past the end of disk.img"),
+        "{err}"
+    );
+}

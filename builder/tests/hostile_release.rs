@@ -2,7 +2,8 @@
 //! of a path when `plinth verify`, `diff`, `measure` or `run` read the release, so a name that
 //! is not what `plinth build` would write is refused when the manifest is read: exit 2, the
 //! field named, nothing written outside the work directory. Each test builds its own release
-//! (one SBOM file and a manifest listing it) and changes one field the way an attacker would.
+//! (one SBOM file and a manifest listing it) and changes one field the way an attacker would,
+//! or plants a link or a FIFO where a release file should be.
 
 mod support;
 use support::plinth;
@@ -208,4 +209,79 @@ fn the_well_formed_release_passes_the_name_checks() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("manifest.json: version"), "{err}");
     assert!(!err.contains("manifest.json: os"), "{err}");
+}
+
+/// Run plinth with `args`, killing it after 60 s: a read that never ends is a failure,
+/// not a hang of the test run.
+fn plinth_bounded(args: &[&str]) -> std::process::Output {
+    use std::time::{Duration, Instant};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plinth"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("plinth {args:?} still ran after 60 s: it reads a planted device or FIFO");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_manifest_planted_as_a_link_to_a_device_is_not_read() {
+    // The attack: manifest.json -> /dev/zero, read whole into memory until none is left.
+    let scene = Scene::new();
+    let rel = scene.release(|_| {});
+    let manifest = rel.join(manifest::FILE_NAME);
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+    let rel_s = rel.to_str().unwrap();
+    for args in [vec!["diff", rel_s, rel_s], vec!["measure", rel_s]] {
+        let out = plinth_bounded(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("manifest.json") && err.contains("symbolic link"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn release_files_planted_as_fifos_or_links_are_not_read() {
+    // A listed file replaced by a FIFO nobody writes: opening it for reading would block
+    // for ever. It is named as not a regular file (the release does not match its manifest).
+    let scene = Scene::new();
+    let rel = scene.release(|_| {});
+    let sbom = rel.join("sbom.spdx.json");
+    std::fs::remove_file(&sbom).unwrap();
+    nix::unistd::mkfifo(&sbom, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let rel_s = rel.to_str().unwrap();
+    let out = plinth_bounded(&["diff", rel_s, rel_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("sbom.spdx.json") && err.contains("not a regular file"),
+        "{err}"
+    );
+
+    // An SBOM the manifest does not list, linked to /dev/zero: bad input, named.
+    let scene = Scene::new();
+    let rel = scene.release(|m| m["outputs"] = serde_json::json!([]));
+    let sbom = rel.join("sbom.spdx.json");
+    std::fs::remove_file(&sbom).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &sbom).unwrap();
+    let rel_s = rel.to_str().unwrap();
+    let out = plinth_bounded(&["diff", rel_s, rel_s]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sbom.spdx.json") && err.contains("symbolic link"),
+        "{err}"
+    );
 }

@@ -147,6 +147,12 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || e.is::<crate::workspace::WorkspaceError>()
             || e.is::<crate::spec::UnknownProfile>()
             || e.is::<crate::packages::lockfile::LockError>()
+            || e.downcast_ref::<crate::compare::release::ReleaseDirError>()
+                .is_some_and(|r| r.is_crafted())
+            || e.downcast_ref::<crate::compare::CompareError>()
+                .is_some_and(|c| c.is_crafted())
+            || e.downcast_ref::<crate::pipeline::artifacts::ArtifactError>()
+                .is_some_and(|a| a.is_crafted())
     });
     if bad_input {
         2

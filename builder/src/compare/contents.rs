@@ -12,7 +12,7 @@
 //! - every directory's inode is remembered: a directory reached twice (an entry pointing back
 //!   at an ancestor, or a hard-linked directory) is [`ContentsError::Loop`], not a hang;
 //!   [`MAX_ENTRIES`], [`MAX_DEPTH`], [`MAX_LINK`] and the content budget
-//!   ([`CONTENT_PER_IMAGE_BYTE`]) bound the work, [`DEBUGFS_TIMEOUT`] each run;
+//!   ([`CONTENT_PER_IMAGE_BYTE`]) bound the work, [`DEBUGFS_TIMEOUT`] the whole listing;
 //! - one `stat` run over the symbolic links and devices gives each fast link's target (kept
 //!   in the inode; debugfs prints it raw, so it is read by its known size) and each device's
 //!   number;
@@ -55,7 +55,8 @@ pub const MAX_LINK: u64 = 4096;
 pub const CONTENT_PER_IMAGE_BYTE: u64 = 4;
 /// See [`CONTENT_PER_IMAGE_BYTE`].
 pub const MIN_CONTENT_BUDGET: u64 = 4 << 30;
-/// One debugfs run may take this long; then it is killed and the listing fails.
+/// The listing of one image (all its debugfs runs together) may take this long; then the
+/// run under way is killed and the listing fails.
 pub const DEBUGFS_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// debugfs output lines kept (longer ones are an error, or skipped where irrelevant): an
 /// `ls -l` line is at most about 1100 bytes (a 255-byte name, every byte escaped).
@@ -156,6 +157,7 @@ struct RawEntry {
 
 /// The files of an ext4 image, read with debugfs (see the module documentation).
 pub fn list_ext4(image: &Path) -> Result<Listing, ContentsError> {
+    let deadline = std::time::Instant::now() + DEBUGFS_TIMEOUT;
     let image_len = std::fs::metadata(image).map_err(io(image, "stat"))?.len();
     let malformed = |path: &str, problem: String| ContentsError::Malformed {
         image: image.to_path_buf(),
@@ -178,7 +180,9 @@ pub fn list_ext4(image: &Path) -> Result<Listing, ContentsError> {
             .collect();
         let dirs: Vec<u32> = level.iter().map(|(ino, _)| *ino).collect();
         let room = MAX_ENTRIES - listing.len();
-        let read = debugfs(image, &script, |out| parse_ls(image, out, &dirs, room))?;
+        let read = debugfs(image, deadline, &script, |out| {
+            parse_ls(image, out, &dirs, room)
+        })?;
         let mut next = Vec::new();
         for ((_, dir), entries) in level.iter().zip(read) {
             for e in entries {
@@ -239,7 +243,7 @@ pub fn list_ext4(image: &Path) -> Result<Listing, ContentsError> {
         .filter(|(_, (kind, _))| matches!(*kind, "symlink" | "char" | "block"))
         .map(|(ino, (kind, size))| (*ino, *kind, *size))
         .collect();
-    let (mut hashes, slow) = stat_links_and_devices(image, &linked)?;
+    let (mut hashes, slow) = stat_links_and_devices(image, deadline, &linked)?;
     let mut streamed: Vec<(u32, u64)> = contents
         .iter()
         .filter(|(_, (kind, _))| *kind == "file")
@@ -261,7 +265,7 @@ pub fn list_ext4(image: &Path) -> Result<Listing, ContentsError> {
             ),
         });
     }
-    hashes.extend(hash_contents(image, &streamed)?);
+    hashes.extend(hash_contents(image, deadline, &streamed)?);
     for (path, ino) in shown {
         if let Some(entry) = listing.get_mut(&path) {
             entry.sha256 = hashes.get(&ino).cloned();
@@ -543,6 +547,7 @@ fn expect(
 /// run that `cat`s them all; each is framed by its command echo and a nonce comment.
 fn hash_contents(
     image: &Path,
+    deadline: std::time::Instant,
     items: &[(u32, u64)],
 ) -> Result<BTreeMap<u32, String>, ContentsError> {
     if items.is_empty() {
@@ -555,7 +560,7 @@ fn hash_contents(
         script.push_str(&format!("cat <{ino}>\n"));
         script.push_str(&marker(i));
     }
-    debugfs(image, &script, |out| {
+    debugfs(image, deadline, &script, |out| {
         let mut hashes = BTreeMap::new();
         for (i, (ino, size)) in items.iter().enumerate() {
             expect(
@@ -617,6 +622,7 @@ fn nonce() -> Result<String, ContentsError> {
 /// each inode the script has a nonce comment, which must come right where expected.
 fn stat_links_and_devices(
     image: &Path,
+    deadline: std::time::Instant,
     items: &[(u32, &'static str, u64)],
 ) -> Result<LinksAndDevices, ContentsError> {
     if items.is_empty() {
@@ -629,7 +635,7 @@ fn stat_links_and_devices(
         script.push_str(&format!("stat <{ino}>\n{}\n", marker(i)));
     }
     const LINK: &[u8] = b"Fast link dest: \"";
-    debugfs(image, &script, |out| {
+    debugfs(image, deadline, &script, |out| {
         let bad = |message: String| ContentsError::Debugfs {
             image: image.to_path_buf(),
             message,
@@ -736,9 +742,10 @@ fn makedev(major: u64, minor: u64) -> u64 {
 /// Run debugfs (read-only) on `image` with `script` as its command file; `parse` reads its
 /// standard output while it runs. debugfs reports a failed command only on standard error
 /// (its exit status stays 0), so anything there but its version line is an error, and so is
-/// a run longer than [`DEBUGFS_TIMEOUT`].
+/// a run still going at `deadline` (the image's listing started [`DEBUGFS_TIMEOUT`] before).
 fn debugfs<T>(
     image: &Path,
+    deadline: std::time::Instant,
     script: &str,
     parse: impl FnOnce(&mut dyn BufRead) -> Result<T, ContentsError>,
 ) -> Result<T, ContentsError> {
@@ -786,7 +793,7 @@ fn debugfs<T>(
     // The child is reaped only after the watchdog has ended: its pid cannot be reused.
     let watchdog = std::thread::spawn(move || {
         let late = matches!(
-            cancelled.recv_timeout(DEBUGFS_TIMEOUT),
+            cancelled.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
         );
         if late {
@@ -819,7 +826,7 @@ fn debugfs<T>(
     };
     if timed_out {
         return Err(failed(format!(
-            "killed after {} s",
+            "killed: the listing took more than {} s",
             DEBUGFS_TIMEOUT.as_secs()
         )));
     }

@@ -413,6 +413,23 @@ fn disk_parts(
         "disk.img",
         &scratch.join("b"),
     )?;
+    // Every partition the manifests place must lie in its disk image.
+    for (r, disk) in [(a, &disk_a), (b, &disk_b)] {
+        let len = std::fs::metadata(disk).map_err(io(disk))?.len();
+        for p in &r.manifest.partitions {
+            if p.offset.checked_add(p.size).is_none_or(|end| end > len) {
+                return Err(CompareError::Release(
+                    release::ReleaseDirError::Inconsistent {
+                        path: r.dir.join(crate::pipeline::release::DISK_ARCHIVE),
+                        message: format!(
+                            "partition `{}` ({} bytes from offset {}) lies past the end of disk.img ({len} bytes)",
+                            p.name, p.size, p.offset
+                        ),
+                    },
+                ));
+            }
+        }
+    }
     let mut names: Vec<&str> = a
         .manifest
         .partitions
@@ -549,10 +566,13 @@ const TEXT_LINES: usize = 20;
 /// What differs between two text files, at most [`TEXT_LINES`] lines: JSON files field by
 /// field (`inputs.source_dirty: absent → false`), other text line by line.
 fn text_lines(a: &Path, b: &Path) -> Result<Vec<String>, CompareError> {
-    let (ta, tb) = (
-        std::fs::read_to_string(a).map_err(io(a))?,
-        std::fs::read_to_string(b).map_err(io(b))?,
-    );
+    let text = |p: &Path| -> Result<String, CompareError> {
+        let bytes =
+            crate::pipeline::artifacts::read_untrusted(p, crate::pipeline::artifacts::MAX_TEXT)
+                .map_err(io(p))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let (ta, tb) = (text(a)?, text(b)?);
     let json = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
     let (fa, fb) = match (json(&ta), json(&tb)) {
         (Some(x), Some(y)) => {

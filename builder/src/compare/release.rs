@@ -8,10 +8,11 @@
 //! bounds are checked on each member's header before any of it is read or written, and the
 //! free space before it is written (see [`artifacts`]).
 
-use crate::packages::cache::sha256_file;
+use crate::packages::cache::sha256_reader;
 use crate::pipeline::artifacts;
 use crate::pipeline::manifest::{self, Manifest};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Why a release directory cannot be used.
@@ -29,12 +30,22 @@ pub enum ReleaseDirError {
     Io { path: PathBuf, message: String },
     #[error("{}: not an SPDX SBOM: {message}", path.display())]
     Sbom { path: PathBuf, message: String },
+    #[error("{}: {message}\n  hint: the release does not agree with its manifest: it was crafted or damaged; fetch it again", path.display())]
+    Inconsistent { path: PathBuf, message: String },
 }
 
 impl ReleaseDirError {
     /// Whether a release's file is at fault (a crafted or corrupt archive): bad input.
     pub fn is_crafted(&self) -> bool {
-        matches!(self, ReleaseDirError::Artifact(e) if e.is_crafted())
+        match self {
+            ReleaseDirError::Artifact(e) => e.is_crafted(),
+            ReleaseDirError::Inconsistent { .. }
+            | ReleaseDirError::Sbom { .. }
+            | ReleaseDirError::Manifest(_) => true,
+            ReleaseDirError::Missing { .. }
+            | ReleaseDirError::Altered { .. }
+            | ReleaseDirError::Io { .. } => false,
+        }
     }
 }
 
@@ -80,7 +91,17 @@ impl Release {
         let mut problems = Vec::new();
         for o in &manifest.outputs {
             let file = dir.join(&o.name);
-            match sha256_file(&file) {
+            // A regular file of the declared size, then hashed: a link, a device or a FIFO
+            // planted in the release is named, never read.
+            let hashed = artifacts::open_untrusted(&file).and_then(|f| {
+                let size = f.metadata()?.len();
+                if size == o.size {
+                    sha256_reader(f)
+                } else {
+                    Ok((String::from("(not read)"), size))
+                }
+            });
+            match hashed {
                 Ok((sha, size)) if sha == o.sha256 && size == o.size => {}
                 Ok((sha, size)) => problems.push(format!(
                     "  {}: sha256 {sha} ({size} B), the manifest says {} ({} B)",
@@ -106,10 +127,21 @@ impl Release {
             }));
         }
         let path = self.dir.join(name);
-        if !path.is_file() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(None);
         }
-        let (sha256, size) = sha256_file(&path).map_err(io(&path))?;
+        let file = artifacts::open_untrusted(&path).map_err(io(&path))?;
+        let (sha256, size) =
+            sha256_reader(file.take(artifacts::MAX_TEXT + 1)).map_err(io(&path))?;
+        if size > artifacts::MAX_TEXT {
+            return Err(ReleaseDirError::Inconsistent {
+                path,
+                message: format!(
+                    "larger than the {} bytes a release's text file may hold",
+                    artifacts::MAX_TEXT
+                ),
+            });
+        }
         Ok(Some(super::Digest { sha256, size }))
     }
 
@@ -212,7 +244,7 @@ impl Release {
     ) -> Result<PathBuf, ReleaseDirError> {
         let names = self.extract_all(name, dest)?;
         if !names.iter().any(|n| n == member) {
-            return Err(ReleaseDirError::Io {
+            return Err(ReleaseDirError::Inconsistent {
                 path: self.dir.join(name),
                 message: format!("has no member `{member}` (it has: {})", names.join(", ")),
             });
@@ -227,8 +259,10 @@ impl Release {
             path: path.clone(),
             message,
         };
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let text = artifacts::read_untrusted(&path, artifacts::MAX_TEXT)
+            .map_err(|e| bad(e.to_string()))?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         let packages = doc["packages"]
             .as_array()
             .ok_or_else(|| bad("no `packages` list".into()))?;

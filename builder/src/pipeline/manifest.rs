@@ -23,6 +23,9 @@ const ROLES: [&str; 5] = ["esp", "root", "verity", "config", "data"];
 pub const FORMAT_VERSION: u32 = 4;
 /// The manifest's file name in a release directory.
 pub const FILE_NAME: &str = "manifest.json";
+/// The largest manifest read: a real one is a few KiB (a GuestOS with every SNP launch
+/// digest some tens of KiB).
+pub const MAX_SIZE: u64 = 4 << 20;
 
 /// One release of one OS profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,11 +157,20 @@ pub enum ManifestError {
 
 impl Manifest {
     /// Read and check a manifest file.
+    /// Releases are downloaded: the file is opened as [`super::artifacts::open_untrusted`]
+    /// says (a regular file, not through a link) and refused past [`MAX_SIZE`] bytes.
     pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+        let io = |source| ManifestError::Io {
             path: path.to_path_buf(),
             action: "read",
             source,
+        };
+        let bytes = super::artifacts::read_untrusted(path, MAX_SIZE).map_err(io)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not UTF-8 text ({e})"),
+            ))
         })?;
         Self::parse(&text, path)
     }

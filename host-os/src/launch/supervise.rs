@@ -794,7 +794,16 @@ struct ConsoleWatch {
     file: Option<std::fs::File>,
     offset: u64,
     partial: Vec<u8>,
+    /// The current line grew past [`MAX_CONSOLE_LINE`]: its bytes are dropped up to its end.
+    skipping: bool,
 }
+
+/// The most of the console read per call: QEMU (hostile) writes the log, and may make it
+/// grow (or a hole in it) faster than it is read; each call does a bounded amount of work,
+/// so the supervisor still watches QEMU and its stop requests between calls.
+const MAX_CONSOLE_READ: u64 = 1 << 20;
+/// The longest console line kept; a longer one is dropped whole (the boot marker is short).
+const MAX_CONSOLE_LINE: usize = 64 << 10;
 
 impl ConsoleWatch {
     fn new(file: std::fs::File, offset: u64) -> ConsoleWatch {
@@ -802,6 +811,7 @@ impl ConsoleWatch {
             file: Some(file),
             offset,
             partial: Vec::new(),
+            skipping: false,
         }
     }
 
@@ -810,38 +820,78 @@ impl ConsoleWatch {
             file: None,
             offset: 0,
             partial: Vec::new(),
+            skipping: false,
         }
     }
 
-    /// The whole lines written since the last call.
+    /// The whole lines written since the last call (at most [`MAX_CONSOLE_READ`] bytes of
+    /// them; the rest comes with the next calls), none longer than [`MAX_CONSOLE_LINE`].
     fn new_lines(&mut self) -> Vec<String> {
         let Some(f) = &self.file else {
             return Vec::new();
         };
-        let mut buf = [0u8; 64 << 10];
-        loop {
-            match f.read_at(&mut buf, self.offset) {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut lines = Vec::new();
+        let mut read = 0;
+        while read < MAX_CONSOLE_READ {
+            let n = match f.read_at(&mut buf, self.offset) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    self.offset += n as u64;
-                    self.partial.extend_from_slice(&buf[..n]);
+                Ok(n) => n,
+            };
+            self.offset += n as u64;
+            read += n as u64;
+            for chunk in buf[..n].split_inclusive(|b| *b == b'\n') {
+                let ends = chunk.last() == Some(&b'\n');
+                if !self.skipping {
+                    self.partial.extend_from_slice(chunk);
+                    if ends {
+                        lines.push(
+                            String::from_utf8_lossy(&self.partial)
+                                .trim_end_matches(['\n', '\r'])
+                                .to_string(),
+                        );
+                        self.partial.clear();
+                    } else if self.partial.len() > MAX_CONSOLE_LINE {
+                        self.partial.clear();
+                        self.skipping = true;
+                    }
+                } else if ends {
+                    self.skipping = false;
                 }
             }
         }
-        let Some(last) = self.partial.iter().rposition(|b| *b == b'\n') else {
-            return Vec::new();
-        };
-        let whole: Vec<u8> = self.partial.drain(..=last).collect();
-        String::from_utf8_lossy(&whole)
-            .lines()
-            .map(|l| l.trim_end_matches('\r').to_string())
-            .collect()
+        lines
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_qemu_floods_is_read_in_bounded_steps() {
+        // The attack: QEMU's user makes the log huge (a hole of 1 TiB) and a line endless.
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let f = std::fs::File::create(&log).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let mut w = ConsoleWatch::new(std::fs::File::open(&log).unwrap(), 0);
+        let t = std::time::Instant::now();
+        assert!(w.new_lines().is_empty());
+        assert_eq!(
+            w.offset, MAX_CONSOLE_READ,
+            "one call reads a bounded amount"
+        );
+        assert!(w.partial.len() <= MAX_CONSOLE_LINE && w.skipping);
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // A marker after an overlong line still comes whole once the line ends.
+        let mut a = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        use std::io::{Seek, SeekFrom};
+        a.seek(SeekFrom::Start(MAX_CONSOLE_READ + 10)).unwrap();
+        a.write_all(b"end of the long line\nPLINTH BOOT OK guest-os\n")
+            .unwrap();
+        assert_eq!(w.new_lines(), vec!["PLINTH BOOT OK guest-os".to_string()]);
+    }
 
     #[test]
     fn console_lines_come_whole_as_written() {
