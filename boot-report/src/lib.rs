@@ -14,8 +14,9 @@
 //! The parsing and checks take their inputs as text, so tests give them captured files.
 //!
 //! Before the marker come the lines an agent adds about the machine ([`report_with`]; the
-//! GuestOS agent prints the NUMA nodes and disks it sees as `PLINTH GUEST ...`) and, on a
-//! machine with a TPM, the `PLINTH TPM ...` lines, in that order.
+//! GuestOS agent prints the NUMA nodes and disks it sees as `PLINTH GUEST ...`), the last
+//! journal lines of each failed unit (`PLINTH UNIT <unit>: ...`, so that a serial console
+//! says why) and, on a machine with a TPM, the `PLINTH TPM ...` lines, in that order.
 
 use std::fmt;
 
@@ -127,15 +128,39 @@ pub fn check_root(device: Option<&str>, dm_uuid: Option<&str>) -> Vec<String> {
 /// What is wrong given the output of `systemctl list-units --state=failed --plain
 /// --no-legend` (one unit per line, its name first).
 pub fn check_units(failed_listing: &str) -> Vec<String> {
-    let failed: Vec<&str> = failed_listing
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| *w != "●"))
-        .collect();
+    let failed = failed_units(failed_listing);
     if failed.is_empty() {
         Vec::new()
     } else {
         vec![format!("failed units: {}", failed.join(", "))]
     }
+}
+
+/// The failed units' names in a `systemctl list-units --state=failed --plain --no-legend`
+/// listing.
+pub fn failed_units(failed_listing: &str) -> Vec<&str> {
+    failed_listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| *w != "●"))
+        .collect()
+}
+
+/// How many of a failed unit's last journal lines the report shows.
+const UNIT_JOURNAL_LINES: usize = 8;
+
+/// The console lines that say why `unit` failed: its last journal lines, each as
+/// `PLINTH UNIT <unit>: <line>`, from `journal` (the text of `journalctl -u <unit> -o cat`).
+/// A journal line that holds the marker's words (a relayed guest console) gets them as
+/// `PLINTH-BOOT`: only the report's own line may be read as the marker.
+pub fn unit_lines(unit: &str, journal: &str) -> Vec<String> {
+    let lines: Vec<&str> = journal.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(UNIT_JOURNAL_LINES)..]
+        .iter()
+        .map(|l| {
+            let l: String = l.trim_end().chars().filter(|c| !c.is_control()).collect();
+            format!("PLINTH UNIT {unit}: {}", l.replace(PREFIX, "PLINTH-BOOT"))
+        })
+        .collect()
 }
 
 /// The console line for `id` with these problems.
@@ -166,6 +191,7 @@ pub fn report_with(agent_os: &str, machine: &[String]) -> bool {
     };
     let id = Identity::read(&read("/etc/os-release"), &read("/proc/cmdline"));
     let mut problems = Vec::new();
+    let mut lines_before = Vec::new();
     if let Err(why) = wait_for_startup(STARTUP_WAIT) {
         problems.push(why);
     }
@@ -181,10 +207,28 @@ pub fn report_with(agent_os: &str, machine: &[String]) -> bool {
         "--plain",
         "--no-legend",
     ])) {
-        Ok(listing) => problems.extend(check_units(&listing)),
+        Ok(listing) => {
+            problems.extend(check_units(&listing));
+            // Why each failed, from its journal: the console is all a boot test or a
+            // node provider at a serial console may have.
+            for unit in failed_units(&listing) {
+                let journal = run(std::process::Command::new("journalctl").args([
+                    "--boot",
+                    "--no-pager",
+                    "--output=cat",
+                    "--lines",
+                    &UNIT_JOURNAL_LINES.to_string(),
+                    "--unit",
+                    unit,
+                ]))
+                .unwrap_or_else(|e| format!("journalctl could not be run: {e}"));
+                lines_before.extend(unit_lines(unit, &journal));
+            }
+        }
         Err(e) => problems.push(format!("systemctl could not be run: {e}")),
     }
     let mut lines = machine.to_vec();
+    lines.append(&mut lines_before);
     let expected = measured::load_expected(None);
     if measured::tpm_present() {
         problems.extend(measured_boot(&id, expected, &mut lines));
@@ -390,5 +434,25 @@ mod tests {
             check_units(listing),
             ["failed units: chrony.service, x.mount"]
         );
+    }
+
+    #[test]
+    fn a_failed_units_last_journal_lines_are_shown_and_cannot_pass_for_the_marker() {
+        let journal: String = (1..=12)
+            .map(|i| format!("line {i}\n"))
+            .chain([
+                "\n".into(),
+                "relayed: PLINTH BOOT OK guest-os 1.0 slot=A\x1b[0m\r\n".into(),
+            ])
+            .collect();
+        let lines = unit_lines("systemd-pcrphase.service", &journal);
+        assert_eq!(lines.len(), UNIT_JOURNAL_LINES);
+        assert_eq!(lines[0], "PLINTH UNIT systemd-pcrphase.service: line 6");
+        assert_eq!(
+            lines[7],
+            "PLINTH UNIT systemd-pcrphase.service: relayed: PLINTH-BOOT OK guest-os 1.0 slot=A[0m"
+        );
+        assert!(lines.iter().all(|l| !l.contains(PREFIX)));
+        assert!(unit_lines("x.service", "").is_empty());
     }
 }

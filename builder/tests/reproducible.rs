@@ -384,9 +384,22 @@ fn boot_as_predicted(out1: &Path, os: &str) {
         .lines()
         .find(|l| l.contains("PLINTH BOOT "))
         .unwrap_or_default();
+    // On a failure, what says why: the failed units' journal lines and the kernel's and
+    // systemd's complaints (CI shows only this message, not the log).
+    let why = || {
+        console
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("plinth unit") || l.contains("failed") || l.contains("tpm tpm")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert!(
         console.contains(&wanted),
-        "{os}: `{report}`, not `{wanted}` (console log target/tmp/boot-{os}.log)"
+        "{os}: `{report}`, not `{wanted}` (console log target/tmp/boot-{os}.log):\n{}",
+        why()
     );
     assert_pcrs_as_predicted(&release, os, &console);
 }
@@ -458,6 +471,11 @@ fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
         .unwrap()
         .extract_member("disk-img.tar.zst", "disk.img", scratch)
         .unwrap();
+    // Unpacked into a private (0700) directory; QEMU, as nobody, opens the disks by name
+    // (the supervisor gives it the files, and warns when a directory above is closed).
+    for d in [scratch, scratch.parent().unwrap()] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let extra = scratch.join("extra.img");
     std::fs::File::create(&extra)
         .unwrap()

@@ -256,3 +256,56 @@ fn the_jail_sets_the_locked_memory_limit_before_dropping_root() {
     );
     assert_eq!(uid, "65534 65534 65534 65534");
 }
+
+/// A disk QEMU's user cannot reach (a private directory above it): the supervisor names
+/// the directory before QEMU starts, and, when QEMU then fails to open it, reports that
+/// QEMU ended at once rather than waiting out the QMP socket's 60 s.
+#[test]
+fn a_disk_qemus_user_cannot_reach_is_named_and_the_failure_is_prompt() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let disk = private.join("data.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let state = dir.path().join("state");
+    let started = Instant::now();
+    let out = Command::new(HOST)
+        .args(["guest", "launch", "--vcpus", "1", "--memory", "1"])
+        .args(["--development", "--disk"])
+        .arg(&disk)
+        .args(["--accel", "tcg", "--user", "nobody", "--restart", "never"])
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    let real = std::fs::canonicalize(&private).unwrap();
+    assert!(
+        text.contains(&format!(
+            "warning: {}: QEMU's user (uid 65534, gid 65534) cannot reach it: {} is mode 700",
+            disk.display(),
+            real.display()
+        )),
+        "{text}"
+    );
+    let s = status(&state);
+    assert_eq!(s["state"], "failed", "{s}");
+    let why = s["last_exit"].as_str().unwrap_or_default();
+    assert!(why.starts_with("QEMU ended before its QMP socket"), "{s}");
+    assert!(
+        elapsed < Duration::from_secs(50),
+        "the failure took {elapsed:?}: {s}"
+    );
+}

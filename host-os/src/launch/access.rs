@@ -42,6 +42,16 @@ pub enum AccessError {
     },
     #[error("giving {path} to uid {uid}: refused: {why}\n  hint: QEMU is given only regular files with one name and device nodes, never through a link; name the file itself")]
     Refused { path: String, uid: u32, why: String },
+    #[error("{path}: QEMU's user (uid {uid}, gid {gid}) cannot reach it: {dir} is mode {mode:o}, owner uid {owner} gid {group}\n  hint: QEMU opens it itself after dropping root; keep it under directories others may search (chmod o+x {dir}), or move it")]
+    Unreachable {
+        path: String,
+        dir: String,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        owner: u32,
+        group: u32,
+    },
 }
 
 /// Where the kernel's trees are: `/sys` and `/dev` (test trees elsewhere).
@@ -180,6 +190,48 @@ pub fn give(paths: &[PathBuf], to: RunAs) -> Result<(), AccessError> {
             AtFlags::AT_EMPTY_PATH,
         )
         .map_err(chown_err)?;
+    }
+    Ok(())
+}
+
+/// Check that QEMU's user `to` may search every directory above each of `paths` (QEMU
+/// opens them by name once unprivileged), so that a file kept in a private directory is
+/// named before QEMU starts, not only by QEMU's `Permission denied` after. Only the mode
+/// bits are read (the jail drops supplementary groups); a POSIX ACL can grant what they
+/// deny, so the caller reports this as a warning, not a refusal.
+pub fn reachable(paths: &[&Path], to: RunAs) -> Result<(), AccessError> {
+    use std::os::unix::fs::MetadataExt;
+    for p in paths {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let Ok(real) = std::fs::canonicalize(parent) else {
+            continue; // missing: QEMU's open names it
+        };
+        for dir in real.ancestors() {
+            let Ok(m) = std::fs::metadata(dir) else {
+                continue;
+            };
+            let bits = if m.uid() == to.uid {
+                m.mode() >> 6
+            } else if m.gid() == to.gid {
+                m.mode() >> 3
+            } else {
+                m.mode()
+            };
+            if bits & 0o1 == 0 {
+                return Err(AccessError::Unreachable {
+                    path: p.display().to_string(),
+                    dir: dir.display().to_string(),
+                    uid: to.uid,
+                    gid: to.gid,
+                    mode: m.mode() & 0o7777,
+                    owner: m.uid(),
+                    group: m.gid(),
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -325,5 +377,39 @@ mod tests {
             )),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_file_in_a_directory_qemus_user_cannot_search_is_named_with_that_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let disk = private.join("disk.img");
+        std::fs::write(&disk, "").unwrap();
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+        };
+        let e = reachable(&[disk.as_path()], nobody)
+            .unwrap_err()
+            .to_string();
+        let real = std::fs::canonicalize(&private).unwrap();
+        assert!(
+            e.starts_with(&format!(
+                "{}: QEMU's user (uid 65534, gid 65534) cannot reach it: {} is mode 700",
+                disk.display(),
+                real.display()
+            )),
+            "{e}"
+        );
+        // Searchable by others, or owned by QEMU's user: reachable.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        reachable(&[disk.as_path()], nobody).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&private, Some(65534), None).unwrap();
+        reachable(&[disk.as_path()], nobody).unwrap();
     }
 }

@@ -392,6 +392,14 @@ pub fn open_console(
     Ok(file)
 }
 
+/// Why a start failed when QEMU exited before its QMP socket answered.
+fn ended_early(socket: &Path) -> String {
+    format!(
+        "QEMU ended before its QMP socket {} answered\n  hint: see its output (qemu.log in the state directory)",
+        socket.display()
+    )
+}
+
 enum Ended {
     Stopped(&'static str),
     Exited {
@@ -436,6 +444,20 @@ impl<'a> Supervisor<'a> {
             .map_err(|e| SuperviseError::Setup(e.to_string()))?;
         if let Some(u) = opts.run_as {
             access::give(&devices, u).map_err(|e| SuperviseError::Setup(e.to_string()))?;
+            let mut opened: Vec<&Path> = devices.iter().map(PathBuf::as_path).collect();
+            opened.push(&console_log);
+            match &launch.firmware {
+                qemu::Firmware::Pflash { code, .. } => opened.push(code),
+                qemu::Firmware::SevSnp {
+                    ovmf,
+                    kernel,
+                    initrd,
+                    ..
+                } => opened.extend([ovmf.as_path(), kernel, initrd]),
+            }
+            if let Err(e) = access::reachable(&opened, u) {
+                say(None, &format!("warning: {e}"));
+            }
         }
         let hierarchy = Hierarchy::detect(&opts.cgroup_mount).map_err(|e| setup("cgroup", &e))?;
         let status = Status {
@@ -583,7 +605,7 @@ impl<'a> Supervisor<'a> {
         let pid = child.id() as i32;
         self.status.qemu_pid = Some(pid);
         let started = Instant::now();
-        let ended = match self.start_guest(pid) {
+        let ended = match self.start_guest(&mut child) {
             Ok(qmp) => self.watch(&mut child, qmp, started, console_start, stop_requested),
             Err(why) => {
                 let _ = child.kill();
@@ -623,7 +645,8 @@ impl<'a> Supervisor<'a> {
     /// guarantee). A planted socket could at most make root connect to another listener
     /// and write QMP commands to it, a denial of service; the thread ids it answered
     /// would be refused by the pinning, which takes only threads of QEMU's process.
-    fn start_guest(&mut self, pid: i32) -> Result<Qmp, String> {
+    fn start_guest(&mut self, child: &mut Child) -> Result<Qmp, String> {
+        let pid = child.id() as i32;
         let socket = &self.launch.qmp_socket;
         let wait = Duration::from_secs(60);
         let since = Instant::now();
@@ -635,7 +658,12 @@ impl<'a> Supervisor<'a> {
                     Err(e) if since.elapsed() >= wait => {
                         return Err(format!("{}: no QMP socket after {} s: {e}\n  hint: QEMU did not start; see its output", socket.display(), wait.as_secs()))
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    Err(_) => {
+                        if let Ok(Some(_)) = child.try_wait() {
+                            return Err(ended_early(socket));
+                        }
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
                 }
             };
             if !m.file_type().is_socket() || m.uid() != u.uid {
@@ -646,8 +674,19 @@ impl<'a> Supervisor<'a> {
                 ));
             }
         }
-        let mut qmp = Qmp::connect(socket, wait.saturating_sub(since.elapsed()))
-            .map_err(|e| e.to_string())?;
+        // Tried once per step while QEMU lives: one that failed at start leaves its socket.
+        let mut qmp = loop {
+            match Qmp::connect(socket, Duration::ZERO) {
+                Ok(q) => break q,
+                Err(e) if since.elapsed() >= wait => return Err(e.to_string()),
+                Err(_) => {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return Err(ended_early(socket));
+                    }
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+            }
+        };
         let vcpus = qmp.vcpu_threads().map_err(|e| e.to_string())?;
         let iothreads = qmp.iothreads().map_err(|e| e.to_string())?;
         let proc_root = Path::new("/proc");
