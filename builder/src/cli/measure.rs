@@ -5,9 +5,11 @@
 //!
 //! A release's archives are streamed, never unpacked, each member's header checked against
 //! the manifest's bounds first ([`crate::compare::release::Release::bounds`]): only the ESP's
-//! span of the disk image is written (after a free-space check), and each UKI, which must
-//! fit on the ESP, is read into memory within [`MAX_IN_MEMORY`]. Scratch space is private
-//! (0700).
+//! span of the disk image is written (after a free-space check). The boot loader (from the
+//! ESP) and each UKI, which must fit on the ESP, are read into memory as their bytes arrive
+//! (nothing is allocated by a declared size), each within [`MAX_PE_IN_MEMORY`] and all of
+//! them within [`MAX_PES_IN_MEMORY`]; a larger one is refused by name (exit 2). Scratch space
+//! is private (0700).
 
 use super::image::{Image, ImageArgs};
 use super::{BadInput, CheckFailed, Global, Output};
@@ -223,10 +225,60 @@ fn first_difference(published: &Measurements, measured: &Measurements) -> String
     "differs in its other fields (slots, platform, SEV-SNP or the PCRs not predicted)".into()
 }
 
-/// The most of a UKI, or of a raw disk's ESP, `plinth measure` reads into memory (the PE
-/// reader and the PCR prediction take bytes). plinth's ESPs are 128 and 256 MiB: a UKI must
-/// fit on one.
-const MAX_IN_MEMORY: u64 = 1 << 30;
+/// The largest ESP of a raw disk image `plinth measure` copies out (to scratch) to read its
+/// boot files. plinth's ESPs are 128 and 256 MiB.
+const MAX_DISK_ESP: u64 = 1 << 30;
+
+/// The most of one boot file (the boot loader, a UKI) `plinth measure` reads into memory (the
+/// PE reader and the PCR prediction take bytes). A UKI must fit on the ESP (plinth's are 128
+/// and 256 MiB); real UKIs are 30 to 80 MB, systemd-boot about 100 KB.
+const MAX_PE_IN_MEMORY: u64 = 256 << 20;
+/// The most of all the boot files of one image together in memory.
+const MAX_PES_IN_MEMORY: u64 = 2 * MAX_PE_IN_MEMORY;
+
+/// What `plinth measure` may still read into memory: [`MAX_PE_IN_MEMORY`] per boot file,
+/// [`MAX_PES_IN_MEMORY`] in all.
+struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            left: MAX_PES_IN_MEMORY,
+        }
+    }
+
+    /// The most the next boot file may have.
+    fn cap(&self) -> u64 {
+        MAX_PE_IN_MEMORY.min(self.left)
+    }
+
+    /// `bytes` were read.
+    fn spend(&mut self, bytes: usize) {
+        self.left = self.left.saturating_sub(bytes as u64);
+    }
+
+    /// Why `what`, of `size` bytes (or more), was not read.
+    fn refusal(&self, what: &str, size: u64, cap: u64) -> String {
+        format!(
+            "{what} is {size} bytes or more, more than the {cap} bytes plinth measure reads into memory (at most {MAX_PE_IN_MEMORY} for one boot file, {MAX_PES_IN_MEMORY} for all of them)\n  hint: a UKI must fit on the ESP; is the release crafted?"
+        )
+    }
+
+    /// `path` of the ESP `esp_image`, within the budget; `what` names the ESP for errors.
+    fn read_fat(&mut self, esp_image: &Path, path: &str, what: &str) -> Result<Vec<u8>, String> {
+        let bytes =
+            esp::read_fat_file_capped(esp_image, path, self.cap()).map_err(|e| match e {
+                esp::EspError::TooLarge { size, cap, .. } => {
+                    self.refusal(&format!("{path} on {what}"), size, cap)
+                }
+                e => format!("{what}: {path}: {e}"),
+            })?;
+        self.spend(bytes.len());
+        Ok(bytes)
+    }
+}
 
 /// Refuse to write `len` bytes of `what` into `dir` if its file system has less free.
 fn check_free(dir: &Path, len: u64, what: &str) -> anyhow::Result<()> {
@@ -275,9 +327,9 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         ))
         .into());
     }
-    if len > MAX_IN_MEMORY {
+    if len > MAX_DISK_ESP {
         return Err(bad(format!(
-            "its ESP is {len} bytes; plinth measure reads its boot files into memory and takes at most {MAX_IN_MEMORY}"
+            "its ESP is {len} bytes; plinth measure copies it out to read its boot files and takes at most {MAX_DISK_ESP}"
         ))
         .into());
     }
@@ -286,21 +338,32 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
     // Holes stay holes: an ESP is mostly empty.
     crate::pipeline::blocks::copy_span_sparse(disk, offset, len, esp_image)
         .with_context(|| format!("copying the ESP of {}", disk.display()))?;
-    let read = |path: &str| {
-        esp::read_fat_file(esp_image, path)
-            .map_err(|e| bad(format!("its ESP (at byte {offset}): {path}: {e}")))
-    };
-    let loader = read(measure::LOADER_PATH)?;
+    let mut budget = Budget::new();
+    let what = format!("its ESP (at byte {offset})");
+    let loader = budget
+        .read_fat(esp_image, measure::LOADER_PATH, &what)
+        .map_err(bad)?;
     let mut ukis = Vec::new();
     if measure::is_uki(&loader) {
+        // A second copy in memory: it counts again.
+        if loader.len() as u64 > budget.cap() {
+            let refusal = budget.refusal(
+                &format!("{} on {what}, as a UKI", measure::LOADER_PATH),
+                loader.len() as u64,
+                budget.cap(),
+            );
+            return Err(bad(refusal).into());
+        }
+        budget.spend(loader.len());
         ukis.push((measure::LOADER_PATH.to_string(), loader.clone()));
     }
-    for entry in esp::list_fat(esp_image)? {
+    let listed = esp::list_fat(esp_image).map_err(|e| bad(format!("{what}: {e}")))?;
+    for entry in listed {
         if !entry.is_dir && entry.path.starts_with("EFI/Linux/") && entry.path.ends_with(".efi") {
-            ukis.push((
-                entry.path.clone(),
-                esp::read_fat_file(esp_image, &entry.path)?,
-            ));
+            let bytes = budget
+                .read_fat(esp_image, &entry.path, &what)
+                .map_err(bad)?;
+            ukis.push((entry.path.clone(), bytes));
         }
     }
     if ukis.is_empty() {
@@ -385,19 +448,20 @@ fn from_release(
     if !found {
         return Err(bad(format!("{} has no disk.img", release::DISK_ARCHIVE)).into());
     }
-    let loader = esp::read_fat_file(esp_image, measure::LOADER_PATH).map_err(|e| {
-        bad(format!(
-            "the ESP of {}'s disk.img: {}: {e}",
-            release::DISK_ARCHIVE,
-            measure::LOADER_PATH
-        ))
-    })?;
-    // Each UKI is read into memory: it must fit on the ESP (no slack), and in MAX_IN_MEMORY.
-    // The bound is checked on its header, before any of it is read.
+    let mut budget = Budget::new();
+    let loader = budget
+        .read_fat(
+            esp_image,
+            measure::LOADER_PATH,
+            &format!("the ESP of {}'s disk.img", release::DISK_ARCHIVE),
+        )
+        .map_err(bad)?;
+    // Each UKI is read into memory: it must fit on the ESP (no slack), and in
+    // MAX_PE_IN_MEMORY. The bound is checked on its header, before any of it is read.
     let uki_bound = crate::pipeline::artifacts::Bound::new(
-        esp.size.min(MAX_IN_MEMORY),
+        esp.size.min(MAX_PE_IN_MEMORY),
         format!(
-            "the ESP `{}`'s {} bytes from manifest.json (a UKI must fit on it), and at most {MAX_IN_MEMORY} (plinth measure reads a UKI into memory)",
+            "the ESP `{}`'s {} bytes from manifest.json (a UKI must fit on it), and at most {MAX_PE_IN_MEMORY} (plinth measure reads a UKI into memory)",
             esp.name, esp.size
         ),
     );
@@ -406,6 +470,7 @@ fn from_release(
         bounds = bounds.member(r.uki_member(s.slot.as_deref()), uki_bound.clone());
     }
     let mut ukis: Vec<(Option<String>, String, Vec<u8>)> = Vec::new();
+    let mut refused: Option<String> = None;
     crate::pipeline::artifacts::for_each_member(
         &r.dir.join(release::UPDATE_ARCHIVE),
         &bounds,
@@ -416,15 +481,29 @@ fn from_release(
                 .iter()
                 .find(|s| name == r.uki_member(s.slot.as_deref()))
             {
-                // `size` is within `uki_bound`, and the reader gives no more than it.
-                let mut bytes = Vec::with_capacity(size as usize);
-                data.read_to_end(&mut bytes)?;
+                // `size` is within `uki_bound` and the reader gives no more than it; still,
+                // the buffer grows only as bytes arrive, within the budget.
+                let cap = budget.cap();
+                let mut bytes = Vec::new();
+                data.take(cap + 1).read_to_end(&mut bytes)?;
+                if bytes.len() as u64 > cap {
+                    refused = Some(budget.refusal(
+                        &format!("member `{name}` of {}", release::UPDATE_ARCHIVE),
+                        size.max(bytes.len() as u64),
+                        cap,
+                    ));
+                    return Ok(false);
+                }
+                budget.spend(bytes.len());
                 ukis.push((s.slot.clone(), format!("EFI/Linux/{name}"), bytes));
             }
             Ok(ukis.len() < m.measurements.slots.len())
         },
     )
     .map_err(archive_error)?;
+    if let Some(refused) = refused {
+        return Err(bad(refused).into());
+    }
     if ukis.len() != m.measurements.slots.len() {
         return Err(BadInput(format!(
             "{}: has {} of the {} slots' UKIs",

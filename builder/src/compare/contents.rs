@@ -31,7 +31,10 @@
 //! or holds control characters or `\` is shown with those bytes as `\xNN`, so two names never
 //! become one path.
 //!
-//! FAT images are read with mtools (no mount: this kernel may lack vfat).
+//! FAT images are read with mtools (no mount: this kernel may lack vfat), within the bounds of
+//! [`crate::pipeline::esp`] (entries, depth, listing size, a timeout per mtools run, loops
+//! refused by name); each file is streamed into sha256, never held whole, and all the files
+//! of an image together may hold at most the image's own size.
 
 use crate::packages::cache::sha256_bytes;
 use serde::Serialize;
@@ -840,11 +843,26 @@ fn debugfs<T>(
     }
 }
 
-/// The files of a FAT image.
+/// The files of a FAT image, read with mtools (see [`crate::pipeline::esp`]'s bounds): each
+/// file streamed into sha256, and all of them together at most the image's own size (more
+/// means clusters shared between files: a crafted image). A crafted image (a loop, a bound
+/// exceeded, an mtools run past its timeout) is [`ContentsError::Limit`].
 pub fn list_fat(image: &Path) -> Result<Listing, ContentsError> {
-    use crate::pipeline::esp;
+    use crate::pipeline::esp::{self, EspError};
+    let fat = |e: EspError| {
+        if e.is_crafted() {
+            ContentsError::Limit {
+                image: image.to_path_buf(),
+                what: e.to_string(),
+            }
+        } else {
+            ContentsError::Fat(e)
+        }
+    };
+    let image_len = std::fs::metadata(image).map_err(io(image, "stat"))?.len();
+    let mut budget = image_len;
     let mut listing = Listing::new();
-    for e in esp::list_fat(image)? {
+    for e in esp::list_fat(image).map_err(fat)? {
         let entry = if e.is_dir {
             Entry {
                 kind: "dir",
@@ -854,13 +872,25 @@ pub fn list_fat(image: &Path) -> Result<Listing, ContentsError> {
                 sha256: None,
             }
         } else {
-            let bytes = esp::read_fat_file(image, &e.path)?;
+            let (size, sha256) = esp::hash_fat_file(image, &e.path, budget).map_err(|err| {
+                match err {
+                    EspError::TooLarge { .. } => ContentsError::Limit {
+                        image: image.to_path_buf(),
+                        what: format!(
+                            "its files hold more than its own {image_len} bytes (at /{}: clusters shared between files?)",
+                            e.path
+                        ),
+                    },
+                    err => fat(err),
+                }
+            })?;
+            budget -= size;
             Entry {
                 kind: "file",
                 mode: None,
                 owner: None,
-                size: bytes.len() as u64,
-                sha256: Some(sha256_bytes(&bytes)),
+                size,
+                sha256: Some(sha256),
             }
         };
         listing.insert(format!("/{}", e.path), entry);

@@ -22,14 +22,24 @@
 //!   written in byte order, parents first, so short names (`SYSTEM~1.EFI`) and cluster
 //!   allocation come out the same every time.
 //!
-//! [`list_fat`] and [`read_fat_file`] read an image back (for tests and `plinth diff`).
+//! [`list_fat`], [`hash_fat_file`] and [`read_fat_file`] read an image back (for tests,
+//! `plinth diff` and `plinth measure`). The images read may come from downloaded releases:
+//! hostile input. So nothing is held whole that need not be: `mdir`'s listing is parsed as it
+//! comes, within [`MAX_LISTING_BYTES`], [`MAX_FAT_ENTRIES`] and [`MAX_FAT_DEPTH`] (a path
+//! listed twice is a directory loop, [`EspError::Loop`], and stops `mdir`, which would
+//! otherwise recurse until it crashes); `mcopy`'s output is streamed into sha256
+//! ([`hash_fat_file`]) or read into memory only up to a cap ([`read_fat_file_capped`]); mtools'
+//! own "loop detected" (a cluster chain that loops) is [`EspError::Loop`] too; every reading
+//! mtools process is killed after [`MTOOLS_TIMEOUT`] (by a `Watchdog`). Paths holding mtools
+//! wildcards (`*?[]`) are not read: `mcopy` would expand them to other files.
 
 use super::ids::IdSource;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Smallest image [`write_fat`] makes.
 pub const MIN_SIZE: u64 = 1 << 20;
@@ -37,6 +47,26 @@ pub const MIN_SIZE: u64 = 1 << 20;
 pub const SECTOR: u64 = 512;
 /// FAT timestamps run from 1980-01-01 to 2107-12-31 (UTC here).
 pub const EPOCH_RANGE: std::ops::RangeInclusive<i64> = 315_532_800..=4_354_819_198;
+
+/// Each mtools process that reads an image may run this long; then it is killed and the read
+/// fails ([`EspError::Timeout`]). Hashing the largest file an ESP can hold takes seconds.
+pub const MTOOLS_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// [`list_fat`] refuses an image with more entries than this (an ESP has about ten).
+pub const MAX_FAT_ENTRIES: usize = 10_000;
+/// [`list_fat`] refuses a path with more components than this (a directory loop whose paths
+/// grow ends here, if not at [`MAX_LISTING_BYTES`] first).
+pub const MAX_FAT_DEPTH: usize = 64;
+/// [`list_fat`] reads at most this much of `mdir`'s listing (a line per entry).
+pub const MAX_LISTING_BYTES: u64 = 16 << 20;
+/// [`read_fat_file`] reads at most this many bytes of a file into memory (an ESP is 128 to
+/// 256 MiB); [`read_fat_file_capped`] takes its own cap.
+pub const MAX_READ_BYTES: u64 = 256 << 20;
+/// The longest line of `mdir`'s listing taken: [`MAX_FAT_DEPTH`] names of 255 characters.
+const MAX_LISTING_LINE: usize = 64 << 10;
+/// A reading tool's standard error kept for the message.
+const MAX_STDERR: usize = 16 << 10;
+/// What mtools prints (on standard error) when a cluster chain loops.
+const MTOOLS_LOOP: &str = "loop detected";
 
 /// The mtools configuration every call uses; read after `/etc/mtools.conf`, so it wins.
 const MTOOLSRC: &str = "\
@@ -146,6 +176,34 @@ pub enum EspError {
     },
     #[error("`{path}` is not in the FAT image {}", image.display())]
     NotInImage { image: PathBuf, path: String },
+    /// A directory loop, or a cluster chain that loops.
+    #[error("the FAT image has a loop: {what}")]
+    Loop { what: String },
+    /// A bound of [`list_fat`] exceeded.
+    #[error("the FAT image {what}")]
+    Limit { what: String },
+    /// A file larger than the caller reads.
+    #[error("`{path}` in the FAT image holds {size} bytes or more, more than the {cap} read here")]
+    TooLarge { path: String, size: u64, cap: u64 },
+    #[error("the FAT image's listing is malformed: {problem}")]
+    Malformed { problem: String },
+    /// A reading tool ran past [`MTOOLS_TIMEOUT`]; `command` reruns it.
+    #[error("{tool} ran longer than {} s and was killed (a crafted image?)", MTOOLS_TIMEOUT.as_secs())]
+    Timeout { tool: &'static str, command: String },
+}
+
+impl EspError {
+    /// The image read is malformed or crafted (bad input), not a failure of this host.
+    pub fn is_crafted(&self) -> bool {
+        matches!(
+            self,
+            EspError::Loop { .. }
+                | EspError::Limit { .. }
+                | EspError::TooLarge { .. }
+                | EspError::Malformed { .. }
+                | EspError::Timeout { .. }
+        )
+    }
 }
 
 /// Build the FAT image `image` (replacing any file there) of `opts.size` bytes holding `files`.
@@ -251,7 +309,9 @@ pub fn write_fat(image: &Path, opts: &FatOptions, files: &[FatFile]) -> Result<(
     Ok(())
 }
 
-/// Every entry of `image` (directories and files, with long names), sorted by path.
+/// Every entry of `image` (directories and files, with long names), sorted by path. At most
+/// [`MAX_FAT_ENTRIES`], [`MAX_FAT_DEPTH`] deep, in [`MAX_LISTING_BYTES`] of `mdir` output; a
+/// path listed twice is [`EspError::Loop`].
 pub fn list_fat(image: &Path) -> Result<Vec<FatEntry>, EspError> {
     let tools = Tools::new(*EPOCH_RANGE.start())?;
     let args: Vec<OsString> = vec![
@@ -261,36 +321,175 @@ pub fn list_fat(image: &Path) -> Result<Vec<FatEntry>, EspError> {
         image.into(),
         "::".into(),
     ];
-    let out = match tools.run("mdir", "mtools", &args) {
-        Ok(out) => out,
-        // mdir fails on an empty root directory ("File "::" not found").
-        Err(EspError::ToolFailed { stderr, .. })
-            if stderr.contains("not found") && image.is_file() =>
-        {
-            return Ok(Vec::new())
+    let mut listed = Listed::default();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut total = 0u64;
+    let ran = tools.stream("mdir", "mtools", &args, &mut |chunk| {
+        total += chunk.len() as u64;
+        if total > MAX_LISTING_BYTES {
+            return Err(EspError::Limit {
+                what: format!("has a listing longer than {MAX_LISTING_BYTES} bytes"),
+            });
         }
-        Err(e) => return Err(e),
-    };
-    let mut entries: Vec<FatEntry> = String::from_utf8_lossy(&out)
-        .lines()
-        .filter_map(|l| l.strip_prefix("::/"))
-        .map(|p| match p.strip_suffix('/') {
-            Some(dir) => FatEntry {
-                path: dir.to_string(),
-                is_dir: true,
-            },
-            None => FatEntry {
-                path: p.to_string(),
-                is_dir: false,
-            },
-        })
-        .collect();
+        pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(i) = pending[start..].iter().position(|&b| b == b'\n') {
+            listed.line(&pending[start..start + i])?;
+            start += i + 1;
+        }
+        pending.drain(..start);
+        if pending.len() > MAX_LISTING_LINE {
+            return Err(EspError::Malformed {
+                problem: format!("mdir printed a line longer than {MAX_LISTING_LINE} bytes"),
+            });
+        }
+        Ok(())
+    })?;
+    if ran.stderr.contains(MTOOLS_LOOP) {
+        return Err(EspError::Loop {
+            what: format!("mdir: {}", ran.stderr),
+        });
+    }
+    if !ran.status.success() {
+        // mdir fails on an empty root directory ("File "::" not found").
+        if ran.stderr.contains("not found") && listed.entries.is_empty() && image.is_file() {
+            return Ok(Vec::new());
+        }
+        return Err(tools.failed("mdir", &args, &ran));
+    }
+    if !pending.is_empty() {
+        listed.line(&pending)?;
+    }
+    let mut entries = listed.entries;
     entries.sort();
     Ok(entries)
 }
 
-/// The content of the file at `path` (e.g. `EFI/BOOT/BOOTX64.EFI`) in `image`.
+/// What [`list_fat`] has read of `mdir`'s listing.
+#[derive(Default)]
+struct Listed {
+    seen: BTreeSet<String>,
+    entries: Vec<FatEntry>,
+}
+
+impl Listed {
+    /// One line of `mdir -/ -b`: `::/EFI/BOOT/BOOTX64.EFI`, or `::/EFI/` for a directory.
+    fn line(&mut self, line: &[u8]) -> Result<(), EspError> {
+        let line = String::from_utf8_lossy(line);
+        let Some(p) = line.strip_prefix("::/") else {
+            return Err(EspError::Malformed {
+                problem: format!("mdir printed {:?}, not a path", truncated(&line)),
+            });
+        };
+        let (path, is_dir) = match p.strip_suffix('/') {
+            Some(dir) => (dir, true),
+            None => (p, false),
+        };
+        if !self.seen.insert(path.to_string()) {
+            return Err(EspError::Loop {
+                what: format!(
+                    "`{}` is listed twice (an entry points back at an ancestor, or two entries share a name)",
+                    truncated(path)
+                ),
+            });
+        }
+        if path.split('/').count() > MAX_FAT_DEPTH {
+            return Err(EspError::Limit {
+                what: format!(
+                    "has a path more than {MAX_FAT_DEPTH} levels deep (a directory loop?): `{}`",
+                    truncated(path)
+                ),
+            });
+        }
+        if self.entries.len() >= MAX_FAT_ENTRIES {
+            return Err(EspError::Limit {
+                what: format!("has more than {MAX_FAT_ENTRIES} entries"),
+            });
+        }
+        self.entries.push(FatEntry {
+            path: path.to_string(),
+            is_dir,
+        });
+        Ok(())
+    }
+}
+
+/// The size and sha256 (lower-case hex) of the file at `path` in `image`, its content
+/// streamed from `mcopy`, never held whole; [`EspError::TooLarge`] (`mcopy` stopped) once it
+/// gives more than `max` bytes.
+pub fn hash_fat_file(image: &Path, path: &str, max: u64) -> Result<(u64, String), EspError> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    copy_out(image, path, &mut |chunk| {
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(EspError::TooLarge {
+                path: path.to_string(),
+                size,
+                cap: max,
+            });
+        }
+        hasher.update(chunk);
+        Ok(())
+    })?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// The content of the file at `path` (e.g. `EFI/BOOT/BOOTX64.EFI`) in `image`, if at most
+/// [`MAX_READ_BYTES`]; see [`read_fat_file_capped`].
 pub fn read_fat_file(image: &Path, path: &str) -> Result<Vec<u8>, EspError> {
+    read_fat_file_capped(image, path, MAX_READ_BYTES)
+}
+
+/// The content of the file at `path` in `image`, read into memory as it comes (nothing is
+/// allocated ahead); a file of more than `cap` bytes is [`EspError::TooLarge`] with its size
+/// (the rest is counted, not kept, up to the image's own size).
+pub fn read_fat_file_capped(image: &Path, path: &str, cap: u64) -> Result<Vec<u8>, EspError> {
+    // A file's clusters are the image's: more than that is a crafted chain.
+    let image_len = std::fs::metadata(image)
+        .map_err(|e| io_error(image, "read the metadata of", e))?
+        .len();
+    let mut bytes = Vec::new();
+    let mut size = 0u64;
+    let result = copy_out(image, path, &mut |chunk| {
+        size += chunk.len() as u64;
+        if size <= cap {
+            bytes.extend_from_slice(chunk);
+        } else if size > image_len.max(cap) {
+            return Err(EspError::TooLarge {
+                path: path.to_string(),
+                size,
+                cap,
+            });
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) if size > cap => Err(EspError::TooLarge {
+            path: path.to_string(),
+            size,
+            cap,
+        }),
+        Ok(()) => Ok(bytes),
+        Err(e) => Err(e),
+    }
+}
+
+/// `mcopy` the file at `path` in `image` to `sink`, chunk by chunk.
+fn copy_out(
+    image: &Path,
+    path: &str,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), EspError>,
+) -> Result<(), EspError> {
+    if path.contains(['*', '?', '[', ']']) {
+        return Err(EspError::Malformed {
+            problem: format!(
+                "`{}` holds an mtools wildcard (`*?[]`): reading it would read other files",
+                truncated(path)
+            ),
+        });
+    }
     let tools = Tools::new(*EPOCH_RANGE.start())?;
     let args: Vec<OsString> = vec![
         "-i".into(),
@@ -298,15 +497,70 @@ pub fn read_fat_file(image: &Path, path: &str) -> Result<Vec<u8>, EspError> {
         format!("::{path}").into(),
         "-".into(),
     ];
-    match tools.run("mcopy", "mtools", &args) {
-        Err(EspError::ToolFailed { stderr, .. }) if stderr.contains("not found") => {
-            Err(EspError::NotInImage {
+    let ran = tools.stream("mcopy", "mtools", &args, sink)?;
+    if ran.stderr.contains(MTOOLS_LOOP) {
+        return Err(EspError::Loop {
+            what: format!("mcopy of `{}`: {}", truncated(path), ran.stderr),
+        });
+    }
+    if !ran.status.success() {
+        if ran.stderr.contains("not found") {
+            return Err(EspError::NotInImage {
                 image: image.to_path_buf(),
                 path: path.to_string(),
-            })
+            });
         }
-        other => other,
+        return Err(tools.failed("mcopy", &args, &ran));
     }
+    Ok(())
+}
+
+/// At most 200 characters of `s`, for messages about hostile names.
+fn truncated(s: &str) -> String {
+    if s.chars().count() <= 200 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    }
+}
+
+/// Kills a child process still running at a deadline: a thread waits for [`Watchdog::stop`]
+/// until then. Stop it before reaping the child, so that the pid it may kill is still the
+/// child's. (The pattern of `compare::contents`'s debugfs runner.)
+pub(crate) struct Watchdog {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    pub(crate) fn start(child: &Child, deadline: Instant) -> Watchdog {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let thread = std::thread::spawn(move || {
+            let late = matches!(
+                stopped.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            if late {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            late
+        });
+        Watchdog { stop, thread }
+    }
+
+    /// Stop watching: whether the child was killed for running late.
+    pub(crate) fn stop(self) -> bool {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or(false)
+    }
+}
+
+/// How a reading tool ended.
+struct Ran {
+    status: ExitStatus,
+    /// Its standard error (the first [`MAX_STDERR`] bytes), trimmed.
+    stderr: String,
 }
 
 /// Check every path and return the directories to create, parents first.
@@ -443,6 +697,106 @@ impl Tools {
         }
         Ok(out.stdout)
     }
+
+    /// Run the reading tool `tool` with `args` in the fixed environment, its standard output
+    /// given to `sink` as it comes; an error from `sink` kills it (and is returned), and so
+    /// does [`MTOOLS_TIMEOUT`] ([`EspError::Timeout`]). How it ended, for the caller to judge.
+    fn stream(
+        &self,
+        tool: &'static str,
+        package: &'static str,
+        args: &[OsString],
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), EspError>,
+    ) -> Result<Ran, EspError> {
+        use std::io::Read;
+        let env = self.env();
+        let mut child = Command::new(tool)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => EspError::ToolMissing {
+                    tool,
+                    package,
+                    source: e,
+                },
+                _ => EspError::ToolFailed {
+                    tool,
+                    status: "could not start".into(),
+                    stderr: e.to_string(),
+                    command: command_line(&env, tool, args),
+                },
+            })?;
+        let watchdog = Watchdog::start(&child, Instant::now() + MTOOLS_TIMEOUT);
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let (mut kept, mut buf) = (Vec::new(), [0u8; 8192]);
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                let room = MAX_STDERR.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            kept
+        });
+        let mut buf = vec![0u8; 64 << 10];
+        let fed = loop {
+            match stdout.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Err(e) = sink(&buf[..n]) {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    break Err(EspError::ToolFailed {
+                        tool,
+                        status: "its output could not be read".into(),
+                        stderr: e.to_string(),
+                        command: command_line(&env, tool, args),
+                    })
+                }
+            }
+        };
+        if fed.is_err() {
+            let _ = child.kill();
+        }
+        drop(stdout);
+        let timed_out = watchdog.stop();
+        let status = child.wait();
+        let stderr = errors.join().unwrap_or_default();
+        if timed_out {
+            return Err(EspError::Timeout {
+                tool,
+                command: command_line(&env, tool, args),
+            });
+        }
+        fed?;
+        let status = status.map_err(|e| EspError::ToolFailed {
+            tool,
+            status: "could not be waited for".into(),
+            stderr: e.to_string(),
+            command: command_line(&env, tool, args),
+        })?;
+        Ok(Ran {
+            status,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+        })
+    }
+
+    /// The error for a reading tool that failed.
+    fn failed(&self, tool: &'static str, args: &[OsString], ran: &Ran) -> EspError {
+        EspError::ToolFailed {
+            tool,
+            status: ran.status.to_string(),
+            stderr: ran.stderr.clone(),
+            command: command_line(&self.env(), tool, args),
+        }
+    }
 }
 
 /// A shell line that reruns a tool the way [`Tools::run`] did.
@@ -556,6 +910,55 @@ mod tests {
             volume_id(&ids, "esp/volume-id"),
             volume_id(&ids, "config/volume-id")
         );
+    }
+
+    #[test]
+    fn listings_refuse_loops_depth_and_stray_lines() {
+        let mut l = Listed::default();
+        l.line(b"::/EFI/").unwrap();
+        l.line(b"::/EFI/BOOT/BOOTX64.EFI").unwrap();
+        assert_eq!(
+            l.entries,
+            [
+                FatEntry {
+                    path: "EFI".into(),
+                    is_dir: true
+                },
+                FatEntry {
+                    path: "EFI/BOOT/BOOTX64.EFI".into(),
+                    is_dir: false
+                }
+            ]
+        );
+        assert!(matches!(l.line(b"::/EFI/"), Err(EspError::Loop { .. })));
+        assert!(matches!(l.line(b"EFI/x"), Err(EspError::Malformed { .. })));
+        let deep = format!("::/{}", ["d"; MAX_FAT_DEPTH + 1].join("/"));
+        assert!(matches!(
+            l.line(deep.as_bytes()),
+            Err(EspError::Limit { .. })
+        ));
+        let err = copy_out(Path::new("/nonexistent"), "EFI/*", &mut |_| Ok(())).unwrap_err();
+        assert!(
+            matches!(err, EspError::Malformed { .. }) && err.is_crafted(),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn watchdog_kills_a_late_child() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let start = Instant::now();
+        let dog = Watchdog::start(&child, start + Duration::from_millis(200));
+        let status = child.wait().unwrap();
+        assert!(dog.stop(), "the watchdog says it killed the child");
+        assert!(!status.success());
+        assert!(start.elapsed() < Duration::from_secs(10));
+        // Stopped in time, it kills nothing.
+        let mut child = Command::new("true").spawn().unwrap();
+        let dog = Watchdog::start(&child, Instant::now() + Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!dog.stop());
+        assert!(child.wait().unwrap().success());
     }
 
     #[test]
