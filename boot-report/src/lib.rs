@@ -18,6 +18,7 @@
 //! journal lines of each failed unit (`PLINTH UNIT <unit>: ...`, so that a serial console
 //! says why) and, on a machine with a TPM, the `PLINTH TPM ...` lines, in that order.
 
+use plinth_release::slot::{self, Slot, SlotError};
 use std::fmt;
 
 pub mod measured;
@@ -32,8 +33,9 @@ pub struct Identity {
     pub os: String,
     /// os-release `IMAGE_VERSION`.
     pub version: String,
-    /// `A` or `B` from `plinth.slot=`; `None` for an OS without slots.
-    pub slot: Option<String>,
+    /// `A` or `B` from `plinth.slot=`; `None` for an OS without slots; the text that is
+    /// neither (reported by [`check_identity`]).
+    pub slot: Result<Option<Slot>, SlotError>,
 }
 
 impl Identity {
@@ -44,15 +46,33 @@ impl Identity {
             os: os_release_field(os_release, "IMAGE_ID").unwrap_or_else(|| "unknown".into()),
             version: os_release_field(os_release, "IMAGE_VERSION")
                 .unwrap_or_else(|| "unknown".into()),
-            slot: cmdline_value(cmdline, "plinth.slot").map(str::to_string),
+            slot: cmdline_value(cmdline, slot::CMDLINE_KEY)
+                .map(str::parse)
+                .transpose(),
         }
+    }
+}
+
+impl Identity {
+    /// The slot booted, `None` for an OS without slots (or a slot that is neither A nor B,
+    /// which [`check_identity`] reports).
+    pub fn booted_slot(&self) -> Option<Slot> {
+        self.slot.clone().ok().flatten()
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let slot = self.slot.as_deref().unwrap_or("none");
-        write!(f, "{} {} slot={slot}", self.os, self.version)
+        match &self.slot {
+            Ok(slot) => write!(
+                f,
+                "{} {} slot={}",
+                self.os,
+                self.version,
+                slot::or_none(*slot)
+            ),
+            Err(bad) => write!(f, "{} {} slot={}", self.os, self.version, bad.0),
+        }
     }
 }
 
@@ -88,12 +108,12 @@ pub fn check_identity(id: &Identity, agent_os: &str) -> Vec<String> {
             id.os
         ));
     }
-    if let Some(slot) = &id.slot {
-        if slot != "A" && slot != "B" {
-            problems.push(format!(
-                "plinth.slot={slot} on the command line: expected A or B"
-            ));
-        }
+    if let Err(bad) = &id.slot {
+        problems.push(format!(
+            "{}={} on the command line: expected A or B",
+            slot::CMDLINE_KEY,
+            bad.0
+        ));
     }
     problems
 }
@@ -264,8 +284,7 @@ fn measured_boot(
             return Vec::new();
         }
         Ok(Some((m, origin))) => {
-            let problems =
-                measured::check(&observed, &m, (&id.os, &id.version), id.slot.as_deref());
+            let problems = measured::check(&observed, &m, (&id.os, &id.version), id.booted_slot());
             if problems.is_empty() {
                 lines.push(format!(
                     "PLINTH TPM measurements.json matches: every predicted PCR is the live one ({origin})"
@@ -371,7 +390,7 @@ impl MeasuredBootArgs {
         match measured::show(
             self.expect.as_deref(),
             (&id.os, &id.version),
-            id.slot.as_deref(),
+            id.booted_slot(),
             self.json,
         ) {
             Ok(true) => std::process::ExitCode::SUCCESS,

@@ -6,13 +6,14 @@
 
 use plinth_firmware::eventlog::{self, EventLog};
 use plinth_firmware::measurements;
-pub use plinth_firmware::measurements::Measurements;
 use plinth_firmware::pcr::Sha256Digest;
+pub use plinth_release::measurements::Measurements;
+use plinth_release::slot::{self, Slot};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
 /// The serial number of the disk that carries `measurements.json` into a machine.
-pub use plinth_firmware::measurements::DISK_SERIAL as MEASUREMENTS_SERIAL;
+pub use plinth_release::measurements::DISK_SERIAL as MEASUREMENTS_SERIAL;
 
 /// The TPM device (the kernel's resource manager, so other users may share the TPM).
 const TPM_DEVICE: &str = "/dev/tpmrm0";
@@ -160,7 +161,7 @@ pub fn check(
     observed: &Observed,
     expected: &Measurements,
     (os, version): (&str, &str),
-    slot: Option<&str>,
+    slot: Option<Slot>,
 ) -> Vec<String> {
     if (expected.os.as_str(), expected.version.as_str()) != (os, version) {
         return vec![format!(
@@ -171,11 +172,11 @@ pub fn check(
     let Some(prediction) = expected.slot(slot) else {
         return vec![format!(
             "measurements.json has no prediction for slot {} (it has: {})",
-            slot.unwrap_or("none"),
+            slot::or_none(slot),
             expected
                 .slots
                 .iter()
-                .map(|s| s.slot.as_deref().unwrap_or("none"))
+                .map(|s| slot::or_none(s.slot))
                 .collect::<Vec<_>>()
                 .join(", ")
         )];
@@ -190,7 +191,7 @@ pub fn check(
 pub fn show(
     expect: Option<&std::path::Path>,
     id: (&str, &str),
-    slot: Option<&str>,
+    slot: Option<Slot>,
     json: bool,
 ) -> Result<bool, String> {
     let observed = observe()?;

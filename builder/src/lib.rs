@@ -7,7 +7,7 @@
 
 pub mod cli;
 pub mod compare;
-pub mod names;
+pub use plinth_release::names;
 pub mod packages;
 pub mod pipeline;
 pub mod spec;

@@ -47,11 +47,11 @@ impl Scratch {
     /// measurements.json expecting `measurement` with `smt` at `vmpl`, and `catalog`.
     fn expecting(measurement: &str, smt: bool, vmpl: u32, catalog: &str) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
-        let base = SnpExpected::single(measurement, "EPYC-Milan");
+        let base = SnpExpected::single(measurement.parse().unwrap(), "EPYC-Milan");
         let m = Measurements {
             format_version: FORMAT_VERSION,
-            os: "guest-os".into(),
-            version: "1.0.0".into(),
+            os: "guest-os".parse().unwrap(),
+            version: "1.0.0".parse().unwrap(),
             platform: Platform {
                 firmware: "OVMF".into(),
                 secure_boot: false,

@@ -117,7 +117,7 @@ fn release(dir: &Path, v: &Variant, extra_package: Option<&str>) -> PathBuf {
         support::partition(&disk, number, name, role, offset, size)
     };
     let h = support::hex;
-    let mut outputs: Vec<OutputFile> = outputs.into_iter().map(Into::into).collect();
+    let mut outputs: Vec<OutputFile> = outputs;
     for name in ["sbom.spdx.json", "cmdline-guest-os-a.txt"] {
         outputs.push(support::output_file(&rel, name));
     }
@@ -279,7 +279,7 @@ fn altered_or_malformed_releases_are_refused() {
 
     // Releases of two OSes cannot be diffed.
     let mut m = Manifest::read(&a.join("manifest.json")).unwrap();
-    m.os = "host-os".into();
+    m.os = plinth_release::Os::HostOs;
     let c = d.path().join("host");
     std::fs::create_dir_all(&c).unwrap();
     for f in [
@@ -296,7 +296,7 @@ fn altered_or_malformed_releases_are_refused() {
 
     // A manifest with no source commit cannot be rebuilt.
     let mut m = Manifest::read(&a.join("manifest.json")).unwrap();
-    m.inputs.source_commit = "0".repeat(40);
+    m.inputs.source_commit = plinth_release::CommitId::default();
     m.write(&a.join("manifest.json")).unwrap();
     let out = plinth(&["verify", a.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

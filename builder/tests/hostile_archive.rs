@@ -157,7 +157,7 @@ fn release(dir: &Path, disk: &Path, update: &Path) -> PathBuf {
     for name in ["disk-img.tar.zst", "sbom.spdx.json", "update-img.tar.zst"] {
         let (sha256, size) = sha256_file(&rel.join(name)).unwrap();
         outputs.push(OutputFile {
-            name: name.into(),
+            name: name.parse().unwrap(),
             sha256,
             size,
         });
@@ -168,12 +168,12 @@ fn release(dir: &Path, disk: &Path, update: &Path) -> PathBuf {
         .enumerate()
         .map(|(i, &(name, role, offset, size))| PartitionImage {
             number: i as u32 + 1,
-            name: name.into(),
-            role: role.into(),
-            slot: (role != "esp").then(|| "A".to_string()),
+            name: name.parse().unwrap(),
+            role: serde_json::from_value(serde_json::json!(role)).unwrap(),
+            slot: (role != "esp").then_some(plinth_release::Slot::A),
             offset,
             size,
-            blocks_sha256: h('e'),
+            blocks_sha256: h('e').parse().unwrap(),
         })
         .collect();
     let m = support::sample_manifest(

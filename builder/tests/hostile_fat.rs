@@ -9,7 +9,6 @@
 mod support;
 
 use plinth::compare::release::Release;
-use plinth::packages::cache::sha256_file;
 use plinth::pipeline::artifacts::{self, TarEntry};
 use plinth::pipeline::esp::{self, FatFile, FatOptions};
 use plinth::pipeline::manifest::{self, OutputFile, PartitionImage};
@@ -102,12 +101,12 @@ fn disk(
         .enumerate()
         .map(|(i, &(name, role, offset, size))| PartitionImage {
             number: i as u32 + 1,
-            name: name.into(),
-            role: role.into(),
-            slot: (role != "esp").then(|| "A".to_string()),
+            name: name.parse().unwrap(),
+            role: serde_json::from_value(serde_json::json!(role)).unwrap(),
+            slot: (role != "esp").then_some(plinth_release::Slot::A),
             offset,
             size,
-            blocks_sha256: support::hex('e'),
+            blocks_sha256: support::hex('e').parse().unwrap(),
         })
         .collect();
     (disk, partitions)
@@ -138,9 +137,9 @@ fn release(dir: &Path, disk: &Path, partitions: Vec<PartitionImage>) -> PathBuf 
     .unwrap();
     let mut outputs = Vec::new();
     for name in ["disk-img.tar.zst", "sbom.spdx.json", "update-img.tar.zst"] {
-        let (sha256, size) = sha256_file(&dir.join(name)).unwrap();
+        let (sha256, size) = plinth_release::Sha256::of_file(&dir.join(name)).unwrap();
         outputs.push(OutputFile {
-            name: name.into(),
+            name: name.parse().unwrap(),
             sha256,
             size,
         });

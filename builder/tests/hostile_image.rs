@@ -133,7 +133,7 @@ fn mount_walk(img: &Path) -> Listing {
                     Some(sha256_bytes(target.as_os_str().as_encoded_bytes())),
                 )
             } else if ft.is_file() {
-                ("file", Some(sha256_file(&path).unwrap().0))
+                ("file", Some(sha256_file(&path).unwrap().0.to_hex()))
             } else {
                 let kind = if ft.is_char_device() {
                     "char"
@@ -404,7 +404,7 @@ fn release(dir: &Path, root: &Path, uki: &[u8]) -> PathBuf {
         support::partition(&disk, number, name, role, offset, size)
     };
     let h = support::hex;
-    let mut outputs: Vec<OutputFile> = outputs.into_iter().map(Into::into).collect();
+    let mut outputs: Vec<OutputFile> = outputs;
     outputs.push(support::output_file(&rel, "sbom.spdx.json"));
     let m = support::sample_manifest(
         "guest-os",

@@ -21,18 +21,18 @@ fn manifest(rel: &Path) -> serde_json::Value {
     let m = support::sample_manifest(
         "host-os",
         vec![OutputFile {
-            name: "sbom.spdx.json".into(),
+            name: "sbom.spdx.json".parse().unwrap(),
             sha256,
             size,
         }],
         vec![PartitionImage {
             number: 1,
-            name: "esp".into(),
-            role: "esp".into(),
+            name: "esp".parse().unwrap(),
+            role: plinth_release::Role::Esp,
             slot: None,
             offset: 1 << 20,
             size: 1 << 20,
-            blocks_sha256: h('3'),
+            blocks_sha256: h('3').parse().unwrap(),
         }],
         support::slot(None, None, h('c')),
     );

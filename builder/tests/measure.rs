@@ -43,12 +43,18 @@ fn through_systemd_boot() {
     let uki = uki();
     assert!(!measure::is_uki(&loader) && measure::is_uki(&uki));
     let slots = [SlotFiles {
-        slot: Some("A".into()),
+        slot: Some(plinth_release::Slot::A),
         uki_path: "EFI/Linux/guest-os-a.efi".into(),
         uki: &uki,
     }];
-    let m = measure::predict("guest-os", "1.0.0", &loader, &slots).unwrap();
-    let s = m.slot(Some("A")).unwrap();
+    let m = measure::predict(
+        "guest-os".parse().unwrap(),
+        &"1.0.0".parse().unwrap(),
+        &loader,
+        &slots,
+    )
+    .unwrap();
+    let s = m.slot(Some(plinth_release::Slot::A)).unwrap();
     let pcr4: Vec<_> = s.events.iter().filter(|e| e.pcr == 4).collect();
     assert_eq!(pcr4.len(), 5, "action, separator, loader, UKI, kernel");
     assert_eq!(
@@ -87,12 +93,18 @@ fn through_systemd_boot() {
 fn uki_started_by_the_firmware() {
     let uki = uki();
     let slots = [SlotFiles {
-        slot: Some("A".into()),
+        slot: Some(plinth_release::Slot::A),
         uki_path: "EFI/Linux/guest-os-a.efi".into(),
         uki: &uki,
     }];
-    let m = measure::predict("guest-os", "1.0.0", &uki, &slots).unwrap();
-    let s = m.slot(Some("A")).unwrap();
+    let m = measure::predict(
+        "guest-os".parse().unwrap(),
+        &"1.0.0".parse().unwrap(),
+        &uki,
+        &slots,
+    )
+    .unwrap();
+    let s = m.slot(Some(plinth_release::Slot::A)).unwrap();
     let pcr4: Vec<_> = s.events.iter().filter(|e| e.pcr == 4).collect();
     assert_eq!(pcr4.len(), 4, "action, separator, UKI, kernel");
     assert!(
@@ -108,11 +120,17 @@ fn uki_started_by_the_firmware() {
     assert!(m.not_predicted.iter().all(|n| n.pcr != 12));
     // The ESP's UKI must be one of the slots'.
     let other = SlotFiles {
-        slot: Some("A".into()),
+        slot: Some(plinth_release::Slot::A),
         uki_path: "EFI/Linux/guest-os-a.efi".into(),
         uki: &uki[..uki.len() - 1],
     };
-    let e = measure::predict("guest-os", "1.0.0", &uki, &[other]).unwrap_err();
+    let e = measure::predict(
+        "guest-os".parse().unwrap(),
+        &"1.0.0".parse().unwrap(),
+        &uki,
+        &[other],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("none of the slots' UKIs"), "{e}");
     let d = options_digest();
     assert_eq!(
@@ -129,6 +147,12 @@ fn what_is_not_pe_is_named() {
         uki: b"not a PE",
     }];
     let loader = std::fs::read(SYSTEMD_BOOT).unwrap();
-    let e = measure::predict("setup-os", "1.0.0", &loader, &slots).unwrap_err();
+    let e = measure::predict(
+        "setup-os".parse().unwrap(),
+        &"1.0.0".parse().unwrap(),
+        &loader,
+        &slots,
+    )
+    .unwrap_err();
     assert!(e.to_string().starts_with("EFI/Linux/setup-os.efi: "), "{e}");
 }

@@ -1,87 +1,25 @@
-//! `measurements.json`: what a boot of a release measures into the TPM, per boot slot (the
-//! PCR values once the system is up, the events of the firmware's log behind them, the
-//! extends that come after the log), and which PCRs are not predicted and why. The build
-//! writes it ([`Slot::new`]); the booted agent checks the real PCRs and log against it
-//! ([`check`]) and explains any difference event by event.
+//! The predictions of `measurements.json` (its types are `plinth_release::measurements`):
+//! the build computes each slot's PCR values from the events it expects ([`predict`]); the
+//! booted agent checks the real PCRs and log against them ([`check`]) and explains any
+//! difference event by event.
 
 use crate::eventlog::{self, EventLog};
 use crate::pcr::{self, Sha256Digest};
-use crate::snp::SnpExpected;
 use crate::uefi::Expected;
-use serde::{Deserialize, Serialize};
+use plinth_release::{Sha256, Slot};
 use std::collections::BTreeMap;
 
-/// The file's name in a release directory.
-pub const FILE_NAME: &str = "measurements.json";
-/// The serial number of the read-only disk that carries the file into a test machine (its
-/// bytes, padded with NULs).
-pub const DISK_SERIAL: &str = "plinth-measurements";
-/// Bumped when a field changes meaning.
-pub const FORMAT_VERSION: u32 = 2;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Measurements {
-    pub format_version: u32,
-    pub os: String,
-    pub version: String,
-    /// The platform the prediction holds for.
-    pub platform: Platform,
-    /// One per boot slot (slot `null` for an OS without A/B slots).
-    pub slots: Vec<Slot>,
-    /// The PCRs not predicted, each with why.
-    pub not_predicted: Vec<NotPredicted>,
-    /// For an OS launched as an SEV-SNP guest (GuestOS): its launch digests and policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snp: Option<SnpExpected>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Platform {
-    pub firmware: String,
-    pub secure_boot: bool,
-    /// The PCR bank of every value here.
-    pub bank: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Slot {
-    pub slot: Option<String>,
-    /// sha256 of the slot's UKI.
-    pub uki_sha256: String,
-    /// PCR number → its value once the system is up (hex).
-    pub pcrs: BTreeMap<u32, String>,
-    /// The events of those PCRs in the firmware's log, in log order.
-    pub events: Vec<Event>,
-    /// Extends of those PCRs after the firmware's log (not in it), in order.
-    pub later: Vec<Event>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Event {
-    pub pcr: u32,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub sha256: String,
-    pub what: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotPredicted {
-    pub pcr: u32,
-    pub why: String,
-}
+pub use plinth_release::measurements::{
+    Event, Measurements, NotPredicted, Platform, SlotPrediction, DISK_SERIAL, FILE_NAME,
+    FORMAT_VERSION,
+};
 
 impl From<&eventlog::Event> for Event {
     fn from(e: &eventlog::Event) -> Event {
         Event {
             pcr: e.pcr,
             event_type: eventlog::type_name(e.event_type),
-            sha256: hex::encode(e.sha256),
+            sha256: Sha256(e.sha256),
             what: e.describe(),
         }
     }
@@ -92,86 +30,39 @@ impl From<&Expected> for Event {
         Event {
             pcr: e.pcr,
             event_type: eventlog::type_name(e.event_type),
-            sha256: hex::encode(e.sha256),
+            sha256: Sha256(e.sha256),
             what: e.what.clone(),
         }
     }
 }
 
-impl Slot {
-    /// The prediction of one slot from its log events and later extends; the PCR values are
-    /// their replay, and `untouched` PCRs (no events at all) are predicted to stay zero.
-    pub fn new(
-        slot: Option<String>,
-        uki_sha256: String,
-        events: &[Expected],
-        later: &[Expected],
-        untouched: &[u32],
-    ) -> Slot {
-        let mut values: BTreeMap<u32, Sha256Digest> =
-            untouched.iter().map(|&n| (n, [0; 32])).collect();
-        for e in events.iter().chain(later) {
-            let v = values.entry(e.pcr).or_insert([0; 32]);
-            *v = pcr::extend(*v, &e.sha256);
-        }
-        Slot {
-            slot,
-            uki_sha256,
-            pcrs: values
-                .into_iter()
-                .map(|(k, v)| (k, hex::encode(v)))
-                .collect(),
-            events: events.iter().map(Event::from).collect(),
-            later: later.iter().map(Event::from).collect(),
-        }
+/// The prediction of one slot from its log events and later extends; the PCR values are
+/// their replay, and `untouched` PCRs (no events at all) are predicted to stay zero.
+pub fn predict(
+    slot: Option<Slot>,
+    uki_sha256: Sha256,
+    events: &[Expected],
+    later: &[Expected],
+    untouched: &[u32],
+) -> SlotPrediction {
+    let mut values: BTreeMap<u32, Sha256Digest> = untouched.iter().map(|&n| (n, [0; 32])).collect();
+    for e in events.iter().chain(later) {
+        let v = values.entry(e.pcr).or_insert([0; 32]);
+        *v = pcr::extend(*v, &e.sha256);
     }
-}
-
-impl Measurements {
-    /// Parse the text of a measurements file; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Measurements, String> {
-        let m: Measurements = serde_json::from_str(text)
-            .map_err(|e| format!("{origin}: not a plinth measurements file: {e}"))?;
-        if m.format_version != FORMAT_VERSION {
-            return Err(format!(
-                "{origin}: format_version {}, this plinth reads {FORMAT_VERSION}\n  hint: measure the release again with this plinth (plinth measure)",
-                m.format_version
-            ));
-        }
-        for s in &m.slots {
-            let slot = s.slot.as_deref().unwrap_or("none");
-            let canonical = |v: &str| pcr::from_hex(v).is_some_and(|d| hex::encode(d) == v);
-            for (n, v) in &s.pcrs {
-                if !canonical(v) {
-                    return Err(format!(
-                        "{origin}: slot {slot}: PCR {n} is `{v}`, expected 64 lower-case hex digits"
-                    ));
-                }
-            }
-            for (i, e) in s.events.iter().chain(&s.later).enumerate() {
-                if !canonical(&e.sha256) {
-                    return Err(format!(
-                        "{origin}: slot {slot}: event {} ({}) has sha256 `{}`, expected 64 lower-case hex digits",
-                        i + 1,
-                        e.what,
-                        e.sha256
-                    ));
-                }
-            }
-        }
-        Ok(m)
-    }
-
-    /// The prediction for `slot` (`None`: the OS has no slots).
-    pub fn slot(&self, slot: Option<&str>) -> Option<&Slot> {
-        self.slots.iter().find(|s| s.slot.as_deref() == slot)
+    SlotPrediction {
+        slot,
+        uki_sha256,
+        pcrs: values.into_iter().map(|(k, v)| (k, Sha256(v))).collect(),
+        events: events.iter().map(Event::from).collect(),
+        later: later.iter().map(Event::from).collect(),
     }
 }
 
 /// What differs between the prediction for a slot and a real boot: the live PCR values (as the
 /// TPM reports them) and the firmware's event log. Empty when every predicted PCR matches.
 pub fn check(
-    slot: &Slot,
+    slot: &SlotPrediction,
     live: &BTreeMap<u32, Sha256Digest>,
     log: Option<&EventLog>,
 ) -> Vec<String> {
@@ -181,7 +72,7 @@ pub fn check(
             problems.push(format!("PCR {n} could not be read"));
             continue;
         };
-        if hex::encode(value) == *expected {
+        if value == expected.as_bytes() {
             continue;
         }
         let why = match log {
@@ -198,12 +89,12 @@ pub fn check(
 
 /// Why PCR `n` differs: the first log event that is not the predicted one, or else the
 /// extends after the log.
-fn explain(slot: &Slot, n: u32, value: &Sha256Digest, log: &EventLog) -> String {
+fn explain(slot: &SlotPrediction, n: u32, value: &Sha256Digest, log: &EventLog) -> String {
     let expected: Vec<&Event> = slot.events.iter().filter(|e| e.pcr == n).collect();
     let seen: Vec<&eventlog::Event> = log.of_pcr(n).collect();
     for i in 0..expected.len().max(seen.len()) {
         match (expected.get(i), seen.get(i)) {
-            (Some(e), Some(s)) if e.sha256 == hex::encode(s.sha256) => continue,
+            (Some(e), Some(s)) if e.sha256.0 == s.sha256 => continue,
             (Some(e), Some(s)) => {
                 return format!(
                     "event {} of PCR {n} in the log is `{}` with sha256 {}, the prediction is `{}` {} with sha256 {}",
@@ -238,9 +129,9 @@ fn explain(slot: &Slot, n: u32, value: &Sha256Digest, log: &EventLog) -> String 
     }
     let replayed = log.replay().get(&n).copied().unwrap_or([0; 32]);
     let later: Vec<&Event> = slot.later.iter().filter(|e| e.pcr == n).collect();
-    let with_later = later.iter().fold(replayed, |v, e| {
-        pcr::extend(v, &pcr::from_hex(&e.sha256).unwrap_or([0; 32]))
-    });
+    let with_later = later
+        .iter()
+        .fold(replayed, |v, e| pcr::extend(v, &e.sha256.0));
     if with_later == *value {
         "the log's events are the predicted ones, yet the value differs (a changed prediction?)"
             .into()
@@ -280,7 +171,7 @@ mod tests {
             expected(11, b"ro quiet", ".cmdline data"),
         ];
         let later = vec![expected(11, b"ready", "ready")];
-        let slot = Slot::new(Some("A".into()), "00".into(), &events, &later, &[12]);
+        let slot = predict(Some(Slot::A), Sha256::default(), &events, &later, &[12]);
         let log_bytes = eventlog::tests::synth(&[
             (11, types::EV_IPL, b".cmdline\0"),
             (11, types::EV_IPL, b"ro quiet"),
@@ -342,16 +233,16 @@ mod tests {
     fn round_trip_and_refusals() {
         let m = Measurements {
             format_version: FORMAT_VERSION,
-            os: "host-os".into(),
-            version: "1.0.0".into(),
+            os: plinth_release::Os::HostOs,
+            version: "1.0.0".parse().unwrap(),
             platform: Platform {
                 firmware: "OVMF".into(),
                 secure_boot: false,
                 bank: "sha256".into(),
             },
-            slots: vec![Slot::new(
+            slots: vec![predict(
                 None,
-                "00".into(),
+                Sha256::default(),
                 &uefi::pcr7_secure_boot_off(),
                 &[],
                 &[],

@@ -3,7 +3,7 @@
 //! and SHA256SUMS.
 
 use super::{BadInput, CheckFailed, Global, Output};
-use crate::packages::cache::{sha256_file, Cache};
+use crate::packages::cache::Cache;
 use crate::packages::fetch::{fetch, FetchOptions};
 use crate::packages::lockfile::{Lock, LockedPackage, LockedSource};
 use crate::packages::mirror::Mirrors;
@@ -12,6 +12,7 @@ use crate::pipeline::{build, ovmf, release};
 use crate::spec;
 use crate::workspace::Workspace;
 use anyhow::Context;
+use plinth_release::{CommitId, Sha256, Version};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -87,13 +88,12 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
-    let version = args
+    let version: Version = args
         .release_version
         .clone()
-        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
-    if let Err(e) = crate::names::check_version(&version) {
-        return Err(BadInput(format!("--release-version {e}")).into());
-    }
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+        .parse()
+        .map_err(|e| BadInput(format!("--release-version {e}")))?;
     let (commit, commit_time) = source_commit(&ws.root);
     let epoch = match (args.source_date_epoch, commit_time) {
         (Some(e), _) => e,
@@ -144,7 +144,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             profile: &args.profile,
             version: &version,
             epoch,
-            commit: &commit,
+            commit,
             dirty,
             cache: &cache,
             stage_cache: (!args.no_cache).then_some(&stage_cache),
@@ -162,7 +162,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         report.releases.push(ReleaseSummary {
             os: os.to_string(),
             profile: args.profile.clone(),
-            version: version.clone(),
+            version: version.to_string(),
             dir: dir.display().to_string(),
             manifest,
         });
@@ -179,9 +179,9 @@ pub(super) struct ReleaseJob<'a> {
     pub source: &'a Workspace,
     pub os: &'a str,
     pub profile: &'a str,
-    pub version: &'a str,
+    pub version: &'a Version,
     pub epoch: i64,
-    pub commit: &'a str,
+    pub commit: CommitId,
     /// Whether the source tree differs from `commit`.
     pub dirty: bool,
     pub cache: &'a Cache,
@@ -270,8 +270,12 @@ pub(super) fn build_release(
         epoch: job.epoch,
         source_commit: job.commit,
         source_dirty: job.dirty,
-        lock_sha256: &sha256_file(&lock_path)?.0,
-        os_spec_sha256: &sha256_file(&spec_path)?.0,
+        lock_sha256: Sha256::of_file(&lock_path)
+            .with_context(|| format!("reading {}", lock_path.display()))?
+            .0,
+        os_spec_sha256: Sha256::of_file(&spec_path)
+            .with_context(|| format!("reading {}", spec_path.display()))?
+            .0,
         packages: &packages,
         firmware: firmware.as_ref().map(|f| release::ReleaseFirmware {
             firmware: f,
@@ -398,8 +402,9 @@ pub(super) fn source_dirty(root: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The source tree's commit and its time, when it is a git checkout.
-pub(super) fn source_commit(root: &Path) -> (String, Option<i64>) {
+/// The source tree's commit and its time, when it is a git checkout (all zeros otherwise:
+/// `plinth verify` refuses to rebuild such a release).
+pub(super) fn source_commit(root: &Path) -> (CommitId, Option<i64>) {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(root)
@@ -409,9 +414,12 @@ pub(super) fn source_commit(root: &Path) -> (String, Option<i64>) {
         Ok(o) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);
             let mut words = text.split_whitespace();
-            let commit = words.next().unwrap_or("unknown").to_string();
+            let commit = words
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_default();
             (commit, words.next().and_then(|t| t.parse().ok()))
         }
-        _ => ("unknown".to_string(), None),
+        _ => (CommitId::default(), None),
     }
 }

@@ -7,6 +7,7 @@ use super::{BadInput, Global, Output};
 use crate::compare::{self, Comparison};
 use crate::pipeline::manifest::{Manifest, SlotMeasurements};
 use anyhow::Context;
+use plinth_release::{CommitId, Os, Sha256, Slot};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,15 +49,15 @@ struct PackageChange {
 /// One measurement of one slot on both sides.
 #[derive(Debug, Serialize)]
 struct MeasurementChange {
-    slot: Option<String>,
+    slot: Option<Slot>,
     what: &'static str,
-    before: Option<String>,
-    after: Option<String>,
+    before: Option<Sha256>,
+    after: Option<Sha256>,
 }
 
 #[derive(Serialize)]
 struct Report<'a> {
-    os: &'a str,
+    os: Os,
     before: Summary<'a>,
     after: Summary<'a>,
     packages: Vec<PackageChange>,
@@ -68,7 +69,7 @@ struct Report<'a> {
 struct Summary<'a> {
     version: &'a str,
     profile: &'a str,
-    source_commit: &'a str,
+    source_commit: CommitId,
     source_date_epoch: i64,
 }
 
@@ -77,7 +78,7 @@ impl<'a> From<&'a Manifest> for Summary<'a> {
         Summary {
             version: &m.version,
             profile: &m.profile,
-            source_commit: &m.inputs.source_commit,
+            source_commit: m.inputs.source_commit,
             source_date_epoch: m.inputs.source_date_epoch,
         }
     }
@@ -104,7 +105,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let comparison = compare::compare(&a, &b, scratch.path()).map_err(super::compare_error)?;
     if out.json {
         return out.json_result(&Report {
-            os: &a.manifest.os,
+            os: a.manifest.os,
             before: (&a.manifest).into(),
             after: (&b.manifest).into(),
             packages,
@@ -118,10 +119,10 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         ma.os,
         ma.version,
         ma.profile,
-        &ma.inputs.source_commit[..12],
+        &ma.inputs.source_commit.to_hex()[..12],
         mb.version,
         mb.profile,
-        &mb.inputs.source_commit[..12]
+        &mb.inputs.source_commit.to_hex()[..12]
     );
     let count = |what: &str| packages.iter().filter(|p| kind(p) == what).count();
     println!(
@@ -140,10 +141,10 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
     println!("\nmeasurements: {} changed", measurements.len());
     for m in &measurements {
-        let v = |x: &Option<String>| x.clone().unwrap_or_else(|| "absent".into());
+        let v = |x: &Option<Sha256>| x.map_or_else(|| "absent".into(), |d| d.to_string());
         println!(
             "  slot {} {}: {} → {}",
-            m.slot.as_deref().unwrap_or("-"),
+            m.slot.map_or("-", Slot::as_str),
             m.what,
             v(&m.before),
             v(&m.after)
@@ -203,35 +204,35 @@ fn package_changes(
 }
 
 /// Reads one measurement of a slot.
-type Field = fn(&SlotMeasurements) -> Option<String>;
+type Field = fn(&SlotMeasurements) -> Option<Sha256>;
 
 fn measurement_changes(a: &Manifest, b: &Manifest) -> Vec<MeasurementChange> {
-    let by_slot = |m: &Manifest| -> BTreeMap<Option<String>, SlotMeasurements> {
+    let by_slot = |m: &Manifest| -> BTreeMap<Option<Slot>, SlotMeasurements> {
         m.measurements
             .slots
             .iter()
-            .map(|s| (s.slot.clone(), s.clone()))
+            .map(|s| (s.slot, s.clone()))
             .collect()
     };
     let (sa, sb) = (by_slot(a), by_slot(b));
-    let mut slots: Vec<&Option<String>> = sa.keys().chain(sb.keys()).collect();
+    let mut slots: Vec<&Option<Slot>> = sa.keys().chain(sb.keys()).collect();
     slots.sort();
     slots.dedup();
     let mut out = Vec::new();
     for slot in slots {
         let (x, y) = (sa.get(slot), sb.get(slot));
         let fields: [(&'static str, Field); 5] = [
-            ("verity root hash", |s| Some(s.verity_root_hash.clone())),
-            ("UKI sha256", |s| Some(s.uki_sha256.clone())),
-            ("PCR 4", |s| s.pcr4.clone()),
-            ("PCR 7", |s| s.pcr7.clone()),
-            ("PCR 11", |s| Some(s.pcr11.clone())),
+            ("verity root hash", |s| Some(s.verity_root_hash)),
+            ("UKI sha256", |s| Some(s.uki_sha256)),
+            ("PCR 4", |s| s.pcr4),
+            ("PCR 7", |s| s.pcr7),
+            ("PCR 11", |s| Some(s.pcr11)),
         ];
         for (what, get) in fields {
             let (before, after) = (x.and_then(get), y.and_then(get));
             if before != after {
                 out.push(MeasurementChange {
-                    slot: slot.clone(),
+                    slot: *slot,
                     what,
                     before,
                     after,

@@ -16,6 +16,8 @@ use super::{BadInput, CheckFailed, Global, Output};
 use crate::pipeline::{esp, measure, ovmf, release, snp};
 use anyhow::Context;
 use plinth_firmware::measurements::Measurements;
+use plinth_release::slot::{self, Slot};
+use plinth_release::{Os, Role, Version};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -81,7 +83,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 "{} {} slot {}:",
                 measured.os,
                 measured.version,
-                s.slot.as_deref().unwrap_or("none")
+                slot::or_none(s.slot)
             )?;
             for (n, v) in &s.pcrs {
                 writeln!(stdout, "  PCR {n:2}  {v}")?;
@@ -97,7 +99,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 writeln!(
                     stdout,
                     "  slot {} {:>3} x {:<14} {}",
-                    d.slot.as_deref().unwrap_or("none"),
+                    slot::or_none(d.slot),
                     d.vcpus,
                     d.vcpu_type,
                     d.measurement
@@ -138,7 +140,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
 }
 
 /// A slot (`None` without slots) and its UKI's bytes.
-type SlotUki = (Option<String>, Vec<u8>);
+type SlotUki = (Option<Slot>, Vec<u8>);
 
 /// The SEV-SNP launch digests of the release's own firmware and UKIs, for the launches its
 /// published file lists (`None` when it lists none).
@@ -156,12 +158,9 @@ fn launch_digests(
     };
     let slots: Vec<snp::SlotUki> = ukis
         .iter()
-        .map(|(slot, uki)| snp::SlotUki {
-            slot: slot.clone(),
-            uki,
-        })
+        .map(|(slot, uki)| snp::SlotUki { slot: *slot, uki })
         .collect();
-    let sha256 = crate::packages::cache::sha256_file(firmware)
+    let sha256 = plinth_release::Sha256::of_file(firmware)
         .with_context(|| format!("reading {}", firmware.display()))?
         .0;
     let snp_dir = scratch.join("snp");
@@ -171,7 +170,7 @@ fn launch_digests(
         &snp::FirmwareFile {
             path: firmware,
             name: ovmf::FIRMWARE_FILE,
-            sha256: &sha256,
+            sha256,
             edk2: &expected.firmware.edk2,
         },
         &snp::Launches::of(&expected),
@@ -185,8 +184,8 @@ fn launch_digests(
 /// The first thing `published` says differently from `measured`, in words.
 fn first_difference(published: &Measurements, measured: &Measurements) -> String {
     for m in &measured.slots {
-        let name = m.slot.as_deref().unwrap_or("none");
-        let Some(p) = published.slot(m.slot.as_deref()) else {
+        let name = slot::or_none(m.slot);
+        let Some(p) = published.slot(m.slot) else {
             return format!("has no slot {name}");
         };
         for (n, value) in &m.pcrs {
@@ -213,7 +212,7 @@ fn first_difference(published: &Measurements, measured: &Measurements) -> String
             if p != m {
                 return format!(
                     "says the SEV-SNP launch digest of slot {} on {} x {} is {} (the image gives {})",
-                    m.slot.as_deref().unwrap_or("none"),
+                    slot::or_none(m.slot),
                     m.vcpus,
                     m.vcpu_type,
                     p.measurement,
@@ -394,17 +393,25 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         // The last one counts, as for the kernel and the agent.
         let slot = String::from_utf8_lossy(&cmdline)
             .split_whitespace()
-            .filter_map(|w| w.strip_prefix("plinth.slot="))
+            .filter_map(|w| w.strip_prefix(slot::CMDLINE_KEY)?.strip_prefix('='))
             .next_back()
-            .map(str::to_string);
+            .map(str::parse::<Slot>)
+            .transpose()
+            .map_err(|e| bad(format!("{path}: its .cmdline's {}: {e}", slot::CMDLINE_KEY)))?;
         slots.push(measure::SlotFiles {
             slot,
             uki_path: path.clone(),
             uki: bytes,
         });
     }
-    slots.sort_by(|a, b| a.slot.cmp(&b.slot));
-    measure::predict(&os, &version, &loader, &slots).map_err(|e| bad(e.to_string()).into())
+    slots.sort_by_key(|s| s.slot);
+    let os: Os = os
+        .parse()
+        .map_err(|e| bad(format!("its UKI's .osrel IMAGE_ID: {e}")))?;
+    let version: Version = version
+        .parse()
+        .map_err(|e| bad(format!("its UKI's .osrel IMAGE_VERSION: {e}")))?;
+    measure::predict(os, &version, &loader, &slots).map_err(|e| bad(e.to_string()).into())
 }
 
 /// The prediction for a release: the boot loader from the disk archive's ESP (only that much
@@ -417,7 +424,7 @@ fn from_release(
     let esp = m
         .partitions
         .iter()
-        .find(|p| p.role == "esp")
+        .find(|p| p.role == Role::Esp)
         .ok_or_else(|| {
             BadInput(format!(
                 "{}: the release's disk has no ESP",
@@ -467,9 +474,9 @@ fn from_release(
     );
     let mut bounds = r.bounds(release::UPDATE_ARCHIVE);
     for s in &m.measurements.slots {
-        bounds = bounds.member(r.uki_member(s.slot.as_deref()), uki_bound.clone());
+        bounds = bounds.member(r.uki_member(s.slot), uki_bound.clone());
     }
-    let mut ukis: Vec<(Option<String>, String, Vec<u8>)> = Vec::new();
+    let mut ukis: Vec<(Option<Slot>, String, Vec<u8>)> = Vec::new();
     let mut refused: Option<String> = None;
     crate::pipeline::artifacts::for_each_member(
         &r.dir.join(release::UPDATE_ARCHIVE),
@@ -479,7 +486,7 @@ fn from_release(
                 .measurements
                 .slots
                 .iter()
-                .find(|s| name == r.uki_member(s.slot.as_deref()))
+                .find(|s| name == r.uki_member(s.slot))
             {
                 // `size` is within `uki_bound` and the reader gives no more than it; still,
                 // the buffer grows only as bytes arrive, within the budget.
@@ -495,7 +502,7 @@ fn from_release(
                     return Ok(false);
                 }
                 budget.spend(bytes.len());
-                ukis.push((s.slot.clone(), format!("EFI/Linux/{name}"), bytes));
+                ukis.push((s.slot, format!("EFI/Linux/{name}"), bytes));
             }
             Ok(ukis.len() < m.measurements.slots.len())
         },
@@ -517,13 +524,13 @@ fn from_release(
     let slots: Vec<measure::SlotFiles> = ukis
         .iter()
         .map(|(slot, path, bytes)| measure::SlotFiles {
-            slot: slot.clone(),
+            slot: *slot,
             uki_path: path.clone(),
             uki: bytes,
         })
         .collect();
     let measured =
-        measure::predict(&m.os, &m.version, &loader, &slots).map_err(|e| bad(e.to_string()))?;
+        measure::predict(m.os, &m.version, &loader, &slots).map_err(|e| bad(e.to_string()))?;
     Ok((
         measured,
         ukis.into_iter()

@@ -7,7 +7,7 @@ use super::build::{build_release, ReleaseJob};
 use super::{BadInput, CheckFailed, Global, Output};
 use crate::compare::release::{Release, ReleaseDirError};
 use crate::compare::{self, Comparison};
-use crate::packages::cache::{sha256_file, Cache};
+use crate::packages::cache::Cache;
 use crate::pipeline::artifacts;
 use crate::workspace::Workspace;
 use anyhow::Context;
@@ -60,7 +60,7 @@ struct Report<'a> {
     os: &'a str,
     version: &'a str,
     profile: &'a str,
-    source_commit: &'a str,
+    source_commit: plinth_release::CommitId,
     artifacts: &'a [compare::ArtifactDiff],
 }
 
@@ -75,8 +75,8 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
     let m = &release.manifest;
     let repo = Workspace::discover(g.root.as_deref())?;
-    let commit = m.inputs.source_commit.as_str();
-    if commit.bytes().all(|b| b == b'0') {
+    let commit = m.inputs.source_commit.to_hex();
+    if m.inputs.source_commit == plinth_release::CommitId::default() {
         return Err(BadInput(format!(
             "{}: the manifest records no source commit (inputs.source_commit is all zeros)\n  hint: only releases built from a git checkout can be rebuilt",
             release.dir.display()
@@ -91,7 +91,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
     // The manifest's names were checked when it was read (`Manifest::check`); the OS is
     // taken from plinth's own list, so no path below is built from the manifest's text.
-    let os = Workspace::select(&m.os)
+    let os = Workspace::select(m.os.as_str())
         .map_err(|e| BadInput(format!("{}: os: {e}", release.dir.display())))?[0];
     let temp;
     let work = match &args.work {
@@ -111,7 +111,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         "{} {} ({}): rebuilding from commit {commit}, SOURCE_DATE_EPOCH={}",
         m.os, m.version, m.profile, m.inputs.source_date_epoch
     ));
-    let source = export_commit(&repo.root, commit, &work.join("source"))?;
+    let source = export_commit(&repo.root, &commit, &work.join("source"))?;
     check_source_inputs(&source, os, &release)?;
 
     let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
@@ -123,7 +123,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         profile: &m.profile,
         version: &m.version,
         epoch: m.inputs.source_date_epoch,
-        commit,
+        commit: m.inputs.source_commit,
         dirty: false,
         cache: &cache,
         stage_cache: None,
@@ -232,9 +232,9 @@ fn check_source_inputs(source: &Workspace, os: &str, release: &Release) -> anyho
             ))
             .into());
         }
-        let (have, _) =
-            sha256_file(&path).with_context(|| format!("reading {}", path.display()))?;
-        if &have != want {
+        let (have, _) = plinth_release::Sha256::of_file(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if have != *want {
             problems.push(format!(
                 "  {}: sha256 {have} at commit {}, the manifest's {field} is {want}",
                 source.display(&path),
@@ -259,10 +259,10 @@ fn report(out: &Output, release: &Release, c: &Comparison, limit: usize) -> anyh
     if out.json {
         out.json_result(&Report {
             reproduced: differing.is_empty(),
-            os: &m.os,
+            os: m.os.as_str(),
             version: &m.version,
             profile: &m.profile,
-            source_commit: &m.inputs.source_commit,
+            source_commit: m.inputs.source_commit,
             artifacts: &c.artifacts,
         })?;
     } else if differing.is_empty() {

@@ -57,7 +57,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CompareError + '_ {
 /// One side's view of a file, member or partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Digest {
-    pub sha256: String,
+    pub sha256: plinth_release::Sha256,
     pub size: u64,
 }
 
@@ -215,8 +215,8 @@ fn compare_images(
     };
     match diff.format {
         "ext4" | "vfat" => {
-            let la = listings.get(a, &before.sha256, diff.format)?;
-            let lb = listings.get(b, &after.sha256, diff.format)?;
+            let la = listings.get(a, &before.sha256.to_hex(), diff.format)?;
+            let lb = listings.get(b, &after.sha256.to_hex(), diff.format)?;
             diff.changes = contents::changes(&la, &lb);
             if diff.changes.is_empty() {
                 diff.note = Some(
@@ -449,11 +449,11 @@ fn disk_parts(
                 name: name.to_string(),
                 format: "absent",
                 before: pa.map(|p| Digest {
-                    sha256: p.blocks_sha256.clone(),
+                    sha256: p.blocks_sha256,
                     size: p.size,
                 }),
                 after: pb.map(|p| Digest {
-                    sha256: p.blocks_sha256.clone(),
+                    sha256: p.blocks_sha256,
                     size: p.size,
                 }),
                 changes: Vec::new(),
@@ -528,7 +528,7 @@ fn update_members(
             if !p.is_file() {
                 return Ok(None);
             }
-            let (sha256, size) = crate::packages::cache::sha256_file(p).map_err(io(p))?;
+            let (sha256, size) = plinth_release::Sha256::of_file(p).map_err(io(p))?;
             Ok(Some(Digest { sha256, size }))
         };
         match (digest(&pa)?, digest(&pb)?) {
@@ -645,7 +645,7 @@ fn flatten(v: &serde_json::Value, path: String, out: &mut BTreeMap<String, Strin
 /// paths each (0: all), then a count of the rest. `labels` name the two sides.
 pub fn render_artifact(d: &ArtifactDiff, labels: (&str, &str), limit: usize) -> Vec<String> {
     let short = |x: &Option<Digest>| match x {
-        Some(d) => format!("{} ({} B)", &d.sha256[..16], d.size),
+        Some(d) => format!("{} ({} B)", &d.sha256.to_hex()[..16], d.size),
         None => "absent".to_string(),
     };
     let mut out = vec![format!(

@@ -8,9 +8,10 @@
 //! bounds are checked on each member's header before any of it is read or written, and the
 //! free space before it is written (see [`artifacts`]).
 
-use crate::packages::cache::sha256_reader;
 use crate::pipeline::artifacts;
 use crate::pipeline::manifest::{self, Manifest};
+use plinth_release::names::uki_stem;
+use plinth_release::{Role, Sha256, Slot};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -96,16 +97,19 @@ impl Release {
             let hashed = artifacts::open_untrusted(&file).and_then(|f| {
                 let size = f.metadata()?.len();
                 if size == o.size {
-                    sha256_reader(f)
+                    Sha256::of_reader(f).map(|(d, n)| (Some(d), n))
                 } else {
-                    Ok((String::from("(not read)"), size))
+                    Ok((None, size))
                 }
             });
             match hashed {
-                Ok((sha, size)) if sha == o.sha256 && size == o.size => {}
+                Ok((Some(sha), size)) if sha == o.sha256 && size == o.size => {}
                 Ok((sha, size)) => problems.push(format!(
-                    "  {}: sha256 {sha} ({size} B), the manifest says {} ({} B)",
-                    o.name, o.sha256, o.size
+                    "  {}: sha256 {} ({size} B), the manifest says {} ({} B)",
+                    o.name,
+                    sha.map_or_else(|| "(not read)".to_string(), |d| d.to_string()),
+                    o.sha256,
+                    o.size
                 )),
                 Err(e) => problems.push(format!("  {}: {e}", o.name)),
             }
@@ -122,7 +126,7 @@ impl Release {
     pub fn digest(&self, name: &str) -> Result<Option<super::Digest>, ReleaseDirError> {
         if let Some(o) = self.manifest.outputs.iter().find(|o| o.name == name) {
             return Ok(Some(super::Digest {
-                sha256: o.sha256.clone(),
+                sha256: o.sha256,
                 size: o.size,
             }));
         }
@@ -132,7 +136,7 @@ impl Release {
         }
         let file = artifacts::open_untrusted(&path).map_err(io(&path))?;
         let (sha256, size) =
-            sha256_reader(file.take(artifacts::MAX_TEXT + 1)).map_err(io(&path))?;
+            Sha256::of_reader(file.take(artifacts::MAX_TEXT + 1)).map_err(io(&path))?;
         if size > artifacts::MAX_TEXT {
             return Err(ReleaseDirError::Inconsistent {
                 path,
@@ -158,7 +162,7 @@ impl Release {
     }
 
     /// The largest partition of `role` (slots A and B are alike): (its name, size).
-    fn partition(&self, role: &str) -> Option<(&str, u64)> {
+    fn partition(&self, role: Role) -> Option<(&str, u64)> {
         self.manifest
             .partitions
             .iter()
@@ -195,13 +199,13 @@ impl Release {
                 },
             );
         } else if name == UPDATE_ARCHIVE {
-            for (member, role) in [("root.img", "root"), ("verity.img", "verity")] {
+            for (member, role) in [("root.img", Role::Root), ("verity.img", Role::Verity)] {
                 if let Some((part, size)) = self.partition(role) {
                     let why = format!("the {role} partition `{part}`'s {size} bytes");
                     bounds = bounds.member(member, plus(size, why));
                 }
             }
-            let esp = self.partition("esp").map(|(part, size)| {
+            let esp = self.partition(Role::Esp).map(|(part, size)| {
                 plus(
                     size,
                     format!("the ESP `{part}`'s {size} bytes (a UKI must fit on it)"),
@@ -209,7 +213,7 @@ impl Release {
             });
             if let Some(esp) = esp {
                 for s in &self.manifest.measurements.slots {
-                    bounds = bounds.member(self.uki_member(s.slot.as_deref()), esp.clone());
+                    bounds = bounds.member(self.uki_member(s.slot), esp.clone());
                 }
             }
         }
@@ -218,11 +222,8 @@ impl Release {
 
     /// The update archive's member holding the UKI of `slot`: `<os>-a.efi`, or `<os>.efi`
     /// without slots (as [`crate::pipeline::build::uki_name`] names them).
-    pub fn uki_member(&self, slot: Option<&str>) -> String {
-        match slot {
-            Some(x) => format!("{}-{}.efi", self.manifest.os, x.to_lowercase()),
-            None => format!("{}.efi", self.manifest.os),
-        }
+    pub fn uki_member(&self, slot: Option<Slot>) -> String {
+        format!("{}.efi", uki_stem(self.manifest.os.as_str(), slot))
     }
 
     /// Unpack every member of archive `name` into `dest` (made 0700), each within

@@ -162,7 +162,9 @@ impl Cache {
         let path = self.deb_path(sha256);
         match sha256_file(&path) {
             Ok((actual, _)) if actual == sha256 => Ok(Verification::Valid),
-            Ok((actual, _)) => Ok(Verification::Corrupt { actual }),
+            Ok((actual, _)) => Ok(Verification::Corrupt {
+                actual: actual.to_hex(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Verification::Missing),
             Err(e) => Err(io_err(&path, "read")(e)),
         }
@@ -367,21 +369,19 @@ fn hash_into(hasher: &mut Sha256, reader: &mut impl Read) -> std::io::Result<u64
     }
 }
 
-/// The sha256 (lower-case hex) and length of everything `reader` yields.
-pub fn sha256_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = Sha256::new();
-    let n = hash_into(&mut hasher, &mut reader)?;
-    Ok((hex::encode(hasher.finalize()), n))
+/// The sha256 and length of everything `reader` yields.
+pub fn sha256_reader(reader: impl Read) -> std::io::Result<(plinth_release::Sha256, u64)> {
+    plinth_release::Sha256::of_reader(reader)
 }
 
-/// The sha256 (lower-case hex) and length of a file.
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    sha256_reader(File::open(path)?)
+/// The sha256 and length of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<(plinth_release::Sha256, u64)> {
+    plinth_release::Sha256::of_file(path)
 }
 
-/// The sha256 (lower-case hex) of a byte slice.
+/// The sha256 of a byte slice, as lower-case hex (cache keys, listings).
 pub fn sha256_bytes(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    plinth_release::Sha256::of(data).to_hex()
 }
 
 #[cfg(test)]

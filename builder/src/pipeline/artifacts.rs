@@ -42,9 +42,8 @@
 //! [`check`] write and check `SHA256SUMS` in `sha256sum`'s format.
 
 use super::frames::{FrameIndex, FramePool, FrameWriter, FRAME};
-use crate::packages::cache::{sha256_file, sha256_reader};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use plinth_release::Sha256;
+use plinth_release::{FileName, Sha256Writer};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -117,24 +116,8 @@ impl TarEntry {
     }
 }
 
-/// A file of a release directory: its name there, sha256 (lower-case hex) and size.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ArtifactFile {
-    pub name: String,
-    pub sha256: String,
-    pub size: u64,
-}
-
-impl From<ArtifactFile> for super::manifest::OutputFile {
-    fn from(f: ArtifactFile) -> Self {
-        super::manifest::OutputFile {
-            name: f.name,
-            sha256: f.sha256,
-            size: f.size,
-        }
-    }
-}
+/// A file of a release directory: its name there, sha256 and size (the manifest's entry).
+pub use plinth_release::manifest::OutputFile;
 
 /// The zstd settings of an archive. Releases use [`Compression::RELEASE`]; others exist for
 /// measurements.
@@ -155,7 +138,7 @@ impl Compression {
 /// A line of `SHA256SUMS`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SumEntry {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub name: String,
 }
 
@@ -167,8 +150,8 @@ pub enum SumFailure {
     },
     Different {
         name: String,
-        expected: String,
-        actual: String,
+        expected: Sha256,
+        actual: Sha256,
     },
 }
 
@@ -320,7 +303,7 @@ pub fn write_tar_zst(
     out: &Path,
     entries: &[TarEntry],
     epoch: i64,
-) -> Result<ArtifactFile, ArtifactError> {
+) -> Result<OutputFile, ArtifactError> {
     Ok(write_tar_zst_with(
         out,
         entries,
@@ -334,7 +317,7 @@ pub fn write_tar_zst(
 /// An archive written by [`write_tar_zst_with`].
 #[derive(Debug, Clone)]
 pub struct WrittenArchive {
-    pub file: ArtifactFile,
+    pub file: OutputFile,
     /// Its frames, for reuse by later archives.
     pub frames: FrameIndex,
     /// Raw bytes whose frames were copied from `pool` instead of compressed.
@@ -357,12 +340,15 @@ pub fn write_tar_zst_with(
             "not a file path",
         )));
     };
+    let file_name: FileName = name.parse().map_err(|e| {
+        io_err(out, "write an archive to")(io::Error::new(io::ErrorKind::InvalidInput, e))
+    })?;
     let mtime = u64::try_from(epoch).map_err(|_| ArtifactError::BadEpoch { epoch })?;
     let sorted = sorted_entries(entries)?;
     let tmp = out.with_file_name(format!(".{name}.partial"));
     let result = (|| {
         let file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
-        let hashing = Hashing::new(BufWriter::with_capacity(CHUNK, file));
+        let hashing = Sha256Writer::new(BufWriter::with_capacity(CHUNK, file));
         let frames = FrameWriter::new(
             hashing,
             compression.level,
@@ -380,13 +366,17 @@ pub fn write_tar_zst_with(
         }
         tar.finish()?;
         let (hashing, index, reused) = tar.out.finish().map_err(io_err(out, "write"))?;
-        let (buffered, sha256, size) = hashing.into_parts();
+        let (buffered, sha256, size) = hashing.finish();
         let file = buffered
             .into_inner()
             .map_err(|e| io_err(out, "write")(e.into_error()))?;
         drop(file);
         Ok(WrittenArchive {
-            file: ArtifactFile { name, sha256, size },
+            file: OutputFile {
+                name: file_name,
+                sha256,
+                size,
+            },
             frames: index,
             reused,
         })
@@ -400,41 +390,6 @@ pub fn write_tar_zst_with(
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
-    }
-}
-
-/// A writer that hashes and counts what passes through it.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W: Write> Hashing<W> {
-    fn new(inner: W) -> Self {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    /// The inner writer, the sha256 (lower-case hex) and the byte count.
-    fn into_parts(self) -> (W, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.len)
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -702,56 +657,7 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
-/// The most a release's text file (manifest, SBOM, command line) may hold to be read whole.
-pub const MAX_TEXT: u64 = 64 << 20;
-
-/// Open a file of a release (hostile): never through a link (`O_NOFOLLOW`), never blocking
-/// on a FIFO (`O_NONBLOCK`), and only a regular file; a link, a device or a FIFO planted in
-/// a release directory (`/dev/zero`, a pipe nobody writes) is an error naming it.
-pub fn open_untrusted(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == nix::libc::ELOOP => io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a symbolic link: a release's files must be regular files",
-            ),
-            _ => e,
-        })?;
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file (a device, FIFO, socket or directory): a release's files must be regular files",
-        ));
-    }
-    Ok(file)
-}
-
-/// The bytes of the release file `path` ([`open_untrusted`]), refused when it holds more
-/// than `cap` bytes: nothing larger is read into memory.
-pub fn read_untrusted(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
-    let file = open_untrusted(path)?;
-    let len = file.metadata()?.len();
-    if len > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{len} bytes, more than the {cap} a release's text file may hold"),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("grew past the {cap} bytes a release's text file may hold"),
-        ));
-    }
-    Ok(bytes)
-}
+pub use plinth_release::untrusted::{open_untrusted, read_untrusted, MAX_TEXT};
 
 /// A new temporary directory `<TMPDIR>/<prefix>XXXXXX` with mode 0700, removed when dropped.
 /// (`tempfile`'s own directories get the default mode, 0755 under umask 022: anyone could
@@ -1319,11 +1225,11 @@ pub fn for_each_member(
 
 /// The sha256 (lower-case hex) of `len` bytes of `path` from `offset` (e.g. a partition of a
 /// disk image). Fails if the file ends first.
-pub fn sha256_range(path: &Path, offset: u64, len: u64) -> Result<String, ArtifactError> {
+pub fn sha256_range(path: &Path, offset: u64, len: u64) -> Result<Sha256, ArtifactError> {
     let mut f = File::open(path).map_err(io_err(path, "open"))?;
     f.seek(SeekFrom::Start(offset))
         .map_err(io_err(path, "seek"))?;
-    let (sha256, n) = sha256_reader(f.take(len)).map_err(io_err(path, "read"))?;
+    let (sha256, n) = Sha256::of_reader(f.take(len)).map_err(io_err(path, "read"))?;
     if n != len {
         return Err(io_err(path, "read")(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -1339,21 +1245,21 @@ pub fn sha256sums(dir: &Path, names: &[&str]) -> Result<String, ArtifactError> {
     for name in names {
         check_name(name)?;
         let path = dir.join(name);
-        let (sha256, size) = sha256_file(&path).map_err(io_err(&path, "hash"))?;
-        files.push(ArtifactFile {
+        let (sha256, size) = Sha256::of_file(&path).map_err(io_err(&path, "hash"))?;
+        let name = name.parse().map_err(|_| ArtifactError::BadName {
             name: name.to_string(),
-            sha256,
-            size,
-        });
+            reason: "is not one release file name (letters, digits and . _ + -)",
+        })?;
+        files.push(OutputFile { name, sha256, size });
     }
     Ok(format_sha256sums(&files))
 }
 
 /// `SHA256SUMS` text for files already hashed: `<sha256>  <name>\n`, sorted by name.
-pub fn format_sha256sums(files: &[ArtifactFile]) -> String {
-    let mut lines: Vec<(&str, &str)> = files
+pub fn format_sha256sums(files: &[OutputFile]) -> String {
+    let mut lines: Vec<(&str, String)> = files
         .iter()
-        .map(|f| (f.name.as_str(), f.sha256.as_str()))
+        .map(|f| (f.name.as_str(), f.sha256.to_hex()))
         .collect();
     lines.sort();
     lines
@@ -1383,11 +1289,11 @@ pub fn parse_sha256sums(text: &str, path: &Path) -> Result<Vec<SumEntry>, Artifa
         let (sha256, rest) = line
             .split_once(' ')
             .ok_or_else(|| bad("no space after the sha256".to_string()))?;
-        if !crate::packages::lockfile::is_sha256_hex(sha256) {
-            return Err(bad(format!(
+        let sha256: Sha256 = sha256.parse().map_err(|_| {
+            bad(format!(
                 "`{sha256}` is not a sha256: expected 64 lower-case hex digits"
-            )));
-        }
+            ))
+        })?;
         let name = rest
             .strip_prefix(' ')
             .or_else(|| rest.strip_prefix('*'))
@@ -1397,7 +1303,7 @@ pub fn parse_sha256sums(text: &str, path: &Path) -> Result<Vec<SumEntry>, Artifa
             return Err(bad(format!("`{name}` is listed twice")));
         }
         out.push(SumEntry {
-            sha256: sha256.to_string(),
+            sha256,
             name: name.to_string(),
         });
     }
@@ -1409,11 +1315,11 @@ pub fn check(dir: &Path, sums: &[SumEntry]) -> Result<(), ArtifactError> {
     let mut failures = Vec::new();
     for entry in sums {
         let path = dir.join(&entry.name);
-        match sha256_file(&path) {
+        match Sha256::of_file(&path) {
             Ok((actual, _)) if actual == entry.sha256 => {}
             Ok((actual, _)) => failures.push(SumFailure::Different {
                 name: entry.name.clone(),
-                expected: entry.sha256.clone(),
+                expected: entry.sha256,
                 actual,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => failures.push(SumFailure::Missing {

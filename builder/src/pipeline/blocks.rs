@@ -73,9 +73,8 @@ pub fn for_each_block(
     Ok(())
 }
 
-/// The partition digest (see the module comment) of `len` bytes of `path` from `offset`, as
-/// lower-case hex.
-pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<String> {
+/// The partition digest (see the module comment) of `len` bytes of `path` from `offset`.
+pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<plinth_release::Sha256> {
     let file = File::open(path)?;
     let mut outer = Sha256::new();
     let mut zero_digests: Vec<(u64, [u8; 32])> = Vec::new();
@@ -97,7 +96,7 @@ pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<String> {
         }
         Ok(())
     })?;
-    Ok(hex::encode(outer.finalize()))
+    Ok(plinth_release::Sha256(outer.finalize().into()))
 }
 
 /// Copy `len` bytes of `src` from `offset` into a new file `out`, zero blocks left as holes.

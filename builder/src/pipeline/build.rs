@@ -58,7 +58,7 @@ pub struct SlotBuild {
     pub cmdline: String,
     pub uki: PathBuf,
     /// PCR 11 after systemd-stub measured this UKI (hex).
-    pub pcr11: String,
+    pub pcr11: plinth_release::Sha256,
 }
 
 /// Everything a build produced, for the artifact stage.
@@ -70,7 +70,7 @@ pub struct Built {
     pub initrd: PathBuf,
     pub root_image: PathBuf,
     pub verity_image: PathBuf,
-    pub root_hash: String,
+    pub root_hash: plinth_release::Sha256,
     pub slots: Vec<SlotBuild>,
     pub esp_image: Option<PathBuf>,
     pub disk: PathBuf,
@@ -330,17 +330,17 @@ impl StageKeys {
                     initrd::ZSTD_LEVEL
                 ),
             )
-            .with("builder", builder.clone());
+            .with("builder", builder);
         let root_partition = p.partitions.iter().find(|q| q.role == Role::Root);
         let root_image = common("root-image")
             .with("packages", packages.digest())
-            .with("builder", builder.clone())
+            .with("builder", builder)
             .with("version", plan.version)
             .with("partition", format!("{root_partition:?}"));
         let mut image = common("image")
             .with("packages", packages.digest())
             .with("root-image", root_image.digest())
-            .with("builder", builder.clone())
+            .with("builder", builder)
             .with("profile", sha256_bytes(format!("{p:?}").as_bytes()))
             .with("version", plan.version)
             .with(
@@ -545,9 +545,9 @@ fn run_stages(
         let pcr11 = stage("uki").run(|| {
             let bytes = uki::build_uki(&stub_bytes, &sections)?;
             std::fs::write(&path, &bytes)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hex::encode(uki::predict_pcr11(
-                &bytes,
-            )?))
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(plinth_release::Sha256(
+                uki::predict_pcr11(&bytes)?,
+            ))
         })?;
         slot_builds.push(SlotBuild {
             slot: root_part.slot,
@@ -685,13 +685,7 @@ fn empty_filesystems(
 }
 
 /// `guest-os-a` for slot A, `setup-os` for a single-slot OS.
-pub fn uki_name(os: &str, slot: Option<Slot>) -> String {
-    match slot {
-        Some(Slot::A) => format!("{os}-a"),
-        Some(Slot::B) => format!("{os}-b"),
-        None => os.to_string(),
-    }
-}
+pub use plinth_release::names::uki_stem as uki_name;
 
 /// (root, verity) partitions per slot, slot A first.
 fn slot_partitions(p: &Profile) -> Result<Vec<(Partition, Partition)>, BuildError> {

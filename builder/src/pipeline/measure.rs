@@ -7,8 +7,11 @@
 //! why it is not predicted.
 
 use super::uki;
-use plinth_firmware::measurements::{Measurements, NotPredicted, Platform, Slot, FORMAT_VERSION};
+use plinth_firmware::measurements::{
+    self as predictions, Measurements, NotPredicted, Platform, FORMAT_VERSION,
+};
 use plinth_firmware::{authenticode, eventlog::types, pcr, uefi};
+use plinth_release::{Os, Sha256, Slot, Version};
 
 /// The platform the predictions hold for: what `plinth run --tpm` boots.
 pub const PLATFORM_FIRMWARE: &str =
@@ -25,7 +28,7 @@ pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 /// One slot's boot files.
 pub struct SlotFiles<'a> {
     /// `A`, `B`, or `None` for an OS without slots.
-    pub slot: Option<String>,
+    pub slot: Option<Slot>,
     /// The UKI's path on the ESP (e.g. `EFI/Linux/host-os-a.efi`) when a boot loader starts
     /// it (without one, the firmware starts it from [`LOADER_PATH`]).
     pub uki_path: String,
@@ -61,8 +64,8 @@ pub fn is_uki(default_boot: &[u8]) -> bool {
 /// boots once its UKI is installed at [`LOADER_PATH`] (the ESP holds one slot's at a time):
 /// its prediction is for that boot.
 pub fn predict(
-    os: &str,
-    version: &str,
+    os: Os,
+    version: &Version,
     default_boot: &[u8],
     slots: &[SlotFiles<'_>],
 ) -> Result<Measurements, MeasureError> {
@@ -129,9 +132,9 @@ pub fn predict(
             .collect();
         // Without a boot loader nothing passes options to the UKI: PCR 12 stays zero.
         let untouched: &[u32] = if loader.is_some() { &[] } else { &[12] };
-        out.push(Slot::new(
-            s.slot.clone(),
-            hex::encode(pcr::digest(s.uki)),
+        out.push(predictions::predict(
+            s.slot,
+            Sha256::of(s.uki),
             &events,
             &later,
             untouched,
@@ -139,8 +142,8 @@ pub fn predict(
     }
     Ok(Measurements {
         format_version: FORMAT_VERSION,
-        os: os.to_string(),
-        version: version.to_string(),
+        os,
+        version: version.clone(),
         platform: Platform {
             firmware: PLATFORM_FIRMWARE.into(),
             secure_boot: false,

@@ -14,7 +14,7 @@ pub mod frames;
 pub mod identity;
 pub mod ids;
 pub mod initrd;
-pub mod manifest;
+pub use plinth_release::manifest;
 pub mod measure;
 pub mod normalize;
 pub mod overlay;

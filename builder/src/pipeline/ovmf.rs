@@ -80,7 +80,7 @@ pub struct FirmwarePlan<'a> {
 #[derive(Debug, Clone)]
 pub struct Firmware {
     pub path: PathBuf,
-    pub sha256: String,
+    pub sha256: plinth_release::Sha256,
 }
 
 /// Build the firmware, or take it from the stage cache when its inputs are unchanged.
@@ -263,7 +263,9 @@ fn tarballs(source: &LockedSource) -> Result<(&str, &str), FirmwareError> {
 }
 
 fn found(path: &Path) -> Result<Firmware, FirmwareError> {
-    let sha256 = sha256_file(path).map_err(io("reading", path))?.0;
+    let sha256 = plinth_release::Sha256::of_file(path)
+        .map_err(io("reading", path))?
+        .0;
     Ok(Firmware {
         path: path.to_path_buf(),
         sha256,

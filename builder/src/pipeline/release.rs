@@ -4,15 +4,15 @@
 //! to a sibling `.partial` directory and renamed into place last: nothing partial reaches
 //! `out/`.
 
-use super::artifacts::{self, ArtifactFile, Compression, TarEntry};
+use super::artifacts::{self, Compression, OutputFile, TarEntry};
 use super::build::{uki_name, Built};
 use super::frames::FramePool;
 use super::manifest::{Inputs, Manifest, Measurements, PartitionImage, SlotMeasurements};
 use super::measure;
 use super::sbom;
-use crate::packages::cache::sha256_file;
 use crate::packages::lockfile::LockedPackage;
-use crate::spec::{Profile, Slot};
+use crate::spec::Profile;
+use plinth_release::{CommitId, Os, Sha256, Version};
 use std::path::{Path, PathBuf};
 
 /// File names in a release directory.
@@ -24,13 +24,13 @@ pub const MEASUREMENTS: &str = plinth_firmware::measurements::FILE_NAME;
 /// What a release records besides the build's outputs.
 pub struct ReleaseInputs<'a> {
     pub profile: &'a Profile,
-    pub version: &'a str,
+    pub version: &'a Version,
     pub epoch: i64,
-    pub source_commit: &'a str,
+    pub source_commit: CommitId,
     /// The source tree had uncommitted changes.
     pub source_dirty: bool,
-    pub lock_sha256: &'a str,
-    pub os_spec_sha256: &'a str,
+    pub lock_sha256: Sha256,
+    pub os_spec_sha256: Sha256,
     pub packages: &'a [&'a LockedPackage],
     /// The guest firmware built with the OS (GuestOS), and the SEV-SNP launches whose
     /// digests are published.
@@ -69,10 +69,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
     }
 }
 
-fn slot_text(slot: Option<Slot>) -> Option<String> {
-    slot.map(|s| format!("{s:?}"))
-}
-
 /// Write the release of `built` into `dir` (replacing it); returns its manifest.
 pub fn assemble(
     built: &Built,
@@ -81,6 +77,10 @@ pub fn assemble(
 ) -> Result<Manifest, ReleaseError> {
     let p = inputs.profile;
     let os = p.os.as_str();
+    let os_id: Os = os.parse().map_err(|message| ReleaseError::Io {
+        path: dir.display().to_string(),
+        message,
+    })?;
     let staging = PathBuf::from(format!("{}.partial", dir.display()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
@@ -96,7 +96,7 @@ pub fn assemble(
             pool.add_saved(&dir.join(name));
         }
     }
-    let mut outputs: Vec<ArtifactFile> = Vec::new();
+    let mut outputs: Vec<OutputFile> = Vec::new();
     let disk = TarEntry::new("disk.img", &built.disk)
         .with_anchors(built.written.partitions.iter().map(|w| w.offset));
     outputs.push(archive(
@@ -153,7 +153,7 @@ pub fn assemble(
         }
     }
     let start = std::time::Instant::now();
-    let mut measured = measurements(built, os, inputs.version)?;
+    let mut measured = measurements(built, os_id, inputs.version)?;
     if let (Some(m), Some(f)) = (measured.as_mut(), &inputs.firmware) {
         if let Some(launches) = &f.launches {
             m.snp = Some(snp_expected(built, f, launches, &staging)?);
@@ -180,7 +180,7 @@ pub fn assemble(
             version: inputs.version,
             profile: &p.profile,
             source_date_epoch: inputs.epoch,
-            lock_sha256: inputs.lock_sha256,
+            lock_sha256: &inputs.lock_sha256.to_hex(),
             release: &p.base.release,
             packages: inputs.packages,
             root: Some(&built.root_dir),
@@ -195,9 +195,12 @@ pub fn assemble(
         let spec = p.partitions.iter().find(|q| q.name == w.name);
         partitions.push(PartitionImage {
             number: w.number,
-            name: w.name.clone(),
-            role: format!("{:?}", w.role).to_lowercase(),
-            slot: spec.and_then(|q| slot_text(q.slot)),
+            name: w.name.parse().map_err(|message| ReleaseError::Io {
+                path: built.disk.display().to_string(),
+                message,
+            })?,
+            role: w.role,
+            slot: spec.and_then(|q| q.slot),
             offset: w.offset,
             size: w.size,
             blocks_sha256: super::blocks::blocks_sha256(&built.disk, w.offset, w.size)
@@ -206,35 +209,38 @@ pub fn assemble(
     }
     let mut slots = Vec::new();
     for s in &built.slots {
-        let slot = slot_text(s.slot);
+        let slot = s.slot;
         let predicted = measured
             .as_ref()
-            .and_then(|m| m.slot(slot.as_deref()))
+            .and_then(|m| m.slot(slot))
             .map(|p| &p.pcrs);
-        let pcr = |n: u32| predicted.and_then(|p| p.get(&n)).cloned();
+        let pcr = |n: u32| predicted.and_then(|p| p.get(&n)).copied();
         slots.push(SlotMeasurements {
             slot,
-            verity_root_hash: built.root_hash.clone(),
-            uki_sha256: sha256_file(&s.uki).map_err(io(&s.uki))?.0,
+            verity_root_hash: built.root_hash,
+            uki_sha256: Sha256::of_file(&s.uki).map_err(io(&s.uki))?.0,
             pcr4: pcr(4),
             pcr7: pcr(7),
-            pcr11: s.pcr11.clone(),
+            pcr11: s.pcr11,
         });
     }
     let manifest = Manifest {
         format_version: super::manifest::FORMAT_VERSION,
-        os: os.to_string(),
-        version: inputs.version.to_string(),
-        profile: p.profile.clone(),
+        os: os_id,
+        version: inputs.version.clone(),
+        profile: p.profile.parse().map_err(|message| ReleaseError::Io {
+            path: dir.display().to_string(),
+            message,
+        })?,
         inputs: Inputs {
-            source_commit: inputs.source_commit.to_string(),
+            source_commit: inputs.source_commit,
             source_dirty: inputs.source_dirty,
             source_date_epoch: inputs.epoch,
-            lock_sha256: inputs.lock_sha256.to_string(),
-            os_spec_sha256: inputs.os_spec_sha256.to_string(),
+            lock_sha256: inputs.lock_sha256,
+            os_spec_sha256: inputs.os_spec_sha256,
             builder_version: env!("CARGO_PKG_VERSION").to_string(),
         },
-        outputs: outputs.iter().cloned().map(Into::into).collect(),
+        outputs: outputs.clone(),
         partitions,
         measurements: Measurements {
             slots,
@@ -301,17 +307,11 @@ fn snp_expected(
 ) -> Result<plinth_firmware::snp::SnpExpected, ReleaseError> {
     let mut ukis = Vec::new();
     for s in &built.slots {
-        ukis.push((
-            slot_text(s.slot),
-            std::fs::read(&s.uki).map_err(io(&s.uki))?,
-        ));
+        ukis.push((s.slot, std::fs::read(&s.uki).map_err(io(&s.uki))?));
     }
     let slots: Vec<super::snp::SlotUki> = ukis
         .iter()
-        .map(|(slot, uki)| super::snp::SlotUki {
-            slot: slot.clone(),
-            uki,
-        })
+        .map(|(slot, uki)| super::snp::SlotUki { slot: *slot, uki })
         .collect();
     let firmware = staging.join(super::ovmf::FIRMWARE_FILE);
     let scratch = staging.join(".snp-scratch");
@@ -319,7 +319,7 @@ fn snp_expected(
         &super::snp::FirmwareFile {
             path: &firmware,
             name: super::ovmf::FIRMWARE_FILE,
-            sha256: &f.firmware.sha256,
+            sha256: f.firmware.sha256,
             edk2: f.edk2,
         },
         launches,
@@ -335,8 +335,8 @@ fn snp_expected(
 /// each slot's UKI; `None` for an OS without an ESP.
 fn measurements(
     built: &Built,
-    os: &str,
-    version: &str,
+    os: Os,
+    version: &Version,
 ) -> Result<Option<plinth_firmware::measurements::Measurements>, ReleaseError> {
     let Some(esp) = &built.esp_image else {
         return Ok(None);
@@ -354,8 +354,8 @@ fn measurements(
     let slots: Vec<measure::SlotFiles> = ukis
         .iter()
         .map(|(s, bytes)| measure::SlotFiles {
-            slot: slot_text(s.slot),
-            uki_path: format!("EFI/Linux/{}.efi", uki_name(os, s.slot)),
+            slot: s.slot,
+            uki_path: format!("EFI/Linux/{}.efi", uki_name(os.as_str(), s.slot)),
             uki: bytes,
         })
         .collect();
@@ -374,7 +374,7 @@ fn archive(
     entries: &[TarEntry],
     inputs: &ReleaseInputs<'_>,
     pool: &mut FramePool,
-) -> Result<ArtifactFile, ReleaseError> {
+) -> Result<OutputFile, ReleaseError> {
     let start = std::time::Instant::now();
     let dest = staging.join(name);
     let cached = built.cache_entry.as_ref().map(|d| d.join(name));
@@ -414,11 +414,11 @@ fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
 }
 
-fn artifact(path: &Path, name: &str) -> Result<ArtifactFile, ReleaseError> {
-    let (sha256, size) = sha256_file(path).map_err(io(path))?;
-    Ok(ArtifactFile {
-        name: name.to_string(),
-        sha256,
-        size,
-    })
+fn artifact(path: &Path, name: &str) -> Result<OutputFile, ReleaseError> {
+    let (sha256, size) = Sha256::of_file(path).map_err(io(path))?;
+    let name = name.parse().map_err(|message| ReleaseError::Io {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok(OutputFile { name, sha256, size })
 }

@@ -6,6 +6,8 @@
 use super::uki;
 use plinth_firmware::snp::digest::{LaunchImage, GUEST_FEATURES, VMM};
 use plinth_firmware::snp::{GuestFirmware, LaunchDigest, Policy, SnpExpected};
+use plinth_release::slot::{self, Slot};
+use plinth_release::Sha256;
 use std::path::Path;
 
 /// The launches to compute, as `os.yaml` (or a published file) lists them.
@@ -52,14 +54,14 @@ pub struct FirmwareFile<'a> {
     pub path: &'a Path,
     /// Its name in the release.
     pub name: &'a str,
-    pub sha256: &'a str,
+    pub sha256: Sha256,
     /// The Debian edk2 version it was built from.
     pub edk2: &'a str,
 }
 
 /// A slot's UKI.
 pub struct SlotUki<'a> {
-    pub slot: Option<String>,
+    pub slot: Option<Slot>,
     pub uki: &'a [u8],
 }
 
@@ -90,7 +92,7 @@ pub fn expected(
     std::fs::create_dir_all(scratch).map_err(io(scratch))?;
     let mut launch_digests = Vec::new();
     for s in slots {
-        let name = s.slot.as_deref().unwrap_or("none");
+        let name = slot::or_none(s.slot);
         let section = |section: &str| {
             uki::section(s.uki, section).map_err(|source| SnpError::Uki {
                 slot: name.to_string(),
@@ -108,7 +110,7 @@ pub fn expected(
         for &vcpus in &launches.vcpus {
             for vcpu_type in &launches.vcpu_types {
                 launch_digests.push(LaunchDigest {
-                    slot: s.slot.clone(),
+                    slot: s.slot,
                     vcpus,
                     vcpu_type: vcpu_type.clone(),
                     measurement: image.digest(vcpus, vcpu_type)?,
@@ -119,7 +121,7 @@ pub fn expected(
     Ok(SnpExpected {
         firmware: GuestFirmware {
             file: firmware.name.to_string(),
-            sha256: firmware.sha256.to_string(),
+            sha256: firmware.sha256,
             edk2: firmware.edk2.to_string(),
         },
         vmm: VMM.to_string(),

@@ -27,8 +27,8 @@ const PER_BLOCK_BITS: u32 = 7;
 /// A formatted hash tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerityTree {
-    /// Hex root hash.
-    pub root_hash: String,
+    /// The root hash.
+    pub root_hash: plinth_release::Sha256,
     /// Size of the hash tree file in bytes.
     pub hash_size: u64,
 }
@@ -141,7 +141,7 @@ pub fn format(
     }
     out.set_len(needed).map_err(io(hash))?;
     Ok(VerityTree {
-        root_hash: hex::encode(level[0]),
+        root_hash: plinth_release::Sha256(level[0]),
         hash_size: needed,
     })
 }
@@ -194,9 +194,16 @@ fn superblock(salt: &[u8], uuid: &[u8], data_blocks: u64) -> Vec<u8> {
 }
 
 /// Check `data` against `hash` and `root_hash` with `veritysetup verify`.
-pub fn verify(data: &Path, hash: &Path, root_hash: &str) -> Result<(), VerityError> {
+pub fn verify(
+    data: &Path,
+    hash: &Path,
+    root_hash: &plinth_release::Sha256,
+) -> Result<(), VerityError> {
     let mut cmd = Command::new("veritysetup");
-    cmd.arg("verify").arg(data).arg(hash).arg(root_hash);
+    cmd.arg("verify")
+        .arg(data)
+        .arg(hash)
+        .arg(root_hash.to_hex());
     super::tool::run("veritysetup", "cryptsetup-bin", &mut cmd)?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The OSes plinth builds, in build order. Each lives in a directory of the same name.
-pub const OS_NAMES: [&str; 3] = ["guest-os", "host-os", "setup-os"];
+pub use plinth_release::names::OS_NAMES;
 
 /// One `os.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,26 +148,7 @@ pub enum Filesystem {
     Raw,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// The EFI system partition (systemd-boot and the UKIs).
-    Esp,
-    /// A root filesystem (verity-protected).
-    Root,
-    /// The dm-verity hash tree of the root in the same slot.
-    Verity,
-    /// Node configuration written at install time.
-    Config,
-    /// Persistent data (e.g. the replica's state, LVM for GuestOS disks).
-    Data,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Slot {
-    A,
-    B,
-}
+pub use plinth_release::{Role, Slot};
 
 /// Kernel settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

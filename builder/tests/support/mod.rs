@@ -27,12 +27,12 @@ pub fn hex(c: char) -> String {
 /// A slot's measurements: verity root hash `a…`, UKI sha256 `b…`, the PCRs given.
 pub fn slot(slot: Option<&str>, pcr4: Option<String>, pcr11: String) -> SlotMeasurements {
     SlotMeasurements {
-        slot: slot.map(str::to_string),
-        verity_root_hash: hex('a'),
-        uki_sha256: hex('b'),
-        pcr4,
+        slot: slot.map(|s| s.parse().unwrap()),
+        verity_root_hash: hex('a').parse().unwrap(),
+        uki_sha256: hex('b').parse().unwrap(),
+        pcr4: pcr4.map(|p| p.parse().unwrap()),
         pcr7: None,
-        pcr11,
+        pcr11: pcr11.parse().unwrap(),
     }
 }
 
@@ -47,15 +47,15 @@ pub fn sample_manifest(
     outputs.sort();
     Manifest {
         format_version: manifest::FORMAT_VERSION,
-        os: os.into(),
-        version: "1.0.0".into(),
-        profile: "test".into(),
+        os: os.parse().unwrap(),
+        version: "1.0.0".parse().unwrap(),
+        profile: "test".parse().unwrap(),
         inputs: Inputs {
-            source_commit: "c".repeat(40),
+            source_commit: "c".repeat(40).parse().unwrap(),
             source_dirty: false,
             source_date_epoch: EPOCH,
-            lock_sha256: hex('1'),
-            os_spec_sha256: hex('2'),
+            lock_sha256: hex('1').parse().unwrap(),
+            os_spec_sha256: hex('2').parse().unwrap(),
             builder_version: "0.1.0".into(),
         },
         outputs,
@@ -69,9 +69,9 @@ pub fn sample_manifest(
 
 /// The manifest's entry for the file `name` of the release directory `dir`.
 pub fn output_file(dir: &std::path::Path, name: &str) -> OutputFile {
-    let (sha256, size) = plinth::packages::cache::sha256_file(&dir.join(name)).unwrap();
+    let (sha256, size) = plinth_release::Sha256::of_file(&dir.join(name)).unwrap();
     OutputFile {
-        name: name.into(),
+        name: name.parse().unwrap(),
         sha256,
         size,
     }
@@ -89,9 +89,9 @@ pub fn partition(
 ) -> PartitionImage {
     PartitionImage {
         number,
-        name: name.into(),
-        role: role.into(),
-        slot: (role == "root").then(|| "A".to_string()),
+        name: name.parse().unwrap(),
+        role: serde_json::from_value(serde_json::json!(role)).unwrap(),
+        slot: (role == "root").then_some(plinth_release::Slot::A),
         offset,
         size,
         blocks_sha256: plinth::pipeline::blocks::blocks_sha256(disk, offset, size).unwrap(),

@@ -89,9 +89,12 @@ impl LaunchImage {
         })
     }
 
-    /// The launch digest (96 lower-case hex digits) of this image on `vcpus` vCPUs of
-    /// `vcpu_type`.
-    pub fn digest(&self, vcpus: u32, vcpu_type: &str) -> Result<String, DigestError> {
+    /// The launch digest of this image on `vcpus` vCPUs of `vcpu_type`.
+    pub fn digest(
+        &self,
+        vcpus: u32,
+        vcpu_type: &str,
+    ) -> Result<plinth_release::Measurement, DigestError> {
         let cpu = cpu_type(vcpu_type)?;
         let launch = |message: String| DigestError::Launch {
             vcpus,
@@ -113,7 +116,9 @@ impl LaunchImage {
             vmm_type: Some(VMMType::QEMU),
         };
         let digest = snp_calc_launch_digest(args).map_err(|e| launch(e.to_string()))?;
-        Ok(digest.get_hex_ld().to_ascii_lowercase())
+        let hex = digest.get_hex_ld().to_ascii_lowercase();
+        hex.parse()
+            .map_err(|e| launch(format!("the sev crate's digest: {e}")))
     }
 }
 

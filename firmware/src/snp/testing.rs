@@ -315,12 +315,13 @@ pub fn set_tcb(report: &mut [u8], tcb: &Tcb) {
 /// Expectations of slot A's launch with `measurement` (and slot B's with another digest),
 /// with QEMU's default policy.
 pub fn expected_for(measurement: &[u8]) -> SnpExpected {
-    let mut expected = SnpExpected::single(&hex::encode(measurement), "EPYC-v4");
+    let digest = plinth_release::Measurement(measurement.try_into().expect("48 bytes"));
+    let mut expected = SnpExpected::single(digest, "EPYC-v4");
     expected.launch_digests.push(LaunchDigest {
-        slot: Some("B".into()),
+        slot: Some(plinth_release::Slot::B),
         vcpus: 4,
         vcpu_type: "EPYC-v4".into(),
-        measurement: "11".repeat(48),
+        measurement: plinth_release::Measurement([0x11; 48]),
     });
     expected
 }

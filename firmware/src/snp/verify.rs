@@ -750,7 +750,7 @@ impl Context<'_> {
 }
 
 fn measurement(report: &Report, expected: &SnpExpected) -> CheckResult {
-    let seen = hex::encode(report.parsed.measurement);
+    let seen = plinth_release::Measurement(report.parsed.measurement);
     let matches = expected.matching(&seen);
     if matches.is_empty() {
         return result(
@@ -767,7 +767,7 @@ fn measurement(report: &Report, expected: &SnpExpected) -> CheckResult {
         .map(|d| {
             format!(
                 "slot {}, {} vCPUs, {}",
-                d.slot.as_deref().unwrap_or("none"),
+                plinth_release::slot::or_none(d.slot),
                 d.vcpus,
                 d.vcpu_type
             )

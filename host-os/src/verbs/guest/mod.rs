@@ -7,9 +7,9 @@ mod control;
 mod exec_qemu;
 mod launch;
 
-use plinth_firmware::measurements::Measurements;
 use plinth_host::plan::{self, Layout, SevRequest, VmRequest};
 use plinth_host::topology::sysfs;
+use plinth_release::measurements::Measurements;
 use std::io::Write as _;
 use std::path::Path;
 use std::path::PathBuf;

@@ -6,16 +6,18 @@
 //! its span ([`super::blocks`]), and the boot measurements of each slot (verity root hash, UKI sha256, predicted
 //! PCR 11). The file is pretty JSON with a trailing newline; field order is fixed by the types
 //! and every list is sorted ([`Manifest::to_bytes`]), so equal manifests are equal bytes and a
-//! plain `diff` of two manifests reads well. Only serde types live here, so that the node
-//! side can share them later. A change of meaning bumps [`FORMAT_VERSION`]; readers refuse
-//! versions they do not know and fields they do not know.
+//! plain `diff` of two manifests reads well. A change of meaning bumps [`FORMAT_VERSION`];
+//! readers refuse versions they do not know and fields they do not know.
+//!
+//! Every name and digest is typed ([`crate::names`], [`crate::digest`]): a manifest that
+//! parses holds only legal names and hex, and an error names the field (`outputs[1].sha256`).
+//! What types cannot say (lists sorted, each entry once) is [`Manifest::parse`]'s check.
 
-use crate::names;
+use crate::digest::{CommitId, Sha256};
+use crate::names::{FileName, Name, Os, Role, Version};
+use crate::slot::Slot;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// The partition roles a manifest may name (os.yaml's `role`).
-const ROLES: [&str; 5] = ["esp", "root", "verity", "config", "data"];
 
 /// The manifest format this plinth reads and writes.
 /// Version 2: partitions carry `blocks_sha256` (sha256 over their 1 MiB blocks' sha256s) in
@@ -33,10 +35,10 @@ pub const MAX_SIZE: u64 = 4 << 20;
 pub struct Manifest {
     pub format_version: u32,
     /// `guest-os`, `host-os` or `setup-os`.
-    pub os: String,
-    pub version: String,
+    pub os: Os,
+    pub version: Version,
     /// `prod` or `test`.
-    pub profile: String,
+    pub profile: Name,
     pub inputs: Inputs,
     /// The release files (archives, SBOM), sorted by name.
     pub outputs: Vec<OutputFile>,
@@ -50,7 +52,7 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct Inputs {
     /// The git commit of the plinth tree (40 hex digits).
-    pub source_commit: String,
+    pub source_commit: CommitId,
     /// The tree had uncommitted changes: a rebuild from `source_commit` is not expected to
     /// match. Absent in older manifests (false).
     #[serde(default)]
@@ -58,9 +60,9 @@ pub struct Inputs {
     /// SOURCE_DATE_EPOCH: every time in every image.
     pub source_date_epoch: i64,
     /// sha256 of the OS's `packages.lock`.
-    pub lock_sha256: String,
+    pub lock_sha256: Sha256,
     /// sha256 of the OS's `os.yaml`.
-    pub os_spec_sha256: String,
+    pub os_spec_sha256: Sha256,
     /// The plinth that built it (its version; the commit says the rest).
     pub builder_version: String,
 }
@@ -69,8 +71,8 @@ pub struct Inputs {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputFile {
-    pub name: String,
-    pub sha256: String,
+    pub name: FileName,
+    pub sha256: Sha256,
     pub size: u64,
 }
 
@@ -81,18 +83,18 @@ pub struct PartitionImage {
     /// GPT partition number, from 1.
     pub number: u32,
     /// The os.yaml name, e.g. `root-a`.
-    pub name: String,
+    pub name: Name,
     /// The os.yaml role: `esp`, `root`, `verity`, `config` or `data`.
-    pub role: String,
+    pub role: Role,
     /// `A` or `B` for update slots, `null` otherwise.
-    pub slot: Option<String>,
+    pub slot: Option<Slot>,
     /// Byte offset in the disk image.
     pub offset: u64,
     /// Bytes the partition spans.
     pub size: u64,
-    /// The block digest ([`super::blocks::blocks_sha256`]) of the partition's whole span in the
-    /// disk image (`size` bytes from `offset`): sha256 over the sha256 of each 1 MiB block.
-    pub blocks_sha256: String,
+    /// The block digest of the partition's whole span in the disk image (`size` bytes from
+    /// `offset`): sha256 over the sha256 of each 1 MiB block.
+    pub blocks_sha256: Sha256,
 }
 
 /// What the boot chain measures.
@@ -105,7 +107,7 @@ pub struct Measurements {
     /// For an OS launched as an SEV-SNP guest: the launch digest of every slot, vCPU count
     /// and vCPU type (measurements.json has the firmware and policy beside them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub snp: Vec<plinth_firmware::snp::LaunchDigest>,
+    pub snp: Vec<crate::measurements::LaunchDigest>,
 }
 
 /// The measurements of one boot slot.
@@ -113,19 +115,19 @@ pub struct Measurements {
 #[serde(deny_unknown_fields)]
 pub struct SlotMeasurements {
     /// `A`, `B` or `null`.
-    pub slot: Option<String>,
+    pub slot: Option<Slot>,
     /// The dm-verity root hash of the slot's root filesystem (hex), as on its command line.
-    pub verity_root_hash: String,
+    pub verity_root_hash: Sha256,
     /// sha256 of the slot's UKI.
-    pub uki_sha256: String,
+    pub uki_sha256: Sha256,
     /// The predicted PCR 4 (SHA-256 bank, hex) once the system is up (measurements.json has
     /// its events); absent for an OS without an ESP.
-    pub pcr4: Option<String>,
+    pub pcr4: Option<Sha256>,
     /// The predicted PCR 7, likewise.
-    pub pcr7: Option<String>,
+    pub pcr7: Option<Sha256>,
     /// The predicted PCR 11 (SHA-256 bank, hex) as systemd-stub leaves it, before the boot
     /// phases (measurements.json has the value once the system is up).
-    pub pcr11: String,
+    pub pcr11: Sha256,
 }
 
 /// A manifest that cannot be read, or that is not one.
@@ -157,7 +159,7 @@ pub enum ManifestError {
 
 impl Manifest {
     /// Read and check a manifest file.
-    /// Releases are downloaded: the file is opened as [`super::artifacts::open_untrusted`]
+    /// Releases are downloaded: the file is opened as [`crate::untrusted::open_untrusted`]
     /// says (a regular file, not through a link) and refused past [`MAX_SIZE`] bytes.
     pub fn read(path: &Path) -> Result<Manifest, ManifestError> {
         let io = |source| ManifestError::Io {
@@ -165,7 +167,7 @@ impl Manifest {
             action: "read",
             source,
         };
-        let bytes = super::artifacts::read_untrusted(path, MAX_SIZE).map_err(io)?;
+        let bytes = crate::untrusted::read_untrusted(path, MAX_SIZE).map_err(io)?;
         let text = String::from_utf8(bytes).map_err(|e| {
             io(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -179,10 +181,10 @@ impl Manifest {
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         // The version first, so that a newer format is refused as such, not as unknown fields.
         #[derive(Deserialize)]
-        struct Version {
+        struct Format {
             format_version: u32,
         }
-        if let Ok(v) = serde_json::from_str::<Version>(text) {
+        if let Ok(v) = serde_json::from_str::<Format>(text) {
             if v.format_version != FORMAT_VERSION {
                 return Err(ManifestError::Version {
                     path: path.to_path_buf(),
@@ -190,13 +192,33 @@ impl Manifest {
                 });
             }
         }
-        let manifest: Manifest =
-            serde_json::from_str(text).map_err(|e| ManifestError::Malformed {
-                path: path.to_path_buf(),
-                line: e.line(),
-                column: e.column(),
-                message: e.to_string(),
-            })?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let malformed = |e: serde_json::Error| ManifestError::Malformed {
+            path: path.to_path_buf(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        };
+        let manifest: Manifest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let e = e.into_inner();
+            if e.is_data() && field != "." {
+                // A field's value broke its type's rule: name the field.
+                let at = format!(" at line {} column {}", e.line(), e.column());
+                let message = e.to_string();
+                ManifestError::Invalid {
+                    path: path.to_path_buf(),
+                    field,
+                    message: format!(
+                        "{}\n  {NAMES_HINT}",
+                        message.strip_suffix(&at).unwrap_or(&message)
+                    ),
+                }
+            } else {
+                malformed(e)
+            }
+        })?;
+        de.end().map_err(malformed)?;
         manifest
             .check()
             .map_err(|(field, message)| ManifestError::Invalid {
@@ -212,7 +234,7 @@ impl Manifest {
         let mut m = self.clone();
         m.outputs.sort();
         m.partitions.sort_by_key(|p| p.number);
-        m.measurements.slots.sort_by(|a, b| a.slot.cmp(&b.slot));
+        m.measurements.slots.sort_by_key(|s| s.slot);
         let mut out = serde_json::to_vec_pretty(&m).expect("a manifest always serializes");
         out.push(b'\n');
         out
@@ -227,102 +249,46 @@ impl Manifest {
         })
     }
 
-    /// The first field that is not well formed, as (field path, what is wrong).
+    /// The first list that is out of order or names an entry twice, as (field path, what
+    /// is wrong): what the types cannot say.
     fn check(&self) -> Result<(), (String, String)> {
-        let digest = |field: String, value: &str, len: usize| {
-            if value.len() == len
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                Ok(())
-            } else {
-                Err((
-                    field,
-                    format!("`{value}`: expected {len} lower-case hex digits"),
-                ))
-            }
-        };
-        let slot = |field: String, value: &Option<String>| match value.as_deref() {
-            None | Some("A") | Some("B") => Ok(()),
-            Some(other) => Err((field, format!("`{other}`: expected \"A\", \"B\" or null"))),
-        };
-        // Names first: every one of them becomes part of a path somewhere (the rebuilt
-        // release's directory, the spec and lock read from the source, files opened in the
-        // release), so each passes the rule `plinth build` applies to what it writes.
-        let name = |field: String, checked: Result<(), String>| {
-            checked.map_err(|message| (field, format!("{message}\n  hint: a release's names come from `plinth build`; this manifest was crafted or damaged: do not use the release")))
-        };
-        name("os".into(), names::check_os(&self.os))?;
-        name("version".into(), names::check_version(&self.version))?;
-        name("profile".into(), names::check_simple_name(&self.profile))?;
-        digest(
-            "inputs.source_commit".into(),
-            &self.inputs.source_commit,
-            40,
-        )?;
-        digest("inputs.lock_sha256".into(), &self.inputs.lock_sha256, 64)?;
-        digest(
-            "inputs.os_spec_sha256".into(),
-            &self.inputs.os_spec_sha256,
-            64,
-        )?;
-        for (i, o) in self.outputs.iter().enumerate() {
-            name(
-                format!("outputs[{i}].name"),
-                names::check_file_name(&o.name),
-            )?;
-            digest(format!("outputs[{i}].sha256"), &o.sha256, 64)?;
-            if i > 0 && self.outputs[i - 1].name >= o.name {
+        for (i, o) in self.outputs.iter().enumerate().skip(1) {
+            if self.outputs[i - 1].name >= o.name {
                 return Err((
                     format!("outputs[{i}].name"),
                     format!("`{}`: outputs must be sorted by name, each once", o.name),
                 ));
             }
         }
-        for (i, p) in self.partitions.iter().enumerate() {
-            name(
-                format!("partitions[{i}].name"),
-                names::check_simple_name(&p.name),
-            )?;
-            if !ROLES.contains(&p.role.as_str()) {
-                return Err((
-                    format!("partitions[{i}].role"),
-                    format!(
-                        "`{}`: expected one of {}",
-                        p.role.escape_debug(),
-                        ROLES.join(", ")
-                    ),
-                ));
-            }
-            digest(
-                format!("partitions[{i}].blocks_sha256"),
-                &p.blocks_sha256,
-                64,
-            )?;
-            slot(format!("partitions[{i}].slot"), &p.slot)?;
-            if i > 0 && self.partitions[i - 1].number >= p.number {
+        for (i, p) in self.partitions.iter().enumerate().skip(1) {
+            if self.partitions[i - 1].number >= p.number {
                 return Err((
                     format!("partitions[{i}].number"),
                     format!("{}: partitions must be in GPT order", p.number),
                 ));
             }
         }
-        for (i, s) in self.measurements.slots.iter().enumerate() {
-            let at = |f: &str| format!("measurements.slots[{i}].{f}");
-            slot(at("slot"), &s.slot)?;
-            digest(at("verity_root_hash"), &s.verity_root_hash, 64)?;
-            digest(at("uki_sha256"), &s.uki_sha256, 64)?;
-            digest(at("pcr11"), &s.pcr11, 64)?;
-            for (field, value) in [("pcr4", &s.pcr4), ("pcr7", &s.pcr7)] {
-                if let Some(value) = value {
-                    digest(at(field), value, 64)?;
-                }
-            }
-            if i > 0 && self.measurements.slots[i - 1].slot >= s.slot {
-                return Err((at("slot"), "slots must be sorted, each once".to_string()));
+        for (i, s) in self.measurements.slots.iter().enumerate().skip(1) {
+            if self.measurements.slots[i - 1].slot >= s.slot {
+                return Err((
+                    format!("measurements.slots[{i}].slot"),
+                    "slots must be sorted, each once".to_string(),
+                ));
             }
         }
         Ok(())
     }
+
+    /// The slot measurements of `slot`.
+    pub fn slot(&self, slot: Option<Slot>) -> Option<&SlotMeasurements> {
+        self.measurements.slots.iter().find(|s| s.slot == slot)
+    }
+
+    /// The output file named `name`.
+    pub fn output(&self, name: &str) -> Option<&OutputFile> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
 }
+
+/// What a name or digest error in a manifest means for its reader.
+const NAMES_HINT: &str = "hint: a release's names and digests come from `plinth build`; this manifest was crafted or damaged: do not use the release";
