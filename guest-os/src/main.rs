@@ -1,4 +1,6 @@
-//! `plinth-guest`: the guest-os agent. GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
+//! `plinth-guest`: the GuestOS agent: the boot report (with what the guest sees of its
+//! machine), its TPM measurements, SEV-SNP attestation reports bound to a caller's nonce, and
+//! a disk benchmark.
 //!
 //! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
 //! `plinth-boot-report.service`, `measured-boot` (both in the crate `plinth-boot-report`),
@@ -19,7 +21,8 @@ use clap::{Parser, Subcommand};
 use std::path::Path;
 use std::process::ExitCode;
 
-/// GuestOS agent: attestation (SEV-SNP reports bound to a caller's nonce), data volume key, replica supervision and upgrades.
+/// The GuestOS agent: reports the boot and its measurements, requests SEV-SNP attestation
+/// reports, benchmarks scratch disks.
 #[derive(Debug, Parser)]
 #[command(name = "plinth-guest", version)]
 struct Cli {

@@ -1,5 +1,5 @@
-//! `plinth-host`, the HostOS agent: plans and launches the GuestOS VM from the machine's
-//! topology, quotes TPM measurements and applies upgrades. This file is clap dispatch only;
+//! `plinth-host`, the HostOS agent: reads the machine's topology, plans and launches the
+//! GuestOS VM on it, and reports the boot and its TPM measurements. This file is clap dispatch only;
 //! each verb is a module of `verbs/` (`boot-report` and `measured-boot` come from the crate
 //! `plinth-boot-report`).
 
@@ -8,8 +8,8 @@ mod verbs;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// HostOS agent: plans and launches the GuestOS VM from the machine's topology, quotes TPM
-/// measurements and applies upgrades.
+/// The HostOS agent: reads the machine's topology, plans and launches the GuestOS VM on it,
+/// and reports the boot and its TPM measurements.
 #[derive(Debug, Parser)]
 #[command(name = "plinth-host", version)]
 struct Cli {

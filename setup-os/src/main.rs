@@ -1,12 +1,12 @@
-//! `plinth-setup`: the setup-os agent. SetupOS installer agent: certifies the hardware, validates the node provider's configuration, then installs HostOS and GuestOS.
-//!
-//! Verbs arrive with the issues that build them; today: `boot-report`, run at boot by
-//! `plinth-boot-report.service`, and `measured-boot` (both in the crate `plinth-boot-report`).
+//! `plinth-setup`: the SetupOS agent. Today it reports the boot (`boot-report`, run at boot by
+//! `plinth-boot-report.service`) and its measurements (`measured-boot`), both from the crate
+//! `plinth-boot-report`. Checking the hardware and installing HostOS and GuestOS come with the
+//! issues that build them.
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// SetupOS installer agent: certifies the hardware, validates the node provider's configuration, then installs HostOS and GuestOS.
+/// The SetupOS agent: reports the boot and the TPM's measurements of it.
 #[derive(Debug, Parser)]
 #[command(name = "plinth-setup", version)]
 struct Cli {

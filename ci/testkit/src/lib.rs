@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub mod procfs;
+pub mod readme;
 
 /// Largest piece of a body written at once.
 const CHUNK: usize = 1 << 20;
