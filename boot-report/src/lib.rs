@@ -193,16 +193,12 @@ pub fn marker(id: &Identity, problems: &[String]) -> String {
 }
 
 /// The whole report on the running system: wait until systemd has finished starting, run
-/// every check, print the line on stdout and on every active console. Returns whether the
-/// boot is good. The same as [`report_with`] without machine lines.
-pub fn report(agent_os: &str) -> bool {
-    report_with(agent_os, &[])
-}
-
-/// [`report`], printing `machine` (the agent's lines about the machine it sees, e.g. the
-/// GuestOS's `PLINTH GUEST ...` NUMA and disk lines) first, then the TPM lines, then the
-/// marker, all in one write to each console so that nothing interleaves them. The machine
-/// lines are information only: they do not fail the boot.
+/// every check, print the line on stdout and on every active console; whether the boot is
+/// good. It prints `machine` (the agent's lines about the machine it sees, e.g. the
+/// GuestOS's `PLINTH GUEST ...` NUMA and disk lines) first, then the failed units' journal
+/// lines, then the TPM lines, then the marker, all in one write to each console so that
+/// nothing interleaves them. The machine lines are information only: they do not fail the
+/// boot.
 pub fn report_with(agent_os: &str, machine: &[String]) -> bool {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let run = |cmd: &mut std::process::Command| {
@@ -359,6 +355,34 @@ fn wait_for_startup(limit: std::time::Duration) -> Result<(), String> {
         limit.as_secs(),
         names.join(", ")
     ))
+}
+
+/// The verbs every agent has, flattened into its own: `#[command(flatten)] Common(CommonVerb)`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CommonVerb {
+    /// Check the boot (image identity, dm-verity root, failed units) and print `PLINTH BOOT
+    /// OK|FAILED ...` on every active console, after the agent's lines about its machine.
+    BootReport,
+    /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
+    MeasuredBoot(MeasuredBootArgs),
+}
+
+impl CommonVerb {
+    /// Run the verb as the agent of `os`, whose boot report first prints `machine()` (the
+    /// lines it has about its machine; none for most); the process's exit code: 0 the boot
+    /// is good or nothing differs, 1 it is not or something differs, 2 bad input.
+    pub fn run(&self, os: &str, machine: &dyn Fn() -> Vec<String>) -> std::process::ExitCode {
+        match self {
+            CommonVerb::BootReport => {
+                if report_with(os, &machine()) {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            CommonVerb::MeasuredBoot(args) => args.run(),
+        }
+    }
 }
 
 /// The agents' `measured-boot` verb.

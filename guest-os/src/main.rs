@@ -32,12 +32,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// Check the boot (image identity, dm-verity root, failed units) and print the machine's
-    /// NUMA nodes and disks (`PLINTH GUEST ...`), then `PLINTH BOOT OK|FAILED ...`, on every
-    /// active console.
-    BootReport,
-    /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
-    MeasuredBoot(plinth_boot_report::MeasuredBootArgs),
+    /// `boot-report` (before its marker, the NUMA nodes and disks the guest sees, as
+    /// `PLINTH GUEST ...` lines) and `measured-boot`.
+    #[command(flatten)]
+    Common(plinth_boot_report::CommonVerb),
     /// Request an SEV-SNP attestation report bound to a nonce, with the host's
     /// certificates, for `plinth attest verify`.
     Attest(attest::AttestArgs),
@@ -49,15 +47,8 @@ enum Verb {
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
-        Verb::MeasuredBoot(args) => args.run(),
+        Verb::Common(verb) => verb.run("guest-os", &|| machine::lines(Path::new("/sys"))),
         Verb::Attest(args) => args.run(),
         Verb::DiskBench(args) => args.run(),
-        Verb::BootReport => {
-            if plinth_boot_report::report_with("guest-os", &machine::lines(Path::new("/sys"))) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
     }
 }

@@ -19,11 +19,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// Check the boot (image identity, dm-verity root, failed units) and print
-    /// `PLINTH BOOT OK|FAILED ...` on every active console.
-    BootReport,
-    /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
-    MeasuredBoot(plinth_boot_report::MeasuredBootArgs),
+    /// `boot-report` and `measured-boot`.
+    #[command(flatten)]
+    Common(plinth_boot_report::CommonVerb),
     /// Print the machine's topology: NUMA nodes, cpus, NVMe, NICs, host disks.
     Topology(verbs::topology::TopologyArgs),
     /// The GuestOS VM: where it runs on this machine.
@@ -33,16 +31,9 @@ enum Verb {
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
-        Verb::MeasuredBoot(args) => args.run(),
+        Verb::Common(verb) => verb.run("host-os", &Vec::new),
         Verb::Topology(args) => args.run(),
         Verb::Guest(verb) => (*verb).run(),
-        Verb::BootReport => {
-            if plinth_boot_report::report("host-os") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
     }
 }
 #[cfg(test)]

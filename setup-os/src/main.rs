@@ -16,22 +16,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// Check the boot (image identity, dm-verity root, failed units) and print
-    /// `PLINTH BOOT OK|FAILED ...` on every active console.
-    BootReport,
-    /// Print the TPM's PCRs and the firmware's event log, checked against measurements.json.
-    MeasuredBoot(plinth_boot_report::MeasuredBootArgs),
+    /// `boot-report` and `measured-boot`.
+    #[command(flatten)]
+    Common(plinth_boot_report::CommonVerb),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().verb {
-        Verb::MeasuredBoot(args) => args.run(),
-        Verb::BootReport => {
-            if plinth_boot_report::report("setup-os") {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+        Verb::Common(verb) => verb.run("setup-os", &Vec::new),
     }
 }
