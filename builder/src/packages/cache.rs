@@ -13,8 +13,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::lockfile::is_sha256_hex;
-
 /// Environment variable overriding the cache root (below `--cache`).
 pub const CACHE_DIR_ENV: &str = "PLINTH_CACHE_DIR";
 
@@ -83,6 +81,11 @@ fn io_err<'a>(
         action,
         source,
     }
+}
+
+/// 64 lower-case hex digits: a cache key that is a sha256 (never a path).
+fn is_sha256_hex(s: &str) -> bool {
+    s.parse::<plinth_release::Sha256>().is_ok()
 }
 
 fn check_digest(sha256: &str) -> Result<(), CacheError> {

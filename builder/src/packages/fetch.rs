@@ -391,23 +391,8 @@ fn build_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
         b = b.no_proxy();
     }
     b.build().map_err(|e| FetchError::Client {
-        message: error_chain(&e),
+        message: super::http::error_chain(&e),
     })
-}
-
-/// An error and its sources on one line (each cause once).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Everything one package's download needs, owned so it can run as a task.
@@ -517,7 +502,7 @@ impl Job {
                 Err(_) => return Err(stalled(offset)),
                 Ok(Err(e)) => {
                     return Err(DownloadError::Network {
-                        message: error_chain(&e),
+                        message: super::http::error_chain(&e),
                     })
                 }
                 Ok(Ok(r)) => r,
@@ -576,7 +561,7 @@ impl Job {
                         return Err(DownloadError::Truncated {
                             received: partial.len(),
                             expected: size,
-                            detail: format!(" ({})", error_chain(&e)),
+                            detail: format!(" ({})", super::http::error_chain(&e)),
                         })
                     }
                     Ok(Some(Ok(chunk))) => chunk,

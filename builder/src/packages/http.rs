@@ -64,7 +64,7 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, HttpErr
                 if status == 200 {
                     match resp.bytes().await {
                         Ok(b) => return Ok(b.to_vec()),
-                        Err(e) => last = super::fetch::error_chain(&e),
+                        Err(e) => last = error_chain(&e),
                     }
                 } else if status >= 500 || status == 429 {
                     last = format!("HTTP {status}");
@@ -75,7 +75,7 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, HttpErr
                     });
                 }
             }
-            Err(e) => last = super::fetch::error_chain(&e),
+            Err(e) => last = error_chain(&e),
         }
     }
     Err(HttpError::Transport {
@@ -83,4 +83,19 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, HttpErr
         message: last,
         attempts: ATTEMPTS,
     })
+}
+
+/// An error and its sources on one line (each cause once).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }

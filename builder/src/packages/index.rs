@@ -3,7 +3,7 @@
 //! content-addressed cache, decompressed and parsed into [`IndexEntry`]s.
 
 use super::deb822;
-use super::release::{sha256_hex, ArchiveError, Release};
+use super::release::{ArchiveError, Release};
 use std::io::Read;
 use std::path::Path;
 
@@ -106,7 +106,7 @@ pub async fn fetch_signed_index(
     let cached = cache_dir.join(format!("{sha256}.xz"));
     let url = format!("{mirror}/dists/{}/{path}", release.suite);
     let xz = match std::fs::read(&cached) {
-        Ok(bytes) if sha256_hex(&bytes) == sha256 => bytes,
+        Ok(bytes) if plinth_release::Sha256::of(&bytes) == *sha256 => bytes,
         _ => {
             let dir = plain.rsplit_once('/').map_or("", |(d, _)| d);
             let bytes = download(client, mirror, release, dir, &sha256, &url).await?;
@@ -185,7 +185,7 @@ fn check_digest(
     suite: &str,
     url: &str,
 ) -> Result<(), ArchiveError> {
-    let actual = sha256_hex(data);
+    let actual = plinth_release::Sha256::of(data).to_hex();
     if actual != sha256 || data.len() as u64 != size {
         return Err(ArchiveError::DigestMismatch {
             suite: suite.to_string(),

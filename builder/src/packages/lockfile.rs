@@ -234,7 +234,7 @@ impl Lock {
         };
         let mut seen = std::collections::BTreeSet::new();
         for pkg in &self.packages {
-            if !is_sha256_hex(&pkg.sha256) {
+            if pkg.sha256.parse::<plinth_release::Sha256>().is_err() {
                 return Err(bad(format!(
                     "package {} has sha256 `{}`: expected 64 lower-case hex digits",
                     pkg.key(),
@@ -256,7 +256,7 @@ impl Lock {
             for f in &src.files {
                 let plain_name =
                     !f.name.is_empty() && f.name != ".." && f.name != "." && !f.name.contains('/');
-                if !is_sha256_hex(&f.sha256)
+                if f.sha256.parse::<plinth_release::Sha256>().is_err()
                     || !plain_name
                     || f.filename.contains("..")
                     || f.filename.starts_with('/')
@@ -282,11 +282,6 @@ impl Lock {
     }
 }
 
-/// 64 lower-case hex digits.
-pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 impl LockInputs {
     /// The resolution inputs of one applied profile.
     pub fn of(profile: &crate::spec::Profile) -> LockInputs {
@@ -305,7 +300,7 @@ impl LockInputs {
     /// sha256 of the canonical JSON of these inputs.
     pub fn sha256(&self) -> String {
         let json = serde_json::to_vec(self).expect("inputs always serialize");
-        super::release::sha256_hex(&json)
+        plinth_release::Sha256::of(&json).to_hex()
     }
 
     /// How `self` (the spec) differs from `locked`, one line per difference.

@@ -3,7 +3,6 @@
 //! list of the suite's index files. Only text that `gpgv` says is signed is ever parsed.
 
 use super::deb822;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -234,7 +233,7 @@ pub fn parse_release(
         let size: u64 = size
             .parse()
             .map_err(|_| malformed(format!("bad size in SHA256 line `{line}`")))?;
-        if !super::lockfile::is_sha256_hex(hash) {
+        if hash.parse::<plinth_release::Sha256>().is_err() {
             return Err(malformed(format!("bad hash in SHA256 line `{line}`")));
         }
         files.insert(path.to_string(), (hash.to_string(), size));
@@ -242,17 +241,12 @@ pub fn parse_release(
     Ok(Release {
         suite: suite.to_string(),
         url: url.to_string(),
-        raw_sha256: sha256_hex(&raw),
+        raw_sha256: plinth_release::Sha256::of(&raw).to_hex(),
         raw,
         codename,
         acquire_by_hash: deb822::get(para, "Acquire-By-Hash") == Some("yes"),
         files,
     })
-}
-
-/// Lower-case hex sha256 of a buffer.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 /// The keyring to use: the flag, then `PLINTH_KEYRING`, then Debian's archive keyring.

@@ -119,7 +119,7 @@ fn stanza_files(para: &[(String, String)]) -> Result<Vec<SourceFile>, String> {
         let size: u64 = size
             .parse()
             .map_err(|_| format!("has size `{size}` for {name}, expected a number"))?;
-        if !super::lockfile::is_sha256_hex(sha256) || name.contains('/') {
+        if sha256.parse::<plinth_release::Sha256>().is_err() || name.contains('/') {
             return Err(format!("has Checksums-Sha256 line `{line}`"));
         }
         if name.ends_with(".dsc") {
