@@ -32,7 +32,7 @@ enum Verb {
 fn main() -> ExitCode {
     match Cli::parse().verb {
         Verb::Common(verb) => verb.run("host-os", &Vec::new),
-        Verb::Topology(args) => args.run(),
+        Verb::Topology(args) => verbs::finish(args.run()),
         Verb::Guest(verb) => (*verb).run(),
     }
 }

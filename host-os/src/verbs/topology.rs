@@ -1,10 +1,9 @@
 //! `plinth-host topology`: the machine as the VM planner sees it, read from /sys and /proc.
 
 use anyhow::Context;
-use plinth_host::topology::sysfs::{self, TopologyError};
+use plinth_host::topology::sysfs;
 use std::io::{self, Write as _};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// Print the machine's topology, read from /sys and /proc.
 #[derive(Debug, clap::Args)]
@@ -22,33 +21,15 @@ pub struct TopologyArgs {
 }
 
 impl TopologyArgs {
-    pub fn run(self) -> ExitCode {
-        let error = match self.print() {
-            Ok(()) => return ExitCode::SUCCESS,
-            Err(error) => error,
-        };
-        if error
-            .downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-        {
-            // `| head`: the reader has what it wanted.
-            return ExitCode::SUCCESS;
-        }
-        if let Some(error) = error.downcast_ref::<TopologyError>() {
-            eprintln!("error: {error}");
-            if !self.sysfs_root.join("sys").is_dir() {
-                eprintln!(
-                    "  hint: --sysfs-root names the directory that stands for / (with sys/ and proc/ in it)"
-                );
-            }
-            return ExitCode::from(2);
-        }
-        eprintln!("error: {error:#}");
-        ExitCode::FAILURE
-    }
-
-    fn print(&self) -> anyhow::Result<()> {
-        let topology = sysfs::read(&self.sysfs_root)?;
+    pub fn run(self) -> anyhow::Result<()> {
+        let topology = sysfs::read(&self.sysfs_root).map_err(|e| {
+            let hint = if self.sysfs_root.join("sys").is_dir() {
+                ""
+            } else {
+                "\n  hint: --sysfs-root names the directory that stands for / (with sys/ and proc/ in it)"
+            };
+            super::BadInput(format!("{e}{hint}"))
+        })?;
         let text = if self.json {
             serde_json::to_string_pretty(&topology).context("serializing the topology")? + "\n"
         } else {

@@ -1,11 +1,12 @@
 //! `plinth-host guest stop` and `guest status`: they talk to a running `guest launch`
 //! through its state directory (status.json; SIGTERM to the supervisor for a stop).
 
+use super::super::BadInput;
+use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use plinth_host::launch::supervise::{read_status, State, Status};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// The supervisor's state directory (as given to `guest launch`).
@@ -42,12 +43,9 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// The supervisor's status, or exit 2 with why it cannot be read.
-fn status_or_exit(state_dir: &std::path::Path) -> Result<Status, ExitCode> {
-    read_status(state_dir).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })
+/// The supervisor's status (unreadable: bad input, exit 2).
+fn status_of(state_dir: &std::path::Path) -> Result<Status, BadInput> {
+    read_status(state_dir).map_err(|e| BadInput(e.to_string()))
 }
 
 /// The process exists and has not ended (a zombie waiting for its parent has).
@@ -60,32 +58,26 @@ fn alive(pid: u32) -> bool {
 }
 
 impl StopArgs {
-    pub fn run(self) -> ExitCode {
-        let status = match status_or_exit(&self.state_dir) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    pub fn run(self) -> anyhow::Result<()> {
+        let status = status_of(&self.state_dir)?;
         let pid = status.supervisor_pid;
         if !alive(pid) {
             println!(
                 "not running (supervisor {pid} is gone; last state {:?})",
                 status.state
             );
-            return ExitCode::SUCCESS;
+            return Ok(());
         }
-        if let Err(e) = kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
-            eprintln!("error: signalling supervisor {pid}: {e}");
-            return ExitCode::FAILURE;
-        }
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+            .with_context(|| format!("signalling supervisor {pid}"))?;
         let start = Instant::now();
         while alive(pid) {
             if start.elapsed() > Duration::from_secs(self.timeout) {
-                eprintln!(
-                    "error: supervisor {pid} did not end in {} s\n  hint: see {}",
+                anyhow::bail!(
+                    "supervisor {pid} did not end in {} s\n  hint: see {}",
                     self.timeout,
                     self.state_dir.join("qemu.log").display()
                 );
-                return ExitCode::FAILURE;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -93,16 +85,14 @@ impl StopArgs {
             .map(|s| s.message)
             .unwrap_or_default();
         println!("stopped in {:.1} s: {last}", start.elapsed().as_secs_f64());
-        ExitCode::SUCCESS
+        Ok(())
     }
 }
 
 impl StatusArgs {
-    pub fn run(self) -> ExitCode {
-        let status = match status_or_exit(&self.state_dir) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+    /// Print the status; whether the VM runs.
+    pub fn run(self) -> anyhow::Result<bool> {
+        let status = status_of(&self.state_dir)?;
         let supervised = alive(status.supervisor_pid);
         let runs = supervised
             && matches!(
@@ -121,11 +111,7 @@ impl StatusArgs {
         } else {
             print!("{}", render(&status, supervised));
         }
-        if runs {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(3)
-        }
+        Ok(runs)
     }
 }
 

@@ -3,7 +3,6 @@
 
 use plinth_host::launch::{jail, qemu::RunAs};
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// Join the cgroups, set the locked-memory limit, turn core dumps off, drop to the user,
 /// exec QEMU with the arguments after `--` (if the supervisor still runs).
@@ -29,10 +28,10 @@ pub struct ExecQemuArgs {
 }
 
 impl ExecQemuArgs {
-    pub fn run(self) -> ExitCode {
+    /// Returns only when QEMU could not be started.
+    pub fn run(self) -> anyhow::Result<()> {
         let run_as = self.uid.zip(self.gid).map(|(uid, gid)| RunAs { uid, gid });
         let e = jail::exec(&self.cgroups, self.memlock, run_as, self.parent, &self.args);
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
+        Err(anyhow::anyhow!("{e}"))
     }
 }

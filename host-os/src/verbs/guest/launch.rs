@@ -2,15 +2,15 @@
 //! supervise it ([`plinth_host::launch::supervise`]) until SIGTERM, SIGINT or the restart
 //! policy ends it. HostOS runs it as `plinth-guest.service`.
 
+use super::super::BadInput;
 use super::VmArgs;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use plinth_host::launch::access::Roots;
 use plinth_host::launch::notify::Notifier;
 use plinth_host::launch::qemu::{Accel, DiskSettings, Firmware, Launch, RunAs};
-use plinth_host::launch::supervise::{supervise, Options, Restart, State};
+use plinth_host::launch::supervise::{supervise, Options, Restart, State, SuperviseError};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 /// Debian's OVMF (`ovmf`): code and the variable store template.
@@ -141,17 +141,14 @@ enum AccelArg {
 }
 
 impl LaunchArgs {
-    pub fn run(self) -> ExitCode {
-        match self.launch() {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        }
+    /// Until the VM ends: setup errors (flags, files, the plan, the state directory) are
+    /// bad input (exit 2), the VM's failure exit 1.
+    pub fn run(self) -> anyhow::Result<()> {
+        self.launch()?.map_err(anyhow::Error::from)
     }
 
-    fn launch(mut self) -> Result<ExitCode, String> {
+    /// The outer error is bad input; the inner, the supervised VM's failure.
+    fn launch(mut self) -> Result<Result<(), SuperviseError>, BadInput> {
         // Before anything starts: the vCPU model goes into `-cpu`, and every path into QEMU's
         // option strings, which take only absolute ones (see launch::qemu).
         plinth_host::launch::qemu::check_vcpu_type(&self.vcpu_type).map_err(|e| e.to_string())?;
@@ -173,7 +170,7 @@ impl LaunchArgs {
             .map_err(|e| format!("blocking signals: {e}"))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
-        let plan = self.vm.plan()?;
+        let plan = self.vm.plan().map_err(|e| format!("{e:#}"))?;
         let user = nix::unistd::User::from_name(&self.user)
             .map_err(|e| format!("user {}: {e}", self.user))?
             .ok_or_else(|| {
@@ -183,7 +180,7 @@ impl LaunchArgs {
                 )
             })?;
         if user.uid.is_root() {
-            return Err(format!("--user {}: QEMU must not run as root", self.user));
+            return Err(format!("--user {}: QEMU must not run as root", self.user).into());
         }
         let firmware = match &self.sev_ovmf {
             Some(ovmf) => Firmware::SevSnp {
@@ -206,7 +203,7 @@ impl LaunchArgs {
             .chain(self.vars.iter())
         {
             if !f.is_file() {
-                return Err(format!("{}: no such firmware file", f.display()));
+                return Err(format!("{}: no such firmware file", f.display()).into());
             }
         }
         let launch = Launch {
@@ -284,12 +281,8 @@ impl LaunchArgs {
             }
         };
         match supervise(&plan, &launch, &opts, &stop_requested, &say) {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(plinth_host::launch::supervise::SuperviseError::Setup(e)) => Err(e),
-            Err(e) => {
-                eprintln!("error: {e}");
-                Ok(ExitCode::FAILURE)
-            }
+            Err(SuperviseError::Setup(e)) => Err(BadInput(e)),
+            other => Ok(other),
         }
     }
 }

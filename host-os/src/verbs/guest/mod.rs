@@ -7,6 +7,8 @@ mod control;
 mod exec_qemu;
 mod launch;
 
+use super::BadInput;
+use anyhow::Context;
 use plinth_host::plan::{self, Layout, SevRequest, VmRequest};
 use plinth_host::topology::sysfs;
 use plinth_release::measurements::Measurements;
@@ -95,20 +97,26 @@ pub struct VmArgs {
 
 impl GuestVerb {
     pub fn run(self) -> ExitCode {
-        match self {
+        let result = match self {
             GuestVerb::Plan(args) => args.run(),
             GuestVerb::Launch(args) => (*args).run(),
             GuestVerb::Stop(args) => args.run(),
-            GuestVerb::Status(args) => args.run(),
+            // Exit 3 when the VM does not run, as `systemctl status` says it.
+            GuestVerb::Status(args) => match args.run() {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(3),
+                Err(e) => Err(e),
+            },
             GuestVerb::ExecQemu(args) => args.run(),
-        }
+        };
+        super::finish(result)
     }
 }
 
 impl VmArgs {
-    /// The plan of this VM on this machine, or the error to print (exit 2).
-    pub fn plan(&self) -> Result<plan::Plan, String> {
-        let topology = sysfs::read(&self.sysfs_root).map_err(|e| e.to_string())?;
+    /// The plan of this VM on this machine (errors are bad input: exit 2).
+    pub fn plan(&self) -> anyhow::Result<plan::Plan> {
+        let topology = sysfs::read(&self.sysfs_root)?;
         let sev = match (&self.sev, &self.expect) {
             (false, _) => None,
             (true, None) => Some(SevRequest {
@@ -130,58 +138,43 @@ impl VmArgs {
                 Layout::Production
             },
         };
-        plan::plan(&topology, &request)
-            .map_err(|e| format!("the GuestOS VM cannot be planned: {e}"))
+        plan::plan(&topology, &request).context("the GuestOS VM cannot be planned")
     }
 }
 
 impl PlanArgs {
-    fn run(self) -> ExitCode {
+    fn run(self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let planned = self.vm.plan();
+        let planned = self.vm.plan()?;
         let elapsed = started.elapsed();
-        let text = match planned {
-            Ok(p) if self.json => match serde_json::to_string_pretty(&p) {
-                Ok(text) => text + "\n",
-                Err(e) => {
-                    eprintln!("error: serializing the plan: {e}");
-                    return ExitCode::FAILURE;
-                }
-            },
-            Ok(p) if self.explain => format!(
+        let text = if self.json {
+            serde_json::to_string_pretty(&planned).context("serializing the plan")? + "\n"
+        } else if self.explain {
+            format!(
                 "{}planned in {:.2} ms\n",
-                p.render(true),
+                planned.render(true),
                 elapsed.as_secs_f64() * 1000.0
-            ),
-            Ok(p) => p.render(false),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            )
+        } else {
+            planned.render(false)
         };
         let mut stdout = std::io::stdout().lock();
-        match stdout
+        stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-        {
-            // `| head`: the reader has what it wanted.
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: writing the plan: {e}");
-                ExitCode::FAILURE
-            }
-        }
+            .context("writing the plan")?;
+        Ok(())
     }
 }
 
 /// The SEV-SNP part of a release's measurements.json.
-fn sev_request(path: &Path) -> Result<SevRequest, String> {
+fn sev_request(path: &Path) -> Result<SevRequest, BadInput> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
-    let m = Measurements::parse(&text, &shown)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| BadInput(format!("{shown}: cannot read: {e}")))?;
+    let m = Measurements::parse(&text, &shown).map_err(BadInput)?;
     let snp = m.snp.ok_or_else(|| {
-        format!("{shown}: no `snp` part: not a GuestOS release measured for SEV-SNP\n  hint: pass the measurements.json of a guest-os release")
+        BadInput(format!("{shown}: no `snp` part: not a GuestOS release measured for SEV-SNP\n  hint: pass the measurements.json of a guest-os release"))
     })?;
     let mut vcpu_counts: Vec<u32> = snp.launch_digests.iter().map(|d| d.vcpus).collect();
     vcpu_counts.sort_unstable();
