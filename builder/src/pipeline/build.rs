@@ -307,10 +307,11 @@ impl StageKeys {
             .collect();
         let requests: Vec<&str> = p.packages.iter().map(|r| r.name.as_str()).collect();
         let builder = sha256_file(&std::env::current_exe()?)?.0;
+        let tools = host_tools()?;
         let common = |stage: &str| {
             StageKey::new(stage, &p.os, &p.profile)
                 .with("epoch", plan.epoch.to_string())
-                .with("host-tools", host_tools())
+                .with("host-tools", tools.clone())
         };
         let packages = common("packages")
             .with("debs", sha256_bytes(debs.join("\n").as_bytes()))
@@ -358,16 +359,14 @@ impl StageKeys {
     }
 }
 
-/// The versions of the host tools whose output lands in images, as one line.
-pub(super) fn host_tools() -> String {
-    let out = std::process::Command::new("dpkg-query")
-        .args(["-W", "-f", "${Package}=${Version} "])
-        .args(HOST_TOOL_PACKAGES)
-        .output();
-    match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        Err(_) => "unknown".to_string(),
-    }
+/// The versions of the host tools whose output lands in images, as one line. A tool whose
+/// version cannot be read is an error (dpkg-query names it), never a guess in a cache key.
+pub(super) fn host_tools() -> Result<String, super::tool::ToolError> {
+    let mut cmd = std::process::Command::new("dpkg-query");
+    cmd.args(["-W", "-f", "${Package}=${Version} "])
+        .args(HOST_TOOL_PACKAGES);
+    let out = super::tool::run("dpkg-query", "dpkg", &mut cmd)?;
+    Ok(out.stdout_text().trim().to_string())
 }
 
 /// The Debian packages of the host tools the stages run.
@@ -752,5 +751,22 @@ impl<'a> StageRunner<'a> {
             ));
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_host_tool_has_its_version_in_the_key() {
+        let line = super::host_tools().expect("ci/setup installs the host tools");
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(words.len(), super::HOST_TOOL_PACKAGES.len(), "{line}");
+        for package in super::HOST_TOOL_PACKAGES {
+            let version = words
+                .iter()
+                .find_map(|w| w.strip_prefix(&format!("{package}=")))
+                .unwrap_or("");
+            assert!(!version.is_empty(), "{package} has no version in {line}");
+        }
     }
 }

@@ -146,7 +146,7 @@ fn stage_key(plan: &FirmwarePlan<'_>) -> Result<StageKey, FirmwareError> {
         )
         .with("base", format!("{} {}", p.base.release, p.base.variant))
         .with("build-dir", format!("/{BUILD_DIR}/edk2"))
-        .with("host-tools", super::build::host_tools());
+        .with("host-tools", super::build::host_tools()?);
     for name in RECIPE_FILES {
         let path = plan.workspace.join(RECIPE_DIR).join(name);
         key = key.with(name, sha256_file(&path).map_err(io("reading", &path))?.0);
