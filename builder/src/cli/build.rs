@@ -121,18 +121,20 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     for os in oses {
         let temp;
         let work = match &args.work {
+            // Private (0700): the root tree built there has the setuid programs of its
+            // packages, which no other user may reach.
             Some(w) => {
                 let dir = w.join(format!("{os}-{}", args.profile));
                 if dir.exists() {
                     std::fs::remove_dir_all(&dir)
                         .with_context(|| format!("clearing {}", dir.display()))?;
                 }
+                crate::pipeline::artifacts::private_dir(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 dir
             }
             None => {
-                temp = tempfile::Builder::new()
-                    .prefix(&format!("plinth-build-{os}-"))
-                    .tempdir()
+                temp = crate::pipeline::artifacts::scratch_dir(&format!("plinth-build-{os}-"))
                     .context("creating a work directory")?;
                 temp.path().to_path_buf()
             }
