@@ -5,10 +5,10 @@
 use super::{BadInput, CheckFailed, Global, Output};
 use crate::packages::cache::Cache;
 use crate::packages::fetch::{fetch, FetchOptions};
-use crate::packages::lockfile::{Lock, LockedPackage, LockedSource};
+use crate::packages::lockfile::{Lock, LockedPackage};
 use crate::packages::mirror::Mirrors;
 use crate::pipeline::stage_cache::StageCache;
-use crate::pipeline::{build, ovmf, release};
+use crate::pipeline::{self, job::FirmwareInputs};
 use crate::spec;
 use crate::workspace::Workspace;
 use anyhow::Context;
@@ -197,7 +197,8 @@ pub(super) struct ReleaseJob<'a> {
     pub mirrors: &'a super::MirrorArgs,
 }
 
-/// Check the lock against the spec, fetch what the cache lacks, build and assemble.
+/// Check the lock against the spec, fetch what the cache lacks, then build the release
+/// ([`pipeline::job`]).
 pub(super) fn build_release(
     out: &Output,
     job: &ReleaseJob<'_>,
@@ -222,6 +223,15 @@ pub(super) fn build_release(
         .profile_packages(job.profile)
         .context("the lock has no such profile")?;
     ensure_cached(out, job, &spec, &packages)?;
+    let firmware = match spec.firmware_toolchain() {
+        Some(toolchain) => Some(firmware_inputs(out, job, &spec, &lock, toolchain)?),
+        None => None,
+    };
+    let digest = |path: &Path| {
+        Sha256::of_file(path)
+            .map(|(d, _)| d)
+            .with_context(|| format!("reading {}", path.display()))
+    };
     out.info(format!(
         "{os} ({}): building version {}, SOURCE_DATE_EPOCH={}, in {}",
         job.profile,
@@ -230,74 +240,28 @@ pub(super) fn build_release(
         job.work.display()
     ));
     let log = |line: &str| out.info(format!("  {line}"));
-    let plan = build::BuildPlan {
+    Ok(pipeline::job::run(&pipeline::job::Job {
         workspace: &ws.root,
+        spec: &spec,
         profile: &profile,
         packages: &packages,
+        firmware,
+        version: job.version,
+        epoch: job.epoch,
+        commit: job.commit,
+        dirty: job.dirty,
+        lock_sha256: digest(&lock_path)?,
+        os_spec_sha256: digest(&spec_path)?,
         cache: job.cache,
-        agent_target: job.agent_target,
-        version: job.version,
-        epoch: job.epoch,
-        work: &job.work.join("build"),
-        log: &log,
         stage_cache: job.stage_cache,
-    };
-    // The firmware (CPU-bound, in its own root) builds beside the image stages.
-    let firmware_packages = match spec.firmware_toolchain() {
-        Some(toolchain) => Some(firmware_inputs(out, job, &spec, &lock, toolchain)?),
-        None => None,
-    };
-    let (built, firmware) = std::thread::scope(|s| {
-        let firmware = firmware_packages
-            .as_ref()
-            .map(|inputs| s.spawn(|| build_firmware(out, job, inputs)));
-        let built = build::build(&plan);
-        let firmware = firmware.map(|thread| {
-            thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-        (built, firmware)
-    });
-    let built = built?;
-    let firmware = firmware.transpose()?;
-    let edk2 = spec
-        .firmware
-        .as_ref()
-        .map(|f| f.source.version.clone())
-        .unwrap_or_default();
-    let inputs = release::ReleaseInputs {
-        profile: &profile,
-        version: job.version,
-        epoch: job.epoch,
-        source_commit: job.commit,
-        source_dirty: job.dirty,
-        lock_sha256: Sha256::of_file(&lock_path)
-            .with_context(|| format!("reading {}", lock_path.display()))?
-            .0,
-        os_spec_sha256: Sha256::of_file(&spec_path)
-            .with_context(|| format!("reading {}", spec_path.display()))?
-            .0,
-        packages: &packages,
-        firmware: firmware.as_ref().map(|f| release::ReleaseFirmware {
-            firmware: f,
-            edk2: &edk2,
-            launches: spec.snp.as_ref().map(Into::into),
-        }),
+        agent_target: job.agent_target,
+        work: job.work,
+        release_dir: job.release_dir,
         log: &log,
-    };
-    release::assemble(&built, &inputs, job.release_dir)
-        .with_context(|| format!("writing the release {}", job.release_dir.display()))
+    })?)
 }
 
-/// What the firmware stage builds from: the lock's toolchain and source, fetched.
-struct FirmwareInputs<'l> {
-    toolchain: spec::Profile,
-    packages: Vec<&'l LockedPackage>,
-    source: &'l LockedSource,
-}
-
-/// The guest firmware's locked inputs (`firmware` in os.yaml), in the package cache.
+/// The guest firmware's locked inputs (`firmware` in os.yaml), fetched into the package cache.
 fn firmware_inputs<'l>(
     out: &Output,
     job: &ReleaseJob<'_>,
@@ -321,40 +285,6 @@ fn firmware_inputs<'l>(
         packages,
         source,
     })
-}
-
-/// Build the guest firmware (or take it from the stage cache); its log lines say "firmware".
-fn build_firmware(
-    out: &Output,
-    job: &ReleaseJob<'_>,
-    inputs: &FirmwareInputs<'_>,
-) -> anyhow::Result<ovmf::Firmware> {
-    let work = job.work.join("firmware");
-    if work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
-    }
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    out.info(format!(
-        "{}: guest firmware from {} {} ({} toolchain packages), beside the image stages",
-        job.os,
-        inputs.source.package,
-        inputs.source.version,
-        inputs.packages.len()
-    ));
-    let log = |line: &str| out.info(format!("  {line}"));
-    let plan = ovmf::FirmwarePlan {
-        workspace: &job.source.root,
-        toolchain: &inputs.toolchain,
-        packages: &inputs.packages,
-        source: inputs.source,
-        cache: job.cache,
-        epoch: job.epoch,
-        work: &work,
-        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        stage_cache: job.stage_cache,
-        log: &log,
-    };
-    Ok(ovmf::build(&plan)?)
 }
 
 /// Fetch the profile's locked packages the cache lacks (verified), or fail offline.

@@ -1,8 +1,8 @@
-//! One OS profile from its lock to a disk image: a flat list of stages, each a call into its
-//! own module, read top to bottom (mkosi's shape). Packages → initrd → normalize → root ext4
-//! → overlay and agent written into it → verity → UKI per slot → ESP → disk. Everything is
-//! written below the build's own work directory; artifacts are assembled from [`Built`] by the
-//! caller.
+//! One OS profile from its lock to a disk image: a flat list of stages (`run_stages`), each
+//! a call into its own module, read top to bottom (mkosi's shape). Packages → initrd →
+//! normalize → root ext4 → overlay and agent written into it → verity → UKI per slot → ESP →
+//! disk. Everything is written below the build's own work directory, whose files are named
+//! in one place (`WorkPaths`); the release is assembled from [`Built`] by [`super::job`].
 //!
 //! With a stage cache, three keys are computed first ([`StageKeys`]): the package stage's
 //! (lock, base, epoch, host tools, builder), the root image's (that plus the version, which
@@ -10,16 +10,17 @@
 //! overlay, the agent sources and the profile). A hit on the last reuses everything; a hit on
 //! the first reuses the normalized root tree (read in place, never copied) and its initrd, and
 //! one on the second also its ext4 image, so an overlay change only writes a few inodes into a
-//! copy of that image and reruns what follows.
+//! copy of that image and reruns what follows. Each of the three goes through
+//! [`StageCache::cached`].
 
-use super::stage_cache::{self, StageCache, StageKey};
+use super::stage_cache::{self, StageCache, StageCacheError, StageKey};
 use super::{
-    agent, disk, esp, ext4, identity, ids::IdSource, initrd, normalize, overlay, rootfs, uki,
-    users, verity,
+    agent, boot_entries, disk, esp, ext4, identity, ids::IdSource, initrd, normalize, overlay,
+    rootfs, uki, users, verity,
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
-use crate::spec::{BootLoader, Partition, Profile, Role, Slot};
+use crate::spec::{Partition, Profile, Role, Slot};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -99,72 +100,101 @@ pub enum BuildError {
     NoRoot { os: String },
     #[error("{os}: {path} is not in the image\n  hint: the package systemd-boot-efi must be in os.yaml's packages")]
     NotInImage { os: String, path: String },
+    #[error(transparent)]
+    Cache(#[from] StageCacheError),
 }
 
 /// File in a cached build's directory that records its [`Built`].
 const BUILT_FILE: &str = "built.json";
+/// File in a package stage cache entry (and the work directory): the initrd made from its root.
+const INITRD_FILE: &str = "initrd.img";
+/// File in a root image stage cache entry (and the work directory).
+const ROOT_IMAGE_FILE: &str = "root.img";
 
 /// Build the disk of `plan.profile`, reusing the stage cache where the inputs allow.
 pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
-    let os = plan.profile.os.as_str();
-    let failed = |stage: &'static str| {
-        move |e: Box<dyn std::error::Error + Send + Sync>| BuildError::Stage {
-            os: os.to_string(),
-            stage,
-            source: e,
-        }
-    };
+    let b = Build::new(plan);
     let Some(cache) = plan.stage_cache else {
-        return run_stages(plan, None);
+        return run_stages(&b, None);
     };
-    let keys = StageKeys::compute(plan).map_err(failed("cache"))?;
-    if let Some(out) = cache.lookup(&keys.image) {
-        let mut built = Built::load(&out).map_err(failed("cache"))?;
-        // The release reads the root tree (package licenses) from the package stage's entry.
-        if built.root_dir.is_dir() {
+    let keys = StageKeys::compute(plan).map_err(b.fail("cache"))?;
+    cache.cached(
+        &keys.image,
+        "every stage",
+        plan.log,
+        |out| {
+            for why in cache.changed_inputs(&keys.image) {
+                (plan.log)(&format!("{}: stage cache miss: {why}", b.os));
+            }
+            let built = run_stages(&b, Some((cache, &keys)))?;
+            // The finished work directory becomes the cache entry, with paths relative to it.
+            let record = serde_json::to_vec_pretty(&built.rebase(plan.work, Path::new("")))
+                .map_err(b.fail("cache"))?;
+            stage_cache::move_tree(plan.work, out).map_err(b.fail("cache"))?;
+            std::fs::write(out.join(BUILT_FILE), record).map_err(b.fail("cache"))
+        },
+        |out| {
+            let mut built = Built::load(out).map_err(b.fail("cache"))?;
+            // The release reads the root tree (package licenses) from the package stage's entry.
+            if !built.root_dir.is_dir() {
+                (plan.log)(&format!(
+                    "{}: stage cache miss: the package stage entry of the cached build is gone",
+                    b.os
+                ));
+                return Ok(None);
+            }
             built.earlier = cache.others(&keys.image);
-            (plan.log)(&format!(
-                "{os}: every stage reused from the stage cache ({})",
-                &keys.image.digest()[..12]
-            ));
-            return Ok(built);
-        }
-        (plan.log)(&format!(
-            "{os}: stage cache miss: the package stage entry of the cached build is gone"
-        ));
-    }
-    for why in cache.changed_inputs(&keys.image) {
-        (plan.log)(&format!("{os}: stage cache miss: {why}"));
-    }
-    let built = run_stages(plan, Some((cache, &keys)))?;
-    // The finished work directory becomes the cache entry (moved, or copied across
-    // filesystems); the build continues from there.
-    cache
-        .store(
-            &keys.image,
-            |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-                if std::fs::rename(plan.work, out).is_err() {
-                    stage_cache::copy_tree(plan.work, out)?;
-                }
-                // Paths relative to the entry: it is renamed into place after this.
-                let relative = built.rebase(plan.work, Path::new(""));
-                std::fs::write(out.join(BUILT_FILE), serde_json::to_vec_pretty(&relative)?)?;
-                Ok(())
-            },
-        )
-        .map_err(failed("cache"))?;
-    let out = cache
-        .lookup(&keys.image)
-        .ok_or_else(|| failed("cache")("the entry just stored is missing".into()))?;
-    let mut built = Built::load(&out).map_err(failed("cache"))?;
-    built.earlier = cache.others(&keys.image);
-    Ok(built)
+            Ok(Some(built))
+        },
+    )
 }
 
-/// File in a package stage cache entry: the initrd made from its root.
-const INITRD_FILE: &str = "initrd.img";
-/// File in a root image stage cache entry.
-const ROOT_IMAGE_FILE: &str = "root.img";
+/// Every stage, in order; the package stage and the root image through `cache` when given.
+fn run_stages(
+    b: &Build<'_>,
+    cache: Option<(&StageCache, &StageKeys)>,
+) -> Result<Built, BuildError> {
+    let (plan, work) = (b.plan, &b.work);
+    let slots = slot_partitions(plan.profile)?;
+    let (root, boot) = base_stages(b, cache.map(|(c, k)| (c, &k.packages)))?;
+    // One root image and hash tree serve every slot: their ids do not name a slot.
+    let (first_root, first_verity) = (&slots[0].0, &slots[0].1);
+    root_image_stage(b, &root, first_root, cache.map(|(c, k)| (c, &k.root_image)))?;
+    let (changes, osrel) = overlay_stage(b, &root)?;
+    b.stage("write overlay")
+        .run(|| ext4::apply(&work.root_image(), &changes, plan.epoch))?;
+    boot_files(b, &root, &boot)?;
+    let tree = b.stage("verity").run(|| {
+        verity::format(
+            &work.root_image(),
+            &work.verity_image(),
+            &b.ids.hex("root/verity-salt"),
+            &b.ids.uuid_string("root/verity-uuid"),
+            first_verity.size.bytes(),
+        )
+    })?;
+    let slot_builds = uki_stage(b, &slots, &osrel, &boot, &tree.root_hash)?;
+    let esp_image = esp_stage(b, &slot_builds[0])?;
+    let empty = b
+        .stage("filesystems")
+        .run(|| empty_filesystems(plan.profile, &b.ids, plan.epoch, plan.work))?;
+    let written = disk_stage(b, &slot_builds[0], esp_image.as_deref(), &empty)?;
+    Ok(Built {
+        root_dir: root,
+        kernel: work.kernel(),
+        kernel_release: boot.kernel_release,
+        initrd: boot.initrd,
+        root_image: work.root_image(),
+        verity_image: work.verity_image(),
+        root_hash: tree.root_hash,
+        slots: slot_builds,
+        esp_image,
+        disk: work.disk(),
+        written,
+        cache_entry: None,
+        earlier: Vec::new(),
+    })
+}
 
 /// The package stage, the initrd made from its root and normalization, from the stage cache
 /// when its key is there. The initrd depends on the installed packages alone (kernel,
@@ -173,115 +203,262 @@ const ROOT_IMAGE_FILE: &str = "root.img";
 /// the packages: an overlay or agent change reuses both. The returned root is read, never
 /// written, by what follows: with a stage cache it is the cache entry's own tree.
 fn base_stages(
-    rplan: &rootfs::Plan<'_>,
-    plan: &BuildPlan<'_>,
+    b: &Build<'_>,
     cache: Option<(&StageCache, &StageKey)>,
 ) -> Result<(PathBuf, initrd::Initrd), BuildError> {
-    let os = rplan.profile.os.as_str();
-    let stage = |name| StageRunner::start(os, name, plan.log);
-    let work = plan.work;
-    let initrd_path = work.join(INITRD_FILE);
+    let plan = b.plan;
+    let initrd_path = b.work.initrd();
     let make = || -> Result<(PathBuf, initrd::Initrd), BuildError> {
-        let root = stage("packages").run(|| rootfs::install(rplan, work))?;
-        let boot = stage("initrd").run(|| initrd::build(&root, plan.epoch, &initrd_path))?;
-        stage("normalize").run(|| normalize::normalize(&root, os, plan.epoch))?;
+        let rplan = rootfs::Plan {
+            profile: plan.profile,
+            packages: plan.packages,
+            cache: plan.cache,
+            epoch: plan.epoch,
+        };
+        let root = b
+            .stage("packages")
+            .run(|| rootfs::install(&rplan, plan.work))?;
+        let boot = b
+            .stage("initrd")
+            .run(|| initrd::build(&root, plan.epoch, &initrd_path))?;
+        b.stage("normalize")
+            .run(|| normalize::normalize(&root, b.os, plan.epoch))?;
         Ok((root, boot))
     };
     let Some((cache, key)) = cache else {
         return make();
     };
-    // An entry without its initrd or root (removed by hand) counts as a miss.
-    let entry = || {
-        cache
-            .lookup(key)
-            .filter(|o| o.join(INITRD_FILE).is_file() && o.join("root").is_dir())
-    };
-    if let Some(out) = entry() {
-        let root = out.join("root");
-        let boot = stage("packages").run(|| {
-            std::fs::create_dir_all(work)?;
-            std::fs::copy(out.join(INITRD_FILE), &initrd_path)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(initrd::Initrd::existing(
-                &root,
-                &initrd_path,
-            )?)
-        })?;
-        (plan.log)(&format!(
-            "{os}: packages and initrd reused from the stage cache ({})",
-            &key.digest()[..12]
-        ));
-        return Ok((root, boot));
-    }
-    let (root, boot) = make()?;
-    stage("cache packages").run(|| {
-        cache.store(
-            key,
-            |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    cache.cached(
+        key,
+        "packages and initrd",
+        plan.log,
+        |out| {
+            let (root, boot) = make()?;
+            b.stage("cache packages").run(|| {
                 std::fs::create_dir_all(out)?;
-                if std::fs::rename(&root, out.join("root")).is_err() {
-                    stage_cache::copy_tree(&root, &out.join("root"))?;
-                }
+                stage_cache::move_tree(&root, &out.join("root"))?;
                 std::fs::copy(&boot.initrd, out.join(INITRD_FILE))?;
-                Ok(())
-            },
-        )
-    })?;
-    let out = entry().ok_or_else(|| BuildError::Stage {
-        os: os.to_string(),
-        stage: "cache packages",
-        source: "the entry just stored is missing".into(),
-    })?;
-    let root = out.join("root");
-    let boot = initrd::Initrd::existing(&root, &boot.initrd).map_err(|e| BuildError::Stage {
-        os: os.to_string(),
-        stage: "cache packages",
-        source: Box::new(e),
-    })?;
-    Ok((root, boot))
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        },
+        |out| {
+            let (root, initrd) = (out.join("root"), out.join(INITRD_FILE));
+            if !(root.is_dir() && initrd.is_file()) {
+                return Ok(None);
+            }
+            (|| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                std::fs::create_dir_all(plan.work)?;
+                std::fs::copy(&initrd, &initrd_path)?;
+                Ok(initrd::Initrd::existing(&root, &initrd_path)?)
+            })()
+            .map(|boot| Some((root, boot)))
+            .map_err(b.fail("packages"))
+        },
+    )
 }
 
-/// The root filesystem made from the package stage's tree (before the overlay) into `image`,
-/// from the stage cache when its key is there (copied: the build writes into its own copy).
+/// The root filesystem made from the package stage's tree (before the overlay), from the
+/// stage cache when its key is there (copied: the build writes into its own copy).
 fn root_image_stage(
-    ext4_plan: &ext4::Ext4Plan<'_>,
-    plan: &BuildPlan<'_>,
+    b: &Build<'_>,
+    root: &Path,
+    partition: &Partition,
     cache: Option<(&StageCache, &StageKey)>,
 ) -> Result<(), BuildError> {
-    let os = plan.profile.os.as_str();
-    let stage = |name| StageRunner::start(os, name, plan.log);
-    let image = ext4_plan.image;
-    let Some((cache, key)) = cache else {
-        return stage("ext4").run(|| ext4::make(ext4_plan));
+    let image = b.work.root_image();
+    let ext4_plan = ext4::Ext4Plan {
+        root,
+        image: &image,
+        size: partition.size.bytes(),
+        uuid: &b.ids.uuid_string("root/fs-uuid"),
+        hash_seed: &b.ids.uuid_string("root/hash-seed"),
+        label: "root",
+        epoch: b.plan.epoch,
     };
-    if let Some(out) = cache
-        .lookup(key)
-        .filter(|o| o.join(ROOT_IMAGE_FILE).is_file())
-    {
-        let cached = out.join(ROOT_IMAGE_FILE);
-        stage("ext4").run(|| super::blocks::copy_span_sparse(&cached, 0, ext4_plan.size, image))?;
-        (plan.log)(&format!(
-            "{os}: root image reused from the stage cache ({})",
-            &key.digest()[..12]
-        ));
-        return Ok(());
-    }
-    stage("ext4").run(|| ext4::make(ext4_plan))?;
-    stage("cache root image").run(|| {
-        cache.store(
+    let Some((cache, key)) = cache else {
+        return b.stage("ext4").run(|| ext4::make(&ext4_plan));
+    };
+    cache
+        .cached(
             key,
-            |out| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-                std::fs::create_dir_all(out)?;
-                super::blocks::copy_span_sparse(
-                    image,
-                    0,
-                    ext4_plan.size,
-                    &out.join(ROOT_IMAGE_FILE),
-                )?;
-                Ok(())
+            "root image",
+            b.plan.log,
+            |out| {
+                b.stage("ext4").run(|| {
+                    std::fs::create_dir_all(out)?;
+                    ext4::make(&ext4::Ext4Plan {
+                        image: &out.join(ROOT_IMAGE_FILE),
+                        ..ext4_plan
+                    })?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+            },
+            |out| {
+                let cached = out.join(ROOT_IMAGE_FILE);
+                if !cached.is_file() {
+                    return Ok(None);
+                }
+                super::blocks::copy_span_sparse(&cached, 0, ext4_plan.size, &image)
+                    .map(Some)
+                    .map_err(b.fail("ext4"))
             },
         )
-    })?;
+        .map(|_| ())
+}
+
+/// The overlay's files, the agent, the image's own os-release and the overlay's system users,
+/// as changes to write into the root image; and that os-release (the UKI's `.osrel`).
+fn overlay_stage(
+    b: &Build<'_>,
+    root: &Path,
+) -> Result<(Vec<overlay::Change>, Vec<u8>), BuildError> {
+    let (plan, os) = (b.plan, b.os);
+    let overlay_dir = plan.workspace.join(os).join("rootfs");
+    let mut changes = b
+        .stage("overlay")
+        .run(|| overlay::plan(&overlay_dir, root))?;
+    if let Some(name) = agent::agent_for(os) {
+        let bin = b
+            .stage("agent")
+            .run(|| agent::build(plan.workspace, name, plan.agent_target))?;
+        overlay::put_file(&mut changes, root, &format!("usr/bin/{name}"), &bin, 0o755);
+    }
+    // The image names itself in os-release (read by the boot report; the UKI's .osrel).
+    let osrel = overlay::read_file(&changes, root, identity::OS_RELEASE)
+        .map(|base| identity::os_release(&base, os, plan.version))
+        .map_err(b.fail("overlay"))?;
+    let osrel_path = b.work.os_release();
+    std::fs::write(&osrel_path, &osrel).map_err(b.fail("overlay"))?;
+    overlay::put_file(&mut changes, root, identity::OS_RELEASE, &osrel_path, 0o644);
+    // The overlay's system users go into /etc at build time: the root is read-only.
+    if !users::conf_files(&changes).is_empty() {
+        let scratch = b.work.sysusers();
+        b.stage("system users")
+            .run(|| users::apply(&mut changes, root, &scratch, plan.epoch))?;
+    }
+    Ok((changes, osrel))
+}
+
+/// The kernel, systemd-stub and systemd-boot copied out of the image's root: the UKI carries
+/// the kernel, and the stub and boot loader come from the image's own packages.
+fn boot_files(b: &Build<'_>, root: &Path, boot: &initrd::Initrd) -> Result<(), BuildError> {
+    for (from, to) in [
+        (boot.kernel.clone(), b.work.kernel()),
+        (root.join(STUB_IN_ROOT), b.work.stub()),
+        (root.join(BOOTLOADER_IN_ROOT), b.work.bootloader()),
+    ] {
+        std::fs::copy(&from, to).map_err(|_| BuildError::NotInImage {
+            os: b.os.to_string(),
+            path: from
+                .strip_prefix(root)
+                .unwrap_or(&from)
+                .display()
+                .to_string(),
+        })?;
+    }
     Ok(())
+}
+
+/// One UKI per slot: the stub with the kernel, initrd, os-release and the slot's command line;
+/// and PCR 11 as systemd-stub will leave it.
+fn uki_stage(
+    b: &Build<'_>,
+    slots: &[(Partition, Partition)],
+    osrel: &[u8],
+    boot: &initrd::Initrd,
+    root_hash: &plinth_release::Sha256,
+) -> Result<Vec<SlotBuild>, BuildError> {
+    let stub = read(b.os, "uki", &b.work.stub())?;
+    let linux = read(b.os, "uki", &b.work.kernel())?;
+    let initrd_bytes = read(b.os, "uki", &boot.initrd)?;
+    let mut built = Vec::new();
+    for (root_part, verity_part) in slots {
+        let cmdline = identity::cmdline(
+            &b.plan.profile.cmdline,
+            root_part.slot,
+            root_hash,
+            &disk::part_guid(&b.ids, &root_part.name),
+            &disk::part_guid(&b.ids, &verity_part.name),
+        );
+        let sections = uki::UkiSections {
+            osrel,
+            cmdline: &cmdline,
+            uname: &boot.kernel_release,
+            linux: &linux,
+            initrd: &initrd_bytes,
+        };
+        let path = b.work.uki(&uki_name(b.os, root_part.slot));
+        let pcr11 = b.stage("uki").run(|| {
+            let bytes = uki::build_uki(&stub, &sections)?;
+            std::fs::write(&path, &bytes)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(plinth_release::Sha256(
+                uki::predict_pcr11(&bytes)?,
+            ))
+        })?;
+        built.push(SlotBuild {
+            slot: root_part.slot,
+            root_partition: root_part.name.clone(),
+            verity_partition: verity_part.name.clone(),
+            cmdline,
+            uki: path,
+            pcr11,
+        });
+    }
+    Ok(built)
+}
+
+/// The ESP, when the profile has one: it boots `first` (slot A, or the only slot); slot B
+/// stays out of it until an update.
+fn esp_stage(b: &Build<'_>, first: &SlotBuild) -> Result<Option<PathBuf>, BuildError> {
+    let p = b.plan.profile;
+    let Some(part) = p.partitions.iter().find(|q| q.role == Role::Esp) else {
+        return Ok(None);
+    };
+    let image = b.work.esp_image();
+    let entry = format!("{}.efi", uki_name(b.os, first.slot));
+    let layout = boot_entries::EspLayout {
+        boot_loader: &p.boot_loader,
+        entry: &entry,
+        uki: &first.uki,
+        loader: &b.work.bootloader(),
+        loader_conf: &b.work.loader_conf(),
+    };
+    let opts = esp::FatOptions {
+        size: part.size.bytes(),
+        volume_id: esp::volume_id(&b.ids, "esp/volume-id"),
+        label: "ESP".into(),
+        epoch: b.plan.epoch,
+    };
+    b.stage("esp").run(|| {
+        let files = layout.files()?;
+        esp::write_fat(&image, &opts, &files)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    })?;
+    Ok(Some(image))
+}
+
+/// The disk: the GPT, `first`'s root and verity, the ESP and the empty filesystems.
+fn disk_stage(
+    b: &Build<'_>,
+    first: &SlotBuild,
+    esp_image: Option<&Path>,
+    empty: &[(String, PathBuf)],
+) -> Result<disk::WrittenDisk, BuildError> {
+    let p = b.plan.profile;
+    let (root_image, verity_image) = (b.work.root_image(), b.work.verity_image());
+    b.stage("disk").run(|| {
+        let mut layout = disk::DiskLayout::from_profile(b.ids, p)
+            .with_source(&first.root_partition, &root_image)?
+            .with_source(&first.verity_partition, &verity_image)?;
+        let esp_part = p.partitions.iter().find(|q| q.role == Role::Esp);
+        if let (Some(part), Some(image)) = (esp_part, esp_image) {
+            layout = layout.with_source(&part.name, image)?;
+        }
+        for (name, image) in empty {
+            layout = layout.with_source(name, image)?;
+        }
+        disk::write_disk(&layout, &b.work.disk())
+    })
 }
 
 /// The stage cache keys of one build.
@@ -414,223 +591,6 @@ impl Built {
     }
 }
 
-/// Every stage, in order; the package stage and the root image through `cache` when given.
-fn run_stages(
-    plan: &BuildPlan<'_>,
-    cache: Option<(&StageCache, &StageKeys)>,
-) -> Result<Built, BuildError> {
-    let p = plan.profile;
-    let os = p.os.as_str();
-    let ids = IdSource {
-        os,
-        version: plan.version,
-    };
-    let slots = slot_partitions(p)?;
-    let stage = |name| StageRunner::start(os, name, plan.log);
-
-    let rplan = rootfs::Plan {
-        profile: p,
-        packages: plan.packages,
-        cache: plan.cache,
-        epoch: plan.epoch,
-    };
-    let (root, boot) = base_stages(&rplan, plan, cache.map(|(c, k)| (c, &k.packages)))?;
-    // One root image and hash tree serve every slot: their ids do not name a slot.
-    let (first_root, first_verity) = (&slots[0].0, &slots[0].1);
-    let root_image = plan.work.join("root.img");
-    root_image_stage(
-        &ext4::Ext4Plan {
-            root: &root,
-            image: &root_image,
-            size: first_root.size.bytes(),
-            uuid: &ids.uuid_string("root/fs-uuid"),
-            hash_seed: &ids.uuid_string("root/hash-seed"),
-            label: "root",
-            epoch: plan.epoch,
-        },
-        plan,
-        cache.map(|(c, k)| (c, &k.root_image)),
-    )?;
-    let overlay_dir = plan.workspace.join(os).join("rootfs");
-    let mut changes = stage("overlay").run(|| overlay::plan(&overlay_dir, &root))?;
-    if let Some(name) = agent::agent_for(os) {
-        let bin = stage("agent").run(|| agent::build(plan.workspace, name, plan.agent_target))?;
-        overlay::put_file(&mut changes, &root, &format!("usr/bin/{name}"), &bin, 0o755);
-    }
-    // The image names itself in os-release (read by the boot report; the UKI's .osrel).
-    let osrel = overlay::read_file(&changes, &root, identity::OS_RELEASE)
-        .map(|base| identity::os_release(&base, os, plan.version))
-        .map_err(|e| BuildError::Stage {
-            os: os.to_string(),
-            stage: "overlay",
-            source: Box::new(e),
-        })?;
-    let osrel_path = plan.work.join("os-release");
-    std::fs::write(&osrel_path, &osrel).map_err(|e| BuildError::Stage {
-        os: os.to_string(),
-        stage: "overlay",
-        source: Box::new(e),
-    })?;
-    overlay::put_file(
-        &mut changes,
-        &root,
-        identity::OS_RELEASE,
-        &osrel_path,
-        0o644,
-    );
-    // The overlay's system users go into /etc at build time: the root is read-only.
-    if !users::conf_files(&changes).is_empty() {
-        let scratch = plan.work.join("sysusers");
-        stage("system users").run(|| users::apply(&mut changes, &root, &scratch, plan.epoch))?;
-    }
-    stage("write overlay").run(|| ext4::apply(&root_image, &changes, plan.epoch))?;
-    // Kept outside the root: the UKI carries them, and the stub and boot loader come from the
-    // image's own packages.
-    let kernel = plan.work.join("vmlinuz");
-    let stub = plan.work.join("linuxx64.efi.stub");
-    let bootloader = plan.work.join("systemd-bootx64.efi");
-    for (from, to) in [
-        (boot.kernel.clone(), &kernel),
-        (root.join(STUB_IN_ROOT), &stub),
-        (root.join(BOOTLOADER_IN_ROOT), &bootloader),
-    ] {
-        std::fs::copy(&from, to).map_err(|_| BuildError::NotInImage {
-            os: os.to_string(),
-            path: from
-                .strip_prefix(&root)
-                .unwrap_or(&from)
-                .display()
-                .to_string(),
-        })?;
-    }
-
-    let verity_image = plan.work.join("verity.img");
-    let tree = stage("verity").run(|| {
-        verity::format(
-            &root_image,
-            &verity_image,
-            &ids.hex("root/verity-salt"),
-            &ids.uuid_string("root/verity-uuid"),
-            first_verity.size.bytes(),
-        )
-    })?;
-
-    let stub_bytes = read(os, "uki", &stub)?;
-    let linux = read(os, "uki", &kernel)?;
-    let initrd_bytes = read(os, "uki", &boot.initrd)?;
-    let mut slot_builds = Vec::new();
-    for (root_part, verity_part) in &slots {
-        let slot_arg = match root_part.slot {
-            Some(slot) => format!(" {}", identity::slot_arg(slot)),
-            None => String::new(),
-        };
-        let cmdline = format!(
-            "{}{slot_arg} roothash={} systemd.verity_root_data=PARTUUID={} systemd.verity_root_hash=PARTUUID={} root=/dev/mapper/root ro",
-            p.cmdline.join(" "),
-            tree.root_hash,
-            disk::part_guid(&ids, &root_part.name),
-            disk::part_guid(&ids, &verity_part.name),
-        );
-        let sections = uki::UkiSections {
-            osrel: &osrel,
-            cmdline: &cmdline,
-            uname: &boot.kernel_release,
-            linux: &linux,
-            initrd: &initrd_bytes,
-        };
-        let path = plan
-            .work
-            .join(format!("{}.efi", uki_name(os, root_part.slot)));
-        let pcr11 = stage("uki").run(|| {
-            let bytes = uki::build_uki(&stub_bytes, &sections)?;
-            std::fs::write(&path, &bytes)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(plinth_release::Sha256(
-                uki::predict_pcr11(&bytes)?,
-            ))
-        })?;
-        slot_builds.push(SlotBuild {
-            slot: root_part.slot,
-            root_partition: root_part.name.clone(),
-            verity_partition: verity_part.name.clone(),
-            cmdline,
-            uki: path,
-            pcr11,
-        });
-    }
-
-    // A fresh disk boots slot A (or the only slot); slot B stays empty until an update.
-    let first = &slot_builds[0];
-    let esp_part = p.partitions.iter().find(|q| q.role == Role::Esp);
-    let esp_image = match esp_part {
-        Some(part) => {
-            let image = plan.work.join("esp.img");
-            let entry = format!("{}.efi", uki_name(os, first.slot));
-            let files = match p.boot_loader {
-                BootLoader::SystemdBoot => {
-                    let loader_conf = plan.work.join("loader.conf");
-                    std::fs::write(&loader_conf, format!("timeout 0\ndefault {entry}\n")).map_err(
-                        |e| BuildError::Stage {
-                            os: os.to_string(),
-                            stage: "esp",
-                            source: Box::new(e),
-                        },
-                    )?;
-                    vec![
-                        esp::FatFile::new(super::measure::LOADER_PATH, &bootloader),
-                        esp::FatFile::new("EFI/systemd/systemd-bootx64.efi", &bootloader),
-                        esp::FatFile::new(format!("EFI/Linux/{entry}"), &first.uki),
-                        esp::FatFile::new("loader/loader.conf", &loader_conf),
-                    ]
-                }
-                // The firmware starts the UKI itself: no loader, no loader.conf.
-                BootLoader::None => {
-                    vec![esp::FatFile::new(super::measure::LOADER_PATH, &first.uki)]
-                }
-            };
-            let opts = esp::FatOptions {
-                size: part.size.bytes(),
-                volume_id: esp::volume_id(&ids, "esp/volume-id"),
-                label: "ESP".into(),
-                epoch: plan.epoch,
-            };
-            stage("esp").run(|| esp::write_fat(&image, &opts, &files))?;
-            Some(image)
-        }
-        None => None,
-    };
-
-    let empty = stage("filesystems").run(|| empty_filesystems(p, &ids, plan.epoch, plan.work))?;
-
-    let disk_path = plan.work.join("disk.img");
-    let written = stage("disk").run(|| {
-        let mut layout = disk::DiskLayout::from_profile(ids, p)
-            .with_source(&first.root_partition, &root_image)?
-            .with_source(&first.verity_partition, &verity_image)?;
-        if let (Some(part), Some(image)) = (esp_part, &esp_image) {
-            layout = layout.with_source(&part.name, image)?;
-        }
-        for (name, image) in &empty {
-            layout = layout.with_source(name, image)?;
-        }
-        disk::write_disk(&layout, &disk_path)
-    })?;
-    Ok(Built {
-        root_dir: root,
-        kernel,
-        kernel_release: boot.kernel_release,
-        initrd: boot.initrd,
-        root_image,
-        verity_image,
-        root_hash: tree.root_hash,
-        slots: slot_builds,
-        esp_image,
-        disk: disk_path,
-        written,
-        cache_entry: None,
-        earlier: Vec::new(),
-    })
-}
-
 /// Empty filesystems for the config and data partitions that name one (ext4 or vfat), so
 /// that the installer and the OS find them formatted: ids derived like every other, label
 /// the partition's name. Returns (partition, image) pairs.
@@ -713,6 +673,91 @@ fn read(os: &str, stage: &'static str, path: &Path) -> Result<Vec<u8>, BuildErro
         stage,
         source: format!("reading {}: {e}", path.display()).into(),
     })
+}
+
+/// One build under way: its plan, the ids its filesystems derive from and its work paths.
+struct Build<'p> {
+    plan: &'p BuildPlan<'p>,
+    os: &'p str,
+    ids: IdSource<'p>,
+    work: WorkPaths,
+}
+
+impl<'p> Build<'p> {
+    fn new(plan: &'p BuildPlan<'p>) -> Build<'p> {
+        let os = plan.profile.os.as_str();
+        Build {
+            plan,
+            os,
+            ids: IdSource {
+                os,
+                version: plan.version,
+            },
+            work: WorkPaths(plan.work.to_path_buf()),
+        }
+    }
+
+    /// Start the stage `name`: it logs its time and is named in its error.
+    fn stage(&self, name: &'static str) -> StageRunner<'_> {
+        StageRunner::start(self.os, name, self.plan.log)
+    }
+
+    /// An error of the stage `stage`, for `map_err`.
+    fn fail<E>(&self, stage: &'static str) -> impl Fn(E) -> BuildError + '_
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        move |e| BuildError::Stage {
+            os: self.os.to_string(),
+            stage,
+            source: e.into(),
+        }
+    }
+}
+
+/// The files a build writes in its work directory, by what they are.
+struct WorkPaths(PathBuf);
+
+impl WorkPaths {
+    fn initrd(&self) -> PathBuf {
+        self.0.join(INITRD_FILE)
+    }
+    fn root_image(&self) -> PathBuf {
+        self.0.join(ROOT_IMAGE_FILE)
+    }
+    /// The image's os-release, as the overlay writes it into the root.
+    fn os_release(&self) -> PathBuf {
+        self.0.join("os-release")
+    }
+    /// Scratch space of `systemd-sysusers`.
+    fn sysusers(&self) -> PathBuf {
+        self.0.join("sysusers")
+    }
+    fn kernel(&self) -> PathBuf {
+        self.0.join("vmlinuz")
+    }
+    fn stub(&self) -> PathBuf {
+        self.0.join("linuxx64.efi.stub")
+    }
+    fn bootloader(&self) -> PathBuf {
+        self.0.join("systemd-bootx64.efi")
+    }
+    fn verity_image(&self) -> PathBuf {
+        self.0.join("verity.img")
+    }
+    /// A slot's UKI, named by [`uki_name`].
+    fn uki(&self, stem: &str) -> PathBuf {
+        self.0.join(format!("{stem}.efi"))
+    }
+    fn esp_image(&self) -> PathBuf {
+        self.0.join("esp.img")
+    }
+    fn loader_conf(&self) -> PathBuf {
+        self.0.join("loader.conf")
+    }
+    fn disk(&self) -> PathBuf {
+        self.0.join("disk.img")
+    }
 }
 
 /// Runs one stage: logs its name and time, and names it in its error.

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod artifacts;
 pub mod blocks;
+pub mod boot_entries;
 pub mod build;
 pub mod disk;
 pub mod esp;
@@ -14,6 +15,7 @@ pub mod frames;
 pub mod identity;
 pub mod ids;
 pub mod initrd;
+pub mod job;
 pub use plinth_release::manifest;
 pub mod measure;
 pub mod normalize;

@@ -86,36 +86,40 @@ pub struct Firmware {
 /// Build the firmware, or take it from the stage cache when its inputs are unchanged.
 pub fn build(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
     let key = stage_key(plan)?;
-    let os = &plan.toolchain.os;
-    if let Some(cache) = plan.stage_cache {
-        if let Some(out) = cache.lookup(&key) {
-            let firmware = found(&out.join(FIRMWARE_FILE))?;
-            (plan.log)(&format!(
-                "{os}: firmware {FIRMWARE_FILE} reused from the stage cache ({})",
-                &key.digest()[..12]
-            ));
-            return Ok(firmware);
-        }
-    }
+    let Some(cache) = plan.stage_cache else {
+        return compile_logged(plan);
+    };
+    cache.cached(
+        &key,
+        &format!("firmware {FIRMWARE_FILE}"),
+        plan.log,
+        |dir| {
+            let built = compile_logged(plan)?;
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+            let dest = dir.join(FIRMWARE_FILE);
+            std::fs::copy(&built.path, &dest).map_err(io("copying", &dest))?;
+            Ok(())
+        },
+        |dir| {
+            let path = dir.join(FIRMWARE_FILE);
+            path.is_file().then(|| found(&path)).transpose()
+        },
+    )
+}
+
+/// Compile the firmware, logging how long it took.
+fn compile_logged(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
     let start = std::time::Instant::now();
     let built = compile(plan)?;
     (plan.log)(&format!(
-        "{os}: firmware {FIRMWARE_FILE} built from {} {} in {:.1} s (sha256 {})",
+        "{}: firmware {FIRMWARE_FILE} built from {} {} in {:.1} s (sha256 {})",
+        plan.toolchain.os,
         plan.source.package,
         plan.source.version,
         start.elapsed().as_secs_f64(),
         built.sha256
     ));
-    let Some(cache) = plan.stage_cache else {
-        return Ok(built);
-    };
-    let out = cache.store(&key, |dir| -> Result<(), FirmwareError> {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        let dest = dir.join(FIRMWARE_FILE);
-        std::fs::copy(&built.path, &dest).map_err(io("copying", &dest))?;
-        Ok(())
-    })?;
-    found(&out.join(FIRMWARE_FILE))
+    Ok(built)
 }
 
 /// The stage's inputs: the toolchain's exact packages, the tarballs, the recipe files, the

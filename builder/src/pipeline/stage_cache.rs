@@ -159,6 +159,45 @@ impl StageCache {
         Ok(entry.join("out"))
     }
 
+    /// One stage through the cache. `restore` reads the stage's output from an entry's `out/`
+    /// directory (`None`: the entry lacks a part, say removed by hand, and counts as a miss).
+    /// On a hit it is all that runs, and `log` says "`<os>: <what>` reused from the stage
+    /// cache". On a miss `produce` runs once, writing the output into the directory it is
+    /// given (which it creates, and which becomes the entry's `out/`), and the build goes on
+    /// from `restore` of the stored entry: after a hit and after a miss, what follows reads
+    /// the same places.
+    pub fn cached<T, E>(
+        &self,
+        key: &StageKey,
+        what: &str,
+        log: &dyn Fn(&str),
+        produce: impl FnOnce(&Path) -> Result<(), E>,
+        restore: impl Fn(&Path) -> Result<Option<T>, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StageCacheError>,
+    {
+        if let Some(out) = self.lookup(key) {
+            if let Some(found) = restore(&out)? {
+                log(&format!(
+                    "{}: {what} reused from the stage cache ({})",
+                    key.os,
+                    &key.digest()[..12]
+                ));
+                return Ok(found);
+            }
+        }
+        let out = self.store(key, produce)?;
+        restore(&out)?.ok_or_else(|| {
+            StageCacheError {
+                path: out.clone(),
+                action: "read back the entry just stored",
+                source: std::io::Error::other(format!("{what} is incomplete there")),
+            }
+            .into()
+        })
+    }
+
     /// The `out/` directories of the other complete entries of `key`'s (stage, os, profile),
     /// newest first.
     pub fn others(&self, key: &StageKey) -> Vec<PathBuf> {
@@ -223,6 +262,14 @@ fn short(s: &str) -> &str {
     } else {
         s
     }
+}
+
+/// Move a tree: renamed, or copied when `to` is on another filesystem.
+pub fn move_tree(from: &Path, to: &Path) -> Result<(), super::tool::ToolError> {
+    if std::fs::rename(from, to).is_err() {
+        copy_tree(from, to)?;
+    }
+    Ok(())
 }
 
 /// sha256 of a tree's paths, kinds, normalized modes (as git keeps them: executable or not)

@@ -1,0 +1,163 @@
+//! One OS profile built into a release directory: the image stages ([`build`]) and, for an OS
+//! with a guest firmware, the firmware ([`ovmf`], CPU-bound, in its own root) on a second
+//! thread beside them; then the release assembled from both ([`release`]). `plinth build` and
+//! `plinth verify` both run it, once they have checked its locked inputs and fetched them.
+
+use super::build::{self, BuildError};
+use super::ovmf::{self, FirmwareError};
+use super::release::{self, ReleaseError};
+use super::stage_cache::StageCache;
+use crate::packages::cache::Cache;
+use crate::packages::lockfile::{LockedPackage, LockedSource};
+use crate::spec::{OsSpec, Profile};
+use plinth_release::manifest::Manifest;
+use plinth_release::{CommitId, Sha256, Version};
+use std::path::{Path, PathBuf};
+
+/// One OS profile to build into a release directory, its inputs in the package cache.
+pub struct Job<'a> {
+    /// The source tree: overlays, agent sources, the firmware recipe.
+    pub workspace: &'a Path,
+    pub spec: &'a OsSpec,
+    pub profile: &'a Profile,
+    /// The lock's packages of `profile`.
+    pub packages: &'a [&'a LockedPackage],
+    /// The guest firmware's locked inputs, for an OS that has one.
+    pub firmware: Option<FirmwareInputs<'a>>,
+    pub version: &'a Version,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: i64,
+    pub commit: CommitId,
+    /// Whether the source tree differs from `commit`.
+    pub dirty: bool,
+    pub lock_sha256: Sha256,
+    pub os_spec_sha256: Sha256,
+    pub cache: &'a Cache,
+    pub stage_cache: Option<&'a StageCache>,
+    pub agent_target: &'a Path,
+    /// A directory this job owns (created, emptied by the caller).
+    pub work: &'a Path,
+    /// Where the release goes (replaced).
+    pub release_dir: &'a Path,
+    /// Receives one line per finished stage, from both threads.
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
+/// What the firmware is built from: the lock's toolchain and source.
+pub struct FirmwareInputs<'l> {
+    pub toolchain: Profile,
+    pub packages: Vec<&'l LockedPackage>,
+    pub source: &'l LockedSource,
+}
+
+/// Why a release could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Firmware(#[from] FirmwareError),
+    #[error("cannot prepare the firmware's work directory {}: {source}", path.display())]
+    Work {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the release {}: {source}", dir.display())]
+    Release {
+        dir: PathBuf,
+        #[source]
+        source: Box<ReleaseError>,
+    },
+}
+
+/// Build the images and the firmware side by side, then assemble the release.
+pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
+    let plan = build::BuildPlan {
+        workspace: job.workspace,
+        profile: job.profile,
+        packages: job.packages,
+        cache: job.cache,
+        agent_target: job.agent_target,
+        version: job.version,
+        epoch: job.epoch,
+        work: &job.work.join("build"),
+        log: job.log,
+        stage_cache: job.stage_cache,
+    };
+    let (built, firmware) = std::thread::scope(|s| {
+        let firmware = job
+            .firmware
+            .as_ref()
+            .map(|inputs| s.spawn(|| build_firmware(job, inputs)));
+        let built = build::build(&plan);
+        let firmware = firmware.map(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (built, firmware)
+    });
+    let built = built?;
+    let firmware = firmware.transpose()?;
+    let edk2 = job
+        .spec
+        .firmware
+        .as_ref()
+        .map(|f| f.source.version.clone())
+        .unwrap_or_default();
+    let inputs = release::ReleaseInputs {
+        profile: job.profile,
+        version: job.version,
+        epoch: job.epoch,
+        source_commit: job.commit,
+        source_dirty: job.dirty,
+        lock_sha256: job.lock_sha256,
+        os_spec_sha256: job.os_spec_sha256,
+        packages: job.packages,
+        firmware: firmware.as_ref().map(|f| release::ReleaseFirmware {
+            firmware: f,
+            edk2: &edk2,
+            launches: job.spec.snp.as_ref().map(Into::into),
+        }),
+        log: job.log,
+    };
+    release::assemble(&built, &inputs, job.release_dir).map_err(|source| JobError::Release {
+        dir: job.release_dir.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// Build the guest firmware (or take it from the stage cache) in `<work>/firmware`.
+fn build_firmware(job: &Job<'_>, inputs: &FirmwareInputs<'_>) -> Result<ovmf::Firmware, JobError> {
+    let work = job.work.join("firmware");
+    let fresh = || -> std::io::Result<()> {
+        if work.exists() {
+            std::fs::remove_dir_all(&work)?;
+        }
+        std::fs::create_dir_all(&work)
+    };
+    fresh().map_err(|source| JobError::Work {
+        path: work.clone(),
+        source,
+    })?;
+    (job.log)(&format!(
+        "{}: guest firmware from {} {} ({} toolchain packages), beside the image stages",
+        job.spec.os,
+        inputs.source.package,
+        inputs.source.version,
+        inputs.packages.len()
+    ));
+    let plan = ovmf::FirmwarePlan {
+        workspace: job.workspace,
+        toolchain: &inputs.toolchain,
+        packages: &inputs.packages,
+        source: inputs.source,
+        cache: job.cache,
+        epoch: job.epoch,
+        work: &work,
+        jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        stage_cache: job.stage_cache,
+        log: job.log,
+    };
+    Ok(ovmf::build(&plan)?)
+}
