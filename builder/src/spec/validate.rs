@@ -672,17 +672,16 @@ fn check_partition_slots(cx: &mut Checker) {
     let partitions = &cx.spec.partitions;
     for (i, p) in partitions.iter().enumerate() {
         let Some(slot) = p.slot else { continue };
-        let (suffix, other_suffix, other_slot) = match slot {
-            Slot::A => ("-a", "-b", "B"),
-            Slot::B => ("-b", "-a", "A"),
-        };
-        let Some(base) = p.name.strip_suffix(suffix) else {
+        let other_slot = slot.other();
+        let suffix = format!("-{}", slot.file_suffix());
+        let other_suffix = format!("-{}", other_slot.file_suffix());
+        let Some(base) = p.name.strip_suffix(&suffix) else {
             let base = p.name.trim_end_matches("-a").trim_end_matches("-b");
             cx.at(
                 &format!("partitions[{i}].name"),
                 format!(
                     "a name ending in `{suffix}` (the partition is in slot {})",
-                    slot_name(slot)
+                    slot.as_str()
                 ),
                 q(&p.name),
                 format!("name the halves `<base>-a` and `<base>-b`, e.g. `{base}{suffix}`"),
@@ -698,7 +697,7 @@ fn check_partition_slots(cx: &mut Checker) {
             cx.at(
                 &format!("partitions[{i}].slot"),
                 format!("a slot {other_slot} partition `{other_name}` to pair with"),
-                format!("only the slot {} half `{}`", slot_name(slot), p.name),
+                format!("only the slot {} half `{}`", slot.as_str(), p.name),
                 format!(
                     "add a partition `{other_name}` with `slot: {other_slot}` and the same \
                      role, filesystem and size"
@@ -1155,13 +1154,6 @@ fn role_name(role: Role) -> &'static str {
         Role::Verity => "verity",
         Role::Config => "config",
         Role::Data => "data",
-    }
-}
-
-fn slot_name(slot: Slot) -> &'static str {
-    match slot {
-        Slot::A => "A",
-        Slot::B => "B",
     }
 }
 
