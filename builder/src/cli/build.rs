@@ -22,14 +22,18 @@ cache are fetched first (sha256-verified) unless --offline; the build itself
 uses no network. SOURCE_DATE_EPOCH is the source commit's time.
 Stage outputs are cached by the hash of their inputs (<cache>/stages): with
 nothing changed, a rebuild reuses everything; after an overlay change it
-reuses the installed packages and their root filesystem. -v says why a stage
-was rebuilt.
+reuses the installed packages and their root filesystem. The guest firmware's
+entry is keyed by its own inputs alone (toolchain, source, recipe), so a build
+whose images change still reuses it. -v says why a stage was rebuilt.
 
 Examples:
   plinth build                          every OS, prod profile, into out/
   plinth build guest-os --profile test  the small CI image
   plinth build all --out /srv/release --release-version 1.2.0
-  plinth build host-os --no-cache       rebuild every stage afresh";
+  plinth build host-os --no-cache       rebuild every stage afresh
+  plinth build guest-os --rebuild images
+                                        image stages afresh, the firmware
+                                        from its cache entry";
 
 /// Build reproducible disk and update images from the locked packages.
 #[derive(Debug, clap::Args)]
@@ -59,10 +63,23 @@ pub struct Args {
     /// Build every stage afresh: neither read nor write the stage cache.
     #[arg(long)]
     pub no_cache: bool,
+    /// Build one part afresh, neither reading nor writing its stage cache entries:
+    /// `images` (every image stage) or `firmware` (the guest firmware). Repeatable.
+    #[arg(long, value_enum, value_name = "PART")]
+    pub rebuild: Vec<Rebuild>,
     #[command(flatten)]
     pub mirrors: super::MirrorArgs,
     #[command(flatten)]
     pub cache: super::CacheArg,
+}
+
+/// A part of a build that `--rebuild` builds afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Rebuild {
+    /// Every image stage: packages, initrd, root filesystem and all that follows.
+    Images,
+    /// The guest firmware (GuestOS).
+    Firmware,
 }
 
 #[derive(Serialize)]
@@ -149,7 +166,10 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             commit,
             dirty,
             cache: &cache,
-            stage_cache: (!args.no_cache).then_some(&stage_cache),
+            image_cache: (!args.no_cache && !args.rebuild.contains(&Rebuild::Images))
+                .then_some(&stage_cache),
+            firmware_cache: (!args.no_cache && !args.rebuild.contains(&Rebuild::Firmware))
+                .then_some(&stage_cache),
             agent_target: &cache.root().join("agent-target"),
             work: &work,
             release_dir: &dir,
@@ -187,7 +207,9 @@ pub(super) struct ReleaseJob<'a> {
     /// Whether the source tree differs from `commit`.
     pub dirty: bool,
     pub cache: &'a Cache,
-    pub stage_cache: Option<&'a StageCache>,
+    /// Stage caches of the image stages and of the firmware (`None`: built afresh).
+    pub image_cache: Option<&'a StageCache>,
+    pub firmware_cache: Option<&'a StageCache>,
     pub agent_target: &'a Path,
     /// A directory this build owns (created, emptied by the caller).
     pub work: &'a Path,
@@ -253,7 +275,8 @@ pub(super) fn build_release(
         lock_sha256: digest(&lock_path)?,
         os_spec_sha256: digest(&spec_path)?,
         cache: job.cache,
-        stage_cache: job.stage_cache,
+        image_cache: job.image_cache,
+        firmware_cache: job.firmware_cache,
         agent_target: job.agent_target,
         work: job.work,
         release_dir: job.release_dir,

@@ -126,7 +126,8 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         commit: m.inputs.source_commit,
         dirty: false,
         cache: &cache,
-        stage_cache: None,
+        image_cache: None,
+        firmware_cache: None,
         agent_target: &args
             .agent_target
             .clone()

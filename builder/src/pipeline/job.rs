@@ -33,7 +33,10 @@ pub struct Job<'a> {
     pub lock_sha256: Sha256,
     pub os_spec_sha256: Sha256,
     pub cache: &'a Cache,
-    pub stage_cache: Option<&'a StageCache>,
+    /// The stage cache of the image stages (`None`: built afresh, nothing recorded).
+    pub image_cache: Option<&'a StageCache>,
+    /// The stage cache of the firmware (keyed by its own inputs alone).
+    pub firmware_cache: Option<&'a StageCache>,
     pub agent_target: &'a Path,
     /// A directory this job owns (created, emptied by the caller).
     pub work: &'a Path,
@@ -82,7 +85,7 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
         epoch: job.epoch,
         work: &job.work.join("build"),
         log: job.log,
-        stage_cache: job.stage_cache,
+        stage_cache: job.image_cache,
     };
     let (built, firmware) = std::thread::scope(|s| {
         let firmware = job
@@ -156,7 +159,7 @@ fn build_firmware(job: &Job<'_>, inputs: &FirmwareInputs<'_>) -> Result<ovmf::Fi
         epoch: job.epoch,
         work: &work,
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        stage_cache: job.stage_cache,
+        stage_cache: job.firmware_cache,
         log: job.log,
     };
     Ok(ovmf::build(&plan)?)
