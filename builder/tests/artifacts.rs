@@ -446,7 +446,7 @@ fn deb(name: &str, version: &str, arch: &str, seed: u8) -> LockedPackage {
         suite: "bookworm".into(),
         filename: format!("pool/main/x/{name}/{name}_{version}_{arch}.deb"),
         size: 1000 + u64::from(seed),
-        sha256: format!("{seed:02x}").repeat(32),
+        sha256: format!("{seed:02x}").repeat(32).parse().unwrap(),
     }
 }
 

@@ -58,7 +58,7 @@ fn packages(seed: u64) -> Vec<Pkg> {
                     },
                     filename: format!("pool/main/p/{name}/{name}_1.{i}-1_amd64.deb"),
                     size: size as u64,
-                    sha256: sha256_bytes(&data),
+                    sha256: plinth_release::Sha256::of(&data),
                 },
                 data,
             }
@@ -256,7 +256,8 @@ fn persistent_corruption_names_package_url_and_both_hashes() {
     );
     let msg = err.to_string();
     let url = format!("{}/{}", server.url(), bad.path());
-    for needle in [&bad.lock.name, &url, &bad.lock.sha256, &actual] {
+    let expected = bad.lock.sha256.to_string();
+    for needle in [&bad.lock.name, &url, &expected, &actual] {
         assert!(msg.contains(needle.as_str()), "`{needle}` not in: {msg}");
     }
     assert_eq!(server.requests_for(&bad.path()), 5);
@@ -574,7 +575,7 @@ fn offline_lists_missing_packages_without_network() {
     let missing: Vec<&str> = report.missing.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(missing, ["pkg5", "pkg6", "pkg7"]);
     let msg = err.to_string();
-    assert!(msg.contains(&pkgs[6].lock.sha256) && msg.contains(&pkgs[6].lock.version));
+    assert!(msg.contains(&pkgs[6].lock.sha256.to_string()) && msg.contains(&pkgs[6].lock.version));
 
     let report = fetch(&locked(&pkgs[..5]), |_| String::new(), &cache, &opts).unwrap();
     assert_eq!(report.cached, 5);
@@ -618,7 +619,7 @@ fn workspace(pkgs: &[Pkg]) -> tempfile::TempDir {
         requests: vec![],
     };
     let profile = |ps: &[Pkg]| LockedProfile {
-        inputs_sha256: "0".repeat(64),
+        inputs_sha256: "0".repeat(64).parse().unwrap(),
         inputs: inputs.clone(),
         packages: ps.iter().map(|p| p.lock.key()).collect(),
     };
@@ -631,9 +632,9 @@ fn workspace(pkgs: &[Pkg]) -> tempfile::TempDir {
         architecture: "amd64".into(),
         indexes: vec![IndexDigest {
             suite: "bookworm".into(),
-            inrelease_sha256: "0".repeat(64),
+            inrelease_sha256: "0".repeat(64).parse().unwrap(),
             path: "main/binary-amd64/Packages.xz".into(),
-            sha256: "0".repeat(64),
+            sha256: "0".repeat(64).parse().unwrap(),
             size: 1,
         }],
         profiles: BTreeMap::from([
@@ -680,7 +681,10 @@ fn cli_offline_exit_codes_and_json() {
         stderr.contains("pkg2") && stderr.contains("pkg3"),
         "{stderr}"
     );
-    assert!(stderr.contains(&pkgs[3].lock.sha256), "{stderr}");
+    assert!(
+        stderr.contains(&pkgs[3].lock.sha256.to_string()),
+        "{stderr}"
+    );
     // This lock was not resolved from these specs: fetch says so (and still fetches).
     assert!(
         stderr.contains("guest-os/packages.lock does not match guest-os/os.yaml"),

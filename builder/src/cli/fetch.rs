@@ -55,7 +55,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
 
     // The packages to fetch, deduplicated across OSes; the first OS's mirror serves each.
     let mut packages: Vec<LockedPackage> = Vec::new();
-    let mut base_urls: HashMap<String, String> = HashMap::new();
+    let mut base_urls: HashMap<plinth_release::Sha256, String> = HashMap::new();
     let mut seen = HashSet::new();
     for os in oses {
         let lock_path = ws.lock_path(os);
@@ -81,9 +81,9 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         let mirrors = (!args.offline).then(|| Mirrors::resolve(&spec.base, &overrides));
         out.detail(format!("{os}: {} locked packages", selected.len()));
         for pkg in selected {
-            if seen.insert(pkg.sha256.clone()) {
+            if seen.insert(pkg.sha256) {
                 if let Some(m) = &mirrors {
-                    base_urls.insert(pkg.sha256.clone(), m.for_suite(&pkg.suite).to_string());
+                    base_urls.insert(pkg.sha256, m.for_suite(&pkg.suite).to_string());
                 }
                 packages.push(pkg.clone());
             }

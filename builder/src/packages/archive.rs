@@ -70,9 +70,9 @@ impl Archive {
                     .expect("every index comes from a loaded release");
                 IndexDigest {
                     suite: index.suite.clone(),
-                    inrelease_sha256: release.raw_sha256.clone(),
+                    inrelease_sha256: release.raw_sha256,
                     path: index.path.clone(),
-                    sha256: index.sha256.clone(),
+                    sha256: index.sha256,
                     size: index.size,
                 }
             })

@@ -6,11 +6,14 @@
 //! the data (and then the directory) were synced; so every `.deb` in the cache is complete and
 //! correct, whatever crashed or failed before. [`Partial`] is the only way to add a file.
 //!
-//! [`sha256_reader`] and [`sha256_file`] are the streaming hash used here and by the fetcher.
+//! Files are named by a [`Sha256`], never by text: a path below the cache can only be formed
+//! from a valid digest (text becomes one where it enters, e.g. parsing `packages.lock`).
+//! Hashing is `plinth_release`'s ([`Sha256Writer`]); [`sha256_reader`], [`sha256_file`] and
+//! [`sha256_bytes`] are its one-shot helpers under the names the builder uses.
 
-use sha2::{Digest, Sha256};
+use plinth_release::{Sha256, Sha256Writer};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Environment variable overriding the cache root (below `--cache`).
@@ -36,7 +39,7 @@ pub enum Verification {
     Missing,
     /// Present but its bytes hash to `actual` (only possible if something outside plinth wrote
     /// it); the caller decides whether to [`Cache::remove`] it.
-    Corrupt { actual: String },
+    Corrupt { actual: Sha256 },
 }
 
 /// A cache operation that failed.
@@ -50,8 +53,6 @@ pub enum CacheError {
         action: &'static str,
         source: std::io::Error,
     },
-    #[error("`{found}` is not a sha256: expected 64 lower-case hex digits")]
-    BadDigest { found: String },
     #[error("{}: {written} bytes would exceed the expected size of {expected} bytes", path.display())]
     TooLarge {
         path: PathBuf,
@@ -67,8 +68,8 @@ pub enum CacheError {
     #[error("{}: sha256 mismatch: expected {expected}, got {actual} (the partial file was deleted)", path.display())]
     Mismatch {
         path: PathBuf,
-        expected: String,
-        actual: String,
+        expected: Sha256,
+        actual: Sha256,
     },
 }
 
@@ -80,21 +81,6 @@ fn io_err<'a>(
         path: path.to_path_buf(),
         action,
         source,
-    }
-}
-
-/// 64 lower-case hex digits: a cache key that is a sha256 (never a path).
-fn is_sha256_hex(s: &str) -> bool {
-    s.parse::<plinth_release::Sha256>().is_ok()
-}
-
-fn check_digest(sha256: &str) -> Result<(), CacheError> {
-    if is_sha256_hex(sha256) {
-        Ok(())
-    } else {
-        Err(CacheError::BadDigest {
-            found: sha256.to_string(),
-        })
     }
 }
 
@@ -142,40 +128,34 @@ impl Cache {
     }
 
     /// Where the verified package with this hash lives (whether or not it is present).
-    pub fn deb_path(&self, sha256: &str) -> PathBuf {
+    pub fn deb_path(&self, sha256: &Sha256) -> PathBuf {
         self.debs.join(format!("{sha256}.deb"))
     }
 
     /// Where a download of this hash grows until it is verified.
-    pub fn partial_path(&self, sha256: &str) -> PathBuf {
+    pub fn partial_path(&self, sha256: &Sha256) -> PathBuf {
         self.partial.join(format!("{sha256}.part"))
     }
 
     /// Cheap presence check: the file exists and has `size` bytes. The content is trusted
     /// because only [`Partial::finish`] puts files there; use [`Cache::verify`] to re-hash.
-    pub fn contains(&self, sha256: &str, size: u64) -> bool {
-        is_sha256_hex(sha256)
-            && std::fs::metadata(self.deb_path(sha256))
-                .is_ok_and(|m| m.is_file() && m.len() == size)
+    pub fn contains(&self, sha256: &Sha256, size: u64) -> bool {
+        std::fs::metadata(self.deb_path(sha256)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
     /// Re-hash the cached file.
-    pub fn verify(&self, sha256: &str) -> Result<Verification, CacheError> {
-        check_digest(sha256)?;
+    pub fn verify(&self, sha256: &Sha256) -> Result<Verification, CacheError> {
         let path = self.deb_path(sha256);
         match sha256_file(&path) {
-            Ok((actual, _)) if actual == sha256 => Ok(Verification::Valid),
-            Ok((actual, _)) => Ok(Verification::Corrupt {
-                actual: actual.to_hex(),
-            }),
+            Ok((actual, _)) if actual == *sha256 => Ok(Verification::Valid),
+            Ok((actual, _)) => Ok(Verification::Corrupt { actual }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Verification::Missing),
             Err(e) => Err(io_err(&path, "read")(e)),
         }
     }
 
     /// Delete a cached file (no error if it is absent).
-    pub fn remove(&self, sha256: &str) -> Result<(), CacheError> {
-        check_digest(sha256)?;
+    pub fn remove(&self, sha256: &Sha256) -> Result<(), CacheError> {
         let path = self.deb_path(sha256);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path, "remove")(e)),
@@ -183,15 +163,15 @@ impl Cache {
         }
     }
 
-    /// The hashes of all cached `.deb` files, sorted.
-    pub fn list(&self) -> Result<Vec<String>, CacheError> {
+    /// The hashes of all cached `.deb` files, sorted (files not named `<sha256>.deb` are
+    /// not the cache's and are left out).
+    pub fn list(&self) -> Result<Vec<Sha256>, CacheError> {
         let dir = std::fs::read_dir(&self.debs).map_err(io_err(&self.debs, "list"))?;
-        let mut out: Vec<String> = dir
+        let mut out: Vec<Sha256> = dir
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let sha = name.strip_suffix(".deb")?;
-                is_sha256_hex(sha).then(|| sha.to_string())
+                name.strip_suffix(".deb")?.parse().ok()
             })
             .collect();
         out.sort();
@@ -201,8 +181,7 @@ impl Cache {
     /// Start or resume the download of a `size`-byte file with hash `sha256`. The bytes already
     /// in its `.part` file are hashed so that writing can continue at [`Partial::len`]; a
     /// `.part` longer than `size` is emptied.
-    pub fn partial(&self, sha256: &str, size: u64) -> Result<Partial, CacheError> {
-        check_digest(sha256)?;
+    pub fn partial(&self, sha256: &Sha256, size: u64) -> Result<Partial, CacheError> {
         let path = self.partial_path(sha256);
         let mut file = OpenOptions::new()
             .read(true)
@@ -211,17 +190,21 @@ impl Cache {
             .truncate(false)
             .open(&path)
             .map_err(io_err(&path, "open"))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Sha256Writer::new(io::sink());
         let existing = file.metadata().map_err(io_err(&path, "stat"))?.len();
         let len = if existing > size {
             file.set_len(0).map_err(io_err(&path, "truncate"))?;
             0
         } else {
-            let n = hash_into(&mut hasher, &mut file).map_err(io_err(&path, "read"))?;
+            let n = io::copy(
+                &mut BufReader::with_capacity(HASH_BUF_SIZE, &mut file),
+                &mut hasher,
+            )
+            .map_err(io_err(&path, "read"))?;
             if n != existing {
                 // The file changed under us; start over rather than guess.
                 file.set_len(0).map_err(io_err(&path, "truncate"))?;
-                hasher = Sha256::new();
+                hasher = Sha256Writer::new(io::sink());
                 0
             } else {
                 n
@@ -233,7 +216,7 @@ impl Cache {
             final_path: self.deb_path(sha256),
             debs: self.debs.clone(),
             path,
-            sha256: sha256.to_string(),
+            sha256: *sha256,
             size,
             file,
             hasher,
@@ -242,7 +225,12 @@ impl Cache {
     }
 
     /// Copy a local file into the cache, verifying it against `sha256` and `size`.
-    pub fn insert_file(&self, src: &Path, sha256: &str, size: u64) -> Result<PathBuf, CacheError> {
+    pub fn insert_file(
+        &self,
+        src: &Path,
+        sha256: &Sha256,
+        size: u64,
+    ) -> Result<PathBuf, CacheError> {
         let mut partial = self.partial(sha256, size)?;
         partial.reset()?;
         let mut f = File::open(src).map_err(io_err(src, "open"))?;
@@ -260,16 +248,27 @@ impl Cache {
 
 /// A download in progress: bytes written here are hashed on the way to the `.part` file, and
 /// [`Partial::finish`] moves the file into the cache only if the hash matches.
-#[derive(Debug)]
 pub struct Partial {
     path: PathBuf,
     final_path: PathBuf,
     debs: PathBuf,
-    sha256: String,
+    sha256: Sha256,
     size: u64,
     file: File,
-    hasher: Sha256,
+    /// Hashes the bytes of `file` (those found on resuming, then each write).
+    hasher: Sha256Writer<io::Sink>,
     len: u64,
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partial")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("size", &self.size)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Partial {
@@ -300,7 +299,9 @@ impl Partial {
         self.file
             .write_all(data)
             .map_err(io_err(&self.path, "write"))?;
-        self.hasher.update(data);
+        self.hasher
+            .write_all(data)
+            .expect("hashing into a sink cannot fail");
         self.len = new_len;
         Ok(())
     }
@@ -313,7 +314,7 @@ impl Partial {
         self.file
             .seek(SeekFrom::Start(0))
             .map_err(io_err(&self.path, "seek"))?;
-        self.hasher = Sha256::new();
+        self.hasher = Sha256Writer::new(io::sink());
         self.len = 0;
         Ok(())
     }
@@ -329,7 +330,7 @@ impl Partial {
                 expected: self.size,
             });
         }
-        let actual = hex::encode(self.hasher.finalize());
+        let (_, actual, _) = self.hasher.finish();
         if actual != self.sha256 {
             drop(self.file);
             let _ = std::fs::remove_file(&self.path);
@@ -356,35 +357,19 @@ impl Partial {
     }
 }
 
-/// Feed everything `reader` yields into `hasher`; returns the byte count.
-fn hash_into(hasher: &mut Sha256, reader: &mut impl Read) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; HASH_BUF_SIZE];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-}
-
 /// The sha256 and length of everything `reader` yields.
-pub fn sha256_reader(reader: impl Read) -> std::io::Result<(plinth_release::Sha256, u64)> {
-    plinth_release::Sha256::of_reader(reader)
+pub fn sha256_reader(reader: impl Read) -> io::Result<(Sha256, u64)> {
+    Sha256::of_reader(reader)
 }
 
 /// The sha256 and length of a file.
-pub fn sha256_file(path: &Path) -> std::io::Result<(plinth_release::Sha256, u64)> {
-    plinth_release::Sha256::of_file(path)
+pub fn sha256_file(path: &Path) -> io::Result<(Sha256, u64)> {
+    Sha256::of_file(path)
 }
 
 /// The sha256 of a byte slice, as lower-case hex (cache keys, listings).
 pub fn sha256_bytes(data: &[u8]) -> String {
-    plinth_release::Sha256::of(data).to_hex()
+    Sha256::of(data).to_hex()
 }
 
 #[cfg(test)]
@@ -398,7 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         let data = b"hello, plinth".to_vec();
-        let sha = sha256_bytes(&data);
+        let sha = Sha256::of(&data);
         let mut p = cache.partial(&sha, data.len() as u64).unwrap();
         p.write(&data[..5]).unwrap();
         drop(p);
@@ -419,24 +404,29 @@ mod tests {
     fn mismatch_deletes_partial_and_never_lands() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let mut p = cache.partial(EMPTY, 3).unwrap();
+        let empty: Sha256 = EMPTY.parse().unwrap();
+        let mut p = cache.partial(&empty, 3).unwrap();
         p.write(b"abc").unwrap();
         let err = p.finish().unwrap_err();
         assert!(matches!(err, CacheError::Mismatch { .. }), "{err}");
-        assert!(!cache.partial_path(EMPTY).exists());
-        assert_eq!(cache.verify(EMPTY).unwrap(), Verification::Missing);
+        assert!(!cache.partial_path(&empty).exists());
+        assert_eq!(cache.verify(&empty).unwrap(), Verification::Missing);
         assert!(cache.list().unwrap().is_empty());
     }
 
+    /// The cache takes only a [`Sha256`], so a path-traversal "digest" is refused where text
+    /// becomes one (here; `packages.lock` parsing is tested in `lockfile`), and nothing that
+    /// is not `<sha256>.deb` in the cache directory is listed as a package.
     #[test]
     fn rejects_non_digests() {
+        for bad in ["../../etc/passwd", "../x"] {
+            assert!(bad.parse::<Sha256>().is_err(), "{bad}");
+        }
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        assert!(!cache.contains("../../etc/passwd", 0));
-        assert!(matches!(
-            cache.partial("../x", 1),
-            Err(CacheError::BadDigest { .. })
-        ));
+        std::fs::write(dir.path().join("debs").join("..deb"), b"").unwrap();
+        std::fs::write(dir.path().join("debs").join("x.deb"), b"").unwrap();
+        assert!(cache.list().unwrap().is_empty());
     }
 
     #[test]

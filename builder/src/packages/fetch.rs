@@ -13,6 +13,7 @@ use super::cache::{Cache, CacheError, Partial};
 use super::lockfile::LockedPackage;
 use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use plinth_release::Sha256;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -96,7 +97,7 @@ pub struct FetchReport {
 pub struct MissingPackage {
     pub name: String,
     pub version: String,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: u64,
 }
 
@@ -105,7 +106,7 @@ pub struct MissingPackage {
 pub struct PackageFailure {
     pub name: String,
     pub version: String,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub url: String,
     pub attempts: u32,
     #[serde(serialize_with = "as_display")]
@@ -141,7 +142,7 @@ pub enum DownloadError {
     #[error("HTTP {status}: server error")]
     ServerError { status: u16 },
     #[error("sha256 mismatch: expected {expected}, got {actual}\n    hint: the mirror served a different file than the lock names; try another mirror with --mirror URL, or re-lock")]
-    Mismatch { expected: String, actual: String },
+    Mismatch { expected: Sha256, actual: Sha256 },
     #[error("the server sent more than the locked size of {expected} bytes ({received} or more)")]
     TooLarge { expected: u64, received: u64 },
     #[error("connection closed after {received} of {expected} bytes{detail}")]
@@ -353,7 +354,7 @@ fn check_offline(packages: &[LockedPackage], cache: &Cache) -> Result<FetchRepor
             report.missing.push(MissingPackage {
                 name: p.name.clone(),
                 version: p.version.clone(),
-                sha256: p.sha256.clone(),
+                sha256: p.sha256,
                 size: p.size,
             });
         }
@@ -376,10 +377,7 @@ fn check_offline(packages: &[LockedPackage], cache: &Cache) -> Result<FetchRepor
 /// One entry per sha256, first occurrence wins.
 fn dedupe(packages: &[LockedPackage]) -> Vec<&LockedPackage> {
     let mut seen = HashSet::new();
-    packages
-        .iter()
-        .filter(|p| seen.insert(p.sha256.as_str()))
-        .collect()
+    packages.iter().filter(|p| seen.insert(p.sha256)).collect()
 }
 
 fn build_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
@@ -445,7 +443,7 @@ impl Job {
                 Err(Box::new(PackageFailure {
                     name: self.pkg.name.clone(),
                     version: self.pkg.version.clone(),
-                    sha256: self.pkg.sha256.clone(),
+                    sha256: self.pkg.sha256,
                     url: self.url.clone(),
                     attempts,
                     error,
@@ -457,7 +455,7 @@ impl Job {
     /// Open (or resume) the partial file off the async threads.
     async fn open_partial(&self) -> Result<Partial, DownloadError> {
         let cache = self.cache.clone();
-        let sha = self.pkg.sha256.clone();
+        let sha = self.pkg.sha256;
         let size = self.pkg.size;
         tokio::task::spawn_blocking(move || cache.partial(&sha, size))
             .await
@@ -617,7 +615,7 @@ impl Job {
         bar: Option<&ProgressBar>,
     ) -> Result<(), DownloadError> {
         let cache = self.cache.clone();
-        let sha = self.pkg.sha256.clone();
+        let sha = self.pkg.sha256;
         let size = self.pkg.size;
         let copied = tokio::task::spawn_blocking(move || -> Result<(), DownloadError> {
             let local = |e: std::io::Error| DownloadError::LocalFile {
@@ -883,7 +881,7 @@ mod tests {
             suite: "bookworm".into(),
             filename: "pool/main/a/a_1_amd64.deb".into(),
             size: 1,
-            sha256: "0".repeat(64),
+            sha256: Sha256::default(),
         };
         assert_eq!(
             package_url("http://m.example/debian/", &pkg),

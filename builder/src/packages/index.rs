@@ -4,6 +4,7 @@
 
 use super::deb822;
 use super::release::{ArchiveError, Release};
+use plinth_release::Sha256;
 use std::io::Read;
 use std::path::Path;
 
@@ -32,7 +33,7 @@ pub struct IndexEntry {
     pub architecture: String,
     pub filename: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256,
     /// The stanza's resolution fields, in index order.
     pub fields: Vec<(String, String)>,
 }
@@ -44,7 +45,7 @@ pub struct PackageIndex {
     pub component: String,
     /// Below `dists/<suite>/`, e.g. `main/binary-amd64/Packages.xz`.
     pub path: String,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: u64,
     /// The compressed file as signed (apt reads it from the private repository).
     pub xz: Vec<u8>,
@@ -85,7 +86,7 @@ pub async fn fetch_index(
 pub struct SignedIndex {
     /// Path below `dists/<suite>/`, e.g. `main/source/Sources.xz`.
     pub path: String,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: u64,
     /// The compressed file as fetched.
     pub xz: Vec<u8>,
@@ -102,11 +103,11 @@ pub async fn fetch_signed_index(
     cache_dir: &Path,
 ) -> Result<(String, SignedIndex), ArchiveError> {
     let path = format!("{plain}.xz");
-    let (sha256, size) = release.digest(&path)?.clone();
+    let (sha256, size) = *release.digest(&path)?;
     let cached = cache_dir.join(format!("{sha256}.xz"));
     let url = format!("{mirror}/dists/{}/{path}", release.suite);
     let xz = match std::fs::read(&cached) {
-        Ok(bytes) if plinth_release::Sha256::of(&bytes) == *sha256 => bytes,
+        Ok(bytes) if Sha256::of(&bytes) == sha256 => bytes,
         _ => {
             let dir = plain.rsplit_once('/').map_or("", |(d, _)| d);
             let bytes = download(client, mirror, release, dir, &sha256, &url).await?;
@@ -149,7 +150,7 @@ async fn download(
     mirror: &str,
     release: &Release,
     dir: &str,
-    sha256: &str,
+    sha256: &Sha256,
     url: &str,
 ) -> Result<Vec<u8>, ArchiveError> {
     if release.acquire_by_hash {
@@ -180,19 +181,19 @@ async fn download(
 
 fn check_digest(
     data: &[u8],
-    sha256: &str,
+    sha256: &Sha256,
     size: u64,
     suite: &str,
     url: &str,
 ) -> Result<(), ArchiveError> {
-    let actual = plinth_release::Sha256::of(data).to_hex();
-    if actual != sha256 || data.len() as u64 != size {
+    let actual = Sha256::of(data);
+    if actual != *sha256 || data.len() as u64 != size {
         return Err(ArchiveError::DigestMismatch {
             suite: suite.to_string(),
             url: url.to_string(),
-            expected: sha256.to_string(),
+            expected: sha256.to_hex(),
             expected_size: size,
-            actual,
+            actual: actual.to_hex(),
             actual_size: data.len() as u64,
         });
     }
@@ -239,7 +240,15 @@ pub fn parse_packages(text: &str) -> Result<Vec<IndexEntry>, String> {
             size: size.parse().map_err(|_| {
                 format!("bad Size `{size}` for {}", field("Package").unwrap_or("?"))
             })?,
-            sha256: field("SHA256")?.to_string(),
+            sha256: {
+                let sha256 = field("SHA256")?;
+                sha256.parse().map_err(|_| {
+                    format!(
+                        "bad SHA256 `{sha256}` for {}: expected 64 lower-case hex digits",
+                        field("Package").unwrap_or("?")
+                    )
+                })?
+            },
             fields: para
                 .iter()
                 .filter(|(k, _)| RESOLUTION_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(k)))
@@ -256,7 +265,7 @@ mod tests {
 
     #[test]
     fn parses_stanzas_and_keeps_resolution_fields() {
-        let text = "Package: bash\nVersion: 5.2.15-2+b7\nArchitecture: amd64\nEssential: yes\nPre-Depends: libc6 (>= 2.36)\nDescription: GNU shell\n more\nFilename: pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb\nSize: 1491\nSHA256: aa\n";
+        let text = "Package: bash\nVersion: 5.2.15-2+b7\nArchitecture: amd64\nEssential: yes\nPre-Depends: libc6 (>= 2.36)\nDescription: GNU shell\n more\nFilename: pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb\nSize: 1491\nSHA256: 0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b0a1b\n";
         let e = parse_packages(text).unwrap();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].size, 1491);
@@ -273,5 +282,7 @@ mod tests {
         );
         let bad = parse_packages("Package: x\nVersion: 1\n").unwrap_err();
         assert!(bad.contains("(Package: x) has no Size field"), "{bad}");
+        let bad = parse_packages(&text.replace("SHA256: 0a1b", "SHA256: ../")).unwrap_err();
+        assert!(bad.starts_with("bad SHA256 `../"), "{bad}");
     }
 }

@@ -1,7 +1,9 @@
 //! `packages.lock`: the exact Debian packages of every profile of one OS, and the digests of
 //! the indexes they were resolved from. Written deterministically (sorted, no timestamps):
-//! same inputs and mirror state give the same bytes.
+//! same inputs and mirror state give the same bytes. Every digest is a [`Sha256`], so a lock
+//! whose hex is wrong does not parse (the error names the file, line and field).
 
+use plinth_release::Sha256;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,7 +51,7 @@ pub struct SourceFile {
     /// Path below the mirror root, e.g. `pool/main/e/edk2/edk2_2025.02.orig.tar.xz`.
     pub filename: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256,
 }
 
 impl LockedSource {
@@ -65,7 +67,7 @@ impl LockedSource {
                 suite: self.index.suite.clone(),
                 filename: f.filename.clone(),
                 size: f.size,
-                sha256: f.sha256.clone(),
+                sha256: f.sha256,
             })
             .collect()
     }
@@ -78,10 +80,10 @@ pub struct IndexDigest {
     /// e.g. `bookworm-security`.
     pub suite: String,
     /// sha256 of the suite's `InRelease` file as fetched (signature included).
-    pub inrelease_sha256: String,
+    pub inrelease_sha256: Sha256,
     /// Path below `dists/<suite>/`, e.g. `main/binary-amd64/Packages.xz`.
     pub path: String,
-    pub sha256: String,
+    pub sha256: Sha256,
     pub size: u64,
 }
 
@@ -91,7 +93,7 @@ pub struct IndexDigest {
 pub struct LockedProfile {
     /// sha256 of the canonical JSON of [`LockInputs`]: changes whenever os.yaml changes
     /// anything resolution depends on.
-    pub inputs_sha256: String,
+    pub inputs_sha256: Sha256,
     pub inputs: LockInputs,
     /// `name=version` of every package of the profile, sorted.
     pub packages: Vec<String>,
@@ -122,7 +124,7 @@ pub struct LockedPackage {
     /// Path below the mirror root, e.g. `pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb`.
     pub filename: String,
     pub size: u64,
-    pub sha256: String,
+    pub sha256: Sha256,
 }
 
 impl LockedPackage {
@@ -142,12 +144,15 @@ pub enum LockError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: line {line}, column {column}: not a valid packages.lock: {message}\n  hint: regenerate it with `plinth lock {os}`; do not edit it by hand")]
+    #[error("{path}: line {line}, column {column}{}: not a valid packages.lock: {message}\n  hint: regenerate it with `plinth lock {os}`; do not edit it by hand", .field.as_ref().map(|f| format!(", field {f}")).unwrap_or_default())]
     Malformed {
         path: String,
         os: String,
         line: usize,
         column: usize,
+        /// The field whose value broke its type's rule (e.g. `packages[3].sha256`), when the
+        /// text was JSON of the right shape otherwise.
+        field: Option<String>,
         message: String,
     },
     #[error("{path}: lock_version is {found}, this plinth reads version {LOCK_VERSION}\n  hint: regenerate it with `plinth lock {os}`")]
@@ -187,13 +192,24 @@ impl Lock {
 
     /// Parse lock text; see [`Lock::read`].
     pub fn parse(text: &str, display: &str, os: &str) -> Result<Lock, LockError> {
-        let lock: Lock = serde_json::from_str(text).map_err(|e| LockError::Malformed {
+        let malformed = |e: serde_json::Error, field: Option<String>| LockError::Malformed {
             path: display.to_string(),
             os: os.to_string(),
             line: e.line(),
             column: e.column(),
+            field,
             message: e.to_string(),
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let lock: Lock = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            let e = e.into_inner();
+            // A value that broke its type's rule (a digest that is not hex): name its field.
+            let field = (e.is_data() && field != ".").then_some(field);
+            malformed(e, field)
         })?;
+        // Trailing text is malformed too, as with `serde_json::from_str`.
+        de.end().map_err(|e| malformed(e, None))?;
         if lock.lock_version != LOCK_VERSION {
             return Err(LockError::Version {
                 path: display.to_string(),
@@ -234,13 +250,6 @@ impl Lock {
         };
         let mut seen = std::collections::BTreeSet::new();
         for pkg in &self.packages {
-            if pkg.sha256.parse::<plinth_release::Sha256>().is_err() {
-                return Err(bad(format!(
-                    "package {} has sha256 `{}`: expected 64 lower-case hex digits",
-                    pkg.key(),
-                    pkg.sha256
-                )));
-            }
             if pkg.filename.contains("..") || pkg.filename.starts_with('/') {
                 return Err(bad(format!(
                     "package {} has filename `{}`: expected a path below the mirror root",
@@ -256,15 +265,14 @@ impl Lock {
             for f in &src.files {
                 let plain_name =
                     !f.name.is_empty() && f.name != ".." && f.name != "." && !f.name.contains('/');
-                if f.sha256.parse::<plinth_release::Sha256>().is_err()
-                    || !plain_name
+                if !plain_name
                     || f.filename.contains("..")
                     || f.filename.starts_with('/')
                     || !f.filename.ends_with(&format!("/{}", f.name))
                 {
                     return Err(bad(format!(
-                        "source {} {}: file {} has sha256 `{}` and filename `{}`: expected 64 lower-case hex digits, a plain file name and a path below the mirror root ending in it",
-                        src.package, src.version, f.name, f.sha256, f.filename
+                        "source {} {}: file {} has filename `{}`: expected a plain file name and a path below the mirror root ending in it",
+                        src.package, src.version, f.name, f.filename
                     )));
                 }
             }
@@ -298,9 +306,9 @@ impl LockInputs {
     }
 
     /// sha256 of the canonical JSON of these inputs.
-    pub fn sha256(&self) -> String {
+    pub fn sha256(&self) -> Sha256 {
         let json = serde_json::to_vec(self).expect("inputs always serialize");
-        plinth_release::Sha256::of(&json).to_hex()
+        Sha256::of(&json)
     }
 
     /// How `self` (the spec) differs from `locked`, one line per difference.
@@ -458,5 +466,48 @@ impl Lock {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_text(sha256: &str) -> String {
+        format!(
+            r#"{{"lock_version": 1, "os": "guestos", "release": "bookworm", "architecture": "amd64",
+"indexes": [], "profiles": {{}},
+"packages": [{{"name": "a", "version": "1", "architecture": "amd64", "suite": "bookworm",
+  "filename": "pool/main/a/a_1_amd64.deb", "size": 1, "sha256": "{sha256}"}}]}}"#
+        )
+    }
+
+    #[test]
+    fn digests_are_checked_as_the_lock_is_parsed() {
+        let good = Lock::parse(&lock_text(&"ab".repeat(32)), "x/packages.lock", "guestos").unwrap();
+        assert_eq!(good.packages[0].sha256, "ab".repeat(32));
+        assert_eq!(
+            String::from_utf8(good.to_bytes())
+                .unwrap()
+                .matches(&"ab".repeat(32))
+                .count(),
+            1
+        );
+        // Text that would be a path below the cache never becomes a digest.
+        for bad in ["../../etc/passwd", "../x", &"AB".repeat(32)] {
+            let e = Lock::parse(&lock_text(bad), "x/packages.lock", "guestos").unwrap_err();
+            let LockError::Malformed { line, field, .. } = &e else {
+                panic!("{e}")
+            };
+            assert_eq!((*line, field.as_deref()), (4, Some("packages[0].sha256")));
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("x/packages.lock: line 4, column ")
+                    && msg.contains(", field packages[0].sha256: not a valid packages.lock: `")
+                    && msg.contains("expected 64 lower-case hex digits")
+                    && msg.contains("hint: regenerate it with `plinth lock guestos`"),
+                "{msg}"
+            );
+        }
     }
 }

@@ -5,6 +5,13 @@
 //! → [`index`] fetches `Packages` checked against it and parses it → [`resolve`] asks apt for
 //! the closure mmdebstrap would install → [`lockfile`] writes it → [`fetch`] downloads each
 //! locked `.deb` into the [`cache`].
+//!
+//! Imports between these modules follow one order, and a module imports only from modules
+//! earlier in it (so there is no cycle): the helpers [`deb822`] and [`http`] → [`mirror`] →
+//! [`release`] → [`index`] → [`lockfile`] (the lock's record types, which the later stages
+//! produce) → [`sources`] → [`archive`] → [`resolve`] → [`cache`] → [`fetch`]. The cache
+//! comes before the fetcher because the fetcher writes through it; it imports no other module
+//! here. Every digest is a `plinth_release::Sha256`, and hashing is that crate's.
 
 pub mod archive;
 pub mod cache;

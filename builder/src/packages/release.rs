@@ -3,6 +3,7 @@
 //! list of the suite's index files. Only text that `gpgv` says is signed is ever parsed.
 
 use super::deb822;
+use plinth_release::Sha256;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,16 +84,16 @@ pub struct Release {
     /// The InRelease file exactly as fetched (signature included).
     pub raw: Vec<u8>,
     /// sha256 of `raw`.
-    pub raw_sha256: String,
+    pub raw_sha256: Sha256,
     pub codename: String,
     pub acquire_by_hash: bool,
     /// path → (sha256, size), from the SHA256 field.
-    pub files: BTreeMap<String, (String, u64)>,
+    pub files: BTreeMap<String, (Sha256, u64)>,
 }
 
 impl Release {
     /// The signed digest of `path` (below `dists/<suite>/`).
-    pub fn digest(&self, path: &str) -> Result<&(String, u64), ArchiveError> {
+    pub fn digest(&self, path: &str) -> Result<&(Sha256, u64), ArchiveError> {
         self.files.get(path).ok_or_else(|| ArchiveError::NotListed {
             suite: self.suite.clone(),
             url: self.url.clone(),
@@ -233,15 +234,15 @@ pub fn parse_release(
         let size: u64 = size
             .parse()
             .map_err(|_| malformed(format!("bad size in SHA256 line `{line}`")))?;
-        if hash.parse::<plinth_release::Sha256>().is_err() {
-            return Err(malformed(format!("bad hash in SHA256 line `{line}`")));
-        }
-        files.insert(path.to_string(), (hash.to_string(), size));
+        let hash: Sha256 = hash
+            .parse()
+            .map_err(|_| malformed(format!("bad hash in SHA256 line `{line}`")))?;
+        files.insert(path.to_string(), (hash, size));
     }
     Ok(Release {
         suite: suite.to_string(),
         url: url.to_string(),
-        raw_sha256: plinth_release::Sha256::of(&raw).to_hex(),
+        raw_sha256: Sha256::of(&raw),
         raw,
         codename,
         acquire_by_hash: deb822::get(para, "Acquire-By-Hash") == Some("yes"),

@@ -377,7 +377,7 @@ impl<'a> Lookup<'a> {
             .get(filename.as_str())
             .and_then(|c| {
                 c.iter().map(|(_, e)| *e).find(|e| {
-                    e.size == uri.size && uri.sha256.as_ref().is_none_or(|h| *h == e.sha256)
+                    e.size == uri.size && uri.sha256.as_ref().is_none_or(|h| e.sha256 == *h)
                 })
             })
             .ok_or_else(not_found)
@@ -397,7 +397,7 @@ impl<'a> Lookup<'a> {
             suite,
             filename: e.filename.clone(),
             size: e.size,
-            sha256: e.sha256.clone(),
+            sha256: e.sha256,
         }
     }
 }

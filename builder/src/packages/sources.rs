@@ -78,7 +78,7 @@ pub async fn lock_source(
             version: req.version.clone(),
             index: IndexDigest {
                 suite: req.suite.clone(),
-                inrelease_sha256: release.raw_sha256.clone(),
+                inrelease_sha256: release.raw_sha256,
                 path: signed.path,
                 sha256: signed.sha256,
                 size: signed.size,
@@ -119,9 +119,10 @@ fn stanza_files(para: &[(String, String)]) -> Result<Vec<SourceFile>, String> {
         let size: u64 = size
             .parse()
             .map_err(|_| format!("has size `{size}` for {name}, expected a number"))?;
-        if sha256.parse::<plinth_release::Sha256>().is_err() || name.contains('/') {
-            return Err(format!("has Checksums-Sha256 line `{line}`"));
-        }
+        let sha256: plinth_release::Sha256 = match sha256.parse() {
+            Ok(sha256) if !name.contains('/') => sha256,
+            _ => return Err(format!("has Checksums-Sha256 line `{line}`")),
+        };
         if name.ends_with(".dsc") {
             continue;
         }
@@ -129,7 +130,7 @@ fn stanza_files(para: &[(String, String)]) -> Result<Vec<SourceFile>, String> {
             name: name.to_string(),
             filename: format!("{dir}/{name}"),
             size,
-            sha256: sha256.to_string(),
+            sha256,
         });
     }
     if files.is_empty() {

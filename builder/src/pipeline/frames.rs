@@ -16,8 +16,8 @@
 //! The output is the same whether a frame was reused or not, and whatever the number of
 //! threads.
 
+use plinth_release::Sha256;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
@@ -35,11 +35,11 @@ const BATCH: usize = 8 * FRAME as usize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrameRecord {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub raw_size: u64,
     pub offset: u64,
     pub size: u64,
-    pub frame_sha256: String,
+    pub frame_sha256: Sha256,
 }
 
 /// The frames of one archive and the settings that made them.
@@ -82,7 +82,7 @@ pub struct FramePool {
     /// The [`format`] of the frames this pool takes.
     format: String,
     archives: Vec<File>,
-    by_sha256: HashMap<[u8; 32], (usize, FrameRecord)>,
+    by_sha256: HashMap<Sha256, (usize, FrameRecord)>,
 }
 
 impl FramePool {
@@ -106,10 +106,7 @@ impl FramePool {
         let n = self.archives.len();
         self.archives.push(file);
         for f in &index.frames {
-            let mut key = [0u8; 32];
-            if hex::decode_to_slice(&f.sha256, &mut key).is_ok() {
-                self.by_sha256.entry(key).or_insert((n, f.clone()));
-            }
+            self.by_sha256.entry(f.sha256).or_insert((n, f.clone()));
         }
         true
     }
@@ -130,7 +127,7 @@ impl FramePool {
     /// that content. The stage cache is not trusted: an index and archive rewritten together
     /// would pass the compressed digest alone, so the frame is decompressed and its content
     /// hashed before it is reused (a frame that does not is compressed afresh).
-    fn find(&self, sha256: &[u8; 32], raw_size: usize) -> Option<(Vec<u8>, [u8; 32])> {
+    fn find(&self, sha256: &Sha256, raw_size: usize) -> Option<(Vec<u8>, Sha256)> {
         let (n, f) = self.by_sha256.get(sha256)?;
         if f.raw_size != raw_size as u64 {
             return None;
@@ -143,15 +140,15 @@ impl FramePool {
         }
         let mut frame = vec![0u8; size];
         self.archives[*n].read_exact_at(&mut frame, f.offset).ok()?;
-        let digest: [u8; 32] = Sha256::digest(&frame).into();
-        if hex::encode(digest) != f.frame_sha256 {
+        let digest = Sha256::of(&frame);
+        if digest != f.frame_sha256 {
             return None;
         }
         let content = zstd::bulk::Decompressor::new()
             .ok()?
             .decompress(&frame, raw_size)
             .ok()?;
-        let content_sha256: [u8; 32] = Sha256::digest(&content).into();
+        let content_sha256 = Sha256::of(&content);
         (content.len() == raw_size && &content_sha256 == sha256).then_some((frame, digest))
     }
 }
@@ -248,11 +245,11 @@ impl<'p, W: Write> FrameWriter<'p, W> {
                 self.reused += raw.len() as u64;
             }
             self.index.frames.push(FrameRecord {
-                sha256: hex::encode(d.sha256),
+                sha256: d.sha256,
                 raw_size: raw.len() as u64,
                 offset: self.written,
                 size: d.bytes.len() as u64,
-                frame_sha256: hex::encode(d.frame_sha256),
+                frame_sha256: d.frame_sha256,
             });
             self.written += d.bytes.len() as u64;
         }
@@ -269,9 +266,9 @@ impl<'p, W: Write> FrameWriter<'p, W> {
 
 /// One frame's output.
 struct Done {
-    sha256: [u8; 32],
+    sha256: Sha256,
     bytes: Vec<u8>,
-    frame_sha256: [u8; 32],
+    frame_sha256: Sha256,
     reused: bool,
 }
 
@@ -281,7 +278,7 @@ fn one_frame(
     pool: &FramePool,
     compressor: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> io::Result<Done> {
-    let sha256: [u8; 32] = Sha256::digest(raw).into();
+    let sha256 = Sha256::of(raw);
     if let Some((bytes, frame_sha256)) = pool.find(&sha256, raw.len()) {
         return Ok(Done {
             sha256,
@@ -300,7 +297,7 @@ fn one_frame(
     let bytes = c.compress(raw)?;
     Ok(Done {
         sha256,
-        frame_sha256: Sha256::digest(&bytes).into(),
+        frame_sha256: Sha256::of(&bytes),
         bytes,
         reused: false,
     })
@@ -402,7 +399,7 @@ mod tests {
         poisoned.extend_from_slice(&evil_frame);
         let mut forged = index.clone();
         forged.frames[1].size = evil_frame.len() as u64;
-        forged.frames[1].frame_sha256 = hex::encode(Sha256::digest(&evil_frame));
+        forged.frames[1].frame_sha256 = Sha256::of(&evil_frame);
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("a.tar.zst");
         std::fs::write(&archive, &poisoned).unwrap();

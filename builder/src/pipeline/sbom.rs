@@ -232,7 +232,7 @@ pub fn sbom(input: &SbomInput) -> Result<Document, SbomError> {
             files_analyzed: false,
             checksums: vec![Checksum {
                 algorithm: "SHA256".to_string(),
-                checksum_value: deb.sha256.clone(),
+                checksum_value: deb.sha256.to_hex(),
             }],
             license_concluded: NOASSERTION.to_string(),
             license_declared: license.unwrap_or_else(|| NOASSERTION.to_string()),
