@@ -82,7 +82,7 @@ fn manifest(dir: &Path) -> anyhow::Result<()> {
             suite: "bench".into(),
             filename: rel,
             size,
-            sha256: sha256.to_hex(),
+            sha256,
         });
     }
     println!("{}", serde_json::to_string_pretty(&packages)?);
