@@ -545,7 +545,7 @@ fn run_stages(
             let bytes = uki::build_uki(&stub_bytes, &sections)?;
             std::fs::write(&path, &bytes)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(plinth_release::Sha256(
-                uki::predict_pcr11(&bytes)?,
+                plinth_firmware::systemd_stub::predict_pcr11(&bytes)?,
             ))
         })?;
         slot_builds.push(SlotBuild {
