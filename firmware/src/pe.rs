@@ -345,3 +345,98 @@ pub fn checksum_skipping(pe: &[u8], field: usize) -> u32 {
     sum = (sum & 0xffff) + (sum >> 16);
     (sum as u32).wrapping_add(pe.len() as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PE32+ image: headers at 0x40, 240-byte optional header, `n` sections of 0x200 bytes.
+    fn synth(n: u16) -> Vec<u8> {
+        let mut pe = vec![0u8; 0x400 + usize::from(n) * 0x200];
+        pe[..2].copy_from_slice(b"MZ");
+        pe[DOS_E_LFANEW..DOS_E_LFANEW + 4].copy_from_slice(&0x40u32.to_le_bytes());
+        pe[0x40..0x44].copy_from_slice(&PE_SIGNATURE);
+        let coff = 0x44;
+        pe[coff + 2..coff + 4].copy_from_slice(&n.to_le_bytes());
+        pe[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
+        let opt = coff + COFF_HEADER_SIZE;
+        pe[opt..opt + 2].copy_from_slice(&OPT_MAGIC_PE32_PLUS.to_le_bytes());
+        pe[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+        for i in 0..usize::from(n) {
+            let sh = opt + 240 + i * SECTION_HEADER_SIZE;
+            pe[sh..sh + 3].copy_from_slice(b".s0");
+            pe[sh + SH_SIZE_OF_RAW_DATA..sh + 20].copy_from_slice(&0x200u32.to_le_bytes());
+            let at = (0x400 + i * 0x200) as u32;
+            pe[sh + SH_POINTER_TO_RAW_DATA..sh + 24].copy_from_slice(&at.to_le_bytes());
+        }
+        pe
+    }
+
+    #[test]
+    fn reads_a_well_formed_image() {
+        let img = parse(&synth(2)).unwrap();
+        assert_eq!(img.sections.len(), 2);
+        assert_eq!(img.sections[1].raw_offset, 0x600);
+        assert_eq!(img.checksum_offset(), 0x58 + OPT_CHECKSUM);
+        assert_eq!(img.directory_offset(DIR_SECURITY), Some(0x58 + 112 + 32));
+    }
+
+    #[test]
+    fn truncated_header() {
+        let pe = synth(1);
+        for cut in [0, 1, 0x3f, 0x50, 0x60, 0x100] {
+            assert!(parse(&pe[..cut]).is_err(), "cut at {cut:#x}");
+        }
+    }
+
+    #[test]
+    fn e_lfanew_out_of_range() {
+        let mut pe = synth(1);
+        pe[DOS_E_LFANEW..DOS_E_LFANEW + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            parse(&pe),
+            Err(PeError::Truncated {
+                what: "PE signature and COFF header",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn section_table_past_end() {
+        let pe = synth(2);
+        let err = parse(&pe[..0x58 + 240 + 50]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PeError::Truncated {
+                    what: "section table",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn section_raw_data_past_end() {
+        let mut pe = synth(1);
+        let sh = 0x58 + 240;
+        pe[sh + SH_POINTER_TO_RAW_DATA..sh + 24].copy_from_slice(&0xffff_fe00u32.to_le_bytes());
+        let err = parse(&pe).unwrap_err();
+        assert!(matches!(err, PeError::SectionOutOfFile { .. }), "{err}");
+        // An empty section may point anywhere: it has no data to read.
+        pe[sh + SH_SIZE_OF_RAW_DATA..sh + 20].fill(0);
+        assert!(parse(&pe).is_ok());
+    }
+
+    #[test]
+    fn absurd_number_of_sections() {
+        let mut pe = synth(1);
+        pe[0x46..0x48].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(
+            parse(&pe).unwrap_err(),
+            PeError::TooManySections { found: 65535 }
+        );
+    }
+}
