@@ -5,6 +5,7 @@
 //! and sbsign's own digests pad to 8 bytes; the firmware's does not).
 
 use crate::pcr::Sha256Digest;
+use crate::pe::{self, DIR_SECURITY};
 use sha2::{Digest as _, Sha256};
 
 /// Why a file has no Authenticode digest.
@@ -16,16 +17,15 @@ pub enum PeError {
     Truncated(String),
 }
 
-fn u16_at(b: &[u8], at: usize) -> Result<u16, PeError> {
-    b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
-        .ok_or_else(|| PeError::Truncated(format!("no 2 bytes at {at:#x}")))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Result<u32, PeError> {
-    b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or_else(|| PeError::Truncated(format!("no 4 bytes at {at:#x}")))
+impl From<pe::PeError> for PeError {
+    fn from(e: pe::PeError) -> PeError {
+        match e {
+            pe::PeError::Truncated { .. } | pe::PeError::SectionOutOfFile { .. } => {
+                PeError::Truncated(e.to_string())
+            }
+            _ => PeError::NotPe(e.to_string()),
+        }
+    }
 }
 
 fn range(b: &[u8], start: usize, end: usize) -> Result<&[u8], PeError> {
@@ -35,44 +35,25 @@ fn range(b: &[u8], start: usize, end: usize) -> Result<&[u8], PeError> {
 
 /// The SHA-256 Authenticode digest of the PE file `pe`, edk2's way.
 pub fn sha256(pe: &[u8]) -> Result<Sha256Digest, PeError> {
-    if pe.get(..2) != Some(b"MZ") {
-        return Err(PeError::NotPe("no MZ header".into()));
-    }
-    let nt = u32_at(pe, 0x3c)? as usize;
-    if pe.get(nt..nt + 4) != Some(b"PE\0\0") {
-        return Err(PeError::NotPe(format!("no PE signature at {nt:#x}")));
-    }
-    let sections = u16_at(pe, nt + 6)? as usize;
-    let optional_size = u16_at(pe, nt + 20)? as usize;
-    let opt = nt + 24;
-    let (rva_count_at, dirs_at) = match u16_at(pe, opt)? {
-        0x20b => (opt + 108, opt + 112),
-        0x10b => (opt + 92, opt + 96),
-        m => return Err(PeError::NotPe(format!("optional header magic {m:#x}"))),
-    };
-    let checksum_at = opt + 64;
-    let headers = u32_at(pe, opt + 60)? as usize;
-    let rva_count = u32_at(pe, rva_count_at)?;
-    // Data directory 4 is the certificate table.
-    let cert_dir_at = dirs_at + 4 * 8;
+    let image = pe::parse(pe)?;
+    let checksum_at = image.checksum_offset();
+    let headers = image.size_of_headers as usize;
 
     let mut h = Sha256::new();
     h.update(range(pe, 0, checksum_at)?);
-    if rva_count <= 4 {
-        h.update(range(pe, checksum_at + 4, headers)?);
-    } else {
-        h.update(range(pe, checksum_at + 4, cert_dir_at)?);
-        h.update(range(pe, cert_dir_at + 8, headers)?);
+    match image.directory_offset(DIR_SECURITY) {
+        None => h.update(range(pe, checksum_at + 4, headers)?),
+        Some(cert_dir_at) => {
+            h.update(range(pe, checksum_at + 4, cert_dir_at)?);
+            h.update(range(pe, cert_dir_at + 8, headers)?);
+        }
     }
     let mut sum = headers;
-    let table = opt + optional_size;
-    let mut spans = Vec::with_capacity(sections);
-    for i in 0..sections {
-        let at = table + i * 40;
-        let raw_size = u32_at(pe, at + 16)? as usize;
-        let raw_ptr = u32_at(pe, at + 20)? as usize;
-        spans.push((raw_ptr, raw_size));
-    }
+    let mut spans: Vec<(usize, usize)> = image
+        .sections
+        .iter()
+        .map(|s| (s.raw_offset as usize, s.raw_size as usize))
+        .collect();
     // edk2 sorts by PointerToRawData with a stable insertion sort.
     spans.sort_by_key(|&(ptr, _)| ptr);
     for (ptr, size) in spans.into_iter().filter(|&(_, size)| size > 0) {
@@ -80,11 +61,7 @@ pub fn sha256(pe: &[u8]) -> Result<Sha256Digest, PeError> {
         sum += size;
     }
     if pe.len() > sum {
-        let cert_size = if rva_count <= 4 {
-            0
-        } else {
-            u32_at(pe, cert_dir_at + 4)? as usize
-        };
+        let cert_size = image.security.1 as usize;
         if pe.len() < sum + cert_size {
             return Err(PeError::Truncated(format!(
                 "the certificate table ({cert_size} B) does not fit after the sections"

@@ -376,9 +376,9 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
     let (mut os, mut version) = (String::new(), String::new());
     let mut slots = Vec::new();
     for (path, bytes) in &ukis {
-        let osrel = crate::pipeline::uki::section(bytes, ".osrel")
+        let osrel = plinth_firmware::systemd_stub::section(bytes, ".osrel")
             .map_err(|e| bad(format!("{path}: {e}")))?;
-        let cmdline = crate::pipeline::uki::section(bytes, ".cmdline")
+        let cmdline = plinth_firmware::systemd_stub::section(bytes, ".cmdline")
             .map_err(|e| bad(format!("{path}: {e}")))?;
         let osrel = String::from_utf8_lossy(&osrel);
         let field = |k: &str| {

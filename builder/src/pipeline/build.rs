@@ -392,7 +392,7 @@ fn uki_stage(
             let bytes = uki::build_uki(&stub, &sections)?;
             std::fs::write(&path, &bytes)?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(plinth_release::Sha256(
-                uki::predict_pcr11(&bytes)?,
+                plinth_firmware::systemd_stub::predict_pcr11(&bytes)?,
             ))
         })?;
         built.push(SlotBuild {

@@ -6,10 +6,10 @@
 //! as `measurements.json` ([`plinth_firmware::measurements`]). Every other PCR is named with
 //! why it is not predicted.
 
-use super::uki;
 use plinth_firmware::measurements::{
     self as predictions, Measurements, NotPredicted, Platform, FORMAT_VERSION,
 };
+use plinth_firmware::systemd_stub::{self, SectionError};
 use plinth_firmware::{authenticode, eventlog::types, pcr, uefi};
 use plinth_release::{Os, Sha256, Slot, Version};
 
@@ -44,7 +44,7 @@ pub enum MeasureError {
         source: authenticode::PeError,
     },
     #[error("{file}: {source}")]
-    Uki { file: String, source: uki::UkiError },
+    Uki { file: String, source: SectionError },
     #[error("{file} is a UKI, but none of the slots' UKIs\n  hint: the ESP was changed after the build, or the release's files do not belong together")]
     Foreign { file: String },
 }
@@ -56,7 +56,7 @@ fn efi_path(path: &str) -> String {
 /// Whether the file at the default boot path is a UKI (it has a `.linux` section), so that
 /// the firmware starts the UKI directly, with no boot loader.
 pub fn is_uki(default_boot: &[u8]) -> bool {
-    uki::section(default_boot, ".linux").is_ok()
+    systemd_stub::section(default_boot, ".linux").is_ok()
 }
 
 /// The prediction for a boot of `default_boot` (systemd-boot, which starts the slot's UKI,
@@ -84,11 +84,11 @@ pub fn predict(
     let loader_digest = loader.map(|l| pe(LOADER_PATH, l)).transpose()?;
     let mut out = Vec::new();
     for s in slots {
-        let bad_uki = |source| MeasureError::Uki {
+        let bad_uki = |source: SectionError| MeasureError::Uki {
             file: s.uki_path.clone(),
             source,
         };
-        let linux = uki::section(s.uki, ".linux").map_err(bad_uki)?;
+        let linux = systemd_stub::section(s.uki, ".linux").map_err(bad_uki)?;
         let mut images = Vec::new();
         if let Some(digest) = loader_digest {
             images.push((format!("{} (systemd-boot)", efi_path(LOADER_PATH)), digest));
@@ -108,7 +108,9 @@ pub fn predict(
         ));
         let mut events = uefi::pcr4_boot(&images);
         events.extend(uefi::pcr7_secure_boot_off());
-        for (what, sha256) in uki::stub_pcr11_events(s.uki).map_err(bad_uki)? {
+        for (what, sha256) in
+            systemd_stub::stub_pcr11_events(s.uki).map_err(|e| bad_uki(e.into()))?
+        {
             events.push(uefi::Expected {
                 pcr: 11,
                 event_type: types::EV_IPL,
@@ -117,8 +119,8 @@ pub fn predict(
             });
         }
         events.extend(command_line_events(
-            &uki::section(s.uki, ".cmdline").map_err(bad_uki)?,
-            &uki::section(s.uki, ".initrd").map_err(bad_uki)?,
+            &systemd_stub::section(s.uki, ".cmdline").map_err(bad_uki)?,
+            &systemd_stub::section(s.uki, ".initrd").map_err(bad_uki)?,
             loader.is_some(),
         ));
         let later: Vec<uefi::Expected> = BOOT_PHASES

@@ -3,7 +3,6 @@
 //! each vCPU type of `os.yaml`'s `snp`, with the release's AMD SEV firmware. They become the
 //! `snp` part of `measurements.json` ([`plinth_firmware::snp::SnpExpected`]).
 
-use super::uki;
 use plinth_firmware::snp::digest::{LaunchImage, GUEST_FEATURES, VMM};
 use plinth_firmware::snp::{GuestFirmware, LaunchDigest, Policy, SnpExpected};
 use plinth_release::slot::{self, Slot};
@@ -69,7 +68,10 @@ pub struct SlotUki<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum SnpError {
     #[error("slot {slot}: {source}")]
-    Uki { slot: String, source: uki::UkiError },
+    Uki {
+        slot: String,
+        source: plinth_firmware::systemd_stub::SectionError,
+    },
     #[error("slot {slot}: the UKI's .cmdline is not UTF-8 text\n  hint: the UKI was not made by plinth, or is damaged")]
     Cmdline { slot: String },
     #[error(transparent)]
@@ -94,7 +96,7 @@ pub fn expected(
     for s in slots {
         let name = slot::or_none(s.slot);
         let section = |section: &str| {
-            uki::section(s.uki, section).map_err(|source| SnpError::Uki {
+            plinth_firmware::systemd_stub::section(s.uki, section).map_err(|source| SnpError::Uki {
                 slot: name.to_string(),
                 source,
             })

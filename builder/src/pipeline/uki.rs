@@ -3,7 +3,8 @@
 //! systemd-boot starts and that systemd-stub measures into TPM PCR 11.
 //!
 //! Debian 12 ships no `ukify`, so this module does by hand, with no PE crate, what systemd's
-//! `src/ukify/ukify.py` (`pe_add_sections`) does with `pefile`:
+//! `src/ukify/ukify.py` (`pe_add_sections`) does with `pefile`, reading the stub with
+//! [`plinth_firmware::pe`]:
 //!
 //! - The stub's own sections (`.text`, `.reloc`, `.data`, …, `.sbat`, `.sdmagic`) keep their
 //!   headers and bytes. A COFF symbol table at the very end of the stub (Debian's 252 stub
@@ -42,14 +43,14 @@
 //! header and the `LINUX_INITRD_MEDIA` protocol (Linux 5.8 and newer) it hands the section to
 //! the firmware's `LoadImage`, which copies and relocates it (`src/boot/efi/linux.c`).
 //!
-//! [`predict_pcr11`] computes what systemd-stub 252 extends into PCR 11, from the UKI alone.
-//! Checked by hand once: a UKI of Debian's 6.1 kernel and a tiny initrd booted on OVMF
-//! (q35, TCG) with swtpm, and the guest's PCR 11 equalled the prediction.
+//! What systemd-stub 252 extends into PCR 11 from the UKI is modelled in
+//! [`plinth_firmware::systemd_stub`] ([`predict_pcr11`]).
 
-use plinth_firmware::pcr;
-use sha2::{Digest, Sha256};
-use std::borrow::Cow;
-use std::ops::Range;
+use plinth_firmware::pe::{self, PeError, PeImage, *};
+pub use plinth_firmware::pe::{PeSection, MAX_SECTIONS};
+pub use plinth_firmware::systemd_stub::{
+    pcr11_after_phases, predict_pcr11, stub_pcr11_events, STUB_252_MEASURED_SECTIONS,
+};
 use std::path::{Path, PathBuf};
 
 /// Debian's systemd-stub (package `systemd-boot-efi`).
@@ -61,55 +62,6 @@ pub const IMAGE_SCN_CNT_CODE: u32 = 0x0000_0020;
 pub const IMAGE_SCN_CNT_INITIALIZED_DATA: u32 = 0x0000_0040;
 /// Section characteristic: the section can be read.
 pub const IMAGE_SCN_MEM_READ: u32 = 0x4000_0000;
-
-/// The most sections a PE image may have here: systemd-stub's `pe.c` (`MAX_SECTIONS`) and the
-/// Windows loader both refuse more than 96.
-pub const MAX_SECTIONS: usize = 96;
-
-/// The sections systemd-stub 252 measures into PCR 11, in the order it measures them: the
-/// `UnifiedSection` enum of 252's `src/fundamental/tpm-pcr.h` ("the canonical order in which
-/// we measure the sections into TPM PCR 11 … PLEASE DO NOT REORDER"), without `.pcrsig`
-/// (never measured: it signs the result). 252 knows no `.uname`: that section is carried
-/// for newer tools but neither read nor measured by this stub.
-pub const STUB_252_MEASURED_SECTIONS: [&str; 7] = [
-    ".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey",
-];
-
-// PE/COFF layout (Microsoft PE format specification). Offsets are relative to the start of
-// the structure named in the constant.
-const DOS_HEADER_SIZE: usize = 0x40;
-const DOS_E_LFANEW: usize = 0x3c;
-const PE_SIGNATURE: [u8; 4] = *b"PE\0\0";
-const COFF_HEADER_SIZE: usize = 20;
-const COFF_NUMBER_OF_SECTIONS: usize = 2;
-const COFF_POINTER_TO_SYMBOL_TABLE: usize = 8;
-const COFF_NUMBER_OF_SYMBOLS: usize = 12;
-const COFF_SIZE_OF_OPTIONAL_HEADER: usize = 16;
-const COFF_CHARACTERISTICS: usize = 18;
-const COFF_SYMBOL_SIZE: u64 = 18;
-const IMAGE_FILE_LOCAL_SYMS_STRIPPED: u16 = 0x0008;
-const OPT_MAGIC_PE32: u16 = 0x10b;
-const OPT_MAGIC_PE32_PLUS: u16 = 0x20b;
-const OPT_SIZE_OF_CODE: usize = 4;
-const OPT_SIZE_OF_INITIALIZED_DATA: usize = 8;
-const OPT_SECTION_ALIGNMENT: usize = 32;
-const OPT_FILE_ALIGNMENT: usize = 36;
-const OPT_SIZE_OF_IMAGE: usize = 56;
-const OPT_SIZE_OF_HEADERS: usize = 60;
-const OPT_CHECKSUM: usize = 64;
-const OPT_NUMBER_OF_RVA_AND_SIZES: usize = 108;
-const OPT_DATA_DIRECTORIES: usize = 112;
-const DATA_DIRECTORY_SIZE: usize = 8;
-const DIR_SECURITY: usize = 4;
-const DIR_DEBUG: usize = 6;
-const SECTION_HEADER_SIZE: usize = 40;
-const SH_VIRTUAL_SIZE: usize = 8;
-const SH_VIRTUAL_ADDRESS: usize = 12;
-const SH_SIZE_OF_RAW_DATA: usize = 16;
-const SH_POINTER_TO_RAW_DATA: usize = 20;
-const SH_POINTER_TO_RELOCATIONS: usize = 24;
-const SH_POINTER_TO_LINENUMBERS: usize = 28;
-const SH_CHARACTERISTICS: usize = 36;
 
 /// The contents of a UKI's sections (see [`build_uki`]).
 #[derive(Debug, Clone, Copy)]
@@ -136,101 +88,16 @@ pub struct NewSection<'a> {
     pub characteristics: u32,
 }
 
-/// One entry of a PE section table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeSection {
-    /// The name with its trailing NULs removed (lossy UTF-8).
-    pub name: String,
-    /// The name field as stored.
-    pub raw_name: [u8; 8],
-    /// RVA of the section in memory.
-    pub virtual_address: u32,
-    /// Size in memory (`VirtualSize`): for the sections of a UKI, the exact content size.
-    pub virtual_size: u32,
-    /// File offset of the section's data (`PointerToRawData`).
-    pub raw_offset: u32,
-    /// Size of the data in the file (`SizeOfRawData`), a multiple of `FileAlignment`.
-    pub raw_size: u32,
-    /// `IMAGE_SCN_*` flags.
-    pub characteristics: u32,
-}
-
-impl PeSection {
-    /// Where the section lies in memory (RVAs), by its `VirtualSize`.
-    pub fn memory_range(&self) -> Range<u64> {
-        let start = u64::from(self.virtual_address);
-        start..start + u64::from(self.virtual_size)
-    }
-
-    /// Where the section's data lies in the file.
-    pub fn file_range(&self) -> Range<u64> {
-        let start = u64::from(self.raw_offset);
-        start..start + u64::from(self.raw_size)
-    }
-
-    /// The section's `VirtualSize` bytes as a loader maps them: the raw data, zero-filled past
-    /// `SizeOfRawData`. This is what systemd-stub reads and measures. `pe` is the whole image.
-    pub fn data<'a>(&self, pe: &'a [u8]) -> Result<Cow<'a, [u8]>, UkiError> {
-        let size = self.virtual_size as usize;
-        let from_file = size.min(self.raw_size as usize);
-        if from_file == 0 {
-            return Ok(Cow::Owned(vec![0; size]));
-        }
-        let range = self.raw_offset as usize..self.raw_offset as usize + from_file;
-        let Some(bytes) = pe.get(range.clone()) else {
-            return Err(UkiError::SectionOutOfFile {
-                name: self.name.clone(),
-                start: range.start as u64,
-                end: range.end as u64,
-                len: pe.len() as u64,
-            });
-        };
-        if from_file == size {
-            Ok(Cow::Borrowed(bytes))
-        } else {
-            let mut v = Vec::with_capacity(size);
-            v.extend_from_slice(bytes);
-            v.resize(size, 0);
-            Ok(Cow::Owned(v))
-        }
-    }
-}
-
 /// Why a PE file could not be read or a UKI could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UkiError {
-    #[error("the PE file has no `{0}` section (not a UKI?)")]
-    NoSection(String),
-    #[error("not a PE file: expected \"MZ\" at offset 0, found {found:02x?}")]
-    NotMz { found: Vec<u8> },
-    #[error("truncated PE file: the {what} ends at byte {end} but the file has {len} bytes")]
-    Truncated {
-        what: &'static str,
-        end: u64,
-        len: u64,
-    },
-    #[error(
-        "not a PE file: expected \"PE\\0\\0\" at offset {offset:#x} (e_lfanew), found {found:02x?}"
-    )]
-    NoPeSignature { offset: u64, found: [u8; 4] },
+    #[error(transparent)]
+    Pe(#[from] PeError),
     #[error("not a PE32+ image: expected optional header magic {expected:#x}, found {found:#x}{}",
         if *found == OPT_MAGIC_PE32 { " (PE32, a 32-bit image)" } else { "" })]
     NotPe32Plus { expected: u16, found: u16 },
-    #[error(
-        "PE optional header too small: {found} bytes, a PE32+ header needs at least {expected}"
-    )]
-    OptionalHeaderTooSmall { expected: u16, found: u16 },
     #[error("bad PE alignment: {what} is {found:#x}, expected a non-zero power of two")]
     BadAlignment { what: &'static str, found: u32 },
-    #[error(
-        "PE section {name:?}: its data (bytes {start}..{end}) lies outside the file of {len} bytes"
-    )]
-    SectionOutOfFile {
-        name: String,
-        start: u64,
-        end: u64,
-        len: u64,
-    },
     #[error("bad section name {name:?}: expected 1 to 8 printable ASCII bytes, found {len} bytes")]
     BadSectionName { name: String, len: usize },
     #[error("section {name} is empty: a UKI needs its contents")]
@@ -270,28 +137,7 @@ pub enum UkiError {
     },
 }
 
-/// The fixed facts of a PE32+ header.
-#[derive(Debug, Clone)]
-struct Headers {
-    /// Start of the COFF file header (just after the signature).
-    coff: usize,
-    /// Start of the optional header.
-    opt: usize,
-    /// Start of the section table.
-    table: usize,
-    section_alignment: u32,
-    file_alignment: u32,
-    size_of_image: u32,
-    size_of_headers: u32,
-    pointer_to_symbol_table: u32,
-    number_of_symbols: u32,
-    /// (file offset, size) of the certificate table, (0, 0) if none.
-    security: (u32, u32),
-    /// Size of the debug directory, 0 if none.
-    debug_size: u32,
-    sections: Vec<PeSection>,
-}
-
+// Fields of the image being assembled, at offsets the reader has checked.
 fn rd16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
@@ -308,17 +154,6 @@ fn wr32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-fn need(pe: &[u8], end: usize, what: &'static str) -> Result<(), UkiError> {
-    if end > pe.len() {
-        return Err(UkiError::Truncated {
-            what,
-            end: end as u64,
-            len: pe.len() as u64,
-        });
-    }
-    Ok(())
-}
-
 fn align_up(v: u64, align: u32) -> u64 {
     let a = u64::from(align);
     v.div_ceil(a) * a
@@ -331,115 +166,25 @@ fn to_u32(v: u64, what: impl Into<String>) -> Result<u32, UkiError> {
     })
 }
 
-fn parse_headers(pe: &[u8]) -> Result<Headers, UkiError> {
-    if pe.get(..2) != Some(b"MZ") {
-        return Err(UkiError::NotMz {
-            found: pe.iter().take(2).copied().collect(),
-        });
-    }
-    need(pe, DOS_HEADER_SIZE, "DOS header")?;
-    let sig = rd32(pe, DOS_E_LFANEW) as usize;
-    need(
-        pe,
-        sig + 4 + COFF_HEADER_SIZE,
-        "PE signature and COFF header",
-    )?;
-    let found: [u8; 4] = pe[sig..sig + 4].try_into().expect("4 bytes");
-    if found != PE_SIGNATURE {
-        return Err(UkiError::NoPeSignature {
-            offset: sig as u64,
-            found,
-        });
-    }
-    let coff = sig + 4;
-    let n_sections = rd16(pe, coff + COFF_NUMBER_OF_SECTIONS) as usize;
-    let opt_size = rd16(pe, coff + COFF_SIZE_OF_OPTIONAL_HEADER);
-    let opt = coff + COFF_HEADER_SIZE;
-    need(pe, opt + 2, "optional header magic")?;
-    let magic = rd16(pe, opt);
-    if magic != OPT_MAGIC_PE32_PLUS {
+/// The headers of the PE32+ image `pe` ([`pe::parse`]), refusing what no UKI can be built
+/// from: a PE32 image, or alignments that are not powers of two.
+fn parse_headers(pe: &[u8]) -> Result<PeImage, UkiError> {
+    let h = pe::parse(pe)?;
+    if h.magic != OPT_MAGIC_PE32_PLUS {
         return Err(UkiError::NotPe32Plus {
             expected: OPT_MAGIC_PE32_PLUS,
-            found: magic,
+            found: h.magic,
         });
     }
-    if usize::from(opt_size) < OPT_DATA_DIRECTORIES {
-        return Err(UkiError::OptionalHeaderTooSmall {
-            expected: OPT_DATA_DIRECTORIES as u16,
-            found: opt_size,
-        });
-    }
-    let table = opt + usize::from(opt_size);
-    need(pe, table, "optional header")?;
-    need(
-        pe,
-        table + n_sections * SECTION_HEADER_SIZE,
-        "section table",
-    )?;
-
-    let section_alignment = rd32(pe, opt + OPT_SECTION_ALIGNMENT);
-    let file_alignment = rd32(pe, opt + OPT_FILE_ALIGNMENT);
     for (what, found) in [
-        ("SectionAlignment", section_alignment),
-        ("FileAlignment", file_alignment),
+        ("SectionAlignment", h.section_alignment),
+        ("FileAlignment", h.file_alignment),
     ] {
         if !found.is_power_of_two() {
             return Err(UkiError::BadAlignment { what, found });
         }
     }
-
-    // Data directories present: the lesser of what the header claims and what fits.
-    let n_dirs = (rd32(pe, opt + OPT_NUMBER_OF_RVA_AND_SIZES) as usize)
-        .min((usize::from(opt_size) - OPT_DATA_DIRECTORIES) / DATA_DIRECTORY_SIZE);
-    let dir = |i: usize| -> (u32, u32) {
-        if i < n_dirs {
-            let at = opt + OPT_DATA_DIRECTORIES + i * DATA_DIRECTORY_SIZE;
-            (rd32(pe, at), rd32(pe, at + 4))
-        } else {
-            (0, 0)
-        }
-    };
-
-    let mut sections = Vec::with_capacity(n_sections);
-    for i in 0..n_sections {
-        let h = table + i * SECTION_HEADER_SIZE;
-        let raw_name: [u8; 8] = pe[h..h + 8].try_into().expect("8 bytes");
-        let end = raw_name.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-        let s = PeSection {
-            name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
-            raw_name,
-            virtual_size: rd32(pe, h + SH_VIRTUAL_SIZE),
-            virtual_address: rd32(pe, h + SH_VIRTUAL_ADDRESS),
-            raw_size: rd32(pe, h + SH_SIZE_OF_RAW_DATA),
-            raw_offset: rd32(pe, h + SH_POINTER_TO_RAW_DATA),
-            characteristics: rd32(pe, h + SH_CHARACTERISTICS),
-        };
-        let range = s.file_range();
-        if s.raw_size > 0 && range.end > pe.len() as u64 {
-            return Err(UkiError::SectionOutOfFile {
-                name: s.name,
-                start: range.start,
-                end: range.end,
-                len: pe.len() as u64,
-            });
-        }
-        sections.push(s);
-    }
-
-    Ok(Headers {
-        coff,
-        opt,
-        table,
-        section_alignment,
-        file_alignment,
-        size_of_image: rd32(pe, opt + OPT_SIZE_OF_IMAGE),
-        size_of_headers: rd32(pe, opt + OPT_SIZE_OF_HEADERS),
-        pointer_to_symbol_table: rd32(pe, coff + COFF_POINTER_TO_SYMBOL_TABLE),
-        number_of_symbols: rd32(pe, coff + COFF_NUMBER_OF_SYMBOLS),
-        security: dir(DIR_SECURITY),
-        debug_size: dir(DIR_DEBUG).1,
-        sections,
-    })
+    Ok(h)
 }
 
 /// The section table of a PE32+ image, in table order.
@@ -453,25 +198,7 @@ pub fn read_sections(pe: &[u8]) -> Result<Vec<PeSection>, UkiError> {
 /// zero; plus the file length.
 pub fn pe_checksum(pe: &[u8]) -> Result<u32, UkiError> {
     let h = parse_headers(pe)?;
-    Ok(checksum_skipping(pe, h.opt + OPT_CHECKSUM))
-}
-
-fn checksum_skipping(pe: &[u8], field: usize) -> u32 {
-    let checksum_field = field..field + 4;
-    let byte = |at: usize| -> u8 {
-        if checksum_field.contains(&at) {
-            0
-        } else {
-            pe.get(at).copied().unwrap_or(0)
-        }
-    };
-    let mut sum: u64 = 0;
-    for at in (0..pe.len()).step_by(2) {
-        sum += u64::from(u16::from_le_bytes([byte(at), byte(at + 1)]));
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    (sum as u32).wrapping_add(pe.len() as u32)
+    Ok(pe::checksum_skipping(pe, h.checksum_offset()))
 }
 
 fn check_name(name: &str) -> Result<(), UkiError> {
@@ -705,7 +432,7 @@ pub fn add_sections(stub: &[u8], new: &[NewSection]) -> Result<Vec<u8>, UkiError
         opt + OPT_SIZE_OF_INITIALIZED_DATA,
         to_u32(size_of_data, "SizeOfInitializedData")?,
     );
-    let sum = checksum_skipping(&out, opt + OPT_CHECKSUM);
+    let sum = pe::checksum_skipping(&out, opt + OPT_CHECKSUM);
     wr32(&mut out, opt + OPT_CHECKSUM, sum);
     Ok(out)
 }
@@ -771,78 +498,16 @@ pub fn write_uki(stub: &Path, sections: &UkiSections, out: &Path) -> Result<(), 
     Ok(())
 }
 
-/// TPM extend: `sha256(pcr || sha256(data))`.
-fn extend(pcr: [u8; 32], data: &[u8]) -> [u8; 32] {
-    pcr::extend(pcr, &pcr::digest(data))
-}
-
-/// The SHA-256 PCR 11 value systemd-stub 252 leaves after booting `uki`, starting from the
-/// all-zero PCR (what `systemd-measure calculate --phase= --bank=sha256` prints).
-///
-/// systemd-stub 252 (`stub.c`) goes through [`STUB_252_MEASURED_SECTIONS`] in that order and,
-/// for each section the image has, extends PCR 11 with the section name including its
-/// trailing NUL, then with the section's contents. How it finds them (`pe.c`
-/// `locate_sections`), mirrored here: a section matches when its 8-byte name field starts
-/// with the name (a prefix compare); when several match, the last in the table wins; the size
-/// is `VirtualSize` and a size of 0 means "absent"; the bytes are the section as mapped in
-/// memory. Later boot phases extend PCR 11 further: see [`pcr11_after_phases`].
-pub fn predict_pcr11(uki: &[u8]) -> Result<[u8; 32], UkiError> {
-    Ok(stub_pcr11_events(uki)?
-        .iter()
-        .fold([0u8; 32], |value, (_, digest)| pcr::extend(value, digest)))
-}
-
-/// The events behind [`predict_pcr11`], in order: for each measured section its name (with
-/// the NUL) and then its contents, each as (what, sha256).
-pub fn stub_pcr11_events(uki: &[u8]) -> Result<Vec<(String, [u8; 32])>, UkiError> {
-    let sections = read_sections(uki)?;
-    let mut events = Vec::new();
-    for name in STUB_252_MEASURED_SECTIONS {
-        let found = sections
-            .iter()
-            .rev()
-            .find(|s| s.raw_name.starts_with(name.as_bytes()));
-        let Some(s) = found.filter(|s| s.virtual_size > 0) else {
-            continue;
-        };
-        let mut named = name.as_bytes().to_vec();
-        named.push(0);
-        events.push((
-            format!("{name} section name"),
-            Sha256::digest(&named).into(),
-        ));
-        events.push((
-            format!("{name} section ({} B)", s.virtual_size),
-            Sha256::digest(&s.data(uki)?).into(),
-        ));
-    }
-    Ok(events)
-}
-
-/// A section of a UKI as the stub reads it (its `VirtualSize` bytes), e.g. `.linux`, which
-/// the stub hands to the firmware to start, or `.cmdline`.
-pub fn section(uki: &[u8], name: &str) -> Result<Vec<u8>, UkiError> {
-    let sections = read_sections(uki)?;
-    let found = sections
-        .iter()
-        .rev()
-        .find(|s| s.raw_name.starts_with(name.as_bytes()))
-        .ok_or_else(|| UkiError::NoSection(name.into()))?;
-    Ok(found.data(uki)?.into_owned())
-}
-
-/// PCR 11 after `systemd-pcrphase` (252) extended it with each boot phase word in `phases`
-/// (e.g. `["enter-initrd"]`, then `"leave-initrd"`, `"sysinit"`, `"ready"`): each word is
-/// extended as is, without a NUL. `systemd-measure calculate` prints these values by default.
-pub fn pcr11_after_phases(pcr11: [u8; 32], phases: &[&str]) -> [u8; 32] {
-    phases
-        .iter()
-        .fold(pcr11, |pcr, phase| extend(pcr, phase.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plinth_firmware::pcr;
+    use sha2::{Digest, Sha256};
+
+    /// TPM extend: `sha256(pcr || sha256(data))`.
+    fn extend(value: [u8; 32], data: &[u8]) -> [u8; 32] {
+        pcr::extend(value, &pcr::digest(data))
+    }
 
     /// A minimal PE image: `n` sections named `.s0`, `.s1`, … of 0x10 bytes each (filled with
     /// their index), laid out like a linker would.
@@ -959,11 +624,14 @@ mod tests {
     fn not_mz() {
         let err = read_sections(b"\x7fELF\x02\x01\x01\0").unwrap_err();
         assert!(
-            matches!(&err, UkiError::NotMz { found } if found == b"\x7fE"),
+            matches!(&err, UkiError::Pe(PeError::NotMz { found }) if found == b"\x7fE"),
             "{err}"
         );
         assert!(err.to_string().contains("expected \"MZ\""), "{err}");
-        assert!(matches!(read_sections(b""), Err(UkiError::NotMz { .. })));
+        assert!(matches!(
+            read_sections(b""),
+            Err(UkiError::Pe(PeError::NotMz { .. }))
+        ));
     }
 
     #[test]
@@ -976,7 +644,7 @@ mod tests {
             (0x180, "section table"),
         ] {
             match read_sections(&pe[..cut]) {
-                Err(UkiError::Truncated { what: w, len, .. }) => {
+                Err(UkiError::Pe(PeError::Truncated { what: w, len, .. })) => {
                     assert_eq!((w, len), (what, cut as u64))
                 }
                 other => panic!("cut at {cut:#x}: {other:?}"),
@@ -985,7 +653,7 @@ mod tests {
         // A section whose data runs past the end of the file.
         let err = read_sections(&pe[..0x900]).unwrap_err();
         assert!(
-            matches!(&err, UkiError::SectionOutOfFile { name, .. } if name == ".s2"),
+            matches!(&err, UkiError::Pe(PeError::SectionOutOfFile { name, .. }) if name == ".s2"),
             "{err}"
         );
     }
@@ -996,7 +664,7 @@ mod tests {
         pe[0x40..0x44].copy_from_slice(b"NE\0\0");
         let err = read_sections(&pe).unwrap_err();
         assert!(
-            matches!(err, UkiError::NoPeSignature { offset: 0x40, found } if &found == b"NE\0\0")
+            matches!(err, UkiError::Pe(PeError::NoPeSignature { offset: 0x40, found }) if &found == b"NE\0\0")
         );
     }
 
