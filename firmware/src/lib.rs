@@ -1,8 +1,8 @@
 //! Firmware and trust: measurement prediction and checking for TPM measured boot (PCR
 //! arithmetic, the one PE image reader, the PE Authenticode digest firmware measures, the TCG
 //! event log, the UEFI events of a boot and systemd-stub's PCR 11, and `measurements.json`);
-//! AMD SEV-SNP (launch expectations and attestation
-//! report checks); and the firmware catalog of the certified AMD generations.
+//! AMD SEV-SNP (launch expectations and attestation report checks); and the firmware catalog
+//! of the certified AMD generations.
 
 pub mod authenticode;
 pub mod catalog;

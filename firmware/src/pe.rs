@@ -60,6 +60,12 @@ pub enum PeError {
         end: u64,
         len: u64,
     },
+    #[error("the PE {what} ends at byte {end}, beyond the first {read} bytes read of the file")]
+    HeadersBeyondRead {
+        what: &'static str,
+        end: u64,
+        read: u64,
+    },
     #[error(
         "not a PE file: expected \"PE\\0\\0\" at offset {offset:#x} (e_lfanew), found {found:02x?}"
     )]
@@ -70,7 +76,9 @@ pub enum PeError {
         "PE optional header too small: {found} bytes, a PE32+ header needs at least {expected}"
     )]
     OptionalHeaderTooSmall { expected: u16, found: u16 },
-    #[error("too many sections: the PE image says {found}, at most {MAX_SECTIONS} are accepted")]
+    #[error(
+        "too many sections: the PE image has {found} sections, at most {MAX_SECTIONS} are accepted"
+    )]
     TooManySections { found: usize },
     #[error(
         "PE section {name:?}: its data (bytes {start}..{end}) lies outside the file of {len} bytes"
@@ -81,7 +89,18 @@ pub enum PeError {
         end: u64,
         len: u64,
     },
+    #[error("PE section {name:?}: VirtualSize {virtual_size} exceeds its {from_file} bytes of data by more than {MAX_ZERO_FILL}, which a UEFI image does not need")]
+    ZeroFillTooLarge {
+        name: String,
+        virtual_size: u32,
+        from_file: u64,
+    },
 }
+
+/// The most zero bytes a section may be mapped with past its data (a `.bss`): a kernel's
+/// needs a few MiB. Beyond it a section's bytes are refused, so that a small hostile file
+/// cannot make [`PeSection::data`] allocate gigabytes.
+pub const MAX_ZERO_FILL: u64 = 64 << 20;
 
 /// One entry of a PE section table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,9 +134,23 @@ impl PeSection {
         start..start + u64::from(self.raw_size)
     }
 
+    /// Refuses a section mapped with more than [`MAX_ZERO_FILL`] zero bytes past its data.
+    pub fn check_zero_fill(&self) -> Result<(), PeError> {
+        let from_file = u64::from(self.virtual_size.min(self.raw_size));
+        if u64::from(self.virtual_size) - from_file > MAX_ZERO_FILL {
+            return Err(PeError::ZeroFillTooLarge {
+                name: self.name.clone(),
+                virtual_size: self.virtual_size,
+                from_file,
+            });
+        }
+        Ok(())
+    }
+
     /// The section's `VirtualSize` bytes as a loader maps them: the raw data, zero-filled past
     /// `SizeOfRawData`. This is what systemd-stub reads and measures. `pe` is the whole image.
     pub fn data<'a>(&self, pe: &'a [u8]) -> Result<Cow<'a, [u8]>, PeError> {
+        self.check_zero_fill()?;
         let size = self.virtual_size as usize;
         let from_file = size.min(self.raw_size as usize);
         if from_file == 0 {
@@ -193,30 +226,45 @@ fn rd32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn need(pe: &[u8], end: usize, what: &'static str) -> Result<(), PeError> {
-    if end > pe.len() {
-        return Err(PeError::Truncated {
+/// `pe[..end]` must be there: within what was read and within the file.
+fn need(pe: &[u8], file_len: u64, end: usize, what: &'static str) -> Result<(), PeError> {
+    if end <= pe.len() {
+        Ok(())
+    } else if end as u64 > file_len {
+        Err(PeError::Truncated {
             what,
             end: end as u64,
-            len: pe.len() as u64,
-        });
+            len: file_len,
+        })
+    } else {
+        Err(PeError::HeadersBeyondRead {
+            what,
+            end: end as u64,
+            read: pe.len() as u64,
+        })
     }
-    Ok(())
 }
 
 /// Reads the headers and section table of the PE32+ or PE32 image `pe`. Every structure read
 /// is checked to lie in `pe` first (the `rd*` helpers below index only checked ranges).
 pub fn parse(pe: &[u8]) -> Result<PeImage, PeError> {
+    parse_headers(pe, pe.len() as u64)
+}
+
+/// [`parse`] from `head`, the first bytes of a file of `file_len` bytes (a bounded read of a
+/// large image): every header must lie in `head`, every section's raw data in the file.
+pub fn parse_headers(pe: &[u8], file_len: u64) -> Result<PeImage, PeError> {
     if pe.get(..2) != Some(b"MZ") {
         return Err(PeError::NotMz {
             found: pe.iter().take(2).copied().collect(),
         });
     }
-    need(pe, DOS_HEADER_SIZE, "DOS header")?;
+    need(pe, file_len, DOS_HEADER_SIZE, "DOS header")?;
     // u32 offsets plus small constants cannot overflow a 64-bit usize.
     let sig = rd32(pe, DOS_E_LFANEW) as usize;
     need(
         pe,
+        file_len,
         sig + 4 + COFF_HEADER_SIZE,
         "PE signature and COFF header",
     )?;
@@ -231,7 +279,7 @@ pub fn parse(pe: &[u8]) -> Result<PeImage, PeError> {
     let n_sections = rd16(pe, coff + COFF_NUMBER_OF_SECTIONS) as usize;
     let opt_size = rd16(pe, coff + COFF_SIZE_OF_OPTIONAL_HEADER);
     let opt = coff + COFF_HEADER_SIZE;
-    need(pe, opt + 2, "optional header magic")?;
+    need(pe, file_len, opt + 2, "optional header magic")?;
     let magic = rd16(pe, opt);
     let (rva_count_at, dirs_at) = match magic {
         OPT_MAGIC_PE32_PLUS => (OPT_NUMBER_OF_RVA_AND_SIZES, OPT_DATA_DIRECTORIES),
@@ -245,12 +293,13 @@ pub fn parse(pe: &[u8]) -> Result<PeImage, PeError> {
         });
     }
     let table = opt + usize::from(opt_size);
-    need(pe, table, "optional header")?;
+    need(pe, file_len, table, "optional header")?;
     if n_sections > MAX_SECTIONS {
         return Err(PeError::TooManySections { found: n_sections });
     }
     need(
         pe,
+        file_len,
         table + n_sections * SECTION_HEADER_SIZE,
         "section table",
     )?;
@@ -282,12 +331,12 @@ pub fn parse(pe: &[u8]) -> Result<PeImage, PeError> {
             characteristics: rd32(pe, h + SH_CHARACTERISTICS),
         };
         let range = s.file_range();
-        if s.raw_size > 0 && range.end > pe.len() as u64 {
+        if s.raw_size > 0 && range.end > file_len {
             return Err(PeError::SectionOutOfFile {
                 name: s.name,
                 start: range.start,
                 end: range.end,
-                len: pe.len() as u64,
+                len: file_len,
             });
         }
         sections.push(s);
@@ -437,6 +486,52 @@ mod tests {
         assert_eq!(
             parse(&pe).unwrap_err(),
             PeError::TooManySections { found: 65535 }
+        );
+    }
+
+    #[test]
+    fn a_huge_zero_fill_is_refused_before_anything_is_allocated() {
+        let mut pe = synth(1);
+        let sh = 0x58 + 240;
+        pe[sh + SH_VIRTUAL_SIZE..sh + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let img = parse(&pe).unwrap();
+        let err = img.sections[0].data(&pe).unwrap_err();
+        assert!(matches!(err, PeError::ZeroFillTooLarge { .. }), "{err}");
+        // Within the cap the loader's zero fill is given.
+        let small = 0x200 + 0x1000u32;
+        pe[sh + SH_VIRTUAL_SIZE..sh + 12].copy_from_slice(&small.to_le_bytes());
+        let img = parse(&pe).unwrap();
+        assert_eq!(img.sections[0].data(&pe).unwrap().len(), small as usize);
+    }
+
+    #[test]
+    fn headers_beyond_a_bounded_read_are_named_as_such() {
+        let pe = synth(2);
+        // All of the file was not read: the section table lies past what was.
+        let err = parse_headers(&pe[..0x150], pe.len() as u64).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PeError::HeadersBeyondRead {
+                    what: "section table",
+                    read: 0x150,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Sections are checked against the file, not the bytes read.
+        assert_eq!(
+            parse_headers(&pe[..0x400], pe.len() as u64)
+                .unwrap()
+                .sections
+                .len(),
+            2
+        );
+        let err = parse_headers(&pe[..0x400], 0x500).unwrap_err();
+        assert!(
+            matches!(err, PeError::SectionOutOfFile { len: 0x500, .. }),
+            "{err}"
         );
     }
 }

@@ -240,15 +240,12 @@ fn compare_images(
 /// The DOS, PE and COFF headers and the section table of a PE image must lie in its first
 /// this many bytes (a UKI's end by 4 KiB); only these are read to find the sections.
 pub const PE_HEADER_MAX: u64 = 64 << 10;
-/// A PE section's `VirtualSize` may exceed its data in the file by at most this much (the
-/// loader zero-fills it; systemd-stub's are kilobytes): hashing a crafted image's zero fill
-/// stays bounded.
-pub const PE_MAX_ZERO_FILL: u64 = 64 << 20;
 
-/// The section table of the PE image at `path`, from a bounded read of its headers; every
-/// section's data checked to lie in the file. Offsets follow the Microsoft PE format.
-fn pe_section_table(path: &Path) -> Result<Vec<crate::pipeline::uki::PeSection>, CompareError> {
-    use crate::pipeline::uki::{PeSection, MAX_SECTIONS};
+/// The section table of the PE image at `path`, read by the one PE reader
+/// ([`plinth_firmware::pe`]) from a bounded read of its headers: every header in the first
+/// [`PE_HEADER_MAX`] bytes, every section's data in the file, and no section zero-filled past
+/// its data by more than [`plinth_firmware::pe::MAX_ZERO_FILL`].
+fn pe_section_table(path: &Path) -> Result<Vec<plinth_firmware::pe::PeSection>, CompareError> {
     use std::io::Read;
     let bad = |problem: String| CompareError::Pe {
         path: path.to_path_buf(),
@@ -260,81 +257,11 @@ fn pe_section_table(path: &Path) -> Result<Vec<crate::pipeline::uki::PeSection>,
     file.take(PE_HEADER_MAX)
         .read_to_end(&mut head)
         .map_err(io(path))?;
-    let u16_at = |at: usize| {
-        head.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u32_at = |at: usize| {
-        head.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    // Where a header that must lie in `head` ends, or why it does not.
-    let within = |end: u64, what: &str| -> Result<(), CompareError> {
-        if end <= head.len() as u64 {
-            Ok(())
-        } else if end > len {
-            Err(bad(format!(
-                "the {what} ends at byte {end} but the file has {len} bytes"
-            )))
-        } else {
-            Err(bad(format!(
-                "the {what} ends at byte {end}, beyond the first {PE_HEADER_MAX} bytes"
-            )))
-        }
-    };
-    if head.get(..2) != Some(b"MZ") {
-        return Err(bad("no \"MZ\" at offset 0".into()));
-    }
-    within(0x40, "DOS header")?;
-    let sig = u64::from(u32_at(0x3c).expect("within the DOS header"));
-    within(sig + 24, "PE signature and COFF header")?;
-    let sig = sig as usize;
-    if head[sig..sig + 4] != *b"PE\0\0" {
-        return Err(bad(format!(
-            "no \"PE\\0\\0\" at offset {sig:#x} (e_lfanew)"
-        )));
-    }
-    let coff = sig + 4;
-    let count = usize::from(u16_at(coff + 2).expect("within the COFF header"));
-    if count > MAX_SECTIONS {
-        return Err(bad(format!(
-            "{count} sections, a PE image has at most {MAX_SECTIONS}"
-        )));
-    }
-    let table = coff + 20 + usize::from(u16_at(coff + 16).expect("within the COFF header"));
-    within((table + count * 40) as u64, "section table")?;
-    let mut sections = Vec::with_capacity(count);
-    for i in 0..count {
-        let h = table + i * 40;
-        let field = |at: usize| u32_at(h + at).expect("within the section table");
-        let raw_name: [u8; 8] = head[h..h + 8].try_into().expect("8 bytes");
-        let end = raw_name.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-        let s = PeSection {
-            name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
-            raw_name,
-            virtual_size: field(8),
-            virtual_address: field(12),
-            raw_size: field(16),
-            raw_offset: field(20),
-            characteristics: field(36),
-        };
-        let from_file = u64::from(s.virtual_size.min(s.raw_size));
-        let start = u64::from(s.raw_offset);
-        if from_file > 0 && start + from_file > len {
-            return Err(bad(format!(
-                "section {:?}: its data (bytes {start}..{}) lies outside the file of {len} bytes",
-                s.name,
-                start + from_file
-            )));
-        }
-        let zeros = u64::from(s.virtual_size) - from_file;
-        if zeros > PE_MAX_ZERO_FILL {
-            return Err(bad(format!(
-                "section {:?}: VirtualSize {} exceeds its {from_file} bytes of data by more than {PE_MAX_ZERO_FILL}",
-                s.name, s.virtual_size
-            )));
-        }
-        sections.push(s);
+    let sections = plinth_firmware::pe::parse_headers(&head, len)
+        .map_err(|e| bad(e.to_string()))?
+        .sections;
+    for s in &sections {
+        s.check_zero_fill().map_err(|e| bad(e.to_string()))?;
     }
     Ok(sections)
 }
