@@ -4,7 +4,7 @@
 //! report after each change. [`vlek_chain`] makes the ARK, ASVK and VLEK of any generation
 //! named as AMD names them, and [`World::vlek_report`] the report an AWS EC2 host signs with
 //! a VLEK (version 2, CHIP_ID masked). The data made here is synthetic; only its shape is
-//! AMD's. The `synthetic_vlek_*` files of `testdata/snp/` (for `builder/tests/attest.rs`)
+//! AMD's. The `synthetic_vlek_*` files of `testdata/snp/` (for `builder/tests/integration/attest.rs`)
 //! are made here too, and a test keeps them current.
 
 use super::certs::{Cert, CertSet};
@@ -276,7 +276,7 @@ fn rename(name: &mut Name, cn: &str) {
 }
 
 /// The TCB of the `synthetic_vlek_*` files (the Milan floor of the built-in catalog when
-/// they were made; `builder/tests/attest.rs` passes a catalog with this floor).
+/// they were made; `builder/tests/integration/attest.rs` passes a catalog with this floor).
 pub const SYNTHETIC_TCB: Tcb = Tcb {
     fmc: None,
     bootloader: 4,

@@ -6,8 +6,8 @@
 //! `root_owner`; the tests that need it say so and return early otherwise); listing their
 //! paths does not (see `hostile_image.rs`).
 
-mod support;
-use support::plinth;
+use crate::support;
+use crate::support::plinth;
 
 use plinth::pipeline::artifacts::{self, TarEntry};
 use plinth::pipeline::esp::{self, FatFile, FatOptions};

@@ -1,7 +1,7 @@
 //! What the integration tests that craft releases share: the `plinth` binary, and a sample
 //! manifest with fixed inputs (the only fields a test sets are the OS, the files, the
 //! partitions and the slot it measures).
-#![allow(dead_code)] // each test binary uses its own part
+#![allow(dead_code)] // not every helper is used by every module
 
 use plinth::pipeline::manifest::{
     self, Inputs, Manifest, Measurements, OutputFile, PartitionImage, SlotMeasurements,

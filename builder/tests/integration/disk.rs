@@ -21,9 +21,9 @@ const IDS: IdSource<'static> = IdSource {
 
 fn profile(os: &str, name: &str) -> Profile {
     let text = match os {
-        "guest-os" => include_str!("../../guest-os/os.yaml"),
-        "host-os" => include_str!("../../host-os/os.yaml"),
-        "setup-os" => include_str!("../../setup-os/os.yaml"),
+        "guest-os" => include_str!("../../../guest-os/os.yaml"),
+        "host-os" => include_str!("../../../host-os/os.yaml"),
+        "setup-os" => include_str!("../../../setup-os/os.yaml"),
         _ => unreachable!(),
     };
     spec::parse(text, &format!("{os}/os.yaml"), os)

@@ -225,7 +225,7 @@ fn two_builds_in_different_environments_are_identical() {
         .args([
             "--ignored",
             "--exact",
-            "child_builds_an_esp",
+            "esp::child_builds_an_esp",
             "--test-threads=1",
         ])
         .env(CHILD_OUT, &second)

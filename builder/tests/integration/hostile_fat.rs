@@ -6,7 +6,7 @@
 //! Every release here passes `Release::open`; the disk archives are written by the real
 //! writer (zeros become holes, so a 300 MiB file of zeros costs nothing to store).
 
-mod support;
+use crate::support;
 
 use plinth::compare::release::Release;
 use plinth::pipeline::artifacts::{self, TarEntry};

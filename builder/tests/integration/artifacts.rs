@@ -140,7 +140,7 @@ fn archives_do_not_depend_on_the_environment() {
         .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_writes_an_archive",
+            "artifacts::child_writes_an_archive",
             "--ignored",
             "--nocapture",
         ])

@@ -6,9 +6,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// Run `plinth` with its own temporary directory (`TMPDIR`, where [`vm_dirs`] looks): the
+/// other tests of this binary run beside it.
 fn plinth(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_plinth"))
         .args(args)
+        .env("TMPDIR", private_tmp())
         .output()
         .unwrap()
 }
@@ -36,8 +39,17 @@ fn processes_with(needle: &str) -> Vec<String> {
     found
 }
 
+/// The calling test's private temporary directory for `plinth run` (each test runs on its own
+/// thread; removed when it ends).
+fn private_tmp() -> std::path::PathBuf {
+    thread_local! {
+        static DIR: tempfile::TempDir = tempfile::tempdir().unwrap();
+    }
+    DIR.with(|d| d.path().to_path_buf())
+}
+
 fn vm_dirs() -> usize {
-    std::fs::read_dir(std::env::temp_dir())
+    std::fs::read_dir(private_tmp())
         .unwrap()
         .flatten()
         .filter(|e| {

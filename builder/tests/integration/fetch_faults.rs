@@ -603,9 +603,9 @@ fn workspace(pkgs: &[Pkg]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     // The project's own specs: fetch validates them (and warns that this lock is not theirs).
     for (os, spec) in [
-        ("guest-os", include_str!("../../guest-os/os.yaml")),
-        ("host-os", include_str!("../../host-os/os.yaml")),
-        ("setup-os", include_str!("../../setup-os/os.yaml")),
+        ("guest-os", include_str!("../../../guest-os/os.yaml")),
+        ("host-os", include_str!("../../../host-os/os.yaml")),
+        ("setup-os", include_str!("../../../setup-os/os.yaml")),
     ] {
         std::fs::create_dir(dir.path().join(os)).unwrap();
         std::fs::write(dir.path().join(os).join("os.yaml"), spec).unwrap();

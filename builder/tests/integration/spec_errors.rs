@@ -1132,16 +1132,16 @@ fn plinth_check_exit_codes() {
 #[test]
 fn project_specs_are_valid_and_a_single_slot_spec_has_one_root() {
     for (os, text) in [
-        ("guest-os", include_str!("../../guest-os/os.yaml")),
-        ("host-os", include_str!("../../host-os/os.yaml")),
-        ("setup-os", include_str!("../../setup-os/os.yaml")),
+        ("guest-os", include_str!("../../../guest-os/os.yaml")),
+        ("host-os", include_str!("../../../host-os/os.yaml")),
+        ("setup-os", include_str!("../../../setup-os/os.yaml")),
     ] {
         let file = format!("{os}/os.yaml");
         if let Err(e) = plinth::spec::parse(text, &file, os) {
             panic!("{file} is invalid:\n{e}");
         }
     }
-    let setup = include_str!("../../setup-os/os.yaml");
+    let setup = include_str!("../../../setup-os/os.yaml");
     let verity = "  - {name: verity, size: 32MiB, filesystem: raw, role: verity}";
     assert!(setup.contains(verity));
     let two_roots = setup.replace(

@@ -11,7 +11,7 @@
 //! The tar streams are written by hand, as an attacker would; the benign archives by the
 //! real writer.
 
-mod support;
+use crate::support;
 
 use plinth::compare::release::Release;
 use plinth::packages::cache::sha256_file;

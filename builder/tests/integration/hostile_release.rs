@@ -5,8 +5,8 @@
 //! (one SBOM file and a manifest listing it) and changes one field the way an attacker would,
 //! or plants a link or a FIFO where a release file should be.
 
-mod support;
-use support::plinth;
+use crate::support;
+use crate::support::plinth;
 
 use plinth::packages::cache::sha256_file;
 use plinth::pipeline::manifest::{self, Manifest, OutputFile, PartitionImage};

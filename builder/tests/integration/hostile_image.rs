@@ -7,8 +7,8 @@
 //! Building images with owners, devices and setuid files needs root (the tests that do say
 //! so and return early otherwise); one test then runs `plinth diff` as `nobody`.
 
-mod support;
-use support::plinth;
+use crate::support;
+use crate::support::plinth;
 
 use plinth::compare::contents::{list_ext4, ContentsError, Entry, Listing};
 use plinth::packages::cache::{sha256_bytes, sha256_file};
