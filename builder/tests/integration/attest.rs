@@ -5,6 +5,7 @@
 //! chip id masked, signed by a VLEK), synthetic: firmware/testdata/snp/synthetic_vlek_*,
 //! made with test keys, so that AMD's pinned root refuses its chain and nothing else.
 
+use crate::support::Plinth;
 use plinth_firmware::measurements::{Measurements, Platform, FORMAT_VERSION};
 use plinth_firmware::snp::cert_table::{self, CertKind, TableEntry};
 use plinth_firmware::snp::report::Report;
@@ -12,7 +13,6 @@ use plinth_firmware::snp::{Policy, SnpExpected};
 use plinth_testkit::{Faults, TestServer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../firmware/testdata/snp");
 /// A catalog with the floors of 2023, when the real report was made (the built-in one is
@@ -85,12 +85,13 @@ fn nonce() -> String {
 }
 
 fn plinth(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
-    cmd.args(args).env_remove("PLINTH_KDS_URL");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("plinth runs");
+    let out = env
+        .iter()
+        .fold(
+            Plinth::new().args(args).env_remove("PLINTH_KDS_URL"),
+            |p, (k, v)| p.env(k, v),
+        )
+        .output();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -3,6 +3,7 @@
 //! correct cache or a clear error naming the package, and never with a corrupt file under
 //! `debs/`. Also: resuming, skipping cached files, `--offline`, and the CLI's exit codes.
 
+use crate::support::Plinth;
 use plinth::packages::cache::{sha256_bytes, sha256_file, Cache, Verification};
 use plinth::packages::fetch::{
     fetch, DownloadError, FetchError, FetchOptions, FetchReport, Progress,
@@ -649,15 +650,7 @@ fn workspace(pkgs: &[Pkg]) -> tempfile::TempDir {
 }
 
 fn plinth(ws: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("--root")
-        .arg(ws)
-        .args(args)
-        .arg("--cache")
-        .arg(cache)
-        .env_remove("PLINTH_CACHE_DIR")
-        .output()
-        .unwrap()
+    Plinth::new().root(ws).args(args).cache(cache).output()
 }
 
 #[test]

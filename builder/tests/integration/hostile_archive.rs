@@ -12,6 +12,7 @@
 //! real writer.
 
 use crate::support;
+use crate::support::Plinth;
 
 use plinth::compare::release::Release;
 use plinth::packages::cache::sha256_file;
@@ -21,7 +22,7 @@ use plinth::pipeline::manifest::{self, OutputFile, PartitionImage};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -266,12 +267,7 @@ impl Case {
     /// scratch directory changed (the releases as made, TMPDIR empty again).
     fn plinth(&self, args: &[&str]) -> Output {
         let before = tree(&self.root);
-        let out = Command::new(env!("CARGO_BIN_EXE_plinth"))
-            .args(args)
-            .env("TMPDIR", &self.tmp)
-            .current_dir(&self.tmp)
-            .output()
-            .unwrap();
+        let out = Plinth::new().args(args).within(&self.tmp).output();
         assert_eq!(
             tree(&self.root),
             before,

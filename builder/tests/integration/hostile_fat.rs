@@ -7,6 +7,7 @@
 //! writer (zeros become holes, so a 300 MiB file of zeros costs nothing to store).
 
 use crate::support;
+use crate::support::Plinth;
 
 use plinth::compare::release::Release;
 use plinth::pipeline::artifacts::{self, TarEntry};
@@ -15,7 +16,7 @@ use plinth::pipeline::manifest::{self, OutputFile, PartitionImage};
 use plinth::pipeline::measure::LOADER_PATH;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -186,10 +187,10 @@ impl Case {
     /// Run `plinth args` with TMPDIR in the case, killed after `limit`; its output and its
     /// peak resident memory in bytes (`VmHWM`, polled while it runs).
     fn plinth(&self, args: &[&str], limit: Duration) -> (Output, u64) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
+        let mut child = Plinth::new()
             .args(args)
-            .env("TMPDIR", &self.tmp)
-            .current_dir(&self.tmp)
+            .within(&self.tmp)
+            .command()
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

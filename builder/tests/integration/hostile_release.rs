@@ -215,7 +215,8 @@ fn the_well_formed_release_passes_the_name_checks() {
 /// not a hang of the test run.
 fn plinth_bounded(args: &[&str]) -> std::process::Output {
     use std::time::{Duration, Instant};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_plinth"))
+    let mut child = crate::support::Plinth::new()
+        .command()
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -3,6 +3,7 @@
 //! resolves, lock determinism, `--check`, and that every break in the signed chain (tampered
 //! index, tampered InRelease, foreign key, replayed suite) is refused with nothing written.
 
+use crate::support::Plinth;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -250,9 +251,8 @@ fn workspace(packages: &str) -> tempfile::TempDir {
 
 fn plinth(ws: &Path, archive: &TestArchive, cache: &Path, args: &[&str]) -> Output {
     let mirror = format!("file://{}", archive.repo().display());
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(["--root"])
-        .arg(ws)
+    Plinth::new()
+        .root(ws)
         .args(args)
         .args([
             "--mirror",
@@ -261,12 +261,10 @@ fn plinth(ws: &Path, archive: &TestArchive, cache: &Path, args: &[&str]) -> Outp
             &mirror,
             "--keyring",
         ])
-        .arg(archive.keyring())
-        .arg("--cache")
-        .arg(cache)
+        .args([archive.keyring()])
+        .cache(cache)
         .env_remove("PLINTH_MIRROR")
         .output()
-        .unwrap()
 }
 
 fn stderr(out: &Output) -> String {

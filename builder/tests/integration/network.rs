@@ -3,6 +3,7 @@
 //! a real lock of the project's own specs from Debian's mirror, the lock compared with what
 //! mmdebstrap really installs, and a real fetch of the `test` profiles into a fresh cache.
 
+use crate::support::Plinth;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -29,14 +30,7 @@ fn scratch_workspace() -> tempfile::TempDir {
 }
 
 fn plinth(ws: &Path, cache: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("--root")
-        .arg(ws)
-        .args(args)
-        .arg("--cache")
-        .arg(cache)
-        .output()
-        .unwrap();
+    let out = Plinth::new().root(ws).args(args).cache(cache).output();
     eprintln!(
         "plinth {}:\n{}",
         args.join(" "),

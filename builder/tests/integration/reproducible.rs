@@ -25,6 +25,7 @@
 //!   report the PCR 11 mismatch against measurements.json (and, the same disk given a node
 //!   configuration with a missing GuestOS disk, `plinth-guest.service`'s failure at boot).
 
+use crate::support::Plinth;
 use plinth_testkit::procfs::status_field;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -104,12 +105,7 @@ fn scratch_repo(dir: &Path) -> PathBuf {
 }
 
 fn plinth(repo: &Path, cache: &Path, args: &[&str]) -> Output {
-    run(Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("--root")
-        .arg(repo)
-        .args(args)
-        .arg("--cache")
-        .arg(cache))
+    run(&mut Plinth::new().root(repo).args(args).cache(cache).command())
 }
 
 fn text(out: &Output) -> String {
@@ -283,9 +279,7 @@ fn every_image_reproduces_verifies_and_diffs() {
         out1.join(CHANGED_OS).join(VERSION),
         out2.join(CHANGED_OS).join(VERSION),
     );
-    let diff = run(Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("diff")
-        .args([&a, &b]));
+    let diff = run(Plinth::new().command().arg("diff").args([&a, &b]));
     assert!(diff.status.success());
     let diff_text = String::from_utf8_lossy(&diff.stdout).into_owned();
     assert!(
@@ -313,9 +307,7 @@ fn every_image_reproduces_verifies_and_diffs() {
     // `plinth measure` recomputes every release's measurements.json from its image.
     for os in OSES {
         let release = out1.join(os).join(VERSION);
-        let measure = run(Command::new(env!("CARGO_BIN_EXE_plinth"))
-            .arg("measure")
-            .arg(&release));
+        let measure = run(Plinth::new().command().arg("measure").arg(&release));
         assert!(
             measure.status.success() && text(&measure).contains("matches the image"),
             "{os}: plinth measure: {}",
@@ -794,7 +786,7 @@ fn replace_once(f: &mut std::fs::File, offset: u64, len: u64, from: &[u8], to: &
 /// log, kept in the target directory (its path is in any failure message).
 fn boot(image: &Path, name: &str, extra: &[&str]) -> String {
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("boot-{name}.log"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plinth"));
+    let mut cmd = Plinth::new().command();
     cmd.arg("run")
         .arg(image)
         .args(["--accel", "tcg", "--timeout", "400", "--json"]);

@@ -3,17 +3,17 @@
 //! the serial console) ends at the expected text or at the timeout, leaving no process and
 //! no temporary file behind.
 
+use crate::support::Plinth;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Run `plinth` with its own temporary directory (`TMPDIR`, where [`vm_dirs`] looks): the
 /// other tests of this binary run beside it.
 fn plinth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
+    Plinth::new()
         .args(args)
         .env("TMPDIR", private_tmp())
         .output()
-        .unwrap()
 }
 
 fn text(o: &Output) -> String {

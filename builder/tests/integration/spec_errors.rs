@@ -8,7 +8,6 @@
 
 use plinth::spec::{self, SpecError, SpecErrors};
 use std::path::Path;
-use std::process::Command;
 
 /// A valid spec. Edits below refer to its lines textually, so each edited snippet is unique.
 const BASE: &str = r#"# GuestOS, as the tests know it.
@@ -1057,13 +1056,11 @@ fn workspace(guest_text: &str) -> tempfile::TempDir {
 }
 
 fn plinth_check(root: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .arg("--root")
-        .arg(root)
-        .arg("check")
+    crate::support::Plinth::new()
+        .root(root)
+        .args(["check"])
         .args(extra)
         .output()
-        .unwrap()
 }
 
 #[test]

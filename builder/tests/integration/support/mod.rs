@@ -1,22 +1,76 @@
-//! What the integration tests that craft releases share: the `plinth` binary, and a sample
-//! manifest with fixed inputs (the only fields a test sets are the OS, the files, the
-//! partitions and the slot it measures).
+//! What the integration tests share: the `plinth` binary under test ([`Plinth`], one way to
+//! build its command line), and a sample manifest with fixed inputs (the only fields a test
+//! sets are the OS, the files, the partitions and the slot it measures).
 #![allow(dead_code)] // not every helper is used by every module
 
 use plinth::pipeline::manifest::{
     self, Inputs, Manifest, Measurements, OutputFile, PartitionImage, SlotMeasurements,
 };
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// SOURCE_DATE_EPOCH of every sample.
 pub const EPOCH: i64 = 1_700_000_000;
 
+/// The `plinth` binary under test, its command line built in the order plinth reads it:
+/// `Plinth::new().root(ws).args(["lock", "guest-os"]).cache(dir).output()`.
+pub struct Plinth(Command);
+
+impl Plinth {
+    pub fn new() -> Plinth {
+        Plinth(Command::new(env!("CARGO_BIN_EXE_plinth")))
+    }
+
+    /// `--root WS`: the source tree (before the verb).
+    pub fn root(mut self, ws: &Path) -> Plinth {
+        self.0.arg("--root").arg(ws);
+        self
+    }
+
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Plinth {
+        self.0.args(args);
+        self
+    }
+
+    /// `--cache DIR` (after the verb), and no cache directory from the environment.
+    pub fn cache(mut self, dir: &Path) -> Plinth {
+        self.0
+            .arg("--cache")
+            .arg(dir)
+            .env_remove("PLINTH_CACHE_DIR");
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Plinth {
+        self.0.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Plinth {
+        self.0.env_remove(key);
+        self
+    }
+
+    /// Run in `dir`, with `dir` as TMPDIR too: what plinth leaves behind is found there.
+    pub fn within(mut self, dir: &Path) -> Plinth {
+        self.0.env("TMPDIR", dir).current_dir(dir);
+        self
+    }
+
+    /// The command, for a test that spawns it itself.
+    pub fn command(self) -> Command {
+        self.0
+    }
+
+    pub fn output(mut self) -> Output {
+        self.0.output().expect("the plinth binary runs")
+    }
+}
+
 /// Run the `plinth` binary under test.
 pub fn plinth(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plinth"))
-        .args(args)
-        .output()
-        .unwrap()
+    Plinth::new().args(args).output()
 }
 
 /// A digest of 64 `c`s.
