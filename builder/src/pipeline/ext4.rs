@@ -57,6 +57,15 @@ pub enum Ext4Error {
         size_mib: u64,
         output: String,
     },
+    #[error("{image}: the file system holding it is full ({free_mib} MiB left) while mke2fs wrote the {size_mib} MiB image of {root} ({tree_mib} MiB in files):\n{output}\n  hint: the partition is not too small: free space on that file system, or build on another one (TMPDIR; `plinth verify --work DIR`); a build's work directory needs a few GiB")]
+    HostFull {
+        image: String,
+        root: String,
+        tree_mib: u64,
+        size_mib: u64,
+        free_mib: u64,
+        output: String,
+    },
     #[error(transparent)]
     Tool(#[from] super::tool::ToolError),
     #[error("debugfs failed on {image}: {line}")]
@@ -97,12 +106,31 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
     let _ = std::fs::remove_file(&conf);
     if let Err(Ext4Error::Tool(super::tool::ToolError::Failed { output, .. })) = &out {
         if output.contains("Could not allocate") || output.contains("No space left") {
+            let (image, root) = (
+                plan.image.display().to_string(),
+                plan.root.display().to_string(),
+            );
+            let (tree_mib, size_mib, output) =
+                (tree_bytes(plan.root) >> 20, plan.size >> 20, output.clone());
+            // The image is sparse: mke2fs also runs out of space when the file system the
+            // image lives on fills up, which no partition size would cure.
+            if let Some(free) = host_nearly_full(dir) {
+                let _ = std::fs::remove_file(plan.image);
+                return Err(Ext4Error::HostFull {
+                    image,
+                    root,
+                    tree_mib,
+                    size_mib,
+                    free_mib: free >> 20,
+                    output,
+                });
+            }
             return Err(Ext4Error::TooSmall {
-                image: plan.image.display().to_string(),
-                root: plan.root.display().to_string(),
-                tree_mib: tree_bytes(plan.root) >> 20,
-                size_mib: plan.size >> 20,
-                output: output.clone(),
+                image,
+                root,
+                tree_mib,
+                size_mib,
+                output,
             });
         }
     }
@@ -247,6 +275,17 @@ fn clamp_inode_times(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
 fn debugfs_time(t: i64) -> String {
     let text = crate::packages::release::format_unix(t);
     text.chars().filter(|c| c.is_ascii_digit()).collect()
+}
+
+/// Below this much free space on the image's file system, a failed mke2fs ran out of host
+/// space rather than partition space (it stops within a few blocks of full).
+const HOST_FULL_BELOW: u64 = 64 << 20;
+
+/// The free bytes of `dir`'s file system, when fewer than [`HOST_FULL_BELOW`].
+fn host_nearly_full(dir: &Path) -> Option<u64> {
+    super::artifacts::free_bytes(dir)
+        .ok()
+        .filter(|free| *free < HOST_FULL_BELOW)
 }
 
 fn tree_bytes(root: &Path) -> u64 {

@@ -88,6 +88,50 @@ fn ext4_too_small_names_sizes_and_hint() {
     assert!(text.contains("hint: raise the partition's size"), "{text}");
 }
 
+/// The image's own file system filling up (here an 8 MiB tmpfs) is named as such, with the
+/// space left: raising the partition, the other refusal's hint, would not help.
+#[test]
+fn ext4_on_a_full_host_file_system_is_not_blamed_on_the_partition() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting the small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    tree(&root);
+    std::fs::write(root.join("usr/bin/big"), vec![1u8; 12 << 20]).unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "plinth-test",
+            small.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mount.success(), "mount -t tmpfs");
+    let result = make(&root, &small.join("root.img"), 64 << 20);
+    let left = small.join("root.img").exists();
+    let umount = std::process::Command::new("umount")
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(umount.success(), "umount");
+    let err = result.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Ext4Error::HostFull { .. }), "{text}");
+    assert!(
+        text.contains("the file system holding it is full"),
+        "{text}"
+    );
+    assert!(text.contains("the partition is not too small"), "{text}");
+    assert!(!left, "the partial image is removed");
+}
+
 #[test]
 fn verity_tree_is_deterministic_and_catches_a_flipped_byte() {
     let dir = tempfile::tempdir().unwrap();
