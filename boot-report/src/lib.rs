@@ -21,6 +21,7 @@
 use plinth_release::slot::{self, Slot, SlotError};
 use std::fmt;
 
+pub mod agent;
 pub mod measured;
 
 /// The marker's first words; boot tests wait for `PLINTH BOOT OK`.

@@ -321,14 +321,22 @@ pub fn parse_headers(pe: &[u8], file_len: u64) -> Result<PeImage, PeError> {
         let mut raw_name = [0u8; 8];
         raw_name.copy_from_slice(&pe[h..h + 8]);
         let end = raw_name.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        let [virtual_size, virtual_address, raw_size, raw_offset, characteristics] = [
+            SH_VIRTUAL_SIZE,
+            SH_VIRTUAL_ADDRESS,
+            SH_SIZE_OF_RAW_DATA,
+            SH_POINTER_TO_RAW_DATA,
+            SH_CHARACTERISTICS,
+        ]
+        .map(|field| rd32(pe, h + field));
         let s = PeSection {
             name: String::from_utf8_lossy(&raw_name[..end]).into_owned(),
             raw_name,
-            virtual_size: rd32(pe, h + SH_VIRTUAL_SIZE),
-            virtual_address: rd32(pe, h + SH_VIRTUAL_ADDRESS),
-            raw_size: rd32(pe, h + SH_SIZE_OF_RAW_DATA),
-            raw_offset: rd32(pe, h + SH_POINTER_TO_RAW_DATA),
-            characteristics: rd32(pe, h + SH_CHARACTERISTICS),
+            virtual_size,
+            virtual_address,
+            raw_size,
+            raw_offset,
+            characteristics,
         };
         let range = s.file_range();
         if s.raw_size > 0 && range.end > file_len {
@@ -342,17 +350,26 @@ pub fn parse_headers(pe: &[u8], file_len: u64) -> Result<PeImage, PeError> {
         sections.push(s);
     }
 
+    let [section_alignment, file_alignment, size_of_image, size_of_headers] = [
+        OPT_SECTION_ALIGNMENT,
+        OPT_FILE_ALIGNMENT,
+        OPT_SIZE_OF_IMAGE,
+        OPT_SIZE_OF_HEADERS,
+    ]
+    .map(|field| rd32(pe, opt + field));
+    let [pointer_to_symbol_table, number_of_symbols] =
+        [COFF_POINTER_TO_SYMBOL_TABLE, COFF_NUMBER_OF_SYMBOLS].map(|field| rd32(pe, coff + field));
     Ok(PeImage {
         coff,
         opt,
         table,
         magic,
-        section_alignment: rd32(pe, opt + OPT_SECTION_ALIGNMENT),
-        file_alignment: rd32(pe, opt + OPT_FILE_ALIGNMENT),
-        size_of_image: rd32(pe, opt + OPT_SIZE_OF_IMAGE),
-        size_of_headers: rd32(pe, opt + OPT_SIZE_OF_HEADERS),
-        pointer_to_symbol_table: rd32(pe, coff + COFF_POINTER_TO_SYMBOL_TABLE),
-        number_of_symbols: rd32(pe, coff + COFF_NUMBER_OF_SYMBOLS),
+        section_alignment,
+        file_alignment,
+        size_of_image,
+        size_of_headers,
+        pointer_to_symbol_table,
+        number_of_symbols,
         data_directories: opt + dirs_at,
         number_of_directories,
         security: dir(DIR_SECURITY),
@@ -393,6 +410,39 @@ pub fn checksum_skipping(pe: &[u8], field: usize) -> u32 {
     }
     sum = (sum & 0xffff) + (sum >> 16);
     (sum as u32).wrapping_add(pe.len() as u32)
+}
+
+/// Test support for the readers of PE images (plinth's and its tests'): crafted images.
+pub mod testing {
+    /// A minimal x86-64 PE32+ image of `len` bytes (at least 0x400), filled with a pattern
+    /// past its headers: `sections` as (name, VirtualSize, PointerToRawData, SizeOfRawData),
+    /// each at VirtualAddress 0x1000 × (its index + 1); alignments 0x1000 and 0x200.
+    pub fn image(sections: &[(&str, u32, u32, u32)], len: usize) -> Vec<u8> {
+        use super::*;
+        let mut b: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        b[..0x400].fill(0);
+        b[..2].copy_from_slice(b"MZ");
+        b[DOS_E_LFANEW..DOS_E_LFANEW + 4].copy_from_slice(&0x40u32.to_le_bytes());
+        b[0x40..0x44].copy_from_slice(&PE_SIGNATURE);
+        let coff = 0x44;
+        b[coff..coff + 2].copy_from_slice(&0x8664u16.to_le_bytes());
+        b[coff + 2..coff + 4].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        b[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
+        let opt = coff + COFF_HEADER_SIZE;
+        b[opt..opt + 2].copy_from_slice(&OPT_MAGIC_PE32_PLUS.to_le_bytes());
+        b[opt + 32..opt + 36].copy_from_slice(&0x1000u32.to_le_bytes());
+        b[opt + 36..opt + 40].copy_from_slice(&0x200u32.to_le_bytes());
+        b[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+        for (i, (name, vsize, offset, raw)) in sections.iter().enumerate() {
+            let h = opt + 240 + i * SECTION_HEADER_SIZE;
+            b[h..h + name.len()].copy_from_slice(name.as_bytes());
+            b[h + 8..h + 12].copy_from_slice(&vsize.to_le_bytes());
+            b[h + 12..h + 16].copy_from_slice(&(0x1000 * (i as u32 + 1)).to_le_bytes());
+            b[h + 16..h + 20].copy_from_slice(&raw.to_le_bytes());
+            b[h + 20..h + 24].copy_from_slice(&offset.to_le_bytes());
+        }
+        b
+    }
 }
 
 #[cfg(test)]

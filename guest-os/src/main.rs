@@ -17,25 +17,23 @@ mod attest;
 mod disk_bench;
 mod machine;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
+use plinth_boot_report::agent::Agent;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// The GuestOS agent: reports the boot and its measurements, requests SEV-SNP attestation
-/// reports, benchmarks scratch disks.
-#[derive(Debug, Parser)]
-#[command(name = "plinth-guest", version)]
-struct Cli {
-    #[command(subcommand)]
-    verb: Verb,
-}
+const AGENT: Agent = Agent {
+    name: "plinth-guest",
+    os: "guest-os",
+    about: "The GuestOS agent: reports the boot and its measurements, requests SEV-SNP \
+            attestation reports, benchmarks scratch disks.",
+    version: env!("CARGO_PKG_VERSION"),
+};
 
+/// The GuestOS agent's own verbs (`boot-report`, whose report first prints the NUMA nodes and
+/// disks the guest sees as `PLINTH GUEST ...` lines, and `measured-boot` are every agent's).
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// `boot-report` (before its marker, the NUMA nodes and disks the guest sees, as
-    /// `PLINTH GUEST ...` lines) and `measured-boot`.
-    #[command(flatten)]
-    Common(plinth_boot_report::CommonVerb),
     /// Request an SEV-SNP attestation report bound to a nonce, with the host's
     /// certificates, for `plinth attest verify`.
     Attest(attest::AttestArgs),
@@ -46,9 +44,8 @@ enum Verb {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().verb {
-        Verb::Common(verb) => verb.run("guest-os", &|| machine::lines(Path::new("/sys"))),
+    AGENT.main(&|| machine::lines(Path::new("/sys")), |verb| match verb {
         Verb::Attest(args) => args.run(),
         Verb::DiskBench(args) => args.run(),
-    }
+    })
 }

@@ -5,23 +5,21 @@
 
 mod verbs;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
+use plinth_boot_report::agent::Agent;
 use std::process::ExitCode;
 
-/// The HostOS agent: reads the machine's topology, plans and launches the GuestOS VM on it,
-/// and reports the boot and its TPM measurements.
-#[derive(Debug, Parser)]
-#[command(name = "plinth-host", version)]
-struct Cli {
-    #[command(subcommand)]
-    verb: Verb,
-}
+const AGENT: Agent = Agent {
+    name: "plinth-host",
+    os: "host-os",
+    about: "The HostOS agent: reads the machine's topology, plans and launches the GuestOS VM \
+            on it, and reports the boot and its TPM measurements.",
+    version: env!("CARGO_PKG_VERSION"),
+};
 
+/// The HostOS agent's own verbs (`boot-report` and `measured-boot` are every agent's).
 #[derive(Debug, Subcommand)]
 enum Verb {
-    /// `boot-report` and `measured-boot`.
-    #[command(flatten)]
-    Common(plinth_boot_report::CommonVerb),
     /// Print the machine's topology: NUMA nodes, cpus, NVMe, NICs, host disks.
     Topology(verbs::topology::TopologyArgs),
     /// The GuestOS VM: where it runs on this machine.
@@ -30,25 +28,24 @@ enum Verb {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().verb {
-        Verb::Common(verb) => verb.run("host-os", &Vec::new),
+    AGENT.main(&Vec::new, |verb| match verb {
         Verb::Topology(args) => verbs::finish(args.run()),
         Verb::Guest(verb) => (*verb).run(),
-    }
+    })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli() {
-        Cli::command().debug_assert();
+        AGENT.command::<Verb>().debug_assert();
     }
 
     #[test]
     fn help_fits_80_columns() {
-        let mut command = Cli::command().term_width(80);
+        let mut command = AGENT.command::<Verb>().term_width(80);
         let mut texts = vec![command.render_help().to_string()];
         for sub in command.get_subcommands_mut() {
             let mut sub = sub.clone().term_width(80);

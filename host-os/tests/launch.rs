@@ -43,8 +43,19 @@ fn wait_for(state: &Path, launch: &mut Child, wanted: &str, start: u64) -> Value
     }
 }
 
+/// Launches of this file take turns: each makes the VM's cgroup (`plinth-guest-os`, below
+/// the default parent), which one VM at a time may hold.
+static ONE_VM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_vm() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn launch_pins_sandboxes_restarts_and_stops() {
+    let _vm = one_vm();
     assert!(
         Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists(),
         "needs Debian's OVMF (ci/setup installs ovmf)"
@@ -262,6 +273,7 @@ fn the_jail_sets_the_locked_memory_limit_before_dropping_root() {
 /// QEMU ended at once rather than waiting out the QMP socket's 60 s.
 #[test]
 fn a_disk_qemus_user_cannot_reach_is_named_and_the_failure_is_prompt() {
+    let _vm = one_vm();
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

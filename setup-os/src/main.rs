@@ -3,26 +3,16 @@
 //! `plinth-boot-report`. Checking the hardware and installing HostOS and GuestOS come with the
 //! issues that build them.
 
-use clap::{Parser, Subcommand};
+use plinth_boot_report::agent::{Agent, NoOwnVerbs};
 use std::process::ExitCode;
 
-/// The SetupOS agent: reports the boot and the TPM's measurements of it.
-#[derive(Debug, Parser)]
-#[command(name = "plinth-setup", version)]
-struct Cli {
-    #[command(subcommand)]
-    verb: Verb,
-}
-
-#[derive(Debug, Subcommand)]
-enum Verb {
-    /// `boot-report` and `measured-boot`.
-    #[command(flatten)]
-    Common(plinth_boot_report::CommonVerb),
-}
+const AGENT: Agent = Agent {
+    name: "plinth-setup",
+    os: "setup-os",
+    about: "The SetupOS agent: reports the boot and the TPM's measurements of it.",
+    version: env!("CARGO_PKG_VERSION"),
+};
 
 fn main() -> ExitCode {
-    match Cli::parse().verb {
-        Verb::Common(verb) => verb.run("setup-os", &Vec::new),
-    }
+    AGENT.main(&Vec::new, |verb: NoOwnVerbs| match verb {})
 }

@@ -161,18 +161,20 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             source: &ws,
             os,
             profile: &args.profile,
-            version: &version,
-            epoch,
-            commit,
-            dirty,
-            cache: &cache,
-            image_cache: (!args.no_cache && !args.rebuild.contains(&Rebuild::Images))
-                .then_some(&stage_cache),
-            firmware_cache: (!args.no_cache && !args.rebuild.contains(&Rebuild::Firmware))
-                .then_some(&stage_cache),
-            agent_target: &cache.root().join("agent-target"),
-            work: &work,
-            release_dir: &dir,
+            settings: pipeline::job::Settings {
+                version: &version,
+                epoch,
+                commit,
+                dirty,
+                cache: &cache,
+                image_cache: (!args.no_cache && !args.rebuild.contains(&Rebuild::Images))
+                    .then_some(&stage_cache),
+                firmware_cache: (!args.no_cache && !args.rebuild.contains(&Rebuild::Firmware))
+                    .then_some(&stage_cache),
+                agent_target: &cache.root().join("agent-target"),
+                work: &work,
+                release_dir: &dir,
+            },
             offline: args.offline,
             mirrors: &args.mirrors,
         };
@@ -201,20 +203,7 @@ pub(super) struct ReleaseJob<'a> {
     pub source: &'a Workspace,
     pub os: &'a str,
     pub profile: &'a str,
-    pub version: &'a Version,
-    pub epoch: i64,
-    pub commit: CommitId,
-    /// Whether the source tree differs from `commit`.
-    pub dirty: bool,
-    pub cache: &'a Cache,
-    /// Stage caches of the image stages and of the firmware (`None`: built afresh).
-    pub image_cache: Option<&'a StageCache>,
-    pub firmware_cache: Option<&'a StageCache>,
-    pub agent_target: &'a Path,
-    /// A directory this build owns (created, emptied by the caller).
-    pub work: &'a Path,
-    /// Where the release goes (replaced).
-    pub release_dir: &'a Path,
+    pub settings: pipeline::job::Settings<'a>,
     pub offline: bool,
     pub mirrors: &'a super::MirrorArgs,
 }
@@ -257,9 +246,9 @@ pub(super) fn build_release(
     out.info(format!(
         "{os} ({}): building version {}, SOURCE_DATE_EPOCH={}, in {}",
         job.profile,
-        job.version,
-        job.epoch,
-        job.work.display()
+        job.settings.version,
+        job.settings.epoch,
+        job.settings.work.display()
     ));
     let log = |line: &str| out.info(format!("  {line}"));
     Ok(pipeline::job::run(&pipeline::job::Job {
@@ -268,18 +257,9 @@ pub(super) fn build_release(
         profile: &profile,
         packages: &packages,
         firmware,
-        version: job.version,
-        epoch: job.epoch,
-        commit: job.commit,
-        dirty: job.dirty,
         lock_sha256: digest(&lock_path)?,
         os_spec_sha256: digest(&spec_path)?,
-        cache: job.cache,
-        image_cache: job.image_cache,
-        firmware_cache: job.firmware_cache,
-        agent_target: job.agent_target,
-        work: job.work,
-        release_dir: job.release_dir,
+        settings: job.settings,
         log: &log,
     })?)
 }
@@ -317,7 +297,7 @@ fn ensure_cached(
     spec: &spec::OsSpec,
     packages: &[&LockedPackage],
 ) -> anyhow::Result<()> {
-    let cache = job.cache;
+    let cache = job.settings.cache;
     let missing: Vec<LockedPackage> = packages
         .iter()
         .filter(|p| !cache.contains(&p.sha256, p.size))

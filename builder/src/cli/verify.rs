@@ -121,19 +121,21 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         source: &source,
         os,
         profile: &m.profile,
-        version: &m.version,
-        epoch: m.inputs.source_date_epoch,
-        commit: m.inputs.source_commit,
-        dirty: false,
-        cache: &cache,
-        image_cache: None,
-        firmware_cache: None,
-        agent_target: &args
-            .agent_target
-            .clone()
-            .unwrap_or_else(|| work.join("agent-target")),
-        work: &work.join("work"),
-        release_dir: &rebuilt_dir,
+        settings: crate::pipeline::job::Settings {
+            version: &m.version,
+            epoch: m.inputs.source_date_epoch,
+            commit: m.inputs.source_commit,
+            dirty: false,
+            cache: &cache,
+            image_cache: None,
+            firmware_cache: None,
+            agent_target: &args
+                .agent_target
+                .clone()
+                .unwrap_or_else(|| work.join("agent-target")),
+            work: &work.join("work"),
+            release_dir: &rebuilt_dir,
+        },
         offline: args.offline,
         mirrors: &args.mirrors,
     };

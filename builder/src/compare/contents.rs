@@ -64,8 +64,6 @@ pub const DEBUGFS_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// debugfs output lines kept (longer ones are an error, or skipped where irrelevant): an
 /// `ls -l` line is at most about 1100 bytes (a 255-byte name, every byte escaped).
 const MAX_LINE: usize = 4096;
-/// debugfs's standard error kept for the message.
-const MAX_STDERR: usize = 16 << 10;
 /// The root directory's inode.
 const ROOT_INO: u32 = 2;
 
@@ -782,15 +780,7 @@ fn debugfs<T>(
         .spawn()
         .map_err(io(image, "run debugfs on"))?;
     let stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = std::thread::spawn(move || {
-        let (mut kept, mut buf) = (Vec::new(), [0u8; 8192]);
-        while let Ok(n @ 1..) = stderr.read(&mut buf) {
-            let room = MAX_STDERR.saturating_sub(kept.len());
-            kept.extend_from_slice(&buf[..n.min(room)]);
-        }
-        kept
-    });
+    let errors = crate::pipeline::tool::keep_stderr(child.stderr.take().expect("piped"));
     let (done, cancelled) = std::sync::mpsc::channel::<()>();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     // The child is reaped only after the watchdog has ended: its pid cannot be reused.

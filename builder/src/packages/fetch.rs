@@ -240,7 +240,7 @@ pub fn package_url(base: &str, pkg: &LockedPackage) -> String {
 
 /// Make sure every package is in `cache`, downloading what is missing from
 /// `base_url_for(pkg) + "/" + pkg.filename` (e.g. `|p| mirrors.for_suite(&p.suite).into()`).
-/// Blocking: runs its own tokio runtime (use [`fetch_async`] inside one).
+/// Blocking: runs its own tokio runtime.
 pub fn fetch<F>(
     packages: &[LockedPackage],
     base_url_for: F,
@@ -257,22 +257,16 @@ where
         .enable_all()
         .build()
         .map_err(|source| FetchError::Runtime { source })?;
-    rt.block_on(fetch_async(packages, base_url_for, cache, options))
+    rt.block_on(download_missing(packages, &base_url_for, cache, options))
 }
 
-/// [`fetch`] for callers already inside a tokio runtime.
-pub async fn fetch_async<F>(
+/// The downloads of [`fetch`], at most `options.jobs` at a time.
+async fn download_missing(
     packages: &[LockedPackage],
-    base_url_for: F,
+    base_url_for: &dyn Fn(&LockedPackage) -> String,
     cache: &Cache,
     options: &FetchOptions,
-) -> Result<FetchReport, FetchError>
-where
-    F: Fn(&LockedPackage) -> String,
-{
-    if options.offline {
-        return check_offline(packages, cache);
-    }
+) -> Result<FetchReport, FetchError> {
     let start = Instant::now();
     let unique = dedupe(packages);
     let total = unique.len();

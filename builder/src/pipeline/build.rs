@@ -718,45 +718,35 @@ impl<'p> Build<'p> {
 /// The files a build writes in its work directory, by what they are.
 struct WorkPaths(PathBuf);
 
-impl WorkPaths {
-    fn initrd(&self) -> PathBuf {
-        self.0.join(INITRD_FILE)
-    }
-    fn root_image(&self) -> PathBuf {
-        self.0.join(ROOT_IMAGE_FILE)
-    }
+/// One method of [`WorkPaths`] a file: `what => file name`.
+macro_rules! work_files {
+    ($($(#[$doc:meta])* $what:ident => $file:expr;)*) => {
+        impl WorkPaths {
+            $($(#[$doc])* fn $what(&self) -> PathBuf { self.0.join($file) })*
+        }
+    };
+}
+
+work_files! {
+    initrd => INITRD_FILE;
+    root_image => ROOT_IMAGE_FILE;
     /// The image's os-release, as the overlay writes it into the root.
-    fn os_release(&self) -> PathBuf {
-        self.0.join("os-release")
-    }
+    os_release => "os-release";
     /// Scratch space of `systemd-sysusers`.
-    fn sysusers(&self) -> PathBuf {
-        self.0.join("sysusers")
-    }
-    fn kernel(&self) -> PathBuf {
-        self.0.join("vmlinuz")
-    }
-    fn stub(&self) -> PathBuf {
-        self.0.join("linuxx64.efi.stub")
-    }
-    fn bootloader(&self) -> PathBuf {
-        self.0.join("systemd-bootx64.efi")
-    }
-    fn verity_image(&self) -> PathBuf {
-        self.0.join("verity.img")
-    }
+    sysusers => "sysusers";
+    kernel => "vmlinuz";
+    stub => "linuxx64.efi.stub";
+    bootloader => "systemd-bootx64.efi";
+    verity_image => "verity.img";
+    esp_image => "esp.img";
+    loader_conf => "loader.conf";
+    disk => "disk.img";
+}
+
+impl WorkPaths {
     /// A slot's UKI, named by [`uki_name`].
     fn uki(&self, stem: &str) -> PathBuf {
         self.0.join(format!("{stem}.efi"))
-    }
-    fn esp_image(&self) -> PathBuf {
-        self.0.join("esp.img")
-    }
-    fn loader_conf(&self) -> PathBuf {
-        self.0.join("loader.conf")
-    }
-    fn disk(&self) -> PathBuf {
-        self.0.join("disk.img")
     }
 }
 

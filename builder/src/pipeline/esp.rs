@@ -63,8 +63,6 @@ pub const MAX_LISTING_BYTES: u64 = 16 << 20;
 pub const MAX_READ_BYTES: u64 = 256 << 20;
 /// The longest line of `mdir`'s listing taken: [`MAX_FAT_DEPTH`] names of 255 characters.
 const MAX_LISTING_LINE: usize = 64 << 10;
-/// A reading tool's standard error kept for the message.
-const MAX_STDERR: usize = 16 << 10;
 /// What mtools prints (on standard error) when a cluster chain loops.
 const MTOOLS_LOOP: &str = "loop detected";
 
@@ -559,7 +557,7 @@ impl Watchdog {
 /// How a reading tool ended.
 struct Ran {
     status: ExitStatus,
-    /// Its standard error (the first [`MAX_STDERR`] bytes), trimmed.
+    /// Its standard error (the first [`MAX_STDERR`](super::tool::MAX_STDERR) bytes), trimmed.
     stderr: String,
 }
 
@@ -674,19 +672,7 @@ impl Tools {
         let out = super::tool::scratch(&mut cmd)
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => EspError::ToolMissing {
-                    tool,
-                    package,
-                    source: e,
-                },
-                _ => EspError::ToolFailed {
-                    tool,
-                    status: "could not start".into(),
-                    stderr: e.to_string(),
-                    command: command_line(&env, tool, args),
-                },
-            })?;
+            .map_err(|e| not_started(e, &env, tool, package, args))?;
         if !out.status.success() {
             return Err(EspError::ToolFailed {
                 tool,
@@ -718,30 +704,10 @@ impl Tools {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => EspError::ToolMissing {
-                    tool,
-                    package,
-                    source: e,
-                },
-                _ => EspError::ToolFailed {
-                    tool,
-                    status: "could not start".into(),
-                    stderr: e.to_string(),
-                    command: command_line(&env, tool, args),
-                },
-            })?;
+            .map_err(|e| not_started(e, &env, tool, package, args))?;
         let watchdog = Watchdog::start(&child, Instant::now() + MTOOLS_TIMEOUT);
         let mut stdout = child.stdout.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let errors = std::thread::spawn(move || {
-            let (mut kept, mut buf) = (Vec::new(), [0u8; 8192]);
-            while let Ok(n @ 1..) = stderr.read(&mut buf) {
-                let room = MAX_STDERR.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            kept
-        });
+        let errors = crate::pipeline::tool::keep_stderr(child.stderr.take().expect("piped"));
         let mut buf = vec![0u8; 64 << 10];
         let fed = loop {
             match stdout.read(&mut buf) {
@@ -796,6 +762,29 @@ impl Tools {
             stderr: ran.stderr.clone(),
             command: command_line(&self.env(), tool, args),
         }
+    }
+}
+
+/// Why `tool` could not be started: missing (with the package that has it), or another error.
+fn not_started(
+    e: io::Error,
+    env: &[(&str, OsString)],
+    tool: &'static str,
+    package: &'static str,
+    args: &[OsString],
+) -> EspError {
+    match e.kind() {
+        io::ErrorKind::NotFound => EspError::ToolMissing {
+            tool,
+            package,
+            source: e,
+        },
+        _ => EspError::ToolFailed {
+            tool,
+            status: "could not start".into(),
+            stderr: e.to_string(),
+            command: command_line(env, tool, args),
+        },
     }
 }
 

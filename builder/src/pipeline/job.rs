@@ -14,6 +14,30 @@ use plinth_release::manifest::Manifest;
 use plinth_release::{CommitId, Sha256, Version};
 use std::path::{Path, PathBuf};
 
+/// Where and from what one release is built, beside its spec and packages: what
+/// `plinth build` and `plinth verify` decide (version, epoch, caches, directories) and pass on
+/// unchanged to [`Job`].
+#[derive(Clone, Copy)]
+pub struct Settings<'a> {
+    pub version: &'a Version,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: i64,
+    pub commit: CommitId,
+    /// Whether the source tree differs from `commit`.
+    pub dirty: bool,
+    pub cache: &'a Cache,
+    /// The stage cache of the image stages (`None`: built afresh, nothing recorded).
+    pub image_cache: Option<&'a StageCache>,
+    /// The stage cache of the firmware (keyed by its own inputs alone).
+    pub firmware_cache: Option<&'a StageCache>,
+    /// Where the agent is compiled (shared between builds; the result does not depend on it).
+    pub agent_target: &'a Path,
+    /// A directory this job owns (created, emptied by the caller).
+    pub work: &'a Path,
+    /// Where the release goes (replaced).
+    pub release_dir: &'a Path,
+}
+
 /// One OS profile to build into a release directory, its inputs in the package cache.
 pub struct Job<'a> {
     /// The source tree: overlays, agent sources, the firmware recipe.
@@ -24,24 +48,9 @@ pub struct Job<'a> {
     pub packages: &'a [&'a LockedPackage],
     /// The guest firmware's locked inputs, for an OS that has one.
     pub firmware: Option<FirmwareInputs<'a>>,
-    pub version: &'a Version,
-    /// SOURCE_DATE_EPOCH.
-    pub epoch: i64,
-    pub commit: CommitId,
-    /// Whether the source tree differs from `commit`.
-    pub dirty: bool,
     pub lock_sha256: Sha256,
     pub os_spec_sha256: Sha256,
-    pub cache: &'a Cache,
-    /// The stage cache of the image stages (`None`: built afresh, nothing recorded).
-    pub image_cache: Option<&'a StageCache>,
-    /// The stage cache of the firmware (keyed by its own inputs alone).
-    pub firmware_cache: Option<&'a StageCache>,
-    pub agent_target: &'a Path,
-    /// A directory this job owns (created, emptied by the caller).
-    pub work: &'a Path,
-    /// Where the release goes (replaced).
-    pub release_dir: &'a Path,
+    pub settings: Settings<'a>,
     /// Receives one line per finished stage, from both threads.
     pub log: &'a (dyn Fn(&str) + Sync),
 }
@@ -75,17 +84,18 @@ pub enum JobError {
 
 /// Build the images and the firmware side by side, then assemble the release.
 pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
+    let set = &job.settings;
     let plan = build::BuildPlan {
         workspace: job.workspace,
         profile: job.profile,
         packages: job.packages,
-        cache: job.cache,
-        agent_target: job.agent_target,
-        version: job.version,
-        epoch: job.epoch,
-        work: &job.work.join("build"),
+        cache: set.cache,
+        agent_target: set.agent_target,
+        version: set.version,
+        epoch: set.epoch,
+        work: &set.work.join("build"),
         log: job.log,
-        stage_cache: job.image_cache,
+        stage_cache: set.image_cache,
     };
     let (built, firmware) = std::thread::scope(|s| {
         let firmware = job
@@ -110,10 +120,10 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
         .unwrap_or_default();
     let inputs = release::ReleaseInputs {
         profile: job.profile,
-        version: job.version,
-        epoch: job.epoch,
-        source_commit: job.commit,
-        source_dirty: job.dirty,
+        version: set.version,
+        epoch: set.epoch,
+        source_commit: set.commit,
+        source_dirty: set.dirty,
         lock_sha256: job.lock_sha256,
         os_spec_sha256: job.os_spec_sha256,
         packages: job.packages,
@@ -124,15 +134,16 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
         }),
         log: job.log,
     };
-    release::assemble(&built, &inputs, job.release_dir).map_err(|source| JobError::Release {
-        dir: job.release_dir.to_path_buf(),
+    release::assemble(&built, &inputs, set.release_dir).map_err(|source| JobError::Release {
+        dir: set.release_dir.to_path_buf(),
         source: Box::new(source),
     })
 }
 
 /// Build the guest firmware (or take it from the stage cache) in `<work>/firmware`.
 fn build_firmware(job: &Job<'_>, inputs: &FirmwareInputs<'_>) -> Result<ovmf::Firmware, JobError> {
-    let work = job.work.join("firmware");
+    let set = &job.settings;
+    let work = set.work.join("firmware");
     let fresh = || -> std::io::Result<()> {
         if work.exists() {
             std::fs::remove_dir_all(&work)?;
@@ -155,11 +166,11 @@ fn build_firmware(job: &Job<'_>, inputs: &FirmwareInputs<'_>) -> Result<ovmf::Fi
         toolchain: &inputs.toolchain,
         packages: &inputs.packages,
         source: inputs.source,
-        cache: job.cache,
-        epoch: job.epoch,
+        cache: set.cache,
+        epoch: set.epoch,
         work: &work,
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        stage_cache: job.firmware_cache,
+        stage_cache: set.firmware_cache,
         log: job.log,
     };
     Ok(ovmf::build(&plan)?)

@@ -86,6 +86,25 @@ pub fn run(
     })
 }
 
+/// The most of a streaming tool's standard error kept (the rest is read and dropped, so the
+/// tool never blocks on a full pipe): what its error shows.
+pub const MAX_STDERR: usize = 16 << 10;
+
+/// Read `stderr` to its end on a thread of its own, keeping its first [`MAX_STDERR`] bytes:
+/// for a tool whose standard output the caller streams.
+pub fn keep_stderr(
+    mut stderr: impl std::io::Read + Send + 'static,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let (mut kept, mut buf) = (Vec::new(), [0u8; 8192]);
+        while let Ok(n @ 1..) = stderr.read(&mut buf) {
+            let room = MAX_STDERR.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        kept
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

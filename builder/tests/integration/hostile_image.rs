@@ -339,33 +339,7 @@ fn a_broken_image_names_itself_and_e2fsck() {
     );
 }
 
-/// A minimal PE32+ image: `sections` as (name, VirtualSize, PointerToRawData,
-/// SizeOfRawData), the file `len` bytes, filled with a pattern past the headers.
-fn pe(sections: &[(&str, u32, u32, u32)], len: usize) -> Vec<u8> {
-    let mut b: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-    b[..0x400].fill(0);
-    b[..2].copy_from_slice(b"MZ");
-    b[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
-    b[0x40..0x44].copy_from_slice(b"PE\0\0");
-    let coff = 0x44;
-    b[coff..coff + 2].copy_from_slice(&0x8664u16.to_le_bytes());
-    b[coff + 2..coff + 4].copy_from_slice(&(sections.len() as u16).to_le_bytes());
-    b[coff + 16..coff + 18].copy_from_slice(&240u16.to_le_bytes());
-    let opt = coff + 20;
-    b[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
-    b[opt + 32..opt + 36].copy_from_slice(&0x1000u32.to_le_bytes());
-    b[opt + 36..opt + 40].copy_from_slice(&0x200u32.to_le_bytes());
-    b[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
-    for (i, (name, vsize, offset, raw)) in sections.iter().enumerate() {
-        let h = opt + 240 + i * 40;
-        b[h..h + name.len()].copy_from_slice(name.as_bytes());
-        b[h + 8..h + 12].copy_from_slice(&vsize.to_le_bytes());
-        b[h + 12..h + 16].copy_from_slice(&(0x1000 * (i as u32 + 1)).to_le_bytes());
-        b[h + 16..h + 20].copy_from_slice(&raw.to_le_bytes());
-        b[h + 20..h + 24].copy_from_slice(&offset.to_le_bytes());
-    }
-    b
-}
+use plinth_firmware::pe::testing::image as pe;
 
 /// A release in `dir`: a 12 MiB disk (`esp` at 1 MiB, zeros; ext4 `root-a` at 2 MiB from
 /// `root`), an update archive with `root.img` and the slot's UKI `uki`, an SBOM, a manifest.
