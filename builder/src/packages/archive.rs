@@ -1,8 +1,8 @@
 //! The verified archive of one base: every suite's signed `InRelease` and the `Packages`
 //! index of every component, fetched concurrently and checked along the signed chain.
 
+use super::index::IndexDigest;
 use super::index::{fetch_index, PackageIndex};
-use super::lockfile::IndexDigest;
 use super::mirror::Mirrors;
 use super::release::{fetch_release, ArchiveError, Release};
 use crate::spec::Base;

@@ -5,8 +5,23 @@
 use super::deb822;
 use super::release::{ArchiveError, Release};
 use plinth_release::Sha256;
+use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::Path;
+
+/// A signed index the lock was resolved from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexDigest {
+    /// e.g. `bookworm-security`.
+    pub suite: String,
+    /// sha256 of the suite's `InRelease` file as fetched (signature included).
+    pub inrelease_sha256: Sha256,
+    /// Path below `dists/<suite>/`, e.g. `main/binary-amd64/Packages.xz`.
+    pub path: String,
+    pub sha256: Sha256,
+    pub size: u64,
+}
 
 /// Fields of a Packages stanza that dependency resolution reads; they are kept so that an
 /// installed set can be written as a dpkg status file.

@@ -3,6 +3,9 @@
 //! same inputs and mirror state give the same bytes. Every digest is a [`Sha256`], so a lock
 //! whose hex is wrong does not parse (the error names the file, line and field).
 
+pub use super::index::IndexDigest;
+pub use super::resolve::LockedPackage;
+pub use super::sources::{LockedSource, SourceFile};
 use plinth_release::Sha256;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,63 +33,6 @@ pub struct Lock {
     pub sources: Vec<LockedSource>,
 }
 
-/// One version of one Debian source package: the signed `Sources` index it was found in and
-/// its files (orig and debian tarballs; the `.dsc` is left out, the build unpacks the
-/// tarballs itself).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockedSource {
-    pub package: String,
-    pub version: String,
-    pub index: IndexDigest,
-    /// Sorted by name.
-    pub files: Vec<SourceFile>,
-}
-
-/// A file of a source package.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceFile {
-    pub name: String,
-    /// Path below the mirror root, e.g. `pool/main/e/edk2/edk2_2025.02.orig.tar.xz`.
-    pub filename: String,
-    pub size: u64,
-    pub sha256: Sha256,
-}
-
-impl LockedSource {
-    /// The files as downloads the package fetcher and cache take (content-addressed by
-    /// sha256, served by the mirror of the source's suite).
-    pub fn downloads(&self) -> Vec<LockedPackage> {
-        self.files
-            .iter()
-            .map(|f| LockedPackage {
-                name: f.name.clone(),
-                version: self.version.clone(),
-                architecture: "source".into(),
-                suite: self.index.suite.clone(),
-                filename: f.filename.clone(),
-                size: f.size,
-                sha256: f.sha256,
-            })
-            .collect()
-    }
-}
-
-/// A signed index the lock was resolved from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IndexDigest {
-    /// e.g. `bookworm-security`.
-    pub suite: String,
-    /// sha256 of the suite's `InRelease` file as fetched (signature included).
-    pub inrelease_sha256: Sha256,
-    /// Path below `dists/<suite>/`, e.g. `main/binary-amd64/Packages.xz`.
-    pub path: String,
-    pub sha256: Sha256,
-    pub size: u64,
-}
-
 /// What one profile asked for and what it resolved to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,28 +56,6 @@ pub struct LockInputs {
     pub suites: Vec<String>,
     /// Requested packages, `name` or `name/suite`, sorted.
     pub requests: Vec<String>,
-}
-
-/// One `.deb`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockedPackage {
-    pub name: String,
-    pub version: String,
-    pub architecture: String,
-    /// The suite whose index listed this version (decides which mirror serves it).
-    pub suite: String,
-    /// Path below the mirror root, e.g. `pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb`.
-    pub filename: String,
-    pub size: u64,
-    pub sha256: Sha256,
-}
-
-impl LockedPackage {
-    /// `name=version`, as profiles list their packages.
-    pub fn key(&self) -> String {
-        format!("{}={}", self.name, self.version)
-    }
 }
 
 /// A lock file that cannot be read or does not fit its spec.

@@ -6,11 +6,14 @@
 //! the closure mmdebstrap would install → [`lockfile`] writes it → [`fetch`] downloads each
 //! locked `.deb` into the [`cache`].
 //!
-//! Imports between these modules follow one order, and a module imports only from modules
-//! earlier in it (so there is no cycle): the helpers [`deb822`] and [`http`] → [`mirror`] →
-//! [`release`] → [`index`] → [`lockfile`] (the lock's record types, which the later stages
-//! produce) → [`sources`] → [`archive`] → [`resolve`] → [`cache`] → [`fetch`]. The cache
-//! comes before the fetcher because the fetcher writes through it; it imports no other module
+//! Imports between these modules follow the data, and a module imports only from modules
+//! earlier in this order (so there is no cycle): the helpers [`deb822`] and [`http`] →
+//! [`mirror`] → [`release`] → [`index`] (with [`index::IndexDigest`], what a lock records of
+//! an index) → [`archive`] → [`resolve`] (with [`resolve::LockedPackage`], what it records of
+//! a `.deb`) → [`sources`] (with [`sources::LockedSource`]) → [`lockfile`] (the file that
+//! gathers those records, re-exporting them) → [`cache`] → [`fetch`]. Each record type lives
+//! where it is produced. The cache comes before the fetcher because the fetcher writes
+//! through it; it imports no other module
 //! here. Every digest is a `plinth_release::Sha256`, and hashing is that crate's.
 
 pub mod archive;

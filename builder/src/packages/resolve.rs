@@ -10,12 +10,35 @@
 
 use super::archive::Archive;
 use super::index::IndexEntry;
-use super::lockfile::LockedPackage;
 use crate::spec::{Base, PackageRequest};
+use plinth_release::Sha256;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// One `.deb` of a profile's closure, as the lock records it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// The suite whose index listed this version (decides which mirror serves it).
+    pub suite: String,
+    /// Path below the mirror root, e.g. `pool/main/b/bash/bash_5.2.15-2+b7_amd64.deb`.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+impl LockedPackage {
+    /// `name=version`, as profiles list their packages.
+    pub fn key(&self) -> String {
+        format!("{}={}", self.name, self.version)
+    }
+}
 
 /// Why a closure could not be resolved.
 #[derive(Debug, thiserror::Error)]

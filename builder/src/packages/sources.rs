@@ -4,10 +4,56 @@
 
 use super::deb822;
 use super::index::fetch_signed_index;
-use super::lockfile::{IndexDigest, LockedSource, SourceFile};
+use super::index::IndexDigest;
 use super::release::{fetch_release, ArchiveError};
+use super::resolve::LockedPackage;
 use crate::spec::SourceRequest;
+use plinth_release::Sha256;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// One version of one Debian source package: the signed `Sources` index it was found in and
+/// its files (orig and debian tarballs; the `.dsc` is left out, the build unpacks the
+/// tarballs itself).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSource {
+    pub package: String,
+    pub version: String,
+    pub index: IndexDigest,
+    /// Sorted by name.
+    pub files: Vec<SourceFile>,
+}
+
+/// A file of a source package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    pub name: String,
+    /// Path below the mirror root, e.g. `pool/main/e/edk2/edk2_2025.02.orig.tar.xz`.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: Sha256,
+}
+
+impl LockedSource {
+    /// The files as downloads the package fetcher and cache take (content-addressed by
+    /// sha256, served by the mirror of the source's suite).
+    pub fn downloads(&self) -> Vec<LockedPackage> {
+        self.files
+            .iter()
+            .map(|f| LockedPackage {
+                name: f.name.clone(),
+                version: self.version.clone(),
+                architecture: "source".into(),
+                suite: self.index.suite.clone(),
+                filename: f.filename.clone(),
+                size: f.size,
+                sha256: f.sha256,
+            })
+            .collect()
+    }
+}
 
 /// Why a source package could not be locked.
 #[derive(Debug, thiserror::Error)]

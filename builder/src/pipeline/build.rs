@@ -135,8 +135,9 @@ pub fn build(plan: &BuildPlan<'_>) -> Result<Built, BuildError> {
         },
         |out| {
             let mut built = Built::load(out).map_err(b.fail("cache"))?;
-            // The release reads the root tree (package licenses) from the package stage's entry.
-            if !built.root_dir.is_dir() {
+            // The release reads the root tree (package licenses) and the initrd from the
+            // package stage's entry.
+            if !(built.root_dir.is_dir() && built.initrd.is_file()) {
                 (plan.log)(&format!(
                     "{}: stage cache miss: the package stage entry of the cached build is gone",
                     b.os
@@ -201,7 +202,8 @@ fn run_stages(
 /// modules, systemd and dracut are the image's; dracut runs with `--no-hostonly`, so no
 /// configuration of the overlay reaches it), so it is made before the overlay and cached with
 /// the packages: an overlay or agent change reuses both. The returned root is read, never
-/// written, by what follows: with a stage cache it is the cache entry's own tree.
+/// written, by what follows: with a stage cache it is the cache entry's own tree, and the
+/// initrd the entry's own file.
 fn base_stages(
     b: &Build<'_>,
     cache: Option<(&StageCache, &StageKey)>,
@@ -237,22 +239,22 @@ fn base_stages(
             b.stage("cache packages").run(|| {
                 std::fs::create_dir_all(out)?;
                 stage_cache::move_tree(&root, &out.join("root"))?;
-                std::fs::copy(&boot.initrd, out.join(INITRD_FILE))?;
+                let kept = out.join(INITRD_FILE);
+                if std::fs::rename(&boot.initrd, &kept).is_err() {
+                    std::fs::copy(&boot.initrd, &kept)?; // the cache on another file system
+                }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             })
         },
         |out| {
+            // Both are read in place, like the root: nothing writes to them.
             let (root, initrd) = (out.join("root"), out.join(INITRD_FILE));
             if !(root.is_dir() && initrd.is_file()) {
                 return Ok(None);
             }
-            (|| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                std::fs::create_dir_all(plan.work)?;
-                std::fs::copy(&initrd, &initrd_path)?;
-                Ok(initrd::Initrd::existing(&root, &initrd_path)?)
-            })()
-            .map(|boot| Some((root, boot)))
-            .map_err(b.fail("packages"))
+            initrd::Initrd::existing(&root, &initrd)
+                .map(|boot| Some((root, boot)))
+                .map_err(b.fail("packages"))
         },
     )
 }
