@@ -358,7 +358,7 @@ fn wait_for_startup(limit: std::time::Duration) -> Result<(), String> {
     ))
 }
 
-/// The verbs every agent has, flattened into its own: `#[command(flatten)] Common(CommonVerb)`.
+/// The verbs every agent has, ahead of its own in [`agent::Agent::main`].
 #[derive(Debug, clap::Subcommand)]
 pub enum CommonVerb {
     /// Check the boot (image identity, dm-verity root, failed units) and print `PLINTH BOOT

@@ -157,6 +157,8 @@ fn run_stages(
 ) -> Result<Built, BuildError> {
     let (plan, work) = (b.plan, &b.work);
     let slots = slot_partitions(plan.profile)?;
+    // The package stage from the cache writes nothing here: the root image is the first.
+    std::fs::create_dir_all(plan.work).map_err(b.fail("packages"))?;
     let (root, boot) = base_stages(b, cache.map(|(c, k)| (c, &k.packages)))?;
     // One root image and hash tree serve every slot: their ids do not name a slot.
     let (first_root, first_verity) = (&slots[0].0, &slots[0].1);
@@ -241,7 +243,9 @@ fn base_stages(
                 stage_cache::move_tree(&root, &out.join("root"))?;
                 let kept = out.join(INITRD_FILE);
                 if std::fs::rename(&boot.initrd, &kept).is_err() {
-                    std::fs::copy(&boot.initrd, &kept)?; // the cache on another file system
+                    // The cache on another file system.
+                    std::fs::copy(&boot.initrd, &kept)?;
+                    std::fs::remove_file(&boot.initrd)?;
                 }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             })

@@ -57,7 +57,7 @@ pub enum Ext4Error {
         size_mib: u64,
         output: String,
     },
-    #[error("{image}: the file system holding it is full ({free_mib} MiB left) while mke2fs wrote the {size_mib} MiB image of {root} ({tree_mib} MiB in files):\n{output}\n  hint: the partition is not too small: free space on that file system, or build on another one (TMPDIR; `plinth verify --work DIR`); a build's work directory needs a few GiB")]
+    #[error("{image}: the file system holding it is full ({free_mib} MiB left) while mke2fs wrote the {size_mib} MiB image of {root} ({tree_mib} MiB in files):\n{output}\n  hint: the partition is not too small: free space on that file system, or build on another one (the work directory: TMPDIR or --work; the stage cache: --cache); a build needs a few GiB")]
     HostFull {
         image: String,
         root: String,
@@ -89,6 +89,7 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
     let file = std::fs::File::create(plan.image).map_err(|e| io(plan.image, e))?;
     file.set_len(plan.size).map_err(|e| io(plan.image, e))?;
     drop(file);
+    let free_before = super::artifacts::free_bytes(dir).ok();
 
     let mut mke2fs = Command::new("mke2fs");
     mke2fs
@@ -114,7 +115,7 @@ pub fn make(plan: &Ext4Plan<'_>) -> Result<(), Ext4Error> {
                 (tree_bytes(plan.root) >> 20, plan.size >> 20, output.clone());
             // The image is sparse: mke2fs also runs out of space when the file system the
             // image lives on fills up, which no partition size would cure.
-            if let Some(free) = host_nearly_full(dir) {
+            if let Some(free) = host_ran_out(dir, free_before, plan.size) {
                 let _ = std::fs::remove_file(plan.image);
                 return Err(Ext4Error::HostFull {
                     image,
@@ -277,15 +278,17 @@ fn debugfs_time(t: i64) -> String {
     text.chars().filter(|c| c.is_ascii_digit()).collect()
 }
 
-/// Below this much free space on the image's file system, a failed mke2fs ran out of host
-/// space rather than partition space (it stops within a few blocks of full).
+/// Below this much free space on the image's file system, a failed mke2fs may have run out of
+/// host space rather than partition space (it stops within a few blocks of full).
 const HOST_FULL_BELOW: u64 = 64 << 20;
 
-/// The free bytes of `dir`'s file system, when fewer than [`HOST_FULL_BELOW`].
-fn host_nearly_full(dir: &Path) -> Option<u64> {
-    super::artifacts::free_bytes(dir)
-        .ok()
-        .filter(|free| *free < HOST_FULL_BELOW)
+/// Whether mke2fs ran out of space on the file system holding the image (`dir`), not in the
+/// partition: there was less room than the partition's `size` before it started, and next to
+/// none is left. A partition that really is too small on a host that had room for it is not
+/// this. The free bytes left, when it is.
+fn host_ran_out(dir: &Path, free_before: Option<u64>, size: u64) -> Option<u64> {
+    let after = super::artifacts::free_bytes(dir).ok()?;
+    (free_before? < size && after < HOST_FULL_BELOW).then_some(after)
 }
 
 fn tree_bytes(root: &Path) -> u64 {

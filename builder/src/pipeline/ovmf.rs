@@ -161,6 +161,8 @@ fn stage_key(plan: &FirmwarePlan<'_>) -> Result<StageKey, FirmwareError> {
 /// Install the toolchain, copy the inputs in and run the build script.
 fn compile(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
     let (orig, debian) = tarballs(plan.source)?;
+    let os = &plan.toolchain.os;
+    let start = std::time::Instant::now();
     let root = rootfs::install(
         &rootfs::Plan {
             profile: plan.toolchain,
@@ -170,6 +172,11 @@ fn compile(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
         },
         &plan.work.join("toolchain"),
     )?;
+    (plan.log)(&format!(
+        "{os}: firmware toolchain root ({} packages) installed in {:.1} s",
+        plan.packages.len(),
+        start.elapsed().as_secs_f64()
+    ));
     let build_dir = root.join(BUILD_DIR);
     let src = build_dir.join("src");
     std::fs::create_dir_all(&src).map_err(io("creating", &src))?;
@@ -204,7 +211,14 @@ fn compile(plan: &FirmwarePlan<'_>) -> Result<Firmware, FirmwareError> {
         .arg(plan.jobs.max(1).to_string())
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let start = std::time::Instant::now();
     tool::run("unshare", "util-linux", &mut cmd)?;
+    // The same steps as edk2's own build (unpack, patch, BaseTools, `build`): what
+    // ci/bench-images compares with it.
+    (plan.log)(&format!(
+        "{os}: firmware edk2 build (unpack, patches, BaseTools, build) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    ));
     let built = build_dir.join("out").join(FIRMWARE_FILE_IN_BUILD);
     let dest = plan.work.join(FIRMWARE_FILE);
     std::fs::copy(&built, &dest).map_err(io("copying", &built))?;
