@@ -7,7 +7,7 @@ use crate::packages::lockfile::{Lock, LockError, LockInputs};
 use crate::packages::mirror::Mirrors;
 use crate::packages::release::keyring_path;
 use crate::packages::resolve::{self, Request};
-use crate::packages::sources::{lock_source, SourceLookup};
+use crate::packages::sources::lock_source;
 use crate::spec::{self, OsSpec};
 use crate::workspace::Workspace;
 use anyhow::Context;
@@ -168,6 +168,12 @@ fn lock(
     for (os, spec) in specs {
         let mirrors = Mirrors::resolve(&spec.base, &archive_args.mirrors.overrides());
         let key = format!("{:?}{:?}", spec.base, mirrors);
+        let source = Source {
+            mirrors: &mirrors,
+            keyring: &keyring,
+            index_cache: &index_cache,
+            now,
+        };
         if !archives.contains_key(&key) {
             out.info(format!(
                 "{os}: verifying {} from {} (keyring {})",
@@ -175,12 +181,6 @@ fn lock(
                 mirrors.main,
                 keyring.display()
             ));
-            let source = Source {
-                mirrors: &mirrors,
-                keyring: &keyring,
-                index_cache: &index_cache,
-                now,
-            };
             let archive = runtime
                 .block_on(Archive::load(&spec.base, source))
                 .with_context(|| format!("loading the Debian archive for {os}"))?;
@@ -249,15 +249,8 @@ fn lock(
                 "{os}: locking source {} {} from {}'s signed Sources index",
                 req.package, req.version, req.suite
             ));
-            let lookup = SourceLookup {
-                mirror: mirrors.for_suite(&req.suite),
-                keyring: &keyring,
-                index_cache: &index_cache,
-                now,
-                spec: &spec_display,
-            };
             let client = crate::packages::http::client();
-            let locked = runtime.block_on(lock_source(&client, req, &lookup))?;
+            let locked = runtime.block_on(lock_source(&client, req, &source, &spec_display))?;
             for f in &locked.files {
                 out.detail(format!(
                     "  {} sha256 {} ({} bytes)",

@@ -2,6 +2,7 @@
 //! `Sources` index (InRelease → `main/source/Sources.xz` → the package's stanza), pinned in the
 //! lock with the sha256 of each of its files. The guest firmware is built from edk2's.
 
+use super::archive::Source;
 use super::deb822;
 use super::index::fetch_signed_index;
 use super::index::IndexDigest;
@@ -10,7 +11,6 @@ use super::resolve::LockedPackage;
 use crate::spec::SourceRequest;
 use plinth_release::Sha256;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// One version of one Debian source package: the signed `Sources` index it was found in and
 /// its files (orig and debian tarballs; the `.dsc` is left out, the build unpacks the
@@ -77,27 +77,19 @@ pub enum SourceError {
     },
 }
 
-/// Where a source is looked up.
-pub struct SourceLookup<'a> {
-    pub mirror: &'a str,
-    pub keyring: &'a Path,
-    pub index_cache: &'a Path,
-    /// Unix seconds, for the InRelease's Valid-Until.
-    pub now: i64,
-    /// Names the spec in errors.
-    pub spec: &'a str,
-}
-
-/// Find `req` in its suite's signed Sources index and pin its tarballs.
+/// Find `req` in its suite's signed Sources index (from the suite's mirror of `at`) and pin
+/// its tarballs; `spec` names the spec in errors.
 pub async fn lock_source(
     client: &reqwest::Client,
     req: &SourceRequest,
-    at: &SourceLookup<'_>,
+    at: &Source<'_>,
+    spec: &str,
 ) -> Result<LockedSource, SourceError> {
-    let release = fetch_release(client, at.mirror, &req.suite, at.keyring, at.now).await?;
+    let mirror = at.mirrors.for_suite(&req.suite);
+    let release = fetch_release(client, mirror, &req.suite, at.keyring, at.now).await?;
     let (text, signed) = fetch_signed_index(
         client,
-        at.mirror,
+        mirror,
         &release,
         "main/source/Sources",
         at.index_cache,
@@ -141,7 +133,7 @@ pub async fn lock_source(
         } else {
             versions.join(", ")
         },
-        spec: at.spec.to_string(),
+        spec: spec.to_string(),
     })
 }
 

@@ -564,7 +564,7 @@ fn finish_header(h: &mut [u8; BLOCK]) {
 
 /// A number as tar writes it: zero-padded octal and a NUL when it fits, else (GNU) base-256:
 /// 0x80, then the value big-endian.
-fn put_num(field: &mut [u8], value: u64) {
+pub fn put_num(field: &mut [u8], value: u64) {
     let digits = field.len() - 1;
     if digits * 3 >= 64 || value < 1u64 << (3 * digits) {
         let text = format!("{value:0digits$o}");

@@ -40,20 +40,7 @@ const UKI: &str = "guest-os-a.efi";
 
 // ---- crafted tar streams -------------------------------------------------------------
 
-/// A number as tar writes it: octal and a NUL, or GNU base-256 when it does not fit.
-fn put_num(field: &mut [u8], value: u64) {
-    let digits = field.len() - 1;
-    if digits * 3 >= 64 || value < 1u64 << (3 * digits) {
-        let text = format!("{value:0digits$o}");
-        field[..digits].copy_from_slice(text.as_bytes());
-        field[digits] = 0;
-    } else {
-        field.fill(0);
-        field[0] = 0x80;
-        let n = field.len();
-        field[n - 8..].copy_from_slice(&value.to_be_bytes());
-    }
-}
+use plinth::pipeline::artifacts::put_num;
 
 /// A GNU tar header: `name`, `mode`, `size` (stored bytes), type `typeflag`; `sparse` puts
 /// a real size and up to 4 map entries in it.

@@ -252,17 +252,7 @@ mod tests {
         Machine::two_socket_nps4().write(dir.path()).unwrap();
         let t = sysfs::read(dir.path()).unwrap();
         let disks = vec!["nvme1n1".to_string()];
-        plan(
-            &t,
-            &VmRequest {
-                vcpus,
-                memory_gib: 96,
-                disks,
-                sev: None,
-                layout: Default::default(),
-            },
-        )
-        .unwrap()
+        plan(&t, &VmRequest::plain(vcpus, 96, disks)).unwrap()
     }
 
     #[test]

@@ -187,17 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         Machine::one_socket().write(dir.path()).unwrap();
         let t = sysfs::read(dir.path()).unwrap();
-        let p = plan(
-            &t,
-            &VmRequest {
-                vcpus: 2,
-                memory_gib: 2,
-                disks: vec![],
-                sev: None,
-                layout: Default::default(),
-            },
-        )
-        .unwrap();
+        let p = plan(&t, &VmRequest::plain(2, 2, vec![])).unwrap();
         // "QEMU" is this test process; QMP names pid 1's thread for a vCPU.
         let me = std::process::id() as i32;
         let vcpus = [

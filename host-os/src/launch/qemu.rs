@@ -463,17 +463,7 @@ mod tests {
             .map(|c| c.namespaces[0].name.clone())
             .take(2)
             .collect();
-        let p = plan(
-            &t,
-            &VmRequest {
-                vcpus: 40,
-                memory_gib: 96,
-                disks,
-                sev: None,
-                layout: Default::default(),
-            },
-        )
-        .unwrap();
+        let p = plan(&t, &VmRequest::plain(40, 96, disks)).unwrap();
         let a = args(&p, &launch(pflash(), Accel::Kvm)).unwrap();
         assert_eq!(values(&a, "-smp"), ["40,sockets=1,cores=20,threads=2"]);
         assert_eq!(values(&a, "-m"), ["96G"]);
@@ -708,17 +698,7 @@ mod tests {
     #[test]
     fn paths_qemu_cannot_take_and_unknown_vcpu_types_are_refused() {
         let t = topology(&Machine::one_socket());
-        let p = plan(
-            &t,
-            &VmRequest {
-                vcpus: 2,
-                memory_gib: 2,
-                disks: vec![],
-                sev: None,
-                layout: Default::default(),
-            },
-        )
-        .unwrap();
+        let p = plan(&t, &VmRequest::plain(2, 2, vec![])).unwrap();
         for (bad, why) in [
             ("/tmp/vars\n.fd", "control character"),
             ("vars.fd", "not absolute"),
@@ -770,17 +750,7 @@ mod tests {
         m.nvme[1].driver = "vfio-pci";
         let t = topology(&m);
         let pci = t.nvme[1].pci.clone();
-        let p = plan(
-            &t,
-            &VmRequest {
-                vcpus: 4,
-                memory_gib: 8,
-                disks: vec![pci.clone()],
-                sev: None,
-                layout: Default::default(),
-            },
-        )
-        .unwrap();
+        let p = plan(&t, &VmRequest::plain(4, 8, vec![pci.clone()])).unwrap();
         let a = args(&p, &launch(pflash(), Accel::Tcg)).unwrap();
         assert_eq!(
             values(&a, "-device"),

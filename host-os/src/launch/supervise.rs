@@ -947,14 +947,20 @@ mod tests {
         assert_eq!(w.new_lines(), ["half a line"]);
     }
 
-    #[test]
-    fn the_console_log_is_never_opened_through_a_link_or_a_second_name() {
+    /// A scratch directory and its `state` (mode 755).
+    fn state_dir() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         std::fs::DirBuilder::new()
             .mode(0o755)
             .create(&state)
             .unwrap();
+        (dir, state)
+    }
+
+    #[test]
+    fn the_console_log_is_never_opened_through_a_link_or_a_second_name() {
+        let (dir, state) = state_dir();
         let other = dir.path().join("other");
         std::fs::write(&other, "keep\n").unwrap();
         std::os::unix::fs::symlink(&other, state.join("console.log")).unwrap();
@@ -975,12 +981,7 @@ mod tests {
 
     #[test]
     fn a_state_directory_others_can_write_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&state)
-            .unwrap();
+        let (dir, state) = state_dir();
         check_state_dir(&state).unwrap();
         std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o775))
             .unwrap();

@@ -29,6 +29,19 @@ pub struct VmRequest {
     pub layout: Layout,
 }
 
+impl VmRequest {
+    /// A VM of `vcpus` and `memory_gib` on `disks`, without SEV-SNP, in the production layout.
+    pub fn plain(vcpus: u32, memory_gib: u64, disks: Vec<String>) -> VmRequest {
+        VmRequest {
+            vcpus,
+            memory_gib,
+            disks,
+            sev: None,
+            layout: Layout::Production,
+        }
+    }
+}
+
 /// How strictly the VM is kept apart from the host's threads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Layout {

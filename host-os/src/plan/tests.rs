@@ -24,13 +24,7 @@ fn data_disks(t: &Topology) -> Vec<String> {
 }
 
 fn request(t: &Topology, vcpus: u32, memory_gib: u64) -> VmRequest {
-    VmRequest {
-        vcpus,
-        memory_gib,
-        disks: data_disks(t),
-        sev: None,
-        layout: Default::default(),
-    }
+    VmRequest::plain(vcpus, memory_gib, data_disks(t))
 }
 
 /// The host threads the plan keeps from vCPUs: the host's, the emulator's, the I/O threads'.
@@ -379,13 +373,7 @@ fn vfio_bound_nvme_is_passed_through() {
         .map(|c| c.pci.clone())
         .collect();
     assert!(!vfio.is_empty());
-    let req = VmRequest {
-        vcpus: 8,
-        memory_gib: 16,
-        disks: vfio.clone(),
-        sev: None,
-        layout: Default::default(),
-    };
+    let req = VmRequest::plain(8, 16, vfio.clone());
     let p = plan(&t, &req).unwrap();
     check(&t, &req, &p);
     assert!(
