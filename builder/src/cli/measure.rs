@@ -293,7 +293,8 @@ fn check_free(dir: &Path, len: u64, what: &str) -> anyhow::Result<()> {
 }
 
 /// An archive error as the CLI reports it: a crafted or corrupt archive is bad input.
-fn archive_error(e: crate::pipeline::artifacts::ArtifactError) -> anyhow::Error {
+fn archive_error(e: impl Into<crate::pipeline::artifacts::ArtifactError>) -> anyhow::Error {
+    let e = e.into();
     if e.is_crafted() {
         BadInput(e.to_string()).into()
     } else {

@@ -229,11 +229,9 @@ impl Release {
     /// Unpack every member of archive `name` into `dest` (made 0700), each within
     /// [`Release::bounds`]; their names.
     pub fn extract_all(&self, name: &str, dest: &Path) -> Result<Vec<String>, ReleaseDirError> {
-        Ok(artifacts::extract_bounded(
-            &self.dir.join(name),
-            dest,
-            &self.bounds(name),
-        )?)
+        let names = artifacts::extract_bounded(&self.dir.join(name), dest, &self.bounds(name))
+            .map_err(artifacts::ArtifactError::from)?;
+        Ok(names)
     }
 
     /// Unpack archive `name` into `dest` and return the path of its member `member`.

@@ -70,7 +70,7 @@ pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> Result<PathB
 
 /// sha256 of every source the agents are built from: the workspace's `Cargo.toml` and
 /// `Cargo.lock`, and each top-level crate directory but the builder's (overlays, specs and
-/// locks are keyed apart, build output is skipped).
+/// locks are keyed apart; build output and fuzz crates are skipped).
 pub fn source_digest(workspace: &Path) -> std::io::Result<String> {
     use crate::packages::cache::{sha256_bytes, sha256_file};
     let mut parts = Vec::new();
@@ -84,7 +84,7 @@ pub fn source_digest(workspace: &Path) -> std::io::Result<String> {
         .collect();
     dirs.sort();
     for dir in dirs {
-        let skip = ["rootfs", "target", "os.yaml", "packages.lock"];
+        let skip = ["rootfs", "target", "fuzz", "os.yaml", "packages.lock"];
         let digest = super::stage_cache::tree_digest(&dir, &skip)?;
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         parts.push(format!("{name} {digest}"));

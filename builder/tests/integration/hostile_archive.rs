@@ -494,10 +494,10 @@ fn member_names_leaving_the_directory_are_refused() {
     }
 }
 
-/// Writes the fuzz seeds of builder/fuzz/seeds (see its README):
-/// `PLINTH_FUZZ_SEEDS=builder/fuzz/seeds cargo test -p plinth-builder --test hostile_archive -- --ignored write_fuzz_seeds`
+/// Writes the fuzz seeds of release/fuzz/seeds (see its README):
+/// `PLINTH_FUZZ_SEEDS=release/fuzz/seeds cargo test -p plinth-builder --test hostile_archive -- --ignored write_fuzz_seeds`
 #[test]
-#[ignore = "writes builder/fuzz/seeds when PLINTH_FUZZ_SEEDS is set"]
+#[ignore = "writes release/fuzz/seeds when PLINTH_FUZZ_SEEDS is set"]
 fn write_fuzz_seeds() {
     let Some(out) = std::env::var_os("PLINTH_FUZZ_SEEDS") else {
         return;

@@ -10,8 +10,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use plinth::pipeline::artifacts::{self, Bound, Bounds};
-use plinth::pipeline::manifest::Manifest;
+use plinth_release::archive::{self, Bound, Bounds};
+use plinth_release::manifest::Manifest;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -48,7 +48,7 @@ fn archive(zst: &[u8]) {
         std::fs::symlink_metadata(p)
             .map(|m| (m.is_file(), m.permissions().mode() & 0o7777, m.len()))
     };
-    let result = artifacts::extract_bounded(&path, &dest, &bounds);
+    let result = archive::extract_bounded(&path, &dest, &bounds);
     if let Ok(names) = &result {
         for n in names {
             assert!(NAMES.contains(&n.as_str()), "{n}");
@@ -80,7 +80,7 @@ fn archive(zst: &[u8]) {
             assert!(file && m == 0o644 && len <= LIMIT, "{name}: {m:o} {len}");
         }
     }
-    let _ = artifacts::for_each_member(&path, &bounds, |name, size, data| {
+    let _ = archive::for_each_member(&path, &bounds, |name, size, data| {
         assert!(NAMES.contains(&name) && size <= LIMIT, "{name} {size}");
         let n = std::io::copy(data, &mut std::io::sink())?;
         assert_eq!(n, size, "{name}");
