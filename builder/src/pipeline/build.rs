@@ -546,10 +546,39 @@ impl StageKeys {
 /// version cannot be read is an error (dpkg-query names it), never a guess in a cache key.
 pub(super) fn host_tools() -> Result<String, super::tool::ToolError> {
     let mut cmd = std::process::Command::new("dpkg-query");
-    cmd.args(["-W", "-f", "${Package}=${Version} "])
+    cmd.args(["-W", "-f", "${db:Status-Status} ${Package}=${Version}\\n"])
         .args(HOST_TOOL_PACKAGES);
-    let out = super::tool::run("dpkg-query", "dpkg", &mut cmd)?;
-    Ok(out.stdout_text().trim().to_string())
+    // dpkg-query fails when a package is unknown to dpkg; its output still lists the others.
+    let out = cmd
+        .output()
+        .map_err(|source| super::tool::ToolError::Missing {
+            tool: "dpkg-query",
+            package: "dpkg",
+            source,
+        })?;
+    installed_versions(&String::from_utf8_lossy(&out.stdout), HOST_TOOL_PACKAGES)
+}
+
+/// `package=version` of each of `wanted`, space-separated, from dpkg-query's
+/// `<status> <package>=<version>` lines; every package not installed is named.
+fn installed_versions(listing: &str, wanted: &[&str]) -> Result<String, super::tool::ToolError> {
+    let installed: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix("installed "))
+        .collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|w| {
+            !installed
+                .iter()
+                .any(|i| i.split_once('=').map(|(p, _)| p) == Some(**w))
+        })
+        .map(|w| w.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(super::tool::ToolError::NotInstalled { packages: missing });
+    }
+    Ok(installed.join(" "))
 }
 
 /// The Debian packages of the host tools the stages run.
@@ -797,6 +826,24 @@ impl<'a> StageRunner<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_tools_not_installed_are_named() {
+        let listing =
+            "installed mmdebstrap=1.3.5-7\nconfig-files dosfstools=4.2-1\ninstalled apt=2.6.1\n";
+        let wanted = ["mmdebstrap", "apt", "dosfstools", "mtools"];
+        let err = super::installed_versions(listing, &wanted)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "host tools not installed: dosfstools, mtools\n  hint: run ci/setup, or `apt-get install dosfstools mtools`"
+        );
+        assert_eq!(
+            super::installed_versions(listing, &["apt", "mmdebstrap"]).unwrap(),
+            "mmdebstrap=1.3.5-7 apt=2.6.1"
+        );
+    }
+
     #[test]
     fn every_host_tool_has_its_version_in_the_key() {
         let line = super::host_tools().expect("ci/setup installs the host tools");

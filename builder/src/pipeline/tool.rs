@@ -16,6 +16,8 @@ pub enum ToolError {
         package: &'static str,
         source: std::io::Error,
     },
+    #[error("host tools not installed: {}\n  hint: run ci/setup, or `apt-get install {}`", packages.join(", "), packages.join(" "))]
+    NotInstalled { packages: Vec<String> },
     #[error("{tool} failed ({status}):\n{output}\n  command: {command}")]
     Failed {
         tool: &'static str,
