@@ -1,0 +1,286 @@
+//! The signed PCR policy against the real thing: a swtpm, tpm2-tools and systemd 252's own
+//! enrolment. The PolicyPCR digest computed without a TPM must equal the TPM's own, and
+//! `systemd-cryptenroll` (which unseals once before it writes the key slot) must accept a
+//! LUKS2 enrolment bound to the release key through the signature file plinth writes, and
+//! refuse it once a signed PCR holds another value. Needs root (a loop device) and the host
+//! tools ci/setup installs: swtpm, tpm2-tools, cryptsetup-bin, systemd.
+
+use plinth_firmware::pcr;
+use plinth_firmware::pcr_policy::{self, PcrValues, ReleaseKey};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+/// A swtpm on a unix socket in `dir`, manufactured with the sha256 bank only; killed on drop.
+struct Tpm {
+    child: Child,
+    /// The TCTI string tpm2-tools and systemd take: `swtpm:path=<socket>`.
+    tcti: String,
+}
+
+impl Tpm {
+    fn start(dir: &Path) -> Tpm {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        check(
+            "swtpm_setup",
+            Command::new("swtpm_setup")
+                .args([
+                    "--tpm2",
+                    "--pcr-banks",
+                    "sha256",
+                    "--overwrite",
+                    "--tpmstate",
+                ])
+                .arg(&state)
+                .output(),
+        );
+        let socket = dir.join("tpm.sock");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}.ctrl", socket.display()))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("swtpm (ci/setup installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "swtpm opened no socket"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Tpm {
+            child,
+            tcti: format!("swtpm:path={}", socket.display()),
+        }
+    }
+
+    /// A tpm2-tools command against this TPM; its output, having checked that it succeeded.
+    fn tools(&self, tool: &str, args: &[&str]) -> Output {
+        check(
+            tool,
+            Command::new(tool)
+                .args(args)
+                .env("TPM2TOOLS_TCTI", &self.tcti)
+                .output(),
+        )
+    }
+
+    /// Sessions and objects left by a failed command: a socket swtpm has no resource manager.
+    fn flush(&self) {
+        for kind in ["-t", "-l", "-s"] {
+            self.tools("tpm2_flushcontext", &[kind]);
+        }
+    }
+}
+
+impl Drop for Tpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loop device over a file; detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let out = check(
+            "losetup",
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(file)
+                .output(),
+        );
+        Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+fn check(what: &str, out: std::io::Result<Output>) -> Output {
+    let out = out.unwrap_or_else(|e| panic!("{what} could not be started: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn release_key() -> ReleaseKey {
+    use rand_chacha::rand_core::SeedableRng;
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(20);
+    let private = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+    ReleaseKey::from_pem(&private.to_pkcs8_pem(LineEnding::LF).unwrap(), "test key").unwrap()
+}
+
+/// `systemd-cryptenroll` binding `device` to the release key's signed policy over PCRs 11
+/// and 12 (no PCR bound directly), unlocking with `passphrase`.
+fn enroll(tpm: &Tpm, device: &str, public: &Path, signature: &Path, passphrase: &str) -> Output {
+    Command::new("systemd-cryptenroll")
+        .arg(format!("--tpm2-device={}", tpm.tcti))
+        .arg(format!("--tpm2-public-key={}", public.display()))
+        .arg("--tpm2-public-key-pcrs=11+12")
+        .arg(format!("--tpm2-signature={}", signature.display()))
+        .arg("--tpm2-pcrs=")
+        .arg(device)
+        .env("PASSWORD", passphrase)
+        .output()
+        .expect("systemd-cryptenroll (systemd)")
+}
+
+/// A 32 MiB LUKS2 volume on a loop device over `dir/name`, unlocked by `passphrase` (PBKDF2
+/// with few iterations: the test's time goes to the TPM, not the KDF).
+fn luks_volume(dir: &Path, name: &str, passphrase: &str) -> Loop {
+    let image = dir.join(name);
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let device = Loop::attach(&image);
+    let mut format = Command::new("cryptsetup")
+        .args([
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+        ])
+        .args([
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file=-",
+            &device.0,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryptsetup (cryptsetup-bin)");
+    use std::io::Write as _;
+    format
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(passphrase.as_bytes())
+        .unwrap();
+    check("cryptsetup luksFormat", format.wait_with_output());
+    device
+}
+
+#[test]
+fn systemd_enrols_luks2_under_the_policy_plinth_signs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the LUKS2 volume needs a loop device (root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Tpm::start(dir.path());
+
+    // PCRs 11 and 12 as a boot would leave them, predicted alongside.
+    let events = [
+        (11u32, pcr::digest(b"enter-initrd")),
+        (12, pcr::digest(b"cmdline")),
+    ];
+    let mut expected = PcrValues::new();
+    for (index, digest) in &events {
+        tpm.tools(
+            "tpm2_pcrextend",
+            &[&format!("{index}:sha256={}", hex::encode(digest))],
+        );
+        expected.insert(*index, pcr::extend([0; 32], digest));
+    }
+    let read = dir.path().join("pcrs.bin");
+    tpm.tools(
+        "tpm2_pcrread",
+        &["sha256:11,12", "-o", read.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(&read).unwrap(),
+        [expected[&11], expected[&12]].concat()
+    );
+
+    // The policy digest computed here is the TPM's own.
+    let session = dir.path().join("trial.ctx");
+    let policy = dir.path().join("pcr.policy");
+    let session_arg = session.to_str().unwrap();
+    tpm.tools("tpm2_startauthsession", &["-S", session_arg]);
+    tpm.tools(
+        "tpm2_policypcr",
+        &[
+            "-S",
+            session_arg,
+            "-l",
+            "sha256:11,12",
+            "-L",
+            policy.to_str().unwrap(),
+        ],
+    );
+    tpm.tools("tpm2_flushcontext", &[session_arg]);
+    assert_eq!(
+        std::fs::read(&policy).unwrap(),
+        pcr_policy::policy_pcr(&expected).unwrap()
+    );
+
+    // A LUKS2 volume enrolled through the signature; systemd unseals before it writes.
+    let key = release_key();
+    let public = dir.path().join("release.pem");
+    std::fs::write(&public, key.public_pem().unwrap()).unwrap();
+    let signature = dir.path().join("tpm2-pcr-signature.json");
+    let signed = key.sign(&expected).unwrap();
+    std::fs::write(&signature, pcr_policy::signature_json(&[signed])).unwrap();
+    let passphrase = "first-boot key";
+    let device = luks_volume(dir.path(), "state.img", passphrase);
+    let out = enroll(&tpm, &device.0, &public, &signature, passphrase);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("New TPM2 token enrolled as key slot 1."),
+        "{text}"
+    );
+    let dump = check(
+        "cryptsetup luksDump",
+        Command::new("cryptsetup")
+            .args(["luksDump", &device.0])
+            .output(),
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    assert!(
+        dump.contains("systemd-tpm2") && dump.contains("tpm2-pubkey"),
+        "{dump}"
+    );
+    tpm.flush();
+
+    // Once PCR 11 holds another value, the signature covers nothing the TPM has: refused.
+    tpm.tools(
+        "tpm2_pcrextend",
+        &[&format!(
+            "11:sha256={}",
+            hex::encode(pcr::digest(b"tampered"))
+        )],
+    );
+    let other = luks_volume(dir.path(), "other.img", passphrase);
+    let out = enroll(&tpm, &other.0, &public, &signature, passphrase);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "enrolled with a stale signature:\n{text}"
+    );
+    assert!(text.contains("Couldn't find signature"), "{text}");
+    tpm.flush();
+}
