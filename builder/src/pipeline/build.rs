@@ -241,12 +241,7 @@ fn base_stages(
             b.stage("cache packages").run(|| {
                 std::fs::create_dir_all(out)?;
                 stage_cache::move_tree(&root, &out.join("root"))?;
-                let kept = out.join(INITRD_FILE);
-                if std::fs::rename(&boot.initrd, &kept).is_err() {
-                    // The cache on another file system.
-                    std::fs::copy(&boot.initrd, &kept)?;
-                    std::fs::remove_file(&boot.initrd)?;
-                }
+                stage_cache::move_tree(&boot.initrd, &out.join(INITRD_FILE))?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
             })
         },

@@ -264,12 +264,18 @@ fn short(s: &str) -> &str {
     }
 }
 
-/// Move a tree: renamed, or copied when `to` is on another filesystem.
-pub fn move_tree(from: &Path, to: &Path) -> Result<(), super::tool::ToolError> {
-    if std::fs::rename(from, to).is_err() {
-        copy_tree(from, to)?;
+/// Move a tree or a file: renamed, or, when `to` is on another file system, copied and then
+/// removed from `from`.
+pub fn move_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    if std::fs::rename(from, to).is_ok() {
+        return Ok(());
     }
-    Ok(())
+    copy_tree(from, to).map_err(std::io::Error::other)?;
+    if std::fs::symlink_metadata(from)?.is_dir() {
+        std::fs::remove_dir_all(from)
+    } else {
+        std::fs::remove_file(from)
+    }
 }
 
 /// sha256 of a tree's paths, kinds, normalized modes (as git keeps them: executable or not)
@@ -337,6 +343,29 @@ mod tests {
     use super::*;
 
     type Boxed = Box<dyn std::error::Error + Send + Sync>;
+
+    #[test]
+    fn a_move_to_another_file_system_leaves_nothing_behind() {
+        use std::os::unix::fs::MetadataExt;
+        let here = tempfile::tempdir().unwrap();
+        let there = tempfile::tempdir_in("/dev/shm").unwrap();
+        let device = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        for to in [here.path().join("moved"), there.path().join("moved")] {
+            let tree = here.path().join("tree");
+            std::fs::create_dir_all(tree.join("sub")).unwrap();
+            std::fs::write(tree.join("sub/f"), "tree").unwrap();
+            let file = here.path().join("initrd");
+            std::fs::write(&file, "file").unwrap();
+            std::fs::create_dir_all(&to).unwrap();
+            move_tree(&tree, &to.join("root")).unwrap();
+            move_tree(&file, &to.join("initrd")).unwrap();
+            assert!(!tree.exists() && !file.exists(), "{}", to.display());
+            assert_eq!(std::fs::read(to.join("root/sub/f")).unwrap(), b"tree");
+            assert_eq!(std::fs::read(to.join("initrd")).unwrap(), b"file");
+        }
+        // The second move was a copy: /dev/shm is a tmpfs of its own.
+        assert_ne!(device(here.path()), device(there.path()));
+    }
 
     #[test]
     fn store_lookup_and_changed_inputs() {

@@ -27,6 +27,8 @@ pub enum CgroupError {
     NoHierarchy { mount: String },
     #[error("a delegated cgroup needs the unified hierarchy (cgroup v2); this machine has cgroup v1 cpuset and memory hierarchies\n  hint: leave out --cgroup-delegated (the VM's cgroup then goes below --cgroup-parent)")]
     NotDelegable,
+    #[error("/proc/self/cgroup names no cgroup v2 (no `0::` line)\n  hint: a delegated cgroup needs the unified hierarchy")]
+    NoOwnV2,
     #[error("{path}: another VM runs in this cgroup (processes {pids})\n  hint: stop it first (`plinth-host guest stop`), or give this launch another --cgroup-parent")]
     Busy { path: String, pids: String },
     #[error("{path}: {action}: {source}")]
@@ -120,6 +122,22 @@ pub fn enter_delegated_leaf(
     let dir = root.join(own).join(leaf);
     mkdir(&dir)?;
     write(&dir.join("cgroup.procs"), &pid.to_string())
+}
+
+/// This process's own cgroup, delegated to it, taken for the VM as [`enter_delegated_leaf`]
+/// does (this process goes into its leaf `leaf`); the cgroup v2 hierarchy is at `mount`.
+/// Returns the own cgroup, relative to the mount: the VM's cgroup's parent.
+pub fn take_delegated(mount: &Path, leaf: &str) -> Result<PathBuf, CgroupError> {
+    let h = Hierarchy::detect(mount)?;
+    let proc = Path::new("/proc/self/cgroup");
+    let text = std::fs::read_to_string(proc).map_err(|source| CgroupError::Io {
+        action: "read",
+        path: proc.display().to_string(),
+        source,
+    })?;
+    let own = own_v2(&text).ok_or(CgroupError::NoOwnV2)?;
+    enter_delegated_leaf(&h, &own, leaf, std::process::id())?;
+    Ok(own)
 }
 
 /// A cgroup made for the VM (one directory per hierarchy).

@@ -131,22 +131,60 @@ pub enum SuperviseError {
     },
 }
 
+/// Why a started QEMU did not reach a running guest (the start counts as a failure).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{}: no QMP socket after {} s: {source}\n  hint: QEMU did not start; see its output", socket.display(), wait.as_secs())]
+    NoSocket {
+        socket: PathBuf,
+        wait: Duration,
+        source: std::io::Error,
+    },
+    #[error("{}: not a socket of QEMU's user (uid {uid}): refused", socket.display())]
+    ForeignSocket { socket: PathBuf, uid: u32 },
+    #[error("QEMU ended before its QMP socket {} answered\n  hint: see its output (qemu.log in the state directory)", socket.display())]
+    EndedEarly { socket: PathBuf },
+    #[error(transparent)]
+    Qmp(#[from] super::qmp::QmpError),
+    #[error(transparent)]
+    Pin(#[from] super::pin::PinError),
+}
+
+/// Why a supervisor's status could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{}: {source}\n  hint: is `plinth-host guest launch --state-dir {}` running?", path.display(), state_dir.display())]
+    Unreadable {
+        path: PathBuf,
+        state_dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a status file: {source}", path.display())]
+    NotStatus {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 /// The state directory's status file.
 pub fn status_path(state_dir: &Path) -> PathBuf {
     state_dir.join("status.json")
 }
 
 /// Read a supervisor's status.
-pub fn read_status(state_dir: &Path) -> Result<Status, String> {
+pub fn read_status(state_dir: &Path) -> Result<Status, StatusError> {
     let path = status_path(state_dir);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!(
-            "{}: {e}\n  hint: is `plinth-host guest launch --state-dir {}` running?",
-            path.display(),
-            state_dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: not a status file: {e}", path.display()))
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(source) => {
+            return Err(StatusError::Unreadable {
+                path,
+                state_dir: state_dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    serde_json::from_str(&text).map_err(|source| StatusError::NotStatus { path, source })
 }
 
 /// Run the VM of `plan` as `launch` says (its QMP socket and console log are replaced by the
@@ -393,11 +431,10 @@ pub fn open_console(
 }
 
 /// Why a start failed when QEMU exited before its QMP socket answered.
-fn ended_early(socket: &Path) -> String {
-    format!(
-        "QEMU ended before its QMP socket {} answered\n  hint: see its output (qemu.log in the state directory)",
-        socket.display()
-    )
+fn ended_early(socket: &Path) -> StartError {
+    StartError::EndedEarly {
+        socket: socket.to_path_buf(),
+    }
 }
 
 enum Ended {
@@ -645,7 +682,7 @@ impl<'a> Supervisor<'a> {
     /// guarantee). A planted socket could at most make root connect to another listener
     /// and write QMP commands to it, a denial of service; the thread ids it answered
     /// would be refused by the pinning, which takes only threads of QEMU's process.
-    fn start_guest(&mut self, child: &mut Child) -> Result<Qmp, String> {
+    fn start_guest(&mut self, child: &mut Child) -> Result<Qmp, StartError> {
         let pid = child.id() as i32;
         let socket = &self.launch.qmp_socket;
         let wait = Duration::from_secs(60);
@@ -655,8 +692,12 @@ impl<'a> Supervisor<'a> {
             let m = loop {
                 match std::fs::symlink_metadata(socket) {
                     Ok(m) => break m,
-                    Err(e) if since.elapsed() >= wait => {
-                        return Err(format!("{}: no QMP socket after {} s: {e}\n  hint: QEMU did not start; see its output", socket.display(), wait.as_secs()))
+                    Err(source) if since.elapsed() >= wait => {
+                        return Err(StartError::NoSocket {
+                            socket: socket.clone(),
+                            wait,
+                            source,
+                        })
                     }
                     Err(_) => {
                         if let Ok(Some(_)) = child.try_wait() {
@@ -667,18 +708,17 @@ impl<'a> Supervisor<'a> {
                 }
             };
             if !m.file_type().is_socket() || m.uid() != u.uid {
-                return Err(format!(
-                    "{}: not a socket of QEMU's user (uid {}): refused",
-                    socket.display(),
-                    u.uid
-                ));
+                return Err(StartError::ForeignSocket {
+                    socket: socket.clone(),
+                    uid: u.uid,
+                });
             }
         }
         // Tried once per step while QEMU lives: one that failed at start leaves its socket.
         let mut qmp = loop {
             match Qmp::connect(socket, Duration::ZERO) {
                 Ok(q) => break q,
-                Err(e) if since.elapsed() >= wait => return Err(e.to_string()),
+                Err(e) if since.elapsed() >= wait => return Err(e.into()),
                 Err(_) => {
                     if let Ok(Some(_)) = child.try_wait() {
                         return Err(ended_early(socket));
@@ -687,11 +727,10 @@ impl<'a> Supervisor<'a> {
                 }
             }
         };
-        let vcpus = qmp.vcpu_threads().map_err(|e| e.to_string())?;
-        let iothreads = qmp.iothreads().map_err(|e| e.to_string())?;
+        let vcpus = qmp.vcpu_threads()?;
+        let iothreads = qmp.iothreads()?;
         let proc_root = Path::new("/proc");
-        let pinned =
-            pin(pid, self.plan, &vcpus, &iothreads, proc_root).map_err(|e| e.to_string())?;
+        let pinned = pin(pid, self.plan, &vcpus, &iothreads, proc_root)?;
         for p in &pinned {
             let cpus = affinity(pid, p.thread_id, proc_root).unwrap_or_default();
             self.status.threads.push(ThreadStatus {
@@ -704,7 +743,7 @@ impl<'a> Supervisor<'a> {
                 cpus,
             });
         }
-        qmp.execute("cont", None).map_err(|e| e.to_string())?;
+        qmp.execute("cont", None)?;
         let vcpu_pins: Vec<String> = self
             .status
             .threads
@@ -1022,7 +1061,7 @@ mod tests {
     #[test]
     fn a_missing_status_names_the_file_and_the_verb() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read_status(dir.path()).unwrap_err();
+        let e = read_status(dir.path()).unwrap_err().to_string();
         assert!(
             e.contains("status.json") && e.contains("guest launch --state-dir"),
             "{e}"

@@ -117,23 +117,6 @@ enum DiskSettingsArg {
     QemuDefault,
 }
 
-impl LaunchArgs {
-    /// --cgroup-delegated: this process's own cgroup, left for its leaf `supervisor`, as the
-    /// parent of the VM's.
-    fn take_delegated_cgroup(&self) -> Result<PathBuf, String> {
-        use plinth_host::launch::cgroup::{self, Hierarchy};
-        let h = Hierarchy::detect(&self.cgroup_mount).map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
-        let own = cgroup::own_v2(&text).ok_or_else(|| {
-            "--cgroup-delegated: /proc/self/cgroup names no cgroup v2 (no `0::` line)".to_string()
-        })?;
-        cgroup::enter_delegated_leaf(&h, &own, "supervisor", std::process::id())
-            .map_err(|e| format!("--cgroup-delegated: {e}"))?;
-        Ok(own)
-    }
-}
-
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum AccelArg {
     Kvm,
@@ -220,7 +203,10 @@ impl LaunchArgs {
             },
         };
         let cgroup_parent = match (self.cgroup_delegated, &self.cgroup_parent) {
-            (true, _) => self.take_delegated_cgroup()?,
+            (true, _) => {
+                plinth_host::launch::cgroup::take_delegated(&self.cgroup_mount, "supervisor")
+                    .map_err(|e| format!("--cgroup-delegated: {e}"))?
+            }
             (false, parent) => parent.clone().unwrap_or_default(),
         };
         let opts = Options {
