@@ -39,6 +39,12 @@ pub enum PolicyError {
     NoPcrs,
     #[error("{path}: not an RSA private key in PKCS#8 PEM ({message})\n  hint: make one with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`")]
     BadKey { path: String, message: String },
+    #[error("{path}: an RSA key of {bits} bits with exponent {exponent}; the TPM verifies PCR policy signatures of 2048-bit keys with exponent 65537\n  hint: make one with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`")]
+    UnsupportedKey {
+        path: String,
+        bits: usize,
+        exponent: String,
+    },
     #[error("signing the PCR policy: {0}")]
     Sign(String),
 }
@@ -76,14 +82,23 @@ pub struct ReleaseKey {
 }
 
 impl ReleaseKey {
-    /// A PKCS#8 PEM private key; `path` names it in errors.
+    /// A PKCS#8 PEM private key, RSA 2048 with exponent 65537 (what every TPM 2.0 loads to
+    /// verify a signature); `path` names it in errors.
     pub fn from_pem(text: &str, path: &str) -> Result<ReleaseKey, PolicyError> {
-        rsa::RsaPrivateKey::from_pkcs8_pem(text)
-            .map(|key| ReleaseKey { key })
-            .map_err(|e| PolicyError::BadKey {
+        use rsa::traits::PublicKeyParts;
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(text).map_err(|e| PolicyError::BadKey {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let exponent = key.e().to_string();
+        if key.n().bits() != 2048 || exponent != "65537" {
+            return Err(PolicyError::UnsupportedKey {
                 path: path.to_string(),
-                message: e.to_string(),
-            })
+                bits: key.n().bits(),
+                exponent,
+            });
+        }
+        Ok(ReleaseKey { key })
     }
 
     /// The public key as SubjectPublicKeyInfo PEM: a UKI's `.pcrpkey`, the file
@@ -198,6 +213,15 @@ mod tests {
         assert_eq!(entry["pcrs"], serde_json::json!([11, 12]));
         assert_eq!(entry["pol"], hex::encode(signed.pol));
         assert_eq!(entry["pkfp"], hex::encode(key.fingerprint().unwrap()));
+        let small = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
+        let err = ReleaseKey::from_pem(&small.to_pkcs8_pem(LineEnding::LF).unwrap(), "small.key")
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("small.key: an RSA key of 1024 bits with exponent 65537;"),
+            "{err}"
+        );
         let err = ReleaseKey::from_pem("not a key", "release.key")
             .err()
             .unwrap();

@@ -1,8 +1,8 @@
 //! The signed PCR policy against the real thing: a swtpm, tpm2-tools and systemd 252's own
-//! enrolment. The PolicyPCR digest computed without a TPM must equal the TPM's own, and
-//! `systemd-cryptenroll` (which unseals once before it writes the key slot) must accept a
+//! enrolment. The PolicyPCR digest computed without a TPM must equal the TPM's own (any user),
+//! and `systemd-cryptenroll` (which unseals once before it writes the key slot) must accept a
 //! LUKS2 enrolment bound to the release key through the signature file plinth writes, and
-//! refuse it once a signed PCR holds another value. Needs root (a loop device) and the host
+//! refuse it once a signed PCR holds another value (root: a loop device). Needs the host
 //! tools ci/setup installs: swtpm, tpm2-tools, cryptsetup-bin, systemd.
 
 use plinth_firmware::pcr;
@@ -46,6 +46,11 @@ impl Tpm {
             .stdin(Stdio::null())
             .spawn()
             .expect("swtpm (ci/setup installs it)");
+        // Owned before anything can fail: dropped (killed) on a panic.
+        let tpm = Tpm {
+            child,
+            tcti: format!("swtpm:path={}", socket.display()),
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !socket.exists() {
             assert!(
@@ -54,10 +59,7 @@ impl Tpm {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Tpm {
-            child,
-            tcti: format!("swtpm:path={}", socket.display()),
-        }
+        tpm
     }
 
     /// A tpm2-tools command against this TPM; its output, having checked that it succeeded.
@@ -183,14 +185,11 @@ fn luks_volume(dir: &Path, name: &str, passphrase: &str) -> Loop {
     device
 }
 
-#[test]
-fn systemd_enrols_luks2_under_the_policy_plinth_signs() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the LUKS2 volume needs a loop device (root)");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let tpm = Tpm::start(dir.path());
+/// A fresh TPM in `dir` with PCRs 11 and 12 extended as a boot would leave them, and their
+/// values predicted alongside (checked against the TPM's), then the PolicyPCR digest computed
+/// here checked against the TPM's own.
+fn tpm_with_pcrs(dir: &Path) -> (Tpm, PcrValues) {
+    let tpm = Tpm::start(dir);
 
     // PCRs 11 and 12 as a boot would leave them, predicted alongside.
     let events = [
@@ -205,7 +204,7 @@ fn systemd_enrols_luks2_under_the_policy_plinth_signs() {
         );
         expected.insert(*index, pcr::extend([0; 32], digest));
     }
-    let read = dir.path().join("pcrs.bin");
+    let read = dir.join("pcrs.bin");
     tpm.tools(
         "tpm2_pcrread",
         &["sha256:11,12", "-o", read.to_str().unwrap()],
@@ -216,8 +215,8 @@ fn systemd_enrols_luks2_under_the_policy_plinth_signs() {
     );
 
     // The policy digest computed here is the TPM's own.
-    let session = dir.path().join("trial.ctx");
-    let policy = dir.path().join("pcr.policy");
+    let session = dir.join("trial.ctx");
+    let policy = dir.join("pcr.policy");
     let session_arg = session.to_str().unwrap();
     tpm.tools("tpm2_startauthsession", &["-S", session_arg]);
     tpm.tools(
@@ -236,6 +235,24 @@ fn systemd_enrols_luks2_under_the_policy_plinth_signs() {
         std::fs::read(&policy).unwrap(),
         pcr_policy::policy_pcr(&expected).unwrap()
     );
+    (tpm, expected)
+}
+
+#[test]
+fn the_policy_digest_is_the_tpms_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tpm, expected) = tpm_with_pcrs(dir.path());
+    assert_eq!(expected.keys().copied().collect::<Vec<_>>(), [11, 12]);
+}
+
+#[test]
+fn systemd_enrols_luks2_under_the_policy_plinth_signs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the LUKS2 volume needs a loop device (root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tpm, expected) = tpm_with_pcrs(dir.path());
 
     // A LUKS2 volume enrolled through the signature; systemd unseals before it writes.
     let key = release_key();

@@ -116,7 +116,8 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
 
 /// Create `dir` (and any missing parent) with mode 0700, and make `dir` itself 0700 if it
 /// existed: nobody but its owner can reach what is unpacked or built inside. Every scratch
-/// and work directory plinth reads a release into is made with this or [`scratch_dir`].
+/// and work directory plinth reads a release into is made with this (or, in the builder, its
+/// `scratch_dir`).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

@@ -54,7 +54,8 @@ pub struct Args {
     /// Time of every file in the images [default: the commit time].
     #[arg(long, value_name = "SECONDS")]
     pub source_date_epoch: Option<i64>,
-    /// Work directory (kept afterwards) [default: a temporary one].
+    /// Work directory, kept afterwards (with the stage cache, the built images move from it
+    /// into the cache entry) [default: a temporary one].
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
     /// Do not fetch missing packages; fail if the cache lacks any.

@@ -543,7 +543,6 @@ pub(super) fn host_tools() -> Result<String, super::tool::ToolError> {
     let mut cmd = std::process::Command::new("dpkg-query");
     cmd.args(["-W", "-f", "${db:Status-Status} ${Package}=${Version}\\n"])
         .args(HOST_TOOL_PACKAGES);
-    // dpkg-query fails when a package is unknown to dpkg; its output still lists the others.
     let out = cmd
         .output()
         .map_err(|source| super::tool::ToolError::Missing {
@@ -551,28 +550,46 @@ pub(super) fn host_tools() -> Result<String, super::tool::ToolError> {
             package: "dpkg",
             source,
         })?;
+    // Exit 1: a package unknown to dpkg (the output still lists the others); more is a failure.
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return Err(super::tool::ToolError::Failed {
+            tool: "dpkg-query",
+            status: out.status.to_string(),
+            command: format!("{cmd:?}"),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
     installed_versions(&String::from_utf8_lossy(&out.stdout), HOST_TOOL_PACKAGES)
 }
 
 /// `package=version` of each of `wanted`, space-separated, from dpkg-query's
-/// `<status> <package>=<version>` lines; every package not installed is named.
+/// `<status> <package>=<version>` lines; every package not installed is named, with its dpkg
+/// state when dpkg knows it (`half-configured`, `config-files`, …).
 fn installed_versions(listing: &str, wanted: &[&str]) -> Result<String, super::tool::ToolError> {
-    let installed: Vec<&str> = listing
-        .lines()
-        .filter_map(|l| l.strip_prefix("installed "))
-        .collect();
-    let missing: Vec<String> = wanted
-        .iter()
-        .filter(|w| {
-            !installed
-                .iter()
-                .any(|i| i.split_once('=').map(|(p, _)| p) == Some(**w))
-        })
-        .map(|w| w.to_string())
-        .collect();
-    if !missing.is_empty() {
-        return Err(super::tool::ToolError::NotInstalled { packages: missing });
+    let entries: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once(' ')).collect();
+    let state = |w: &str| {
+        entries
+            .iter()
+            .find(|(_, e)| e.split_once('=').map(|(p, _)| p) == Some(w))
+            .map(|(s, _)| *s)
+    };
+    let (mut packages, mut shown) = (Vec::new(), Vec::new());
+    for w in wanted {
+        match state(w) {
+            Some("installed") => continue,
+            Some(other) => shown.push(format!("{w} ({other})")),
+            None => shown.push(w.to_string()),
+        }
+        packages.push(w.to_string());
     }
+    if !packages.is_empty() {
+        return Err(super::tool::ToolError::NotInstalled { packages, shown });
+    }
+    let installed: Vec<&str> = entries
+        .iter()
+        .filter(|(s, _)| *s == "installed")
+        .map(|(_, e)| *e)
+        .collect();
     Ok(installed.join(" "))
 }
 
@@ -831,7 +848,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "host tools not installed: dosfstools, mtools\n  hint: run ci/setup, or `apt-get install dosfstools mtools`"
+            "host tools not installed: dosfstools (config-files), mtools\n  hint: run ci/setup, or `apt-get install dosfstools mtools`"
         );
         assert_eq!(
             super::installed_versions(listing, &["apt", "mmdebstrap"]).unwrap(),

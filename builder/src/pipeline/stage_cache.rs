@@ -267,8 +267,10 @@ fn short(s: &str) -> &str {
 /// Move a tree or a file: renamed, or, when `to` is on another file system, copied and then
 /// removed from `from`.
 pub fn move_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    if std::fs::rename(from, to).is_ok() {
-        return Ok(());
+    match std::fs::rename(from, to) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+        Err(e) => return Err(e),
     }
     copy_tree(from, to).map_err(std::io::Error::other)?;
     if std::fs::symlink_metadata(from)?.is_dir() {

@@ -16,8 +16,13 @@ pub enum ToolError {
         package: &'static str,
         source: std::io::Error,
     },
-    #[error("host tools not installed: {}\n  hint: run ci/setup, or `apt-get install {}`", packages.join(", "), packages.join(" "))]
-    NotInstalled { packages: Vec<String> },
+    #[error("host tools not installed: {}\n  hint: run ci/setup, or `apt-get install {}`", shown.join(", "), packages.join(" "))]
+    NotInstalled {
+        /// The Debian packages.
+        packages: Vec<String>,
+        /// Each with its dpkg state when dpkg knows it: `dosfstools (config-files)`.
+        shown: Vec<String>,
+    },
     #[error("{tool} failed ({status}):\n{output}\n  command: {command}")]
     Failed {
         tool: &'static str,

@@ -495,7 +495,7 @@ fn member_names_leaving_the_directory_are_refused() {
 }
 
 /// Writes the fuzz seeds of release/fuzz/seeds (see its README):
-/// `PLINTH_FUZZ_SEEDS=release/fuzz/seeds cargo test -p plinth-builder --test hostile_archive -- --ignored write_fuzz_seeds`
+/// `PLINTH_FUZZ_SEEDS=$PWD/release/fuzz/seeds cargo test -p plinth-builder --test integration -- --ignored hostile_archive::write_fuzz_seeds`
 #[test]
 #[ignore = "writes release/fuzz/seeds when PLINTH_FUZZ_SEEDS is set"]
 fn write_fuzz_seeds() {
