@@ -193,6 +193,29 @@ pub fn marker(id: &Identity, problems: &[String]) -> String {
     }
 }
 
+/// The sealed state's problem, if the image keeps state (`keeps_state`: its key source is
+/// configured): what `plinth-state open` recorded in the initrd, or that it recorded nothing.
+pub fn check_state(
+    keeps_state: bool,
+    report: std::io::Result<Option<plinth_state::report::Report>>,
+) -> Option<String> {
+    if !keeps_state {
+        return None;
+    }
+    match report {
+        Ok(Some(r)) => r.problem(),
+        Ok(None) => Some(format!(
+            "state: {} is missing: plinth-state did not run in the initrd\n  hint: the UKI's initrd must carry plinth-state.service (an image with {} gets it from the build)",
+            plinth_state::report::REPORT_PATH,
+            plinth_state::key::CONFIG_PATH
+        )),
+        Err(e) => Some(format!(
+            "state: {}: {e}",
+            plinth_state::report::REPORT_PATH
+        )),
+    }
+}
+
 /// The whole report on the running system: wait until systemd has finished starting, run
 /// every check, print the line on stdout and on every active console; whether the boot is
 /// good. It prints `machine` (the agent's lines about the machine it sees, e.g. the
@@ -218,6 +241,15 @@ pub fn report_with(agent_os: &str, machine: &[String]) -> bool {
     let dm_uuid =
         device.and_then(|d| std::fs::read_to_string(format!("/sys/dev/block/{d}/dm/uuid")).ok());
     problems.extend(check_root(device, dm_uuid.as_deref()));
+    let keeps_state = std::path::Path::new("/")
+        .join(plinth_state::key::CONFIG_PATH)
+        .is_file();
+    let state =
+        plinth_state::report::Report::read(std::path::Path::new(plinth_state::report::REPORT_PATH));
+    if let Ok(Some(r)) = &state {
+        lines_before.push(r.summary());
+    }
+    problems.extend(check_state(keeps_state, state));
     match run(std::process::Command::new("systemctl").args([
         "list-units",
         "--state=failed",
@@ -256,7 +288,7 @@ pub fn report_with(agent_os: &str, machine: &[String]) -> bool {
     }
     let line = marker(&id, &problems);
     lines.push(line);
-    say(&lines);
+    plinth_state::console::say(&lines);
     problems.is_empty()
 }
 
@@ -295,31 +327,6 @@ fn measured_boot(
         .into_iter()
         .map(|p| format!("measured boot: {p}"))
         .collect()
-}
-
-/// Print `lines` on stdout and on every active console.
-fn say(lines: &[String]) {
-    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-    for line in lines {
-        println!("{line}");
-    }
-    for console in read("/sys/class/tty/console/active").split_whitespace() {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Not as the controlling terminal: the service is a session leader.
-        let tty = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits())
-            .open(format!("/dev/{console}"));
-        if let Ok(mut tty) = tty {
-            let mut text = String::from("\r\n");
-            for line in lines {
-                text.push_str(line);
-                text.push_str("\r\n");
-            }
-            let _ = tty.write_all(text.as_bytes());
-        }
-    }
 }
 
 /// How long startup may take before the report says it hangs.
@@ -433,6 +440,38 @@ mod tests {
     use super::*;
 
     const OS_RELEASE: &str = "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nIMAGE_ID=guest-os\nIMAGE_VERSION=\"1.2.0\"\n";
+
+    #[test]
+    fn the_state_is_a_problem_only_where_it_is_kept_and_not_open() {
+        use plinth_state::report::Report;
+        let report = |ok: bool| Report {
+            ok,
+            device: Some("/dev/vda7".into()),
+            key_source: Some("tpm2".into()),
+            created: false,
+            boots: 1,
+            machine_id: None,
+            reason: (!ok).then(|| "/dev/vda7 could not be unlocked with the tpm2 key".into()),
+            steps: Vec::new(),
+        };
+        assert_eq!(check_state(false, Ok(None)), None);
+        assert_eq!(check_state(true, Ok(Some(report(true)))), None);
+        assert_eq!(
+            check_state(true, Ok(Some(report(false)))).unwrap(),
+            "state: /dev/vda7 could not be unlocked with the tpm2 key"
+        );
+        assert!(check_state(true, Ok(None))
+            .unwrap()
+            .starts_with("state: /run/plinth/state.json is missing"));
+        let id = Identity::read(OS_RELEASE, "plinth.slot=A");
+        let problems: Vec<String> = check_state(true, Ok(Some(report(false))))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            marker(&id, &problems),
+            "PLINTH BOOT FAILED guest-os 1.2.0 slot=A: state: /dev/vda7 could not be unlocked with the tpm2 key"
+        );
+    }
 
     #[test]
     fn identity_and_marker() {

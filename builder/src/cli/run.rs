@@ -16,12 +16,14 @@ use std::time::Duration;
 const AFTER_HELP: &str = "\
 IMAGE is an OS name (its release in <OUT>/<os>/<version>, built with plinth
 build), a release directory, or a raw disk image file. The boot disk is
-never written (copy-on-write); --disk files are. With --tpm, the booted
-agent checks the TPM's PCRs against the release's measurements.json (or
---measurements FILE) and its boot report says whether they match. KVM is used when it runs
-guests here, TCG otherwise (the log says which). QEMU and swtpm are stopped
-and their files removed when the run ends, Ctrl-C included. Without
---expect, on a terminal, the console is interactive (Ctrl-C ends the run).
+never written (copy-on-write) unless --write-boot-disk; --disk files are.
+--tpm-state DIR keeps the TPM across runs (a reboot of the same machine).
+With --tpm, the booted agent checks the TPM's PCRs against the release's
+measurements.json (or --measurements FILE) and its boot report says whether
+they match. KVM is used when it runs guests here, TCG otherwise (the log
+says which). QEMU and swtpm are stopped and their files removed when the
+run ends, Ctrl-C included. Without --expect, on a terminal, the console is
+interactive (Ctrl-C ends the run).
 Exit 0: the expected text appeared (or, without --expect, the guest powered
 off); 1: timeout or power-off before the text (the console's last lines are
 shown), QEMU failed, or interrupted; 2: bad input.
@@ -32,6 +34,7 @@ Examples:
   plinth run changed.img --tpm --measurements out/host-os/0.1.0/measurements.json
   plinth run out/setup-os/0.1.0 --disk blank1.img --disk blank2.img
   plinth run disk.img --numa 2 --cpus 4 --memory 4096 --json
+  plinth run disk.img --tpm --tpm-state tpm/ --write-boot-disk   (again: a reboot)
   plinth run out/guest-os/0.1.0 --firmware out/guest-os/0.1.0/OVMF-AmdSev.fd";
 
 /// Boot an image in QEMU with OVMF (and a software TPM).
@@ -76,6 +79,14 @@ pub struct Args {
     /// Keep the console log in this file.
     #[arg(long, value_name = "FILE")]
     pub console_log: Option<PathBuf>,
+    /// Keep the TPM's state in DIR across runs (manufactured there on first use): the same
+    /// machine boots again. Another DIR is another machine's TPM.
+    #[arg(long, value_name = "DIR", requires = "tpm")]
+    pub tpm_state: Option<PathBuf>,
+    /// Write the boot disk itself, not a copy-on-write layer: what the guest wrote (its
+    /// state volume) is there on the next run. IMAGE must be a raw disk image file.
+    #[arg(long)]
+    pub write_boot_disk: bool,
 }
 
 #[derive(Serialize)]
@@ -94,7 +105,15 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let scratch = crate::pipeline::artifacts::scratch_dir("plinth-run-")
         .context("creating a temporary directory")?;
     let (disk, label, release) = boot_disk(g, out, &args, scratch.path())?;
+    if args.write_boot_disk && release.is_some() {
+        return Err(BadInput(format!(
+            "--write-boot-disk: {label} is a release, whose disk is unpacked into a scratch directory and removed after the run\n  hint: unpack its disk once (tar -I zstd -xf <release>/disk-img.tar.zst disk.img) and run that file"
+        ))
+        .into());
+    }
     let mut machine = Machine::new(&disk);
+    machine.write_boot_disk = args.write_boot_disk;
+    machine.tpm_state = args.tpm_state.clone();
     machine.disks = args.disks.clone();
     let measurements = args.measurements.clone().or_else(|| {
         let own = release?.join(crate::pipeline::release::MEASUREMENTS);

@@ -28,21 +28,53 @@ pub enum AgentError {
     Io { path: String, message: String },
 }
 
+/// How a binary is linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linking {
+    /// Against the image's shared libraries (an agent in the root).
+    Dynamic,
+    /// Static (glibc's crt-static): a binary that runs where the image's libraries are not,
+    /// such as the initrd.
+    Static,
+}
+
+/// The target a static binary is built for: with `--target`, the flag reaches only the
+/// binary's own crates, not build scripts and proc-macros (which cannot link statically).
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
 /// Build `package`'s binary of the same name from `workspace` into `target_dir`; returns it.
 pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> Result<PathBuf, AgentError> {
+    build_linked(workspace, package, target_dir, Linking::Dynamic)
+}
+
+/// [`build`], linked as `linking` says (a static build has its own directory under
+/// `target_dir`: the flags differ, and so would every dependency's fingerprint).
+pub fn build_linked(
+    workspace: &Path,
+    package: &str,
+    target_dir: &Path,
+    linking: Linking,
+) -> Result<PathBuf, AgentError> {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let (workspace, target_dir) = (abs(workspace), abs(target_dir));
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let target_dir = match linking {
+        Linking::Dynamic => target_dir,
+        Linking::Static => target_dir.join("static"),
+    };
     // Longest prefixes first: rustc applies the last matching remap.
-    let flags = [
+    let mut flags = vec![
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         format!("--remap-path-prefix={}=/plinth", workspace.display()),
         format!("--remap-path-prefix={}=/target", target_dir.display()),
         "-Cstrip=symbols".to_string(),
     ];
+    if linking == Linking::Static {
+        flags.push("-Ctarget-feature=+crt-static".into());
+    }
     // The crates come first, checked against Cargo.lock's checksums (like the .debs against
     // the lock); the build itself is offline and fails closed.
     super::tool::run(
@@ -56,7 +88,11 @@ pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> Result<PathB
     cmd.current_dir(&workspace)
         .args(["build", "--release", "--frozen", "--quiet", "-p", package])
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(&target_dir);
+    if linking == Linking::Static {
+        cmd.args(["--target", STATIC_TARGET]);
+    }
+    cmd
         // The unit separator is how cargo takes flags that may contain spaces.
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\u{1f}"))
         .env_remove("RUSTFLAGS")
@@ -65,7 +101,10 @@ pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> Result<PathB
         .env("TZ", "UTC")
         .env("LC_ALL", "C");
     super::tool::run("cargo", "a Rust toolchain", &mut cmd)?;
-    Ok(target_dir.join("release").join(package))
+    Ok(match linking {
+        Linking::Dynamic => target_dir.join("release").join(package),
+        Linking::Static => target_dir.join(STATIC_TARGET).join("release").join(package),
+    })
 }
 
 /// sha256 of every source the agents are built from: the workspace's `Cargo.toml` and

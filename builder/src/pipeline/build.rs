@@ -1,7 +1,7 @@
 //! One OS profile from its lock to a disk image: a flat list of stages (`run_stages`), each
 //! a call into its own module, read top to bottom (mkosi's shape). Packages → initrd →
-//! normalize → root ext4 → overlay and agent written into it → verity → UKI per slot → ESP →
-//! disk. Everything is written below the build's own work directory, whose files are named
+//! normalize → root ext4 → overlay and agent written into it → the state's initrd appendix
+//! (an image that keeps state) → verity → UKI per slot → ESP → disk. Everything is written below the build's own work directory, whose files are named
 //! in one place (`WorkPaths`); the release is assembled from [`Built`] by [`super::job`].
 //!
 //! With a stage cache, three keys are computed first ([`StageKeys`]): the package stage's
@@ -16,7 +16,7 @@
 use super::stage_cache::{self, StageCache, StageCacheError, StageKey};
 use super::{
     agent, boot_entries, disk, esp, ext4, identity, ids::IdSource, initrd, normalize, overlay,
-    rootfs, uki, users, verity,
+    rootfs, state, uki, users, verity,
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
@@ -166,6 +166,7 @@ fn run_stages(
     let (changes, osrel) = overlay_stage(b, &root)?;
     b.stage("write overlay")
         .run(|| ext4::apply(&work.root_image(), &changes, plan.epoch))?;
+    let boot = state_stage(b, boot)?;
     boot_files(b, &root, &boot)?;
     let tree = b.stage("verity").run(|| {
         verity::format(
@@ -200,10 +201,12 @@ fn run_stages(
 }
 
 /// The package stage, the initrd made from its root and normalization, from the stage cache
-/// when its key is there. The initrd depends on the installed packages alone (kernel,
-/// modules, systemd and dracut are the image's; dracut runs with `--no-hostonly`, so no
-/// configuration of the overlay reaches it), so it is made before the overlay and cached with
-/// the packages: an overlay or agent change reuses both. The returned root is read, never
+/// when its key is there. dracut's initrd depends on the installed packages and on what the
+/// image asks of it ([`initrd::Extras`]: for an image that keeps state, the crypt modules and
+/// tools; part of the key) alone: the kernel, modules, systemd and dracut are the image's, and
+/// dracut runs with `--no-hostonly`, so no other overlay file reaches it. It is made before the
+/// overlay and cached with the packages: an overlay or agent change reuses both (the state's
+/// own files follow it as an appendix, [`state_stage`]). The returned root is read, never
 /// written, by what follows: with a stage cache it is the cache entry's own tree, and the
 /// initrd the entry's own file.
 fn base_stages(
@@ -224,7 +227,7 @@ fn base_stages(
             .run(|| rootfs::install(&rplan, plan.work))?;
         let boot = b
             .stage("initrd")
-            .run(|| initrd::build(&root, plan.epoch, &initrd_path))?;
+            .run(|| initrd::build(&root, plan.epoch, &b.initrd_extras(), &initrd_path))?;
         b.stage("normalize")
             .run(|| normalize::normalize(&root, b.os, plan.epoch))?;
         Ok((root, boot))
@@ -338,6 +341,21 @@ fn overlay_stage(
             .run(|| users::apply(&mut changes, root, &scratch, plan.epoch))?;
     }
     Ok((changes, osrel))
+}
+
+/// An image that keeps state boots an initrd with the state's appendix after dracut's; any
+/// other boots dracut's as it is.
+fn state_stage(b: &Build<'_>, boot: initrd::Initrd) -> Result<initrd::Initrd, BuildError> {
+    let plan = b.plan;
+    if !state::wanted(plan.workspace, b.os) {
+        return Ok(boot);
+    }
+    let (appendix, combined) = (b.work.state_appendix(), b.work.boot_initrd());
+    let initrd = b.stage("state").run(|| {
+        state::appendix(plan.workspace, plan.agent_target, plan.epoch, &appendix)?;
+        state::combine(&boot.initrd, &appendix, &combined)
+    })?;
+    Ok(initrd::Initrd { initrd, ..boot })
 }
 
 /// The kernel, systemd-stub and systemd-boot copied out of the image's root: the UKI carries
@@ -504,8 +522,8 @@ impl StageKeys {
             .with(
                 "initrd",
                 format!(
-                    "dracut --add '{}', zstd {}",
-                    initrd::MODULES,
+                    "{}, zstd {}",
+                    state::initrd_extras(state::wanted(plan.workspace, &p.os)).describe(),
                     initrd::ZSTD_LEVEL
                 ),
             )
@@ -744,6 +762,11 @@ impl<'p> Build<'p> {
         }
     }
 
+    /// What this OS's initrd carries beyond dracut's defaults.
+    fn initrd_extras(&self) -> initrd::Extras {
+        state::initrd_extras(state::wanted(self.plan.workspace, self.os))
+    }
+
     /// Start the stage `name`: it logs its time and is named in its error.
     fn stage(&self, name: &'static str) -> StageRunner<'_> {
         StageRunner::start(self.os, name, self.plan.log)
@@ -781,6 +804,10 @@ work_files! {
     os_release => "os-release";
     /// Scratch space of `systemd-sysusers`.
     sysusers => "sysusers";
+    /// The state's files appended to dracut's initrd ([`state::appendix`]).
+    state_appendix => "state-appendix.cpio.zst";
+    /// The UKI's initrd when the image keeps state: dracut's, then the appendix.
+    boot_initrd => "boot-initrd.img";
     kernel => "vmlinuz";
     stub => "linuxx64.efi.stub";
     bootloader => "systemd-bootx64.efi";

@@ -15,6 +15,26 @@ use std::process::Command;
 /// dracut modules every plinth initrd carries besides dracut's defaults.
 pub const MODULES: &str = "systemd systemd-veritysetup";
 
+/// What an OS's initrd carries beyond [`MODULES`]: more dracut modules, and programs (by
+/// name, found on the image's PATH, with their libraries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub modules: Vec<&'static str>,
+    pub install: Vec<&'static str>,
+}
+
+impl Extras {
+    /// The cache key's words for these extras.
+    pub fn describe(&self) -> String {
+        format!(
+            "dracut --add '{} {}' --install '{}'",
+            MODULES,
+            self.modules.join(" "),
+            self.install.join(" ")
+        )
+    }
+}
+
 /// zstd level of the initrd.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -97,9 +117,20 @@ fn kernel_release(root: &Path) -> Result<String, InitrdError> {
     Ok(kernel_release.clone())
 }
 
-/// Build the initrd of the kernel in `root` into `out`.
-pub fn build(root: &Path, epoch: i64, out: &Path) -> Result<Initrd, InitrdError> {
+/// Build the initrd of the kernel in `root` into `out`, with `extras`.
+pub fn build(root: &Path, epoch: i64, extras: &Extras, out: &Path) -> Result<Initrd, InitrdError> {
     let kernel_release = &kernel_release(root)?;
+    let modules = [MODULES]
+        .iter()
+        .chain(&extras.modules)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let install = if extras.install.is_empty() {
+        String::new()
+    } else {
+        format!(" --install \"{}\"", extras.install.join(" "))
+    };
     let inside = "/var/tmp/plinth-initrd.img";
     let script = format!(
         "set -e
@@ -109,7 +140,7 @@ mount --rbind /sys \"$1/sys\"
 mount --rbind /dev \"$1/dev\"
 chroot \"$1\" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SOURCE_DATE_EPOCH={epoch} \
 TZ=UTC LC_ALL=C.UTF-8 dracut --quiet --force --reproducible --no-hostonly \
---no-hostonly-cmdline --no-early-microcode --no-compress --add \"{MODULES}\" --kver {kernel_release} {inside}"
+--no-hostonly-cmdline --no-early-microcode --no-compress --add \"{modules}\"{install} --kver {kernel_release} {inside}"
     );
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--net", "--", "sh", "-c", &script, "sh"])

@@ -27,8 +27,11 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The virtual machine.
 #[derive(Debug, Clone)]
 pub struct Machine {
-    /// The disk it boots from; opened with `snapshot=on`, so the file is never written.
+    /// The disk it boots from; opened with `snapshot=on`, so the file is never written,
+    /// unless `write_boot_disk`.
     pub boot_disk: PathBuf,
+    /// Write the boot disk itself (reboot tests: a second run sees what the first wrote).
+    pub write_boot_disk: bool,
     /// More disks (virtio), written by the guest.
     pub disks: Vec<PathBuf>,
     /// Read-only disks with a serial number the guest finds them by (`/sys/block/*/serial`).
@@ -39,6 +42,8 @@ pub struct Machine {
     pub numa_nodes: u32,
     /// A software TPM 2.0 (swtpm).
     pub tpm: bool,
+    /// Where the TPM's state is kept across runs (`None`: a fresh TPM each run).
+    pub tpm_state: Option<PathBuf>,
     /// `None`: detect ([`accel::detect`]).
     pub accel: Option<Accel>,
     /// A single-image firmware (no variable store) instead of Debian's OVMF: a GuestOS
@@ -51,12 +56,14 @@ impl Machine {
     pub fn new(boot_disk: impl Into<PathBuf>) -> Machine {
         Machine {
             boot_disk: boot_disk.into(),
+            write_boot_disk: false,
             disks: Vec::new(),
             labelled_disks: Vec::new(),
             memory_mib: 1536,
             cpus: 2,
             numa_nodes: 1,
             tpm: false,
+            tpm_state: None,
             accel: None,
             firmware: None,
         }
@@ -350,8 +357,13 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
         // to PCR 4.
         "-drive".into(),
         format!(
-            "file={},format=raw,if=none,id=boot,snapshot=on",
-            qemu_value(&m.boot_disk)
+            "file={},format=raw,if=none,id=boot{}",
+            qemu_value(&m.boot_disk),
+            if m.write_boot_disk {
+                ""
+            } else {
+                ",snapshot=on"
+            }
         ),
         "-device".into(),
         "virtio-blk-pci,drive=boot,bootindex=0".into(),
@@ -406,7 +418,10 @@ pub fn run(m: &Machine, w: &Watch) -> Result<Run, VmError> {
         ]
     };
     let tpm = if m.tpm {
-        Some(swtpm::Swtpm::start(&dir.join("tpm"))?)
+        Some(swtpm::Swtpm::start(
+            &dir.join("tpm"),
+            m.tpm_state.as_deref(),
+        )?)
     } else {
         None
     };

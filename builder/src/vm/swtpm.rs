@@ -1,6 +1,7 @@
-//! A software TPM 2.0 (swtpm) for one VM: its state in the VM's temporary directory,
-//! manufactured by `swtpm_setup` with only the sha256 PCR bank active (the bank plinth
-//! predicts), started before QEMU on a unix socket and killed with the VM.
+//! A software TPM 2.0 (swtpm) for one VM: its state in the VM's temporary directory (or in a
+//! directory kept across runs, the same machine's TPM booting again), manufactured by
+//! `swtpm_setup` with only the sha256 PCR bank active (the bank plinth predicts), started
+//! before QEMU on a unix socket and killed with the VM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +22,11 @@ pub enum SwtpmError {
         tool: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot create the TPM's directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{tool} failed ({status}):\n{output}")]
     Failed {
         tool: &'static str,
@@ -31,34 +37,50 @@ pub enum SwtpmError {
     NoSocket { socket: String },
 }
 
-impl Swtpm {
-    /// Manufacture a TPM in `dir` (created) and start it.
-    pub fn start(dir: &Path) -> Result<Swtpm, SwtpmError> {
-        let state = dir.join("state");
-        std::fs::create_dir_all(&state).map_err(|source| SwtpmError::Missing {
+/// The file swtpm_setup leaves in a manufactured TPM's state directory.
+const MANUFACTURED: &str = "tpm2-00.permall";
+
+/// Manufacture a TPM 2.0 in `state`: the sha256 bank only, an EK and its certificate as
+/// swtpm_setup makes them by default.
+fn manufacture(state: &Path) -> Result<(), SwtpmError> {
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--pcr-banks", "sha256", "--overwrite"])
+        .arg("--tpmstate")
+        .arg(state)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SwtpmError::Missing {
             tool: "swtpm_setup",
             source,
         })?;
-        let out = Command::new("swtpm_setup")
-            .args(["--tpm2", "--pcr-banks", "sha256", "--overwrite"])
-            .arg("--tpmstate")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| SwtpmError::Missing {
-                tool: "swtpm_setup",
+    if !out.status.success() {
+        return Err(SwtpmError::Failed {
+            tool: "swtpm_setup",
+            status: out.status.to_string(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Swtpm {
+    /// Start a TPM with its socket and log in `dir` (created): a fresh one (its state in
+    /// `dir`), or the one whose state is `kept` (manufactured there on first use, then the
+    /// same TPM, its keys and NV, on every later run).
+    pub fn start(dir: &Path, kept: Option<&Path>) -> Result<Swtpm, SwtpmError> {
+        let state = kept.map_or_else(|| dir.join("state"), Path::to_path_buf);
+        for d in [dir, state.as_path()] {
+            std::fs::create_dir_all(d).map_err(|source| SwtpmError::Dir {
+                path: d.display().to_string(),
                 source,
             })?;
-        if !out.status.success() {
-            return Err(SwtpmError::Failed {
-                tool: "swtpm_setup",
-                status: out.status.to_string(),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            });
+        }
+        if !state.join(MANUFACTURED).is_file() {
+            manufacture(&state)?;
         }
         let socket = dir.join("swtpm.sock");
         let log = dir.join("swtpm.log");

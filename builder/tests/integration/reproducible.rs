@@ -333,8 +333,7 @@ fn every_image_reproduces_verifies_and_diffs() {
                     .join("release/plinth-host"),
                 &tamper.join("launch"),
             );
-            boot_as_predicted(out1, "host-os");
-            tampered_cmdline(&out1.join("host-os").join(VERSION), &tamper.join("cmdline"));
+            state_across_boots(&out1.join("host-os").join(VERSION), &tamper.join("state"));
         });
         for lane in [first.join(), second.join()] {
             if let Err(panic) = lane {
@@ -631,24 +630,126 @@ fn tampered_root(guest: &Path, scratch: &Path) {
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
-/// A changed kernel command line in HostOS's UKI (on the ESP, same length): the booted agent
-/// finds PCR 11 (and 4, 9, 12) off its release's measurements.json and says which event
-/// differs. The same disk carries a node configuration on its config partition (what SetupOS
-/// writes) whose GuestOS disk is missing: `plinth-guest.service` starts at boot, reads it,
-/// cannot plan the VM (exit 2, not restarted) and fails its start job, which the agent's
-/// report names too (the `test` image has no QEMU: the service cannot get further).
-fn tampered_cmdline(host: &Path, scratch: &Path) {
-    let mut config_offset = 0;
-    let tampered = tampered_disk(host, scratch, |disk, m| {
-        let esp = m.partitions.iter().find(|p| p.role == "esp").unwrap();
-        replace_once(disk, esp.offset, esp.size, b" panic=10 ", b" panic=11 ");
-        config_offset = m
-            .partitions
-            .iter()
-            .find(|p| p.name == "config")
-            .unwrap()
-            .offset;
+/// HostOS's sealed state over four boots of one disk, written in place (`--write-boot-disk`),
+/// each boot on a TPM whose state is kept (`--tpm-state`):
+/// 1. the first boot creates the LUKS2 volume on the `data` partition, sealed to that TPM,
+///    and counts itself in it (`boots=1`, a new machine id);
+/// 2. a reboot opens it, reads the count back and writes 2, with the same machine id
+///    (nothing reformatted);
+/// 3. another machine's TPM (a fresh swtpm) cannot unlock it: the boot report names the
+///    state failure and the partition's bytes are unchanged;
+/// 4. a changed kernel command line in the UKI (on the ESP, same length) with the first TPM:
+///    the key stays sealed (PCR 11 differs), the partition is unchanged, and the agent finds
+///    PCR 11 off its release's measurements.json and names the `.cmdline` event. The disk
+///    also carries a node configuration on its config partition (what SetupOS writes) whose
+///    GuestOS disk is missing: `plinth-guest.service` starts, cannot plan the VM (exit 2, not
+///    restarted) and fails its start job, which the report names too (the `test` image has no
+///    QEMU: the service cannot get further).
+fn state_across_boots(host: &Path, scratch: &Path) {
+    let (mut esp, mut data, mut config_offset) = ((0, 0), (0, 0), 0);
+    let disk = tampered_disk(host, scratch, |_, m| {
+        let part = |name: &str| m.partitions.iter().find(|p| p.name == name).unwrap();
+        esp = (part("esp").offset, part("esp").size);
+        data = (part("data").offset, part("data").size);
+        config_offset = part("config").offset;
     });
+    let measurements = host.join("measurements.json");
+    let (tpm, other_tpm) = (scratch.join("tpm"), scratch.join("other-tpm"));
+    let boot_on = |name: &str, tpm: &Path| {
+        boot(
+            &disk,
+            name,
+            &[
+                "--tpm-state",
+                tpm.to_str().unwrap(),
+                "--write-boot-disk",
+                "--measurements",
+                measurements.to_str().unwrap(),
+            ],
+        )
+    };
+    let state_line = |console: &str, name: &str| -> String {
+        console
+            .lines()
+            .find(|l| l.contains("PLINTH STATE ok") && l.contains(" boots="))
+            .unwrap_or_else(|| panic!("{name}: no state summary on the console"))
+            .trim()
+            .to_string()
+    };
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in `{line}`"))
+            .to_string()
+    };
+    let data_sha = || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&disk).unwrap();
+        let mut span = vec![0u8; data.1 as usize];
+        f.read_exact_at(&mut span, data.0).unwrap();
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&span))
+    };
+    let boot_ok = |console: &str, name: &str| {
+        let report = console
+            .lines()
+            .find(|l| l.contains("PLINTH BOOT "))
+            .unwrap_or_default();
+        assert!(
+            report.contains("PLINTH BOOT OK host-os"),
+            "{name}: `{}`, not OK (console log target/tmp/boot-host-os-state-*.log)",
+            report.trim()
+        );
+    };
+    let failed_line = |console: &str, name: &str| -> String {
+        console
+            .lines()
+            .find(|l| l.contains("PLINTH BOOT FAILED host-os"))
+            .unwrap_or_else(|| panic!("{name}: no failed boot report"))
+            .trim()
+            .to_string()
+    };
+
+    let first = boot_on("host-os-state-1", &tpm);
+    boot_ok(&first, "first boot");
+    let created = state_line(&first, "first boot");
+    assert!(created.contains(" created (tpm2) boots=1 "), "{created}");
+    let machine_id = field(&created, "machine-id=");
+    assert_pcrs_as_predicted(host, "host-os", &first);
+
+    let second = boot_on("host-os-state-2", &tpm);
+    boot_ok(&second, "reboot");
+    let opened = state_line(&second, "reboot");
+    assert!(
+        opened.contains(" opened (tpm2) boots=2 "),
+        "the reboot must open the state and read its count back: {opened}"
+    );
+    assert_eq!(field(&opened, "machine-id="), machine_id);
+    eprintln!("host-os state, created: {created}\nhost-os state, after a reboot: {opened}");
+    let sealed = data_sha();
+
+    let other = boot_on("host-os-state-other-tpm", &other_tpm);
+    let failed = failed_line(&other, "another TPM");
+    assert!(
+        failed.contains(
+            "state: /dev/vda7 could not be unlocked with the tpm2 key: this TPM did not seal it"
+        ),
+        "another machine's TPM must not unlock the state: {failed}"
+    );
+    assert_eq!(
+        data_sha(),
+        sealed,
+        "another TPM's boot changed the data partition"
+    );
+    eprintln!("host-os state, another TPM: {failed}");
+
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        replace_once(&mut f, esp.0, esp.1, b" panic=10 ", b" panic=11 ");
+    }
     let env = scratch.join("guest-os.env");
     std::fs::write(
         &env,
@@ -658,18 +759,14 @@ fn tampered_cmdline(host: &Path, scratch: &Path) {
     let write = run(Command::new("debugfs")
         .args(["-w", "-R"])
         .arg(format!("write {} guest-os.env", env.display()))
-        .arg(format!("{}?offset={config_offset}", tampered.display())));
+        .arg(format!("{}?offset={config_offset}", disk.display())));
     assert!(write.status.success(), "debugfs: {}", text(&write));
-    let measurements = host.join("measurements.json");
-    let console = boot(
-        &tampered,
-        "host-os-tampered-cmdline",
-        &["--measurements", measurements.to_str().unwrap()],
+    let tampered = boot_on("host-os-tampered-cmdline", &tpm);
+    let failed = failed_line(&tampered, "changed command line");
+    assert!(
+        failed.contains("state: /dev/vda7 could not be unlocked with the tpm2 key: the PCRs it is sealed to differ"),
+        "a changed command line must not unlock the state: {failed}"
     );
-    let failed = console
-        .lines()
-        .find(|l| l.contains("PLINTH BOOT FAILED host-os"))
-        .unwrap_or_else(|| panic!("the tampered HostOS did not report a failed boot"));
     assert!(
         failed.contains("measured boot: PCR 11 is ") && failed.contains(".cmdline"),
         "the agent must name the PCR 11 mismatch and the .cmdline event: {failed}"
@@ -678,10 +775,12 @@ fn tampered_cmdline(host: &Path, scratch: &Path) {
         failed.contains("failed units: plinth-guest.service"),
         "plinth-guest.service must have run and failed on the missing disk: {failed}"
     );
-    eprintln!(
-        "host-os, command line changed, a node configuration with a missing disk: {}",
-        failed.trim()
+    assert_eq!(
+        data_sha(),
+        sealed,
+        "the tampered boot changed the data partition"
     );
+    eprintln!("host-os, command line changed, a node configuration with a missing disk: {failed}");
     std::fs::remove_dir_all(scratch).unwrap();
 }
 

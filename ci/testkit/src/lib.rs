@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub mod procfs;
 pub mod readme;
+pub mod swtpm;
 
 /// Largest piece of a body written at once.
 const CHUNK: usize = 1 << 20;

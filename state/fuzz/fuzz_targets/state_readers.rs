@@ -1,0 +1,29 @@
+//! What the initrd reads before it decides to write a disk: the data partition's first bytes
+//! (LUKS2 headers, with their checksums and sequence numbers, and the zero test), and sysfs
+//! uevent text. None may panic; a classification never says "blank" for bytes past the
+//! header area that are not zero.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use plinth_state::disk::{is_device_name, uevent_value};
+use plinth_state::header::{best_header, classify_parts, Content};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = best_header(data);
+    if classify_parts(data, None) == (Content::Blank { torn: false }) {
+        assert!(data.iter().all(|&b| b == 0));
+    }
+    assert!(matches!(
+        classify_parts(data, Some(16 << 20)),
+        Content::Foreign(_) | Content::State | Content::Creating
+    ));
+    if let Ok(text) = std::str::from_utf8(data) {
+        for key in ["PARTNAME", "DEVNAME"] {
+            if let Some(v) = uevent_value(text, key) {
+                if is_device_name(v) {
+                    assert!(!v.contains('/') && v != ".." && v != ".");
+                }
+            }
+        }
+    }
+});

@@ -1,0 +1,322 @@
+//! What the data partition holds, read before anything is written to it: plinth's committed
+//! state volume, one whose creation was cut short, a partition nothing was ever written to, or
+//! somebody else's data (which is never touched).
+//!
+//! The answer comes from the LUKS2 binary headers (the primary at 0, the secondary at the
+//! primary's size or, if the primary is damaged, at one of LUKS2's fixed offsets), each
+//! accepted only with its version and SHA-256 checksum right; of two valid ones the higher
+//! sequence number wins, as cryptsetup decides. Reads are bounded: at most [`HEAD_LEN`] bytes of
+//! headers and the [`DATA_START`]..[`SCAN_END`] window, streamed.
+
+use sha2::{Digest, Sha256};
+use std::io::{Read, Seek, SeekFrom};
+
+/// LUKS label of a volume being created: creation starts again from the beginning.
+pub const LABEL_CREATING: &str = "plinth-creating";
+/// LUKS label of a committed state volume: opened, never formatted again.
+pub const LABEL_STATE: &str = "plinth-state";
+
+/// The bytes the headers are read from: room for a 4 MiB primary and a 4 MiB secondary.
+pub const HEAD_LEN: usize = 8 << 20;
+/// Where the volume's data begins (LUKS2's default metadata and key slot area, which plinth's
+/// format keeps): below it only cryptsetup writes.
+pub const DATA_START: u64 = 16 << 20;
+/// The end of the window that must be zero for a partition to count as never written.
+pub const SCAN_END: u64 = 32 << 20;
+
+const MAGIC_PRIMARY: &[u8; 6] = b"LUKS\xba\xbe";
+const MAGIC_SECONDARY: &[u8; 6] = b"SKUL\xba\xbe";
+/// Sizes LUKS2 allows for a header with its JSON area, and so the secondary's offsets.
+const HEADER_SIZES: [usize; 9] = [
+    0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,
+];
+const BINARY_HEADER: usize = 4096;
+const CSUM_AT: usize = 448;
+const CSUM_LEN: usize = 64;
+
+/// What the data partition holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// Nothing that could hold a file system was ever written: the state may be created.
+    /// `torn` when a LUKS header was begun (a format cut short by a power loss).
+    Blank { torn: bool },
+    /// A volume plinth began to create and did not commit: creation starts again.
+    Creating,
+    /// plinth's committed state volume.
+    State,
+    /// Anything else, described: never written to.
+    Foreign(String),
+}
+
+/// One valid LUKS2 binary header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Offset of the header on the partition.
+    pub offset: usize,
+    /// The sequence number (raised by every metadata write).
+    pub seqid: u64,
+    /// The label, up to its first NUL.
+    pub label: Vec<u8>,
+}
+
+fn be_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(x)
+}
+
+/// The header at `offset` of `head` if it is a whole, valid LUKS2 header with `magic`.
+fn header_at(head: &[u8], offset: usize, magic: &[u8; 6]) -> Option<Header> {
+    let bin = head.get(offset..offset.checked_add(BINARY_HEADER)?)?;
+    if &bin[..6] != magic || u16::from_be_bytes([bin[6], bin[7]]) != 2 {
+        return None;
+    }
+    let size = usize::try_from(be_u64(bin, 8)).ok()?;
+    if !HEADER_SIZES.contains(&size) || be_u64(bin, 256) != offset as u64 {
+        return None;
+    }
+    let alg = &bin[72..104];
+    if alg.split(|&c| c == 0).next() != Some(b"sha256".as_slice()) {
+        return None;
+    }
+    let whole = head.get(offset..offset.checked_add(size)?)?;
+    let mut hasher = Sha256::new();
+    hasher.update(&whole[..CSUM_AT]);
+    hasher.update([0u8; CSUM_LEN]);
+    hasher.update(&whole[CSUM_AT + CSUM_LEN..]);
+    let sum = hasher.finalize();
+    let stored = &whole[CSUM_AT..CSUM_AT + CSUM_LEN];
+    if stored[..32] != sum[..] || stored[32..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    let label = bin[24..72]
+        .split(|&c| c == 0)
+        .next()
+        .unwrap_or(&[])
+        .to_vec();
+    Some(Header {
+        offset,
+        seqid: be_u64(bin, 16),
+        label,
+    })
+}
+
+/// The LUKS2 header cryptsetup would use: the valid one with the highest sequence number,
+/// looking for the secondary where the primary says and, failing that, at every offset LUKS2
+/// allows.
+pub fn best_header(head: &[u8]) -> Option<Header> {
+    let primary = header_at(head, 0, MAGIC_PRIMARY);
+    let mut found: Vec<Header> = primary.iter().cloned().collect();
+    for offset in HEADER_SIZES {
+        if let Some(h) = header_at(head, offset, MAGIC_SECONDARY) {
+            found.push(h);
+        }
+    }
+    found.into_iter().max_by_key(|h| h.seqid)
+}
+
+/// Whether any LUKS magic (valid or not) begins at 0 or at a secondary's offset.
+fn any_magic(head: &[u8]) -> bool {
+    head.starts_with(b"LUKS\xba\xbe")
+        || HEADER_SIZES
+            .iter()
+            .any(|&o| head.get(o..o + 6) == Some(MAGIC_SECONDARY.as_slice()))
+}
+
+/// A label for a message: printable ASCII kept, anything else escaped.
+fn shown(label: &[u8]) -> String {
+    label.escape_ascii().to_string()
+}
+
+/// Classify a partition from its first [`HEAD_LEN`] bytes and whether its
+/// [`DATA_START`]..[`SCAN_END`] window is all zero, and where it is not (the offset of
+/// the first non-zero byte found, partition-relative).
+pub fn classify_parts(head: &[u8], first_data_byte: Option<u64>) -> Content {
+    if let Some(h) = best_header(head) {
+        return match h.label.as_slice() {
+            l if l == LABEL_STATE.as_bytes() => Content::State,
+            l if l == LABEL_CREATING.as_bytes() => Content::Creating,
+            l => Content::Foreign(format!(
+                "a LUKS2 volume labelled `{}` that plinth did not make",
+                shown(l)
+            )),
+        };
+    }
+    if head.starts_with(MAGIC_PRIMARY) && head.get(6..8) == Some([0u8, 1].as_slice()) {
+        return Content::Foreign("a LUKS1 volume".into());
+    }
+    if let Some(at) = first_data_byte {
+        return Content::Foreign(format!(
+            "data that is not a plinth state volume (a non-zero byte at offset {at}, inside the area a file system would use)"
+        ));
+    }
+    if head.iter().all(|&b| b == 0) {
+        return Content::Blank { torn: false };
+    }
+    if any_magic(head) {
+        return Content::Blank { torn: true };
+    }
+    Content::Foreign(
+        "data that is not a plinth state volume (non-zero bytes in its first 8 MiB, no LUKS2 header)"
+            .into(),
+    )
+}
+
+/// Classify the partition read through `dev` (`size` bytes): at most [`HEAD_LEN`] bytes are
+/// held in memory, the rest of the window is streamed.
+pub fn classify<D: Read + Seek>(dev: &mut D, size: u64) -> std::io::Result<Content> {
+    if size < SCAN_END {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the partition holds {size} bytes; a state volume needs more than {SCAN_END}"),
+        ));
+    }
+    dev.seek(SeekFrom::Start(0))?;
+    let mut head = vec![0u8; HEAD_LEN];
+    dev.read_exact(&mut head)?;
+    // Bytes between the headers and the data area are key slots: only cryptsetup writes there.
+    dev.seek(SeekFrom::Start(DATA_START))?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut at = DATA_START;
+    let mut first = None;
+    while at < SCAN_END {
+        dev.read_exact(&mut chunk)?;
+        if let Some(i) = chunk.iter().position(|&b| b != 0) {
+            first = Some(at + i as u64);
+            break;
+        }
+        at += chunk.len() as u64;
+    }
+    Ok(classify_parts(&head, first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A LUKS2 header of `size` bytes at `offset` of `head`, valid, with `label` and `seqid`.
+    pub(crate) fn put_header(head: &mut [u8], offset: usize, size: usize, label: &str, seqid: u64) {
+        let h = &mut head[offset..offset + size];
+        h.fill(0);
+        h[..6].copy_from_slice(if offset == 0 {
+            MAGIC_PRIMARY
+        } else {
+            MAGIC_SECONDARY
+        });
+        h[6..8].copy_from_slice(&2u16.to_be_bytes());
+        h[8..16].copy_from_slice(&(size as u64).to_be_bytes());
+        h[16..24].copy_from_slice(&seqid.to_be_bytes());
+        h[24..24 + label.len()].copy_from_slice(label.as_bytes());
+        h[72..78].copy_from_slice(b"sha256");
+        h[256..264].copy_from_slice(&(offset as u64).to_be_bytes());
+        h[BINARY_HEADER..BINARY_HEADER + 2].copy_from_slice(b"{}");
+        let sum = Sha256::digest(&*h);
+        h[CSUM_AT..CSUM_AT + 32].copy_from_slice(&sum);
+    }
+
+    fn volume(label: &str) -> Vec<u8> {
+        let mut head = vec![0u8; HEAD_LEN];
+        put_header(&mut head, 0, 0x4000, label, 3);
+        put_header(&mut head, 0x4000, 0x4000, label, 3);
+        head
+    }
+
+    #[test]
+    fn labels_decide_between_state_creating_and_foreign() {
+        assert_eq!(classify_parts(&volume(LABEL_STATE), None), Content::State);
+        assert_eq!(
+            classify_parts(&volume(LABEL_CREATING), Some(DATA_START)),
+            Content::Creating
+        );
+        let Content::Foreign(why) = classify_parts(&volume("backup\u{7}"), None) else {
+            panic!()
+        };
+        assert!(why.contains("`backup\\x07`"), "{why}");
+    }
+
+    #[test]
+    fn the_newer_valid_header_wins_and_a_damaged_one_is_ignored() {
+        // The label's commit was cut between the two header writes.
+        let mut head = volume(LABEL_CREATING);
+        put_header(&mut head, 0, 0x4000, LABEL_STATE, 4);
+        assert_eq!(classify_parts(&head, None), Content::State);
+        // The newer header torn (checksum wrong): the older one stands.
+        head[30] ^= 1;
+        assert_eq!(classify_parts(&head, None), Content::Creating);
+        // The primary gone entirely: the secondary is found at its fixed offset.
+        head[..0x4000].fill(0);
+        assert_eq!(classify_parts(&head, None), Content::Creating);
+        // A secondary at a larger size, found by scanning.
+        let mut big = vec![0u8; HEAD_LEN];
+        put_header(&mut big, 0x100000, 0x100000, LABEL_STATE, 9);
+        assert_eq!(classify_parts(&big, None), Content::State);
+    }
+
+    #[test]
+    fn a_header_lying_about_itself_is_not_valid() {
+        let mut head = volume(LABEL_STATE);
+        // An offset field that does not match where it was found.
+        head[0x4000 + 263] = 1;
+        head[..0x4000].fill(0);
+        assert!(best_header(&head).is_none());
+        // A size LUKS2 does not allow, and a size reaching past the bytes read.
+        let mut odd = vec![0u8; HEAD_LEN];
+        put_header(&mut odd, 0, 0x4000, LABEL_STATE, 1);
+        odd[8..16].copy_from_slice(&(0x5000u64).to_be_bytes());
+        assert!(best_header(&odd).is_none());
+        let short = &volume(LABEL_STATE)[..0x3000];
+        assert!(best_header(short).is_none());
+    }
+
+    #[test]
+    fn blank_torn_and_foreign_partitions() {
+        let zero = vec![0u8; HEAD_LEN];
+        assert_eq!(classify_parts(&zero, None), Content::Blank { torn: false });
+        // A format cut short: magic written, checksum not yet.
+        let mut torn = volume(LABEL_CREATING);
+        torn[CSUM_AT] ^= 0xff;
+        torn[0x4000 + CSUM_AT] ^= 0xff;
+        assert_eq!(classify_parts(&torn, None), Content::Blank { torn: true });
+        // The same with a file system's bytes past 16 MiB: somebody's data.
+        assert!(matches!(
+            classify_parts(&torn, Some(DATA_START + 1024)),
+            Content::Foreign(_)
+        ));
+        // An ext4 superblock at 1 KiB, no LUKS.
+        let mut ext4 = zero.clone();
+        ext4[1080..1082].copy_from_slice(&[0x53, 0xef]);
+        assert!(matches!(classify_parts(&ext4, None), Content::Foreign(_)));
+        let mut luks1 = zero;
+        luks1[..6].copy_from_slice(MAGIC_PRIMARY);
+        luks1[7] = 1;
+        assert_eq!(
+            classify_parts(&luks1, None),
+            Content::Foreign("a LUKS1 volume".into())
+        );
+    }
+
+    #[test]
+    fn classify_streams_the_data_window_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        let mut f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(
+            classify(&mut f, 64 << 20).unwrap(),
+            Content::Blank { torn: false }
+        );
+        use std::io::Write;
+        f.seek(SeekFrom::Start(SCAN_END - 1)).unwrap();
+        f.write_all(&[1]).unwrap();
+        let Content::Foreign(why) = classify(&mut f, 64 << 20).unwrap() else {
+            panic!()
+        };
+        assert!(why.contains(&format!("offset {}", SCAN_END - 1)), "{why}");
+        assert!(classify(&mut f, 16 << 20).is_err());
+    }
+}
