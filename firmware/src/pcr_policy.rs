@@ -13,8 +13,8 @@
 //! TPM enrolment only if its PCR list equals the enrolled mask.
 
 use rsa::pkcs1::EncodeRsaPublicKey;
-use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
-use rsa::signature::{SignatureEncoding, Signer};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer, Verifier};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 
@@ -26,6 +26,10 @@ const TPM_ALG_SHA256: u16 = 0x000B;
 const SIZE_OF_SELECT: usize = 3;
 /// PCRs a selection may name.
 pub const MAX_PCR: u32 = 23;
+/// The largest public key PEM read (a 2048-bit key's is 451 bytes).
+pub const MAX_PUBLIC_PEM: usize = 4096;
+/// The largest signature JSON read (one entry is about 450 bytes).
+pub const MAX_SIGNATURE_JSON: usize = 16 << 10;
 
 /// SHA-256 PCR values by index.
 pub type PcrValues = BTreeMap<u32, [u8; 32]>;
@@ -47,6 +51,10 @@ pub enum PolicyError {
     },
     #[error("signing the PCR policy: {0}")]
     Sign(String),
+    #[error("{what}: not an RSA public key in PEM ({message})")]
+    BadPublicKey { what: String, message: String },
+    #[error("{what}: {message}")]
+    BadSignature { what: String, message: String },
 }
 
 /// The policy digest of TPM2_PolicyPCR over `pcrs` from an empty policy: sha256(32 zero bytes
@@ -76,6 +84,135 @@ pub fn policy_pcr(pcrs: &PcrValues) -> Result<[u8; 32], PolicyError> {
     Ok(h.finalize().into())
 }
 
+/// A 2048-bit RSA key with exponent 65537, the only kind a TPM is asked to verify with.
+fn check_size(key: &rsa::RsaPublicKey, path: &str) -> Result<(), PolicyError> {
+    use rsa::traits::PublicKeyParts;
+    let exponent = key.e().to_string();
+    if key.n().bits() != 2048 || exponent != "65537" {
+        return Err(PolicyError::UnsupportedKey {
+            path: path.to_string(),
+            bits: key.n().bits(),
+            exponent,
+        });
+    }
+    Ok(())
+}
+
+/// The public half of a release key: what a UKI's `.pcrpkey` holds and a manifest records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    key: rsa::RsaPublicKey,
+}
+
+impl PublicKey {
+    /// A SubjectPublicKeyInfo PEM (at most [`MAX_PUBLIC_PEM`] bytes) of an RSA 2048 key with
+    /// exponent 65537; `what` names it in errors.
+    pub fn from_pem(text: &str, what: &str) -> Result<PublicKey, PolicyError> {
+        if text.len() > MAX_PUBLIC_PEM {
+            return Err(PolicyError::BadPublicKey {
+                what: what.into(),
+                message: format!("{} bytes, more than {MAX_PUBLIC_PEM}", text.len()),
+            });
+        }
+        let key = rsa::RsaPublicKey::from_public_key_pem(text).map_err(|e| {
+            PolicyError::BadPublicKey {
+                what: what.into(),
+                message: e.to_string(),
+            }
+        })?;
+        check_size(&key, what)?;
+        Ok(PublicKey { key })
+    }
+
+    /// The key as SubjectPublicKeyInfo PEM, LF line ends.
+    pub fn pem(&self) -> Result<String, PolicyError> {
+        self.key
+            .to_public_key_pem(LineEnding::LF)
+            .map_err(|e| PolicyError::Sign(e.to_string()))
+    }
+
+    /// sha256 of the key's PKCS#1 `RSAPublicKey` DER: systemd's `pkfp`.
+    pub fn fingerprint(&self) -> Result<[u8; 32], PolicyError> {
+        let der = self
+            .key
+            .to_pkcs1_der()
+            .map_err(|e| PolicyError::Sign(e.to_string()))?;
+        Ok(Sha256::digest(der.as_bytes()).into())
+    }
+
+    /// Check `json` (a `tpm2-pcr-signature.json`, `what` names it) against the PCR values a
+    /// rebuild predicts: it must hold exactly one SHA-256 entry, for exactly these PCRs, whose
+    /// policy is theirs and whose signature this key made.
+    pub fn check_signature(
+        &self,
+        json: &str,
+        pcrs: &PcrValues,
+        what: &str,
+    ) -> Result<(), PolicyError> {
+        use base64::Engine as _;
+        let bad = |message: String| PolicyError::BadSignature {
+            what: what.into(),
+            message,
+        };
+        if json.len() > MAX_SIGNATURE_JSON {
+            return Err(bad(format!(
+                "{} bytes, more than {MAX_SIGNATURE_JSON}",
+                json.len()
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Entry {
+            pcrs: Vec<u32>,
+            pkfp: String,
+            pol: String,
+            sig: String,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            sha256: Vec<Entry>,
+        }
+        let file: File = serde_json::from_str(json)
+            .map_err(|e| bad(format!("not a systemd PCR signature file: {e}")))?;
+        let [entry] = file.sha256.as_slice() else {
+            return Err(bad(format!(
+                "expected one sha256 entry, found {}",
+                file.sha256.len()
+            )));
+        };
+        let wanted: Vec<u32> = pcrs.keys().copied().collect();
+        if entry.pcrs != wanted {
+            return Err(bad(format!(
+                "signs PCRs {:?}, expected {wanted:?}",
+                entry.pcrs
+            )));
+        }
+        if entry.pkfp != hex::encode(self.fingerprint()?) {
+            return Err(bad(format!(
+                "pkfp {} is not the release key's fingerprint",
+                entry.pkfp
+            )));
+        }
+        let pol = policy_pcr(pcrs)?;
+        if entry.pol != hex::encode(pol) {
+            return Err(bad(format!(
+                "signs the policy {}, but these PCR values give {}: the signed values are not the predicted ones",
+                entry.pol,
+                hex::encode(pol)
+            )));
+        }
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(&entry.sig)
+            .map_err(|e| bad(format!("sig: not base64 ({e})")))?;
+        let sig = rsa::pkcs1v15::Signature::try_from(sig.as_slice())
+            .map_err(|e| bad(format!("sig: {e}")))?;
+        rsa::pkcs1v15::VerifyingKey::<Sha256>::new(self.key.clone())
+            .verify(&pol, &sig)
+            .map_err(|_| bad("the signature was not made by this key".into()))
+    }
+}
+
 /// The RSA key that signs a release's PCR policies.
 pub struct ReleaseKey {
     key: rsa::RsaPrivateKey,
@@ -85,39 +222,47 @@ impl ReleaseKey {
     /// A PKCS#8 PEM private key, RSA 2048 with exponent 65537 (what every TPM 2.0 loads to
     /// verify a signature); `path` names it in errors.
     pub fn from_pem(text: &str, path: &str) -> Result<ReleaseKey, PolicyError> {
-        use rsa::traits::PublicKeyParts;
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(text).map_err(|e| PolicyError::BadKey {
             path: path.to_string(),
             message: e.to_string(),
         })?;
-        let exponent = key.e().to_string();
-        if key.n().bits() != 2048 || exponent != "65537" {
-            return Err(PolicyError::UnsupportedKey {
-                path: path.to_string(),
-                bits: key.n().bits(),
-                exponent,
-            });
-        }
+        check_size(&key.to_public_key(), path)?;
         Ok(ReleaseKey { key })
+    }
+
+    /// Read a key file (at most 16 KiB).
+    pub fn read(path: &std::path::Path) -> Result<ReleaseKey, PolicyError> {
+        use std::io::Read;
+        let shown = path.display().to_string();
+        let bad = |message: String| PolicyError::BadKey {
+            path: shown.clone(),
+            message,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(|e| bad(e.to_string()))?
+            .take(16 << 10)
+            .read_to_string(&mut text)
+            .map_err(|e| bad(e.to_string()))?;
+        ReleaseKey::from_pem(&text, &shown)
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            key: self.key.to_public_key(),
+        }
     }
 
     /// The public key as SubjectPublicKeyInfo PEM: a UKI's `.pcrpkey`, the file
     /// `--tpm2-public-key` of systemd-cryptenroll takes.
     pub fn public_pem(&self) -> Result<String, PolicyError> {
-        self.key
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| PolicyError::Sign(e.to_string()))
+        self.public().pem()
     }
 
     /// sha256 of the public key's PKCS#1 `RSAPublicKey` DER: systemd's `pkfp`.
     pub fn fingerprint(&self) -> Result<[u8; 32], PolicyError> {
-        let der = self
-            .key
-            .to_public_key()
-            .to_pkcs1_der()
-            .map_err(|e| PolicyError::Sign(e.to_string()))?;
-        Ok(Sha256::digest(der.as_bytes()).into())
+        self.public().fingerprint()
     }
 
     /// The PolicyPCR digest of `pcrs`, signed.
@@ -213,6 +358,57 @@ mod tests {
         assert_eq!(entry["pcrs"], serde_json::json!([11, 12]));
         assert_eq!(entry["pol"], hex::encode(signed.pol));
         assert_eq!(entry["pkfp"], hex::encode(key.fingerprint().unwrap()));
+
+        // A rebuild checks a recorded signature against its own predictions.
+        let text = signature_json(std::slice::from_ref(&signed));
+        let public = PublicKey::from_pem(&key.public_pem().unwrap(), "pcrpkey").unwrap();
+        public.check_signature(&text, &pcrs, "pcrsig").unwrap();
+        let other: PcrValues = [(11, [1; 32]), (12, [3; 32])].into();
+        let err = public.check_signature(&text, &other, "pcrsig").unwrap_err();
+        assert!(err.to_string().contains("not the predicted ones"), "{err}");
+        let only11: PcrValues = [(11, [1; 32])].into();
+        let err = public
+            .check_signature(&text, &only11, "pcrsig")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("signs PCRs [11, 12], expected [11]"),
+            "{err}"
+        );
+        let forged = text.replace(
+            &hex::encode(signed.pol),
+            &hex::encode(policy_pcr(&other).unwrap()),
+        );
+        let err = public
+            .check_signature(&forged, &other, "pcrsig")
+            .unwrap_err();
+        assert!(err.to_string().contains("not made by this key"), "{err}");
+        let stranger = ReleaseKey::from_pem(
+            &rsa::RsaPrivateKey::new(&mut rng, 2048)
+                .unwrap()
+                .to_pkcs8_pem(LineEnding::LF)
+                .unwrap(),
+            "other",
+        )
+        .unwrap();
+        let err = stranger
+            .public()
+            .check_signature(&text, &pcrs, "pcrsig")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not the release key's fingerprint"),
+            "{err}"
+        );
+        for junk in [
+            "",
+            "{}",
+            "{\"sha256\":[]}",
+            &"x".repeat(MAX_SIGNATURE_JSON + 1),
+        ] {
+            assert!(public.check_signature(junk, &pcrs, "pcrsig").is_err());
+        }
+        assert!(PublicKey::from_pem("-----BEGIN PUBLIC KEY-----", "k").is_err());
         let small = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
         let err = ReleaseKey::from_pem(&small.to_pkcs8_pem(LineEnding::LF).unwrap(), "small.key")
             .err()

@@ -96,3 +96,130 @@ pub fn pcr11_after_phases(pcr11: Sha256Digest, phases: &[&str]) -> Sha256Digest 
         .iter()
         .fold(pcr11, |pcr, phase| extend(pcr, phase.as_bytes()))
 }
+
+/// A section the UKI has with a non-zero size, as the stub reads it; `None` when absent.
+fn present_section(uki: &[u8], name: &str) -> Result<Option<Vec<u8>>, PeError> {
+    let sections = pe::read_sections(uki)?;
+    let found = sections
+        .iter()
+        .rev()
+        .find(|s| s.raw_name.starts_with(name.as_bytes()));
+    match found.filter(|s| s.virtual_size > 0) {
+        Some(s) => Ok(Some(s.data(uki)?.into_owned())),
+        None => Ok(None),
+    }
+}
+
+/// The initrd systemd-stub 252 hands to Linux, which Linux measures into PCR 9: the UKI's
+/// `.initrd`, padded with NULs to 4 bytes, then a small cpio archive for each of `.pcrsig`
+/// and `.pcrpkey` the UKI has (`/.extra/tpm2-pcr-signature.json`,
+/// `/.extra/tpm2-pcr-public-key.pem`), as `combine_initrd` in 252's `stub.c` joins them.
+/// Credentials and system extensions from the ESP would come before them; plinth's ESPs have
+/// none.
+pub fn stub_initrd(uki: &[u8]) -> Result<Vec<u8>, PeError> {
+    let extras: Vec<Vec<u8>> = [
+        (".pcrsig", "tpm2-pcr-signature.json"),
+        (".pcrpkey", "tpm2-pcr-public-key.pem"),
+    ]
+    .iter()
+    .filter_map(|(section, file)| match present_section(uki, section) {
+        Ok(Some(data)) => Some(Ok(stub_cpio(".extra", file, &data))),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    })
+    .collect::<Result<_, _>>()?;
+    let mut out = present_section(uki, ".initrd")?.unwrap_or_default();
+    if !extras.is_empty() {
+        out.resize(out.len().next_multiple_of(4), 0);
+        extras.iter().for_each(|e| out.extend_from_slice(e));
+    }
+    Ok(out)
+}
+
+/// One newc header field: 8 lower-case hex digits.
+fn cpio_word(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(format!("{v:08x}").as_bytes());
+}
+
+/// A newc header as 252's `cpio.c` writes it (uid, gid, mtime, devices and crc zero; one
+/// link), then `name` with its NUL, padded to 4 bytes from the archive's start.
+fn cpio_header(out: &mut Vec<u8>, inode: u32, mode: u32, size: u32, name: &str) {
+    out.extend_from_slice(b"070701");
+    for v in [inode, mode, 0, 0, 1, 0, size, 0, 0, 0, 0] {
+        cpio_word(out, v);
+    }
+    cpio_word(out, name.len() as u32 + 1);
+    cpio_word(out, 0);
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+/// `pack_cpio_literal` of systemd-stub 252 (`cpio.c`) for a one-level `dir`: the directory
+/// (inode 1, mode 0555), the file (inode 2, mode 0444) padded to 4 bytes, and the trailer,
+/// whose header 252 spells with an upper-case `B` and whose name it pads with NULs.
+fn stub_cpio(dir: &str, file: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    cpio_header(&mut out, 1, 0o040000 | 0o555, 0, dir);
+    cpio_header(
+        &mut out,
+        2,
+        0o100000 | 0o444,
+        data.len() as u32,
+        &format!("{dir}/{file}"),
+    );
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(4), 0);
+    out.extend_from_slice(STUB_CPIO_TRAILER);
+    out
+}
+
+/// 252's trailer record (inode, mode, ids 0; one link; mtime, size, devices 0; a name of
+/// 11 bytes; crc 0), 124 bytes.
+const STUB_CPIO_TRAILER: &[u8] = concat!(
+    "070701",
+    "00000000",
+    "00000000",
+    "00000000",
+    "00000000",
+    "00000001",
+    "00000000",
+    "00000000",
+    "00000000",
+    "00000000",
+    "00000000",
+    "00000000",
+    "0000000B",
+    "00000000",
+    "TRAILER!!!\0\0\0\0"
+)
+.as_bytes();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stub_cpio_is_byte_for_byte_252s() {
+        let a = stub_cpio(".extra", "tpm2-pcr-public-key.pem", b"KEY");
+        // The directory: 110 header bytes + ".extra\0" = 117, padded to 120.
+        assert_eq!(&a[..6], b"070701");
+        assert_eq!(&a[6..14], b"00000001");
+        assert_eq!(&a[14..22], b"0000416d");
+        assert_eq!(&a[94..102], b"00000007");
+        assert_eq!(&a[110..120], b".extra\0\0\0\0");
+        // The file: header, ".extra/tpm2-pcr-public-key.pem\0" (31 bytes) padded from 261
+        // to 264, then the 3 bytes padded to 4.
+        let f = &a[120..];
+        assert_eq!(&f[6..14], b"00000002");
+        assert_eq!(&f[14..22], b"00008124");
+        assert_eq!(&f[54..62], b"00000003");
+        assert_eq!(&f[94..102], b"0000001f");
+        assert_eq!(&f[110..141], b".extra/tpm2-pcr-public-key.pem\0");
+        assert_eq!(&f[141..144], b"\0\0\0");
+        assert_eq!(&f[144..148], b"KEY\0");
+        assert_eq!(&f[148..], STUB_CPIO_TRAILER);
+        assert_eq!(STUB_CPIO_TRAILER.len(), 124);
+        assert_eq!(a.len() % 4, 0);
+    }
+}

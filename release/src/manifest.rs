@@ -65,6 +65,11 @@ pub struct Inputs {
     pub os_spec_sha256: Sha256,
     /// The plinth that built it (its version; the commit says the rest).
     pub builder_version: String,
+    /// The public half of the release key that signed the UKIs' PCR policy (PEM), for an OS
+    /// with sealed state built with one; each slot records its signature. A rebuild embeds
+    /// both, once it checked them against its own predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_public_key: Option<String>,
 }
 
 /// A release file.
@@ -128,6 +133,10 @@ pub struct SlotMeasurements {
     /// The predicted PCR 11 (SHA-256 bank, hex) as systemd-stub leaves it, before the boot
     /// phases (measurements.json has the value once the system is up).
     pub pcr11: Sha256,
+    /// The UKI's `.pcrsig`: the release key's signature of the PCR 11 and 12 values this
+    /// slot leaves in the initrd (`tpm2-pcr-signature.json`), when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pcr_signature: Option<String>,
 }
 
 /// A manifest that cannot be read, or that is not one.

@@ -66,9 +66,9 @@ fn valid_pcrs(s: &str) -> bool {
 }
 
 impl KeySource {
-    /// Parse the configuration's text (`path` for errors). Relative files resolve under
-    /// `root` (the signed policy's public key) or stay absolute (the signature in `/.extra`).
-    pub fn parse(text: &str, path: &str, root: &Path) -> Result<KeySource, KeyError> {
+    /// Parse the configuration's text (`path` for errors). Its files are the initrd's (the
+    /// stub unpacks the UKI's `.pcrpkey` and `.pcrsig` to `/.extra`), not the new root's.
+    pub fn parse(text: &str, path: &str) -> Result<KeySource, KeyError> {
         let mut source = None;
         let (mut device, mut pcrs) = ("auto".to_string(), String::new());
         let (mut signed_pcrs, mut public_key, mut signature) = (None, None, None);
@@ -120,10 +120,7 @@ impl KeySource {
                 "tpm2_device" => device = value.to_string(),
                 "tpm2_pcrs" => pcrs = pcr_list(value)?,
                 "tpm2_signed_pcrs" => signed_pcrs = Some(pcr_list(value)?),
-                "tpm2_public_key" => {
-                    let p = file(value)?;
-                    public_key = Some(root.join(p.strip_prefix("/").unwrap_or(&p)));
-                }
+                "tpm2_public_key" => public_key = Some(file(value)?),
                 "tpm2_signature" => signature = Some(file(value)?),
                 _ => return Err(fail(format!("unknown key `{}`", key.escape_debug()))),
             }
@@ -182,12 +179,40 @@ impl KeySource {
                 path: shown.clone(),
                 message: e.to_string(),
             })?;
-        KeySource::parse(&text, &shown, root).map(Some)
+        KeySource::parse(&text, &shown).map(Some)
     }
 
-    /// Its name in reports.
+    /// The source as this boot can use it: a signed policy whose UKI carries no signature
+    /// (a build without a release key: no `/.extra/tpm2-pcr-signature.json`) binds the same
+    /// PCRs by value instead, so that the state opens with this build alone. A volume that was
+    /// enrolled under a signature keeps needing one: systemd-cryptsetup reads the policy from
+    /// the volume's token, not from here.
+    pub fn for_this_boot(self) -> KeySource {
+        match self {
+            KeySource::Tpm2 {
+                device,
+                pcrs,
+                signed: Some(s),
+            } if !s.signature.exists() => KeySource::Tpm2 {
+                device,
+                pcrs: if pcrs.is_empty() {
+                    s.pcrs
+                } else {
+                    format!("{pcrs}+{}", s.pcrs)
+                },
+                signed: None,
+            },
+            other => other,
+        }
+    }
+
+    /// Its name in reports: `tpm2-signed` (PCR values the release key signed) or `tpm2`
+    /// (PCR values themselves).
     pub fn name(&self) -> &'static str {
         match self {
+            KeySource::Tpm2 {
+                signed: Some(_), ..
+            } => "tpm2-signed",
             KeySource::Tpm2 { .. } => "tpm2",
         }
     }
@@ -239,9 +264,7 @@ mod tests {
 
     #[test]
     fn a_tpm2_source_by_value_and_signed() {
-        let root = Path::new("/sysroot");
-        let by_value =
-            KeySource::parse("# test\nkey_source=tpm2\ntpm2_pcrs=7+11\n", "c", root).unwrap();
+        let by_value = KeySource::parse("# test\nkey_source=tpm2\ntpm2_pcrs=7+11\n", "c").unwrap();
         assert_eq!(
             by_value.enroll_args(Path::new("/dev/vda7")),
             [
@@ -253,15 +276,13 @@ mod tests {
         );
         assert_eq!(by_value.attach_options(), "tpm2-device=auto,headless=true");
         let signed = KeySource::parse(
-            "key_source = tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/usr/lib/systemd/tpm2-pcr-public-key.pem\ntpm2_signature=/.extra/tpm2-pcr-signature.json\n",
+            "key_source = tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/.extra/tpm2-pcr-public-key.pem\ntpm2_signature=/.extra/tpm2-pcr-signature.json\n",
             "c",
-            root,
         )
         .unwrap();
+        assert_eq!(signed.name(), "tpm2-signed");
         let args = signed.enroll_args(Path::new("/dev/vda7"));
-        assert!(args.contains(
-            &"--tpm2-public-key=/sysroot/usr/lib/systemd/tpm2-pcr-public-key.pem".to_string()
-        ));
+        assert!(args.contains(&"--tpm2-public-key=/.extra/tpm2-pcr-public-key.pem".to_string()));
         assert!(args.contains(&"--tpm2-pcrs=".to_string()));
         assert_eq!(
             signed.attach_options(),
@@ -283,13 +304,34 @@ mod tests {
             ("key_source tpm2\n", 1, "expected key=value"),
         ];
         for (text, line, want) in cases {
-            let e = KeySource::parse(text, "state.conf", Path::new("/")).unwrap_err();
+            let e = KeySource::parse(text, "state.conf").unwrap_err();
             let KeyError::Config { line: l, .. } = &e else {
                 panic!("{e}")
             };
             assert_eq!(*l, line, "{text:?}: {e}");
             assert!(e.to_string().contains(want), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn an_unsigned_uki_binds_the_signed_pcrs_by_value() {
+        let t = tempfile::tempdir().unwrap();
+        let sig = t.path().join("tpm2-pcr-signature.json");
+        let text = format!(
+            "key_source=tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/.extra/k.pem\ntpm2_signature={}\n",
+            sig.display()
+        );
+        let unsigned = KeySource::parse(&text, "c").unwrap().for_this_boot();
+        assert_eq!(unsigned.name(), "tpm2");
+        assert!(unsigned
+            .enroll_args(Path::new("/dev/vda7"))
+            .contains(&"--tpm2-pcrs=11+12".to_string()));
+        std::fs::write(&sig, "{}").unwrap();
+        let signed = KeySource::parse(&text, "c").unwrap().for_this_boot();
+        assert_eq!(signed.name(), "tpm2-signed");
+        assert!(signed
+            .enroll_args(Path::new("/dev/vda7"))
+            .contains(&"--tpm2-pcrs=".to_string()));
     }
 
     #[test]

@@ -129,6 +129,8 @@ fn tail(out: &std::process::Output) -> String {
 fn unlock_failure(detail: &str) -> &str {
     if detail.contains("policy digest does not match") {
         "the PCRs it is sealed to differ on this boot (a changed boot chain, UKI or command line)"
+    } else if detail.contains("Couldn't find signature") {
+        "the PCRs it is sealed to differ on this boot, and the release key signed no such values (a changed boot chain, UKI or command line)"
     } else if detail.contains("integrity check failed") || detail.contains("Failed to load") {
         "this TPM did not seal it (another machine's TPM, or a cleared one)"
     } else if detail.contains("No TPM2") || detail.contains("not available") {
@@ -439,6 +441,9 @@ mod tests {
         let changed_chain = "Current policy digest does not match stored policy digest, cancelling TPM2 authentication attempt. / Set cipher aes, mode xts-plain64, key size 512 bits for device /dev/vda7. / No passphrase or recovery key registered.";
         assert!(unlock_failure(other_tpm).contains("another machine's TPM"));
         assert!(unlock_failure(changed_chain).contains("PCRs it is sealed to differ"));
+        let unsigned_values =
+            "Couldn't find signature for this PCR bank, PCR index and public key.";
+        assert!(unlock_failure(unsigned_values).contains("the release key signed no such values"));
         assert_eq!(unlock_failure("something new"), "something new");
     }
 }

@@ -21,7 +21,6 @@ fn volume(device: PathBuf, tcti: &str) -> Volume {
         source: KeySource::parse(
             &format!("key_source=tpm2\ntpm2_device={tcti}\ntpm2_pcrs=7+11\n"),
             "test",
-            Path::new("/"),
         )
         .unwrap(),
     }

@@ -7,11 +7,13 @@ use crate::packages::cache::Cache;
 use crate::packages::fetch::{fetch, FetchOptions};
 use crate::packages::lockfile::{Lock, LockedPackage};
 use crate::packages::mirror::Mirrors;
+use crate::pipeline::pcr_signing::Signing;
 use crate::pipeline::stage_cache::StageCache;
 use crate::pipeline::{self, job::FirmwareInputs};
 use crate::spec;
 use crate::workspace::Workspace;
 use anyhow::Context;
+use plinth_firmware::pcr_policy::ReleaseKey;
 use plinth_release::{CommitId, Sha256, Version};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,11 @@ Examples:
   plinth build host-os --no-cache       rebuild every stage afresh
   plinth build guest-os --rebuild images
                                         image stages afresh, the firmware
-                                        from its cache entry";
+                                        from its cache entry
+  plinth build host-os --release-key /secure/release.key
+                                        sign HostOS's PCR policy (make a key:
+                                        openssl genpkey -algorithm RSA
+                                          -pkeyopt rsa_keygen_bits:2048)";
 
 /// Build reproducible disk and update images from the locked packages.
 #[derive(Debug, clap::Args)]
@@ -68,6 +74,11 @@ pub struct Args {
     /// `images` (every image stage) or `firmware` (the guest firmware). Repeatable.
     #[arg(long, value_enum, value_name = "PART")]
     pub rebuild: Vec<Rebuild>,
+    /// The release key (RSA 2048 PKCS#8 PEM) that signs the PCR policy of an OS with sealed
+    /// state (HostOS): its state then opens with any later release this key signs. Without
+    /// one, that state is sealed to this build's PCR values alone.
+    #[arg(long, env = "PLINTH_RELEASE_KEY", value_name = "FILE")]
+    pub release_key: Option<PathBuf>,
     #[command(flatten)]
     pub mirrors: super::MirrorArgs,
     #[command(flatten)]
@@ -133,6 +144,17 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             ws.root.display()
         ));
     }
+    let signing = match &args.release_key {
+        Some(path) => Signing::Key(
+            ReleaseKey::read(path).map_err(|e| BadInput(format!("--release-key {e}")))?,
+        ),
+        None => {
+            if oses.iter().any(|os| pipeline::state::wanted(&ws.root, os)) {
+                out.warn("no --release-key: HostOS's sealed state will open only with this build's own PCR values, not after an upgrade");
+            }
+            Signing::Unsigned
+        }
+    };
     let mut report = Report {
         releases: Vec::new(),
     };
@@ -175,6 +197,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 agent_target: &cache.root().join("agent-target"),
                 work: &work,
                 release_dir: &dir,
+                signing: &signing,
             },
             offline: args.offline,
             mirrors: &args.mirrors,

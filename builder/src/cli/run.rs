@@ -35,6 +35,8 @@ Examples:
   plinth run out/setup-os/0.1.0 --disk blank1.img --disk blank2.img
   plinth run disk.img --numa 2 --cpus 4 --memory 4096 --json
   plinth run disk.img --tpm --tpm-state tpm/ --write-boot-disk   (again: a reboot)
+  plinth run disk.img --tpm --tpm-state tpm/ --write-boot-disk \
+      --expect 'PLINTH STATE step=mkfs' --power-off-after 400     (a power cut)
   plinth run out/guest-os/0.1.0 --firmware out/guest-os/0.1.0/OVMF-AmdSev.fd";
 
 /// Boot an image in QEMU with OVMF (and a software TPM).
@@ -64,6 +66,11 @@ pub struct Args {
     /// Stop as soon as this text is on the console (exit 0).
     #[arg(long, value_name = "TEXT")]
     pub expect: Option<String>,
+    /// With --expect: cut the VM's power this many milliseconds after the text appears
+    /// (QEMU is killed: no shutdown, nothing the guest had not written yet reaches the
+    /// disk), for power-loss trials with --write-boot-disk.
+    #[arg(long, value_name = "MS", requires = "expect")]
+    pub power_off_after: Option<u64>,
     /// Accelerator: auto (KVM if it runs guests here), kvm or tcg.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
@@ -168,6 +175,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     ));
     let watch = Watch {
         expect: args.expect.clone(),
+        power_off_after: args.power_off_after.map(Duration::from_millis),
         timeout,
         echo,
         console_log: args.console_log.clone(),

@@ -9,8 +9,10 @@ use crate::compare::release::{Release, ReleaseDirError};
 use crate::compare::{self, Comparison};
 use crate::packages::cache::Cache;
 use crate::pipeline::artifacts;
+use crate::pipeline::pcr_signing::{Recorded, Signing};
 use crate::workspace::Workspace;
 use anyhow::Context;
+use plinth_firmware::pcr_policy::PublicKey;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -114,6 +116,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let source = export_commit(&repo.root, &commit, &work.join("source"))?;
     check_source_inputs(&source, os, &release)?;
 
+    let signing = recorded_signing(&release)?;
     let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
     let rebuilt_dir = crate::names::under(&work, &["rebuilt", os, &m.version])
         .map_err(|e| BadInput(format!("{}: version: {e}", release.dir.display())))?;
@@ -135,6 +138,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 .unwrap_or_else(|| work.join("agent-target")),
             work: &work.join("work"),
             release_dir: &rebuilt_dir,
+            signing: &signing,
         },
         offline: args.offline,
         mirrors: &args.mirrors,
@@ -145,7 +149,52 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     private_dir(&scratch)?;
     let comparison =
         compare::compare(&release, &rebuilt, &scratch).map_err(super::compare_error)?;
-    report(out, &release, &comparison, args.limit)
+    let compared = report(out, &release, &comparison, args.limit);
+    // A recorded PCR signature that does not sign what the rebuild predicts fails the
+    // verify even when every byte matched: the release would unseal for other PCR values.
+    let mismatches = match &signing {
+        Signing::Recorded(r) => r.mismatches(),
+        _ => Vec::new(),
+    };
+    if mismatches.is_empty() {
+        return compared;
+    }
+    for m in &mismatches {
+        out.warn(m);
+    }
+    compared?;
+    Err(CheckFailed(format!(
+        "{}: {}",
+        release.dir.display(),
+        mismatches.join("; ")
+    ))
+    .into())
+}
+
+/// The release's signed PCR policy, as its manifest records it: the rebuild has no private
+/// key, so it embeds the recorded public key and signatures once it has checked each against
+/// the PCR values it predicts itself. A key that is not one is bad input.
+fn recorded_signing(release: &Release) -> anyhow::Result<Signing> {
+    let m = &release.manifest;
+    let Some(pem) = &m.inputs.pcr_public_key else {
+        return Ok(Signing::Unsigned);
+    };
+    let public = PublicKey::from_pem(pem, "inputs.pcr_public_key").map_err(|e| {
+        BadInput(format!(
+            "{}: {e}",
+            release
+                .dir
+                .join(plinth_release::manifest::FILE_NAME)
+                .display()
+        ))
+    })?;
+    let signatures = m
+        .measurements
+        .slots
+        .iter()
+        .filter_map(|s| s.pcr_signature.clone().map(|sig| (s.slot, sig)))
+        .collect();
+    Ok(Signing::Recorded(Recorded::new(public, signatures)))
 }
 
 /// Open the release; a malformed manifest is bad input, altered files a failed check.

@@ -15,12 +15,12 @@
 
 use super::stage_cache::{self, StageCache, StageCacheError, StageKey};
 use super::{
-    agent, boot_entries, disk, esp, ext4, identity, ids::IdSource, initrd, normalize, overlay,
-    rootfs, state, uki, users, verity,
+    agent, boot_entries, disk, esp, ext4, identity, ids::IdSource, initrd, measure, normalize,
+    overlay, pcr_signing::Signing, rootfs, state, uki, users, verity,
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
-use crate::spec::{Partition, Profile, Role, Slot};
+use crate::spec::{BootLoader, Partition, Profile, Role, Slot};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -48,6 +48,8 @@ pub struct BuildPlan<'a> {
     pub log: &'a dyn Fn(&str),
     /// Reuse and record stage outputs here; `None` builds everything afresh.
     pub stage_cache: Option<&'a StageCache>,
+    /// How the UKIs of an OS with sealed state sign their PCR policy (ignored for others).
+    pub signing: &'a Signing,
 }
 
 /// The outputs of one boot slot (or of the single slot of an OS without A/B).
@@ -60,6 +62,9 @@ pub struct SlotBuild {
     pub uki: PathBuf,
     /// PCR 11 after systemd-stub measured this UKI (hex).
     pub pcr11: plinth_release::Sha256,
+    /// The UKI's `.pcrsig` (`tpm2-pcr-signature.json`), when signed.
+    #[serde(default)]
+    pub pcr_signature: Option<String>,
 }
 
 /// Everything a build produced, for the artifact stage.
@@ -390,6 +395,12 @@ fn uki_stage(
     let stub = read(b.os, "uki", &b.work.stub())?;
     let linux = read(b.os, "uki", &b.work.kernel())?;
     let initrd_bytes = read(b.os, "uki", &boot.initrd)?;
+    // Only an OS that keeps sealed state signs its PCR policy.
+    let pcrpkey = if state::wanted(b.plan.workspace, b.os) {
+        b.plan.signing.public_pem().map_err(b.fail("uki"))?
+    } else {
+        None
+    };
     let mut built = Vec::new();
     for (root_part, verity_part) in slots {
         let cmdline = identity::cmdline(
@@ -405,13 +416,34 @@ fn uki_stage(
             uname: &boot.kernel_release,
             linux: &linux,
             initrd: &initrd_bytes,
+            pcrpkey: pcrpkey.as_deref().unwrap_or_default().as_bytes(),
+            pcrsig: &[],
         };
         let path = b.work.uki(&uki_name(b.os, root_part.slot));
-        let pcr11 = b.stage("uki").run(|| {
-            let bytes = uki::build_uki(&stub, &sections)?;
+        let loader = b.plan.profile.boot_loader != BootLoader::None;
+        let (pcr11, pcr_signature) = b.stage("uki").run(|| {
+            let unsigned = uki::build_uki(&stub, &sections)?;
+            let signature = match &pcrpkey {
+                Some(_) => b
+                    .plan
+                    .signing
+                    .signature(root_part.slot, &measure::initrd_pcrs(&unsigned, loader)?)?,
+                None => None,
+            };
+            let bytes = match &signature {
+                Some(sig) => uki::build_uki(
+                    &stub,
+                    &uki::UkiSections {
+                        pcrsig: sig.as_bytes(),
+                        ..sections
+                    },
+                )?,
+                None => unsigned,
+            };
             std::fs::write(&path, &bytes)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(plinth_release::Sha256(
-                plinth_firmware::systemd_stub::predict_pcr11(&bytes)?,
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                plinth_release::Sha256(plinth_firmware::systemd_stub::predict_pcr11(&bytes)?),
+                signature,
             ))
         })?;
         built.push(SlotBuild {
@@ -421,6 +453,7 @@ fn uki_stage(
             cmdline,
             uki: path,
             pcr11,
+            pcr_signature,
         });
     }
     Ok(built)
@@ -523,7 +556,8 @@ impl StageKeys {
                 "initrd",
                 format!(
                     "{}, zstd {}",
-                    state::initrd_extras(state::wanted(plan.workspace, &p.os)).describe(),
+                    state::initrd_extras(state::wanted(plan.workspace, &p.os), signed(plan, &p.os))
+                        .describe(),
                     initrd::ZSTD_LEVEL
                 ),
             )
@@ -546,6 +580,9 @@ impl StageKeys {
             );
         if agent::agent_for(&p.os).is_some() {
             image = image.with("agent-sources", agent::source_digest(plan.workspace)?);
+        }
+        if state::wanted(plan.workspace, &p.os) {
+            image = image.with("pcr-signing", plan.signing.describe()?);
         }
         Ok(StageKeys {
             packages,
@@ -708,6 +745,11 @@ fn empty_filesystems(
     Ok(out)
 }
 
+/// Whether `os`'s UKIs carry a signed PCR policy: it keeps sealed state and the build signs.
+fn signed(plan: &BuildPlan<'_>, os: &str) -> bool {
+    state::wanted(plan.workspace, os) && !matches!(plan.signing, Signing::Unsigned)
+}
+
 /// `guest-os-a` for slot A, `setup-os` for a single-slot OS.
 pub use plinth_release::names::uki_stem as uki_name;
 
@@ -764,7 +806,12 @@ impl<'p> Build<'p> {
 
     /// What this OS's initrd carries beyond dracut's defaults.
     fn initrd_extras(&self) -> initrd::Extras {
-        state::initrd_extras(state::wanted(self.plan.workspace, self.os))
+        state::initrd_extras(state::wanted(self.plan.workspace, self.os), self.signed())
+    }
+
+    /// Whether this OS's UKIs carry a signed PCR policy.
+    fn signed(&self) -> bool {
+        signed(self.plan, self.os)
     }
 
     /// Start the stage `name`: it logs its time and is named in its error.

@@ -36,6 +36,8 @@ pub struct Settings<'a> {
     pub work: &'a Path,
     /// Where the release goes (replaced).
     pub release_dir: &'a Path,
+    /// How an OS with sealed state signs its PCR policy.
+    pub signing: &'a super::pcr_signing::Signing,
 }
 
 /// One OS profile to build into a release directory, its inputs in the package cache.
@@ -96,6 +98,7 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
         work: &set.work.join("build"),
         log: job.log,
         stage_cache: set.image_cache,
+        signing: set.signing,
     };
     let (built, firmware) = std::thread::scope(|s| {
         let firmware = job

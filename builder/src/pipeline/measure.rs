@@ -9,6 +9,7 @@
 use plinth_firmware::measurements::{
     self as predictions, Measurements, NotPredicted, Platform, FORMAT_VERSION,
 };
+use plinth_firmware::pcr_policy::PcrValues;
 use plinth_firmware::systemd_stub::{self, SectionError};
 use plinth_firmware::{authenticode, eventlog::types, pcr, uefi};
 use plinth_release::{Os, Sha256, Slot, Version};
@@ -17,9 +18,46 @@ use plinth_release::{Os, Sha256, Slot, Version};
 pub const PLATFORM_FIRMWARE: &str =
     "OVMF_CODE_4M.fd + a fresh OVMF_VARS_4M.fd (Debian 12 ovmf 2022.11), swtpm TPM 2.0";
 
-/// What systemd-pcrphase (systemd 252) extends into PCR 11 once the system is up: the
-/// initrd has no pcrphase (dracut includes it only on request), the system extends these.
+/// What systemd-pcrphase (systemd 252) extends into PCR 11 once the system is up, for a UKI
+/// without a signed PCR policy: its initrd has no pcrphase (dracut includes it only on
+/// request), the system extends these.
 pub const BOOT_PHASES: [&str; 2] = ["sysinit", "ready"];
+
+/// The same for a UKI with a signed PCR policy (`.pcrpkey`): its initrd runs
+/// systemd-pcrphase-initrd.service, which extends `enter-initrd` before the state is opened
+/// and `leave-initrd` at the switch to the system.
+pub const SIGNED_BOOT_PHASES: [&str; 4] = ["enter-initrd", "leave-initrd", "sysinit", "ready"];
+
+/// The boot phases a boot of `uki` extends: [`SIGNED_BOOT_PHASES`] when it carries a signed
+/// PCR policy, else [`BOOT_PHASES`].
+pub fn boot_phases(uki: &[u8]) -> Result<&'static [&'static str], SectionError> {
+    Ok(match systemd_stub::section(uki, ".pcrpkey") {
+        Ok(_) => &SIGNED_BOOT_PHASES,
+        Err(SectionError::NoSection(_)) => &BOOT_PHASES,
+        Err(e) => return Err(e),
+    })
+}
+
+/// PCR 11 and 12 as they are in the initrd of a boot of `uki` (with systemd-boot before it
+/// when `loader`), once systemd-pcrphase extended `enter-initrd`: what a signed PCR policy
+/// signs ([`super::pcr_signing`]). `.pcrsig` is not measured, so `uki` may lack it.
+pub fn initrd_pcrs(uki: &[u8], loader: bool) -> Result<PcrValues, SectionError> {
+    let mut pcr11 = [0u8; 32];
+    for (_, digest) in systemd_stub::stub_pcr11_events(uki)? {
+        pcr11 = pcr::extend(pcr11, &digest);
+    }
+    let pcr11 = systemd_stub::pcr11_after_phases(pcr11, &["enter-initrd"]);
+    let events = command_line_events(
+        &systemd_stub::section(uki, ".cmdline")?,
+        &systemd_stub::stub_initrd(uki)?,
+        loader,
+    );
+    let pcr12 = events
+        .iter()
+        .filter(|e| e.pcr == 12)
+        .fold([0u8; 32], |v, e| pcr::extend(v, &e.sha256));
+    Ok([(11, pcr11), (12, pcr12)].into())
+}
 
 /// The firmware's default boot path on the ESP: systemd-boot, or the UKI itself for an OS
 /// without a boot loader.
@@ -120,10 +158,11 @@ pub fn predict(
         }
         events.extend(command_line_events(
             &systemd_stub::section(s.uki, ".cmdline").map_err(bad_uki)?,
-            &systemd_stub::section(s.uki, ".initrd").map_err(bad_uki)?,
+            &systemd_stub::stub_initrd(s.uki).map_err(|e| bad_uki(e.into()))?,
             loader.is_some(),
         ));
-        let later: Vec<uefi::Expected> = BOOT_PHASES
+        let later: Vec<uefi::Expected> = boot_phases(s.uki)
+            .map_err(bad_uki)?
             .iter()
             .map(|phase| uefi::Expected {
                 pcr: 11,
@@ -161,7 +200,8 @@ pub fn predict(
 /// started the UKI) measures the options it passes (the UKI's `.cmdline`) into PCR 12, and
 /// the stub measures the options it received again (started by the firmware, the UKI gets
 /// none and uses its own `.cmdline` unmeasured); then Linux's EFI stub tags the options and
-/// the initrd into PCR 9. The options are measured as UTF-16LE with their NUL.
+/// the initrd (as the stub hands it: [`systemd_stub::stub_initrd`]) into PCR 9. The options
+/// are measured as UTF-16LE with their NUL.
 fn command_line_events(cmdline: &[u8], initrd: &[u8], loader: bool) -> Vec<uefi::Expected> {
     let text = String::from_utf8_lossy(cmdline);
     let text = text.trim_end_matches(['\0', '\n']);

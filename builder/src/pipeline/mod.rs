@@ -22,6 +22,7 @@ pub mod measure;
 pub mod normalize;
 pub mod overlay;
 pub mod ovmf;
+pub mod pcr_signing;
 pub mod release;
 pub mod rootfs;
 pub mod sbom;

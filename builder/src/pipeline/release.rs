@@ -222,8 +222,19 @@ pub fn assemble(
             pcr4: pcr(4),
             pcr7: pcr(7),
             pcr11: s.pcr11,
+            pcr_signature: s.pcr_signature.clone(),
         });
     }
+    // The signed PCR policy's public key, as the UKIs carry it (`.pcrpkey`).
+    let pcr_public_key = match built.slots.first() {
+        Some(s) if s.pcr_signature.is_some() => {
+            let uki = std::fs::read(&s.uki).map_err(io(&s.uki))?;
+            plinth_firmware::systemd_stub::section(&uki, ".pcrpkey")
+                .ok()
+                .map(|pem| String::from_utf8_lossy(&pem).into_owned())
+        }
+        _ => None,
+    };
     let manifest = Manifest {
         format_version: super::manifest::FORMAT_VERSION,
         os: os_id,
@@ -239,6 +250,7 @@ pub fn assemble(
             lock_sha256: inputs.lock_sha256,
             os_spec_sha256: inputs.os_spec_sha256,
             builder_version: env!("CARGO_PKG_VERSION").to_string(),
+            pcr_public_key,
         },
         outputs: outputs.clone(),
         partitions,

@@ -44,13 +44,19 @@ pub fn wanted(workspace: &Path, os: &str) -> bool {
 
 /// What dracut adds to the initrd of an OS with state: LUKS2 and the TPM (systemd-cryptsetup,
 /// dm-crypt, the tss2 libraries systemd loads at run time) and the tools the first boot's
-/// creation runs.
-pub fn initrd_extras(wanted: bool) -> Extras {
+/// creation runs; and when its UKI carries a signed PCR policy (`signed`), systemd-pcrphase,
+/// which extends PCR 11 with `enter-initrd` before the state opens and `leave-initrd` after,
+/// so that only the initrd holds the PCR values the release key signed.
+pub fn initrd_extras(wanted: bool, signed: bool) -> Extras {
     if !wanted {
         return Extras::default();
     }
+    let mut modules = vec!["crypt", "tpm2-tss"];
+    if signed {
+        modules.push("systemd-pcrphase");
+    }
     Extras {
-        modules: vec!["crypt", "tpm2-tss"],
+        modules,
         install: vec!["cryptsetup", "systemd-cryptenroll", "mkfs.ext4", "e2fsck"],
     }
 }
@@ -174,7 +180,13 @@ mod tests {
 
     #[test]
     fn extras_only_for_an_os_with_state() {
-        assert_eq!(initrd_extras(false), Extras::default());
-        assert!(initrd_extras(true).modules.contains(&"crypt"));
+        assert_eq!(initrd_extras(false, true), Extras::default());
+        assert!(initrd_extras(true, false).modules.contains(&"crypt"));
+        assert!(!initrd_extras(true, false)
+            .modules
+            .contains(&"systemd-pcrphase"));
+        assert!(initrd_extras(true, true)
+            .modules
+            .contains(&"systemd-pcrphase"));
     }
 }

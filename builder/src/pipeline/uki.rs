@@ -76,6 +76,11 @@ pub struct UkiSections<'a> {
     pub linux: &'a [u8],
     /// `.initrd`: the initrd.
     pub initrd: &'a [u8],
+    /// `.pcrpkey`: the release key's public PEM, or empty for an unsigned UKI.
+    pub pcrpkey: &'a [u8],
+    /// `.pcrsig`: the release key's signature of the PCR values this UKI leaves in the
+    /// initrd (`tpm2-pcr-signature.json`), or empty. The stub does not measure it.
+    pub pcrsig: &'a [u8],
 }
 
 /// A section to append with [`add_sections`].
@@ -439,8 +444,9 @@ pub fn add_sections(stub: &[u8], new: &[NewSection]) -> Result<Vec<u8>, UkiError
 
 /// Builds a UKI from systemd-stub (`stub`, the bytes of e.g. [`DEFAULT_STUB`]) and the section
 /// contents. Sections come in ukify's order (`make_uki`: `.osrel`, `.cmdline`, `.dtb`,
-/// `.uname`, `.splash`, `.pcrpkey`, `.initrd`, `.ucode`, then `.linux`), of which a UKI here
-/// has `.osrel`, `.cmdline`, `.uname`, `.initrd`, `.linux`; empty ones are left out. The PE
+/// `.uname`, `.splash`, `.pcrpkey`, `.initrd`, `.ucode`, then `.linux`, and `.pcrsig` last,
+/// once the rest is measured), of which a UKI here has `.osrel`, `.cmdline`, `.uname`,
+/// `.pcrpkey`, `.initrd`, `.linux`, `.pcrsig`; empty ones are left out. The PE
 /// order does not change PCR 11: the stub measures in its own fixed order
 /// ([`STUB_252_MEASURED_SECTIONS`]). Same inputs, same bytes.
 pub fn build_uki(stub: &[u8], sections: &UkiSections) -> Result<Vec<u8>, UkiError> {
@@ -455,8 +461,10 @@ pub fn build_uki(stub: &[u8], sections: &UkiSections) -> Result<Vec<u8>, UkiErro
         (".osrel", sections.osrel, data),
         (".cmdline", sections.cmdline.as_bytes(), data),
         (".uname", sections.uname.as_bytes(), data),
+        (".pcrpkey", sections.pcrpkey, data),
         (".initrd", sections.initrd, data),
         (".linux", sections.linux, code),
+        (".pcrsig", sections.pcrsig, data),
     ];
     let new: Vec<NewSection> = all
         .iter()
@@ -588,6 +596,8 @@ mod tests {
             uname: "6.1.0-test",
             linux: b"MZ fake kernel, long enough to span more than one alignment unit? no",
             initrd: &[7u8; 1000],
+            pcrpkey: &[],
+            pcrsig: &[],
         }
     }
 

@@ -86,6 +86,9 @@ pub enum Echo {
 pub struct Watch {
     /// Stop as soon as this text is on the console.
     pub expect: Option<String>,
+    /// Instead of stopping QEMU when the text appears, cut its power this long after it:
+    /// SIGKILL, with no shutdown and nothing flushed by the guest (a power-loss trial).
+    pub power_off_after: Option<Duration>,
     pub timeout: Option<Duration>,
     pub echo: Echo,
     /// Keep the console log here as well (it is written as it comes).
@@ -550,6 +553,15 @@ fn watch(
                 seen = Some((from + at + m.len(), Instant::now()));
             }
             searched = console.len();
+        }
+        if let (Some((_, when)), Some(after)) = (seen, w.power_off_after) {
+            if when.elapsed() >= after {
+                let _ = child.kill();
+                let _ = child.wait();
+                return finish(Ending::Marker, &console);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         }
         if let Some((end, when)) = seen {
             let line_done = console[end..].contains(&b'\n');

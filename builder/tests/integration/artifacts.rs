@@ -702,6 +702,7 @@ fn sample_manifest() -> Manifest {
             lock_sha256: h('1'),
             os_spec_sha256: h('2'),
             builder_version: "0.1.0".into(),
+            pcr_public_key: None,
         },
         // Unsorted on purpose: the file is sorted.
         outputs: vec![
@@ -746,6 +747,7 @@ fn sample_manifest() -> Manifest {
                     pcr4: Some(h('4')),
                     pcr7: Some(h('5')),
                     pcr11: h('9'),
+                    pcr_signature: None,
                 },
                 SlotMeasurements {
                     slot: Some(plinth_release::Slot::A),
@@ -754,6 +756,7 @@ fn sample_manifest() -> Manifest {
                     pcr4: None,
                     pcr7: None,
                     pcr11: h('c'),
+                    pcr_signature: None,
                 },
             ],
         },

@@ -23,6 +23,8 @@ fn uki() -> Vec<u8> {
             uname: "6.1.0-99-amd64",
             linux: &stub,
             initrd: b"initrd bytes",
+            pcrpkey: &[],
+            pcrsig: &[],
         },
     )
     .unwrap()
@@ -155,4 +157,92 @@ fn what_is_not_pe_is_named() {
     )
     .unwrap_err();
     assert!(e.to_string().starts_with("EFI/Linux/setup-os.efi: "), "{e}");
+}
+
+/// A UKI with a signed PCR policy: its initrd runs pcrphase (four phases), the stub hands
+/// Linux `.pcrsig` and `.pcrpkey` as cpio archives after the initrd (PCR 9), and the PCR 11
+/// and 12 the release key signs are those of the initrd phase.
+#[test]
+fn a_signed_uki() {
+    let loader = std::fs::read(SYSTEMD_BOOT).unwrap();
+    let stub = std::fs::read(DEFAULT_STUB).unwrap();
+    let (pcrpkey, pcrsig) = (b"PEM".as_slice(), b"{\"sha256\":[]}".as_slice());
+    let signed = build_uki(
+        &stub,
+        &UkiSections {
+            osrel: b"IMAGE_ID=host-os\n",
+            cmdline: CMDLINE,
+            uname: "6.1.0-99-amd64",
+            linux: &stub,
+            initrd: b"initrd bytes",
+            pcrpkey,
+            pcrsig,
+        },
+    )
+    .unwrap();
+    let slots = [SlotFiles {
+        slot: Some(plinth_release::Slot::A),
+        uki_path: "EFI/Linux/host-os-a.efi".into(),
+        uki: &signed,
+    }];
+    let m = measure::predict(
+        "host-os".parse().unwrap(),
+        &"1.0.0".parse().unwrap(),
+        &loader,
+        &slots,
+    )
+    .unwrap();
+    let s = m.slot(Some(plinth_release::Slot::A)).unwrap();
+    let phases: Vec<&str> = s.later.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(
+        phases,
+        [
+            "systemd-pcrphase: enter-initrd",
+            "systemd-pcrphase: leave-initrd",
+            "systemd-pcrphase: sysinit",
+            "systemd-pcrphase: ready"
+        ]
+    );
+    // `.pcrpkey` is measured, `.pcrsig` is not.
+    let stub_pcr11 = predict_pcr11(&signed).unwrap();
+    assert!(s
+        .events
+        .iter()
+        .any(|e| e.what == "systemd-stub: .pcrpkey section name"));
+    assert!(!s.events.iter().any(|e| e.what.contains(".pcrsig")));
+    // PCR 9: the initrd (12 bytes, no padding), then the two archives.
+    let handed = plinth_firmware::systemd_stub::stub_initrd(&signed).unwrap();
+    assert_eq!(&handed[..12], b"initrd bytes");
+    let text = String::from_utf8_lossy(&handed[12..]).into_owned();
+    let sig_at = text.find(".extra/tpm2-pcr-signature.json").unwrap();
+    let key_at = text.find(".extra/tpm2-pcr-public-key.pem").unwrap();
+    assert!(sig_at < key_at, "the signature's archive comes first");
+    assert_eq!(text.matches("TRAILER!!!").count(), 2);
+    let d = options_digest();
+    assert_eq!(
+        s.pcrs[&9],
+        hex::encode(pcr::replay([&d, &pcr::digest(&handed)]))
+    );
+    // What the release key signs: PCR 11 in the initrd, and PCR 12 (whole by then).
+    let initrd = measure::initrd_pcrs(&signed, true).unwrap();
+    assert_eq!(
+        initrd[&11],
+        pcr11_after_phases(stub_pcr11, &["enter-initrd"])
+    );
+    assert_eq!(s.pcrs[&12], hex::encode(initrd[&12]));
+    // Signing does not change what is signed.
+    let unsigned = build_uki(
+        &stub,
+        &UkiSections {
+            osrel: b"IMAGE_ID=host-os\n",
+            cmdline: CMDLINE,
+            uname: "6.1.0-99-amd64",
+            linux: &stub,
+            initrd: b"initrd bytes",
+            pcrpkey,
+            pcrsig: &[],
+        },
+    )
+    .unwrap();
+    assert_eq!(measure::initrd_pcrs(&unsigned, true).unwrap(), initrd);
 }

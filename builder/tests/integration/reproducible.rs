@@ -13,13 +13,22 @@
 //!   `plinth verify`) boots its disk, launched by `plinth-host guest launch` (two guest NUMA
 //!   nodes, an extra disk, both reported by the guest agent; QEMU as nobody under seccomp,
 //!   its threads pinned as planned; `guest stop` powers it down through ACPI);
-//! - one overlay file changed (SetupOS): the rebuild reuses the package stage, `plinth diff` lists the
-//!   file, and `plinth verify` of that release fails naming it;
+//! - HostOS is built with a release key that signs its PCR policy, and its verify embeds the
+//!   recorded signatures after checking them against its own predictions;
+//! - one overlay file changed (HostOS): the rebuild reuses the package stage, `plinth diff`
+//!   lists the file, and `plinth verify` of that release fails naming it and the recorded PCR
+//!   signature that does not sign the rebuild;
 //! - every OS's disk boots with `plinth run` (QEMU, OVMF, TCG, swtpm) through systemd-boot
 //!   (GuestOS: OVMF starts its UKI), its UKI and the dm-verity root until its agent prints `PLINTH BOOT OK <os> <version>
 //!   slot=<A|none>`; the PCRs the agent read from the TPM equal those of the release's
 //!   measurements.json (PCR 4, 7, 9, 11, 12; GuestOS's 12 predicted zero), which
 //!   `plinth measure` recomputes from the image;
+//! - HostOS's sealed state, one disk and one TPM across boots: created on the first boot,
+//!   reopened on the second, reopened after an upgrade to the changed release (other PCR
+//!   values, signed by the same key); another TPM and a changed command line are refused and
+//!   named in the boot report, the data partition unchanged; then power-loss trials, QEMU
+//!   killed at seeded random points of the first boot's creation, each followed by a boot
+//!   that ends with the state usable (`ci/power-loss` runs more);
 //! - tampering: one flipped byte in GuestOS's verity-protected root stops its boot with a
 //!   dm-verity error on the console; a changed command line in HostOS's UKI makes its agent
 //!   report the PCR 11 mismatch against measurements.json (and, the same disk given a node
@@ -32,10 +41,11 @@ use std::process::{Command, Output};
 
 const OSES: [&str; 3] = ["guest-os", "host-os", "setup-os"];
 const VERSION: &str = "0.0.0-ci";
-/// The overlay file the one-file change edits, in the OS whose rebuilds are cheapest
-/// (SetupOS: no guest firmware, the fewest packages).
+/// The overlay file the one-file change edits.
 const CHANGED: &str = "etc/systemd/journald.conf.d/10-plinth.conf";
-const CHANGED_OS: &str = "setup-os";
+/// HostOS: its changed release is also the upgrade the sealed state must survive (signed by
+/// the same release key, other PCR values).
+const CHANGED_OS: &str = "host-os";
 /// The vCPU counts and types compared with `sev-snp-measure`, for each slot.
 const SNP_COMPARED: [(u32, &str); 3] = [(4, "EPYC-v4"), (16, "EPYC-Milan"), (64, "EPYC-Genoa")];
 
@@ -212,6 +222,23 @@ fn every_image_reproduces_verifies_and_diffs() {
     let cache = dir.path().join("cache");
     let out1 = dir.path().join("out1");
     let out1_arg = out1.to_str().unwrap();
+    // The release key that signs HostOS's PCR policy (the others ignore it).
+    let key = dir.path().join("release.key");
+    let genkey = run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key));
+    assert!(
+        genkey.status.success(),
+        "openssl genpkey: {}",
+        text(&genkey)
+    );
     let build = |os: &str, out: &str| {
         plinth(
             &repo,
@@ -225,6 +252,8 @@ fn every_image_reproduces_verifies_and_diffs() {
                 out,
                 "--release-version",
                 VERSION,
+                "--release-key",
+                key.to_str().unwrap(),
             ],
         )
     };
@@ -300,6 +329,12 @@ fn every_image_reproduces_verifies_and_diffs() {
         report.contains(&format!("/{CHANGED}")) && report.contains("partition root (ext4)"),
         "verify does not name the changed file:\n{report}"
     );
+    // Its recorded PCR signatures sign the changed build's values, not the rebuild's.
+    assert!(
+        text(&verify).contains("the signed values are not the predicted ones"),
+        "verify does not name the PCR signature that fails its rebuild:\n{}",
+        text(&verify)
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["inputs"]["source_dirty"], true);
@@ -317,7 +352,7 @@ fn every_image_reproduces_verifies_and_diffs() {
     // The boots, in two lanes at once (two cores): every first release boots with
     // `plinth run` (OVMF → systemd-boot or not → UKI → dracut → dm-verity root) with a swtpm,
     // until its agent reports the boot and the TPM's PCRs; then the tampered disks.
-    let (out1, tamper) = (&out1, dir.path().join("tamper"));
+    let (out1, out2, tamper) = (&out1, &out2, dir.path().join("tamper"));
     std::thread::scope(|lanes| {
         let first = lanes.spawn(|| {
             snp_digests_as_sev_snp_measure(&out1.join("guest-os").join(VERSION));
@@ -333,7 +368,17 @@ fn every_image_reproduces_verifies_and_diffs() {
                     .join("release/plinth-host"),
                 &tamper.join("launch"),
             );
-            state_across_boots(&out1.join("host-os").join(VERSION), &tamper.join("state"));
+            state_across_boots(
+                &out1.join("host-os").join(VERSION),
+                &out2.join("host-os").join(VERSION),
+                &tamper.join("state"),
+            );
+            power_loss_trials(
+                &out1.join("host-os").join(VERSION),
+                &tamper.join("power"),
+                POWER_LOSS_TRIALS,
+                trial_seed(),
+            );
         });
         for lane in [first.join(), second.join()] {
             if let Err(panic) = lane {
@@ -630,22 +675,25 @@ fn tampered_root(guest: &Path, scratch: &Path) {
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
-/// HostOS's sealed state over four boots of one disk, written in place (`--write-boot-disk`),
-/// each boot on a TPM whose state is kept (`--tpm-state`):
+/// HostOS's sealed state over five boots of one disk, written in place (`--write-boot-disk`),
+/// each boot on a TPM whose state is kept (`--tpm-state`); its PCR policy signed by the
+/// release key:
 /// 1. the first boot creates the LUKS2 volume on the `data` partition, sealed to that TPM,
 ///    and counts itself in it (`boots=1`, a new machine id);
 /// 2. a reboot opens it, reads the count back and writes 2, with the same machine id
-///    (nothing reformatted);
+///    (nothing reformatted); then an upgrade: `upgrade`'s ESP, root and verity written over
+///    the disk's (another release, other PCR 11 and 12 values, signed by the same key): the
+///    state opens, `boots=3`;
 /// 3. another machine's TPM (a fresh swtpm) cannot unlock it: the boot report names the
 ///    state failure and the partition's bytes are unchanged;
 /// 4. a changed kernel command line in the UKI (on the ESP, same length) with the first TPM:
-///    the key stays sealed (PCR 11 differs), the partition is unchanged, and the agent finds
+///    the key stays sealed (no signature covers its PCR 11 and 12), the partition is unchanged, and the agent finds
 ///    PCR 11 off its release's measurements.json and names the `.cmdline` event. The disk
 ///    also carries a node configuration on its config partition (what SetupOS writes) whose
 ///    GuestOS disk is missing: `plinth-guest.service` starts, cannot plan the VM (exit 2, not
 ///    restarted) and fails its start job, which the report names too (the `test` image has no
 ///    QEMU: the service cannot get further).
-fn state_across_boots(host: &Path, scratch: &Path) {
+fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
     let (mut esp, mut data, mut config_offset) = ((0, 0), (0, 0), 0);
     let disk = tampered_disk(host, scratch, |_, m| {
         let part = |name: &str| m.partitions.iter().find(|p| p.name == name).unwrap();
@@ -712,7 +760,10 @@ fn state_across_boots(host: &Path, scratch: &Path) {
     let first = boot_on("host-os-state-1", &tpm);
     boot_ok(&first, "first boot");
     let created = state_line(&first, "first boot");
-    assert!(created.contains(" created (tpm2) boots=1 "), "{created}");
+    assert!(
+        created.contains(" created (tpm2-signed) boots=1 "),
+        "{created}"
+    );
     let machine_id = field(&created, "machine-id=");
     assert_pcrs_as_predicted(host, "host-os", &first);
 
@@ -720,18 +771,49 @@ fn state_across_boots(host: &Path, scratch: &Path) {
     boot_ok(&second, "reboot");
     let opened = state_line(&second, "reboot");
     assert!(
-        opened.contains(" opened (tpm2) boots=2 "),
+        opened.contains(" opened (tpm2-signed) boots=2 "),
         "the reboot must open the state and read its count back: {opened}"
     );
     assert_eq!(field(&opened, "machine-id="), machine_id);
     eprintln!("host-os state, created: {created}\nhost-os state, after a reboot: {opened}");
+
+    // The upgrade: the other release's ESP, root and verity written over this disk's (the
+    // same layout), the data partition kept. Its PCR 11 and 12 differ; the release key
+    // signed them, so the state opens without re-enrolment.
+    let upgraded = upgrade_disk(&disk, host, upgrade, &scratch.join("upgrade"));
+    assert_ne!(
+        predicted_pcr(host, 11),
+        predicted_pcr(upgrade, 11),
+        "the upgrade must boot other PCR values"
+    );
+    let measurements = upgrade.join("measurements.json");
+    let third = boot(
+        &disk,
+        "host-os-state-upgraded",
+        &[
+            "--tpm-state",
+            tpm.to_str().unwrap(),
+            "--write-boot-disk",
+            "--measurements",
+            measurements.to_str().unwrap(),
+        ],
+    );
+    boot_ok(&third, "upgraded");
+    let reopened = state_line(&third, "upgraded");
+    assert!(
+        reopened.contains(" opened (tpm2-signed) boots=3 "),
+        "the upgrade signed by the release key must open the state: {reopened}"
+    );
+    assert_eq!(field(&reopened, "machine-id="), machine_id);
+    assert_pcrs_as_predicted(upgrade, "host-os", &third);
+    eprintln!("host-os state, after an upgrade ({upgraded} partitions written): {reopened}");
     let sealed = data_sha();
 
     let other = boot_on("host-os-state-other-tpm", &other_tpm);
     let failed = failed_line(&other, "another TPM");
     assert!(
         failed.contains(
-            "state: /dev/vda7 could not be unlocked with the tpm2 key: this TPM did not seal it"
+            "state: /dev/vda7 could not be unlocked with the tpm2-signed key: this TPM did not seal it"
         ),
         "another machine's TPM must not unlock the state: {failed}"
     );
@@ -764,7 +846,7 @@ fn state_across_boots(host: &Path, scratch: &Path) {
     let tampered = boot_on("host-os-tampered-cmdline", &tpm);
     let failed = failed_line(&tampered, "changed command line");
     assert!(
-        failed.contains("state: /dev/vda7 could not be unlocked with the tpm2 key: the PCRs it is sealed to differ"),
+        failed.contains("state: /dev/vda7 could not be unlocked with the tpm2-signed key: the PCRs it is sealed to differ"),
         "a changed command line must not unlock the state: {failed}"
     );
     assert!(
@@ -782,6 +864,206 @@ fn state_across_boots(host: &Path, scratch: &Path) {
     );
     eprintln!("host-os, command line changed, a node configuration with a missing disk: {failed}");
     std::fs::remove_dir_all(scratch).unwrap();
+}
+
+/// Write `release`'s ESP, slot A root and verity (from its disk image) over `disk` (of the
+/// release `installed`), as an upgrade would, after checking that both lay the partitions
+/// out alike; how many written.
+fn upgrade_disk(disk: &Path, installed: &Path, release: &Path, scratch: &Path) -> usize {
+    use std::os::unix::fs::FileExt;
+    let mut layout = Vec::new();
+    let new_disk = tampered_disk(release, scratch, |_, m| {
+        layout = m.partitions.clone();
+    });
+    let old = plinth::compare::release::Release::open(installed)
+        .unwrap()
+        .manifest
+        .partitions;
+    assert_eq!(old.len(), layout.len());
+    for (a, b) in old.iter().zip(&layout) {
+        assert_eq!(
+            (&a.name, a.offset, a.size),
+            (&b.name, b.offset, b.size),
+            "the releases lay their partitions out differently"
+        );
+    }
+    let (from, to) = (
+        std::fs::File::open(&new_disk).unwrap(),
+        std::fs::OpenOptions::new().write(true).open(disk).unwrap(),
+    );
+    let mut written = 0;
+    for p in layout
+        .iter()
+        .filter(|p| ["esp", "root-a", "verity-a"].contains(&p.name.as_str()))
+    {
+        let mut span = vec![0u8; p.size as usize];
+        from.read_exact_at(&mut span, p.offset).unwrap();
+        to.write_all_at(&span, p.offset).unwrap();
+        written += 1;
+    }
+    to.sync_all().unwrap();
+    std::fs::remove_file(&new_disk).unwrap();
+    assert_eq!(written, 3, "the release has no esp, root-a and verity-a");
+    written
+}
+
+/// The PCR `n` measurements.json of `release` predicts for slot A once the system is up.
+fn predicted_pcr(release: &Path, n: u32) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(release.join("measurements.json")).unwrap()).unwrap();
+    m["slots"][0]["pcrs"][n.to_string()]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no PCR {n} for slot A", release.display()))
+        .to_string()
+}
+
+/// Power-loss trials in the release tier (`ci/power-loss` runs more).
+const POWER_LOSS_TRIALS: usize = 5;
+
+/// The steps of the first boot's creation, as the state prints them when each begins, and
+/// about how long each takes under TCG (ms): a trial cuts the power inside one.
+const CREATION_STEPS: [(&str, u64); 8] = [
+    ("luks", 1000),
+    ("enroll", 1000),
+    ("unlock", 1300),
+    ("mkfs", 150),
+    ("mount", 100),
+    ("seed", 100),
+    ("count", 50),
+    ("commit", 150),
+];
+
+/// The trials' seed: `PLINTH_POWER_SEED`, else the time (printed, so a failure reruns).
+fn trial_seed() -> u64 {
+    std::env::var("PLINTH_POWER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        })
+}
+
+/// splitmix64: the trials' random points, the same for the same seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49eb_133f_ce11);
+    z ^ (z >> 31)
+}
+
+/// `trials` power cuts during the first boot's creation of HostOS's state, each on a fresh
+/// copy of `host`'s disk and a fresh TPM: the VM is killed a random time after a random
+/// creation step began, then the same disk and TPM boot again, and that boot must end with
+/// the state usable (created anew, or opened when the cut came after the commit) and the
+/// boot report OK.
+fn power_loss_trials(host: &Path, scratch: &Path, trials: usize, seed: u64) {
+    eprintln!(
+        "host-os power-loss trials: {trials}, seed {seed} (PLINTH_POWER_SEED={seed} repeats them)"
+    );
+    let pristine = tampered_disk(host, &scratch.join("pristine"), |_, _| {});
+    let measurements = host.join("measurements.json");
+    let mut rng = seed;
+    let mut outcomes = Vec::new();
+    for trial in 1..=trials {
+        let (step, length) = CREATION_STEPS[(next_random(&mut rng) % 8) as usize];
+        let after = next_random(&mut rng) % (length + length / 5);
+        let dir = scratch.join(format!("trial-{trial}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (disk, tpm) = (dir.join("disk.img"), dir.join("tpm"));
+        let copy = run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&pristine)
+            .arg(&disk));
+        assert!(copy.status.success(), "cp: {}", text(&copy));
+        let marker = format!("PLINTH STATE step={step}");
+        let after_ms = after.to_string();
+        let name = format!("host-os-power-{trial}");
+        boot(
+            &disk,
+            &name,
+            &[
+                "--tpm-state",
+                tpm.to_str().unwrap(),
+                "--write-boot-disk",
+                "--expect",
+                &marker,
+                "--power-off-after",
+                &after_ms,
+            ],
+        );
+        let next = boot(
+            &disk,
+            &format!("{name}-after"),
+            &[
+                "--tpm-state",
+                tpm.to_str().unwrap(),
+                "--write-boot-disk",
+                "--measurements",
+                measurements.to_str().unwrap(),
+            ],
+        );
+        let report = next
+            .lines()
+            .find(|l| l.contains("PLINTH BOOT "))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let state = next
+            .lines()
+            .find(|l| l.contains("PLINTH STATE ") && l.contains(" boots="))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(
+            report.contains("PLINTH BOOT OK host-os")
+                && state.contains("PLINTH STATE ok ")
+                && (state.contains(" created (") || state.contains(" opened (")),
+            "trial {trial} (seed {seed}): power cut {after} ms after `{marker}`; the next boot: `{report}`, `{state}` (console log target/tmp/boot-{name}-after.log)"
+        );
+        let how = if state.contains(" created (") {
+            "created anew"
+        } else {
+            "opened"
+        };
+        eprintln!(
+            "trial {trial}: power cut {after} ms into `{step}`; next boot: state {how}, boot OK"
+        );
+        outcomes.push(how);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    std::fs::remove_dir_all(scratch).unwrap();
+    eprintln!(
+        "host-os power-loss trials: {} of {trials} passed ({} created anew, {} opened)",
+        outcomes.len(),
+        outcomes.iter().filter(|h| **h == "created anew").count(),
+        outcomes.iter().filter(|h| **h == "opened").count()
+    );
+}
+
+/// More power-loss trials than the release tier runs (`ci/power-loss`): on the HostOS release
+/// in `PLINTH_POWER_RELEASE`, `PLINTH_POWER_TRIALS` of them (default 50).
+#[test]
+#[ignore = "ci/power-loss: root, a built HostOS test release"]
+fn power_loss_trials_on_a_release() {
+    let release = PathBuf::from(
+        std::env::var("PLINTH_POWER_RELEASE")
+            .expect("PLINTH_POWER_RELEASE: a HostOS release directory (ci/power-loss sets it)"),
+    );
+    let trials = std::env::var("PLINTH_POWER_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(50);
+    let scratch = tempfile::tempdir().unwrap();
+    power_loss_trials(
+        &release,
+        &scratch.path().join("power"),
+        trials,
+        trial_seed(),
+    );
 }
 
 fn slot_of(os: &str) -> &'static str {

@@ -63,6 +63,8 @@ impl Inputs {
             uname: &self.uname,
             linux: &self.linux,
             initrd: &self.initrd,
+            pcrpkey: &[],
+            pcrsig: &[],
         }
     }
 

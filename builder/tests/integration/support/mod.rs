@@ -87,6 +87,7 @@ pub fn slot(slot: Option<&str>, pcr4: Option<String>, pcr11: String) -> SlotMeas
         pcr4: pcr4.map(|p| p.parse().unwrap()),
         pcr7: None,
         pcr11: pcr11.parse().unwrap(),
+        pcr_signature: None,
     }
 }
 
@@ -111,6 +112,7 @@ pub fn sample_manifest(
             lock_sha256: hex('1').parse().unwrap(),
             os_spec_sha256: hex('2').parse().unwrap(),
             builder_version: "0.1.0".into(),
+            pcr_public_key: None,
         },
         outputs,
         partitions,
