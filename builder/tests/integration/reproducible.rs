@@ -692,7 +692,10 @@ fn tampered_root(guest: &Path, scratch: &Path) {
 ///    also carries a node configuration on its config partition (what SetupOS writes) whose
 ///    GuestOS disk is missing: `plinth-guest.service` starts, cannot plan the VM (exit 2, not
 ///    restarted) and fails its start job, which the report names too (the `test` image has no
-///    QEMU: the service cannot get further).
+///    QEMU: the service cannot get further);
+/// 5. the command line restored and the volume's ciphertext overwritten: it unlocks to no
+///    file system, e2fsck fails, the boot report names it and the partition is not
+///    reformatted.
 fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
     let (mut esp, mut data, mut config_offset) = ((0, 0), (0, 0), 0);
     let disk = tampered_disk(host, scratch, |_, m| {
@@ -701,9 +704,11 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
         data = (part("data").offset, part("data").size);
         config_offset = part("config").offset;
     });
-    let measurements = host.join("measurements.json");
+    // What the disk runs: the first release, then the upgrade.
+    let running = std::cell::RefCell::new(host.join("measurements.json"));
     let (tpm, other_tpm) = (scratch.join("tpm"), scratch.join("other-tpm"));
     let boot_on = |name: &str, tpm: &Path| {
+        let measurements = running.borrow().clone();
         boot(
             &disk,
             name,
@@ -786,18 +791,8 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
         predicted_pcr(upgrade, 11),
         "the upgrade must boot other PCR values"
     );
-    let measurements = upgrade.join("measurements.json");
-    let third = boot(
-        &disk,
-        "host-os-state-upgraded",
-        &[
-            "--tpm-state",
-            tpm.to_str().unwrap(),
-            "--write-boot-disk",
-            "--measurements",
-            measurements.to_str().unwrap(),
-        ],
-    );
+    *running.borrow_mut() = upgrade.join("measurements.json");
+    let third = boot_on("host-os-state-upgraded", &tpm);
     boot_ok(&third, "upgraded");
     let reopened = state_line(&third, "upgraded");
     assert!(
@@ -863,6 +858,36 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
         "the tampered boot changed the data partition"
     );
     eprintln!("host-os, command line changed, a node configuration with a missing disk: {failed}");
+
+    // The command line back as signed, and the volume's ciphertext overwritten past the
+    // LUKS2 header (16 MiB): it unlocks, but decrypts to no file system. The boot names it,
+    // and nothing reformats the partition.
+    {
+        use std::os::unix::fs::FileExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&disk)
+            .unwrap();
+        replace_once(&mut f, esp.0, esp.1, b" panic=11 ", b" panic=10 ");
+        let header = 16 << 20;
+        let junk: Vec<u8> = (0..data.1 - header).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&junk, data.0 + header).unwrap();
+        f.sync_all().unwrap();
+    }
+    let garbled = data_sha();
+    let corrupt = boot_on("host-os-state-corrupt", &tpm);
+    let failed = failed_line(&corrupt, "corrupt file system");
+    assert!(
+        failed.contains("state: the file system on /dev/vda7 is corrupt (e2fsck exit"),
+        "a volume that decrypts to no file system must be named: {failed}"
+    );
+    assert_eq!(
+        data_sha(),
+        garbled,
+        "the boot with a corrupt state changed the data partition"
+    );
+    eprintln!("host-os state, its file system destroyed: {failed}");
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
