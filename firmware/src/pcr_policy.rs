@@ -188,17 +188,25 @@ impl PublicKey {
                 entry.pcrs
             )));
         }
+        // The file is outside input: only a hex digest is echoed in an error.
+        let shown = |v: &str| {
+            if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                v.to_string()
+            } else {
+                "(not a sha256 in hex)".to_string()
+            }
+        };
         if entry.pkfp != hex::encode(self.fingerprint()?) {
             return Err(bad(format!(
                 "pkfp {} is not the release key's fingerprint",
-                entry.pkfp
+                shown(&entry.pkfp)
             )));
         }
         let pol = policy_pcr(pcrs)?;
         if entry.pol != hex::encode(pol) {
             return Err(bad(format!(
                 "signs the policy {}, but these PCR values give {}: the signed values are not the predicted ones",
-                entry.pol,
+                shown(&entry.pol),
                 hex::encode(pol)
             )));
         }

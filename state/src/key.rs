@@ -182,18 +182,20 @@ impl KeySource {
         KeySource::parse(&text, &shown).map(Some)
     }
 
-    /// The source as this boot can use it: a signed policy whose UKI carries no signature
-    /// (a build without a release key: no `/.extra/tpm2-pcr-signature.json`) binds the same
-    /// PCRs by value instead, so that the state opens with this build alone. A volume that was
-    /// enrolled under a signature keeps needing one: systemd-cryptsetup reads the policy from
-    /// the volume's token, not from here.
+    /// The source as this boot can use it: a signed policy whose UKI carries no release key
+    /// (a build without one: no `.pcrpkey`, so no `/.extra/tpm2-pcr-public-key.pem`) binds
+    /// the same PCRs by value instead, so that the state opens with this build alone. The
+    /// choice follows `.pcrpkey`, which the stub measures into PCR 11, never the unmeasured
+    /// `.pcrsig`: a UKI with a key and no signature fails to enrol rather than falling back.
+    /// A volume enrolled under a signature keeps needing one: systemd-cryptsetup reads the
+    /// policy from the volume's token, not from here.
     pub fn for_this_boot(self) -> KeySource {
         match self {
             KeySource::Tpm2 {
                 device,
                 pcrs,
                 signed: Some(s),
-            } if !s.signature.exists() => KeySource::Tpm2 {
+            } if !s.public_key.exists() => KeySource::Tpm2 {
                 device,
                 pcrs: if pcrs.is_empty() {
                     s.pcrs
@@ -314,19 +316,20 @@ mod tests {
     }
 
     #[test]
-    fn an_unsigned_uki_binds_the_signed_pcrs_by_value() {
+    fn a_uki_without_a_release_key_binds_the_signed_pcrs_by_value() {
         let t = tempfile::tempdir().unwrap();
-        let sig = t.path().join("tpm2-pcr-signature.json");
+        let key = t.path().join("tpm2-pcr-public-key.pem");
         let text = format!(
-            "key_source=tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/.extra/k.pem\ntpm2_signature={}\n",
-            sig.display()
+            "key_source=tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key={}\ntpm2_signature=/.extra/s.json\n",
+            key.display()
         );
         let unsigned = KeySource::parse(&text, "c").unwrap().for_this_boot();
         assert_eq!(unsigned.name(), "tpm2");
         assert!(unsigned
             .enroll_args(Path::new("/dev/vda7"))
             .contains(&"--tpm2-pcrs=11+12".to_string()));
-        std::fs::write(&sig, "{}").unwrap();
+        // A key without its signature (stripped from the ESP) stays signed, and fails.
+        std::fs::write(&key, "PEM").unwrap();
         let signed = KeySource::parse(&text, "c").unwrap().for_this_boot();
         assert_eq!(signed.name(), "tpm2-signed");
         assert!(signed

@@ -119,6 +119,7 @@ fn open(args: &OpenArgs) -> ExitCode {
         let Some(source) = KeySource::load(&args.root).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        let source = source.for_this_boot();
         report.key_source = Some(source.name().into());
         let st = nix::sys::stat::stat(&args.root)
             .map_err(|e| format!("{}: {e}", args.root.display()))?;

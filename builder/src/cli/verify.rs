@@ -64,11 +64,15 @@ struct Report<'a> {
     profile: &'a str,
     source_commit: plinth_release::CommitId,
     artifacts: &'a [compare::ArtifactDiff],
+    /// Recorded PCR signatures that do not sign the rebuild's predicted PCR values.
+    bad_pcr_signatures: &'a [String],
 }
 
 pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     // The release first: a crafted one is refused, naming the field, before anything else.
     let release = open_release(&args.release)?;
+    // The recorded PCR policy too: a key that is not one is refused before any work.
+    let signing = recorded_signing(&release)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(BadInput(
             "plinth verify needs root: it rebuilds the release (mmdebstrap, chroot, namespaces)\n  hint: run it as root".into(),
@@ -116,7 +120,6 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let source = export_commit(&repo.root, &commit, &work.join("source"))?;
     check_source_inputs(&source, os, &release)?;
 
-    let signing = recorded_signing(&release)?;
     let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
     let rebuilt_dir = crate::names::under(&work, &["rebuilt", os, &m.version])
         .map_err(|e| BadInput(format!("{}: version: {e}", release.dir.display())))?;
@@ -149,26 +152,13 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     private_dir(&scratch)?;
     let comparison =
         compare::compare(&release, &rebuilt, &scratch).map_err(super::compare_error)?;
-    let compared = report(out, &release, &comparison, args.limit);
     // A recorded PCR signature that does not sign what the rebuild predicts fails the
     // verify even when every byte matched: the release would unseal for other PCR values.
-    let mismatches = match &signing {
+    let bad_signatures = match &signing {
         Signing::Recorded(r) => r.mismatches(),
         _ => Vec::new(),
     };
-    if mismatches.is_empty() {
-        return compared;
-    }
-    for m in &mismatches {
-        out.warn(m);
-    }
-    compared?;
-    Err(CheckFailed(format!(
-        "{}: {}",
-        release.dir.display(),
-        mismatches.join("; ")
-    ))
-    .into())
+    report(out, &release, &comparison, &bad_signatures, args.limit)
 }
 
 /// The release's signed PCR policy, as its manifest records it: the rebuild has no private
@@ -305,26 +295,42 @@ fn check_source_inputs(source: &Workspace, os: &str, release: &Release) -> anyho
     .into())
 }
 
-fn report(out: &Output, release: &Release, c: &Comparison, limit: usize) -> anyhow::Result<()> {
+fn report(
+    out: &Output,
+    release: &Release,
+    c: &Comparison,
+    bad_signatures: &[String],
+    limit: usize,
+) -> anyhow::Result<()> {
     let m = &release.manifest;
     let differing: Vec<&compare::ArtifactDiff> = c.differing().collect();
     if out.json {
         out.json_result(&Report {
-            reproduced: differing.is_empty(),
+            reproduced: differing.is_empty() && bad_signatures.is_empty(),
             os: m.os.as_str(),
             version: &m.version,
             profile: &m.profile,
             source_commit: m.inputs.source_commit,
             artifacts: &c.artifacts,
+            bad_pcr_signatures: bad_signatures,
         })?;
-    } else if differing.is_empty() {
+    } else if !bad_signatures.is_empty() {
+        println!(
+            "NOT reproduced: the release's PCR policy signs other PCR values than its rebuild's ({} {}, {})",
+            m.os, m.version, m.profile
+        );
+        for b in bad_signatures {
+            println!("  {b}");
+        }
+    }
+    if !out.json && differing.is_empty() && bad_signatures.is_empty() {
         println!("reproduced {} artifacts", c.artifacts.len());
         for a in &c.artifacts {
             if let Some(d) = &a.before {
                 println!("  {}  {:>12}  {}", d.sha256, d.size, a.name);
             }
         }
-    } else {
+    } else if !out.json && !differing.is_empty() {
         println!(
             "NOT reproduced: {} of {} artifacts differ ({} {}, {})",
             differing.len(),
@@ -338,6 +344,14 @@ fn report(out: &Output, release: &Release, c: &Comparison, limit: usize) -> anyh
                 println!("  {line}");
             }
         }
+    }
+    if !bad_signatures.is_empty() {
+        return Err(CheckFailed(format!(
+            "{}: {}",
+            release.dir.display(),
+            bad_signatures.join("; ")
+        ))
+        .into());
     }
     if differing.is_empty() {
         Ok(())

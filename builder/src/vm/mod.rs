@@ -554,16 +554,16 @@ fn watch(
             }
             searched = console.len();
         }
-        if let (Some((_, when)), Some(after)) = (seen, w.power_off_after) {
-            if when.elapsed() >= after {
+        match (seen, w.power_off_after) {
+            // The power cut, unless QEMU ended by itself first (then that is the ending).
+            (Some((_, when)), Some(after)) if exited.is_none() && when.elapsed() >= after => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return finish(Ending::Marker, &console);
             }
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
+            _ => {}
         }
-        if let Some((end, when)) = seen {
+        if let (Some((end, when)), None) = (seen, w.power_off_after) {
             let line_done = console[end..].contains(&b'\n');
             if line_done || exited.is_some() || when.elapsed() > Duration::from_secs(1) {
                 return finish(Ending::Marker, &console);
@@ -580,7 +580,12 @@ fn watch(
         if w.timeout.is_some_and(|t| start.elapsed() > t) {
             return finish(Ending::Timeout, &console);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // A power cut is timed to a few milliseconds of the text's arrival.
+        std::thread::sleep(Duration::from_millis(if w.power_off_after.is_some() {
+            5
+        } else {
+            100
+        }));
     }
 }
 

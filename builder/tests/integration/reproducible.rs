@@ -921,9 +921,15 @@ fn upgrade_disk(disk: &Path, installed: &Path, release: &Path, scratch: &Path) -
         .iter()
         .filter(|p| ["esp", "root-a", "verity-a"].contains(&p.name.as_str()))
     {
-        let mut span = vec![0u8; p.size as usize];
-        from.read_exact_at(&mut span, p.offset).unwrap();
-        to.write_all_at(&span, p.offset).unwrap();
+        let mut chunk = vec![0u8; 4 << 20];
+        let mut done = 0;
+        while done < p.size {
+            let n = chunk.len().min((p.size - done) as usize);
+            from.read_exact_at(&mut chunk[..n], p.offset + done)
+                .unwrap();
+            to.write_all_at(&chunk[..n], p.offset + done).unwrap();
+            done += n as u64;
+        }
         written += 1;
     }
     to.sync_all().unwrap();
