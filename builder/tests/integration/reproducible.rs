@@ -30,7 +30,8 @@
 //!   killed at seeded random points of the first boot's creation, each followed by a boot
 //!   that ends with the state usable (`ci/power-loss` runs more);
 //! - tampering: one flipped byte in GuestOS's verity-protected root stops its boot with a
-//!   dm-verity error on the console; a changed command line in HostOS's UKI makes its agent
+//!   dm-verity error on the console, and in HostOS's makes its initrd reboot, never offering
+//!   a shell; a changed command line in HostOS's UKI makes its agent
 //!   report the PCR 11 mismatch against measurements.json (and, the same disk given a node
 //!   configuration with a missing GuestOS disk, `plinth-guest.service`'s failure at boot).
 
@@ -359,6 +360,10 @@ fn every_image_reproduces_verifies_and_diffs() {
             boot_as_predicted(out1, "guest-os");
             boot_as_predicted(out1, "setup-os");
             tampered_root(&out1.join("guest-os").join(VERSION), &tamper.join("root"));
+            tampered_host_root(
+                &out1.join("host-os").join(VERSION),
+                &tamper.join("host-root"),
+            );
         });
         let second = lanes.spawn(|| {
             guest_launch_boots(
@@ -672,6 +677,68 @@ fn tampered_root(guest: &Path, scratch: &Path) {
             .unwrap_or_default()
             .trim()
     );
+    std::fs::remove_dir_all(scratch).unwrap();
+}
+
+/// A flipped byte in HostOS's verity-protected root: the initrd cannot mount it and, its
+/// command line saying `rd.shell=0 rd.emergency=reboot`, reboots instead of opening a shell
+/// (which would hold the PCR values the sealed state opens with). Watched until the firmware
+/// starts the disk a second time, then stopped.
+fn tampered_host_root(host: &Path, scratch: &Path) {
+    let tampered = tampered_disk(host, scratch, |disk, m| {
+        let root = m.partitions.iter().find(|p| p.name == "root-a").unwrap();
+        flip_byte(disk, root.offset + 1024 + 100);
+    });
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-host-os-tampered-root.log");
+    let _ = std::fs::remove_file(&log);
+    let mut child = Plinth::new()
+        .command()
+        .arg("run")
+        .arg(&tampered)
+        .args(["--accel", "tcg", "--tpm", "--timeout", "400", "--json"])
+        .arg("--console-log")
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(400);
+    let starts = |console: &str| console.matches("BdsDxe: starting").count();
+    let console = loop {
+        let console = std::fs::read_to_string(&log).unwrap_or_default();
+        let ended = child.try_wait().unwrap().is_some();
+        if starts(&console) >= 2 || ended || std::time::Instant::now() > deadline {
+            break console;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    // SIGTERM: plinth stops QEMU and swtpm and removes their files.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert!(
+        console.contains("is corrupted") && !console.contains("PLINTH BOOT OK"),
+        "a flipped root byte must stop HostOS's boot with a verity error (console log {})",
+        log.display()
+    );
+    for shell in [
+        "Give root password",
+        "emergency mode",
+        "Press Enter for maintenance",
+    ] {
+        assert!(
+            !console.contains(shell),
+            "HostOS's initrd offered a shell (`{shell}`; console log {})",
+            log.display()
+        );
+    }
+    assert!(
+        starts(&console) >= 2,
+        "HostOS's initrd did not reboot after the failed root (console log {})",
+        log.display()
+    );
+    eprintln!("host-os, one root byte flipped: the initrd rebooted without a shell");
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
