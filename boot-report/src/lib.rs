@@ -453,6 +453,7 @@ mod tests {
             machine_id: None,
             reason: (!ok).then(|| "/dev/vda7 could not be unlocked with the tpm2 key".into()),
             steps: Vec::new(),
+            volume: None,
         };
         assert_eq!(check_state(false, Ok(None)), None);
         assert_eq!(check_state(true, Ok(Some(report(true)))), None);

@@ -57,6 +57,18 @@ pub struct Header {
     pub seqid: u64,
     /// The label, up to its first NUL.
     pub label: Vec<u8>,
+    /// The volume's UUID (`cryptsetup luksUUID`), when the field holds one.
+    pub uuid: Option<String>,
+}
+
+/// Whether `s` is a UUID as cryptsetup writes it: 36 characters, lower-case hex digits and
+/// dashes at 8, 13, 18 and 23.
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
 }
 
 fn be_u64(b: &[u8], at: usize) -> u64 {
@@ -94,10 +106,15 @@ fn header_at(head: &[u8], offset: usize, magic: &[u8; 6]) -> Option<Header> {
         .next()
         .unwrap_or(&[])
         .to_vec();
+    let uuid = std::str::from_utf8(bin[168..208].split(|&c| c == 0).next().unwrap_or(&[]))
+        .ok()
+        .filter(|u| is_uuid(u))
+        .map(str::to_string);
     Some(Header {
         offset,
         seqid: be_u64(bin, 16),
         label,
+        uuid,
     })
 }
 
@@ -162,6 +179,14 @@ pub fn classify_parts(head: &[u8], first_data_byte: Option<u64>) -> Content {
     )
 }
 
+/// The UUID of the LUKS2 volume on `dev`, if it holds a valid header with one.
+pub fn volume_uuid<D: Read + Seek>(dev: &mut D) -> std::io::Result<Option<String>> {
+    dev.seek(SeekFrom::Start(0))?;
+    let mut head = vec![0u8; HEAD_LEN];
+    dev.read_exact(&mut head)?;
+    Ok(best_header(&head).and_then(|h| h.uuid))
+}
+
 /// Classify the partition read through `dev` (`size` bytes): at most [`HEAD_LEN`] bytes are
 /// held in memory, the rest of the window is streamed.
 pub fn classify<D: Read + Seek>(dev: &mut D, size: u64) -> std::io::Result<Content> {
@@ -208,6 +233,7 @@ mod tests {
         h[16..24].copy_from_slice(&seqid.to_be_bytes());
         h[24..24 + label.len()].copy_from_slice(label.as_bytes());
         h[72..78].copy_from_slice(b"sha256");
+        h[168..204].copy_from_slice(b"3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8");
         h[256..264].copy_from_slice(&(offset as u64).to_be_bytes());
         h[BINARY_HEADER..BINARY_HEADER + 2].copy_from_slice(b"{}");
         let sum = Sha256::digest(&*h);
@@ -219,6 +245,29 @@ mod tests {
         put_header(&mut head, 0, 0x4000, label, 3);
         put_header(&mut head, 0x4000, 0x4000, label, 3);
         head
+    }
+
+    #[test]
+    fn the_uuid_is_read_and_checked() {
+        let head = volume(LABEL_STATE);
+        assert_eq!(
+            best_header(&head).unwrap().uuid.as_deref(),
+            Some("3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8")
+        );
+        assert_eq!(
+            volume_uuid(&mut std::io::Cursor::new(head))
+                .unwrap()
+                .as_deref(),
+            Some("3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8")
+        );
+        for bad in [
+            "3F0C1A2B-4D5E-6F70-8192-A3B4C5D6E7F8",
+            "3f0c1a2b4d5e6f708192a3b4c5d6e7f8",
+            "3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f",
+            "../../../../../../../../../etc/passw",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
     }
 
     #[test]

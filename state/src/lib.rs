@@ -3,10 +3,11 @@
 //! system starts, so systemd finds its machine-id and journal there), and never reformatted.
 //! The design, and why, is docs/state-design.md.
 //!
-//! Data flows one way: [`disk`] finds the partition, [`header`] says what it holds, [`key`]
-//! says how it is sealed, [`volume`] opens or creates it, [`report`] records the outcome for the
-//! boot report. Whatever fails, the boot goes on with a tmpfs `/var` and the failure named.
+//! Data flows one way: [`disk`] finds the partition, [`config`] reads the node's request to
+//! wipe it (if any), [`header`] says what it holds, [`key`] says how it is sealed, [`volume`]
+//! opens or creates it, [`report`] records the outcome for the boot report. Whatever fails, the boot goes on with a tmpfs `/var` and the failure named.
 
+pub mod config;
 pub mod console;
 pub mod disk;
 pub mod header;

@@ -5,10 +5,10 @@
 
 use clap::{Parser, Subcommand};
 use plinth_state::console::say;
-use plinth_state::disk;
 use plinth_state::key::KeySource;
 use plinth_state::report::{Report, REPORT_PATH};
 use plinth_state::volume::{Volume, SYSTEMD_CRYPTSETUP};
+use plinth_state::{config, disk};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -114,6 +114,7 @@ fn open(args: &OpenArgs) -> ExitCode {
         machine_id: None,
         reason: None,
         steps: Vec::new(),
+        volume: None,
     };
     let result = (|| -> Result<Option<plinth_state::volume::Outcome>, String> {
         let Some(source) = KeySource::load(&args.root).map_err(|e| e.to_string())? else {
@@ -130,14 +131,30 @@ fn open(args: &OpenArgs) -> ExitCode {
         let part = disk::sibling_partition(&args.sysfs, Path::new("/dev"), dev, &args.partition)
             .map_err(|e| e.to_string())?;
         report.device = Some(part.node.display().to_string());
+        // The node's request to wipe the state, if its configuration has one. A request
+        // that cannot be read wipes nothing, and says why.
+        let wipe =
+            match disk::sibling_partition(&args.sysfs, Path::new("/dev"), dev, config::PARTITION) {
+                Ok(c) => config::read_wipe_request(&c.node).unwrap_or_else(|e| {
+                    say(&[format!(
+                        "PLINTH STATE note: the wipe request is ignored: {e}"
+                    )]);
+                    None
+                }),
+                Err(_) => None,
+            };
         let volume = Volume {
             device: part.node,
             size: part.size,
             mapper: args.mapper.clone(),
             target: target.clone(),
             source,
+            wipe,
         };
-        volume.open_or_create().map(Some).map_err(|e| e.to_string())
+        report.volume = volume.uuid().ok().flatten();
+        let outcome = volume.open_or_create().map_err(|e| e.to_string())?;
+        report.volume = outcome.uuid.clone();
+        Ok(Some(outcome))
     })();
     match result {
         Ok(None) => {

@@ -31,6 +31,9 @@ pub struct Report {
     pub reason: Option<String>,
     /// Each step and its milliseconds.
     pub steps: Vec<(String, u128)>,
+    /// The volume's UUID, when the partition holds one (what a wipe request names).
+    #[serde(default)]
+    pub volume: Option<String>,
 }
 
 impl Report {
@@ -77,21 +80,32 @@ impl Report {
             self.boots,
             self.machine_id.as_deref().unwrap_or("?")
         );
+        if let Some(uuid) = &self.volume {
+            line.push_str(&format!(" volume={uuid}"));
+        }
         for (step, ms) in &self.steps {
             line.push_str(&format!(" {step}={ms}ms"));
         }
         line
     }
 
-    /// The boot report's problem, if any: `state: <reason>`.
+    /// The boot report's problem, if any: `state: <reason>`, and when the partition holds a
+    /// volume, its UUID and how to start over.
     pub fn problem(&self) -> Option<String> {
         (!self.ok).then(|| {
-            format!(
+            let mut line = format!(
                 "state: {}",
                 self.reason
                     .as_deref()
                     .unwrap_or("not available (no reason recorded)")
-            )
+            );
+            if let Some(uuid) = &self.volume {
+                line.push_str(&format!(
+                    " (volume {uuid}; to start over with an empty state, write this UUID to {} on the config partition)",
+                    crate::config::WIPE_FILE
+                ));
+            }
+            line
         })
     }
 }
@@ -114,6 +128,7 @@ mod tests {
             machine_id: None,
             reason: Some("/dev/vda7 could not be unlocked".into()),
             steps: vec![("unlock".into(), 12)],
+            volume: None,
         };
         r.write(&path).unwrap();
         assert_eq!(Report::read(&path).unwrap(), Some(r.clone()));
@@ -138,6 +153,20 @@ mod tests {
             ok.summary(),
             "PLINTH STATE ok /dev/vda7 created (tpm2) boots=1 machine-id=0123456789abcdef0123456789abcdef unlock=12ms"
         );
+        let with_volume = Report {
+            volume: Some("3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8".into()),
+            ..r.clone()
+        };
+        assert_eq!(
+            with_volume.problem().unwrap(),
+            "state: /dev/vda7 could not be unlocked (volume 3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8; to start over with an empty state, write this UUID to wipe-state on the config partition)"
+        );
+        assert!(Report {
+            ok: true,
+            ..with_volume
+        }
+        .summary()
+        .contains(" volume=3f0c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8 "));
         std::fs::write(&path, b"{\"ok\":").unwrap();
         assert!(Report::read(&path).is_err());
     }

@@ -99,6 +99,9 @@ pub struct Volume {
     pub target: PathBuf,
     /// The key source.
     pub source: KeySource,
+    /// The UUID of a volume the node's configuration asks to wipe ([`crate::config`]): if
+    /// it is this partition's, the volume is wiped and created anew.
+    pub wipe: Option<String>,
 }
 
 /// What happened.
@@ -112,6 +115,8 @@ pub struct Outcome {
     pub machine_id: String,
     /// Each step and its time in milliseconds.
     pub steps: Vec<(&'static str, u128)>,
+    /// The volume's UUID (what a wipe request names).
+    pub uuid: Option<String>,
 }
 
 /// The last lines of a tool's output, for an error.
@@ -213,9 +218,23 @@ impl Volume {
         header::classify(&mut f, self.size).map_err(|e| StateError::io(&self.device, e))
     }
 
+    /// The UUID of the LUKS2 volume on the partition, if any.
+    pub fn uuid(&self) -> Result<Option<String>, StateError> {
+        let mut f =
+            std::fs::File::open(&self.device).map_err(|e| StateError::io(&self.device, e))?;
+        header::volume_uuid(&mut f).map_err(|e| StateError::io(&self.device, e))
+    }
+
     /// Open the committed volume, or create it where nothing was ever written, and mount it.
+    /// A volume the node's configuration asks to wipe (by its UUID) is wiped first, and so
+    /// created anew.
     pub fn open_or_create(&self) -> Result<Outcome, StateError> {
         let mut steps = Steps { done: Vec::new() };
+        if let Some(wanted) = &self.wipe {
+            if self.uuid()?.as_deref() == Some(wanted) {
+                steps.run("wipe", || self.wipe_volume())?;
+            }
+        }
         let created = match self.content()? {
             Content::State => {
                 steps.run("unlock", || self.unlock())?;
@@ -251,7 +270,27 @@ impl Volume {
             boots,
             machine_id,
             steps: steps.done,
+            uuid: self.uuid()?,
         })
+    }
+
+    /// Zero the partition's first [`header::SCAN_END`] bytes (both LUKS2 headers, the key
+    /// slots, the start of the data), so that it reads as blank: nothing of the old volume
+    /// can be opened again.
+    pub fn wipe_volume(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.device)
+            .map_err(|e| StateError::io(&self.device, e))?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < header::SCAN_END {
+            f.write_all_at(&zeros, at)
+                .map_err(|e| StateError::io(&self.device, e))?;
+            at += zeros.len() as u64;
+        }
+        f.sync_all().map_err(|e| StateError::io(&self.device, e))
     }
 
     fn create(&self, steps: &mut Steps) -> Result<(), StateError> {

@@ -23,6 +23,7 @@ fn volume(device: PathBuf, tcti: &str) -> Volume {
             "test",
         )
         .unwrap(),
+        wipe: None,
     }
 }
 
@@ -53,6 +54,22 @@ fn cryptsetups_own_headers_are_read_as_plinth_expects() {
     bytes[..4096].fill(0xaa);
     std::fs::write(&v.device, &bytes).unwrap();
     assert_eq!(v.content().unwrap(), Content::State);
+
+    // The UUID a wipe request names is cryptsetup's; the wipe leaves a blank partition.
+    let luks_uuid = check(
+        "cryptsetup luksUUID",
+        Command::new("cryptsetup")
+            .arg("luksUUID")
+            .arg(&v.device)
+            .output(),
+    );
+    assert_eq!(
+        v.uuid().unwrap().as_deref(),
+        Some(String::from_utf8_lossy(&luks_uuid.stdout).trim())
+    );
+    v.wipe_volume().unwrap();
+    assert_eq!(v.content().unwrap(), Content::Blank { torn: false });
+    assert_eq!(v.uuid().unwrap(), None);
 
     // Somebody's ext4: foreign, and left alone.
     let other = volume(image(dir.path(), "ext4.img"), "auto");

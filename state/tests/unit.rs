@@ -65,7 +65,8 @@ fn the_unit_verifies_and_runs_between_sysroot_and_initrd_fs() {
     for line in [
         "ExecStart=/usr/bin/plinth-state open --root /sysroot",
         "Requires=sysroot.mount",
-        "After=sysroot.mount systemd-udevd.service",
+        "Wants=systemd-pcrphase-initrd.service",
+        "After=sysroot.mount systemd-udevd.service systemd-pcrphase-initrd.service",
         "Before=initrd-fs.target initrd-parse-etc.service",
         "DefaultDependencies=no",
         "Type=oneshot",

@@ -742,7 +742,7 @@ fn tampered_host_root(host: &Path, scratch: &Path) {
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
-/// HostOS's sealed state over five boots of one disk, written in place (`--write-boot-disk`),
+/// HostOS's sealed state over the boots of one disk, written in place (`--write-boot-disk`),
 /// each boot on a TPM whose state is kept (`--tpm-state`); its PCR policy signed by the
 /// release key:
 /// 1. the first boot creates the LUKS2 volume on the `data` partition, sealed to that TPM,
@@ -761,8 +761,10 @@ fn tampered_host_root(host: &Path, scratch: &Path) {
 ///    restarted) and fails its start job, which the report names too (the `test` image has no
 ///    QEMU: the service cannot get further);
 /// 5. the command line restored and the volume's ciphertext overwritten: it unlocks to no
-///    file system, e2fsck fails, the boot report names it and the partition is not
-///    reformatted.
+///    file system, e2fsck fails, the boot report names it (and the volume's UUID) and the
+///    partition is not reformatted;
+/// 6. the node's configuration asks to wipe that volume by its UUID: the next boot wipes it
+///    and creates the state anew; the request left in place does not wipe the new volume.
 fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
     let (mut esp, mut data, mut config_offset) = ((0, 0), (0, 0), 0);
     let disk = tampered_disk(host, scratch, |_, m| {
@@ -955,6 +957,40 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
         "the boot with a corrupt state changed the data partition"
     );
     eprintln!("host-os state, its file system destroyed: {failed}");
+
+    // The node's configuration asks, by the volume's UUID (which the report names), to wipe
+    // it: the next boot wipes and creates the state anew. The request, left in place, names
+    // a volume that no longer exists: the boot after opens the new one.
+    let uuid = failed
+        .split("(volume ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("the report names no volume UUID: {failed}"))
+        .to_string();
+    let request = scratch.join("wipe-state");
+    std::fs::write(&request, format!("{uuid}\n")).unwrap();
+    let write = run(Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} wipe-state", request.display()))
+        .arg(format!("{}?offset={config_offset}", disk.display())));
+    assert!(write.status.success(), "debugfs: {}", text(&write));
+    let wiped = boot_on("host-os-state-wiped", &tpm);
+    boot_ok(&wiped, "wiped on request");
+    let fresh = state_line(&wiped, "wiped on request");
+    assert!(
+        fresh.contains(" created (tpm2-signed) boots=1 ") && fresh.contains(" wipe="),
+        "the requested wipe must create the state anew: {fresh}"
+    );
+    assert_ne!(field(&fresh, "volume="), uuid);
+    assert_ne!(field(&fresh, "machine-id="), machine_id);
+    let after = boot_on("host-os-state-after-wipe", &tpm);
+    boot_ok(&after, "after the wipe");
+    let kept = state_line(&after, "after the wipe");
+    assert!(
+        kept.contains(" opened (tpm2-signed) boots=2 ") && !kept.contains(" wipe="),
+        "a request naming the old volume must not wipe the new one: {kept}"
+    );
+    eprintln!("host-os state, wiped on request: {fresh}\nhost-os state, the request left in place: {kept}");
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
