@@ -1,10 +1,12 @@
 //! What the initrd reads before it decides to write a disk: the data partition's first bytes
 //! (LUKS2 headers, with their checksums and sequence numbers, and the zero test), and sysfs
 //! uevent text. None may panic; a classification never says "blank" for bytes past the
-//! header area that are not zero.
+//! header area that are not zero; and the node's wipe request (`wipe-state`), which must
+//! name one volume UUID or nothing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use plinth_state::config::parse_wipe;
 use plinth_state::disk::{is_device_name, uevent_value};
 use plinth_state::header::{best_header, classify_parts, Content};
 
@@ -18,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
         Content::Foreign(_) | Content::State | Content::Creating
     ));
     if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(uuid) = parse_wipe(text) {
+            assert!(uuid.len() == 36 && !uuid.contains('/'));
+        }
         for key in ["PARTNAME", "DEVNAME"] {
             if let Some(v) = uevent_value(text, key) {
                 if is_device_name(v) {
