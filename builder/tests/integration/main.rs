@@ -18,6 +18,7 @@ mod hostile_release;
 mod lock_archive;
 mod measure;
 mod network;
+mod power_loss;
 mod readme;
 mod reproducible;
 mod run;
