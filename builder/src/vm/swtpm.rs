@@ -1,7 +1,8 @@
 //! A software TPM 2.0 (swtpm) for one VM: its state in the VM's temporary directory (or in a
 //! directory kept across runs, the same machine's TPM booting again), manufactured by
-//! `swtpm_setup` with only the sha256 PCR bank active (the bank plinth predicts), started
-//! before QEMU on a unix socket and killed with the VM.
+//! `swtpm_setup` with only the sha256 PCR bank active (the bank plinth predicts) and given
+//! firmware-like dictionary-attack parameters, started before QEMU on a unix socket and
+//! killed with the VM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -67,6 +68,88 @@ fn manufacture(state: &Path) -> Result<(), SwtpmError> {
     Ok(())
 }
 
+/// Dictionary-attack parameters of a manufactured TPM, as firmware TPMs ship them: 32 tries,
+/// one forgiven every 10 minutes. The reference TPM's 3 tries lock a machine out after its
+/// third unclean power-off (the TPM counts one at the next start), and every `plinth run`
+/// ends with one: a TPM kept across runs would refuse its sealed keys from the fourth run.
+const DA_MAX_TRIES: &str = "32";
+const DA_RECOVERY_SECONDS: &str = "600";
+
+/// Run `tool` with `args` against the swtpm at TCTI `tcti`, requiring success.
+fn tpm_tool(tool: &'static str, tcti: &str, args: &[&str]) -> Result<(), SwtpmError> {
+    let out = Command::new(tool)
+        .args(args)
+        .env("TPM2TOOLS_TCTI", tcti)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SwtpmError::Missing { tool, source })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(SwtpmError::Failed {
+        tool,
+        status: out.status.to_string(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
+
+/// Give the manufactured TPM in `state` firmware-like dictionary-attack parameters
+/// ([`DA_MAX_TRIES`]): swtpm serves it on a socket in `dir` for tpm2-tools, which set them
+/// and shut the TPM down in order.
+fn set_lockout(state: &Path, dir: &Path) -> Result<(), SwtpmError> {
+    let socket = dir.join("setup.sock");
+    let mut child = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--server")
+        .arg(format!("type=unixio,path={}", socket.display()))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}.ctrl", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| SwtpmError::Missing {
+            tool: "swtpm",
+            source,
+        })?;
+    let start = Instant::now();
+    while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tcti = format!("swtpm:path={}", socket.display());
+    let result = if socket.exists() {
+        tpm_tool(
+            "tpm2_dictionarylockout",
+            &tcti,
+            &[
+                "--setup-parameters",
+                "--max-tries",
+                DA_MAX_TRIES,
+                "--recovery-time",
+                DA_RECOVERY_SECONDS,
+                "--lockout-recovery-time",
+                DA_RECOVERY_SECONDS,
+            ],
+        )
+        .and_then(|()| tpm_tool("tpm2_shutdown", &tcti, &[]))
+    } else {
+        Err(SwtpmError::NoSocket {
+            socket: socket.display().to_string(),
+        })
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(dir.join("setup.sock.ctrl"));
+    result
+}
+
 impl Swtpm {
     /// Start a TPM with its socket and log in `dir` (created): a fresh one (its state in
     /// `dir`), or the one whose state is `kept` (manufactured there on first use, then the
@@ -81,6 +164,7 @@ impl Swtpm {
         }
         if !state.join(MANUFACTURED).is_file() {
             manufacture(&state)?;
+            set_lockout(&state, dir)?;
         }
         let socket = dir.join("swtpm.sock");
         let log = dir.join("swtpm.log");
