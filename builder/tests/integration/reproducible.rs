@@ -974,6 +974,11 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
         .arg(format!("write {} wipe-state", request.display()))
         .arg(format!("{}?offset={config_offset}", disk.display())));
     assert!(write.status.success(), "debugfs: {}", text(&write));
+    // The node configuration whose GuestOS disk is missing goes, so that these boots are OK.
+    let remove = run(Command::new("debugfs")
+        .args(["-w", "-R", "rm guest-os.env"])
+        .arg(format!("{}?offset={config_offset}", disk.display())));
+    assert!(remove.status.success(), "debugfs: {}", text(&remove));
     let wiped = boot_on("host-os-state-wiped", &tpm);
     boot_ok(&wiped, "wiped on request");
     let fresh = state_line(&wiped, "wiped on request");
