@@ -9,8 +9,7 @@
 //! file of at most [`WIPE_MAX`] bytes, and it is unmounted again before the state is touched.
 
 use crate::header::is_uuid;
-use std::io::Read;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -63,27 +62,11 @@ pub fn read_wipe_request(device: &Path) -> Result<Option<String>, String> {
 
 /// The request file, if present: a regular file, not followed if a link.
 fn read_request(path: &Path) -> Result<Option<String>, String> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{WIPE_FILE}: {e} (a link is never followed)")),
-    };
-    let meta = file.metadata().map_err(|e| format!("{WIPE_FILE}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{WIPE_FILE}: not a regular file"));
+    match crate::files::read_bounded(path, WIPE_MAX) {
+        Ok(text) => parse_wipe(&text).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{WIPE_FILE}: {e}")),
     }
-    let mut text = String::new();
-    file.take(WIPE_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{WIPE_FILE}: {e}"))?;
-    if text.len() as u64 > WIPE_MAX {
-        return Err(format!("{WIPE_FILE}: longer than {WIPE_MAX} bytes"));
-    }
-    parse_wipe(&text).map(Some)
 }
 
 #[cfg(test)]

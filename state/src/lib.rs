@@ -10,6 +10,7 @@
 pub mod config;
 pub mod console;
 pub mod disk;
+pub mod files;
 pub mod header;
 pub mod key;
 pub mod report;

@@ -27,24 +27,7 @@ const SMALL_MAX: u64 = 64;
 
 /// A file of at most [`SMALL_MAX`] bytes, as text; a symlink is refused.
 fn read_small(path: &Path) -> Result<String, StateError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| StateError::io(path, e))?;
-    let mut text = String::new();
-    f.take(SMALL_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| StateError::io(path, e))?;
-    if text.len() as u64 > SMALL_MAX {
-        return Err(StateError::Io {
-            path: path.display().to_string(),
-            message: format!("longer than {SMALL_MAX} bytes"),
-        });
-    }
-    Ok(text)
+    crate::files::read_bounded(path, SMALL_MAX).map_err(|e| StateError::io(path, e))
 }
 
 /// systemd-cryptsetup, not on PATH.

@@ -42,11 +42,8 @@ pub fn boot_phases(uki: &[u8]) -> Result<&'static [&'static str], SectionError> 
 /// when `loader`), once systemd-pcrphase extended `enter-initrd`: what a signed PCR policy
 /// signs ([`super::pcr_signing`]). `.pcrsig` is not measured, so `uki` may lack it.
 pub fn initrd_pcrs(uki: &[u8], loader: bool) -> Result<PcrValues, SectionError> {
-    let mut pcr11 = [0u8; 32];
-    for (_, digest) in systemd_stub::stub_pcr11_events(uki)? {
-        pcr11 = pcr::extend(pcr11, &digest);
-    }
-    let pcr11 = systemd_stub::pcr11_after_phases(pcr11, &["enter-initrd"]);
+    let pcr11 =
+        systemd_stub::pcr11_after_phases(systemd_stub::predict_pcr11(uki)?, &["enter-initrd"]);
     let events = command_line_events(
         &systemd_stub::section(uki, ".cmdline")?,
         &systemd_stub::stub_initrd(uki)?,
