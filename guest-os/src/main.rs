@@ -6,7 +6,8 @@
 //! `plinth-boot-report.service`, `measured-boot` (both in the crate `plinth-boot-report`),
 //! `attest` (an SEV-SNP attestation report for a verifier's nonce, [`attest`]) and
 //! `disk-bench` (direct-I/O throughput of scratch disks marked for `ci/bench-launch`, run at
-//! boot by `plinth-disk-bench.service`, inert without such a disk, [`disk_bench`]).
+//! boot by `plinth-disk-bench.service`, inert without such a disk: the crate
+//! `plinth-disk-bench`).
 //!
 //! GuestOS's boot report prints, before its `PLINTH BOOT` marker, what the guest sees of its
 //! machine: `PLINTH GUEST NUMA ...` lines (the node count, then each node's CPUs and memory)
@@ -14,7 +15,6 @@
 //! [`machine`], so host-side tests can check the NUMA layout and disks HostOS gave the VM.
 
 mod attest;
-mod disk_bench;
 mod machine;
 
 use clap::Subcommand;
@@ -40,12 +40,12 @@ enum Verb {
     /// Benchmark the disks marked as scratch benchmark disks (direct I/O, sequential write
     /// and read, 4 KiB random reads) and print `PLINTH DISK BENCH ...` on every active
     /// console; without a marked disk, nothing.
-    DiskBench(disk_bench::DiskBenchArgs),
+    DiskBench(plinth_disk_bench::DiskBenchArgs),
 }
 
 fn main() -> ExitCode {
     AGENT.main(&|| machine::lines(Path::new("/sys")), |verb| match verb {
         Verb::Attest(args) => args.run(),
-        Verb::DiskBench(args) => args.run(),
+        Verb::DiskBench(args) => args.run(AGENT.name),
     })
 }

@@ -1,5 +1,6 @@
 //! `plinth-host`, the HostOS agent: reads the machine's topology, plans and launches the
-//! GuestOS VM on it, and reports the boot and its TPM measurements. This file is clap dispatch only;
+//! GuestOS VM on it, reports the boot and its TPM measurements, and benchmarks scratch disks
+//! (`disk-bench`, from the crate `plinth-disk-bench`). This file is clap dispatch only;
 //! each verb is a module of `verbs/` (`boot-report` and `measured-boot` come from the crate
 //! `plinth-boot-report`).
 
@@ -25,12 +26,17 @@ enum Verb {
     /// The GuestOS VM: where it runs on this machine.
     #[command(subcommand)]
     Guest(Box<verbs::guest::GuestVerb>),
+    /// Benchmark the disks marked as scratch benchmark disks (direct I/O), and with
+    /// dm_crypt=1 in the mark, through dm-crypt with the state volume's parameters, and print
+    /// `PLINTH DISK BENCH ...` on every active console; without a marked disk, nothing.
+    DiskBench(plinth_disk_bench::DiskBenchArgs),
 }
 
 fn main() -> ExitCode {
     AGENT.main(&Vec::new, |verb| match verb {
         Verb::Topology(args) => verbs::finish(args.run()),
         Verb::Guest(verb) => (*verb).run(),
+        Verb::DiskBench(args) => args.run(AGENT.name),
     })
 }
 

@@ -37,7 +37,8 @@ Examples:
   plinth run disk.img --tpm --tpm-state tpm/ --write-boot-disk   (again: a reboot)
   plinth run disk.img --tpm --tpm-state tpm/ --write-boot-disk \
       --expect 'PLINTH STATE step=mkfs' --power-off-after 400     (a power cut)
-  plinth run out/guest-os/0.1.0 --firmware out/guest-os/0.1.0/OVMF-AmdSev.fd";
+  plinth run out/guest-os/0.1.0 --firmware out/guest-os/0.1.0/OVMF-AmdSev.fd
+  plinth run disk.img --tpm --cpu max        (TCG: an emulated CPU with AES-NI)";
 
 /// Boot an image in QEMU with OVMF (and a software TPM).
 #[derive(Debug, clap::Args)]
@@ -74,6 +75,10 @@ pub struct Args {
     /// Accelerator: auto (KVM if it runs guests here), kvm or tcg.
     #[arg(long, default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub accel: String,
+    /// The vCPU model [default: host under KVM, QEMU's own under TCG]; e.g. `max`, whose
+    /// emulated CPU has AES-NI (QEMU's default TCG model has none).
+    #[arg(long, value_name = "MODEL", value_parser = cpu_model)]
+    pub cpu: Option<String>,
     /// The measurements.json the booted agent checks the TPM against (given to the guest as
     /// a read-only disk) [default with --tpm: the release's own].
     #[arg(long, value_name = "FILE", requires = "tpm")]
@@ -138,6 +143,7 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
     machine.memory_mib = args.memory;
     machine.cpus = args.cpus;
+    machine.cpu_model = args.cpu.clone();
     machine.numa_nodes = args.numa;
     machine.tpm = args.tpm;
     machine.firmware = args.firmware.clone();
@@ -279,4 +285,37 @@ fn boot_disk(
         format!("{} {} ({})", m.os, m.version, m.profile),
         Some(dir),
     ))
+}
+
+/// A `-cpu` value: a model name with optional `,feature` settings (`max`, `EPYC-v4,+aes`).
+fn cpu_model(value: &str) -> Result<String, String> {
+    let ok = value.split(',').all(|part| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+-=".contains(&b))
+    });
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err("expected a QEMU CPU model such as max or EPYC-v4 (letters, digits, ._+-=, features after commas)".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_models_are_names_with_features() {
+        for good in [
+            "max",
+            "EPYC-v4",
+            "qemu64,+aes",
+            "Skylake-Server-v4,-hle,vmx=on",
+        ] {
+            assert_eq!(super::cpu_model(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "max,", "max host", "a;b", ",max"] {
+            assert!(super::cpu_model(bad).is_err(), "{bad:?}");
+        }
+    }
 }

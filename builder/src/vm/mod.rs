@@ -46,6 +46,8 @@ pub struct Machine {
     pub tpm_state: Option<PathBuf>,
     /// `None`: detect ([`accel::detect`]).
     pub accel: Option<Accel>,
+    /// The vCPU model (`-cpu`); `None`: `host` under KVM, QEMU's default under TCG.
+    pub cpu_model: Option<String>,
     /// A single-image firmware (no variable store) instead of Debian's OVMF: a GuestOS
     /// release's AMD SEV OVMF. It has no TPM support.
     pub firmware: Option<PathBuf>,
@@ -65,6 +67,7 @@ impl Machine {
             tpm: false,
             tpm_state: None,
             accel: None,
+            cpu_model: None,
             firmware: None,
         }
     }
@@ -310,8 +313,10 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if accel == Accel::Kvm {
-        a.extend(["-cpu".into(), "host".into()]);
+    match (&m.cpu_model, accel) {
+        (Some(model), _) => a.extend(["-cpu".into(), model.clone()]),
+        (None, Accel::Kvm) => a.extend(["-cpu".into(), "host".into()]),
+        (None, _) => {}
     }
     a.extend(["-m".into(), format!("{}M", m.memory_mib)]);
     a.extend(["-smp".into(), m.cpus.to_string()]);
@@ -644,6 +649,17 @@ mod tests {
         assert!(args.contains("file=/extra.img,format=raw,if=virtio "));
         assert!(args.contains("-accel tcg") && !args.contains("-cpu host"));
         assert!(args.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
+    }
+
+    #[test]
+    fn a_cpu_model_is_passed_as_given() {
+        let mut m = Machine::new("/boot.img");
+        m.cpu_model = Some("max".into());
+        let args = qemu_args(&m, Accel::Tcg, Path::new("/v.fd"), &[]).join(" ");
+        assert!(
+            args.contains("-accel tcg -nodefaults") && args.contains(" -cpu max "),
+            "{args}"
+        );
     }
 
     #[test]
