@@ -240,10 +240,21 @@ fn commas_in_paths_do_not_add_options_to_qemu() {
             qmp_socket: qmp_socket.clone(),
             console_log: console_log.clone(),
             disk_settings: settings,
+            vtpm: None,
         };
         let mut args = qemu::args(&plan, &launch).unwrap();
         let text = args.join(" ");
-        for p in [&code, &vars, &qmp_socket, &console_log] {
+        // A vTPM's socket too (only rendered: QEMU would need a swtpm there to start).
+        let vtpm = odd.join(format!("swtpm,server=on,{settings:?}.sock"));
+        let with_vtpm = Launch {
+            vtpm: Some(vtpm.clone()),
+            ..launch.clone()
+        };
+        let text = format!(
+            "{text} {}",
+            qemu::args(&plan, &with_vtpm).unwrap().join(" ")
+        );
+        for p in [&code, &vars, &qmp_socket, &console_log, &vtpm] {
             let doubled = p.display().to_string().replace(',', ",,");
             assert!(
                 text.contains(&doubled),

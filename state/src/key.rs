@@ -2,15 +2,20 @@
 //! how a key slot it can open again is added (authorised by the format's temporary key, whose
 //! slot it then removes), and how the volume is opened.
 //!
-//! - [`KeySource::Tpm2`]: sealed to the TPM by systemd 252's own code, `systemd-cryptenroll`
-//!   to enrol and `systemd-cryptsetup attach` to open. Either bound to PCR values directly
-//!   (`pcrs`), or (HostOS) to any PCR values the release key signed, through the UKI's
-//!   `.pcrsig`/`.pcrpkey` (`signed`): an approved upgrade unseals without re-enrolment.
+//! - [`KeySource::Tpm2`] (`key_source=tpm2`, HostOS): sealed to the TPM by systemd 252's own
+//!   code, `systemd-cryptenroll` to enrol and `systemd-cryptsetup attach` to open. Either
+//!   bound to PCR values directly (`pcrs`), or to any PCR values the release key signed,
+//!   through the UKI's `.pcrsig`/`.pcrpkey` (`signed`): an approved upgrade unseals without
+//!   re-enrolment.
+//! - [`KeySource::Derived`] (`key_source=snp`, GuestOS; `key_source=tpm2-hmac`, its test
+//!   stand-in): the key is derived again on every boot ([`crate::derive`]) and opens the
+//!   volume through `cryptsetup --key-file=-`; nothing is enrolled.
 //!
 //! The source is fixed at build time in the verity root ([`CONFIG_PATH`]); there is no fallback
 //! from one source to another. Keys travel through pipes and `$PASSWORD` (which
 //! systemd-cryptenroll reads and erases), never argv or files, and are zeroed when dropped.
 
+pub use crate::derive::Derive;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -27,15 +32,21 @@ pub type Secret = Zeroizing<Vec<u8>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// The TPM, through systemd's tools.
-    Tpm2 {
-        /// The TPM (`auto`, or a TCTI such as `swtpm:path=...`).
-        device: String,
-        /// PCRs the key is bound to by value (`7+11`), empty for none.
-        pcrs: String,
-        /// PCRs bound through the release key's signature, with the public key and the
-        /// signature file (`11+12`, the PEM, the JSON the stub unpacks to `/.extra`).
-        signed: Option<Signed>,
-    },
+    Tpm2(Sealed),
+    /// A key derived on every boot.
+    Derived(Derive),
+}
+
+/// A key sealed to the TPM by systemd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    /// The TPM (`auto`, or a TCTI such as `swtpm:path=...`).
+    pub device: String,
+    /// PCRs the key is bound to by value (`7+11`), empty for none.
+    pub pcrs: String,
+    /// PCRs bound through the release key's signature, with the public key and the
+    /// signature file (`11+12`, the PEM, the JSON the stub unpacks to `/.extra`).
+    pub signed: Option<Signed>,
 }
 
 /// A signed PCR policy: any PCR values the release key signed for these PCRs unseal.
@@ -59,6 +70,19 @@ pub enum KeyError {
     },
 }
 
+/// The key sources a configuration may name.
+const SOURCES: [&str; 3] = ["tpm2", "snp", "tpm2-hmac"];
+
+/// The TCTI tpm2-tools takes for systemd's `tpm2-device` word: `auto` is the kernel's
+/// resource manager, a path is that device, anything else is a TCTI already.
+fn tcti_of(device: &str) -> String {
+    match device {
+        "auto" => "device:/dev/tpmrm0".into(),
+        d if d.starts_with('/') => format!("device:{d}"),
+        d => d.into(),
+    }
+}
+
 /// PCR lists as systemd takes them: numbers 0..=23 joined by `+`.
 fn valid_pcrs(s: &str) -> bool {
     let pcr = |n: &str| (n == "0" || !n.starts_with('0')) && n.parse::<u8>().is_ok_and(|i| i < 24);
@@ -69,9 +93,14 @@ impl KeySource {
     /// Parse the configuration's text (`path` for errors). Its files are the initrd's (the
     /// stub unpacks the UKI's `.pcrpkey` and `.pcrsig` to `/.extra`), not the new root's.
     pub fn parse(text: &str, path: &str) -> Result<KeySource, KeyError> {
-        let mut source = None;
+        let mut source: Option<(String, usize)> = None;
+        // The first key other than key_source, and its line: the derived sources refuse
+        // the sealing keys.
+        let mut sealing_only: Option<(String, usize)> = None;
         let (mut device, mut pcrs) = ("auto".to_string(), String::new());
         let (mut signed_pcrs, mut public_key, mut signature) = (None, None, None);
+        // snp_min_tcb and its line.
+        let mut min_tcb: Option<(u64, usize)> = None;
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             let fail = |message: String| KeyError::Config {
@@ -110,10 +139,13 @@ impl KeySource {
                 }
             };
             match key {
-                "key_source" if value == "tpm2" => source = Some(value.to_string()),
+                "key_source" if SOURCES.contains(&value) => {
+                    source = Some((value.to_string(), i + 1))
+                }
                 "key_source" => {
                     return Err(fail(format!(
-                        "`key_source`: expected tpm2, found `{}`",
+                        "`key_source`: expected one of {}, found `{}`",
+                        SOURCES.join(", "),
                         value.escape_debug()
                     )))
                 }
@@ -122,7 +154,22 @@ impl KeySource {
                 "tpm2_signed_pcrs" => signed_pcrs = Some(pcr_list(value)?),
                 "tpm2_public_key" => public_key = Some(file(value)?),
                 "tpm2_signature" => signature = Some(file(value)?),
+                "snp_min_tcb" => {
+                    let tcb = (value.len() == 16)
+                        .then(|| u64::from_str_radix(value, 16).ok())
+                        .flatten()
+                        .ok_or_else(|| {
+                            fail(format!(
+                                "`snp_min_tcb`: expected the TCB_VERSION as 16 hexadecimal digits (as an attestation report's, little-endian bytes read as a number), found `{}`",
+                                value.escape_debug()
+                            ))
+                        })?;
+                    min_tcb = Some((tcb, i + 1));
+                }
                 _ => return Err(fail(format!("unknown key `{}`", key.escape_debug()))),
+            }
+            if !["key_source", "tpm2_device", "snp_min_tcb"].contains(&key) {
+                sealing_only.get_or_insert((key.to_string(), i + 1));
             }
         }
         let missing = |message: &str| KeyError::Config {
@@ -130,8 +177,43 @@ impl KeySource {
             line: text.lines().count(),
             message: message.into(),
         };
-        if source.is_none() {
-            return Err(missing("no `key_source` (expected key_source=tpm2)"));
+        let Some((source, source_line)) = source else {
+            return Err(missing(&format!(
+                "no `key_source` (expected key_source= one of {})",
+                SOURCES.join(", ")
+            )));
+        };
+        if let Some((_, line)) = min_tcb.filter(|_| source != "snp") {
+            return Err(KeyError::Config {
+                path: path.into(),
+                line,
+                message: format!("`snp_min_tcb` is for key_source=snp only, not {source}"),
+            });
+        }
+        if source != "tpm2" {
+            // The derived sources take only the TPM's device (tpm2-hmac).
+            if let Some((key, line)) = sealing_only {
+                return Err(KeyError::Config {
+                    path: path.into(),
+                    line,
+                    message: format!("`{key}` is for key_source=tpm2 only, not {source}"),
+                });
+            }
+            return Ok(KeySource::Derived(match source.as_str() {
+                "snp" if device != "auto" => {
+                    return Err(KeyError::Config {
+                        path: path.into(),
+                        line: source_line,
+                        message: "key_source=snp takes no tpm2_device".into(),
+                    })
+                }
+                "snp" => Derive::Snp {
+                    min_tcb: min_tcb.map(|(tcb, _)| tcb),
+                },
+                _ => Derive::TpmHmac {
+                    tcti: tcti_of(&device),
+                },
+            }));
         }
         let signed = match (signed_pcrs, public_key, signature) {
             (None, None, None) => None,
@@ -149,11 +231,11 @@ impl KeySource {
                 "the key would be bound to nothing: set tpm2_pcrs, or a signed policy",
             ));
         }
-        Ok(KeySource::Tpm2 {
+        Ok(KeySource::Tpm2(Sealed {
             device,
             pcrs,
             signed,
-        })
+        }))
     }
 
     /// Read the configuration from `root` ([`CONFIG_PATH`]); `None` when the image has none
@@ -191,11 +273,11 @@ impl KeySource {
     /// policy from the volume's token, not from here.
     pub fn for_this_boot(self) -> KeySource {
         match self {
-            KeySource::Tpm2 {
+            KeySource::Tpm2(Sealed {
                 device,
                 pcrs,
                 signed: Some(s),
-            } if !s.public_key.exists() => KeySource::Tpm2 {
+            }) if !s.public_key.exists() => KeySource::Tpm2(Sealed {
                 device,
                 pcrs: if pcrs.is_empty() {
                     s.pcrs
@@ -203,26 +285,29 @@ impl KeySource {
                     format!("{pcrs}+{}", s.pcrs)
                 },
                 signed: None,
-            },
+            }),
             other => other,
         }
     }
 
-    /// Its name in reports: `tpm2-signed` (PCR values the release key signed) or `tpm2`
-    /// (PCR values themselves).
+    /// Its name in reports: `tpm2-signed` (PCR values the release key signed), `tpm2` (PCR
+    /// values themselves), `snp` or `tpm2-hmac` (derived).
     pub fn name(&self) -> &'static str {
         match self {
-            KeySource::Tpm2 {
+            KeySource::Tpm2(Sealed {
                 signed: Some(_), ..
-            } => "tpm2-signed",
-            KeySource::Tpm2 { .. } => "tpm2",
+            }) => "tpm2-signed",
+            KeySource::Tpm2(_) => "tpm2",
+            KeySource::Derived(d) => d.name(),
         }
     }
+}
 
+impl Sealed {
     /// systemd-cryptenroll's arguments for this source on `dev` (the temporary key arrives in
     /// `$PASSWORD`, and its slot is wiped once the new one works).
     pub fn enroll_args(&self, dev: &Path) -> Vec<String> {
-        let KeySource::Tpm2 {
+        let Sealed {
             device,
             pcrs,
             signed,
@@ -242,9 +327,8 @@ impl KeySource {
 
     /// systemd-cryptsetup's options for opening with this source.
     pub fn attach_options(&self) -> String {
-        let KeySource::Tpm2 { device, signed, .. } = self;
-        let mut opts = vec![format!("tpm2-device={device}")];
-        if let Some(s) = signed {
+        let mut opts = vec![format!("tpm2-device={}", self.device)];
+        if let Some(s) = &self.signed {
             opts.push(format!("tpm2-signature={}", s.signature.display()));
         }
         opts.push("headless=true".into());
@@ -266,7 +350,11 @@ mod tests {
 
     #[test]
     fn a_tpm2_source_by_value_and_signed() {
-        let by_value = KeySource::parse("# test\nkey_source=tpm2\ntpm2_pcrs=7+11\n", "c").unwrap();
+        let sealed = |text: &str| match KeySource::parse(text, "c").unwrap() {
+            KeySource::Tpm2(s) => s,
+            other => panic!("{other:?}"),
+        };
+        let by_value = sealed("# test\nkey_source=tpm2\ntpm2_pcrs=7+11\n");
         assert_eq!(
             by_value.enroll_args(Path::new("/dev/vda7")),
             [
@@ -277,12 +365,9 @@ mod tests {
             ]
         );
         assert_eq!(by_value.attach_options(), "tpm2-device=auto,headless=true");
-        let signed = KeySource::parse(
-            "key_source = tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/.extra/tpm2-pcr-public-key.pem\ntpm2_signature=/.extra/tpm2-pcr-signature.json\n",
-            "c",
-        )
-        .unwrap();
-        assert_eq!(signed.name(), "tpm2-signed");
+        let text = "key_source = tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/.extra/tpm2-pcr-public-key.pem\ntpm2_signature=/.extra/tpm2-pcr-signature.json\n";
+        assert_eq!(KeySource::parse(text, "c").unwrap().name(), "tpm2-signed");
+        let signed = sealed(text);
         let args = signed.enroll_args(Path::new("/dev/vda7"));
         assert!(args.contains(&"--tpm2-public-key=/.extra/tpm2-pcr-public-key.pem".to_string()));
         assert!(args.contains(&"--tpm2-pcrs=".to_string()));
@@ -295,7 +380,26 @@ mod tests {
     #[test]
     fn bad_configurations_name_their_line() {
         let cases = [
-            ("key_source=plain\n", 1, "expected tpm2"),
+            (
+                "key_source=plain\n",
+                1,
+                "expected one of tpm2, snp, tpm2-hmac",
+            ),
+            (
+                "key_source=snp\ntpm2_pcrs=11\n",
+                2,
+                "for key_source=tpm2 only, not snp",
+            ),
+            (
+                "key_source=tpm2-hmac\ntpm2_device=auto\ntpm2_signed_pcrs=11\n",
+                3,
+                "for key_source=tpm2 only",
+            ),
+            (
+                "tpm2_device=/dev/tpm0\nkey_source=snp\n",
+                2,
+                "snp takes no tpm2_device",
+            ),
             ("key_source=tpm2\ntpm2_pcrs=11+24\n", 2, "PCR numbers"),
             ("key_source=tpm2\ntpm2_pcrs=011\n", 2, "PCR numbers"),
             ("key_source=tpm2\nwipe=yes\n", 2, "unknown key `wipe`"),
@@ -323,18 +427,50 @@ mod tests {
             "key_source=tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key={}\ntpm2_signature=/.extra/s.json\n",
             key.display()
         );
+        let sealed = |source: KeySource| match source {
+            KeySource::Tpm2(s) => s,
+            other => panic!("{other:?}"),
+        };
         let unsigned = KeySource::parse(&text, "c").unwrap().for_this_boot();
         assert_eq!(unsigned.name(), "tpm2");
-        assert!(unsigned
+        assert!(sealed(unsigned)
             .enroll_args(Path::new("/dev/vda7"))
             .contains(&"--tpm2-pcrs=11+12".to_string()));
         // A key without its signature (stripped from the ESP) stays signed, and fails.
         std::fs::write(&key, "PEM").unwrap();
         let signed = KeySource::parse(&text, "c").unwrap().for_this_boot();
         assert_eq!(signed.name(), "tpm2-signed");
-        assert!(signed
+        assert!(sealed(signed)
             .enroll_args(Path::new("/dev/vda7"))
             .contains(&"--tpm2-pcrs=".to_string()));
+    }
+
+    #[test]
+    fn derived_sources_and_their_tpm() {
+        assert_eq!(
+            KeySource::parse("key_source=snp\n", "c").unwrap(),
+            KeySource::Derived(Derive::Snp { min_tcb: None })
+        );
+        assert_eq!(
+            KeySource::parse("key_source=snp\nsnp_min_tcb=d315000000000004\n", "c").unwrap(),
+            KeySource::Derived(Derive::Snp {
+                min_tcb: Some(0xd315_0000_0000_0004)
+            })
+        );
+        for (device, tcti) in [
+            ("", "device:/dev/tpmrm0"),
+            ("tpm2_device=auto\n", "device:/dev/tpmrm0"),
+            ("tpm2_device=/dev/tpm0\n", "device:/dev/tpm0"),
+            ("tpm2_device=swtpm:path=/run/s\n", "swtpm:path=/run/s"),
+        ] {
+            let text = format!("key_source=tpm2-hmac\n{device}");
+            let source = KeySource::parse(&text, "c").unwrap();
+            assert_eq!(source.name(), "tpm2-hmac");
+            assert_eq!(
+                source.for_this_boot(),
+                KeySource::Derived(Derive::TpmHmac { tcti: tcti.into() })
+            );
+        }
     }
 
     #[test]

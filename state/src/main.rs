@@ -184,7 +184,15 @@ fn open(args: &OpenArgs) -> ExitCode {
                 .args(["detach", &args.mapper])
                 .status();
             let tmpfs = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "mode=0755,nodev,nosuid", "tmpfs"])
+                // Bounded: the persistent journal and whatever else writes /var would
+                // otherwise take the machine's memory (a host can force this path).
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "mode=0755,nodev,nosuid,size=10%",
+                    "tmpfs",
+                ])
                 .arg(&target)
                 .status();
             let code = finish(&report, &args.report);

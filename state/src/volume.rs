@@ -9,8 +9,10 @@
 //! lost, because it never sees an uncommitted volume. Each step prints `PLINTH STATE step=…`
 //! (for power-loss tests) and is timed.
 
+use crate::derive::{self, Derive, SnpToken};
 use crate::header::{self, Content, LABEL_CREATING, LABEL_STATE};
-use crate::key::{self, KeySource, Secret};
+use crate::key::{self, KeySource, Sealed, Secret};
+use crate::metadata;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,12 +40,14 @@ pub const SYSTEMD_CRYPTSETUP: &str = "/usr/lib/systemd/systemd-cryptsetup";
 pub enum StateError {
     #[error("{device} holds {what}; nothing was written\n  hint: to give this partition to plinth, wipe it on purpose (the node's configuration), never by accident")]
     Foreign { device: String, what: String },
-    #[error("{device} could not be unlocked with the {source_name} key: {detail}\n  hint: this happens on another machine's TPM, or with a boot chain the key was not sealed to; the volume was left as it is")]
+    #[error("{device} could not be unlocked with the {source_name} key: {detail}\n  hint: this happens on another machine (its TPM or chip), or with a boot chain or software the key was not sealed to or derived under; the volume was left as it is")]
     Unlock {
         device: String,
         source_name: &'static str,
         detail: String,
     },
+    #[error("{device}'s LUKS2 header is not one plinth-state made: {detail}; nothing was opened or written\n  hint: the header was changed outside plinth-state (whoever can write the disk can rewrite it); to start over, wipe the volume on purpose (the node's configuration)")]
+    Header { device: String, detail: String },
     #[error("the file system on {device} is corrupt (e2fsck exit {code}): {detail}")]
     Corrupt {
         device: String,
@@ -111,6 +115,22 @@ fn tail(out: &std::process::Output) -> String {
     );
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(4)..].join(" / ")
+}
+
+/// A new random (version 4) UUID, as cryptsetup takes it.
+fn new_uuid() -> std::io::Result<String> {
+    let mut b = key::random_key(16)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(&*b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// What systemd-cryptsetup's words for a refused TPM2 unlock mean.
@@ -277,16 +297,30 @@ impl Volume {
     }
 
     fn create(&self, steps: &mut Steps) -> Result<(), StateError> {
-        // Hex: systemd-cryptenroll takes the unlocking key as a string in $PASSWORD.
-        let temp: Secret = {
-            let raw =
-                key::random_key(32).map_err(|e| StateError::io(Path::new("/dev/urandom"), e))?;
-            zeroize::Zeroizing::new(hex::encode(&*raw).into_bytes())
-        };
-        steps.run("luks", || self.format(&temp))?;
-        steps.run("enroll", || self.enroll(&temp))?;
-        drop(temp);
-        steps.run("unlock", || self.unlock())?;
+        match &self.source {
+            KeySource::Tpm2(sealed) => {
+                // Hex: systemd-cryptenroll takes the unlocking key as a string in $PASSWORD.
+                let temp: Secret = {
+                    let raw = key::random_key(32)
+                        .map_err(|e| StateError::io(Path::new("/dev/urandom"), e))?;
+                    zeroize::Zeroizing::new(hex::encode(&*raw).into_bytes())
+                };
+                steps.run("luks", || self.format(&temp))?;
+                steps.run("enroll", || self.enroll(sealed, &temp))?;
+                drop(temp);
+                steps.run("unlock", || self.unlock())?;
+            }
+            KeySource::Derived(derive) => {
+                // The key depends on the volume's UUID: chosen here, given to the format.
+                let uuid = new_uuid().map_err(|e| StateError::io(Path::new("/dev/urandom"), e))?;
+                let (key, token) = steps.run("derive", || self.derive(derive, &uuid, None))?;
+                steps.run("luks", || self.format_as(&key, Some(&uuid)))?;
+                if let Some(token) = token {
+                    steps.run("token", || self.import_token(token))?;
+                }
+                steps.run("unlock", || self.open_with(derive, &key))?;
+            }
+        }
         steps.run("mkfs", || self.mkfs())?;
         steps.run("mount", || self.mount())?;
         steps.run("seed", || self.seed())?;
@@ -294,23 +328,109 @@ impl Volume {
         steps.run("commit", || self.relabel(LABEL_STATE))
     }
 
-    /// LUKS2 with a temporary key: cheap PBKDF (the key is 256 random bits, its slot is
-    /// wiped at enrolment), 4 KiB sectors, data at [`header::DATA_START`].
-    pub fn format(&self, temp: &[u8]) -> Result<(), StateError> {
+    /// The derived source's key for the volume `uuid`, and the SNP token to record (given
+    /// `token`, the one recorded).
+    fn derive(
+        &self,
+        derive: &Derive,
+        uuid: &str,
+        token: Option<SnpToken>,
+    ) -> Result<(Secret, Option<SnpToken>), StateError> {
+        let (ikm, token) = derive.ikm(token).map_err(|e| StateError::Unlock {
+            device: self.device(),
+            source_name: derive.name(),
+            detail: format!("no key could be derived: {e}"),
+        })?;
+        Ok((derive::volume_key(&ikm, uuid), token))
+    }
+
+    /// Record the SNP derivation's TCB in the volume's header.
+    pub fn import_token(&self, token: SnpToken) -> Result<(), StateError> {
         check(
             Command::new("cryptsetup")
-                .args(["luksFormat", "--batch-mode", "--type", "luks2"])
-                .args(["--label", LABEL_CREATING, "--sector-size", "4096"])
-                .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
-                .arg(format!("--offset={DATA_OFFSET_SECTORS}"))
-                .args(["--key-file=-"])
+                .args([
+                    "token",
+                    "import",
+                    "--json-file=-",
+                    "--disable-external-tokens",
+                ])
                 .arg(&self.device),
-            Some(temp),
+            Some(token.to_json().as_bytes()),
         )
     }
 
-    /// Seal a new key slot to the source and wipe the temporary key's.
-    pub fn enroll(&self, temp: &[u8]) -> Result<(), StateError> {
+    /// The volume's LUKS2 metadata as cryptsetup reads it (its token plugins off: the
+    /// header's token types are not trusted to pick code).
+    fn metadata(&self) -> Result<String, StateError> {
+        let out = run(
+            Command::new("cryptsetup")
+                .args([
+                    "luksDump",
+                    "--dump-json-metadata",
+                    "--disable-external-tokens",
+                ])
+                .arg(&self.device),
+            None,
+        )?;
+        if !out.status.success() {
+            return Err(StateError::Tool {
+                tool: "cryptsetup luksDump".into(),
+                status: out.status.to_string(),
+                detail: tail(&out),
+            });
+        }
+        String::from_utf8(out.stdout).map_err(|_| StateError::Header {
+            device: self.device(),
+            detail: "the metadata is not UTF-8".into(),
+        })
+    }
+
+    /// The metadata, checked to be what this key source makes ([`metadata::check`]).
+    pub fn checked_metadata(&self) -> Result<String, StateError> {
+        let tokens: &[&str] = match &self.source {
+            KeySource::Tpm2(_) => &["systemd-tpm2"],
+            KeySource::Derived(Derive::Snp { .. }) => &[derive::SNP_TOKEN],
+            KeySource::Derived(Derive::TpmHmac { .. }) => &[],
+        };
+        let json = self.metadata()?;
+        metadata::check(&json, tokens).map_err(|detail| StateError::Header {
+            device: self.device(),
+            detail,
+        })?;
+        Ok(json)
+    }
+
+    /// The SNP token recorded in the volume's header, if any.
+    pub fn recorded_token(&self) -> Result<Option<SnpToken>, StateError> {
+        SnpToken::from_metadata(&self.metadata()?).map_err(|e| StateError::Header {
+            device: self.device(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// LUKS2 with a temporary key: cheap PBKDF (the key is 256 random bits, its slot is
+    /// wiped at enrolment), 4 KiB sectors, data at [`header::DATA_START`].
+    pub fn format(&self, temp: &[u8]) -> Result<(), StateError> {
+        self.format_as(temp, None)
+    }
+
+    /// LUKS2 opened by `key` (256 bits from a random source or a derivation: a cheap PBKDF),
+    /// with the UUID `uuid` if given, labelled as being created.
+    pub fn format_as(&self, key: &[u8], uuid: Option<&str>) -> Result<(), StateError> {
+        let mut cmd = Command::new("cryptsetup");
+        cmd.args(["luksFormat", "--batch-mode", "--type", "luks2"])
+            .args(["--label", LABEL_CREATING, "--sector-size", "4096"])
+            .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+            .arg(format!("--offset={DATA_OFFSET_SECTORS}"))
+            .args(["--key-file=-"]);
+        if let Some(uuid) = uuid {
+            cmd.arg(format!("--uuid={uuid}"));
+        }
+        check(cmd.arg(&self.device), Some(key))
+    }
+
+    /// Seal a new key slot to the TPM and wipe the temporary key's.
+    pub fn enroll(&self, sealed: &Sealed, temp: &[u8]) -> Result<(), StateError> {
         let password = std::str::from_utf8(temp).map_err(|_| StateError::Tool {
             tool: "systemd-cryptenroll".into(),
             status: "not started".into(),
@@ -318,7 +438,7 @@ impl Volume {
         })?;
         check(
             Command::new("systemd-cryptenroll")
-                .args(self.source.enroll_args(&self.device))
+                .args(sealed.enroll_args(&self.device))
                 .env("PASSWORD", password),
             None,
         )
@@ -326,12 +446,46 @@ impl Volume {
 
     /// Open the volume through the key source.
     pub fn unlock(&self) -> Result<(), StateError> {
+        let meta = self.checked_metadata()?;
+        match &self.source {
+            KeySource::Tpm2(sealed) => self.attach(sealed),
+            KeySource::Derived(derive) => {
+                let uuid = self.uuid()?.ok_or_else(|| StateError::Unlock {
+                    device: self.device(),
+                    source_name: derive.name(),
+                    detail: "the volume has no UUID to derive its key for".into(),
+                })?;
+                let token = match derive {
+                    Derive::Snp { .. } => {
+                        let token =
+                            SnpToken::from_metadata(&meta).map_err(|e| StateError::Header {
+                                device: self.device(),
+                                detail: e.to_string(),
+                            })?;
+                        Some(token.ok_or_else(|| StateError::Header {
+                            device: self.device(),
+                            detail: format!(
+                                "no `{}` token records the TCB its key was derived for",
+                                derive::SNP_TOKEN
+                            ),
+                        })?)
+                    }
+                    Derive::TpmHmac { .. } => None,
+                };
+                let (key, _) = self.derive(derive, &uuid, token)?;
+                self.open_with(derive, &key)
+            }
+        }
+    }
+
+    /// Open a sealed volume with systemd-cryptsetup, which unseals its key from the TPM.
+    fn attach(&self, sealed: &Sealed) -> Result<(), StateError> {
         let out = run(
             Command::new(SYSTEMD_CRYPTSETUP)
                 .args(["attach", &self.mapper])
                 .arg(&self.device)
                 .arg("-")
-                .arg(self.source.attach_options()),
+                .arg(sealed.attach_options()),
             None,
         )?;
         if out.status.success() && self.mapped().exists() {
@@ -344,6 +498,39 @@ impl Volume {
                 device: self.device(),
                 source_name: self.source.name(),
                 detail: unlock_failure(&detail).to_string(),
+            })
+        }
+    }
+
+    /// Open the volume with a derived key.
+    fn open_with(&self, derive: &Derive, key: &[u8]) -> Result<(), StateError> {
+        let out = run(
+            Command::new("cryptsetup")
+                .args(["open", "--type", "luks2", "--disable-external-tokens"])
+                .arg("--key-file=-")
+                .arg(&self.device)
+                .arg(&self.mapper),
+            Some(key),
+        )?;
+        if out.status.success() && self.mapped().exists() {
+            Ok(())
+        } else {
+            let detail = tail(&out);
+            eprintln!("cryptsetup open {}: {detail}", self.device());
+            Err(StateError::Unlock {
+                device: self.device(),
+                source_name: derive.name(),
+                detail: if detail.contains("No key available") {
+                    format!(
+                        "the key derived on this boot does not open it ({})",
+                        match derive {
+                            Derive::Snp { .. } => "another chip, or a launch measurement or policy it was not created under",
+                            Derive::TpmHmac { .. } => "another machine's TPM, or a UKI it was not created under",
+                        }
+                    )
+                } else {
+                    detail
+                },
             })
         }
     }
@@ -455,6 +642,16 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_uuids_are_random_version_4() {
+        let (a, b) = (new_uuid().unwrap(), new_uuid().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!("89ab".contains(&a[19..20]), "{a}");
+        assert!(a.split('-').map(str::len).eq([8, 4, 4, 4, 12]));
+    }
 
     #[test]
     fn refused_unlocks_are_named_by_what_they_mean() {

@@ -3,6 +3,7 @@
 //! creation's format and enrolment: systemd-cryptenroll seals a key slot to the TPM and wipes
 //! the temporary one. Opening needs device-mapper, which only the VM boot tests have.
 
+use plinth_state::derive::{self, Derive};
 use plinth_state::header::{Content, LABEL_STATE};
 use plinth_state::key::KeySource;
 use plinth_state::volume::Volume;
@@ -96,7 +97,10 @@ fn creation_seals_a_key_slot_to_the_tpm_and_wipes_the_temporary_one() {
     let device = Loop::attach(&image(dir.path(), "data.img"));
     let v = volume(PathBuf::from(&device.0), &tpm.tcti);
     v.format(b"0123456789abcdef").unwrap();
-    v.enroll(b"0123456789abcdef").unwrap();
+    let KeySource::Tpm2(sealed) = &v.source else {
+        panic!("a tpm2 source")
+    };
+    v.enroll(sealed, b"0123456789abcdef").unwrap();
     let dump = check(
         "cryptsetup luksDump",
         Command::new("cryptsetup")
@@ -108,6 +112,8 @@ fn creation_seals_a_key_slot_to_the_tpm_and_wipes_the_temporary_one() {
     assert_eq!(slots, ["1"], "the temporary slot 0 is wiped: {meta}");
     let token = &meta["tokens"]["0"];
     assert_eq!(token["type"], "systemd-tpm2", "{meta}");
+    // What systemd-cryptenroll leaves is a header plinth-state opens.
+    v.checked_metadata().unwrap();
     assert_eq!(token["tpm2-pcrs"], serde_json::json!([7, 11]), "{meta}");
     // The temporary key opens nothing any more.
     let out = Command::new("cryptsetup")
@@ -117,4 +123,107 @@ fn creation_seals_a_key_slot_to_the_tpm_and_wipes_the_temporary_one() {
         .unwrap();
     assert!(!out.status.success());
     tpm.flush();
+}
+
+/// Where the derivation's private scratch directories go (the initrd's /run, which tests
+/// may not write): the same for every test, so that parallel tests agree.
+fn runtime_dir() {
+    std::env::set_var("PLINTH_STATE_RUNTIME_DIR", std::env::temp_dir());
+}
+
+/// The tpm2-hmac key material of the TPM at `tcti`.
+fn hmac_ikm(tcti: &str) -> Vec<u8> {
+    let source = Derive::TpmHmac { tcti: tcti.into() };
+    let (ikm, token) = source.ikm(None).unwrap();
+    assert_eq!(token, None);
+    ikm.to_vec()
+}
+
+#[test]
+fn the_test_key_source_derives_per_tpm_and_per_pcr_11() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime_dir();
+    let one = Tpm::start(&dir.path().join("one"));
+    let first = hmac_ikm(&one.tcti);
+    assert_eq!(first.len(), 32);
+    // Nothing stored: the same TPM and PCR 11 give the same key again.
+    assert_eq!(hmac_ikm(&one.tcti), first);
+    let uuid = "0b2d2c0e-1111-4222-8333-444455556666";
+    assert_eq!(
+        *derive::volume_key(&first, uuid),
+        *derive::volume_key(&hmac_ikm(&one.tcti), uuid)
+    );
+    // Another TPM (another machine's owner seed) derives another key.
+    let other = Tpm::start(&dir.path().join("other"));
+    assert_ne!(hmac_ikm(&other.tcti), first);
+    // So does another UKI: PCR 11 extended once more.
+    one.tools(
+        "tpm2_pcrextend",
+        &[&format!("11:sha256={}", "ab".repeat(32))],
+    );
+    let changed = hmac_ikm(&one.tcti);
+    assert_ne!(changed, first);
+    assert_eq!(hmac_ikm(&one.tcti), changed);
+    // A TPM that is not there is a named error.
+    let gone = Derive::TpmHmac {
+        tcti: format!("swtpm:path={}", dir.path().join("none.sock").display()),
+    };
+    let e = gone.ikm(None).unwrap_err().to_string();
+    assert!(e.contains("tpm2_pcrread failed"), "{e}");
+    one.flush();
+    other.flush();
+}
+
+#[test]
+fn a_derived_key_opens_only_the_volume_it_was_derived_for() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the LUKS2 volume needs a loop device (root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    runtime_dir();
+    let tpm = Tpm::start(&dir.path().join("tpm"));
+    let other = Tpm::start(&dir.path().join("other"));
+    let device = Loop::attach(&image(dir.path(), "data.img"));
+    let mut v = volume(PathBuf::from(&device.0), &tpm.tcti);
+    v.source = KeySource::Derived(Derive::TpmHmac {
+        tcti: tpm.tcti.clone(),
+    });
+    let uuid = "0b2d2c0e-1111-4222-8333-444455556666";
+    let key = derive::volume_key(&hmac_ikm(&tpm.tcti), uuid);
+    v.format_as(&key, Some(uuid)).unwrap();
+    assert_eq!(v.uuid().unwrap().as_deref(), Some(uuid));
+    let opens = |key: &[u8]| {
+        let mut child = Command::new("cryptsetup")
+            .args(["open", "--test-passphrase", "--key-file=-", &device.0])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(key).unwrap();
+        child.wait().unwrap().success()
+    };
+    assert!(opens(&key));
+    // The same TPM's key for another volume, and another TPM's for this one, do not.
+    let tpm_ikm = hmac_ikm(&tpm.tcti);
+    assert!(!opens(&derive::volume_key(
+        &tpm_ikm,
+        "0b2d2c0e-1111-4222-8333-444455556667"
+    )));
+    assert!(!opens(&derive::volume_key(&hmac_ikm(&other.tcti), uuid)));
+    v.checked_metadata().unwrap();
+    // The SNP source's token: none yet, then the TCB recorded, read back from the header.
+    assert_eq!(v.recorded_token().unwrap(), None);
+    let token = derive::SnpToken {
+        tcb: 0xdb18_0000_0000_0003,
+    };
+    v.import_token(token).unwrap();
+    assert_eq!(v.recorded_token().unwrap(), Some(token));
+    assert!(opens(&key), "the token changes no key slot");
+    // A token the volume's own source never writes makes its header suspect.
+    let e = v.checked_metadata().unwrap_err().to_string();
+    assert!(e.contains("a token of type `plinth-snp`"), "{e}");
+    tpm.flush();
+    other.flush();
 }

@@ -149,7 +149,15 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             ReleaseKey::read(path).map_err(|e| BadInput(format!("--release-key {e}")))?,
         ),
         None => {
-            if oses.iter().any(|os| pipeline::state::wanted(&ws.root, os)) {
+            let sealed_under_signature = |os: &&str| {
+                let path = ws.spec_path(os);
+                spec::load(&path, &ws.display(&path))
+                    .ok()
+                    .and_then(|spec| spec.profile(&args.profile).ok())
+                    .and_then(|p| pipeline::state::source(&ws.root, &p).ok().flatten())
+                    .is_some_and(|s| pipeline::state::signs_pcr_policy(Some(&s)))
+            };
+            if oses.iter().any(sealed_under_signature) {
                 out.warn("no --release-key: HostOS's sealed state will open only with this build's own PCR values, not after an upgrade");
             }
             Signing::Unsigned

@@ -50,6 +50,8 @@ pub struct BuildPlan<'a> {
     pub stage_cache: Option<&'a StageCache>,
     /// How the UKIs of an OS with sealed state sign their PCR policy (ignored for others).
     pub signing: &'a Signing,
+    /// The key source of the profile's sealed state ([`state::source`]); `None`: no state.
+    pub state: Option<&'a plinth_state::key::KeySource>,
 }
 
 /// The outputs of one boot slot (or of the single slot of an OS without A/B).
@@ -322,10 +324,10 @@ fn overlay_stage(
     root: &Path,
 ) -> Result<(Vec<overlay::Change>, Vec<u8>), BuildError> {
     let (plan, os) = (b.plan, b.os);
-    let overlay_dir = plan.workspace.join(os).join("rootfs");
+    let overlay_dirs = overlay::dirs(plan.workspace, plan.profile);
     let mut changes = b
         .stage("overlay")
-        .run(|| overlay::plan(&overlay_dir, root))?;
+        .run(|| overlay::plan_layers(&overlay_dirs, root))?;
     if let Some(name) = agent::agent_for(os) {
         let bin = b
             .stage("agent")
@@ -352,7 +354,7 @@ fn overlay_stage(
 /// other boots dracut's as it is.
 fn state_stage(b: &Build<'_>, boot: initrd::Initrd) -> Result<initrd::Initrd, BuildError> {
     let plan = b.plan;
-    if !state::wanted(plan.workspace, b.os) {
+    if plan.state.is_none() {
         return Ok(boot);
     }
     let (appendix, combined) = (b.work.state_appendix(), b.work.boot_initrd());
@@ -395,8 +397,8 @@ fn uki_stage(
     let stub = read(b.os, "uki", &b.work.stub())?;
     let linux = read(b.os, "uki", &b.work.kernel())?;
     let initrd_bytes = read(b.os, "uki", &boot.initrd)?;
-    // Only an OS that keeps sealed state signs its PCR policy.
-    let pcrpkey = if state::wanted(b.plan.workspace, b.os) {
+    // Only an OS whose state is sealed under a signed PCR policy signs one.
+    let pcrpkey = if state::signs_pcr_policy(b.plan.state) {
         b.plan.signing.public_pem().map_err(b.fail("uki"))?
     } else {
         None
@@ -556,8 +558,7 @@ impl StageKeys {
                 "initrd",
                 format!(
                     "{}, zstd {}",
-                    state::initrd_extras(state::wanted(plan.workspace, &p.os), signed(plan, &p.os))
-                        .describe(),
+                    state::initrd_extras(plan.state, signed(plan)).describe(),
                     initrd::ZSTD_LEVEL
                 ),
             )
@@ -574,14 +575,17 @@ impl StageKeys {
             .with("builder", builder)
             .with("profile", sha256_bytes(format!("{p:?}").as_bytes()))
             .with("version", plan.version)
-            .with(
-                "overlay",
-                stage_cache::tree_digest(&plan.workspace.join(&p.os).join("rootfs"), &[])?,
-            );
+            .with("overlay", {
+                let mut digests = Vec::new();
+                for dir in overlay::dirs(plan.workspace, p) {
+                    digests.push(stage_cache::tree_digest(&dir, &[])?);
+                }
+                digests.join(" ")
+            });
         if agent::agent_for(&p.os).is_some() {
             image = image.with("agent-sources", agent::source_digest(plan.workspace)?);
         }
-        if state::wanted(plan.workspace, &p.os) {
+        if state::signs_pcr_policy(plan.state) {
             image = image.with("pcr-signing", plan.signing.describe()?);
         }
         Ok(StageKeys {
@@ -745,9 +749,10 @@ fn empty_filesystems(
     Ok(out)
 }
 
-/// Whether `os`'s UKIs carry a signed PCR policy: it keeps sealed state and the build signs.
-fn signed(plan: &BuildPlan<'_>, os: &str) -> bool {
-    state::wanted(plan.workspace, os) && !matches!(plan.signing, Signing::Unsigned)
+/// Whether the UKIs carry a signed PCR policy: the state is sealed under one and the build
+/// signs.
+fn signed(plan: &BuildPlan<'_>) -> bool {
+    state::signs_pcr_policy(plan.state) && !matches!(plan.signing, Signing::Unsigned)
 }
 
 /// `guest-os-a` for slot A, `setup-os` for a single-slot OS.
@@ -806,12 +811,12 @@ impl<'p> Build<'p> {
 
     /// What this OS's initrd carries beyond dracut's defaults.
     fn initrd_extras(&self) -> initrd::Extras {
-        state::initrd_extras(state::wanted(self.plan.workspace, self.os), self.signed())
+        state::initrd_extras(self.plan.state, self.signed())
     }
 
     /// Whether this OS's UKIs carry a signed PCR policy.
     fn signed(&self) -> bool {
-        signed(self.plan, self.os)
+        signed(self.plan)
     }
 
     /// Start the stage `name`: it logs its time and is named in its error.

@@ -20,18 +20,24 @@ pub const MODULES: &str = "systemd systemd-veritysetup";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extras {
     pub modules: Vec<&'static str>,
+    /// Kernel modules (`--add-drivers`).
+    pub drivers: Vec<&'static str>,
     pub install: Vec<&'static str>,
 }
 
 impl Extras {
     /// The cache key's words for these extras.
     pub fn describe(&self) -> String {
-        format!(
+        let mut words = format!(
             "dracut --add '{} {}' --install '{}'",
             MODULES,
             self.modules.join(" "),
             self.install.join(" ")
-        )
+        );
+        if !self.drivers.is_empty() {
+            words.push_str(&format!(" --add-drivers '{}'", self.drivers.join(" ")));
+        }
+        words
     }
 }
 
@@ -126,11 +132,14 @@ pub fn build(root: &Path, epoch: i64, extras: &Extras, out: &Path) -> Result<Ini
         .copied()
         .collect::<Vec<_>>()
         .join(" ");
-    let install = if extras.install.is_empty() {
+    let mut install = if extras.install.is_empty() {
         String::new()
     } else {
         format!(" --install \"{}\"", extras.install.join(" "))
     };
+    if !extras.drivers.is_empty() {
+        install.push_str(&format!(" --add-drivers \"{}\"", extras.drivers.join(" ")));
+    }
     let inside = "/var/tmp/plinth-initrd.img";
     let script = format!(
         "set -e

@@ -71,6 +71,11 @@ pub enum JobError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Firmware(#[from] FirmwareError),
+    #[error("{os}: the state's key source: {source}")]
+    State {
+        os: String,
+        source: super::state::StateError,
+    },
     #[error("cannot prepare the firmware's work directory {}: {source}", path.display())]
     Work {
         path: PathBuf,
@@ -87,6 +92,11 @@ pub enum JobError {
 /// Build the images and the firmware side by side, then assemble the release.
 pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
     let set = &job.settings;
+    let state =
+        super::state::source(job.workspace, job.profile).map_err(|source| JobError::State {
+            os: job.profile.os.clone(),
+            source,
+        })?;
     let plan = build::BuildPlan {
         workspace: job.workspace,
         profile: job.profile,
@@ -99,6 +109,7 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
         log: job.log,
         stage_cache: set.image_cache,
         signing: set.signing,
+        state: state.as_ref(),
     };
     let (built, firmware) = std::thread::scope(|s| {
         let firmware = job

@@ -4,7 +4,9 @@
 //! normalized the same way (directories 0755, files 0644 or 0755), owners are root (group
 //! root too, except for files the build generates with another group: [`put_file_group`]),
 //! and symlinks are kept as links. An OS without an overlay directory changes nothing. The
-//! overlay is applied after normalization: what it says is what the image holds.
+//! overlay is applied after normalization: what it says is what the image holds. A profile
+//! may name its own overlay directory beside `rootfs/` (os.yaml `profiles.<name>.overlay`),
+//! laid over it ([`dirs`], [`plan_layers`]): its files replace `rootfs/`'s.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ pub enum OverlayError {
     Special { path: String },
     #[error("overlay {path}: replaces a directory of the image with a file (or the reverse)\n  hint: change the overlay path, or remove the package content in a later stage")]
     Kind { path: String },
+    #[error("overlay {path}: no such directory\n  hint: os.yaml's profile names it as its overlay; create it beside rootfs/, or remove the setting")]
+    Missing { path: String },
 }
 
 /// What one path of the root becomes.
@@ -45,6 +49,50 @@ pub struct Change {
     pub replaces: bool,
     /// The root has that directory already.
     pub exists: bool,
+}
+
+/// The overlay directories of `profile`, in the order they are laid: `<os>/rootfs/`, then
+/// the profile's own (`profiles.<name>.overlay`).
+pub fn dirs(workspace: &Path, profile: &crate::spec::Profile) -> Vec<PathBuf> {
+    let os = workspace.join(&profile.os);
+    std::iter::once(os.join("rootfs"))
+        .chain(profile.overlay.as_ref().map(|d| os.join(d)))
+        .collect()
+}
+
+/// The changes of the overlays `dirs` laid in order over `root` ([`plan`] of each): a later
+/// file or link replaces an earlier one at the same path; a later one of another kind (a
+/// file where an earlier overlay has a directory) is refused. Every directory but the first
+/// must exist.
+pub fn plan_layers(dirs: &[PathBuf], root: &Path) -> Result<Vec<Change>, OverlayError> {
+    let mut changes: Vec<Change> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        if i > 0 && !dir.is_dir() {
+            return Err(OverlayError::Missing {
+                path: dir.display().to_string(),
+            });
+        }
+        for change in plan(dir, root)? {
+            let is_dir = matches!(change.what, What::Dir);
+            match changes.iter().position(|c| c.path == change.path) {
+                None => changes.push(change),
+                Some(at) if matches!(changes[at].what, What::Dir) != is_dir => {
+                    return Err(OverlayError::Kind {
+                        path: change.path.display().to_string(),
+                    })
+                }
+                Some(_) if is_dir => {}
+                Some(at) => {
+                    changes.remove(at);
+                    changes.push(Change {
+                        replaces: true,
+                        ..change
+                    });
+                }
+            }
+        }
+    }
+    Ok(changes)
 }
 
 /// The changes `overlay` makes to the tree `root`, parents before children. Refuses a file
@@ -217,5 +265,60 @@ mod tests {
         std::fs::write(root.join("x"), "file").unwrap();
         let err = plan(&overlay, &root).unwrap_err();
         assert!(matches!(err, OverlayError::Kind { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_profile_overlay_replaces_files_of_rootfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, test, root) = (
+            dir.path().join("rootfs"),
+            dir.path().join("rootfs-test"),
+            dir.path().join("root"),
+        );
+        for d in [&base, &test] {
+            std::fs::create_dir_all(d.join("usr/lib/plinth")).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(base.join("usr/lib/plinth/state.conf"), "key_source=snp\n").unwrap();
+        std::fs::write(base.join("usr/lib/plinth/other"), "kept").unwrap();
+        std::fs::write(
+            test.join("usr/lib/plinth/state.conf"),
+            "key_source=tpm2-hmac\n",
+        )
+        .unwrap();
+        let changes = plan_layers(&[base.clone(), test.clone()], &root).unwrap();
+        let paths: Vec<String> = changes
+            .iter()
+            .map(|c| c.path.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "usr",
+                "usr/lib",
+                "usr/lib/plinth",
+                "usr/lib/plinth/other",
+                "usr/lib/plinth/state.conf"
+            ]
+        );
+        assert_eq!(
+            read_file(&changes, &root, "usr/lib/plinth/state.conf").unwrap(),
+            b"key_source=tpm2-hmac\n"
+        );
+        // The base alone is what a profile without an overlay gets.
+        let alone = plan_layers(std::slice::from_ref(&base), &root).unwrap();
+        assert_eq!(
+            read_file(&alone, &root, "usr/lib/plinth/state.conf").unwrap(),
+            b"key_source=snp\n"
+        );
+        // A directory where rootfs/ has a file is refused; a missing profile overlay is named.
+        std::fs::create_dir_all(test.join("usr/lib/plinth/other")).unwrap();
+        let err = plan_layers(&[base.clone(), test.clone()], &root).unwrap_err();
+        assert!(matches!(err, OverlayError::Kind { .. }), "{err}");
+        let err = plan_layers(&[base, dir.path().join("rootfs-none")], &root).unwrap_err();
+        assert!(
+            err.to_string().contains("rootfs-none: no such directory"),
+            "{err}"
+        );
     }
 }

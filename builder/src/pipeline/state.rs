@@ -1,13 +1,17 @@
 //! What an image needs to keep sealed persistent state (the `plinth-state` crate): an OS
-//! keeps state when its overlay configures a key source (`usr/lib/plinth/state.conf`). Its
-//! initrd then carries dracut's `crypt` and `tpm2-tss` modules and the tools creation needs
-//! ([`initrd_extras`]), and, appended to dracut's archive, plinth's own files: the static
-//! `plinth-state` binary and the initrd unit that runs it ([`appendix`]). The build never
-//! formats the data partition: the node creates the state on its first boot.
+//! keeps state when its profile's overlays configure a key source
+//! (`usr/lib/plinth/state.conf`, [`source`]). Its initrd then carries dracut's `crypt`
+//! module, what that source needs (the TPM's libraries and systemd-cryptenroll, tpm2-tools,
+//! or the sev-guest driver) and the tools creation needs ([`initrd_extras`]), and, appended
+//! to dracut's archive, plinth's own files: the static `plinth-state` binary and the initrd
+//! unit that runs it ([`appendix`]). The build never formats the data partition: the node
+//! creates the state on its first boot.
 
 use super::agent::{self, Linking};
 use super::cpio::{self, Entry};
 use super::initrd::Extras;
+use crate::spec::Profile;
+use plinth_state::key::{Derive, KeySource, Sealed};
 use std::path::{Path, PathBuf};
 
 /// The key source's configuration in an overlay (and so in the root).
@@ -28,6 +32,8 @@ pub enum StateError {
     Cpio(#[from] cpio::CpioError),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
+    #[error(transparent)]
+    Config(#[from] plinth_state::key::KeyError),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
@@ -37,28 +43,80 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
     }
 }
 
-/// Whether `os` keeps persistent state (its overlay in `workspace` configures a key source).
-pub fn wanted(workspace: &Path, os: &str) -> bool {
-    workspace.join(os).join("rootfs").join(CONFIG).is_file()
+/// The key source `profile` configures: the `state.conf` of its last overlay that has one
+/// ([`super::overlay::dirs`]); `None` when the OS keeps no state.
+pub fn source(workspace: &Path, profile: &Profile) -> Result<Option<KeySource>, StateError> {
+    for dir in super::overlay::dirs(workspace, profile).iter().rev() {
+        // The overlay copies a link as a link: what the build reads must be what the image
+        // holds, so the configuration is a regular file.
+        let conf = dir.join(CONFIG);
+        if conf.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+            return Err(StateError::Io {
+                path: conf.display().to_string(),
+                message: "not a regular file (a link?): the key source's configuration must be one"
+                    .into(),
+            });
+        }
+        if let Some(source) = KeySource::load(dir)? {
+            return Ok(Some(source));
+        }
+    }
+    Ok(None)
 }
 
-/// What dracut adds to the initrd of an OS with state: LUKS2 and the TPM (systemd-cryptsetup,
-/// dm-crypt, the tss2 libraries systemd loads at run time) and the tools the first boot's
-/// creation runs; and when its UKI carries a signed PCR policy (`signed`), systemd-pcrphase,
-/// which extends PCR 11 with `enter-initrd` before the state opens and `leave-initrd` after,
-/// so that only the initrd holds the PCR values the release key signed.
-pub fn initrd_extras(wanted: bool, signed: bool) -> Extras {
-    if !wanted {
+/// Whether `source` seals to PCR values the release key signs (the UKI then carries
+/// `.pcrpkey` and `.pcrsig` when the build has the key).
+pub fn signs_pcr_policy(source: Option<&KeySource>) -> bool {
+    matches!(
+        source,
+        Some(KeySource::Tpm2(Sealed {
+            signed: Some(_),
+            ..
+        }))
+    )
+}
+
+/// What dracut adds to the initrd of an OS with state (`source`): LUKS2 (dm-crypt,
+/// cryptsetup) and the tools the first boot's creation runs, and what the source needs:
+/// - sealed to the TPM: the tss2 libraries systemd loads at run time and
+///   systemd-cryptenroll; when its UKI carries a signed PCR policy (`signed`),
+///   systemd-pcrphase, which extends PCR 11 with `enter-initrd` before the state opens and
+///   `leave-initrd` after, so that only the initrd holds the PCR values the release key
+///   signed;
+/// - the SEV-SNP derived key: the `sev-guest` driver (`/dev/sev-guest`);
+/// - the TPM's HMAC (the test stand-in): the tss2 libraries and the tpm2-tools it runs.
+pub fn initrd_extras(source: Option<&KeySource>, signed: bool) -> Extras {
+    let Some(source) = source else {
         return Extras::default();
+    };
+    let mut extras = Extras {
+        modules: vec!["crypt"],
+        drivers: Vec::new(),
+        install: vec!["cryptsetup", "mkfs.ext4", "e2fsck"],
+    };
+    match source {
+        KeySource::Tpm2(_) => {
+            extras.modules.push("tpm2-tss");
+            if signed {
+                extras.modules.push("systemd-pcrphase");
+            }
+            extras.install.insert(1, "systemd-cryptenroll");
+        }
+        KeySource::Derived(Derive::Snp { .. }) => {
+            extras.drivers.push("sev-guest");
+            extras.install.push("modprobe");
+        }
+        KeySource::Derived(Derive::TpmHmac { .. }) => {
+            extras.modules.push("tpm2-tss");
+            extras.install.extend([
+                "tpm2_pcrread",
+                "tpm2_createprimary",
+                "tpm2_hmac",
+                "tpm2_flushcontext",
+            ]);
+        }
     }
-    let mut modules = vec!["crypt", "tpm2-tss"];
-    if signed {
-        modules.push("systemd-pcrphase");
-    }
-    Extras {
-        modules,
-        install: vec!["cryptsetup", "systemd-cryptenroll", "mkfs.ext4", "e2fsck"],
-    }
+    extras
 }
 
 /// The files under `dir` (relative paths, sorted; directories before their contents).
@@ -179,14 +237,28 @@ mod tests {
     }
 
     #[test]
-    fn extras_only_for_an_os_with_state() {
-        assert_eq!(initrd_extras(false, true), Extras::default());
-        assert!(initrd_extras(true, false).modules.contains(&"crypt"));
-        assert!(!initrd_extras(true, false)
+    fn extras_follow_the_key_source() {
+        let parse = |text: &str| KeySource::parse(text, "state.conf").unwrap();
+        assert_eq!(initrd_extras(None, true), Extras::default());
+        let sealed = parse("key_source=tpm2\ntpm2_pcrs=11\n");
+        assert!(initrd_extras(Some(&sealed), false)
+            .modules
+            .contains(&"crypt"));
+        assert!(!initrd_extras(Some(&sealed), false)
             .modules
             .contains(&"systemd-pcrphase"));
-        assert!(initrd_extras(true, true)
+        assert!(initrd_extras(Some(&sealed), true)
             .modules
             .contains(&"systemd-pcrphase"));
+        let snp = initrd_extras(Some(&parse("key_source=snp\n")), false);
+        assert_eq!(snp.drivers, ["sev-guest"]);
+        assert!(!snp.modules.contains(&"tpm2-tss"));
+        assert!(!snp.install.contains(&"systemd-cryptenroll"));
+        let hmac = initrd_extras(Some(&parse("key_source=tpm2-hmac\n")), false);
+        assert!(hmac.modules.contains(&"tpm2-tss") && hmac.install.contains(&"tpm2_hmac"));
+        assert!(hmac.drivers.is_empty());
+        assert!(!signs_pcr_policy(Some(&sealed)) && !signs_pcr_policy(None));
+        let signed = parse("key_source=tpm2\ntpm2_signed_pcrs=11+12\ntpm2_public_key=/.extra/k.pem\ntpm2_signature=/.extra/s.json\n");
+        assert!(signs_pcr_policy(Some(&signed)));
     }
 }

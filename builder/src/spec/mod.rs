@@ -195,6 +195,10 @@ pub struct ProfileSpec {
     /// Kernel command line arguments appended in this profile.
     #[serde(default)]
     pub cmdline_append: Vec<String>,
+    /// A directory beside os.yaml whose files are laid over `rootfs/` in this profile: what
+    /// a profile changes that a package list cannot (a test key source, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<String>,
 }
 
 /// The effective settings of one OS in one profile: what the pipeline consumes.
@@ -209,6 +213,8 @@ pub struct Profile {
     pub partitions: Vec<Partition>,
     pub cmdline: Vec<String>,
     pub boot_loader: BootLoader,
+    /// The profile's own overlay directory (beside os.yaml), laid over `rootfs/`.
+    pub overlay: Option<String>,
 }
 
 impl OsSpec {
@@ -256,6 +262,7 @@ impl OsSpec {
             partitions,
             cmdline,
             boot_loader: self.kernel.boot_loader,
+            overlay: p.overlay.clone(),
         })
     }
 
@@ -279,6 +286,7 @@ impl OsSpec {
             partitions: Vec::new(),
             cmdline: Vec::new(),
             boot_loader: BootLoader::None,
+            overlay: None,
         })
     }
 }

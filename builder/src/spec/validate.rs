@@ -122,6 +122,7 @@ pub const CHECKS: &[fn(&mut Checker)] = &[
     check_profile_packages,
     check_profile_partition_sizes,
     check_profile_cmdline,
+    check_profile_overlay,
 ];
 
 /// The state the checks share: the spec, where its fields are, and the errors so far.
@@ -1009,6 +1010,27 @@ fn check_profile_cmdline(cx: &mut Checker) {
     for (name, profile) in &cx.spec.profiles {
         let path = format!("profiles.{name}.cmdline_append");
         check_cmdline_list(cx, &path, &profile.cmdline_append);
+    }
+}
+
+/// `overlay`: one directory name beside os.yaml, `rootfs-` and a simple name.
+fn check_profile_overlay(cx: &mut Checker) {
+    let overlays: Vec<(String, String)> = cx
+        .spec
+        .profiles
+        .iter()
+        .filter_map(|(name, p)| Some((name.clone(), p.overlay.clone()?)))
+        .collect();
+    for (name, dir) in overlays {
+        let ok = dir.strip_prefix("rootfs-").is_some_and(is_simple_name);
+        if !ok {
+            cx.at(
+                &format!("profiles.{name}.overlay"),
+                "a directory beside os.yaml named rootfs-<name> (lower-case letters, digits, `-`)",
+                q(&dir),
+                "the profile's files are laid over rootfs/ from that directory",
+            );
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //!   count/type pairs, both slots), and its AmdSev OVMF (built at `plinth build`, rebuilt by
 //!   `plinth verify`) boots its disk, launched by `plinth-host guest launch` (two guest NUMA
 //!   nodes, an extra disk, both reported by the guest agent; QEMU as nobody under seccomp,
-//!   its threads pinned as planned; `guest stop` powers it down through ACPI);
+//!   its threads pinned as planned; a swtpm as nobody given by `--vtpm`, which keys the
+//!   guest's state; `guest stop` powers it down through ACPI);
 //! - HostOS is built with a release key that signs its PCR policy, and its verify embeds the
 //!   recorded signatures after checking them against its own predictions;
 //! - one overlay file changed (HostOS): the rebuild reuses the package stage, `plinth diff`
@@ -29,6 +30,9 @@
 //!   named in the boot report, the data partition unchanged; then power-loss trials, QEMU
 //!   killed at seeded random points of the first boot's creation, each followed by a boot
 //!   that ends with the state usable (`ci/power-loss` runs more);
+//! - GuestOS's sealed state (its `test` key source, the TPM's HMAC of PCR 11, standing in for
+//!   the SEV-SNP derived key): created, reopened on a reboot with the same machine-id, and
+//!   refused on another TPM, named in the boot report, the data partition unchanged;
 //! - tampering: one flipped byte in GuestOS's verity-protected root stops its boot with a
 //!   dm-verity error on the console, and in HostOS's makes its initrd reboot, never offering
 //!   a shell; a changed command line in HostOS's UKI makes its agent
@@ -359,6 +363,10 @@ fn every_image_reproduces_verifies_and_diffs() {
             snp_digests_as_sev_snp_measure(&out1.join("guest-os").join(VERSION));
             boot_as_predicted(out1, "guest-os");
             boot_as_predicted(out1, "setup-os");
+            guest_state_across_boots(
+                &out1.join("guest-os").join(VERSION),
+                &tamper.join("guest-state"),
+            );
             tampered_root(&out1.join("guest-os").join(VERSION), &tamper.join("root"));
             tampered_host_root(
                 &out1.join("host-os").join(VERSION),
@@ -523,6 +531,10 @@ fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
         .set_len(96 << 20)
         .unwrap();
     let state = scratch.join("state");
+    // The test GuestOS keys its sealed state with a TPM (its `test` key source; under
+    // SEV-SNP, the chip's derived key): a swtpm that runs as nobody, as QEMU does, gives
+    // the guest one through the launch's development-only --vtpm.
+    let vtpm = Vtpm::start(&scratch.join("vtpm"));
     let vm: Vec<String> = [
         "--vcpus",
         "2",
@@ -552,6 +564,8 @@ fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
         .args(["--accel", "tcg", "--user", "nobody", "--restart", "never"])
         .args(["--stop-timeout", "20", "--state-dir"])
         .arg(&state)
+        .arg("--vtpm")
+        .arg(&vtpm.socket)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -581,6 +595,10 @@ fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
         let console = std::fs::read_to_string(&console_log).unwrap();
         let wanted = format!("PLINTH BOOT OK guest-os {VERSION} slot=A");
         assert!(console.contains(&wanted), "no `{wanted}`: {booted}");
+        assert!(
+            console.contains(" created (tpm2-hmac) boots=1 "),
+            "the launched guest must create its state with the vTPM's key"
+        );
         // What the guest got: the plan's two nodes, a vCPU each, and both disks by serial.
         let lines: Vec<&str> = console
             .lines()
@@ -650,6 +668,141 @@ fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
         );
         std::panic::resume_unwind(panic);
     }
+    drop(vtpm);
+    std::fs::remove_dir_all(scratch).unwrap();
+}
+
+/// A swtpm for a guest that `plinth-host guest launch --vtpm` starts: run as nobody (what
+/// QEMU runs as, and what QEMU can reach), its control socket in `dir`; killed on drop.
+struct Vtpm {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Vtpm {
+    fn start(dir: &Path) -> Vtpm {
+        use std::os::unix::process::CommandExt;
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        nix::unistd::chown(dir, Some(nobody.uid), Some(nobody.gid)).unwrap();
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let socket = dir.join("ctrl.sock");
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", dir.display()))
+            .arg("--ctrl")
+            .arg(format!("type=unixio,path={}", socket.display()))
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("swtpm (ci/setup installs it)");
+        let vtpm = Vtpm { child, socket };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !vtpm.socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "swtpm opened no socket"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        vtpm
+    }
+}
+
+impl Drop for Vtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boot `disk` itself (written, not copy-on-write) on the TPM kept in `tpm`, the agent
+/// checking the PCRs against `measurements`: one more boot of the same machine.
+fn boot_kept(disk: &Path, name: &str, tpm: &Path, measurements: &Path) -> String {
+    boot(
+        disk,
+        name,
+        &[
+            "--tpm-state",
+            tpm.to_str().unwrap(),
+            "--write-boot-disk",
+            "--measurements",
+            measurements.to_str().unwrap(),
+        ],
+    )
+}
+
+/// sha256 of `len` bytes of `disk` from `offset` (a partition's bytes).
+fn span_sha256(disk: &Path, (offset, len): (u64, u64)) -> String {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(disk).unwrap();
+    let mut span = vec![0u8; len as usize];
+    f.read_exact_at(&mut span, offset).unwrap();
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&span))
+}
+
+/// GuestOS's sealed state, keyed by its `test` key source (the TPM's HMAC of PCR 11, where
+/// prod uses the SEV-SNP derived key): created on the first boot of a disk, opened with the
+/// same count and machine-id on the reboot, and on another machine's TPM not opened, named
+/// in the boot report, the data partition's bytes unchanged.
+fn guest_state_across_boots(guest: &Path, scratch: &Path) {
+    let mut data = (0, 0);
+    let disk = tampered_disk(guest, scratch, |_, m| {
+        let part = m.partitions.iter().find(|p| p.name == "data").unwrap();
+        data = (part.offset, part.size);
+    });
+    let measurements = guest.join("measurements.json");
+    let boot_on = |name: &str, tpm: &Path| boot_kept(&disk, name, tpm, &measurements);
+    let line = |console: &str, needle: &str, name: &str| -> String {
+        console
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{name}: no `{needle}` on the console"))
+            .trim()
+            .to_string()
+    };
+    let machine_id = |state: &str| {
+        state
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("machine-id="))
+            .unwrap_or_else(|| panic!("no machine-id in `{state}`"))
+            .to_string()
+    };
+    let data_sha = || span_sha256(&disk, data);
+    let tpm = scratch.join("tpm");
+    let first = boot_on("guest-os-state-1", &tpm);
+    line(&first, "PLINTH BOOT OK guest-os", "first boot");
+    let created = line(&first, "PLINTH STATE ok", "first boot");
+    assert!(
+        created.contains(" created (tpm2-hmac) boots=1 "),
+        "{created}"
+    );
+    assert_pcrs_as_predicted(guest, "guest-os", &first);
+    let second = boot_on("guest-os-state-2", &tpm);
+    line(&second, "PLINTH BOOT OK guest-os", "reboot");
+    let opened = line(&second, "PLINTH STATE ok", "reboot");
+    assert!(
+        opened.contains(" opened (tpm2-hmac) boots=2 "),
+        "the reboot must open the state and read its count back: {opened}"
+    );
+    assert_eq!(machine_id(&opened), machine_id(&created));
+    eprintln!("guest-os state, created: {created}\nguest-os state, after a reboot: {opened}");
+    let sealed = data_sha();
+    let other = boot_on("guest-os-state-other-tpm", &scratch.join("other-tpm"));
+    let failed = line(&other, "PLINTH BOOT FAILED guest-os", "another TPM");
+    assert!(
+        failed.contains(
+            "state: /dev/vda7 could not be unlocked with the tpm2-hmac key: the key derived on this boot does not open it"
+        ),
+        "another machine's TPM must not open the state: {failed}"
+    );
+    assert_eq!(
+        data_sha(),
+        sealed,
+        "another TPM's boot changed the data partition"
+    );
+    eprintln!("guest-os state, another TPM: {failed}");
     std::fs::remove_dir_all(scratch).unwrap();
 }
 
@@ -778,17 +931,7 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
     let (tpm, other_tpm) = (scratch.join("tpm"), scratch.join("other-tpm"));
     let boot_on = |name: &str, tpm: &Path| {
         let measurements = running.borrow().clone();
-        boot(
-            &disk,
-            name,
-            &[
-                "--tpm-state",
-                tpm.to_str().unwrap(),
-                "--write-boot-disk",
-                "--measurements",
-                measurements.to_str().unwrap(),
-            ],
-        )
+        boot_kept(&disk, name, tpm, &measurements)
     };
     let state_line = |console: &str, name: &str| -> String {
         console
@@ -804,13 +947,7 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
             .unwrap_or_else(|| panic!("no {key} in `{line}`"))
             .to_string()
     };
-    let data_sha = || {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(&disk).unwrap();
-        let mut span = vec![0u8; data.1 as usize];
-        f.read_exact_at(&mut span, data.0).unwrap();
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&span))
-    };
+    let data_sha = || span_sha256(&disk, data);
     let boot_ok = |console: &str, name: &str| {
         let report = console
             .lines()

@@ -777,6 +777,14 @@ const CASES: &[Case] = &[
         "Debug",
     ),
     case(
+        "profile overlay outside rootfs-<name>",
+        "    cmdline_append:\n",
+        "    overlay: ../etc\n    cmdline_append:\n",
+        "profiles.test.overlay",
+        "../etc",
+        "../etc",
+    ),
+    case(
         "partition_sizes names no partition",
         "      data: 1GiB",
         "      datta: 1GiB",

@@ -17,7 +17,9 @@
 //! - `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`
 //!   (seccomp), a QMP socket for the supervisor, the serial console into a file, thread
 //!   names (`debug-threads=on`) so the pinning can find the vCPU and I/O threads;
-//! - `dump-guest-core=off`: a core dump of QEMU leaves the guest's RAM out.
+//! - `dump-guest-core=off`: a core dump of QEMU leaves the guest's RAM out;
+//! - a development launch may give the guest a swtpm's TPM (`tpm-crb`), never an SEV-SNP
+//!   one.
 //!
 //! Values from the configuration (paths, the vCPU model) never change the meaning of an
 //! option string: every value placed into a `key=value,...` string goes through [`opt`]
@@ -40,6 +42,10 @@ pub struct Launch {
     pub console_log: PathBuf,
     /// How the virtio-blk disks are rendered.
     pub disk_settings: DiskSettings,
+    /// A software TPM for the guest (development launches): the control socket of a swtpm
+    /// (`swtpm socket --ctrl type=unixio,path=...`) that QEMU connects to. Under SEV-SNP the
+    /// guest's keys come from the chip, and a TPM the host emulates would be the host's.
+    pub vtpm: Option<PathBuf>,
 }
 
 /// How QEMU is given the plan's virtio-blk disks.
@@ -94,6 +100,8 @@ pub enum QemuError {
     NotSev,
     #[error("SEV-SNP needs KVM: TCG cannot launch an SEV-SNP guest")]
     SevUnderTcg,
+    #[error("a vTPM (--vtpm) is for development launches, not SEV-SNP: the host would hold the guest's TPM\n  hint: an SEV-SNP GuestOS keys its state with the chip's derived key")]
+    VtpmUnderSev,
     #[error("vCPU type `{given}` (--vcpu-type, PLINTH_GUEST_VCPU_TYPE) is not one of {list}\n  hint: the vCPU model the GuestOS release's launch digests were computed for", list = VCPU_TYPES.join(", "))]
     VcpuType { given: String },
     #[error("{what} {path:?}: {why}\n  hint: {hint}")]
@@ -174,6 +182,9 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
     }
     if sev && launch.accel == Accel::Tcg {
         return Err(QemuError::SevUnderTcg);
+    }
+    if sev && launch.vtpm.is_some() {
+        return Err(QemuError::VtpmUnderSev);
     }
     let p = &plan.placement;
     let mut a = Args::default();
@@ -288,6 +299,17 @@ pub fn args(plan: &Plan, launch: &Launch) -> Result<Vec<String>, QemuError> {
                 ),
             );
         }
+    }
+    if let Some(socket) = &launch.vtpm {
+        a.push(
+            "-chardev",
+            &format!(
+                "socket,id=vtpm,path={}",
+                opt(path("the vTPM's socket", socket)?)
+            ),
+        );
+        a.push("-tpmdev", "emulator,id=vtpm0,chardev=vtpm");
+        a.push("-device", "tpm-crb,tpmdev=vtpm0");
     }
     let mut first_disk = true;
     for (i, d) in plan.disks.iter().enumerate() {
@@ -435,6 +457,7 @@ mod tests {
             qmp_socket: "/run/plinth/guest/qmp.sock".into(),
             console_log: "/var/log/plinth/guest-console.log".into(),
             disk_settings: DiskSettings::Planned,
+            vtpm: None,
         }
     }
 
@@ -511,6 +534,16 @@ mod tests {
         );
         assert!(values(&a, "-drive")[0].contains("readonly=on"));
         assert!(!a.iter().any(|x| x == "-kernel"));
+        assert!(values(&a, "-tpmdev").is_empty(), "no TPM unless asked");
+        // A development launch's vTPM: QEMU connects to the swtpm's control socket.
+        let with_tpm = Launch {
+            vtpm: Some("/run/swtpm/ctrl.sock".into()),
+            ..launch(pflash(), Accel::Tcg)
+        };
+        let a = args(&p, &with_tpm).unwrap();
+        assert!(values(&a, "-chardev").contains(&"socket,id=vtpm,path=/run/swtpm/ctrl.sock"));
+        assert_eq!(values(&a, "-tpmdev"), ["emulator,id=vtpm0,chardev=vtpm"]);
+        assert!(values(&a, "-device").contains(&"tpm-crb,tpmdev=vtpm0"));
     }
 
     #[test]
@@ -562,7 +595,13 @@ mod tests {
         assert!(values(&a, "-device")
             .iter()
             .all(|d| !d.contains("bootindex")));
-        // Mismatches are refused.
+        assert!(values(&a, "-tpmdev").is_empty());
+        // Mismatches are refused, and so is a host-emulated TPM for an SEV-SNP guest.
+        let vtpm = Launch {
+            vtpm: Some("/run/swtpm/ctrl.sock".into()),
+            ..launch(sev.clone(), Accel::Kvm)
+        };
+        assert_eq!(args(&p, &vtpm).unwrap_err(), QemuError::VtpmUnderSev);
         assert_eq!(
             args(&p, &launch(sev, Accel::Tcg)).unwrap_err(),
             QemuError::SevUnderTcg

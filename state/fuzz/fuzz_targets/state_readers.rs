@@ -1,12 +1,14 @@
 //! What the initrd reads before it decides to write a disk: the data partition's first bytes
 //! (LUKS2 headers, with their checksums and sequence numbers, and the zero test), and sysfs
 //! uevent text. None may panic; a classification never says "blank" for bytes past the
-//! header area that are not zero; and the node's wipe request (`wipe-state`), which must
-//! name one volume UUID or nothing.
+//! header area that are not zero; the node's wipe request (`wipe-state`), which must
+//! name one volume UUID or nothing; and the LUKS2 metadata's `plinth-snp` token (GuestOS: the
+//! host writes that disk), whose TCB must round-trip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use plinth_state::config::parse_wipe;
+use plinth_state::derive::SnpToken;
 use plinth_state::disk::{is_device_name, uevent_value};
 use plinth_state::header::{best_header, classify_parts, Content};
 
@@ -20,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
         Content::Foreign(_) | Content::State | Content::Creating
     ));
     if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(Some(token)) = SnpToken::from_metadata(text) {
+            let again = format!("{{\"tokens\":{{\"0\":{}}}}}", token.to_json());
+            assert_eq!(SnpToken::from_metadata(&again).unwrap(), Some(token));
+        }
         if let Ok(uuid) = parse_wipe(text) {
             assert!(uuid.len() == 36 && !uuid.contains('/'));
         }

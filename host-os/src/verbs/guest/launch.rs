@@ -109,6 +109,16 @@ pub struct LaunchArgs {
     /// ci/bench-launch; development layout only.
     #[arg(long, value_enum, default_value = "chosen", requires = "development")]
     disk_settings: DiskSettingsArg,
+    /// Give the guest a software TPM: the control socket of a running swtpm (`swtpm socket
+    /// --tpm2 --ctrl type=unixio,path=SOCKET`), which QEMU's user must be able to connect
+    /// to; development layout only (a GuestOS `test` image keys its state with it).
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        requires = "development",
+        conflicts_with = "sev_ovmf"
+    )]
+    vtpm: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -141,6 +151,7 @@ impl LaunchArgs {
             .chain(self.sev_ovmf.as_mut())
             .chain(self.kernel.as_mut())
             .chain(self.initrd.as_mut())
+            .chain(self.vtpm.as_mut())
         {
             *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
         }
@@ -201,6 +212,7 @@ impl LaunchArgs {
                 DiskSettingsArg::Chosen => DiskSettings::Planned,
                 DiskSettingsArg::QemuDefault => DiskSettings::QemuDefault,
             },
+            vtpm: self.vtpm.clone(),
         };
         let cgroup_parent = match (self.cgroup_delegated, &self.cgroup_parent) {
             (true, _) => {
