@@ -83,9 +83,11 @@ pub fn plan_layers(dirs: &[PathBuf], root: &Path) -> Result<Vec<Change>, Overlay
                 }
                 Some(_) if is_dir => {}
                 Some(at) => {
-                    changes.remove(at);
+                    // Whether the root itself has a file there, as the earlier overlay's
+                    // change said (the earlier overlay's file is never written).
+                    let replaced = changes.remove(at);
                     changes.push(Change {
-                        replaces: true,
+                        replaces: replaced.replaces,
                         ..change
                     });
                 }
@@ -305,6 +307,12 @@ mod tests {
             read_file(&changes, &root, "usr/lib/plinth/state.conf").unwrap(),
             b"key_source=tpm2-hmac\n"
         );
+        // The root has no state.conf: nothing there to remove before writing it.
+        let conf = changes
+            .iter()
+            .find(|c| c.path == Path::new("usr/lib/plinth/state.conf"))
+            .unwrap();
+        assert!(!conf.replaces);
         // The base alone is what a profile without an overlay gets.
         let alone = plan_layers(std::slice::from_ref(&base), &root).unwrap();
         assert_eq!(
