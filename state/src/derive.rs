@@ -52,7 +52,7 @@ pub enum Derive {
 /// Why no key could be derived.
 #[derive(Debug, thiserror::Error)]
 pub enum DeriveError {
-    #[error("/dev/sev-guest: {0}\n  hint: the snp key source needs an SEV-SNP guest (the sev-guest driver); under TCG, use a test profile's key source")]
+    #[error("/dev/sev-guest: {0} (not an SEV-SNP guest, or no sev-guest driver)\n  hint: the snp key source needs an SEV-SNP guest; under TCG, boot a test profile, whose key source is the TPM's")]
     NoSnp(std::io::Error),
     #[error("the SEV-SNP firmware refused the {what} request: {detail}")]
     Snp { what: &'static str, detail: String },
