@@ -843,7 +843,16 @@ fn guest_state_across_boots(guest: &Path, scratch: &Path) {
     let tpm = scratch.join("tpm");
     let first = boot_on("guest-os-state-1", &tpm);
     line(&first, "PLINTH BOOT OK guest-os", "first boot");
-    let created = line(&first, "PLINTH STATE ok", "first boot");
+    // The summary line (the initrd's own `PLINTH STATE ok /dev/vda7 created` comes first).
+    let state_line = |console: &str, name: &str| {
+        console
+            .lines()
+            .find(|l| l.contains("PLINTH STATE ok") && l.contains(" boots="))
+            .unwrap_or_else(|| panic!("{name}: no state summary on the console"))
+            .trim()
+            .to_string()
+    };
+    let created = state_line(&first, "first boot");
     assert!(
         created.contains(" created (tpm2-hmac) boots=1 "),
         "{created}"
@@ -851,7 +860,7 @@ fn guest_state_across_boots(guest: &Path, scratch: &Path) {
     assert_pcrs_as_predicted(guest, "guest-os", &first);
     let second = boot_on("guest-os-state-2", &tpm);
     line(&second, "PLINTH BOOT OK guest-os", "reboot");
-    let opened = line(&second, "PLINTH STATE ok", "reboot");
+    let opened = state_line(&second, "reboot");
     assert!(
         opened.contains(" opened (tpm2-hmac) boots=2 "),
         "the reboot must open the state and read its count back: {opened}"
