@@ -209,20 +209,9 @@ pub fn read_range(path: &Path, offset: u64, bytes: u64) -> Result<Duration, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scratch::{read_header, MAGIC};
+    use crate::scratch::fixtures::{image, marked};
+    use crate::scratch::read_header;
     use std::fs;
-    use std::fs::File;
-
-    /// A disk image of `mib` MiB whose first sector is `first`.
-    fn image(path: &Path, mib: u64, first: &[u8]) {
-        let f = File::create(path).unwrap();
-        f.set_len(mib << 20).unwrap();
-        f.write_all_at(first, 0).unwrap();
-    }
-
-    fn marked(extra: &str) -> Vec<u8> {
-        [MAGIC, extra.as_bytes()].concat()
-    }
 
     #[test]
     fn the_benchmark_writes_past_the_first_mib_and_reads_it_back() {

@@ -125,22 +125,32 @@ fn has_holders(dir: &Path) -> bool {
     std::fs::read_dir(dir.join("holders")).is_ok_and(|mut entries| entries.next().is_some())
 }
 
+/// Benchmark disks for the crate's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
+pub(crate) mod fixtures {
+    use super::MAGIC;
+    use std::fs::File;
     use std::os::unix::fs::FileExt;
+    use std::path::Path;
 
     /// A disk image of `mib` MiB whose first sector is `first`.
-    fn image(path: &Path, mib: u64, first: &[u8]) {
+    pub fn image(path: &Path, mib: u64, first: &[u8]) {
         let f = File::create(path).unwrap();
         f.set_len(mib << 20).unwrap();
         f.write_all_at(first, 0).unwrap();
     }
 
-    fn marked(extra: &str) -> Vec<u8> {
+    /// A first sector with the mark and `extra` after it.
+    pub fn marked(extra: &str) -> Vec<u8> {
         [MAGIC, extra.as_bytes()].concat()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{image, marked};
+    use super::*;
+    use std::fs;
 
     #[test]
     fn the_header_needs_the_magic_at_the_start() {

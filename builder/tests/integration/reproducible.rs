@@ -803,6 +803,25 @@ fn boot_kept(disk: &Path, name: &str, tpm: &Path, measurements: &Path) -> String
     )
 }
 
+/// The state's summary line on a boot's console (`PLINTH STATE ok ... boots=N ...`; the
+/// initrd's own short `PLINTH STATE ok /dev/vda7 created` comes before it).
+fn state_line(console: &str, name: &str) -> String {
+    console
+        .lines()
+        .find(|l| l.contains("PLINTH STATE ok") && l.contains(" boots="))
+        .unwrap_or_else(|| panic!("{name}: no state summary on the console"))
+        .trim()
+        .to_string()
+}
+
+/// The value of `key` (`machine-id=`) among the words of `line`.
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in `{line}`"))
+        .to_string()
+}
+
 /// sha256 of `len` bytes of `disk` from `offset` (a partition's bytes).
 fn span_sha256(disk: &Path, (offset, len): (u64, u64)) -> String {
     use std::os::unix::fs::FileExt;
@@ -832,26 +851,10 @@ fn guest_state_across_boots(guest: &Path, scratch: &Path) {
             .trim()
             .to_string()
     };
-    let machine_id = |state: &str| {
-        state
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("machine-id="))
-            .unwrap_or_else(|| panic!("no machine-id in `{state}`"))
-            .to_string()
-    };
     let data_sha = || span_sha256(&disk, data);
     let tpm = scratch.join("tpm");
     let first = boot_on("guest-os-state-1", &tpm);
     line(&first, "PLINTH BOOT OK guest-os", "first boot");
-    // The summary line (the initrd's own `PLINTH STATE ok /dev/vda7 created` comes first).
-    let state_line = |console: &str, name: &str| {
-        console
-            .lines()
-            .find(|l| l.contains("PLINTH STATE ok") && l.contains(" boots="))
-            .unwrap_or_else(|| panic!("{name}: no state summary on the console"))
-            .trim()
-            .to_string()
-    };
     let created = state_line(&first, "first boot");
     assert!(
         created.contains(" created (tpm2-hmac) boots=1 "),
@@ -865,7 +868,10 @@ fn guest_state_across_boots(guest: &Path, scratch: &Path) {
         opened.contains(" opened (tpm2-hmac) boots=2 "),
         "the reboot must open the state and read its count back: {opened}"
     );
-    assert_eq!(machine_id(&opened), machine_id(&created));
+    assert_eq!(
+        field(&opened, "machine-id="),
+        field(&created, "machine-id=")
+    );
     eprintln!("guest-os state, created: {created}\nguest-os state, after a reboot: {opened}");
     let sealed = data_sha();
     let other = boot_on("guest-os-state-other-tpm", &scratch.join("other-tpm"));
@@ -1011,20 +1017,6 @@ fn state_across_boots(host: &Path, upgrade: &Path, scratch: &Path) {
     let boot_on = |name: &str, tpm: &Path| {
         let measurements = running.borrow().clone();
         boot_kept(&disk, name, tpm, &measurements)
-    };
-    let state_line = |console: &str, name: &str| -> String {
-        console
-            .lines()
-            .find(|l| l.contains("PLINTH STATE ok") && l.contains(" boots="))
-            .unwrap_or_else(|| panic!("{name}: no state summary on the console"))
-            .trim()
-            .to_string()
-    };
-    let field = |line: &str, key: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in `{line}`"))
-            .to_string()
     };
     let data_sha = || span_sha256(&disk, data);
     let boot_ok = |console: &str, name: &str| {
