@@ -6,12 +6,11 @@
 //! names the file, line and column, the field path, what was expected, what was found and a hint.
 //! [`OsSpec::profile`] applies a profile and returns the effective settings the pipeline uses.
 
-mod error;
-mod position;
+pub use plinth_yaml::position;
 mod size;
 mod validate;
 
-pub use error::{SpecError, SpecErrors};
+pub use plinth_yaml::{SpecError, SpecErrors};
 pub use size::Size;
 
 use serde::{Deserialize, Serialize};
