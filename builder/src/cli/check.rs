@@ -71,7 +71,9 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         };
         specs.push(report);
     }
-    if args.os == "all" {
+    // A tree of specs alone (a test's) has no firmware/: the catalog built into this plinth
+    // is checked by its own tests.
+    if args.os == "all" && ws.root.join("firmware/certification.yaml").exists() {
         specs.push(check_certification(&ws));
     }
     let report = Report {
