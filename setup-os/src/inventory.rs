@@ -6,7 +6,8 @@
 //! Three facts are not files in sysfs: the SNP firmware version (the `SNP_PLATFORM_STATUS`
 //! ioctl on `/dev/sev`), the TPM's EK certificate (its NV index) and an NVMe drive's SMART
 //! critical warning (a log page). On the live machine (root `/`) they are asked of the
-//! devices; a tree carries them as files under `plinth-capture/`: `snp-firmware` (`1.55`),
+//! devices (the EK certificate of the TPM the caller names, which may also be a test's
+//! swtpm); a tree carries them as files under `plinth-capture/`: `snp-firmware` (`1.55`),
 //! `ek-certificate.der`, and `nvme-smart/<controller>` (the critical warning byte, decimal).
 
 use plinth_host::topology::{sysfs, Topology};
@@ -75,9 +76,9 @@ pub enum InventoryError {
 }
 
 impl Inventory {
-    /// Read the machine under `root`; `tcti` names the TPM for the live EK read
-    /// (default `device:/dev/tpmrm0`).
-    pub fn read(root: &Path, tcti: Option<&str>) -> Result<Inventory, InventoryError> {
+    /// Read the machine under `root`. `tpm` names the TPM (a TCTI) to read the EK
+    /// certificate from; without one it comes from the tree's `plinth-capture/`.
+    pub fn read(root: &Path, tpm: Option<&str>) -> Result<Inventory, InventoryError> {
         let live = root == Path::new("/");
         let topology = sysfs::read(root)?;
         let cpu = read_cpuinfo(root)?;
@@ -101,8 +102,8 @@ impl Inventory {
         let tpm = Tpm {
             version_major: read_small(&tpm_dir.join("tpm_version_major"))
                 .and_then(|v| v.trim().parse().ok()),
-            ek_certificate: if live {
-                live::ek_certificate(tcti)
+            ek_certificate: if let Some(tcti) = tpm {
+                crate::tpm::ek_certificate(tcti)
             } else {
                 let path = root.join("plinth-capture/ek-certificate.der");
                 plinth_release::untrusted::read_untrusted(&path, MAX_EK_CERT)
@@ -231,9 +232,6 @@ fn read_bounded(path: &Path, cap: u64) -> Result<Vec<u8>, InventoryError> {
 
 /// The facts asked of the live machine's devices.
 mod live {
-    /// The EK certificate NV indices, RSA 2048 first, then ECC P-256 and P-384.
-    const EK_NV_INDICES: [u32; 3] = [0x01c0_0002, 0x01c0_000a, 0x01c0_0016];
-
     pub fn snp_firmware() -> Result<(u8, u8), String> {
         let mut fw = sev::firmware::host::Firmware::open()
             .map_err(|e| format!("/dev/sev: cannot open: {e}"))?;
@@ -241,27 +239,6 @@ mod live {
             .snp_platform_status()
             .map_err(|e| format!("SNP_PLATFORM_STATUS failed: {e}"))?;
         Ok(status.version)
-    }
-
-    pub fn ek_certificate(tcti: Option<&str>) -> Result<Vec<u8>, String> {
-        use std::str::FromStr;
-        use tss_esapi::handles::NvIndexTpmHandle;
-        use tss_esapi::interface_types::resource_handles::NvAuth;
-        use tss_esapi::tcti_ldr::TctiNameConf;
-        let conf = TctiNameConf::from_str(tcti.unwrap_or("device:/dev/tpmrm0"))
-            .map_err(|e| format!("TCTI {tcti:?}: {e}"))?;
-        let mut ctx =
-            tss_esapi::Context::new(conf).map_err(|e| format!("cannot open the TPM: {e}"))?;
-        let mut errors = Vec::new();
-        for index in EK_NV_INDICES {
-            let handle = NvIndexTpmHandle::new(index).map_err(|e| e.to_string())?;
-            match tss_esapi::abstraction::nv::read_full(&mut ctx, NvAuth::Owner, handle) {
-                Ok(der) if !der.is_empty() => return Ok(der),
-                Ok(_) => errors.push(format!("{index:#x}: empty")),
-                Err(e) => errors.push(format!("{index:#x}: {e}")),
-            }
-        }
-        Err(format!("no EK certificate in NV ({})", errors.join("; ")))
     }
 
     /// The critical warning byte of the controller's SMART log, through nvme-cli.

@@ -5,3 +5,4 @@
 pub mod certify;
 pub mod inventory;
 pub mod report;
+pub mod tpm;

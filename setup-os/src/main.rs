@@ -53,9 +53,18 @@ struct CertifyArgs {
     /// Print the verdict as JSON.
     #[arg(long)]
     json: bool,
-    /// The TPM to read the EK certificate from (a tpm2-tss TCTI).
-    #[arg(long, value_name = "TCTI", default_value = "device:/dev/tpmrm0")]
-    tcti: String,
+    /// The TPM to read the EK certificate from and extend (a tpm2-tss TCTI, e.g.
+    /// `swtpm:path=SOCKET`) [default: device:/dev/tpmrm0 on the live machine; a tree's
+    /// plinth-capture/ek-certificate.der with --sysfs-root].
+    #[arg(long, value_name = "TCTI")]
+    tcti: Option<String>,
+    /// Extend PCR 15 with setup-report.json's sha256, so a quote covers the verdict.
+    #[arg(long)]
+    extend_pcr: bool,
+    /// Also print a QR code of the summary (generation, verdict, blocking checks, the
+    /// report's sha256), for a phone at the console.
+    #[arg(long)]
+    qr: bool,
     /// Certify test generations too (qemu-test); implied on a `test` SetupOS.
     #[arg(long)]
     test_generations: bool,
@@ -93,7 +102,17 @@ impl CertifyArgs {
                 .map_err(BadInput)?;
             test_ek_roots.push(ca);
         }
-        let inventory = Inventory::read(&self.sysfs_root, Some(&self.tcti))
+        let live = self.sysfs_root == Path::new("/");
+        let tpm = self
+            .tcti
+            .clone()
+            .or_else(|| live.then(|| "device:/dev/tpmrm0".to_string()));
+        if self.extend_pcr && tpm.is_none() {
+            return Err(
+                BadInput("--extend-pcr needs a TPM: give --tcti with --sysfs-root".into()).into(),
+            );
+        }
+        let inventory = Inventory::read(&self.sysfs_root, tpm.as_deref())
             .map_err(|e| BadInput(e.to_string()))?;
         let options = Options {
             configured: config.as_ref().map(|c| c.generation.as_str()),
@@ -109,11 +128,23 @@ impl CertifyArgs {
         if let Some(path) = &self.report {
             std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
         }
+        if let (true, Some(tcti)) = (self.extend_pcr, &tpm) {
+            let digest: [u8; 32] =
+                sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes))
+                    .into();
+            plinth_setup::tpm::extend_report(tcti, digest).map_err(anyhow::Error::msg)?;
+        }
         if self.json {
             print!("{}", String::from_utf8_lossy(&bytes));
         } else {
             print!("{}", report::render(&verdict));
             println!("setup-report.json sha256 {sha256}");
+            if self.extend_pcr {
+                println!("measured into PCR {}", plinth_setup::tpm::REPORT_PCR);
+            }
+            if self.qr {
+                print!("{}", report::qr(&report::summary(&verdict, &sha256)));
+            }
         }
         if verdict.certified() {
             Ok(())

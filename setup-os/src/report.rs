@@ -1,6 +1,7 @@
 //! The certification report: `setup-report.json` (the machine's identity and every verdict,
 //! pretty JSON with a trailing newline, whose sha256 names it) and the console's text, one
-//! line per check, then what to do about each blocking one.
+//! line per check, then what to do about each blocking one; and the summary a phone reads
+//! from its QR code.
 
 use crate::certify::{Status, Verdict};
 use crate::inventory::Inventory;
@@ -77,4 +78,36 @@ pub fn render(verdict: &Verdict) -> String {
         }
     }
     out
+}
+
+/// The one line a phone reads from the QR code: `plinth-setup gen2-genoa CERTIFIED
+/// sha256=…`, or `NOT-CERTIFIED` with the blocking check ids.
+pub fn summary(verdict: &Verdict, report_sha256: &str) -> String {
+    let generation = verdict.generation.as_deref().unwrap_or("none");
+    let blocking: Vec<&str> = verdict.blocking().map(|c| c.id).collect();
+    if blocking.is_empty() {
+        format!("plinth-setup {generation} CERTIFIED sha256={report_sha256}")
+    } else {
+        format!(
+            "plinth-setup {generation} NOT-CERTIFIED blocking={} sha256={report_sha256}",
+            blocking.join(",")
+        )
+    }
+}
+
+/// `text` as a QR code drawn with Unicode half blocks (two modules per character row), with
+/// its quiet zone, for a terminal or the console.
+pub fn qr(text: &str) -> String {
+    match qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M) {
+        Ok(code) => {
+            let mut out = code
+                .render::<qrcode::render::unicode::Dense1x2>()
+                .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                .build();
+            out.push('\n');
+            out
+        }
+        Err(e) => format!("(no QR code: {e})\n"),
+    }
 }

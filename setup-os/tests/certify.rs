@@ -81,6 +81,46 @@ impl Node {
         }
     }
 
+    /// What CI's QEMU VM looks like: 1 socket of 2 threads (EPYC-v4: family 0x17), 4 GiB,
+    /// a boot disk and 3 QEMU NVMe drives, no SEV.
+    fn qemu() -> Node {
+        Node {
+            machine: Machine {
+                sockets: 1,
+                nodes_per_socket: 1,
+                cores_per_node: 2,
+                threads_per_core: 1,
+                cores_per_l3: 8,
+                memory_per_node_gib: 4,
+                free_hugepages_1g_per_node: 0,
+                free_hugepages_2m_per_node: 0,
+                nvme: std::iter::once(FixtureNvme {
+                    node: 0,
+                    driver: "nvme",
+                    size_gib: 4,
+                    host_disk: true,
+                })
+                .chain((0..3).map(|_| FixtureNvme {
+                    node: 0,
+                    driver: "nvme",
+                    size_gib: 8,
+                    host_disk: false,
+                }))
+                .collect(),
+                nics: vec![],
+            },
+            cpu_family: 0x17,
+            cpu_model: 0x31,
+            sev_snp: "N",
+            dev_sev: false,
+            snp_firmware: "0.0",
+            tpm: Some("2"),
+            ek: Vec::new(),
+            smart: 0,
+            raid: false,
+        }
+    }
+
     fn write(&self, root: &Path) {
         self.machine.write(root).unwrap();
         let threads = self.machine.sockets
@@ -128,6 +168,16 @@ impl Node {
         }
         if self.raid {
             put("sys/bus/pci/devices/0000:c1:00.0/class", b"0x010400\n");
+        }
+        if self.cpu_family == 0x17 {
+            // QEMU's emulated NVMe controllers name themselves so.
+            for dev in std::fs::read_dir(root.join("sys/bus/pci/devices")).unwrap() {
+                let nvme = dev.unwrap().path().join("nvme");
+                for ctrl in std::fs::read_dir(&nvme).into_iter().flatten() {
+                    std::fs::write(ctrl.unwrap().path().join("model"), "QEMU NVMe Ctrl  \n")
+                        .unwrap();
+                }
+            }
         }
     }
 }
@@ -365,4 +415,170 @@ fn the_console_text_names_what_to_do_and_an_unreadable_tree_exits_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A swtpm on 127.0.0.1 (tss-esapi's swtpm TCTI speaks TCP), manufactured with an EK
+/// certificate by swtpm's local CA in `dir/ca` (made by `swtpm_setup` on first use).
+struct TcpSwtpm {
+    child: std::process::Child,
+    tcti: String,
+}
+
+impl TcpSwtpm {
+    fn start(dir: &Path, ca: &Path) -> TcpSwtpm {
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(ca).unwrap();
+        let localca = dir.join("localca.conf");
+        std::fs::write(
+            &localca,
+            format!(
+                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\n\
+                 certserial = {0}/certserial\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let setup = dir.join("swtpm_setup.conf");
+        std::fs::write(
+            &setup,
+            format!(
+                "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\n\
+                 active_pcr_banks = sha256\n",
+                localca.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(&state)
+            .arg("--config")
+            .arg(&setup)
+            .output()
+            .expect("swtpm_setup (ci/setup installs swtpm-tools)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .args([
+                "--server",
+                &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+            ])
+            .args([
+                "--ctrl",
+                &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
+            ])
+            .args(["--flags", "not-need-init,startup-clear"])
+            .spawn()
+            .unwrap();
+        let tpm = TcpSwtpm {
+            child,
+            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "swtpm did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tpm
+    }
+}
+
+impl Drop for TcpSwtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The EK certificate comes from a real (software) TPM, chains to the CA the test made and
+/// handed over, and the report's sha256 lands in PCR 15. Another CA's TPM fails the EK
+/// check, and without --test-generations the test VM is no certified machine.
+#[test]
+fn a_test_vm_with_swtpm_certifies_as_qemu_test_and_measures_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let tpm = TcpSwtpm::start(&dir.path().join("tpm"), &ca);
+    let tree = dir.path().join("tree");
+    Node::qemu().write(&tree);
+    let report = dir.path().join("setup-report.json");
+    let run = |extra: &[&str]| {
+        let out = Command::new(SETUP)
+            .args(["certify", "--sysfs-root"])
+            .arg(&tree)
+            .args(["--tcti", &tpm.tcti, "--report"])
+            .arg(&report)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let issuer = ca.join("issuercert.pem");
+    let issuer = issuer.to_str().unwrap();
+    let (code, text, err) = run(&[
+        "--test-generations",
+        "--test-ek-ca",
+        issuer,
+        "--extend-pcr",
+        "--qr",
+    ]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(text.contains("against generation qemu-test"), "{text}");
+    assert!(text.contains("pass  tpm.ek_certificate"), "{text}");
+    assert!(text.contains("swtpm-localca"), "the chain is named: {text}");
+    assert!(text.contains("measured into PCR 15"), "{text}");
+    assert!(
+        text.contains('\u{2580}') || text.contains('\u{2584}') || text.contains('\u{2588}'),
+        "no QR code: {text}"
+    );
+
+    // PCR 15 = sha256(zeros || sha256(setup-report.json)).
+    use sha2::Digest;
+    let report_digest = sha2::Sha256::digest(std::fs::read(&report).unwrap());
+    let mut h = sha2::Sha256::new();
+    h.update([0u8; 32]);
+    h.update(report_digest);
+    let expected = hex::encode(h.finalize());
+    let out = Command::new("tpm2_pcrread")
+        .args(["sha256:15", "-o"])
+        .arg(dir.path().join("pcr15.bin"))
+        .env("TPM2TOOLS_TCTI", &tpm.tcti)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pcr = hex::encode(std::fs::read(dir.path().join("pcr15.bin")).unwrap());
+    assert_eq!(pcr, expected);
+
+    // Another local CA: the TPM's EK was not issued by it.
+    let other = TcpSwtpm::start(&dir.path().join("other-tpm"), &dir.path().join("other-ca"));
+    let other_issuer = dir.path().join("other-ca/issuercert.pem");
+    let (code, text, _) = run(&[
+        "--test-generations",
+        "--test-ek-ca",
+        other_issuer.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL  tpm.ek_certificate"), "{text}");
+    drop(other);
+
+    // A prod SetupOS does not certify the test VM.
+    let (code, text, _) = run(&[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAIL  cpu.generation"), "{text}");
 }
