@@ -3,6 +3,7 @@
 //! catalog ([`certify`]), and the report of it ([`report`]).
 
 pub mod certify;
+pub mod install;
 pub mod inventory;
 pub mod report;
 pub mod tpm;

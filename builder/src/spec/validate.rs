@@ -118,6 +118,7 @@ pub const CHECKS: &[fn(&mut Checker)] = &[
     check_kernel_cmdline,
     check_firmware,
     check_snp,
+    check_carries,
     check_profiles_required,
     check_profile_names,
     check_profile_packages,
@@ -1082,6 +1083,44 @@ fn check_firmware(cx: &mut Checker) {
     }
     let toolchain = firmware.toolchain.clone();
     check_package_list(cx, "firmware.toolchain", &toolchain);
+}
+
+/// `carries`: other OSes, each once, built before this one, and an ext4 data partition to
+/// carry them on.
+fn check_carries(cx: &mut Checker) {
+    let spec = cx.spec;
+    let own = OS_NAMES.iter().position(|o| *o == spec.os);
+    for (i, os) in spec.carries.iter().enumerate() {
+        let path = format!("carries[{i}]");
+        let position = OS_NAMES.iter().position(|o| o == os);
+        if position.is_none() || position >= own {
+            cx.at(
+                &path,
+                format!(
+                    "an OS built before {} ({})",
+                    spec.os,
+                    one_of(&OS_NAMES[..own.unwrap_or(0)])
+                ),
+                q(os),
+                "list the OSes whose releases this one installs",
+            );
+        } else if spec.carries[..i].contains(os) {
+            cx.at(&path, "each OS once", q(os), "remove the repetition");
+        }
+    }
+    let data = spec
+        .partitions
+        .iter()
+        .filter(|p| p.role == Role::Data && p.filesystem == Filesystem::Ext4)
+        .count();
+    if !spec.carries.is_empty() && data != 1 {
+        cx.at(
+            "carries",
+            "one ext4 partition with `role: data` to carry the releases on",
+            format!("{data}"),
+            "add `{name: data, size: 1536MiB, filesystem: ext4, role: data}`",
+        );
+    }
 }
 
 /// `snp`: needs `firmware`; vCPU counts and types the digest can model, each once.
