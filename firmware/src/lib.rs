@@ -8,6 +8,7 @@
 pub mod authenticode;
 pub mod catalog;
 pub mod certification;
+pub mod cpuinfo;
 pub mod ek;
 pub mod eventlog;
 pub mod measurements;

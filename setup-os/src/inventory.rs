@@ -10,6 +10,7 @@
 //! swtpm); a tree carries them as files under `plinth-capture/`: `snp-firmware` (`1.55`),
 //! `ek-certificate.der`, and `nvme-smart/<controller>` (the critical warning byte, decimal).
 
+pub use plinth_firmware::cpuinfo::{parse_cpuinfo, CpuIdentity};
 use plinth_host::topology::{sysfs, Topology};
 use serde::Serialize;
 use std::fs;
@@ -34,16 +35,6 @@ pub struct Inventory {
     pub tpm: Tpm,
     /// SMART critical warning per NVMe controller name (`nvme0`), where it could be read.
     pub nvme_critical_warnings: Vec<(String, Result<u8, String>)>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CpuIdentity {
-    pub vendor: String,
-    pub family: u32,
-    pub model: u32,
-    pub model_name: String,
-    pub sockets: u32,
-    pub threads: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,38 +147,6 @@ fn read_cpuinfo(root: &Path) -> Result<CpuIdentity, InventoryError> {
     let bytes = read_bounded(&path, MAX_CPUINFO)?;
     let text = String::from_utf8_lossy(&bytes);
     parse_cpuinfo(&text).map_err(|message| InventoryError::Malformed { path, message })
-}
-
-pub fn parse_cpuinfo(text: &str) -> Result<CpuIdentity, String> {
-    let mut cpu = CpuIdentity::default();
-    let mut sockets = std::collections::BTreeSet::new();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let (key, value) = (key.trim(), value.trim());
-        let number = || {
-            value
-                .parse::<u32>()
-                .map_err(|_| format!("`{key}: {value}` is not a number"))
-        };
-        match key {
-            "processor" => cpu.threads += 1,
-            "vendor_id" if cpu.vendor.is_empty() => cpu.vendor = value.to_string(),
-            "cpu family" if cpu.threads == 1 => cpu.family = number()?,
-            "model" if cpu.threads == 1 => cpu.model = number()?,
-            "model name" if cpu.model_name.is_empty() => cpu.model_name = value.to_string(),
-            "physical id" => {
-                sockets.insert(number()?);
-            }
-            _ => {}
-        }
-    }
-    if cpu.threads == 0 || cpu.vendor.is_empty() {
-        return Err("no processor with a vendor_id is listed".into());
-    }
-    cpu.sockets = sockets.len().max(1) as u32;
-    Ok(cpu)
 }
 
 fn read_raid(root: &Path) -> Result<Vec<String>, InventoryError> {
