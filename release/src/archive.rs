@@ -655,10 +655,21 @@ impl<R: Read> Read for MemberReader<'_, '_, R> {
 pub fn for_each_member(
     archive: &Path,
     bounds: &Bounds,
-    mut visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
+    visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
 ) -> Result<(), ArchiveError> {
     let file = File::open(archive).map_err(io_err(archive, "open"))?;
-    let decoder = zstd::Decoder::new(file).map_err(io_err(archive, "start zstd"))?;
+    for_each_member_of(file, archive, bounds, visit)
+}
+
+/// [`for_each_member`] over the compressed bytes `compressed` of the archive `archive` (named
+/// in errors), for a caller that reads them itself: `plinth flash` hashes them as they pass.
+pub fn for_each_member_of(
+    compressed: impl Read,
+    archive: &Path,
+    bounds: &Bounds,
+    mut visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
+) -> Result<(), ArchiveError> {
+    let decoder = zstd::Decoder::new(compressed).map_err(io_err(archive, "start zstd"))?;
     let mut tar = TarStream::new(decoder, archive, bounds);
     while let Some(m) = tar.next()? {
         let mut reader = MemberReader {
