@@ -277,12 +277,24 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         report(out, &target, &image, None, &verified, false)?;
         return match verified.first_mismatch() {
             None => Ok(()),
-            Some(what) => Err(CheckFailed(format!(
-                "{}: {what} differs from the release {}",
-                target.path.display(),
-                image.dir.display()
-            ))
-            .into()),
+            Some(what) => {
+                let only_config = verified.gpt_ok
+                    && verified
+                        .partitions
+                        .iter()
+                        .all(|p| p.ok || p.role == plinth_release::Role::Config);
+                let hint = if only_config {
+                    "\n  hint: only the config partition differs, as it does once `--config` wrote a config.yaml into it"
+                } else {
+                    ""
+                };
+                Err(CheckFailed(format!(
+                    "{}: {what} differs from the release {}{hint}",
+                    target.path.display(),
+                    image.dir.display()
+                ))
+                .into())
+            }
         };
     }
 

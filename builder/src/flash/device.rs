@@ -233,10 +233,7 @@ impl Refusal {
     }
 }
 
-fn io_err<'a>(
-    path: &'a Path,
-    action: &'static str,
-) -> impl FnOnce(std::io::Error) -> Refusal + 'a {
+fn io_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> Refusal + 'a {
     move |source| Refusal::Io {
         path: path.to_path_buf(),
         action,
