@@ -197,7 +197,8 @@ fn confirm(target: &Target, image: &Image) -> anyhow::Result<()> {
         .into());
     }
     eprint!(
-        "Everything on {} will be lost: it gets {} ({} {} {}, {}).\nType yes to write: ",
+        "Target: {}\nEverything on {} will be lost: it gets {} ({} {} {}, {}).\nType yes to write: ",
+        target.describe(),
         target.path.display(),
         image.archive.display(),
         image.manifest.os,
@@ -222,13 +223,8 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let roots = Roots::system();
     let dev = args.device.clone();
     let refused = |e: FlashError| flash_error(e, &dev, false);
-    // Ctrl-C and SIGTERM set a flag from here on (the write resets the GPT and stops).
-    let cancel: &AtomicBool = if args.verify_only {
-        static NEVER: AtomicBool = AtomicBool::new(false);
-        &NEVER
-    } else {
-        crate::vm::catch_interrupts()
-    };
+    // Until the write starts, Ctrl-C ends plinth as usual (nothing is written before it).
+    static NOT_YET: AtomicBool = AtomicBool::new(false);
     let target = device::inspect(&args.device, &roots).map_err(|e| refused(e.into()))?;
     if !args.verify_only {
         device::check_unused(&target, &roots).map_err(|e| refused(e.into()))?;
@@ -273,7 +269,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             .into());
         }
         let verified =
-            read_back(out, &disk, &image, cancel).map_err(|e| flash_error(e, &dev, false))?;
+            read_back(out, &disk, &image, &NOT_YET).map_err(|e| flash_error(e, &dev, false))?;
         report(out, &target, &image, None, &verified, false)?;
         return match verified.first_mismatch() {
             None => Ok(()),
@@ -302,6 +298,8 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     if target.is_block() && !args.yes {
         confirm(&target, &image)?;
     }
+    // From here on Ctrl-C and SIGTERM set a flag: the write stops and zeroes the GPT.
+    let cancel = crate::vm::catch_interrupts();
     let mut disk = Disk::open_write(&target).map_err(refused)?;
     if let Some(why) = &disk.buffered_because {
         out.info(format!(

@@ -3,6 +3,11 @@
 //! checked against the manifest's `outputs` entry (size, then sha256) before anything is
 //! written, its one member `disk.img` bounded by the manifest's partitions
 //! ([`Release::bounds`]) on its header, and its first MiB (the primary GPT) kept in memory.
+//! The member's stored data may not pass the partitions' end plus the backup GPT (and
+//! [`crate::pipeline::artifacts::MEMBER_SLACK`]); its real size may reach further, by at most
+//! [`crate::compare::release::UNPARTITIONED_LIMIT`] of holes, since the manifest does not
+//! record the disk's size and real disks end after their last partition (this SetupOS `test`
+//! image by 700 MB): what is written there is zeros, and a disk must hold it all.
 //! [`Image::stream`] hashes the archive again as it streams, so a file changed between the
 //! check and the write is caught before the first MiB goes out.
 

@@ -274,3 +274,25 @@ impl Disk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buffers_are_aligned_and_zero_checks_agree() {
+        for len in [0, 1, ALIGN, 3 * ALIGN + 17] {
+            let mut b = AlignedBuf::new(len);
+            assert_eq!(b.as_slice().as_ptr().align_offset(ALIGN), 0);
+            assert_eq!(b.as_slice().len(), len);
+            assert!(all_zero(b.as_slice()));
+            if len > 0 {
+                b.as_mut_slice()[len - 1] = 1;
+                assert!(!all_zero(b.as_slice()), "last byte of {len}");
+                b.as_mut_slice()[len - 1] = 0;
+                b.as_mut_slice()[0] = 1;
+                assert!(!all_zero(b.as_slice()), "first byte of {len}");
+            }
+        }
+    }
+}

@@ -289,6 +289,20 @@ fn flash_to_a_file_and_verify_then_find_a_changed_partition() {
         text(&out)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("MISMATCH"));
+
+    // Flashed again over it, with a config: written through the partition's offset in the
+    // file, read back, checked by fsck.vfat on a copy of the span.
+    let config = fx.dir.join("config.yaml");
+    std::fs::write(&config, "node: {}\n").unwrap();
+    let out = flash(&[s(&fx.release), s(&target), "--config", s(&config)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config.yaml written and read back"));
+    let back = run(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{}", target.display(), 9 * MIB))
+        .arg("::config.yaml"));
+    assert_eq!(back.stdout, b"node: {}\n");
 }
 
 #[test]
