@@ -378,7 +378,11 @@ fn read_back(
     image: &Image,
     cancel: &AtomicBool,
 ) -> Result<Verified, FlashError> {
-    let total: u64 = image.manifest.partitions.iter().map(|p| p.size).sum();
+    let total = image
+        .manifest
+        .partitions
+        .iter()
+        .fold(0u64, |t, p| t.saturating_add(p.size));
     let progress = Progress::new(out, "verifying", total);
     let mut done = 0u64;
     let result = verify::verify(disk, image, cancel, &mut |n| {

@@ -560,6 +560,25 @@ struct Mount {
     source: String,
 }
 
+impl Mount {
+    /// The number of the block device its source names (`/dev/sdb1`, `/dev/mapper/x`).
+    fn source_devno(&self) -> Option<DevNo> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        self.source.strip_prefix("/dev/")?;
+        let meta = std::fs::metadata(&self.source).ok()?;
+        meta.file_type()
+            .is_block_device()
+            .then(|| DevNo::of_rdev(meta.rdev()))
+    }
+
+    /// The kernel name its source names (`/dev/sdb1` → `sdb1`), for file systems whose
+    /// mountinfo number is not their device's (btrfs).
+    fn source_name(&self) -> Option<&str> {
+        let name = self.source.strip_prefix("/dev/")?;
+        Some(name.rsplit('/').next().unwrap_or(name))
+    }
+}
+
 fn mounts(roots: &Roots) -> Result<Vec<Mount>, Refusal> {
     let path = roots.proc.join("self/mountinfo");
     let text = read_text(&path).ok_or_else(|| {
@@ -586,7 +605,7 @@ fn mounts(roots: &Roots) -> Result<Vec<Mount>, Refusal> {
 }
 
 /// Refuse a block device that anything uses: a mount, swap or holder on the disk or any of
-/// its partitions, or the running system's disk. Regular files pass.
+/// its partitions, or the running system's disk; and a read-only one. Regular files pass.
 pub fn check_unused(target: &Target, roots: &Roots) -> Result<(), Refusal> {
     let Kind::Block { name, devno } = &target.kind else {
         return Ok(());
@@ -610,12 +629,11 @@ pub fn check_unused(target: &Target, roots: &Roots) -> Result<(), Refusal> {
         .filter(|m| SYSTEM_MOUNTS.contains(&m.mountpoint.as_str()))
     {
         let mut under = Vec::new();
+        // A file system without a block device number of its own (btrfs): its source.
         let backing = sysfs.by_devno(m.devno).or_else(|| {
-            // A file system without a block device number of its own (btrfs, overlay):
-            // its source, when it names a device.
-            m.source
-                .strip_prefix("/dev/")
-                .and_then(|n| sysfs.by_name(n.rsplit('/').next().unwrap_or(n)))
+            m.source_devno()
+                .and_then(|d| sysfs.by_devno(d))
+                .or_else(|| sysfs.by_name(m.source_name()?))
         });
         if let Some(b) = backing {
             sysfs.disks_under(&b, b.name.clone(), 0, &mut under);
@@ -630,7 +648,12 @@ pub fn check_unused(target: &Target, roots: &Roots) -> Result<(), Refusal> {
         }
     }
     for (what, b) in &members {
-        if let Some(m) = mounts.iter().find(|m| m.devno == b.devno) {
+        let on = |m: &&Mount| {
+            m.devno == b.devno
+                || m.source_devno() == Some(b.devno)
+                || m.source_name() == Some(b.name.as_str())
+        };
+        if let Some(m) = mounts.iter().find(on) {
             return Err(Refusal::Mounted {
                 path: path.clone(),
                 what: what.clone(),
@@ -842,6 +865,20 @@ mod tests {
         assert_eq!(what, "its partition sdb1");
         assert_eq!(mountpoint, "/media/my stick");
         assert!(err.to_string().contains("umount"), "{err}");
+    }
+
+    #[test]
+    fn a_btrfs_on_a_partition_is_refused_by_its_source() {
+        let t = Tree::new();
+        t.mountinfo(&[
+            "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/mapper/root rw",
+            "41 22 0:52 /@data /srv rw - btrfs /dev/sdb1 rw,subvolid=256",
+        ]);
+        let err = t.check("8:16").unwrap_err();
+        assert!(
+            matches!(&err, Refusal::Mounted { what, mountpoint, .. } if what == "its partition sdb1" && mountpoint == "/srv"),
+            "{err}"
+        );
     }
 
     #[test]

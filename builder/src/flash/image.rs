@@ -55,7 +55,11 @@ struct Hashing<'a> {
 
 impl Read for Hashing<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let room = (self.limit + 1 - self.count.min(self.limit + 1)).min(buf.len() as u64);
+        let room = self
+            .limit
+            .saturating_add(1)
+            .saturating_sub(self.count)
+            .min(buf.len() as u64);
         let n = self.inner.read(&mut buf[..room as usize])?;
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
@@ -128,8 +132,9 @@ impl Image {
                 ),
             ));
         }
-        let (sha256, read) = plinth_release::Sha256::of_reader((&file).take(expected.size + 1))
-            .map_err(io_err(&archive, "read"))?;
+        let (sha256, read) =
+            plinth_release::Sha256::of_reader((&file).take(expected.size.saturating_add(1)))
+                .map_err(io_err(&archive, "read"))?;
         if sha256 != expected.sha256 || read != expected.size {
             return Err(bad(
                 &archive,
