@@ -28,7 +28,8 @@ leaves a disk without a partition table, never a half-written one that looks
 whole. Every partition is then read back from the disk and compared with the
 manifest; --config FILE then writes the provider's config.yaml into the
 `config` partition with mtools (nothing is mounted) and reads it back. Only
-size and UTF-8 are checked here: validate it with `plinth config check`.
+its size and UTF-8 are checked here; what it says is for `plinth config check`,
+a verb of its own.
 
 Exit codes: 0 written and verified; 1 a check failed (read-back mismatch, I/O
 error); 2 bad input or refusal (nothing written); 130 interrupted (the disk is
