@@ -7,6 +7,8 @@
 
 pub mod authenticode;
 pub mod catalog;
+pub mod certification;
+pub mod ek;
 pub mod eventlog;
 pub mod measurements;
 pub mod pcr;

@@ -70,6 +70,20 @@ pub struct Inputs {
     /// both, once it checked them against its own predictions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pcr_public_key: Option<String>,
+    /// The releases carried on the data partition (SetupOS: the HostOS and GuestOS it
+    /// installs), by their manifests' sha256; empty for an OS that carries none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<CarriedInput>,
+}
+
+/// A release carried on another's data partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarriedInput {
+    pub os: Os,
+    pub version: Version,
+    /// sha256 of its manifest.json.
+    pub manifest_sha256: Sha256,
 }
 
 /// A release file.

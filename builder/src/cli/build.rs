@@ -206,7 +206,9 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 work: &work,
                 release_dir: &dir,
                 signing: &signing,
+                carried: &[],
             },
+            carried_root: &args.out,
             offline: args.offline,
             mirrors: &args.mirrors,
         };
@@ -238,6 +240,8 @@ pub(super) struct ReleaseJob<'a> {
     pub settings: pipeline::job::Settings<'a>,
     pub offline: bool,
     pub mirrors: &'a super::MirrorArgs,
+    /// Where the releases the OS carries are found (`<root>/<os>/<version>`).
+    pub carried_root: &'a Path,
 }
 
 /// Check the lock against the spec, fetch what the cache lacks, then build the release
@@ -282,6 +286,23 @@ pub(super) fn build_release(
         job.settings.epoch,
         job.settings.work.display()
     ));
+    let carried = pipeline::carried::find(
+        job.carried_root,
+        &profile.carries,
+        job.settings.version.as_str(),
+        job.profile,
+    )
+    .map_err(|e| BadInput(e.to_string()))?;
+    for c in &carried {
+        out.info(format!(
+            "{os}: carries {} {} (manifest sha256 {})",
+            c.os, c.manifest.version, c.manifest_sha256
+        ));
+    }
+    let settings = pipeline::job::Settings {
+        carried: &carried,
+        ..job.settings
+    };
     let log = |line: &str| out.info(format!("  {line}"));
     Ok(pipeline::job::run(&pipeline::job::Job {
         workspace: &ws.root,
@@ -291,7 +312,7 @@ pub(super) fn build_release(
         firmware,
         lock_sha256: digest(&lock_path)?,
         os_spec_sha256: digest(&spec_path)?,
-        settings: job.settings,
+        settings,
         log: &log,
     })?)
 }

@@ -1,4 +1,5 @@
-//! `plinth check`: validate os.yaml specs and apply each of their profiles.
+//! `plinth check`: validate os.yaml specs and apply each of their profiles, and (for `all`)
+//! the certification catalog SetupOS judges machines by.
 //!
 //! Every selected spec is checked, even after one fails, so a single run reports every error.
 //! Text output: `ok guest-os/os.yaml (profiles: prod, test)` per valid spec on stdout; the
@@ -70,6 +71,11 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         };
         specs.push(report);
     }
+    // A tree of specs alone (a test's) has no firmware/: the catalog built into this plinth
+    // is checked by its own tests.
+    if args.os == "all" && ws.root.join("firmware/certification.yaml").exists() {
+        specs.push(check_certification(&ws));
+    }
     let report = Report {
         ok: specs.iter().all(|s| s.ok),
         specs,
@@ -78,7 +84,11 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         out.json_result(&report)?;
     } else {
         for s in report.specs.iter().filter(|s| s.ok) {
-            println!("ok {} (profiles: {})", s.file, s.profiles.join(", "));
+            if s.profiles.is_empty() {
+                println!("ok {}", s.file);
+            } else {
+                println!("ok {} (profiles: {})", s.file, s.profiles.join(", "));
+            }
         }
     }
     if report.ok {
@@ -91,6 +101,27 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
     let errors = report.specs.into_iter().flat_map(|s| s.errors).collect();
     Err(SpecErrors(errors).into())
+}
+
+/// The certification catalog SetupOS judges machines by (`firmware/certification.yaml`).
+fn check_certification(ws: &Workspace) -> SpecReport {
+    let path = ws.root.join("firmware/certification.yaml");
+    let file = ws.display(&path);
+    let result = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read it: {e}"))
+        .and_then(|text| {
+            plinth_firmware::certification::Certification::parse(&text, &file).map(|_| ())
+        });
+    SpecReport {
+        ok: result.is_ok(),
+        errors: result
+            .err()
+            .map(|e| SpecError::io(&file, e))
+            .into_iter()
+            .collect(),
+        file,
+        profiles: Vec::new(),
+    }
 }
 
 /// Load one spec and apply each of its profiles.

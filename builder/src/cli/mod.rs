@@ -7,6 +7,7 @@
 mod attest;
 mod build;
 mod check;
+mod config;
 mod diff;
 mod fetch;
 mod flash;
@@ -28,6 +29,7 @@ Exit codes: 0 ok, 1 a check or operation failed, 2 bad input or usage.
 
 Examples:
   plinth check                      validate all os.yaml specs
+  plinth config check config.yaml   check a node provider's configuration
   plinth lock all                   resolve and pin every OS's packages
   plinth fetch guest-os --offline   list what the cache lacks, download nothing
   plinth build guest-os --profile test   build the small GuestOS image into out/
@@ -99,6 +101,7 @@ pub struct CacheArg {
 #[derive(Debug, Subcommand)]
 pub enum Verb {
     Check(check::Args),
+    Config(config::Args),
     Build(build::Args),
     Lock(lock::Args),
     Fetch(fetch::Args),
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let out = Output::new(&cli.global);
     let result = match cli.verb {
         Verb::Check(args) => check::run(&cli.global, &out, args),
+        Verb::Config(args) => config::run(&cli.global, &out, args),
         Verb::Build(args) => build::run(&cli.global, &out, args),
         Verb::Lock(args) => lock::run(&cli.global, &out, args),
         Verb::Fetch(args) => fetch::run(&cli.global, &out, args),

@@ -44,6 +44,11 @@ pub struct Args {
     /// point it at the original build's.
     #[arg(long, value_name = "DIR")]
     pub agent_target: Option<PathBuf>,
+    /// Where the releases a carrying release (SetupOS) carries are, as `<DIR>/<os>/<version>`
+    /// [default: beside the release: the directory above its OS's]. Each must be the one
+    /// its manifest records (by sha256); verify them on their own.
+    #[arg(long, value_name = "DIR")]
+    pub carried_root: Option<PathBuf>,
     /// Paths listed per differing partition or member (0: all).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub limit: usize,
@@ -120,6 +125,16 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let source = export_commit(&repo.root, &commit, &work.join("source"))?;
     check_source_inputs(&source, os, &release)?;
 
+    let carried_root = match &args.carried_root {
+        Some(dir) => dir.clone(),
+        None => release
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+    };
+    check_carried(&release, &carried_root)?;
     let cache = Cache::open(Cache::resolve_root(args.cache.cache.as_deref())?)?;
     let rebuilt_dir = crate::names::under(&work, &["rebuilt", os, &m.version])
         .map_err(|e| BadInput(format!("{}: version: {e}", release.dir.display())))?;
@@ -142,9 +157,11 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             work: &work.join("work"),
             release_dir: &rebuilt_dir,
             signing: &signing,
+            carried: &[],
         },
         offline: args.offline,
         mirrors: &args.mirrors,
+        carried_root: &carried_root,
     };
     build_release(out, &job)?;
     let rebuilt = Release::open(&rebuilt_dir)?;
@@ -159,6 +176,33 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         _ => Vec::new(),
     };
     report(out, &release, &comparison, &bad_signatures, args.limit)
+}
+
+/// The releases a carrying release records (`inputs.carried`) are under `root`, each the one
+/// recorded (its manifest's sha256): the rebuild carries them, so anything else would differ.
+fn check_carried(release: &Release, root: &Path) -> anyhow::Result<()> {
+    let m = &release.manifest;
+    for c in &m.inputs.carried {
+        let dir = root.join(c.os.as_str()).join(c.version.as_str());
+        let found =
+            crate::pipeline::carried::open(&dir, c.os.as_str(), c.version.as_str(), &m.profile)
+                .map_err(|e| {
+                    BadInput(format!("{}: carried {}: {e}", release.dir.display(), c.os))
+                })?;
+        if found.manifest_sha256 != c.manifest_sha256 {
+            return Err(BadInput(format!(
+                "{}: carries {} {} with manifest sha256 {}, but {} holds {}\n  hint: give the carried releases it was built with (--carried-root)",
+                release.dir.display(),
+                c.os,
+                c.version,
+                c.manifest_sha256,
+                dir.display(),
+                found.manifest_sha256
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The release's signed PCR policy, as its manifest records it: the rebuild has no private

@@ -15,8 +15,8 @@
 
 use super::stage_cache::{self, StageCache, StageCacheError, StageKey};
 use super::{
-    agent, boot_entries, disk, esp, ext4, identity, ids::IdSource, initrd, measure, normalize,
-    overlay, pcr_signing::Signing, rootfs, state, uki, users, verity,
+    agent, boot_entries, carried, disk, esp, ext4, identity, ids::IdSource, initrd, measure,
+    normalize, overlay, pcr_signing::Signing, rootfs, state, uki, users, verity,
 };
 use crate::packages::cache::Cache;
 use crate::packages::lockfile::LockedPackage;
@@ -52,6 +52,8 @@ pub struct BuildPlan<'a> {
     pub signing: &'a Signing,
     /// The key source of the profile's sealed state ([`state::source`]); `None`: no state.
     pub state: Option<&'a plinth_state::key::KeySource>,
+    /// The releases written into the data partition ([`carried`]).
+    pub carried: &'a [carried::Carried],
 }
 
 /// The outputs of one boot slot (or of the single slot of an OS without A/B).
@@ -188,7 +190,7 @@ fn run_stages(
     let esp_image = esp_stage(b, &slot_builds[0])?;
     let empty = b
         .stage("filesystems")
-        .run(|| empty_filesystems(plan.profile, &b.ids, plan.epoch, plan.work))?;
+        .run(|| empty_filesystems(plan.profile, &b.ids, plan.epoch, plan.work, plan.carried))?;
     let written = disk_stage(b, &slot_builds[0], esp_image.as_deref(), &empty)?;
     Ok(Built {
         root_dir: root,
@@ -582,6 +584,14 @@ impl StageKeys {
                 }
                 digests.join(" ")
             });
+        if !plan.carried.is_empty() {
+            let carried: Vec<String> = plan
+                .carried
+                .iter()
+                .map(|c| format!("{} {}", c.os, c.manifest_sha256))
+                .collect();
+            image = image.with("carried", carried.join(", "));
+        }
         if agent::agent_for(&p.os).is_some() {
             image = image.with("agent-sources", agent::source_digest(plan.workspace)?);
         }
@@ -697,18 +707,24 @@ impl Built {
     }
 }
 
-/// Empty filesystems for the config and data partitions that name one (ext4 or vfat), so
+/// The filesystems of the config and data partitions that name one (ext4 or vfat), so
 /// that the installer and the OS find them formatted: ids derived like every other, label
-/// the partition's name. Returns (partition, image) pairs.
+/// the partition's name. They are empty but for the releases an ext4 data partition
+/// carries ([`carried`]). Returns (partition, image) pairs.
 fn empty_filesystems(
     p: &Profile,
     ids: &IdSource,
     epoch: i64,
     work: &Path,
+    carried: &[carried::Carried],
 ) -> Result<Vec<(String, PathBuf)>, Box<dyn std::error::Error + Send + Sync>> {
     use crate::spec::Filesystem;
     let mut out = Vec::new();
     let empty_dir = work.join("empty");
+    let carried_dir = work.join("carried");
+    if !carried.is_empty() {
+        carried::stage(carried, &carried_dir)?;
+    }
     for part in &p.partitions {
         if !matches!(part.role, Role::Config | Role::Data) {
             continue;
@@ -717,8 +733,9 @@ fn empty_filesystems(
         match part.filesystem {
             Filesystem::Ext4 => {
                 std::fs::create_dir_all(&empty_dir)?;
+                let carries = part.role == Role::Data && !carried.is_empty();
                 ext4::make(&ext4::Ext4Plan {
-                    root: &empty_dir,
+                    root: if carries { &carried_dir } else { &empty_dir },
                     image: &image,
                     size: part.size.bytes(),
                     uuid: &ids.uuid_string(&format!("{}/fs-uuid", part.name)),

@@ -38,6 +38,8 @@ pub struct Settings<'a> {
     pub release_dir: &'a Path,
     /// How an OS with sealed state signs its PCR policy.
     pub signing: &'a super::pcr_signing::Signing,
+    /// The releases the OS carries on its data partition (os.yaml's `carries`), checked.
+    pub carried: &'a [super::carried::Carried],
 }
 
 /// One OS profile to build into a release directory, its inputs in the package cache.
@@ -110,6 +112,7 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
         stage_cache: set.image_cache,
         signing: set.signing,
         state: state.as_ref(),
+        carried: set.carried,
     };
     let (built, firmware) = std::thread::scope(|s| {
         let firmware = job
@@ -146,6 +149,7 @@ pub fn run(job: &Job<'_>) -> Result<Manifest, JobError> {
             edk2: &edk2,
             launches: job.spec.snp.as_ref().map(Into::into),
         }),
+        carried: set.carried,
         log: job.log,
     };
     release::assemble(&built, &inputs, set.release_dir).map_err(|source| JobError::Release {

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod blocks;
 pub mod boot_entries;
 pub mod build;
+pub mod carried;
 pub mod cpio;
 pub mod disk;
 pub mod esp;

@@ -35,6 +35,8 @@ pub struct ReleaseInputs<'a> {
     /// The guest firmware built with the OS (GuestOS), and the SEV-SNP launches whose
     /// digests are published.
     pub firmware: Option<ReleaseFirmware<'a>>,
+    /// The releases carried on the data partition.
+    pub carried: &'a [super::carried::Carried],
     /// Receives one line per archive and one for the rest.
     pub log: &'a dyn Fn(&str),
 }
@@ -251,6 +253,7 @@ pub fn assemble(
             os_spec_sha256: inputs.os_spec_sha256,
             builder_version: env!("CARGO_PKG_VERSION").to_string(),
             pcr_public_key,
+            carried: inputs.carried.iter().map(|c| c.input()).collect(),
         },
         outputs: outputs.clone(),
         partitions,

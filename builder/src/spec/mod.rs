@@ -6,12 +6,11 @@
 //! names the file, line and column, the field path, what was expected, what was found and a hint.
 //! [`OsSpec::profile`] applies a profile and returns the effective settings the pipeline uses.
 
-mod error;
-mod position;
+pub use plinth_yaml::position;
 mod size;
 mod validate;
 
-pub use error::{SpecError, SpecErrors};
+pub use plinth_yaml::{SpecError, SpecErrors};
 pub use size::Size;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +41,10 @@ pub struct OsSpec {
     /// `firmware`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snp: Option<SnpSpec>,
+    /// The releases this OS carries on its ext4 `data` partition, of the same version and
+    /// profile, built before it (SetupOS: the HostOS and GuestOS it installs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carries: Vec<String>,
     /// Profiles by name; `prod` and `test` are required.
     pub profiles: BTreeMap<String, ProfileSpec>,
 }
@@ -215,6 +218,8 @@ pub struct Profile {
     pub boot_loader: BootLoader,
     /// The profile's own overlay directory (beside os.yaml), laid over `rootfs/`.
     pub overlay: Option<String>,
+    /// The releases carried on the data partition (the spec's `carries`).
+    pub carries: Vec<String>,
 }
 
 impl OsSpec {
@@ -263,6 +268,7 @@ impl OsSpec {
             cmdline,
             boot_loader: self.kernel.boot_loader,
             overlay: p.overlay.clone(),
+            carries: self.carries.clone(),
         })
     }
 
@@ -287,6 +293,7 @@ impl OsSpec {
             cmdline: Vec::new(),
             boot_loader: BootLoader::None,
             overlay: None,
+            carries: Vec::new(),
         })
     }
 }

@@ -11,11 +11,12 @@
 //!    sorted by position. Each check is a small function named after what it checks; to find a
 //!    rule, look for `fn check_<section>_<rule>` below.
 
-use super::position::{join_index, join_key, Pos, PositionIndex, SyntaxError};
+use super::position::{join_index, join_key, Pos, PositionIndex};
 use super::size::{Size, MIB};
 use super::OS_NAMES;
 use super::{Filesystem, OsSpec, PackageRequest, Partition, Role, Slot, SpecError, SpecErrors};
 use crate::names::is_simple_name;
+use plinth_yaml::document::{duplicate_key_errors, serde_problem, syntax_error, SerdeProblem};
 use std::collections::HashMap;
 
 /// Debian releases plinth knows how to build from.
@@ -117,6 +118,7 @@ pub const CHECKS: &[fn(&mut Checker)] = &[
     check_kernel_cmdline,
     check_firmware,
     check_snp,
+    check_carries,
     check_profiles_required,
     check_profile_names,
     check_profile_packages,
@@ -1083,6 +1085,44 @@ fn check_firmware(cx: &mut Checker) {
     check_package_list(cx, "firmware.toolchain", &toolchain);
 }
 
+/// `carries`: other OSes, each once, built before this one, and an ext4 data partition to
+/// carry them on.
+fn check_carries(cx: &mut Checker) {
+    let spec = cx.spec;
+    let own = OS_NAMES.iter().position(|o| *o == spec.os);
+    for (i, os) in spec.carries.iter().enumerate() {
+        let path = format!("carries[{i}]");
+        let position = OS_NAMES.iter().position(|o| o == os);
+        if position.is_none() || position >= own {
+            cx.at(
+                &path,
+                format!(
+                    "an OS built before {} ({})",
+                    spec.os,
+                    one_of(&OS_NAMES[..own.unwrap_or(0)])
+                ),
+                q(os),
+                "list the OSes whose releases this one installs",
+            );
+        } else if spec.carries[..i].contains(os) {
+            cx.at(&path, "each OS once", q(os), "remove the repetition");
+        }
+    }
+    let data = spec
+        .partitions
+        .iter()
+        .filter(|p| p.role == Role::Data && p.filesystem == Filesystem::Ext4)
+        .count();
+    if !spec.carries.is_empty() && data != 1 {
+        cx.at(
+            "carries",
+            "one ext4 partition with `role: data` to carry the releases on",
+            format!("{data}"),
+            "add `{name: data, size: 1536MiB, filesystem: ext4, role: data}`",
+        );
+    }
+}
+
 /// `snp`: needs `firmware`; vCPU counts and types the digest can model, each once.
 fn check_snp(cx: &mut Checker) {
     use plinth_firmware::snp::digest::{MAX_VCPUS, VCPU_TYPES};
@@ -1222,37 +1262,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 // ---------------------------------------------------------------------------------------------
 // YAML and serde errors
 
-fn syntax_error(file: &str, e: SyntaxError) -> SpecError {
-    SpecError {
-        file: file.to_string(),
-        line: e.pos.line,
-        column: e.pos.column,
-        path: e.path,
-        expected: "valid YAML".into(),
-        found: format!("a syntax error: {}", e.message),
-        hint: "check the indentation and the brackets/quotes around this position".into(),
-    }
-}
-
-fn duplicate_key_errors(file: &str, index: &PositionIndex) -> Vec<SpecError> {
-    index
-        .duplicates()
-        .iter()
-        .map(|d| {
-            let key = d.path.rsplit('.').next().unwrap_or(&d.path);
-            SpecError {
-                file: file.to_string(),
-                line: d.second.line,
-                column: d.second.column,
-                path: d.path.clone(),
-                expected: "each key once per mapping".into(),
-                found: format!("`{key}` again (first on line {})", d.first.line),
-                hint: "YAML would keep only one of them; merge the two entries".into(),
-            }
-        })
-        .collect()
-}
-
 /// Examples for fields serde reports missing, by field name.
 const FIELD_EXAMPLES: &[(&str, &str)] = &[
     ("os", "os: guest-os"),
@@ -1285,33 +1294,15 @@ const FIELD_EXAMPLES: &[(&str, &str)] = &[
     ("profiles", "profiles: {prod: {}, test: {}}"),
 ];
 
-/// Turn a serde_yaml error into a SpecError: the path comes from the message's `path: `
-/// prefix (serde_yaml's syntax matches ours), the position from the error or the index.
+/// Turn a serde_yaml error into a SpecError, with os.yaml's hints (the field's example, the
+/// closest known field).
 fn serde_error(file: &str, index: &PositionIndex, err: &serde_yaml::Error) -> SpecError {
-    let location = err.location().map(|l| Pos {
-        line: l.line(),
-        column: l.column(),
-    });
-    let full = strip_position_suffix(&err.to_string());
-    let (path, msg) = match full.split_once(": ") {
-        Some((p, rest)) if !p.is_empty() && !p.contains(char::is_whitespace) => (
-            if p == "." {
-                String::new()
-            } else {
-                p.to_string()
-            },
-            rest.to_string(),
-        ),
-        _ => {
-            let guessed = location
-                .filter(|l| *l != Pos::START)
-                .and_then(|l| index.path_at(l))
-                .unwrap_or("")
-                .to_string();
-            (guessed, full.clone())
-        }
-    };
-    let pos = location.unwrap_or_else(|| index.locate(&path));
+    let SerdeProblem {
+        path,
+        location,
+        pos,
+        message: msg,
+    } = serde_problem(index, err);
     let make = |path: String, pos: Pos, expected: String, found: String, hint: String| SpecError {
         file: file.to_string(),
         line: pos.line,
@@ -1418,19 +1409,6 @@ fn serde_error(file: &str, index: &PositionIndex, err: &serde_yaml::Error) -> Sp
 }
 
 /// `msg at line 3 column 5` → `msg`.
-fn strip_position_suffix(msg: &str) -> String {
-    if let Some(i) = msg.rfind(" at line ") {
-        let tail = &msg[i + " at line ".len()..];
-        let ok = tail
-            .split_once(" column ")
-            .is_some_and(|(l, c)| l.parse::<usize>().is_ok() && c.parse::<usize>().is_ok());
-        if ok {
-            return msg[..i].to_string();
-        }
-    }
-    msg.to_string()
-}
-
 /// The `backticked` words in `s`.
 fn backticked(s: &str) -> Vec<String> {
     s.split('`')
@@ -1538,11 +1516,5 @@ mod tests {
         assert_eq!(closest("C", &["A", "B"]), None);
         assert_eq!(closest("a", &["A", "B"]), Some("A"));
         assert_eq!(edit_distance("kitten", "sitting"), 3);
-    }
-
-    #[test]
-    fn strips_serde_positions() {
-        assert_eq!(strip_position_suffix("x: bad at line 3 column 5"), "x: bad");
-        assert_eq!(strip_position_suffix("at line is fine"), "at line is fine");
     }
 }

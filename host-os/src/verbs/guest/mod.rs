@@ -85,7 +85,7 @@ pub struct VmArgs {
     pub expect: Option<PathBuf>,
     /// Development layout, for machines too small for production's reservations: vCPUs
     /// share the home node's threads with QEMU's, image files may be disks.
-    #[arg(long)]
+    #[arg(long, env = "PLINTH_GUEST_DEVELOPMENT")]
     pub development: bool,
     /// Guest NUMA nodes in the development layout, all bound to the home node.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "development")]

@@ -1,6 +1,7 @@
-//! Spec errors: one [`SpecError`] per problem, each naming the file, the 1-based line and
-//! column, the field path (`partitions[2].size`), what was expected, what was found and a hint.
-//! [`SpecErrors`] collects every problem of one or more specs.
+//! Errors of a YAML document people write (os.yaml, config.yaml): one [`SpecError`] per
+//! problem, each naming the file, the 1-based line and column, the field path
+//! (`partitions[2].size`), what was expected, what was found and a hint. [`SpecErrors`]
+//! collects every problem of one or more documents.
 //!
 //! Rendered like a compiler diagnostic:
 //!

@@ -1,0 +1,183 @@
+//! The releases an OS carries on its ext4 `data` partition (os.yaml's `carries`; SetupOS
+//! carries the HostOS and GuestOS it installs). Each is a release of the same version and
+//! profile, built before it: found in a release root (`<out>/<os>/<version>`), read as
+//! untrusted (its manifest through [`Manifest::read`], each carried file's sha256 and size
+//! checked against the manifest's `outputs` while it is copied), and laid out as
+//! `releases/<os>/{manifest.json, disk-img.tar.zst}` in the tree the data filesystem is made
+//! from. The build's manifest records each carried manifest's sha256 (`inputs.carried`), so
+//! a rebuild that carries other bytes differs, and `plinth verify` checks what it is given.
+
+use plinth_release::manifest::{CarriedInput, Manifest};
+use plinth_release::{Os, Sha256};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What is carried of each release: what installing it needs.
+pub const FILES: [&str; 2] = [plinth_release::manifest::FILE_NAME, "disk-img.tar.zst"];
+/// The directory of the data filesystem that holds them.
+pub const DIR: &str = "releases";
+
+/// One carried release, checked.
+#[derive(Debug, Clone)]
+pub struct Carried {
+    pub os: Os,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub manifest_sha256: Sha256,
+}
+
+impl Carried {
+    /// What the carrying release's manifest records of it.
+    pub fn input(&self) -> CarriedInput {
+        CarriedInput {
+            os: self.os,
+            version: self.manifest.version.clone(),
+            manifest_sha256: self.manifest_sha256,
+        }
+    }
+}
+
+/// A carried release that is missing or is not what it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum CarriedError {
+    #[error("{os} {version} ({profile}) is not built: {} has no manifest.json\n  hint: build the OSes in order, e.g. `plinth build all --profile {profile}`", dir.display())]
+    Missing {
+        os: String,
+        version: String,
+        profile: String,
+        dir: PathBuf,
+    },
+    #[error("{}: {message}", dir.display())]
+    Manifest { dir: PathBuf, message: String },
+    #[error("{}: {field} is {found}, expected {expected} (the carrying release's)", dir.display())]
+    Mismatch {
+        dir: PathBuf,
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("{}: {file}: {message}", dir.display())]
+    File {
+        dir: PathBuf,
+        file: &'static str,
+        message: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Find and check the releases `carries` names under `root` (`<root>/<os>/<version>`).
+pub fn find(
+    root: &Path,
+    carries: &[String],
+    version: &str,
+    profile: &str,
+) -> Result<Vec<Carried>, CarriedError> {
+    carries
+        .iter()
+        .map(|os| {
+            let dir = root.join(os).join(version);
+            if !dir.join(plinth_release::manifest::FILE_NAME).is_file() {
+                return Err(CarriedError::Missing {
+                    os: os.clone(),
+                    version: version.into(),
+                    profile: profile.into(),
+                    dir,
+                });
+            }
+            open(&dir, os, version, profile)
+        })
+        .collect()
+}
+
+/// Read and check one release directory as a carried `os` of `version` and `profile`.
+pub fn open(dir: &Path, os: &str, version: &str, profile: &str) -> Result<Carried, CarriedError> {
+    let path = dir.join(plinth_release::manifest::FILE_NAME);
+    let manifest = Manifest::read(&path).map_err(|e| CarriedError::Manifest {
+        dir: dir.into(),
+        message: e.to_string(),
+    })?;
+    let mismatch = |field, found: &str, expected: &str| CarriedError::Mismatch {
+        dir: dir.into(),
+        field,
+        found: found.into(),
+        expected: expected.into(),
+    };
+    if manifest.os.as_str() != os {
+        return Err(mismatch("os", manifest.os.as_str(), os));
+    }
+    if manifest.version.as_str() != version {
+        return Err(mismatch("version", manifest.version.as_str(), version));
+    }
+    if manifest.profile.as_str() != profile {
+        return Err(mismatch("profile", manifest.profile.as_str(), profile));
+    }
+    let (manifest_sha256, _) =
+        Sha256::of_file(&path).map_err(|source| CarriedError::Io { path, source })?;
+    Ok(Carried {
+        os: manifest.os,
+        dir: dir.into(),
+        manifest,
+        manifest_sha256,
+    })
+}
+
+/// Copy each carried release's [`FILES`] into `tree/releases/<os>/`, each checked against
+/// its manifest (sha256 and size) as it is copied.
+pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
+    for c in carried {
+        let dest = tree.join(DIR).join(c.os.as_str());
+        std::fs::create_dir_all(&dest).map_err(|source| CarriedError::Io {
+            path: dest.clone(),
+            source,
+        })?;
+        for file in FILES {
+            let from = c.dir.join(file);
+            let to = dest.join(file);
+            let bad = |message: String| CarriedError::File {
+                dir: c.dir.clone(),
+                file,
+                message,
+            };
+            let src = plinth_release::untrusted::open_untrusted(&from)
+                .map_err(|e| bad(format!("cannot open: {e}")))?;
+            let out = std::fs::File::create(&to).map_err(|source| CarriedError::Io {
+                path: to.clone(),
+                source,
+            })?;
+            let mut writer = plinth_release::digest::Sha256Writer::new(out);
+            let expected = if file == plinth_release::manifest::FILE_NAME {
+                Some((c.manifest_sha256, None))
+            } else {
+                c.manifest
+                    .outputs
+                    .iter()
+                    .find(|o| o.name.as_str() == file)
+                    .map(|o| (o.sha256, Some(o.size)))
+            };
+            let Some((sha256, size)) = expected else {
+                return Err(bad("not among the manifest's outputs".into()));
+            };
+            // Never more than the manifest declares (plus one byte, to see a longer file).
+            let cap = size.unwrap_or(plinth_release::manifest::MAX_SIZE) + 1;
+            io::copy(&mut io::Read::take(src, cap), &mut writer).map_err(|source| {
+                CarriedError::Io {
+                    path: to.clone(),
+                    source,
+                }
+            })?;
+            let (file_out, got, len) = writer.finish();
+            file_out.sync_all().map_err(|source| CarriedError::Io {
+                path: to.clone(),
+                source,
+            })?;
+            if got != sha256 || size.is_some_and(|s| s != len) {
+                return Err(bad(format!(
+                    "sha256 {got} ({len} bytes), the manifest says {sha256}{}",
+                    size.map(|s| format!(" ({s} bytes)")).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
