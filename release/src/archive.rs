@@ -18,6 +18,15 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// A release's raw disk image, archived (one member, `disk.img`).
+pub const DISK_ARCHIVE: &str = "disk-img.tar.zst";
+/// What an upgrade writes into a slot (root image, verity tree, UKI), archived.
+pub const UPDATE_ARCHIVE: &str = "update-img.tar.zst";
+/// What an update archive's member may exceed the partition it is written to by: none does
+/// (a root or verity image is the partition's content, a UKI a file on the ESP), so the
+/// slack only keeps the bound from being an exact-size check. Release readers bound every
+/// member by its partition plus this ([`crate::manifest::Manifest::archive_bounds`]).
+pub const MEMBER_SLACK: u64 = 1 << 20;
 /// Mode of every archive member.
 pub const MEMBER_MODE: u64 = 0o644;
 /// Longest member name: GNU tar writes a `././@LongLink` member from 100 bytes on.

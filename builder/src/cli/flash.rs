@@ -1,14 +1,14 @@
 //! `plinth flash`: write a release's disk image (a SetupOS release for a node's USB stick,
 //! or any release's disk) to a disk or a file, read every partition back, and optionally put
-//! the provider's `config.yaml` into its `config` partition. The work is [`crate::flash`]'s;
+//! the provider's `config.yaml` into its `config` partition. The work is [`plinth_flash`]'s;
 //! this module checks, asks, and reports.
 
 use super::{BadInput, CheckFailed, Global, Interrupted, Output};
-use crate::flash::device::{self, Roots, Target};
-use crate::flash::image::Image;
-use crate::flash::verify::{self, Verified};
-use crate::flash::write::{self, WriteOptions, Written};
-use crate::flash::{config, Disk, FlashError};
+use plinth_flash::device::{self, Roots, Target};
+use plinth_flash::image::Image;
+use plinth_flash::verify::{self, Verified};
+use plinth_flash::write::{self, WriteOptions, Written};
+use plinth_flash::{config, Disk, FlashError};
 use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -231,7 +231,12 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         device::check_unused(&target, &roots).map_err(|e| refused(e.into()))?;
     }
     let config_bytes = match &args.config {
-        Some(path) => Some(config::check_config(path).map_err(BadInput)?),
+        Some(path) => Some(config::check_config(path).map_err(|e| {
+            BadInput(format!(
+                "{e}\n  hint: --config takes the provider's config.yaml, a regular file of at most {} bytes of UTF-8",
+                config::MAX_CONFIG
+            ))
+        })?),
         None => None,
     };
     out.info(format!(

@@ -21,7 +21,7 @@ pub const CHUNK: usize = 4 << 20;
 /// Buffers between the decompressing and the writing thread.
 const QUEUE: usize = 4;
 
-/// What [`write`] needs besides the image and the disk.
+/// What [`write`](fn@write) needs besides the image and the disk.
 pub struct WriteOptions<'a> {
     /// Set by Ctrl-C or SIGTERM: stop, reset the first MiB.
     pub cancel: &'a AtomicBool,
@@ -29,7 +29,7 @@ pub struct WriteOptions<'a> {
     pub progress: &'a dyn Fn(u64),
 }
 
-/// What [`write`] did.
+/// What [`write`](fn@write) did.
 #[derive(Debug, Clone)]
 pub struct Written {
     /// The image's bytes, all on the disk now.

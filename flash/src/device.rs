@@ -1,10 +1,10 @@
-//! The target of `plinth flash`: what it is (a whole-disk block device or a regular file),
+//! The target of a write: what it is (a whole-disk block device or a regular file),
 //! its size and identity, and every reason not to write to it (mounted, swap, held by a
 //! mapping, the running system's disk, read-only, too small). Everything is read through a
 //! sysfs and a procfs root ([`Roots`]), so tests point them at generated trees.
 //!
 //! A block device is found in sysfs by its major:minor (`<sys>/class/block/*/dev`), never
-//! by the name the operator typed (a `/dev/disk/by-id/...` link is fine). Its partitions are
+//! by the name the caller gave (a `/dev/disk/by-id/...` link is fine). Its partitions are
 //! the entries of its directory holding a `partition` file. Mounts are matched by
 //! major:minor in `<proc>/self/mountinfo`, swap by name or device number in `<proc>/swaps`,
 //! holders (dm-crypt, LVM, md) by `holders/` of the disk and of each partition. The system
@@ -83,7 +83,7 @@ pub enum Kind {
 /// The target, inspected.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// As the operator gave it.
+    /// As the caller gave it.
     pub path: PathBuf,
     pub kind: Kind,
     /// Bytes: the device's capacity, or the file's current length.
@@ -171,7 +171,7 @@ pub enum Refusal {
         devno: DevNo,
         sys: PathBuf,
     },
-    #[error("{}: is partition {name} of disk {disk}; plinth writes whole disks\n  hint: give the disk, /dev/{disk}, after checking it holds nothing you need", path.display())]
+    #[error("{}: is partition {name} of disk {disk}; only whole disks are written\n  hint: give the disk, /dev/{disk}, after checking it holds nothing you need", path.display())]
     Partition {
         path: PathBuf,
         name: String,
@@ -197,14 +197,14 @@ pub enum Refusal {
         what: String,
         holders: Vec<String>,
     },
-    #[error("{}: is the running system's disk ({disk} holds {mountpoint}, through {chain})\n  hint: this would overwrite the system you are running; give the USB stick or spare disk instead (`lsblk -o NAME,MODEL,SERIAL,SIZE,MOUNTPOINTS`)", path.display())]
+    #[error("{}: is the running system's disk ({disk} holds {mountpoint}, through {chain})\n  hint: this would overwrite the system you are running; give another disk instead (`lsblk -o NAME,MODEL,SERIAL,SIZE,MOUNTPOINTS`)", path.display())]
     SystemDisk {
         path: PathBuf,
         disk: String,
         mountpoint: String,
         chain: String,
     },
-    #[error("{}: is read-only (its `ro` flag in sysfs is set)\n  hint: check the stick's write-protect switch, or `blockdev --setrw {}`", path.display(), path.display())]
+    #[error("{}: is read-only (its `ro` flag in sysfs is set)\n  hint: check the disk's write-protect switch, if it has one, or `blockdev --setrw {}`", path.display(), path.display())]
     ReadOnly { path: PathBuf },
     #[error("{}: holds {}, the image needs {}\n  hint: use a disk of at least {needed} bytes", path.display(), human(*size), human(*needed))]
     TooSmall {
@@ -271,7 +271,7 @@ struct SysBlock {
     dir: PathBuf,
 }
 
-/// The view of sysfs `plinth flash` needs.
+/// The view of sysfs a write needs.
 struct Sysfs {
     class: PathBuf,
 }

@@ -1,5 +1,8 @@
 //! Spans of sparse image files (a partition inside a disk image) walked in 1 MiB blocks with
-//! the file's holes skipped: the manifest's partition digest, and sparse copies of a span.
+//! the file's holes skipped: the manifest's partition digest ([`PartitionImage::blocks_sha256`]),
+//! and sparse copies of a span.
+//!
+//! [`PartitionImage::blocks_sha256`]: crate::manifest::PartitionImage::blocks_sha256
 //!
 //! The partition digest is `sha256(sha256(block 0) ‖ sha256(block 1) ‖ …)` over the span's
 //! 1 MiB blocks (the last one may be shorter), so an all-zero block costs nothing after the
@@ -74,7 +77,7 @@ pub fn for_each_block(
 }
 
 /// The partition digest (see the module comment) built block by block, from any source: a
-/// sparse file ([`blocks_sha256`]) or a device read back (`plinth flash`). Each call gives
+/// sparse file ([`blocks_sha256`]) or a disk read back (`plinth-flash`'s verify). Each call gives
 /// one block, in order; all but the last must be [`BLOCK`] bytes.
 #[derive(Default)]
 pub struct BlockDigest {
@@ -111,13 +114,13 @@ impl BlockDigest {
         self.outer.update(digest);
     }
 
-    pub fn finish(self) -> plinth_release::Sha256 {
-        plinth_release::Sha256(self.outer.finalize().into())
+    pub fn finish(self) -> crate::Sha256 {
+        crate::Sha256(self.outer.finalize().into())
     }
 }
 
 /// The partition digest (see the module comment) of `len` bytes of `path` from `offset`.
-pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<plinth_release::Sha256> {
+pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<crate::Sha256> {
     let file = File::open(path)?;
     let mut digest = BlockDigest::new();
     for_each_block(&file, offset, len, |block| {

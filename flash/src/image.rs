@@ -2,21 +2,18 @@
 //! with [`Manifest::read`] (bounded, no links), its `disk-img.tar.zst` opened untrusted and
 //! checked against the manifest's `outputs` entry (size, then sha256) before anything is
 //! written, its one member `disk.img` bounded by the manifest's partitions
-//! ([`Release::bounds`]) on its header, and its first MiB (the primary GPT) kept in memory.
-//! The member's stored data may not pass the partitions' end plus the backup GPT (and
-//! [`crate::pipeline::artifacts::MEMBER_SLACK`]); its real size may reach further, by at most
-//! [`crate::compare::release::UNPARTITIONED_LIMIT`] of holes, since the manifest does not
+//! ([`Manifest::archive_bounds`]) on its header, and its first MiB (the primary GPT) kept in
+//! memory. The member's stored data may not pass the partitions' end plus the backup GPT (and
+//! [`plinth_release::archive::MEMBER_SLACK`]); its real size may reach further, by at most
+//! [`plinth_release::manifest::UNPARTITIONED_LIMIT`] of holes, since the manifest does not
 //! record the disk's size and real disks end after their last partition (this SetupOS `test`
 //! image by 700 MB): what is written there is zeros, and a disk must hold it all.
 //! [`Image::stream`] hashes the archive again as it streams, so a file changed between the
 //! check and the write is caught before the first MiB goes out.
 
 use super::{io_err, FlashError, MIB};
-use crate::compare::release::Release;
-use crate::pipeline::artifacts::{Bounds, OutputFile};
-use crate::pipeline::manifest::{self, Manifest, PartitionImage};
-use crate::pipeline::release::DISK_ARCHIVE;
-use plinth_release::archive::for_each_member_of;
+use plinth_release::archive::{for_each_member_of, Bounds, DISK_ARCHIVE};
+use plinth_release::manifest::{self, Manifest, OutputFile, PartitionImage};
 use plinth_release::Role;
 use sha2::Digest;
 use std::fs::File;
@@ -144,12 +141,8 @@ impl Image {
                 ),
             ));
         }
-        let release = Release {
-            dir: dir.clone(),
-            manifest: manifest.clone(),
-        };
-        let bounds = release.bounds(DISK_ARCHIVE);
-        let disk_end = release.disk_end();
+        let bounds = manifest.archive_bounds(DISK_ARCHIVE);
+        let disk_end = manifest.disk_end();
         let mut image = Image {
             dir,
             archive,

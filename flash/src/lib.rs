@@ -1,11 +1,16 @@
-//! `plinth flash`: a release's disk image onto a USB stick, a disk or a file, then read back.
+//! Writing a release's disk image onto a disk or a file, and reading it back: the one job of
+//! this crate, used by `plinth flash` (a SetupOS release onto a USB stick) and by
+//! `plinth-setup install` (HostOS and GuestOS onto a node's NVMe disks). It draws nothing and
+//! asks nothing: callers get progress through callbacks, cancel through a flag, and every
+//! failure as a [`FlashError`]; one process may open and write several images onto several
+//! disks with it.
 //!
 //! [`device`] inspects the target and refuses one in use; [`image`] opens the release as the
-//! hostile input it is (manifest, archive digest, member bounds); [`write`] streams the image
-//! onto the target with the first MiB (the primary GPT) written last; [`verify`] reads every
-//! partition back from the target; [`config`] puts the provider's `config.yaml` into the
-//! `config` partition with mtools. [`Disk`] is the open target they share: `O_DIRECT` where
-//! the kernel takes it, a buffered descriptor for the rest.
+//! hostile input it is (manifest, archive digest, member bounds); [`write`](mod@write)
+//! streams the image onto the target with the first MiB (the primary GPT) written last;
+//! [`verify`] reads every partition back from the target; [`config`] puts the provider's
+//! `config.yaml` into the `config` partition with mtools. [`Disk`] is the open target they
+//! share: `O_DIRECT` where the kernel takes it, a buffered descriptor for the rest.
 
 pub mod config;
 pub mod device;
@@ -29,11 +34,12 @@ pub const MIB: u64 = 1 << 20;
 pub enum FlashError {
     #[error(transparent)]
     Refused(#[from] device::Refusal),
-    /// The release is not what its manifest says, or not what plinth writes: bad input.
+    /// The release is not what its manifest says, or not what a plinth build writes: bad
+    /// input.
     #[error("{}: {message}\n  hint: the release is corrupt, incomplete or crafted; fetch it again (a release is a directory holding manifest.json and disk-img.tar.zst)", path.display())]
     Release { path: PathBuf, message: String },
     #[error(transparent)]
-    Archive(#[from] crate::pipeline::artifacts::ArchiveError),
+    Archive(#[from] plinth_release::archive::ArchiveError),
     #[error(transparent)]
     Manifest(#[from] plinth_release::manifest::ManifestError),
     #[error("{}: cannot {action}: {source}", path.display())]
@@ -70,6 +76,16 @@ pub(crate) fn io_err<'a>(
         action,
         source,
     }
+}
+
+/// A new temporary directory `<TMPDIR>/<prefix>XXXXXX` with mode 0700, removed when dropped
+/// (`tempfile`'s own default is 0755 under umask 022).
+pub(crate) fn scratch_dir(prefix: &str) -> io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
 }
 
 /// A zeroed buffer of `len` bytes starting on an [`ALIGN`] boundary, as `O_DIRECT` needs
@@ -133,7 +149,7 @@ impl Disk {
         Self::open(target, true)
     }
 
-    /// Open `target` to read it back (`--verify-only`).
+    /// Open `target` to read it back only (verifying what an earlier write left).
     pub fn open_read(target: &device::Target) -> Result<Disk, FlashError> {
         Self::open(target, false)
     }

@@ -1,11 +1,11 @@
 //! Read-back: every partition span of the release read from the target itself (`O_DIRECT`,
 //! or buffered after dropping the span from the page cache, so the cache cannot answer) and
-//! its block digest ([`crate::pipeline::blocks::BlockDigest`]) compared with the manifest's
+//! its block digest ([`plinth_release::blocks::BlockDigest`]) compared with the manifest's
 //! `blocks_sha256`; and the GPT region (the first MiB) compared byte for byte with the image's.
 
 use super::image::Image;
 use super::{io_err, AlignedBuf, Disk, FlashError, MIB};
-use crate::pipeline::blocks::BlockDigest;
+use plinth_release::blocks::BlockDigest;
 use plinth_release::{Role, Sha256};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +55,7 @@ impl Verified {
     }
 }
 
-/// The block digest of `len` bytes of `disk` from `offset`, read in [`CHUNK`]s.
+/// The block digest of `len` bytes of `disk` from `offset`, read in 4 MiB chunks.
 pub fn span_digest(
     disk: &Disk,
     offset: u64,
@@ -104,7 +104,7 @@ pub fn verify(
         let end = p.offset.checked_add(p.size).filter(|&e| e <= disk.capacity);
         if end.is_none() {
             return Err(FlashError::Release {
-                path: image.dir.join(crate::pipeline::manifest::FILE_NAME),
+                path: image.dir.join(plinth_release::manifest::FILE_NAME),
                 message: format!(
                     "partition {} `{}` ({} bytes from {}) ends past {}'s {} bytes",
                     p.number,

@@ -4,11 +4,12 @@
 //! span for a block device, a copy of the span for a file).
 //!
 //! Here the file is only checked to be a regular file of at most [`MAX_CONFIG`] bytes of
-//! UTF-8; what it says is `plinth config check`'s job, a separate verb. The bytes checked are
-//! the bytes written: they are copied into a private scratch directory first.
+//! UTF-8; what it says is checked elsewhere (`plinth config check`, `plinth-node-config`). The
+//! bytes checked are the bytes written: they are copied into a private scratch directory
+//! first.
 
-use super::{io_err, FlashError};
-use crate::pipeline::manifest::PartitionImage;
+use super::{io_err, scratch_dir, FlashError};
+use plinth_release::manifest::PartitionImage;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,17 +19,17 @@ pub const MAX_CONFIG: u64 = 64 << 10;
 pub const CONFIG_NAME: &str = "config.yaml";
 
 /// `path`'s bytes, if it is a regular file (not a link) of at most [`MAX_CONFIG`] bytes of
-/// UTF-8; else what is wrong.
+/// UTF-8; else what is wrong (a caller adds how its user gave the file).
 pub fn check_config(path: &Path) -> Result<Vec<u8>, String> {
     let bytes = plinth_release::untrusted::read_untrusted(path, MAX_CONFIG).map_err(|e| {
         format!(
-            "{}: {e}\n  hint: --config takes the provider's config.yaml, a regular file of at most {MAX_CONFIG} bytes",
+            "{}: {e} (the provider's config.yaml is a regular file of at most {MAX_CONFIG} bytes)",
             path.display()
         )
     })?;
     if let Err(e) = std::str::from_utf8(&bytes) {
         return Err(format!(
-            "{}: not UTF-8 text ({e})\n  hint: --config takes the provider's config.yaml (YAML is UTF-8)",
+            "{}: not UTF-8 text ({e}; the provider's config.yaml is YAML, which is UTF-8)",
             path.display()
         ));
     }
@@ -74,7 +75,7 @@ pub fn write_config(
     partition: &PartitionImage,
     bytes: &[u8],
 ) -> Result<(), FlashError> {
-    let scratch = crate::pipeline::artifacts::scratch_dir("plinth-flash-config.")
+    let scratch = scratch_dir("plinth-flash-config.")
         .map_err(io_err(Path::new("TMPDIR"), "create a scratch directory in"))?;
     let file = scratch.path().join(CONFIG_NAME);
     std::fs::write(&file, bytes).map_err(io_err(&file, "write"))?;
@@ -137,10 +138,10 @@ pub fn fsck_config(
         _loop = Loop(dev.clone());
         dev
     } else {
-        scratch = crate::pipeline::artifacts::scratch_dir("plinth-flash-fsck.")
+        scratch = scratch_dir("plinth-flash-fsck.")
             .map_err(io_err(Path::new("TMPDIR"), "create a scratch directory in"))?;
         let copy = scratch.path().join("config.img");
-        crate::pipeline::blocks::copy_span_sparse(device, partition.offset, partition.size, &copy)
+        plinth_release::blocks::copy_span_sparse(device, partition.offset, partition.size, &copy)
             .map_err(io_err(device, "copy the config partition of"))?;
         copy
     };
