@@ -18,6 +18,15 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// A release's raw disk image, archived (one member, `disk.img`).
+pub const DISK_ARCHIVE: &str = "disk-img.tar.zst";
+/// What an upgrade writes into a slot (root image, verity tree, UKI), archived.
+pub const UPDATE_ARCHIVE: &str = "update-img.tar.zst";
+/// What an update archive's member may exceed the partition it is written to by: none does
+/// (a root or verity image is the partition's content, a UKI a file on the ESP), so the
+/// slack only keeps the bound from being an exact-size check. Release readers bound every
+/// member by its partition plus this ([`crate::manifest::Manifest::archive_bounds`]).
+pub const MEMBER_SLACK: u64 = 1 << 20;
 /// Mode of every archive member.
 pub const MEMBER_MODE: u64 = 0o644;
 /// Longest member name: GNU tar writes a `././@LongLink` member from 100 bytes on.
@@ -655,10 +664,21 @@ impl<R: Read> Read for MemberReader<'_, '_, R> {
 pub fn for_each_member(
     archive: &Path,
     bounds: &Bounds,
-    mut visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
+    visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
 ) -> Result<(), ArchiveError> {
     let file = File::open(archive).map_err(io_err(archive, "open"))?;
-    let decoder = zstd::Decoder::new(file).map_err(io_err(archive, "start zstd"))?;
+    for_each_member_of(file, archive, bounds, visit)
+}
+
+/// [`for_each_member`] over the compressed bytes `compressed` of the archive `archive` (named
+/// in errors), for a caller that reads them itself: `plinth flash` hashes them as they pass.
+pub fn for_each_member_of(
+    compressed: impl Read,
+    archive: &Path,
+    bounds: &Bounds,
+    mut visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
+) -> Result<(), ArchiveError> {
+    let decoder = zstd::Decoder::new(compressed).map_err(io_err(archive, "start zstd"))?;
     let mut tar = TarStream::new(decoder, archive, bounds);
     while let Some(m) = tar.next()? {
         let mut reader = MemberReader {

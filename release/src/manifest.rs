@@ -13,8 +13,9 @@
 //! parses holds only legal names and hex, and an error names the field (`outputs[1].sha256`).
 //! What types cannot say (lists sorted, each entry once) is [`Manifest::parse`]'s check.
 
+use crate::archive::{Bound, Bounds, DISK_ARCHIVE, MEMBER_SLACK, UPDATE_ARCHIVE};
 use crate::digest::{CommitId, Sha256};
-use crate::names::{FileName, Name, Os, Role, Version};
+use crate::names::{uki_stem, FileName, Name, Os, Role, Version};
 use crate::slot::Slot;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,19 @@ pub const FILE_NAME: &str = "manifest.json";
 /// The largest manifest read: a real one is a few KiB (a GuestOS with every SNP launch
 /// digest some tens of KiB).
 pub const MAX_SIZE: u64 = 4 << 20;
+
+/// The GPT's backup area at the end of a disk: partition array (32 sectors of 512 bytes) and
+/// header (1), as the builder leaves them.
+pub const GPT_BACKUP: u64 = 33 * 512;
+/// Space a disk image may have after its last partition and backup GPT. The manifest does
+/// not record the disk's size (os.yaml's `disk.size`), only its partitions, and a disk may
+/// end well after its last partition (GuestOS's 64 GiB disk ends 1.6 GiB after it). That
+/// space holds nothing (holes, which cost no space unpacked): the disk image's stored data
+/// is bounded by the partitions' end plus the backup GPT and [`MEMBER_SLACK`].
+pub const UNPARTITIONED_LIMIT: u64 = 64 << 30;
+/// Where a disk's first partition may start (1 MiB alignment): the end of a disk without
+/// partitions.
+const FIRST_PARTITION: u64 = 1 << 20;
 
 /// One release of one OS profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,7 +325,173 @@ impl Manifest {
     pub fn output(&self, name: &str) -> Option<&OutputFile> {
         self.outputs.iter().find(|o| o.name == name)
     }
+
+    /// Where the disk's last partition ends, plus the backup GPT: the least the disk image
+    /// holds (saturating: a crafted manifest's offsets may overflow).
+    pub fn disk_end(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|p| p.offset.saturating_add(p.size))
+            .max()
+            .unwrap_or(FIRST_PARTITION)
+            .saturating_add(GPT_BACKUP)
+    }
+
+    /// The largest partition of `role` (slots A and B are alike): (its name, size).
+    fn largest_partition(&self, role: Role) -> Option<(&str, u64)> {
+        self.partitions
+            .iter()
+            .filter(|p| p.role == role)
+            .max_by_key(|p| p.size)
+            .map(|p| (p.name.as_str(), p.size))
+    }
+
+    /// What the members of the release's archive `name` may declare, from this manifest: the
+    /// disk archive's `disk.img` no more data than [`Manifest::disk_end`] plus
+    /// [`MEMBER_SLACK`] (and a real size of at most that plus [`UNPARTITIONED_LIMIT`]); the
+    /// update archive's `root.img` and `verity.img` the size of their partitions, each slot's
+    /// UKI the ESP's, plus the slack. Any other member, or any member of another archive, is
+    /// refused.
+    pub fn archive_bounds(&self, name: &str) -> Bounds {
+        let slack = MEMBER_SLACK;
+        let plus = |size: u64, what: String| {
+            Bound::new(
+                size.saturating_add(slack),
+                format!("{what} plus {slack} bytes of slack, from manifest.json"),
+            )
+        };
+        let mut bounds = Bounds::default();
+        if name == DISK_ARCHIVE {
+            let end = self.disk_end();
+            bounds = bounds.member(
+                "disk.img",
+                Bound {
+                    size: end.saturating_add(UNPARTITIONED_LIMIT),
+                    data: end.saturating_add(slack),
+                    why: format!(
+                        "the disk's partitions and backup GPT end at byte {end}; its data may have {slack} bytes of slack, its size {UNPARTITIONED_LIMIT} bytes of unpartitioned space (from manifest.json)"
+                    ),
+                },
+            );
+        } else if name == UPDATE_ARCHIVE {
+            for (member, role) in [("root.img", Role::Root), ("verity.img", Role::Verity)] {
+                if let Some((part, size)) = self.largest_partition(role) {
+                    let why = format!("the {role} partition `{part}`'s {size} bytes");
+                    bounds = bounds.member(member, plus(size, why));
+                }
+            }
+            let esp = self.largest_partition(Role::Esp).map(|(part, size)| {
+                plus(
+                    size,
+                    format!("the ESP `{part}`'s {size} bytes (a UKI must fit on it)"),
+                )
+            });
+            if let Some(esp) = esp {
+                for s in &self.measurements.slots {
+                    bounds = bounds.member(self.uki_member(s.slot), esp.clone());
+                }
+            }
+        }
+        bounds
+    }
+
+    /// The update archive's member holding the UKI of `slot`: `<os>-a.efi`, or `<os>.efi`
+    /// without slots.
+    pub fn uki_member(&self, slot: Option<Slot>) -> String {
+        format!("{}.efi", uki_stem(self.os.as_str(), slot))
+    }
 }
 
 /// What a name or digest error in a manifest means for its reader.
 const NAMES_HINT: &str = "hint: a release's names and digests come from `plinth build`; this manifest was crafted or damaged: do not use the release";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(partitions: &[(&str, Role, Option<Slot>, u64, u64)]) -> Manifest {
+        let h = |c: char| c.to_string().repeat(64).parse::<Sha256>().unwrap();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            os: Os::HostOs,
+            version: "1.0.0".parse().unwrap(),
+            profile: "test".parse().unwrap(),
+            inputs: Inputs {
+                source_commit: "c".repeat(40).parse().unwrap(),
+                source_dirty: false,
+                source_date_epoch: 0,
+                lock_sha256: h('1'),
+                os_spec_sha256: h('2'),
+                builder_version: "0.1.0".into(),
+                pcr_public_key: None,
+                carried: Vec::new(),
+            },
+            outputs: Vec::new(),
+            partitions: partitions
+                .iter()
+                .enumerate()
+                .map(|(i, &(name, role, slot, offset, size))| PartitionImage {
+                    number: i as u32 + 1,
+                    name: name.parse().unwrap(),
+                    role,
+                    slot,
+                    offset,
+                    size,
+                    blocks_sha256: h('3'),
+                })
+                .collect(),
+            measurements: Measurements {
+                slots: [Slot::A, Slot::B]
+                    .into_iter()
+                    .map(|s| SlotMeasurements {
+                        slot: Some(s),
+                        verity_root_hash: h('4'),
+                        uki_sha256: h('5'),
+                        pcr4: None,
+                        pcr7: None,
+                        pcr11: h('6'),
+                        pcr_signature: None,
+                    })
+                    .collect(),
+                snp: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn archive_bounds_follow_the_partitions() {
+        const MIB: u64 = 1 << 20;
+        let m = manifest(&[
+            ("esp-a", Role::Esp, Some(Slot::A), MIB, 100 * MIB),
+            ("root-a", Role::Root, Some(Slot::A), 101 * MIB, 500 * MIB),
+            ("root-b", Role::Root, Some(Slot::B), 601 * MIB, 600 * MIB),
+            ("verity-a", Role::Verity, Some(Slot::A), 1201 * MIB, 8 * MIB),
+        ]);
+        let end = 1209 * MIB + GPT_BACKUP;
+        assert_eq!(m.disk_end(), end);
+        let disk = m.archive_bounds(DISK_ARCHIVE);
+        let img = disk.get("disk.img").unwrap();
+        assert_eq!(img.data, end + MEMBER_SLACK);
+        assert_eq!(img.size, end + UNPARTITIONED_LIMIT);
+        assert!(disk.get("other").is_none());
+        let update = m.archive_bounds(UPDATE_ARCHIVE);
+        assert_eq!(
+            update.get("root.img").unwrap().size,
+            600 * MIB + MEMBER_SLACK
+        );
+        assert_eq!(
+            update.get("verity.img").unwrap().size,
+            8 * MIB + MEMBER_SLACK
+        );
+        for slot in [Slot::A, Slot::B] {
+            let uki = m.uki_member(Some(slot));
+            assert_eq!(update.get(&uki).unwrap().size, 100 * MIB + MEMBER_SLACK);
+        }
+        assert!(update.get("disk.img").is_none());
+        assert!(m.archive_bounds("sbom.spdx.json").get("disk.img").is_none());
+        // A crafted manifest's offsets saturate instead of wrapping.
+        let crafted = manifest(&[("data", Role::Data, None, u64::MAX - 1, 10)]);
+        assert_eq!(crafted.disk_end(), u64::MAX);
+        assert_eq!(manifest(&[]).disk_end(), MIB + GPT_BACKUP);
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 a check or an operation failed (a lock that disagrees with its
 //! spec, a hash mismatch, a download that could not complete); 2 bad input or usage (an invalid
-//! spec or lock, an unknown OS, a wrong flag).
+//! spec or lock, an unknown OS, a wrong flag); 130 interrupted (`flash`).
 
 mod attest;
 mod build;
@@ -10,6 +10,7 @@ mod check;
 mod config;
 mod diff;
 mod fetch;
+mod flash;
 mod image;
 mod lock;
 mod measure;
@@ -37,7 +38,9 @@ Examples:
   plinth run host-os --tpm          boot the built HostOS in QEMU
   plinth measure host-os            the PCRs its boot will produce
   plinth attest verify report.bin --certs certs --expect measurements.json
-                                    check a node's SEV-SNP attestation";
+                                    check a node's SEV-SNP attestation
+  plinth flash out/setup-os/0.1.0 /dev/sdb --config config.yaml
+                                    write a SetupOS USB stick and verify it";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -107,12 +110,18 @@ pub enum Verb {
     Run(run::Args),
     Measure(measure::Args),
     Attest(attest::Args),
+    Flash(flash::Args),
 }
 
 /// A failed check (exit code 1): the message has been printed or is in the error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CheckFailed(pub String);
+
+/// Interrupted by Ctrl-C or SIGTERM (exit code 130): the message says what state is left.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
 
 /// Bad input (exit code 2) that is not a spec error: a malformed lock, a bad flag value.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +142,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Verb::Run(args) => run::run(&cli.global, &out, args),
         Verb::Measure(args) => measure::run(&cli.global, &out, args),
         Verb::Attest(args) => attest::run(&cli.global, &out, args),
+        Verb::Flash(args) => flash::run(&cli.global, &out, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,8 +153,11 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// 2 for bad input anywhere in the error's chain, 1 otherwise.
+/// 130 for an interruption, 2 for bad input anywhere in the error's chain, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|e| e.is::<Interrupted>()) {
+        return 130;
+    }
     let bad_input = err.chain().any(|e| {
         e.is::<crate::spec::SpecErrors>()
             || e.is::<BadInput>()

@@ -4,14 +4,14 @@
 //!
 //! Every archive member is bounded by what the manifest says about the disk
 //! ([`Release::bounds`]): the disk image by where its partitions and backup GPT end, each
-//! update member by the partition it is written to, plus [`artifacts::MEMBER_SLACK`]. The
-//! bounds are checked on each member's header before any of it is read or written, and the
-//! free space before it is written (see [`artifacts`]).
+//! update member by the partition it is written to, plus [`artifacts::MEMBER_SLACK`]
+//! ([`Manifest::archive_bounds`] computes them, next to the manifest). The bounds are checked
+//! on each member's header before any of it is read or written, and the free space before it
+//! is written (see [`artifacts`]).
 
 use crate::pipeline::artifacts;
 use crate::pipeline::manifest::{self, Manifest};
-use plinth_release::names::uki_stem;
-use plinth_release::{Role, Sha256, Slot};
+use plinth_release::{Sha256, Slot};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,15 +50,7 @@ impl ReleaseDirError {
     }
 }
 
-/// The GPT's backup area at the end of a disk: partition array (32 sectors) and header (1),
-/// as [`crate::pipeline::disk`] leaves them.
-const GPT_BACKUP: u64 = 33 * crate::pipeline::disk::SECTOR;
-/// Space a disk image may have after its last partition and backup GPT. The manifest does
-/// not record the disk's size (os.yaml's `disk.size`), only its partitions, and a disk may
-/// end well after its last partition (GuestOS's 64 GiB disk ends 1.6 GiB after it). That
-/// space holds nothing (holes, which cost no space unpacked): the disk image's stored data
-/// is bounded by the partitions' end plus the backup GPT and [`artifacts::MEMBER_SLACK`].
-pub const UNPARTITIONED_LIMIT: u64 = 64 << 30;
+pub use plinth_release::manifest::UNPARTITIONED_LIMIT;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseDirError + '_ {
     move |e| ReleaseDirError::Io {
@@ -149,81 +141,22 @@ impl Release {
         Ok(Some(super::Digest { sha256, size }))
     }
 
-    /// Where the disk's last partition ends, plus the backup GPT: the least the disk image
-    /// holds (saturating: a crafted manifest's offsets may overflow).
+    /// Where the disk's last partition ends, plus the backup GPT
+    /// ([`Manifest::disk_end`]).
     pub fn disk_end(&self) -> u64 {
-        self.manifest
-            .partitions
-            .iter()
-            .map(|p| p.offset.saturating_add(p.size))
-            .max()
-            .unwrap_or(crate::pipeline::disk::ALIGN)
-            .saturating_add(GPT_BACKUP)
+        self.manifest.disk_end()
     }
 
-    /// The largest partition of `role` (slots A and B are alike): (its name, size).
-    fn partition(&self, role: Role) -> Option<(&str, u64)> {
-        self.manifest
-            .partitions
-            .iter()
-            .filter(|p| p.role == role)
-            .max_by_key(|p| p.size)
-            .map(|p| (p.name.as_str(), p.size))
-    }
-
-    /// What the members of archive `name` may declare, from the manifest: the disk archive's
-    /// `disk.img` no more data than [`Release::disk_end`] plus [`artifacts::MEMBER_SLACK`]
-    /// (and a real size of at most that plus [`UNPARTITIONED_LIMIT`]); the update archive's
-    /// `root.img` and `verity.img` the size of their partitions, each slot's UKI the ESP's,
-    /// plus the slack. Any other member, or any member of another archive, is refused.
+    /// What the members of archive `name` may declare, from the manifest
+    /// ([`Manifest::archive_bounds`]).
     pub fn bounds(&self, name: &str) -> artifacts::Bounds {
-        use crate::pipeline::release::{DISK_ARCHIVE, UPDATE_ARCHIVE};
-        let slack = artifacts::MEMBER_SLACK;
-        let plus = |size: u64, what: String| {
-            artifacts::Bound::new(
-                size.saturating_add(slack),
-                format!("{what} plus {slack} bytes of slack, from manifest.json"),
-            )
-        };
-        let mut bounds = artifacts::Bounds::default();
-        if name == DISK_ARCHIVE {
-            let end = self.disk_end();
-            bounds = bounds.member(
-                "disk.img",
-                artifacts::Bound {
-                    size: end.saturating_add(UNPARTITIONED_LIMIT),
-                    data: end.saturating_add(slack),
-                    why: format!(
-                        "the disk's partitions and backup GPT end at byte {end}; its data may have {slack} bytes of slack, its size {UNPARTITIONED_LIMIT} bytes of unpartitioned space (from manifest.json)"
-                    ),
-                },
-            );
-        } else if name == UPDATE_ARCHIVE {
-            for (member, role) in [("root.img", Role::Root), ("verity.img", Role::Verity)] {
-                if let Some((part, size)) = self.partition(role) {
-                    let why = format!("the {role} partition `{part}`'s {size} bytes");
-                    bounds = bounds.member(member, plus(size, why));
-                }
-            }
-            let esp = self.partition(Role::Esp).map(|(part, size)| {
-                plus(
-                    size,
-                    format!("the ESP `{part}`'s {size} bytes (a UKI must fit on it)"),
-                )
-            });
-            if let Some(esp) = esp {
-                for s in &self.manifest.measurements.slots {
-                    bounds = bounds.member(self.uki_member(s.slot), esp.clone());
-                }
-            }
-        }
-        bounds
+        self.manifest.archive_bounds(name)
     }
 
     /// The update archive's member holding the UKI of `slot`: `<os>-a.efi`, or `<os>.efi`
     /// without slots (as [`crate::pipeline::build::uki_name`] names them).
     pub fn uki_member(&self, slot: Option<Slot>) -> String {
-        format!("{}.efi", uki_stem(self.manifest.os.as_str(), slot))
+        self.manifest.uki_member(slot)
     }
 
     /// Unpack every member of archive `name` into `dest` (made 0700), each within

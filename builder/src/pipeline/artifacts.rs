@@ -41,10 +41,6 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// The raw disk image, archived.
-pub const DISK_ARCHIVE: &str = "disk-img.tar.zst";
-/// What an upgrade writes into a slot (root image, verity tree, UKI), archived.
-pub const UPDATE_ARCHIVE: &str = "update-img.tar.zst";
 /// The checksum list of a release directory.
 pub const SHA256SUMS: &str = "SHA256SUMS";
 /// zstd level of release archives. On a 634 MiB GuestOS root image here (2 threads, one
@@ -57,7 +53,7 @@ pub const ZSTD_WORKERS: u32 = 2;
 use plinth_release::archive::BLOCK;
 pub use plinth_release::archive::{
     extract_bounded, extract_tar_zst, for_each_member, free_bytes, private_dir, ArchiveError,
-    Bound, Bounds, MAX_NAME_LEN, MEMBER_MODE,
+    Bound, Bounds, DISK_ARCHIVE, MAX_NAME_LEN, MEMBER_MODE, MEMBER_SLACK, UPDATE_ARCHIVE,
 };
 
 /// GNU tar's default record: 20 blocks; the archive is padded to a whole record.
@@ -68,11 +64,6 @@ const CHUNK: usize = 1 << 20;
 const SPARSE_IN_HEADER: usize = 4;
 const SPARSE_IN_EXTENSION: usize = 21;
 static ZEROS: [u8; BLOCK] = [0; BLOCK];
-/// What an update archive's member may exceed the partition it is written to by: none does
-/// (a root or verity image is the partition's content, a UKI a file on the ESP), so the
-/// slack only keeps the bound from being an exact-size check. Release readers bound every
-/// member by its partition plus this ([`crate::compare::release::Release::bounds`]).
-pub const MEMBER_SLACK: u64 = 1 << 20;
 
 /// One archive member: `name` in the archive, its bytes read from `source`.
 #[derive(Debug, Clone, PartialEq, Eq)]

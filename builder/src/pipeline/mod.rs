@@ -5,7 +5,7 @@
 
 pub mod agent;
 pub mod artifacts;
-pub mod blocks;
+pub use plinth_release::blocks;
 pub mod boot_entries;
 pub mod build;
 pub mod carried;

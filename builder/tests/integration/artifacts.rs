@@ -703,6 +703,7 @@ fn sample_manifest() -> Manifest {
             os_spec_sha256: h('2'),
             builder_version: "0.1.0".into(),
             pcr_public_key: None,
+            carried: Vec::new(),
         },
         // Unsorted on purpose: the file is sorted.
         outputs: vec![

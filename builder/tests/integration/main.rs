@@ -11,6 +11,7 @@ mod disk;
 mod esp;
 mod fetch_faults;
 mod filesystems;
+mod flash;
 mod hostile_archive;
 mod hostile_fat;
 mod hostile_image;

@@ -113,6 +113,7 @@ pub fn sample_manifest(
             os_spec_sha256: hex('2').parse().unwrap(),
             builder_version: "0.1.0".into(),
             pcr_public_key: None,
+            carried: Vec::new(),
         },
         outputs,
         partitions,

@@ -1,5 +1,8 @@
 //! Spans of sparse image files (a partition inside a disk image) walked in 1 MiB blocks with
-//! the file's holes skipped: the manifest's partition digest, and sparse copies of a span.
+//! the file's holes skipped: the manifest's partition digest ([`PartitionImage::blocks_sha256`]),
+//! and sparse copies of a span.
+//!
+//! [`PartitionImage::blocks_sha256`]: crate::manifest::PartitionImage::blocks_sha256
 //!
 //! The partition digest is `sha256(sha256(block 0) ‖ sha256(block 1) ‖ …)` over the span's
 //! 1 MiB blocks (the last one may be shorter), so an all-zero block costs nothing after the
@@ -73,30 +76,61 @@ pub fn for_each_block(
     Ok(())
 }
 
+/// The partition digest (see the module comment) built block by block, from any source: a
+/// sparse file ([`blocks_sha256`]) or a disk read back (`plinth-flash`'s verify). Each call gives
+/// one block, in order; all but the last must be [`BLOCK`] bytes.
+#[derive(Default)]
+pub struct BlockDigest {
+    outer: Sha256,
+    /// The digest of an all-zero block of each length seen (a span has at most two).
+    zero_digests: Vec<(u64, [u8; 32])>,
+}
+
+impl BlockDigest {
+    pub fn new() -> BlockDigest {
+        BlockDigest::default()
+    }
+
+    /// The next block's bytes (an all-zero block costs a scan, not a hash, after the first).
+    pub fn update(&mut self, block: &[u8]) {
+        if block.iter().all(|&b| b == 0) {
+            self.zeros(block.len() as u64);
+        } else {
+            self.outer.update(Sha256::digest(block));
+        }
+    }
+
+    /// The next block: `len` zero bytes.
+    pub fn zeros(&mut self, len: u64) {
+        let known = self.zero_digests.iter().find(|(n, _)| *n == len);
+        let digest = match known {
+            Some((_, d)) => *d,
+            None => {
+                let d: [u8; 32] = Sha256::digest(vec![0u8; len as usize]).into();
+                self.zero_digests.push((len, d));
+                d
+            }
+        };
+        self.outer.update(digest);
+    }
+
+    pub fn finish(self) -> crate::Sha256 {
+        crate::Sha256(self.outer.finalize().into())
+    }
+}
+
 /// The partition digest (see the module comment) of `len` bytes of `path` from `offset`.
-pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<plinth_release::Sha256> {
+pub fn blocks_sha256(path: &Path, offset: u64, len: u64) -> io::Result<crate::Sha256> {
     let file = File::open(path)?;
-    let mut outer = Sha256::new();
-    let mut zero_digests: Vec<(u64, [u8; 32])> = Vec::new();
+    let mut digest = BlockDigest::new();
     for_each_block(&file, offset, len, |block| {
         match block.data {
-            Some(bytes) => outer.update(Sha256::digest(bytes)),
-            None => {
-                let known = zero_digests.iter().find(|(n, _)| *n == block.len);
-                let digest = match known {
-                    Some((_, d)) => *d,
-                    None => {
-                        let d: [u8; 32] = Sha256::digest(vec![0u8; block.len as usize]).into();
-                        zero_digests.push((block.len, d));
-                        d
-                    }
-                };
-                outer.update(digest);
-            }
+            Some(bytes) => digest.update(bytes),
+            None => digest.zeros(block.len),
         }
         Ok(())
     })?;
-    Ok(plinth_release::Sha256(outer.finalize().into()))
+    Ok(digest.finish())
 }
 
 /// Copy `len` bytes of `src` from `offset` into a new file `out`, zero blocks left as holes.
