@@ -75,37 +75,51 @@ pub fn write_config(
     partition: &PartitionImage,
     bytes: &[u8],
 ) -> Result<(), FlashError> {
+    write_files(device, partition, &[(CONFIG_NAME, bytes)])
+}
+
+/// Write each `(name, bytes)` into the root of the FAT partition `partition` of `device`
+/// (names are plain 8.3-safe file names, checked by the caller), then read each back.
+pub fn write_files(
+    device: &Path,
+    partition: &PartitionImage,
+    files: &[(&str, &[u8])],
+) -> Result<(), FlashError> {
     let scratch = scratch_dir("plinth-flash-config.")
         .map_err(io_err(Path::new("TMPDIR"), "create a scratch directory in"))?;
-    let file = scratch.path().join(CONFIG_NAME);
-    std::fs::write(&file, bytes).map_err(io_err(&file, "write"))?;
     let image = at_offset(device, partition);
-    run(Command::new("mcopy")
-        .arg("-o")
-        .arg("-i")
-        .arg(&image)
-        .arg(&file)
-        .arg(format!("::{CONFIG_NAME}")))?;
+    for (name, bytes) in files {
+        let file = scratch.path().join(name);
+        std::fs::write(&file, bytes).map_err(io_err(&file, "write"))?;
+        run(Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(&image)
+            .arg(&file)
+            .arg(format!("::{name}")))?;
+    }
     std::fs::File::open(device)
         .and_then(|f| f.sync_all())
         .map_err(io_err(device, "sync"))?;
-    let back = run(Command::new("mtype")
-        .arg("-i")
-        .arg(&image)
-        .arg(format!("::{CONFIG_NAME}")))?;
-    if back != bytes {
-        return Err(FlashError::Tool {
-            command: format!(
-                "mtype -i {}@@{} ::{CONFIG_NAME}",
-                device.display(),
-                partition.offset
-            ),
-            message: format!(
-                "read back {} bytes that differ from the {} written",
-                back.len(),
-                bytes.len()
-            ),
-        });
+    for (name, bytes) in files {
+        let back = run(Command::new("mtype")
+            .arg("-i")
+            .arg(&image)
+            .arg(format!("::{name}")))?;
+        if back != *bytes {
+            return Err(FlashError::Tool {
+                command: format!(
+                    "mtype -i {}@@{} ::{name}",
+                    device.display(),
+                    partition.offset
+                ),
+                message: format!(
+                    "read back {} bytes that differ from the {} written",
+                    back.len(),
+                    bytes.len()
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -30,6 +30,9 @@ enum Verb {
     /// dm_crypt=1 in the mark, through dm-crypt with the state volume's parameters, and print
     /// `PLINTH DISK BENCH ...` on every active console; without a marked disk, nothing.
     DiskBench(plinth_disk_bench::DiskBenchArgs),
+    /// Mount the node's configuration (the boot disk's `config` partition) read-only at
+    /// /run/plinth/config.
+    MountConfig(verbs::config::MountConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Verb::Topology(args) => verbs::finish(args.run()),
         Verb::Guest(verb) => (*verb).run(),
         Verb::DiskBench(args) => args.run(AGENT.name),
+        Verb::MountConfig(args) => verbs::finish(args.run()),
     })
 }
 

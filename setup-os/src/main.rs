@@ -1,7 +1,7 @@
 //! `plinth-setup`: the SetupOS agent. It certifies the machine against the catalog
 //! (`certify`), and reports the boot (`boot-report`) and its measurements (`measured-boot`),
-//! both from the crate `plinth-boot-report`. Installing HostOS and GuestOS comes next
-//! (issue 21). This file is clap dispatch and the `certify` verb's output.
+//! both from the crate `plinth-boot-report`; and installs HostOS and GuestOS (`install`,
+//! [`plinth_setup::install`]). This file is clap dispatch and the verbs' output.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -36,7 +36,191 @@ Examples:
   plinth-setup certify --config /run/plinth/config/config.yaml --report setup-report.json
   plinth-setup certify --sysfs-root /tmp/capture --json")]
     Certify(CertifyArgs),
+    /// Certify this machine, then install the HostOS and GuestOS releases SetupOS carries
+    /// onto its NVMe disks, read every partition back, write HostOS's configuration and set
+    /// the boot entry; then reboot. Nothing is written before every check has passed.
+    #[command(after_help = "\
+Exit status: 0 installed, 1 not certified or a step failed (a banner names the step, the
+reason and what to do), 2 bad input.
+
+Examples:
+  plinth-setup install --media              what SetupOS runs at boot
+  plinth-setup install --config config.yaml --releases /mnt/releases --no-reboot")]
+    Install(InstallArgs),
 }
+
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    /// Mount SetupOS's own config and data partitions (of the disk it booted from) and take
+    /// config.yaml and the releases from them.
+    #[arg(long)]
+    media: bool,
+    /// The provider's config.yaml [default with --media: /run/plinth/config/config.yaml].
+    #[arg(long, value_name = "FILE", required_unless_present = "media")]
+    config: Option<PathBuf>,
+    /// The directory holding host-os/ and guest-os/ releases [default with --media:
+    /// /run/plinth/data/releases].
+    #[arg(long, value_name = "DIR", required_unless_present = "media")]
+    releases: Option<PathBuf>,
+    /// The directory that stands for `/` (its sys/ and proc/ are read).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    sysfs_root: PathBuf,
+    /// Where the disks' device nodes are.
+    #[arg(long, value_name = "DIR", default_value = "/dev")]
+    dev: PathBuf,
+    /// The TPM (a tpm2-tss TCTI) [default: device:/dev/tpmrm0 when --sysfs-root is /].
+    #[arg(long, value_name = "TCTI")]
+    tcti: Option<String>,
+    /// Certify test generations too (qemu-test); implied on a `test` SetupOS.
+    #[arg(long)]
+    test_generations: bool,
+    /// An EK CA certificate (PEM) for a test generation [default on a `test` SetupOS:
+    /// test-ek-ca.pem beside config.yaml, when there is one].
+    #[arg(long, value_name = "FILE")]
+    test_ek_ca: Option<PathBuf>,
+    /// Do not set the UEFI boot entry.
+    #[arg(long)]
+    no_boot_entry: bool,
+    /// Do not reboot when done.
+    #[arg(long)]
+    no_reboot: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl InstallArgs {
+    fn run(self) -> anyhow::Result<()> {
+        use plinth_setup::install::{media, run};
+        let test_generations = self.test_generations || Path::new(TEST_GENERATIONS_MARK).exists();
+        let (config, releases) = if self.media {
+            let m = media::mount(&self.sysfs_root.join("sys")).map_err(BadInput)?;
+            (
+                self.config.unwrap_or_else(|| m.config.join("config.yaml")),
+                self.releases.unwrap_or_else(|| m.data.join("releases")),
+            )
+        } else {
+            (
+                self.config.expect("required without --media"),
+                self.releases.expect("required without --media"),
+            )
+        };
+        if self.media && !config.exists() {
+            // A stick flashed without a config: nothing to install yet, and no failure of
+            // SetupOS's own (its boot report stays OK). The provider reads what to do.
+            plinth_state::console::say(&[
+                "PLINTH SETUP WAITING: there is no config.yaml on SetupOS's config partition"
+                    .into(),
+                "  do: write one (docs/node-config.md; `plinth flash IMAGE DEVICE --config FILE`, \
+                 or copy it onto the partition from any computer), then boot SetupOS again"
+                    .into(),
+            ]);
+            return Ok(());
+        }
+        let test_ek_ca = self.test_ek_ca.clone().or_else(|| {
+            let beside = config.with_file_name("test-ek-ca.pem");
+            (test_generations && beside.is_file()).then_some(beside)
+        });
+        let mut test_ek_roots = Vec::new();
+        if let Some(path) = &test_ek_ca {
+            let bytes = plinth_release::untrusted::read_untrusted(path, 64 << 10)
+                .map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+            test_ek_roots.push(
+                plinth_firmware::ek::CaCert::parse(&bytes, &path.display().to_string())
+                    .map_err(BadInput)?,
+            );
+        }
+        let live = self.sysfs_root == Path::new("/");
+        let tpm = self
+            .tcti
+            .clone()
+            .or_else(|| live.then(|| "device:/dev/tpmrm0".to_string()));
+        // systemd's RuntimeDirectory (on /run) at boot: SetupOS's root and /tmp are read-only.
+        let base = std::env::var_os("RUNTIME_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let scratch = run::scratch_dir(&base).context("creating a private scratch directory")?;
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        cancel_on_signals(cancel.clone()).context("blocking SIGINT and SIGTERM")?;
+        let json = self.json;
+        // At boot (--media) every line goes to every active console too: the provider may
+        // watch the serial console, a BMC's or the screen.
+        let consoles = self.media;
+        let say = move |text: &str| {
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if consoles {
+                plinth_state::console::say(&lines);
+            } else if json {
+                lines.iter().for_each(|l| eprintln!("{l}"));
+            } else {
+                lines.iter().for_each(|l| println!("{l}"));
+            }
+        };
+        let log = |line: &str| say(&format!("plinth-setup: {line}"));
+        let request = run::Request {
+            root: &self.sysfs_root,
+            dev: &self.dev,
+            config: &config,
+            releases: &releases,
+            tpm: tpm.as_deref(),
+            test_generations,
+            test_ek_roots,
+            scratch: &scratch,
+            boot_entry: !self.no_boot_entry,
+            cancel: &cancel,
+            log: &log,
+        };
+        let result = run::install(&request);
+        let _ = std::fs::remove_dir_all(&scratch);
+        match result {
+            Ok(installed) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&installed)?);
+                }
+                say(&format!(
+                    "PLINTH SETUP OK generation={} host={} guest={} report_sha256={}",
+                    installed.generation,
+                    installed.host_disk,
+                    installed.guest_disk,
+                    installed.report_sha256
+                ));
+                if !self.no_reboot {
+                    log("rebooting into HostOS");
+                    let _ = std::process::Command::new("systemctl")
+                        .arg("reboot")
+                        .status();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                say(&run::banner(&e));
+                Err(InstallFailed.into())
+            }
+        }
+    }
+}
+
+/// Set `flag` when SIGINT or SIGTERM arrives (the writer stops and leaves the disk without
+/// a partition table). Both are blocked here, before any other thread starts, and one
+/// thread waits for them: no handler runs in signal context.
+fn cancel_on_signals(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().map_err(std::io::Error::from)?;
+    std::thread::spawn(move || {
+        while set.wait().is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    Ok(())
+}
+
+/// The install failed: exit 1 (the banner was printed).
+#[derive(Debug, thiserror::Error)]
+#[error("install failed")]
+struct InstallFailed;
 
 #[derive(Debug, clap::Args)]
 struct CertifyArgs {
@@ -156,15 +340,30 @@ impl CertifyArgs {
 
 fn main() -> ExitCode {
     AGENT.main(&Vec::new, |verb| match verb {
-        Verb::Certify(args) => match args.run() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) if e.is::<NotCertified>() => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(if e.is::<BadInput>() { 2 } else { 1 })
+        Verb::Certify(args) => finish(args.run()),
+        Verb::Install(args) => {
+            let media = args.media;
+            let result = args.run();
+            // At boot, what failed before the install could say so goes to the consoles too.
+            if let (true, Err(e)) = (media, &result) {
+                if !e.is::<InstallFailed>() {
+                    plinth_state::console::say(&[format!("PLINTH SETUP FAILED: {e:#}")]);
+                }
             }
-        },
+            finish(result)
+        }
     })
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NotCertified>() || e.is::<InstallFailed>() => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(if e.is::<BadInput>() { 2 } else { 1 })
+        }
+    }
 }
 
 #[cfg(test)]

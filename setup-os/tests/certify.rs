@@ -81,7 +81,7 @@ impl Node {
         }
     }
 
-    /// What CI's QEMU VM looks like: 1 socket of 2 threads (EPYC-v4: family 0x17), 4 GiB,
+    /// What CI's QEMU VM looks like: 1 socket of 2 threads (QEMU's EPYC: family 0x17), 4 GiB,
     /// a boot disk and 3 QEMU NVMe drives, no SEV.
     fn qemu() -> Node {
         Node {

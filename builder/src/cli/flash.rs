@@ -11,7 +11,7 @@ use plinth_flash::write::{self, WriteOptions, Written};
 use plinth_flash::{config, Disk, FlashError};
 use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,10 @@ and size are shown and `yes` is asked for on the terminal (--yes skips it).
 The first MiB (the GPT) is zeroed first and written last: an interrupted flash
 leaves a disk without a partition table, never a half-written one that looks
 whole. Every partition is then read back from the disk and compared with the
-manifest; --config FILE then writes the provider's config.yaml into the
-`config` partition with mtools (nothing is mounted) and reads it back. Only
-its size and UTF-8 are checked here; what it says is for `plinth config check`,
-a verb of its own.
+manifest; --config FILE then writes the provider's config.yaml and the node
+operator key it names (from beside it) into the `config` partition with
+mtools (nothing is mounted) and reads them back. The config is checked first,
+as `plinth config check` and SetupOS check it; nothing is written if it fails.
 
 Exit codes: 0 written and verified; 1 a check failed (read-back mismatch, I/O
 error); 2 bad input or refusal (nothing written); 130 interrupted (the disk is
@@ -53,8 +53,8 @@ pub struct Args {
     /// The whole disk (/dev/sdb) or a regular file to write.
     #[arg(value_name = "DEVICE")]
     pub device: PathBuf,
-    /// The provider's config.yaml, written into the `config` partition
-    /// after verification (at most 64 KiB of UTF-8).
+    /// The provider's config.yaml (checked as SetupOS checks it), written with the node
+    /// operator key it names into the `config` partition after verification.
     #[arg(long, value_name = "FILE", conflicts_with = "verify_only")]
     pub config: Option<PathBuf>,
     /// Write without asking for confirmation.
@@ -244,6 +244,34 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         args.image.display()
     ));
     let image = Image::open(&args.image).map_err(refused)?;
+    // The provider's config, checked as SetupOS will check it (a `test` SetupOS also takes
+    // the test generations), and the node operator key it names, from beside it.
+    let config_files = match (&args.config, &config_bytes) {
+        (Some(path), Some(bytes)) => {
+            let test = image.manifest.profile.as_str() == "test";
+            let names = plinth_firmware::certification::Certification::builtin().names(test);
+            let parsed = plinth_node_config::NodeConfig::read(path, &names).map_err(|e| {
+                BadInput(format!(
+                    "{e}\n  hint: `plinth config check {}` shows the same; nothing was written",
+                    path.display()
+                ))
+            })?;
+            let key_path = path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&parsed.node_operator_key);
+            let key = plinth_release::untrusted::read_untrusted(
+                &key_path,
+                plinth_node_config::MAX_KEY_SIZE,
+            )
+            .map_err(|e| BadInput(format!("{}: {e}", key_path.display())))?;
+            vec![
+                (config::CONFIG_NAME.to_string(), bytes.clone()),
+                (parsed.node_operator_key.clone(), key),
+            ]
+        }
+        _ => Vec::new(),
+    };
     let config_part = match (&args.config, image.config_partition()) {
         (Some(_), None) => {
             return Err(BadInput(format!(
@@ -352,8 +380,12 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     let block = disk.block;
     drop(disk);
     let mut config_written = false;
-    if let (Some(bytes), Some(part)) = (&config_bytes, &config_part) {
-        config::write_config(&target.path, part, bytes)
+    if let (false, Some(part)) = (config_files.is_empty(), &config_part) {
+        let files: Vec<(&str, &[u8])> = config_files
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.as_slice()))
+            .collect();
+        config::write_files(&target.path, part, &files)
             .and_then(|()| config::fsck_config(&target.path, block, part))
             .map_err(|e| {
                 CheckFailed(format!(
@@ -362,8 +394,12 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             })?;
         config_written = true;
         out.info(format!(
-            "flash: wrote {} into partition {} `{}` and read it back",
-            config::CONFIG_NAME,
+            "flash: wrote {} into partition {} `{}` and read them back",
+            config_files
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             part.number,
             part.name
         ));

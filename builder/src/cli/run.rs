@@ -52,6 +52,14 @@ pub struct Args {
     /// Another virtual disk (raw image, written by the guest); repeatable.
     #[arg(long = "disk", value_name = "FILE")]
     pub disks: Vec<PathBuf>,
+    /// An emulated NVMe drive (a raw image file, written by the guest), with the serial it
+    /// reports: `FILE,serial=S` (default serial: PLINTH-NVME-<n>); repeatable.
+    #[arg(long = "nvme", value_name = "FILE[,serial=S]")]
+    pub nvme: Vec<String>,
+    /// Make the boot image the last boot option, after the NVMe drives (an installer stick:
+    /// a reboot after the install boots the installed disk).
+    #[arg(long, requires = "nvme")]
+    pub boot_last: bool,
     /// Guest NUMA nodes (vCPUs and memory split evenly).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub numa: u32,
@@ -141,6 +149,14 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             file.display()
         ));
     }
+    for (i, spec) in args.nvme.iter().enumerate() {
+        let (file, serial) = match spec.rsplit_once(",serial=") {
+            Some((file, serial)) => (file, serial.to_string()),
+            None => (spec.as_str(), format!("PLINTH-NVME-{i}")),
+        };
+        machine.nvme.push((PathBuf::from(file), serial));
+    }
+    machine.boot_disk_last = args.boot_last;
     machine.memory_mib = args.memory;
     machine.cpus = args.cpus;
     machine.cpu_model = args.cpu.clone();

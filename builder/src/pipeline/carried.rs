@@ -3,9 +3,9 @@
 //! profile, built before it: found in a release root (`<out>/<os>/<version>`), read as
 //! untrusted (its manifest through [`Manifest::read`], each carried file's sha256 and size
 //! checked against the manifest's `outputs` while it is copied), and laid out as
-//! `releases/<os>/{manifest.json, disk-img.tar.zst}` in the tree the data filesystem is made
-//! from. The build's manifest records each carried manifest's sha256 (`inputs.carried`), so
-//! a rebuild that carries other bytes differs, and `plinth verify` checks what it is given.
+//! `releases/<os>/` holding [`FILES`] in the tree the data filesystem is made from. The
+//! build's manifest records each carried manifest's sha256 (`inputs.carried`), so a rebuild
+//! that carries other bytes differs, and `plinth verify` checks what it is given.
 
 use plinth_release::manifest::{CarriedInput, Manifest};
 use plinth_release::{Os, Sha256};
@@ -13,7 +13,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// What is carried of each release: what installing it needs.
-pub const FILES: [&str; 2] = [plinth_release::manifest::FILE_NAME, "disk-img.tar.zst"];
+pub const FILES: [&str; 3] = [
+    plinth_release::manifest::FILE_NAME,
+    "disk-img.tar.zst",
+    "measurements.json",
+];
 /// The directory of the data filesystem that holds them.
 pub const DIR: &str = "releases";
 

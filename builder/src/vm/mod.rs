@@ -36,6 +36,12 @@ pub struct Machine {
     pub disks: Vec<PathBuf>,
     /// Read-only disks with a serial number the guest finds them by (`/sys/block/*/serial`).
     pub labelled_disks: Vec<(PathBuf, String)>,
+    /// Emulated NVMe drives (`-device nvme`), written by the guest, each with its serial; they
+    /// come after the boot disk in the boot order, or before it with `boot_disk_last`.
+    pub nvme: Vec<(PathBuf, String)>,
+    /// The boot disk is the last boot option (an installer stick: once the NVMe holds an
+    /// installed system, a reboot boots that).
+    pub boot_disk_last: bool,
     pub memory_mib: u64,
     pub cpus: u32,
     /// Guest NUMA nodes (vCPUs and memory split evenly); 1: no NUMA topology.
@@ -61,6 +67,8 @@ impl Machine {
             write_boot_disk: false,
             disks: Vec::new(),
             labelled_disks: Vec::new(),
+            nvme: Vec::new(),
+            boot_disk_last: false,
             memory_mib: 1536,
             cpus: 2,
             numa_nodes: 1,
@@ -226,7 +234,8 @@ fn check(m: &Machine, echo: Echo) -> Result<(), VmError> {
     let paths = std::iter::once(&m.boot_disk)
         .chain(&m.disks)
         .chain(&m.firmware)
-        .chain(m.labelled_disks.iter().map(|(d, _)| d));
+        .chain(m.labelled_disks.iter().map(|(d, _)| d))
+        .chain(m.nvme.iter().map(|(d, _)| d));
     for path in paths {
         if !qemu_safe(path) {
             return Err(bad(
@@ -238,15 +247,18 @@ fn check(m: &Machine, echo: Echo) -> Result<(), VmError> {
             ));
         }
     }
-    for (_, serial) in &m.labelled_disks {
-        if !qemu_safe(Path::new(serial)) {
+    for (_, serial) in m.labelled_disks.iter().chain(&m.nvme) {
+        if !qemu_safe(Path::new(serial)) || serial.contains(',') {
             return Err(bad(
                 format!("disk serial {serial:?}: a control character"),
                 "use a plain serial",
             ));
         }
     }
-    for disk in std::iter::once(&m.boot_disk).chain(&m.disks) {
+    for disk in std::iter::once(&m.boot_disk)
+        .chain(&m.disks)
+        .chain(m.nvme.iter().map(|(d, _)| d))
+    {
         if !disk.is_file() {
             return Err(bad(
                 format!("{}: no such disk image", disk.display()),
@@ -374,8 +386,23 @@ pub fn qemu_args(m: &Machine, accel: Accel, vars: &Path, console: &[String]) -> 
             }
         ),
         "-device".into(),
-        "virtio-blk-pci,drive=boot,bootindex=0".into(),
+        format!(
+            "virtio-blk-pci,drive=boot,bootindex={}",
+            if m.boot_disk_last { m.nvme.len() } else { 0 }
+        ),
     ]);
+    for (i, (d, serial)) in m.nvme.iter().enumerate() {
+        let index = if m.boot_disk_last { i } else { i + 1 };
+        a.extend([
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=nvme{i}", qemu_value(d)),
+            "-device".into(),
+            format!(
+                "nvme,drive=nvme{i},serial={},bootindex={index}",
+                qemu_value(Path::new(serial))
+            ),
+        ]);
+    }
     for d in &m.disks {
         a.extend([
             "-drive".into(),

@@ -292,8 +292,7 @@ fn flash_to_a_file_and_verify_then_find_a_changed_partition() {
 
     // Flashed again over it, with a config: written through the partition's offset in the
     // file, read back, checked by fsck.vfat on a copy of the span.
-    let config = fx.dir.join("config.yaml");
-    std::fs::write(&config, "node: {}\n").unwrap();
+    let config = provider_config(&fx.dir);
     let out = flash(&[s(&fx.release), s(&target), "--config", s(&config)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("config.yaml written and read back"));
@@ -302,7 +301,7 @@ fn flash_to_a_file_and_verify_then_find_a_changed_partition() {
         .arg("-i")
         .arg(format!("{}@@{}", target.display(), 9 * MIB))
         .arg("::config.yaml"));
-    assert_eq!(back.stdout, b"node: {}\n");
+    assert_eq!(back.stdout, std::fs::read(&config).unwrap());
 }
 
 #[test]
@@ -582,9 +581,8 @@ fn config_is_written_into_the_config_partition_and_read_back() {
     }
     let fx = Fixture::new(16);
     let (_backing, dev) = fx.stick("config.img", fx.size());
-    let config = fx.dir.join("config.yaml");
-    let yaml = "node:\n  operator: plinth-test\n  ipv6: 2001:db8::1/64\n";
-    std::fs::write(&config, yaml).unwrap();
+    let config = provider_config(&fx.dir);
+    let yaml = std::fs::read_to_string(&config).unwrap();
     let out = flash(&[
         "--json",
         s(&fx.release),
@@ -603,6 +601,16 @@ fn config_is_written_into_the_config_partition_and_read_back() {
         .arg(format!("{}@@{}", dev.0, 9 * MIB))
         .arg("::config.yaml"));
     assert_eq!(String::from_utf8_lossy(&back.stdout), yaml);
+    // The node operator key it names went beside it.
+    let key = run(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{}", dev.0, 9 * MIB))
+        .arg("::node_operator_private_key.pem"));
+    assert_eq!(
+        key.stdout,
+        std::fs::read(fx.dir.join("node_operator_private_key.pem")).unwrap()
+    );
     // The config partition now differs from the release; the others do not.
     let out = flash(&[s(&fx.release), &dev.0, "--verify-only"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -621,4 +629,31 @@ fn config_is_written_into_the_config_partition_and_read_back() {
     std::fs::write(&bad, vec![b'#'; 65 * 1024]).unwrap();
     let out = flash(&[s(&fx.release), &dev.0, "--yes", "--config", s(&bad)]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // A config SetupOS would refuse (a /48): refused with its field and line, nothing
+    // written (the device still verifies as before: only `config` differs).
+    let bad = fx.dir.join("config.yaml");
+    std::fs::write(&bad, yaml.replace("::/64", "::/48")).unwrap();
+    let out = flash(&[s(&fx.release), &dev.0, "--yes", "--config", s(&bad)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("network.ipv6.prefix: expected"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The documented example config.yaml and the node operator key it names, in `dir`.
+fn provider_config(dir: &Path) -> PathBuf {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/node-config.example.yaml"),
+    )
+    .unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, example).unwrap();
+    std::fs::write(
+        dir.join("node_operator_private_key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    config
 }

@@ -23,5 +23,6 @@ mod power_loss;
 mod readme;
 mod reproducible;
 mod run;
+mod setup_install;
 mod spec_errors;
 mod uki;

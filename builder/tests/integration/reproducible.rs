@@ -442,6 +442,8 @@ fn every_image_reproduces_verifies_and_diffs() {
                 &out1.join("host-os").join(VERSION),
                 &tamper.join("host-root"),
             );
+            // SetupOS installs HostOS and GuestOS onto blank NVMe drives; HostOS boots.
+            crate::setup_install::setup_installs_a_node(out1, VERSION, &tamper.join("install"));
         });
         let second = lanes.spawn(|| {
             guest_launch_boots(

@@ -4,6 +4,7 @@
 //! that cannot be planned) exit 2, every other error 1, success 0. A closed stdout (`| head`)
 //! is success: the reader has what it wanted.
 
+pub mod config;
 pub mod guest;
 pub mod topology;
 

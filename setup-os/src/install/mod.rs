@@ -7,3 +7,5 @@
 pub mod disks;
 pub mod guest;
 pub mod hostconfig;
+pub mod media;
+pub mod run;

@@ -1,0 +1,495 @@
+//! The install, step by step ([`Step`]): read the provider's config, open the carried
+//! releases (every archive checked against its manifest), certify the machine, choose the
+//! disks and check each is unused and large enough, plan GuestOS; only then write: HostOS and
+//! GuestOS streamed onto their disks with the first MiB last and read back partition by
+//! partition (`plinth-flash`, the code `plinth flash` runs), HostOS's configuration
+//! partition filled, the UEFI boot entry set. A failure names its step, the reason and the
+//! next action, and says whether any disk was written.
+
+use super::disks::{self, Assignment};
+use super::guest::{self, GuestEnv};
+use super::hostconfig;
+use crate::certify::{self, Options, Verdict};
+use crate::inventory::Inventory;
+use plinth_firmware::certification::Certification;
+use plinth_firmware::ek::CaCert;
+use plinth_flash::device::{self, Roots};
+use plinth_flash::image::Image;
+use plinth_flash::write::WriteOptions;
+use plinth_flash::Disk;
+use plinth_node_config::NodeConfig;
+use plinth_release::Role;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+
+/// The steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Config,
+    Releases,
+    Certify,
+    Disks,
+    PlanGuest,
+    WriteHost,
+    WriteGuest,
+    HostConfig,
+    BootEntry,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Config => "read config.yaml",
+            Step::Releases => "check the HostOS and GuestOS releases",
+            Step::Certify => "certify the hardware",
+            Step::Disks => "choose the disks",
+            Step::PlanGuest => "plan the GuestOS VM",
+            Step::WriteHost => "write HostOS",
+            Step::WriteGuest => "write GuestOS",
+            Step::HostConfig => "write HostOS's configuration",
+            Step::BootEntry => "set the boot entry",
+        }
+    }
+
+    /// Whether a failure at this step may have left written disks.
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Step::WriteHost | Step::WriteGuest | Step::HostConfig | Step::BootEntry
+        )
+    }
+}
+
+/// A failed install.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", step.name())]
+pub struct InstallError {
+    pub step: Step,
+    pub reason: String,
+    pub action: String,
+    /// The certification's verdict, when certification ran.
+    pub verdict: Option<Verdict>,
+}
+
+/// What an install is given.
+pub struct Request<'a> {
+    /// The directory that stands for `/` (sys/, proc/; `/` on the node).
+    pub root: &'a Path,
+    /// Where the disks' device nodes are (`/dev`).
+    pub dev: &'a Path,
+    pub config: &'a Path,
+    /// Holding `host-os/` and `guest-os/` (the data partition's `releases/`).
+    pub releases: &'a Path,
+    /// The TPM (a TCTI): its EK certificate is certified, PCR 15 measures the report.
+    pub tpm: Option<&'a str>,
+    pub test_generations: bool,
+    pub test_ek_roots: Vec<CaCert>,
+    /// A private (0700) scratch directory.
+    pub scratch: &'a Path,
+    /// Set the UEFI boot entry (efibootmgr).
+    pub boot_entry: bool,
+    /// Set by a signal: stop writing, leave the disk marked unusable.
+    pub cancel: &'a AtomicBool,
+    /// A line per step and progress within the writes.
+    pub log: &'a dyn Fn(&str),
+}
+
+/// What was installed.
+#[derive(Debug, Serialize)]
+pub struct Installed {
+    pub generation: String,
+    pub report_sha256: String,
+    pub host_disk: String,
+    pub guest_disk: String,
+    pub guest_data_disks: Vec<String>,
+    pub guest_env: String,
+    pub host_write_seconds: f64,
+    pub guest_write_seconds: f64,
+    pub bytes_written: u64,
+    pub verify_seconds: f64,
+}
+
+fn fail(step: Step, reason: impl Into<String>, action: impl Into<String>) -> InstallError {
+    InstallError {
+        step,
+        reason: reason.into(),
+        action: action.into(),
+        verdict: None,
+    }
+}
+
+/// Install HostOS and GuestOS as `req` says.
+pub fn install(req: &Request) -> Result<Installed, InstallError> {
+    let log = req.log;
+    let catalog = Certification::builtin();
+    log(&format!("step 1/9: {}", Step::Config.name()));
+    let config =
+        NodeConfig::read(req.config, &catalog.names(req.test_generations)).map_err(|e| {
+            fail(
+                Step::Config,
+                e.to_string(),
+                "correct config.yaml on the stick's config partition (`plinth config check` \
+             shows every error), then boot SetupOS again",
+            )
+        })?;
+    let key_path = req
+        .config
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&config.node_operator_key);
+    let operator_key =
+        plinth_release::untrusted::read_untrusted(&key_path, plinth_node_config::MAX_KEY_SIZE)
+            .map_err(|e| {
+                fail(
+                    Step::Config,
+                    format!("{}: {e}", key_path.display()),
+                    "put the node operator key beside config.yaml",
+                )
+            })?;
+
+    log(&format!("step 2/9: {}", Step::Releases.name()));
+    let reflash = "this SetupOS stick is damaged: flash it again (plinth flash verifies it)";
+    let open = |os: &str| {
+        let dir = req.releases.join(os);
+        let image = Image::open(&dir).map_err(|e| fail(Step::Releases, e.to_string(), reflash))?;
+        if image.manifest.os.as_str() != os {
+            return Err(fail(
+                Step::Releases,
+                format!("{}: holds {}, not {os}", dir.display(), image.manifest.os),
+                reflash,
+            ));
+        }
+        log(&format!(
+            "  {os} {} ({}): archive checked against its manifest",
+            image.manifest.version, image.manifest.profile
+        ));
+        Ok(image)
+    };
+    let host_image = open("host-os")?;
+    let guest_image = open("guest-os")?;
+    let guest_measurements = {
+        let path = req.releases.join("guest-os/measurements.json");
+        let bytes =
+            plinth_release::untrusted::read_untrusted(&path, plinth_release::manifest::MAX_SIZE)
+                .map_err(|e| fail(Step::Releases, format!("{}: {e}", path.display()), reflash))?;
+        let text = String::from_utf8_lossy(&bytes);
+        plinth_release::measurements::Measurements::parse(&text, &path.display().to_string())
+            .map_err(|e| fail(Step::Releases, e, reflash))?
+    };
+
+    log(&format!("step 3/9: {}", Step::Certify.name()));
+    let inventory = Inventory::read(req.root, req.tpm).map_err(|e| {
+        fail(
+            Step::Certify,
+            e.to_string(),
+            "report this machine's details to the plinth team",
+        )
+    })?;
+    let verdict = certify::certify(
+        catalog,
+        &inventory,
+        &Options {
+            configured: Some(&config.generation),
+            acknowledged: &config.acknowledged_warnings,
+            test_generations: req.test_generations,
+            test_ek_roots: req.test_ek_roots.clone(),
+        },
+    );
+    let (report, report_sha256) = crate::report::SetupReport::new(&inventory, &verdict).to_bytes();
+    for line in crate::report::render(&verdict).lines() {
+        log(&format!("  {line}"));
+    }
+    if let Some(tcti) = req.tpm {
+        let digest: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&report)).into();
+        crate::tpm::extend_report(tcti, digest).map_err(|e| {
+            fail(
+                Step::Certify,
+                e,
+                "check the TPM is enabled in the firmware setup",
+            )
+        })?;
+        log(&format!(
+            "  setup-report.json sha256 {report_sha256}, measured into PCR {}",
+            crate::tpm::REPORT_PCR
+        ));
+    }
+    if !verdict.certified() {
+        let blocking: Vec<&str> = verdict.blocking().map(|c| c.id).collect();
+        return Err(InstallError {
+            step: Step::Certify,
+            reason: format!("not certified: {}", blocking.join(", ")),
+            action: verdict
+                .blocking()
+                .map(|c| format!("{}: {}", c.id, c.action))
+                .collect::<Vec<_>>()
+                .join("; "),
+            verdict: Some(verdict),
+        });
+    }
+    let generation = verdict.generation.clone().unwrap_or_default();
+    let test_generation = catalog.get(&generation).is_some_and(|g| g.test_only);
+
+    log(&format!("step 4/9: {}", Step::Disks.name()));
+    let roots = Roots {
+        sys: req.root.join("sys"),
+        proc: req.root.join("proc"),
+    };
+    let assignment = choose_disks(req, &inventory, &config, &host_image, &guest_image)?;
+    let mut targets = Vec::new();
+    for (os, t, image) in [
+        ("HostOS", &assignment.host, &host_image),
+        ("GuestOS", &assignment.guest, &guest_image),
+    ] {
+        let path = req.dev.join(&t.namespace);
+        let target = device::inspect(&path, &roots)
+            .and_then(|target| device::check_unused(&target, &roots).map(|()| target))
+            .and_then(|target| device::check_size(&target, image.size).map(|()| target))
+            .map_err(|e| {
+                fail(
+                    Step::Disks,
+                    format!("{os} disk {}: {e}", t.describe()),
+                    "give the installer free NVMe disks (target_disks in config.yaml)",
+                )
+            })?;
+        log(&format!("  {os} onto {}", t.describe()));
+        targets.push(target);
+    }
+    for t in &assignment.guest_data {
+        log(&format!("  GuestOS data disk {}", t.describe()));
+    }
+
+    log(&format!("step 5/9: {}", Step::PlanGuest.name()));
+    let snp = guest_measurements.snp.as_ref();
+    let mut counts: Vec<u32> = snp
+        .map(|s| s.launch_digests.iter().map(|d| d.vcpus).collect())
+        .unwrap_or_default();
+    counts.dedup();
+    let env: GuestEnv = guest::plan(
+        &inventory.topology,
+        &assignment,
+        test_generation,
+        &counts,
+        snp.is_none_or(|s| s.policy.smt),
+    )
+    .map_err(|e| {
+        fail(
+            Step::PlanGuest,
+            e.to_string(),
+            "install on a machine of the certified generation with its full memory and NVMe",
+        )
+    })?;
+    log(&format!(
+        "  GuestOS: {} vCPUs, {} GiB, disks {}{}",
+        env.vcpus,
+        env.memory_gib,
+        env.disks.join(","),
+        if env.sev {
+            ", SEV-SNP"
+        } else {
+            ", development layout (test generation)"
+        }
+    ));
+
+    // Nothing has been written so far. From here on, a failure leaves the disk it was
+    // writing with a zeroed first MiB (no valid GPT), never a half-written one that boots.
+    let mut seconds = [0.0f64; 2];
+    let mut bytes_written = 0;
+    let mut verify_seconds = 0.0;
+    for (i, (step, image, target)) in [
+        (Step::WriteHost, &host_image, &targets[0]),
+        (Step::WriteGuest, &guest_image, &targets[1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        log(&format!("step {}/9: {}", 6 + i, step.name()));
+        let again = "boot SetupOS again to retry; if it fails again, replace the disk";
+        let mut disk = Disk::open_write(target).map_err(|e| fail(step, e.to_string(), again))?;
+        let total = image.size;
+        let last = std::cell::Cell::new(0u64);
+        let progress = |done: u64| {
+            // A line per 10% on the console.
+            let tenth = done * 10 / total.max(1);
+            if tenth > last.get() {
+                last.set(tenth);
+                log(&format!(
+                    "  {}%  {} of {} MiB",
+                    tenth * 10,
+                    done >> 20,
+                    total >> 20
+                ));
+            }
+        };
+        let written = plinth_flash::write::write(
+            image,
+            &mut disk,
+            &WriteOptions {
+                cancel: req.cancel,
+                progress: &progress,
+            },
+        )
+        .map_err(|e| fail(step, e.to_string(), again))?;
+        seconds[i] = written.seconds;
+        bytes_written += written.written;
+        let reader = Disk::open_read(target).map_err(|e| fail(step, e.to_string(), again))?;
+        let verified = plinth_flash::verify::verify(&reader, image, req.cancel, &mut |_| {})
+            .map_err(|e| fail(step, e.to_string(), again))?;
+        verify_seconds += verified.seconds;
+        if !verified.ok() {
+            let _ = plinth_flash::write::reset_first_mib(&disk);
+            return Err(fail(
+                step,
+                format!(
+                    "read back differs from the release: {}",
+                    verified.first_mismatch().unwrap_or_default()
+                ),
+                "the disk does not keep what is written: replace it",
+            ));
+        }
+        log(&format!(
+            "  {} MiB in {:.1} s, read back and compared ({} partitions) in {:.1} s",
+            written.bytes >> 20,
+            written.seconds,
+            verified.partitions.len(),
+            verified.seconds
+        ));
+    }
+
+    log(&format!("step 8/9: {}", Step::HostConfig.name()));
+    let config_partition = host_image
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.role == Role::Config)
+        .ok_or_else(|| {
+            fail(
+                Step::HostConfig,
+                "the HostOS release has no config partition",
+                reflash,
+            )
+        })?;
+    let files = hostconfig::files(&config, operator_key, &env.render(), report);
+    hostconfig::write(
+        &targets[0].path,
+        config_partition.offset,
+        &files,
+        req.scratch,
+    )
+    .map_err(|e| fail(Step::HostConfig, e, "boot SetupOS again to retry"))?;
+    log(&format!(
+        "  {} written into partition {} ({}) and read back",
+        files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        config_partition.number,
+        config_partition.name
+    ));
+
+    log(&format!("step 9/9: {}", Step::BootEntry.name()));
+    if req.boot_entry {
+        let esp = host_image
+            .manifest
+            .partitions
+            .iter()
+            .find(|p| p.role == Role::Esp)
+            .ok_or_else(|| fail(Step::BootEntry, "the HostOS release has no ESP", reflash))?;
+        boot_entry(&targets[0].path, esp.number).map_err(|e| {
+            fail(
+                Step::BootEntry,
+                e,
+                "set the boot order in the firmware setup: the HostOS disk first",
+            )
+        })?;
+    } else {
+        log("  skipped (--no-boot-entry)");
+    }
+    Ok(Installed {
+        generation,
+        report_sha256,
+        host_disk: assignment.host.describe(),
+        guest_disk: assignment.guest.describe(),
+        guest_data_disks: assignment.guest_data.iter().map(|t| t.describe()).collect(),
+        guest_env: env.render(),
+        host_write_seconds: seconds[0],
+        guest_write_seconds: seconds[1],
+        bytes_written,
+        verify_seconds,
+    })
+}
+
+fn choose_disks(
+    req: &Request,
+    inventory: &Inventory,
+    config: &NodeConfig,
+    host: &Image,
+    guest: &Image,
+) -> Result<Assignment, InstallError> {
+    let candidates = disks::candidates(req.root, &inventory.topology);
+    let chosen = disks::choose(candidates, &config.target_disks).map_err(|e| {
+        fail(
+            Step::Disks,
+            e.to_string(),
+            "correct target_disks in config.yaml (serials as the disks report them)",
+        )
+    })?;
+    disks::assign(chosen, host.size, guest.size).map_err(|e| {
+        fail(
+            Step::Disks,
+            e.to_string(),
+            "install the NVMe disks the generation lists",
+        )
+    })
+}
+
+/// A UEFI boot entry for systemd-boot on the HostOS disk's ESP, first in the boot order.
+fn boot_entry(disk: &Path, esp: u32) -> Result<(), String> {
+    let out = Command::new("efibootmgr")
+        .arg("--create")
+        .arg("--disk")
+        .arg(disk)
+        .args(["--part", &esp.to_string()])
+        .args(["--label", "plinth HostOS"])
+        .args(["--loader", "\\EFI\\systemd\\systemd-bootx64.efi"])
+        .output()
+        .map_err(|e| format!("efibootmgr: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "efibootmgr: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The banner a failure shows on the console: the step, the reason, what to do, and
+/// whether the disks were touched.
+pub fn banner(e: &InstallError) -> String {
+    let rule = "=".repeat(72);
+    let mut s = format!(
+        "{rule}\nPLINTH SETUP FAILED at step \"{}\"\n",
+        e.step.name()
+    );
+    s.push_str(&format!("  reason: {}\n", e.reason));
+    s.push_str(&format!("  do:     {}\n", e.action));
+    s.push_str(if e.step.writes() {
+        "  disks:  the disk being written was left without a partition table (not bootable)\n"
+    } else {
+        "  disks:  nothing was written to any disk\n"
+    });
+    s.push_str(&rule);
+    s.push('\n');
+    s
+}
+
+/// The scratch directory an install uses, private to root.
+pub fn scratch_dir(base: &Path) -> std::io::Result<PathBuf> {
+    let dir = base.join(format!("plinth-setup-{}", std::process::id()));
+    plinth_release::archive::private_dir(&dir)?;
+    Ok(dir)
+}
