@@ -14,6 +14,9 @@ pub struct CpuIdentity {
     pub model_name: String,
     pub sockets: u32,
     pub threads: u32,
+    /// Some processor's vendor, family or model is not the first one's (CPUs of different
+    /// kinds in the sockets).
+    pub mixed: bool,
 }
 
 /// Parse `/proc/cpuinfo`'s text.
@@ -33,8 +36,11 @@ pub fn parse_cpuinfo(text: &str) -> Result<CpuIdentity, String> {
         match key {
             "processor" => cpu.threads = cpu.threads.saturating_add(1),
             "vendor_id" if cpu.vendor.is_empty() => cpu.vendor = value.to_string(),
+            "vendor_id" => cpu.mixed |= cpu.vendor != value,
             "cpu family" if cpu.threads == 1 => cpu.family = number()?,
+            "cpu family" => cpu.mixed |= cpu.family != number()?,
             "model" if cpu.threads == 1 => cpu.model = number()?,
+            "model" => cpu.mixed |= cpu.model != number()?,
             "model name" if cpu.model_name.is_empty() => cpu.model_name = value.to_string(),
             "physical id" => {
                 sockets.insert(number()?);
@@ -65,6 +71,12 @@ mod tests {
             (25, 17, 2, 2)
         );
         assert_eq!(cpu.model_name, "AMD EPYC 9124");
+        assert!(cpu.mixed, "the second socket's CPU is another family");
+        let same = text.replace(
+            "cpu family\t: 26\nmodel\t\t: 2\n",
+            "cpu family\t: 25\nmodel\t\t: 17\n",
+        );
+        assert!(!parse_cpuinfo(&same).unwrap().mixed);
         assert!(parse_cpuinfo("processor : 0\nvendor_id : X\ncpu family : many\n").is_err());
         assert!(parse_cpuinfo("").is_err());
     }

@@ -98,6 +98,28 @@ pub fn verify_chain(ek_der: &[u8], anchors: &Anchors) -> Result<Vec<String>, Str
     Err(format!("the chain is deeper than {MAX_DEPTH} certificates"))
 }
 
+/// The subject public key's bits of the certificate `der` (possibly padded): an RSA key's
+/// PKCS #1 structure, an EC key's point.
+pub fn subject_public_key(der: &[u8]) -> Result<Vec<u8>, String> {
+    let cert = Certificate::from_der(der_prefix(der)?)
+        .map_err(|e| format!("the EK certificate is not X.509 DER: {e}"))?;
+    cert.tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .as_bytes()
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| "the EK certificate's key is not a whole number of bytes".into())
+}
+
+/// The modulus (big-endian) of an RSA key's PKCS #1 `RSAPublicKey` bytes.
+pub fn rsa_modulus(pkcs1: &[u8]) -> Result<Vec<u8>, String> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::traits::PublicKeyParts;
+    rsa::RsaPublicKey::from_pkcs1_der(pkcs1)
+        .map(|k| k.n().to_bytes_be())
+        .map_err(|e| format!("not an RSA public key: {e}"))
+}
+
 /// The leading DER element of `bytes` (a SEQUENCE with a definite length).
 fn der_prefix(bytes: &[u8]) -> Result<&[u8], String> {
     let bad = || "the EK certificate is not DER (no leading SEQUENCE)".to_string();

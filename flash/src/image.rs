@@ -78,6 +78,17 @@ impl Image {
     /// or its `manifest.json`. Checks the archive's size and sha256 against the manifest,
     /// then reads `disk.img`'s header (within the manifest's bounds) and first MiB.
     pub fn open(arg: &Path) -> Result<Image, FlashError> {
+        Image::open_pinned(arg, None)
+    }
+
+    /// [`Image::open`], the manifest's bytes first checked against `pin` when given (its
+    /// sha256, as a verity-protected root records it): the bytes hashed are the bytes
+    /// parsed, read once, so a device that answers two reads differently cannot slip another
+    /// release in.
+    pub fn open_pinned(
+        arg: &Path,
+        pin: Option<plinth_release::Sha256>,
+    ) -> Result<Image, FlashError> {
         let bad = |path: &Path, message: String| FlashError::Release {
             path: path.to_path_buf(),
             message,
@@ -98,7 +109,25 @@ impl Image {
                 format!("neither a release directory nor its {DISK_ARCHIVE} or manifest.json"),
             ));
         };
-        let manifest = Manifest::read(&dir.join(manifest::FILE_NAME))?;
+        let manifest_path = dir.join(manifest::FILE_NAME);
+        let manifest = match pin {
+            None => Manifest::read(&manifest_path)?,
+            Some(pin) => {
+                let bytes =
+                    plinth_release::untrusted::read_untrusted(&manifest_path, manifest::MAX_SIZE)
+                        .map_err(|e| bad(&manifest_path, format!("cannot read it: {e}")))?;
+                let found = plinth_release::Sha256::of(&bytes);
+                if found != pin {
+                    return Err(bad(
+                        &manifest_path,
+                        format!("sha256 {found}, but the release pinned here is {pin}"),
+                    ));
+                }
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| bad(&manifest_path, "not UTF-8 text".into()))?;
+                Manifest::parse(&text, &manifest_path)?
+            }
+        };
         let archive = dir.join(DISK_ARCHIVE);
         let expected = manifest
             .outputs

@@ -63,6 +63,11 @@ pub struct NodeConfig {
     /// stick it booted from.
     #[serde(default)]
     pub target_disks: Vec<DiskId>,
+    /// Install over disks that already hold partitions (a node installed before: its
+    /// HostOS, GuestOS and their state are lost). Without it SetupOS refuses such disks, so
+    /// a stick left in the machine never reinstalls a node by itself.
+    #[serde(default)]
+    pub reinstall: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,8 +266,8 @@ impl NodeConfig {
                     if field == "serial" {
                         "a disk serial: 1 to 40 letters, digits, `-`, `_` or `.`"
                     } else {
-                        "a WWN like `eui.0025388b11223344`, `naa.5000c500a1b2c3d4` or \
-                         `0x5000c500a1b2c3d4`"
+                        "a WWN as /sys/block/<disk>/wwid shows it, like \
+                         `eui.0025388b11223344` or `naa.5000c500a1b2c3d4`"
                     },
                     format!("`{value}`"),
                     "read it from the disk's label or from plinth-setup certify's list",
@@ -353,6 +358,9 @@ fn check_ipv4(v4: &Ipv4Config) -> Result<(), FieldProblem> {
     let bad = || ("address", ADDRESS, format!("`{}`", v4.address));
     let (addr, len) = v4.address.split_once('/').ok_or_else(bad)?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    if len.is_empty() || len.len() > 2 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     let len: u32 = len.parse().map_err(|_| bad())?;
     if !(8..=32).contains(&len) || addr.is_unspecified() || addr.is_multicast() {
         return Err(bad());
@@ -436,15 +444,17 @@ pub fn is_serial(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A WWN as Linux shows it in `/sys/block/*/device/wwid` or `wwn`: `eui.` or `naa.` and
-/// 16 or 32 hex digits, or `0x` and 16 hex digits.
+/// A namespace's WWN as Linux shows it in `/sys/block/<namespace>/wwid`: `eui.` or `naa.`
+/// and 16 or 32 hex digits, or, for a drive without either, `nvme.` and the
+/// vendor-serial-model-namespace form the kernel makes up (hex and `-`, at most 128).
 pub fn is_wwn(s: &str) -> bool {
     let hex = |h: &str| matches!(h.len(), 16 | 32) && h.bytes().all(|b| b.is_ascii_hexdigit());
     match s.split_once('.') {
         Some(("eui" | "naa", h)) => hex(h),
-        _ => s
-            .strip_prefix("0x")
-            .is_some_and(|h| h.len() == 16 && hex(h)),
+        Some(("nvme", h)) => {
+            (1..=128).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+        }
+        _ => false,
     }
 }
 

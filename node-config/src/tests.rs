@@ -49,6 +49,7 @@ fn each_bad_field_is_named_with_its_line() {
             "network.ipv6.gateway",
         ),
         ("192.0.2.10/24", "192.0.2.10/40", "network.ipv4.address"),
+        ("192.0.2.10/24", "192.0.2.10/+24", "network.ipv4.address"),
         (
             "gateway: 192.0.2.1",
             "gateway: 198.51.100.1",
@@ -172,7 +173,8 @@ fn reading_checks_the_file_and_the_key_beside_it() {
 fn names() {
     assert!(is_wwn("eui.0025388b11223344"));
     assert!(is_wwn("naa.5000c500a1b2c3d45000c500a1b2c3d4"));
-    assert!(is_wwn("0x5000c500a1b2c3d4"));
+    assert!(is_wwn("nvme.1b36-504c494e5448-51454d55-00000001"));
+    assert!(!is_wwn("0x5000c500a1b2c3d4"), "never a wwid's form");
     assert!(!is_wwn("eui.0025388b1122334"));
     assert!(!is_wwn("nvme0n1"));
     assert!(is_serial("S5GXNX0T123456"));

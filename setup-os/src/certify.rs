@@ -76,7 +76,11 @@ pub fn certify(catalog: &Certification, inv: &Inventory, options: &Options) -> V
         .iter()
         .filter(|g| options.test_generations || !g.test_only)
         .collect();
-    let matched = candidates.iter().find(|g| cpu_matches(g, inv)).copied();
+    // Every socket must hold the generation's CPU: a machine of mixed CPUs is none.
+    let matched = candidates
+        .iter()
+        .find(|g| !inv.cpu.mixed && cpu_matches(g, inv))
+        .copied();
     let mut checks = Vec::new();
     let names: Vec<&str> = candidates.iter().map(|g| g.name.as_str()).collect();
     let Some(generation) = matched else {
@@ -84,8 +88,16 @@ pub fn certify(catalog: &Certification, inv: &Inventory, options: &Options) -> V
             "cpu.generation",
             format!("the CPU of a certified generation ({})", names.join(", ")),
             format!(
-                "{} family {:#x} model {:#x} ({})",
-                inv.cpu.vendor, inv.cpu.family, inv.cpu.model, inv.cpu.model_name
+                "{} family {:#x} model {:#x} ({}){}",
+                inv.cpu.vendor,
+                inv.cpu.family,
+                inv.cpu.model,
+                inv.cpu.model_name,
+                if inv.cpu.mixed {
+                    ", and other CPUs in other sockets"
+                } else {
+                    ""
+                }
             ),
             "this machine is not certified: install on a machine of a listed generation",
         ));
@@ -157,7 +169,9 @@ fn cpu_checks(g: &NodeGeneration, inv: &Inventory, checks: &mut Vec<Check>) {
 
 fn memory_checks(g: &NodeGeneration, inv: &Inventory, checks: &mut Vec<Check>) {
     let nodes = &inv.topology.nodes;
-    let total: u64 = nodes.iter().map(|n| n.memory_total_bytes).sum();
+    let total = nodes
+        .iter()
+        .fold(0u64, |sum, n| sum.saturating_add(n.memory_total_bytes));
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     // The kernel keeps some memory for itself: MemTotal is ~1-2% under what is installed.
     let needed = g.memory.min_gib << 30;
@@ -284,7 +298,18 @@ fn tpm_checks(
         (_, false) => (false, "no TPM".to_string()),
         (Err(why), _) => (false, why.clone()),
         (Ok(der), _) => match plinth_firmware::ek::verify_chain(der, &anchors) {
-            Ok(chain) => (true, chain.join(" <- ")),
+            Ok(chain) => match &inv.tpm.ek_key_matches {
+                Some(Ok(false)) => (
+                    false,
+                    "a valid certificate, but not of this TPM's endorsement key (copied?)"
+                        .to_string(),
+                ),
+                Some(Err(why)) => (
+                    false,
+                    format!("the TPM's own EK could not be compared: {why}"),
+                ),
+                _ => (true, chain.join(" <- ")),
+            },
             Err(why) => (false, why),
         },
     };
@@ -315,7 +340,12 @@ fn nvme_checks(g: &NodeGeneration, inv: &Inventory, checks: &mut Vec<Check>) {
     let min = g.nvme.min_size_gb * 1_000_000_000;
     let small: Vec<String> = drives
         .iter()
-        .filter(|c| c.namespaces.iter().map(|n| n.size_bytes).sum::<u64>() < min)
+        .filter(|c| {
+            c.namespaces
+                .iter()
+                .fold(0u64, |sum, n| sum.saturating_add(n.size_bytes))
+                < min
+        })
         .map(|c| c.name.clone().unwrap_or_else(|| c.pci.clone()))
         .collect();
     checks.push(judge(

@@ -53,6 +53,10 @@ pub struct Tpm {
     /// The EK certificate's DER, or why it could not be read.
     #[serde(skip)]
     pub ek_certificate: Result<Vec<u8>, String>,
+    /// Whether the certificate's key is the TPM's own EK (asked of a live TPM; `None` for a
+    /// captured tree, which has no TPM to ask).
+    #[serde(skip)]
+    pub ek_key_matches: Option<Result<bool, String>>,
 }
 
 /// An inventory that could not be read.
@@ -89,17 +93,27 @@ impl Inventory {
                 })
             },
         };
+        let (ek_certificate, ek_key_matches) = match tpm {
+            Some(tcti) => match crate::tpm::ek_certificate(tcti) {
+                Ok((der, key)) => {
+                    let matches = crate::tpm::certifies(&der, &key);
+                    (Ok(der), Some(matches))
+                }
+                Err(e) => (Err(e), None),
+            },
+            None => {
+                let path = root.join("plinth-capture/ek-certificate.der");
+                let der = plinth_release::untrusted::read_untrusted(&path, MAX_EK_CERT)
+                    .map_err(|e| format!("{}: {e}", path.display()));
+                (der, None)
+            }
+        };
         let tpm_dir = root.join("sys/class/tpm/tpm0");
         let tpm = Tpm {
             version_major: read_small(&tpm_dir.join("tpm_version_major"))
                 .and_then(|v| v.trim().parse().ok()),
-            ek_certificate: if let Some(tcti) = tpm {
-                crate::tpm::ek_certificate(tcti)
-            } else {
-                let path = root.join("plinth-capture/ek-certificate.der");
-                plinth_release::untrusted::read_untrusted(&path, MAX_EK_CERT)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            },
+            ek_certificate,
+            ek_key_matches,
         };
         let nvme_critical_warnings = topology
             .nvme

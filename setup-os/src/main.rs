@@ -78,6 +78,11 @@ struct InstallArgs {
     /// test-ek-ca.pem beside config.yaml, when there is one].
     #[arg(long, value_name = "FILE")]
     test_ek_ca: Option<PathBuf>,
+    /// The releases this SetupOS may install, pinned by manifest sha256 [default with
+    /// --media: /usr/lib/plinth/carried.json, which the build writes into the verity root;
+    /// without --media and without this flag the releases are taken unpinned].
+    #[arg(long, value_name = "FILE")]
+    pins: Option<PathBuf>,
     /// Do not set the UEFI boot entry.
     #[arg(long)]
     no_boot_entry: bool,
@@ -135,11 +140,21 @@ impl InstallArgs {
             .tcti
             .clone()
             .or_else(|| live.then(|| "device:/dev/tpmrm0".to_string()));
+        let pins_path = self
+            .pins
+            .clone()
+            .or_else(|| self.media.then(|| PathBuf::from(run::PINS)));
+        let pins = match &pins_path {
+            Some(path) => Some(run::read_pins(path).map_err(BadInput)?),
+            None => None,
+        };
         // systemd's RuntimeDirectory (on /run) at boot: SetupOS's root and /tmp are read-only.
         let base = std::env::var_os("RUNTIME_DIRECTORY")
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
-        let scratch = run::scratch_dir(&base).context("creating a private scratch directory")?;
+        let scratch_dir =
+            run::scratch_dir(&base).context("creating a private scratch directory")?;
+        let scratch = scratch_dir.path().to_path_buf();
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         cancel_on_signals(cancel.clone()).context("blocking SIGINT and SIGTERM")?;
         let json = self.json;
@@ -167,11 +182,12 @@ impl InstallArgs {
             test_ek_roots,
             scratch: &scratch,
             boot_entry: !self.no_boot_entry,
+            pins: pins.as_deref(),
             cancel: &cancel,
             log: &log,
         };
         let result = run::install(&request);
-        let _ = std::fs::remove_dir_all(&scratch);
+        drop(scratch_dir);
         match result {
             Ok(installed) => {
                 if json {

@@ -16,6 +16,9 @@ pub struct SetupReport<'a> {
     pub cpu: &'a crate::inventory::CpuIdentity,
     /// NVMe drives by serial and model, as installed.
     pub nvme: Vec<(Option<String>, Option<String>)>,
+    /// sha256 of the TPM's EK certificate as read: a quote of PCR 15 ties this report to
+    /// the TPM that certificate names.
+    pub ek_certificate_sha256: Option<String>,
     pub verdict: &'a Verdict,
 }
 
@@ -31,6 +34,12 @@ impl<'a> SetupReport<'a> {
                 .iter()
                 .map(|c| (c.serial.clone(), c.model.clone()))
                 .collect(),
+            ek_certificate_sha256: inventory
+                .tpm
+                .ek_certificate
+                .as_ref()
+                .ok()
+                .map(|der| hex_of(&Sha256::digest(der))),
             verdict,
         }
     }

@@ -20,8 +20,10 @@ fn context(tcti: &str) -> Result<tss_esapi::Context, String> {
     tss_esapi::Context::new(conf).map_err(|e| format!("cannot open the TPM ({tcti}): {e}"))
 }
 
-/// The first EK certificate the TPM holds (DER, possibly padded).
-pub fn ek_certificate(tcti: &str) -> Result<Vec<u8>, String> {
+/// The first EK certificate the TPM holds (DER, possibly padded), with the key the TPM itself
+/// derives from that certificate's EK template: the certificate describes this TPM only if
+/// the two are the same key (a certificate copied from another TPM is not).
+pub fn ek_certificate(tcti: &str) -> Result<(Vec<u8>, EkKey), String> {
     let mut ctx = context(tcti)?;
     let mut errors = Vec::new();
     for index in EK_NV_INDICES {
@@ -31,12 +33,78 @@ pub fn ek_certificate(tcti: &str) -> Result<Vec<u8>, String> {
             tss_esapi::abstraction::nv::read_full(ctx, NvAuth::Owner, handle)
         });
         match read {
-            Ok(der) if !der.is_empty() => return Ok(der),
+            Ok(der) if !der.is_empty() => {
+                let key = ek_key(&mut ctx, index)?;
+                return Ok((der, key));
+            }
             Ok(_) => errors.push(format!("{index:#x}: empty")),
             Err(e) => errors.push(format!("{index:#x}: {e}")),
         }
     }
     Err(format!("no EK certificate in NV ({})", errors.join("; ")))
+}
+
+/// The public key of the TPM's endorsement key, as the TPM derives it from the EK template
+/// its certificate's NV index goes with (TCG EK profile: RSA 2048 and ECC P-256 in the low
+/// range, ECC P-384 in the high range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EkKey {
+    /// The RSA modulus, big-endian.
+    Rsa(Vec<u8>),
+    /// The ECC point's coordinates, big-endian.
+    Ecc { x: Vec<u8>, y: Vec<u8> },
+}
+
+fn ek_key(ctx: &mut tss_esapi::Context, index: u32) -> Result<EkKey, String> {
+    use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
+    use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::structures::Public;
+    // The EK is a primary key of the endorsement hierarchy: its template decides it, so the
+    // same TPM always derives the same key (tss-esapi's EK helpers authorize it themselves).
+    let handle = match index {
+        0x01c0_0002 => ek::create_ek_object(ctx, AsymmetricAlgorithm::Rsa, None),
+        0x01c0_000a => ek::create_ek_object(ctx, AsymmetricAlgorithm::Ecc, None),
+        _ => ek::create_ek_object_2(
+            ctx,
+            AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP384),
+            None,
+        ),
+    }
+    .map_err(|e| format!("creating the EK from its template: {e}"))?;
+    let public = ctx.read_public(handle).map(|(p, _, _)| p);
+    let _ = ctx.flush_context(handle.into());
+    match public.map_err(|e| format!("reading the EK's public part: {e}"))? {
+        Public::Rsa { unique, .. } => Ok(EkKey::Rsa(unique.value().to_vec())),
+        Public::Ecc { unique, .. } => Ok(EkKey::Ecc {
+            x: unique.x().value().to_vec(),
+            y: unique.y().value().to_vec(),
+        }),
+        _ => Err("the EK is neither RSA nor ECC".into()),
+    }
+}
+
+/// Whether the certificate `der` (possibly padded) certifies `key`.
+pub fn certifies(der: &[u8], key: &EkKey) -> Result<bool, String> {
+    let spki = plinth_firmware::ek::subject_public_key(der)?;
+    Ok(match key {
+        EkKey::Rsa(modulus) => {
+            let trimmed = |b: &[u8]| {
+                b.iter()
+                    .skip_while(|&&x| x == 0)
+                    .copied()
+                    .collect::<Vec<u8>>()
+            };
+            plinth_firmware::ek::rsa_modulus(&spki).is_ok_and(|m| trimmed(&m) == trimmed(modulus))
+        }
+        EkKey::Ecc { x, y } => {
+            // An uncompressed point: 04 || x || y.
+            let mut point = vec![4u8];
+            point.extend_from_slice(x);
+            point.extend_from_slice(y);
+            spki == point
+        }
+    })
 }
 
 /// Extend [`REPORT_PCR`]'s SHA-256 bank with `digest`.

@@ -23,6 +23,8 @@ struct Node {
     ek: Vec<u8>,
     smart: u8,
     raid: bool,
+    /// The second socket holds another model.
+    mixed: bool,
 }
 
 fn ek_cert() -> Vec<u8> {
@@ -78,6 +80,7 @@ impl Node {
             ek: ek_cert(),
             smart: 0,
             raid: false,
+            mixed: false,
         }
     }
 
@@ -118,6 +121,7 @@ impl Node {
             ek: Vec::new(),
             smart: 0,
             raid: false,
+            mixed: false,
         }
     }
 
@@ -134,7 +138,11 @@ impl Node {
                 "processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: {}\nmodel\t\t: {}\n\
                  model name\t: AMD EPYC 9124 16-Core Processor\nphysical id\t: {}\n\n",
                 self.cpu_family,
-                self.cpu_model,
+                if self.mixed && i >= per_socket {
+                    self.cpu_model + 1
+                } else {
+                    self.cpu_model
+                },
                 i / per_socket
             ));
         }
@@ -248,7 +256,8 @@ fn a_certified_machine_passes_every_check() {
 #[test]
 fn each_failing_check_alone_refuses_the_machine() {
     type Break = fn(&mut Node);
-    let cases: [(&str, Break); 14] = [
+    let cases: [(&str, Break); 15] = [
+        ("cpu.generation", |n| n.mixed = true),
         ("cpu.sockets", |n| {
             n.machine.sockets = 1;
             n.machine.cores_per_node = 32;
@@ -564,6 +573,21 @@ fn a_test_vm_with_swtpm_certifies_as_qemu_test_and_measures_its_report() {
     );
     let pcr = hex::encode(std::fs::read(dir.path().join("pcr15.bin")).unwrap());
     assert_eq!(pcr, expected);
+
+    // The certificate must be of this TPM's own EK: another TPM's (copied) is refused.
+    let (der, key) = plinth_setup::tpm::ek_certificate(&tpm.tcti).unwrap();
+    assert!(plinth_setup::tpm::certifies(&der, &key).unwrap());
+    let other = TcpSwtpm::start(&dir.path().join("copied-tpm"), &ca);
+    let (other_der, other_key) = plinth_setup::tpm::ek_certificate(&other.tcti).unwrap();
+    assert!(!plinth_setup::tpm::certifies(&other_der, &key).unwrap());
+    assert!(!plinth_setup::tpm::certifies(&der, &other_key).unwrap());
+    drop(other);
+    let report_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        report_json["ek_certificate_sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der))
+    );
 
     // Another local CA: the TPM's EK was not issued by it.
     let other = TcpSwtpm::start(&dir.path().join("other-tpm"), &dir.path().join("other-ca"));

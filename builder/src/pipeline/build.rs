@@ -343,6 +343,15 @@ fn overlay_stage(
     let osrel_path = b.work.os_release();
     std::fs::write(&osrel_path, &osrel).map_err(b.fail("overlay"))?;
     overlay::put_file(&mut changes, root, identity::OS_RELEASE, &osrel_path, 0o644);
+    // The releases it carries, pinned in the verity root: the installer takes only these
+    // (the data partition that holds them is not covered by verity).
+    if !plan.carried.is_empty() {
+        let pins = carried::pins(plan.carried, &plan.profile.profile);
+        let path = b.work.carried_pins();
+        std::fs::write(&path, pins).map_err(b.fail("overlay"))?;
+        overlay::put_dir(&mut changes, root, "usr/lib/plinth");
+        overlay::put_file(&mut changes, root, carried::PINS_IN_ROOT, &path, 0o644);
+    }
     // The overlay's system users go into /etc at build time: the root is read-only.
     if !users::conf_files(&changes).is_empty() {
         let scratch = b.work.sysusers();
@@ -873,6 +882,8 @@ work_files! {
     os_release => "os-release";
     /// Scratch space of `systemd-sysusers`.
     sysusers => "sysusers";
+    /// The pins of the carried releases ([`carried::pins`]), as written into the root.
+    carried_pins => "carried.json";
     /// The state's files appended to dracut's initrd ([`state::appendix`]).
     state_appendix => "state-appendix.cpio.zst";
     /// The UKI's initrd when the image keeps state: dracut's, then the appendix.

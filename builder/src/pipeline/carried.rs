@@ -20,6 +20,28 @@ pub const FILES: [&str; 3] = [
 ];
 /// The directory of the data filesystem that holds them.
 pub const DIR: &str = "releases";
+/// Where the carrying image's (verity) root pins them: [`pins`].
+pub const PINS_IN_ROOT: &str = "usr/lib/plinth/carried.json";
+
+/// The pin file: each carried release's os, version, profile and manifest sha256, as JSON
+/// (one list, sorted as `carries` lists them). SetupOS installs a release only if its
+/// manifest hashes to the pinned digest.
+pub fn pins(carried: &[Carried], profile: &str) -> Vec<u8> {
+    let list: Vec<serde_json::Value> = carried
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "os": c.os.as_str(),
+                "version": c.manifest.version.as_str(),
+                "profile": profile,
+                "manifest_sha256": c.manifest_sha256.to_hex(),
+            })
+        })
+        .collect();
+    let mut bytes = serde_json::to_vec_pretty(&list).expect("JSON of strings");
+    bytes.push(b'\n');
+    bytes
+}
 
 /// One carried release, checked.
 #[derive(Debug, Clone)]

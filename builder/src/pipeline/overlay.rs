@@ -164,6 +164,21 @@ pub fn put_file(changes: &mut Vec<Change>, root: &Path, rel: &str, source: &Path
     put_file_group(changes, root, rel, source, mode, 0);
 }
 
+/// A directory `rel` (mode 0755), unless the overlay or the root has it already.
+pub fn put_dir(changes: &mut Vec<Change>, root: &Path, rel: &str) {
+    let path = PathBuf::from(rel);
+    if changes.iter().any(|c| c.path == path) {
+        return;
+    }
+    let exists = root.join(&path).is_dir();
+    changes.push(Change {
+        path,
+        what: What::Dir,
+        replaces: false,
+        exists,
+    });
+}
+
 /// [`put_file`] with group id `gid` (e.g. /etc/shadow, group `shadow`).
 pub fn put_file_group(
     changes: &mut Vec<Change>,

@@ -657,3 +657,20 @@ fn provider_config(dir: &Path) -> PathBuf {
     .unwrap();
     config
 }
+
+/// A release opened against a pin (SetupOS's verity root pins the releases it carries): the
+/// manifest's bytes must hash to it, read once.
+#[test]
+fn a_pinned_release_opens_only_with_its_own_manifest() {
+    let fx = Fixture::new(16);
+    let manifest = fx.release.join(manifest::FILE_NAME);
+    let (pin, _) = plinth_release::Sha256::of_file(&manifest).unwrap();
+    plinth_flash::image::Image::open_pinned(&fx.release, Some(pin)).unwrap();
+    let other = plinth_release::Sha256::of(b"another release");
+    let err = match plinth_flash::image::Image::open_pinned(&fx.release, Some(other)) {
+        Ok(_) => panic!("a release that is not the pinned one opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("but the release pinned here is"), "{err}");
+    assert!(err.contains(&other.to_hex()), "{err}");
+}

@@ -22,6 +22,10 @@ pub struct Target {
     pub model: Option<String>,
     pub size_bytes: u64,
     pub node: Option<u32>,
+    /// How many namespaces its controller has (plinth installs onto whole drives).
+    pub namespaces_on_controller: usize,
+    /// GPT names of the partitions it holds now (a node installed before has some).
+    pub partitions: Vec<String>,
 }
 
 impl Target {
@@ -82,6 +86,27 @@ pub enum DiskError {
         size: u64,
         largest: u64,
     },
+    #[error("config.yaml target_disks[{index}] ({wanted}) matches {count} namespaces: {found}")]
+    Ambiguous {
+        index: usize,
+        wanted: String,
+        count: usize,
+        found: String,
+    },
+    #[error(
+        "config.yaml target_disks[{index}] and target_disks[{first}] name the same disk, {disk}"
+    )]
+    Twice {
+        index: usize,
+        first: usize,
+        disk: String,
+    },
+    #[error(
+        "{disk} is one of {count} namespaces of its controller: plinth installs onto whole drives"
+    )]
+    SharedController { disk: String, count: usize },
+    #[error("{disk} holds partitions ({names}): a node is installed on it")]
+    Installed { disk: String, names: String },
 }
 
 /// Every free NVMe namespace, in PCI address order.
@@ -92,8 +117,11 @@ pub fn candidates(root: &Path, topo: &Topology) -> Vec<Target> {
             continue;
         }
         for ns in &c.namespaces {
-            let wwid = std::fs::read_to_string(root.join("sys/block").join(&ns.name).join("wwid"))
+            // Outside input (a captured tree's, or a drive's): bounded, no link followed.
+            let block = root.join("sys/block").join(&ns.name);
+            let wwid = plinth_release::untrusted::read_untrusted(&block.join("wwid"), 512)
                 .ok()
+                .and_then(|b| String::from_utf8(b).ok())
                 .map(|w| w.trim().to_string())
                 .filter(|w| !w.is_empty() && w.len() <= 256);
             out.push(Target {
@@ -104,6 +132,8 @@ pub fn candidates(root: &Path, topo: &Topology) -> Vec<Target> {
                 model: c.model.as_ref().map(|m| m.trim().to_string()),
                 size_bytes: ns.size_bytes,
                 node: c.node,
+                namespaces_on_controller: c.namespaces.len(),
+                partitions: partition_names(&block, &ns.name),
             });
         }
     }
@@ -111,8 +141,61 @@ pub fn candidates(root: &Path, topo: &Topology) -> Vec<Target> {
     out
 }
 
-/// The disks the config names, in its order; or every candidate.
-pub fn choose(candidates: Vec<Target>, wanted: &[DiskId]) -> Result<Vec<Target>, DiskError> {
+/// The GPT names of the partitions of block device `dir` (`sys/block/<name>`), from each
+/// partition's `uevent` (PARTNAME), bounded.
+fn partition_names(dir: &Path, name: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return names;
+    };
+    for entry in entries.flatten().take(256) {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if !file.starts_with(name) || file == name {
+            continue;
+        }
+        let uevent = plinth_release::untrusted::read_untrusted(&entry.path().join("uevent"), 4096)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        if let Some(part) = uevent.lines().find_map(|l| l.strip_prefix("PARTNAME=")) {
+            names.push(part.chars().take(36).collect());
+        } else if uevent.lines().any(|l| l == "DEVTYPE=partition") {
+            names.push(String::new());
+        }
+    }
+    names.sort();
+    names
+}
+
+/// The disks the config names, in its order; or every candidate. Each name must match
+/// exactly one namespace, no disk may be named twice, every disk must be a whole drive
+/// (its controller's only namespace), and a disk that holds partitions (a node installed
+/// before) is taken only when `reinstall`.
+pub fn choose(
+    candidates: Vec<Target>,
+    wanted: &[DiskId],
+    reinstall: bool,
+) -> Result<Vec<Target>, DiskError> {
+    let chosen = pick(candidates, wanted)?;
+    for t in &chosen {
+        if t.namespaces_on_controller > 1 {
+            return Err(DiskError::SharedController {
+                disk: t.describe(),
+                count: t.namespaces_on_controller,
+            });
+        }
+        if !t.partitions.is_empty() && !reinstall {
+            return Err(DiskError::Installed {
+                disk: t.describe(),
+                names: t.partitions.join(", "),
+            });
+        }
+    }
+    Ok(chosen)
+}
+
+fn pick(candidates: Vec<Target>, wanted: &[DiskId]) -> Result<Vec<Target>, DiskError> {
     if wanted.is_empty() {
         return Ok(candidates);
     }
@@ -123,25 +206,46 @@ pub fn choose(candidates: Vec<Target>, wanted: &[DiskId]) -> Result<Vec<Target>,
             .collect::<Vec<_>>()
             .join(", ")
     };
-    wanted
-        .iter()
-        .enumerate()
-        .map(|(index, id)| {
-            candidates
-                .iter()
-                .find(|t| t.is(id))
-                .cloned()
-                .ok_or_else(|| DiskError::NotFound {
+    let mut chosen: Vec<Target> = Vec::new();
+    for (index, id) in wanted.iter().enumerate() {
+        let name = match (&id.serial, &id.wwn) {
+            (Some(s), _) => format!("serial {s}"),
+            (_, Some(w)) => format!("wwn {w}"),
+            _ => "nothing".into(),
+        };
+        let matches: Vec<&Target> = candidates.iter().filter(|t| t.is(id)).collect();
+        let t = match matches.as_slice() {
+            [] => {
+                return Err(DiskError::NotFound {
                     index,
-                    wanted: match (&id.serial, &id.wwn) {
-                        (Some(s), _) => format!("serial {s}"),
-                        (_, Some(w)) => format!("wwn {w}"),
-                        _ => "nothing".into(),
-                    },
+                    wanted: name,
                     found: list(),
                 })
-        })
-        .collect()
+            }
+            [one] => (*one).clone(),
+            more => {
+                return Err(DiskError::Ambiguous {
+                    index,
+                    wanted: name,
+                    count: more.len(),
+                    found: more
+                        .iter()
+                        .map(|t| t.describe())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        };
+        if let Some(first) = chosen.iter().position(|c| c.namespace == t.namespace) {
+            return Err(DiskError::Twice {
+                index,
+                first,
+                disk: t.describe(),
+            });
+        }
+        chosen.push(t);
+    }
+    Ok(chosen)
 }
 
 /// HostOS onto the first disk its image fits on, GuestOS onto the next that fits.
@@ -195,6 +299,8 @@ mod tests {
             model: None,
             size_bytes: gb * 1_000_000_000,
             node: Some(0),
+            namespaces_on_controller: 1,
+            partitions: Vec::new(),
         }
     }
 
@@ -215,7 +321,7 @@ mod tests {
                 wwn: Some("EUI.0000000000000AAA".into()),
             },
         ];
-        let chosen = choose(all.clone(), &wanted).unwrap();
+        let chosen = choose(all.clone(), &wanted, false).unwrap();
         assert_eq!(
             chosen
                 .iter()
@@ -229,6 +335,7 @@ mod tests {
                 serial: Some("ZZZ".into()),
                 wwn: None,
             }],
+            false,
         )
         .unwrap_err();
         assert!(
@@ -236,7 +343,37 @@ mod tests {
                 .contains("target_disks[0] (serial ZZZ) matches no free NVMe disk"),
             "{err}"
         );
-        assert_eq!(choose(all, &[]).unwrap().len(), 3);
+        assert_eq!(choose(all.clone(), &[], false).unwrap().len(), 3);
+
+        // The same disk by serial and by WWN: refused, not written twice.
+        let id = |serial: Option<&str>, wwn: Option<&str>| DiskId {
+            serial: serial.map(Into::into),
+            wwn: wwn.map(Into::into),
+        };
+        let twice = [
+            id(Some("AAA"), None),
+            id(None, Some("eui.0000000000000aaa")),
+        ];
+        let err = choose(all.clone(), &twice, false).unwrap_err();
+        assert!(err.to_string().contains("name the same disk"), "{err}");
+        // Two drives reporting one serial: ambiguous.
+        let mut same = all.clone();
+        same[1].serial = Some("AAA".into());
+        let err = choose(same, &[id(Some("AAA"), None)], false).unwrap_err();
+        assert!(err.to_string().contains("matches 2 namespaces"), "{err}");
+        // A split drive, and a node installed before (without reinstall).
+        let mut split = all.clone();
+        split[0].namespaces_on_controller = 2;
+        let err = choose(split, &[], false).unwrap_err();
+        assert!(err.to_string().contains("whole drives"), "{err}");
+        let mut installed = all;
+        installed[2].partitions = vec!["esp".into(), "root-a".into()];
+        let err = choose(installed.clone(), &[], false).unwrap_err();
+        assert!(
+            err.to_string().contains("holds partitions (esp, root-a)"),
+            "{err}"
+        );
+        assert_eq!(choose(installed, &[], true).unwrap().len(), 3);
     }
 
     #[test]

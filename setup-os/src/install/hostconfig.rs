@@ -69,6 +69,19 @@ pub fn write(
     files: &[ConfigFile],
     scratch: &Path,
 ) -> Result<(), String> {
+    // debugfs reads its commands by words (spaces, quotes): every path in them must be plain.
+    let plain_path = |p: &Path| {
+        p.to_str().is_some_and(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+        })
+    };
+    if !plain_path(scratch) {
+        return Err(format!(
+            "{}: the scratch path has characters debugfs would split on",
+            scratch.display()
+        ));
+    }
     let target = format!("{}?offset={offset}", device.display());
     let mut commands = String::new();
     for f in files {
@@ -95,11 +108,16 @@ pub fn write(
         commands.push_str(&format!("sif {} mode 0{:o}\n", f.name, 0o100000 | f.mode));
         commands.push_str(&format!("sif {} uid 0\nsif {} gid 0\n", f.name, f.name));
     }
-    if scratch.display().to_string().contains(char::is_whitespace) {
-        return Err(format!("{}: a scratch path with spaces", scratch.display()));
-    }
     let cmdfile = scratch.join("debugfs.cmd");
-    std::fs::write(&cmdfile, commands).map_err(|e| format!("{}: {e}", cmdfile.display()))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_private()
+        .open(&cmdfile)
+        .map_err(|e| format!("{}: {e}", cmdfile.display()))?;
+    out.write_all(commands.as_bytes())
+        .map_err(|e| format!("{}: {e}", cmdfile.display()))?;
+    drop(out);
     run(Command::new("debugfs")
         .arg("-w")
         .arg("-f")

@@ -20,7 +20,7 @@ use plinth_flash::Disk;
 use plinth_node_config::NodeConfig;
 use plinth_release::Role;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
@@ -53,14 +53,6 @@ impl Step {
             Step::BootEntry => "set the boot entry",
         }
     }
-
-    /// Whether a failure at this step may have left written disks.
-    pub fn writes(self) -> bool {
-        matches!(
-            self,
-            Step::WriteHost | Step::WriteGuest | Step::HostConfig | Step::BootEntry
-        )
-    }
 }
 
 /// A failed install.
@@ -71,7 +63,9 @@ pub struct InstallError {
     pub reason: String,
     pub action: String,
     /// The certification's verdict, when certification ran.
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<Box<Verdict>>,
+    /// What became of each disk the install had begun to write (empty: none was touched).
+    pub disks: Vec<String>,
 }
 
 /// What an install is given.
@@ -91,6 +85,9 @@ pub struct Request<'a> {
     pub scratch: &'a Path,
     /// Set the UEFI boot entry (efibootmgr).
     pub boot_entry: bool,
+    /// The releases this SetupOS may install, as its (verity) root pins them; `None` takes
+    /// whatever the releases directory holds (a manual run on releases of another build).
+    pub pins: Option<&'a [Pin]>,
     /// Set by a signal: stop writing, leave the disk marked unusable.
     pub cancel: &'a AtomicBool,
     /// A line per step and progress within the writes.
@@ -118,7 +115,48 @@ fn fail(step: Step, reason: impl Into<String>, action: impl Into<String>) -> Ins
         reason: reason.into(),
         action: action.into(),
         verdict: None,
+        disks: Vec::new(),
     }
+}
+
+/// One carried release as the SetupOS root pins it (`/usr/lib/plinth/carried.json`, written
+/// by the build).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    pub os: String,
+    pub version: String,
+    pub profile: String,
+    pub manifest_sha256: plinth_release::Sha256,
+}
+
+/// Where the SetupOS root pins its carried releases.
+pub const PINS: &str = "/usr/lib/plinth/carried.json";
+
+/// Read the pins (a file of the root: still bounded, no link followed).
+pub fn read_pins(path: &Path) -> Result<Vec<Pin>, String> {
+    let bytes = plinth_release::untrusted::read_untrusted(path, 64 << 10)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Stop before the next step when a signal asked to: nothing of it has begun.
+fn check_cancel(req: &Request, step: Step) -> Result<(), InstallError> {
+    if req.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(fail(
+            step,
+            "interrupted (SIGINT or SIGTERM)",
+            "boot SetupOS again",
+        ));
+    }
+    Ok(())
+}
+
+/// A tool the install runs after writing, looked for before anything is written.
+fn has_tool(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
 }
 
 /// Install HostOS and GuestOS as `req` says.
@@ -154,7 +192,21 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
     let reflash = "this SetupOS stick is damaged: flash it again (plinth flash verifies it)";
     let open = |os: &str| {
         let dir = req.releases.join(os);
-        let image = Image::open(&dir).map_err(|e| fail(Step::Releases, e.to_string(), reflash))?;
+        let pin = match req.pins {
+            None => None,
+            Some(pins) => {
+                let pin = pins.iter().find(|p| p.os == os).ok_or_else(|| {
+                    fail(
+                        Step::Releases,
+                        format!("this SetupOS pins no {os} release"),
+                        reflash,
+                    )
+                })?;
+                Some(pin.manifest_sha256)
+            }
+        };
+        let image = Image::open_pinned(&dir, pin)
+            .map_err(|e| fail(Step::Releases, e.to_string(), reflash))?;
         if image.manifest.os.as_str() != os {
             return Err(fail(
                 Step::Releases,
@@ -163,8 +215,14 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
             ));
         }
         log(&format!(
-            "  {os} {} ({}): archive checked against its manifest",
-            image.manifest.version, image.manifest.profile
+            "  {os} {} ({}): archive checked against its manifest{}",
+            image.manifest.version,
+            image.manifest.profile,
+            if pin.is_some() {
+                ", the manifest against this SetupOS's pin"
+            } else {
+                " (not pinned)"
+            }
         ));
         Ok(image)
     };
@@ -175,11 +233,30 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
         let bytes =
             plinth_release::untrusted::read_untrusted(&path, plinth_release::manifest::MAX_SIZE)
                 .map_err(|e| fail(Step::Releases, format!("{}: {e}", path.display()), reflash))?;
+        // The bytes read are the bytes checked against GuestOS's (pinned) manifest.
+        let listed = guest_image
+            .manifest
+            .outputs
+            .iter()
+            .find(|o| o.name.as_str() == "measurements.json");
+        let found = plinth_release::Sha256::of(&bytes);
+        if listed.is_none_or(|o| o.sha256 != found || o.size != bytes.len() as u64) {
+            return Err(fail(
+                Step::Releases,
+                format!(
+                    "{}: sha256 {found} ({} bytes) is not what GuestOS's manifest lists",
+                    path.display(),
+                    bytes.len()
+                ),
+                reflash,
+            ));
+        }
         let text = String::from_utf8_lossy(&bytes);
         plinth_release::measurements::Measurements::parse(&text, &path.display().to_string())
             .map_err(|e| fail(Step::Releases, e, reflash))?
     };
 
+    check_cancel(req, Step::Certify)?;
     log(&format!("step 3/9: {}", Step::Certify.name()));
     let inventory = Inventory::read(req.root, req.tpm).map_err(|e| {
         fail(
@@ -227,7 +304,8 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
                 .map(|c| format!("{}: {}", c.id, c.action))
                 .collect::<Vec<_>>()
                 .join("; "),
-            verdict: Some(verdict),
+            verdict: Some(Box::new(verdict)),
+            disks: Vec::new(),
         });
     }
     let generation = verdict.generation.clone().unwrap_or_default();
@@ -294,21 +372,118 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
         }
     ));
 
-    // Nothing has been written so far. From here on, a failure leaves the disk it was
-    // writing with a zeroed first MiB (no valid GPT), never a half-written one that boots.
+    // Everything the writing steps need, checked before anything is written.
+    let config_partition = host_image
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.role == Role::Config)
+        .cloned()
+        .ok_or_else(|| {
+            fail(
+                Step::HostConfig,
+                "the HostOS release has no config partition",
+                reflash,
+            )
+        })?;
+    let esp = host_image
+        .manifest
+        .partitions
+        .iter()
+        .find(|p| p.role == Role::Esp)
+        .map(|p| p.number)
+        .ok_or_else(|| fail(Step::BootEntry, "the HostOS release has no ESP", reflash))?;
+    let mut tools = vec!["debugfs", "e2fsck"];
+    if req.boot_entry {
+        tools.push("efibootmgr");
+    }
+    if let Some(missing) = tools.iter().find(|t| !has_tool(t)) {
+        return Err(fail(
+            Step::HostConfig,
+            format!("{missing} is not installed"),
+            reflash,
+        ));
+    }
+    if targets[0].path == targets[1].path {
+        return Err(fail(
+            Step::Disks,
+            format!(
+                "HostOS and GuestOS would both go onto {}",
+                targets[0].path.display()
+            ),
+            "name two different disks in target_disks",
+        ));
+    }
+    let files = hostconfig::files(&config, operator_key, &env.render(), report);
+    check_cancel(req, Step::WriteHost)?;
+
+    // Nothing has been written so far. From here on, a failure leaves every disk begun
+    // without a partition table (its first MiB zeroed), never one that boots half-installed,
+    // and the banner says what became of each.
+    let mut begun: Vec<(&'static str, Disk)> = Vec::new();
+    let result = write_and_configure(
+        req,
+        [(&host_image, &targets[0]), (&guest_image, &targets[1])],
+        &config_partition,
+        esp,
+        &files,
+        &mut begun,
+    );
+    let (seconds, bytes_written, verify_seconds) = match result {
+        Ok(done) => done,
+        Err(mut e) => {
+            for (os, disk) in &begun {
+                e.disks.push(match plinth_flash::write::reset_first_mib(disk) {
+                    Ok(()) => format!(
+                        "{os} disk {}: left without a partition table (not bootable)",
+                        disk.path.display()
+                    ),
+                    Err(why) => format!(
+                        "{os} disk {}: its partition table could NOT be cleared ({why}): do not boot it",
+                        disk.path.display()
+                    ),
+                });
+            }
+            return Err(e);
+        }
+    };
+    Ok(Installed {
+        generation,
+        report_sha256,
+        host_disk: assignment.host.describe(),
+        guest_disk: assignment.guest.describe(),
+        guest_data_disks: assignment.guest_data.iter().map(|t| t.describe()).collect(),
+        guest_env: env.render(),
+        host_write_seconds: seconds[0],
+        guest_write_seconds: seconds[1],
+        bytes_written,
+        verify_seconds,
+    })
+}
+
+/// Steps 6 to 9: each image written and read back, HostOS's configuration, the boot entry.
+/// Every disk opened for writing is pushed onto `begun` first, so that the caller can clear
+/// it when a later step fails.
+fn write_and_configure(
+    req: &Request,
+    images: [(&Image, &device::Target); 2],
+    config_partition: &plinth_release::manifest::PartitionImage,
+    esp: u32,
+    files: &[hostconfig::ConfigFile],
+    begun: &mut Vec<(&'static str, Disk)>,
+) -> Result<([f64; 2], u64, f64), InstallError> {
+    let log = req.log;
     let mut seconds = [0.0f64; 2];
     let mut bytes_written = 0;
     let mut verify_seconds = 0.0;
-    for (i, (step, image, target)) in [
-        (Step::WriteHost, &host_image, &targets[0]),
-        (Step::WriteGuest, &guest_image, &targets[1]),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let steps = [(Step::WriteHost, "HostOS"), (Step::WriteGuest, "GuestOS")];
+    for (i, ((step, os), (image, target))) in steps.into_iter().zip(images).enumerate() {
+        check_cancel(req, step)?;
         log(&format!("step {}/9: {}", 6 + i, step.name()));
         let again = "boot SetupOS again to retry; if it fails again, replace the disk";
-        let mut disk = Disk::open_write(target).map_err(|e| fail(step, e.to_string(), again))?;
+        let disk = Disk::open_write(target).map_err(|e| fail(step, e.to_string(), again))?;
+        begun.push((os, disk));
+        let disk = &mut begun.last_mut().expect("just pushed").1;
         let total = image.size;
         let last = std::cell::Cell::new(0u64);
         let progress = |done: u64| {
@@ -326,7 +501,7 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
         };
         let written = plinth_flash::write::write(
             image,
-            &mut disk,
+            disk,
             &WriteOptions {
                 cancel: req.cancel,
                 progress: &progress,
@@ -340,7 +515,6 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
             .map_err(|e| fail(step, e.to_string(), again))?;
         verify_seconds += verified.seconds;
         if !verified.ok() {
-            let _ = plinth_flash::write::reset_first_mib(&disk);
             return Err(fail(
                 step,
                 format!(
@@ -359,27 +533,11 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
         ));
     }
 
+    check_cancel(req, Step::HostConfig)?;
     log(&format!("step 8/9: {}", Step::HostConfig.name()));
-    let config_partition = host_image
-        .manifest
-        .partitions
-        .iter()
-        .find(|p| p.role == Role::Config)
-        .ok_or_else(|| {
-            fail(
-                Step::HostConfig,
-                "the HostOS release has no config partition",
-                reflash,
-            )
-        })?;
-    let files = hostconfig::files(&config, operator_key, &env.render(), report);
-    hostconfig::write(
-        &targets[0].path,
-        config_partition.offset,
-        &files,
-        req.scratch,
-    )
-    .map_err(|e| fail(Step::HostConfig, e, "boot SetupOS again to retry"))?;
+    let host = &images[0].1.path;
+    hostconfig::write(host, config_partition.offset, files, req.scratch)
+        .map_err(|e| fail(Step::HostConfig, e, "boot SetupOS again to retry"))?;
     log(&format!(
         "  {} written into partition {} ({}) and read back",
         files
@@ -391,15 +549,10 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
         config_partition.name
     ));
 
+    check_cancel(req, Step::BootEntry)?;
     log(&format!("step 9/9: {}", Step::BootEntry.name()));
     if req.boot_entry {
-        let esp = host_image
-            .manifest
-            .partitions
-            .iter()
-            .find(|p| p.role == Role::Esp)
-            .ok_or_else(|| fail(Step::BootEntry, "the HostOS release has no ESP", reflash))?;
-        boot_entry(&targets[0].path, esp.number).map_err(|e| {
+        boot_entry(host, esp).map_err(|e| {
             fail(
                 Step::BootEntry,
                 e,
@@ -409,18 +562,7 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
     } else {
         log("  skipped (--no-boot-entry)");
     }
-    Ok(Installed {
-        generation,
-        report_sha256,
-        host_disk: assignment.host.describe(),
-        guest_disk: assignment.guest.describe(),
-        guest_data_disks: assignment.guest_data.iter().map(|t| t.describe()).collect(),
-        guest_env: env.render(),
-        host_write_seconds: seconds[0],
-        guest_write_seconds: seconds[1],
-        bytes_written,
-        verify_seconds,
-    })
+    Ok((seconds, bytes_written, verify_seconds))
 }
 
 fn choose_disks(
@@ -431,13 +573,14 @@ fn choose_disks(
     guest: &Image,
 ) -> Result<Assignment, InstallError> {
     let candidates = disks::candidates(req.root, &inventory.topology);
-    let chosen = disks::choose(candidates, &config.target_disks).map_err(|e| {
-        fail(
-            Step::Disks,
-            e.to_string(),
-            "correct target_disks in config.yaml (serials as the disks report them)",
-        )
-    })?;
+    let chosen =
+        disks::choose(candidates, &config.target_disks, config.reinstall).map_err(|e| {
+            fail(
+                Step::Disks,
+                e.to_string(),
+                "correct target_disks in config.yaml (serials as the disks report them)",
+            )
+        })?;
     disks::assign(chosen, host.size, guest.size).map_err(|e| {
         fail(
             Step::Disks,
@@ -477,19 +620,21 @@ pub fn banner(e: &InstallError) -> String {
     );
     s.push_str(&format!("  reason: {}\n", e.reason));
     s.push_str(&format!("  do:     {}\n", e.action));
-    s.push_str(if e.step.writes() {
-        "  disks:  the disk being written was left without a partition table (not bootable)\n"
-    } else {
-        "  disks:  nothing was written to any disk\n"
-    });
+    if e.disks.is_empty() {
+        s.push_str("  disks:  nothing was written to any disk\n");
+    }
+    for d in &e.disks {
+        s.push_str(&format!("  disks:  {d}\n"));
+    }
     s.push_str(&rule);
     s.push('\n');
     s
 }
 
-/// The scratch directory an install uses, private to root.
-pub fn scratch_dir(base: &Path) -> std::io::Result<PathBuf> {
-    let dir = base.join(format!("plinth-setup-{}", std::process::id()));
-    plinth_release::archive::private_dir(&dir)?;
-    Ok(dir)
+/// The scratch directory an install uses: a new one with a random name (nobody can plant
+/// it beforehand), private to root (0700), removed when dropped.
+pub fn scratch_dir(base: &Path) -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("plinth-setup-")
+        .tempdir_in(base)
 }
