@@ -148,7 +148,18 @@ pub fn open(dir: &Path, os: &str, version: &str, profile: &str) -> Result<Carrie
     })
 }
 
-/// Copy each carried release's [`FILES`] into `tree/releases/<os>/`, each checked against
+fn set_mode(path: &Path, mode: u32) -> Result<(), CarriedError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        CarriedError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Copy each carried release's [`FILES`] into `tree/releases/<os>/` (directories 0755,
+/// files 0644, whatever the umask), each checked against
 /// its manifest (sha256 and size) as it is copied.
 pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
     for c in carried {
@@ -157,6 +168,10 @@ pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
             path: dest.clone(),
             source,
         })?;
+        // Modes fixed here, not left to the umask: they land in the image's data partition.
+        for dir in [tree.to_path_buf(), tree.join(DIR), dest.clone()] {
+            set_mode(&dir, 0o755)?;
+        }
         for file in FILES {
             let from = c.dir.join(file);
             let to = dest.join(file);
@@ -193,6 +208,7 @@ pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
                 }
             })?;
             let (file_out, got, len) = writer.finish();
+            set_mode(&to, 0o644)?;
             file_out.sync_all().map_err(|source| CarriedError::Io {
                 path: to.clone(),
                 source,
@@ -206,4 +222,77 @@ pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A release directory of `os` whose manifest lists the carried files it holds.
+    fn release(dir: &Path, os: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut outputs = Vec::new();
+        for (name, bytes) in [
+            ("disk-img.tar.zst", &b"disk"[..]),
+            ("measurements.json", b"{}"),
+        ] {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            outputs.push(plinth_release::manifest::OutputFile {
+                name: name.parse().unwrap(),
+                sha256: Sha256::of(bytes),
+                size: bytes.len() as u64,
+            });
+        }
+        let text = format!(
+            r#"{{"format_version":{},"os":"{os}","version":"1.0.0","profile":"test","inputs":{{"source_commit":"{c}","source_date_epoch":1,"lock_sha256":"{h}","os_spec_sha256":"{h}","builder_version":"0.1.0"}},"outputs":{},"partitions":[{{"number":1,"name":"root","role":"root","slot":null,"offset":1048576,"size":1048576,"blocks_sha256":"{h}"}}],"measurements":{{"slots":[{{"slot":null,"verity_root_hash":"{h}","uki_sha256":"{h}","pcr4":null,"pcr7":null,"pcr11":"{h}"}}]}}}}"#,
+            plinth_release::manifest::FORMAT_VERSION,
+            serde_json::to_string(&outputs).unwrap(),
+            c = "c".repeat(40),
+            h = "1".repeat(64),
+        );
+        std::fs::write(dir.join("manifest.json"), text).unwrap();
+    }
+
+    #[test]
+    fn carried_files_get_fixed_modes_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        release(&dir.path().join("out/host-os/1.0.0"), "host-os");
+        let carried = find(
+            &dir.path().join("out"),
+            &["host-os".into()],
+            "1.0.0",
+            "test",
+        )
+        .unwrap();
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let staged = stage(&carried, &dir.path().join("tree"));
+        nix::sys::stat::umask(old);
+        staged.unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join("tree").join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("releases"), 0o755);
+        assert_eq!(mode("releases/host-os"), 0o755);
+        for f in FILES {
+            assert_eq!(mode(&format!("releases/host-os/{f}")), 0o644, "{f}");
+        }
+        // A carried file that is not what its manifest says is refused.
+        std::fs::write(
+            dir.path().join("out/host-os/1.0.0/measurements.json"),
+            "{ }",
+        )
+        .unwrap();
+        let err = stage(&carried, &dir.path().join("tree2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("measurements.json") && err.contains("the manifest says"),
+            "{err}"
+        );
+    }
 }
