@@ -732,7 +732,7 @@ fn empty_filesystems(
     let empty_dir = work.join("empty");
     let carried_dir = work.join("carried");
     if !carried.is_empty() {
-        carried::stage(carried, &carried_dir)?;
+        carried::stage(carried, &carried_dir, epoch)?;
     }
     for part in &p.partitions {
         if !matches!(part.role, Role::Config | Role::Data) {

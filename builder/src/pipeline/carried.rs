@@ -159,9 +159,10 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CarriedError> {
 }
 
 /// Copy each carried release's [`FILES`] into `tree/releases/<os>/` (directories 0755,
-/// files 0644, whatever the umask), each checked against
+/// files 0644, whatever the umask; every time clamped to `epoch`, as the image's own tree:
+/// mke2fs copies modification times), each checked against
 /// its manifest (sha256 and size) as it is copied.
-pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
+pub fn stage(carried: &[Carried], tree: &Path, epoch: i64) -> Result<(), CarriedError> {
     for c in carried {
         let dest = tree.join(DIR).join(c.os.as_str());
         std::fs::create_dir_all(&dest).map_err(|source| CarriedError::Io {
@@ -221,6 +222,10 @@ pub fn stage(carried: &[Carried], tree: &Path) -> Result<(), CarriedError> {
             }
         }
     }
+    super::normalize::clamp_times(tree, epoch).map_err(|e| CarriedError::Io {
+        path: tree.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    })?;
     Ok(())
 }
 
@@ -266,7 +271,7 @@ mod tests {
         )
         .unwrap();
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        let staged = stage(&carried, &dir.path().join("tree"));
+        let staged = stage(&carried, &dir.path().join("tree"), 1_700_000_000);
         nix::sys::stat::umask(old);
         staged.unwrap();
         let mode = |p: &str| {
@@ -281,13 +286,24 @@ mod tests {
         for f in FILES {
             assert_eq!(mode(&format!("releases/host-os/{f}")), 0o644, "{f}");
         }
+        // Modification times are the epoch's (mke2fs copies them into the image).
+        use std::os::unix::fs::MetadataExt;
+        for p in [
+            "",
+            "releases",
+            "releases/host-os",
+            "releases/host-os/manifest.json",
+        ] {
+            let meta = std::fs::metadata(dir.path().join("tree").join(p)).unwrap();
+            assert_eq!(meta.mtime(), 1_700_000_000, "{p}");
+        }
         // A carried file that is not what its manifest says is refused.
         std::fs::write(
             dir.path().join("out/host-os/1.0.0/measurements.json"),
             "{ }",
         )
         .unwrap();
-        let err = stage(&carried, &dir.path().join("tree2"))
+        let err = stage(&carried, &dir.path().join("tree2"), 1_700_000_000)
             .unwrap_err()
             .to_string();
         assert!(

@@ -232,7 +232,7 @@ pub fn walk(root: &Path) -> Result<Vec<PathBuf>, NormalizeError> {
 }
 
 /// Set access and modification times of every path (and the root) to at most `epoch`.
-fn clamp_times(root: &Path, epoch: i64) -> Result<(), NormalizeError> {
+pub fn clamp_times(root: &Path, epoch: i64) -> Result<(), NormalizeError> {
     let mut paths = walk(root)?;
     paths.push(root.to_path_buf());
     for path in paths {
