@@ -426,14 +426,9 @@ pub fn is_check_id(id: &str) -> bool {
             .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
 }
 
+/// One plain file name, as a release's file names are ([`plinth_release::names`]).
 fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    plinth_release::names::check_file_name(name).is_ok()
 }
 
 /// A serial as disks report it (NVMe: 20 printable ASCII characters, space-padded; SCSI
