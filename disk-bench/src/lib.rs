@@ -40,10 +40,15 @@
 //! waits for the end of startup first (`systemctl is-system-running --wait`), so that the
 //! benchmark neither delays the boot report nor competes with the rest of the boot, and its
 //! failure never fails the boot.
+//!
+//! The crate also reads the mark of the disks SetupOS's `install-bench` copies a release's
+//! image from ([`install`]); both marks share one form ([`mark`]).
 
 pub mod crypt;
 pub mod direct;
+pub mod install;
+pub mod mark;
 pub mod scratch;
 mod verb;
 
-pub use verb::DiskBenchArgs;
+pub use verb::{wait_for_startup, DiskBenchArgs};

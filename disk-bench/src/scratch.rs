@@ -1,14 +1,14 @@
-//! Which disks are benchmark disks: the mark on a disk's first sector and the header after
-//! it ([`parse_header`]), and the marked whole virtio disks of a machine ([`marked_disks`]).
+//! Which disks are scratch benchmark disks: the mark on a disk's first sector and the header
+//! after it ([`parse_header`], in the form of [`crate::mark`]), and the marked whole virtio
+//! disks of a machine ([`marked_disks`]).
 
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use crate::mark;
+use std::path::Path;
 
 /// The first bytes of a benchmark disk's first sector.
 pub const MAGIC: &[u8] = b"PLINTH DISK BENCH SCRATCH v1\n";
-/// The header's sector.
-const SECTOR: usize = 512;
+#[cfg(test)]
+const SECTOR: usize = mark::SECTOR;
 const DEFAULT_RANDOM_READS: u64 = 4096;
 /// The sequential block, which `bytes` must be a multiple of.
 const BLOCK: u64 = crate::direct::BLOCK as u64;
@@ -23,30 +23,29 @@ pub struct Header {
     pub dm_crypt: bool,
 }
 
+/// A marked scratch disk.
+pub type MarkedDisk = mark::MarkedDisk<Header>;
+
 /// The header on a disk's first sector: `None` when the sector does not start with
 /// [`MAGIC`] (not a benchmark disk), `Some(Err)` when it does but the rest is not valid.
 pub fn parse_header(sector: &[u8]) -> Option<Result<Header, String>> {
-    let rest = sector.strip_prefix(MAGIC)?;
-    let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
-    let Ok(text) = std::str::from_utf8(&rest[..end]) else {
-        return Some(Err("the header is not UTF-8".into()));
+    let fields = match mark::fields(sector, MAGIC)? {
+        Ok(fields) => fields,
+        Err(e) => return Some(Err(e)),
     };
     let mut header = Header {
         bytes: None,
         random_reads: DEFAULT_RANDOM_READS,
         dm_crypt: false,
     };
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let parsed = line
-            .split_once('=')
-            .and_then(|(key, value)| Some((key, value.parse::<u64>().ok()?)));
-        match parsed {
-            Some(("bytes", n)) if n > 0 && n % BLOCK == 0 => header.bytes = Some(n),
-            Some(("random_reads", n)) => header.random_reads = n,
-            Some(("dm_crypt", n)) if n <= 1 => header.dm_crypt = n == 1,
+    for (key, value) in fields {
+        match (key, value.parse::<u64>().ok()) {
+            ("bytes", Some(n)) if n > 0 && n % BLOCK == 0 => header.bytes = Some(n),
+            ("random_reads", Some(n)) => header.random_reads = n,
+            ("dm_crypt", Some(n)) if n <= 1 => header.dm_crypt = n == 1,
             _ => {
                 return Some(Err(format!(
-                    "header line {line:?}: expected bytes=<a multiple of 1 MiB>, random_reads=<count> or dm_crypt=<0 or 1>"
+                    "header line \"{key}={value}\": expected bytes=<a multiple of 1 MiB>, random_reads=<count> or dm_crypt=<0 or 1>"
                 )))
             }
         }
@@ -57,72 +56,13 @@ pub fn parse_header(sector: &[u8]) -> Option<Result<Header, String>> {
 /// The header of the disk or file at `path` (see [`parse_header`]); `None` as well when its
 /// first sector cannot be read.
 pub fn read_header(path: &Path) -> Option<Result<Header, String>> {
-    let mut sector = [0u8; SECTOR];
-    File::open(path).ok()?.read_exact(&mut sector).ok()?;
-    parse_header(&sector)
-}
-
-/// A marked disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MarkedDisk {
-    /// `vdb`.
-    pub name: String,
-    /// `/dev/vdb`.
-    pub path: PathBuf,
-    /// Its size in bytes.
-    pub capacity: u64,
-    pub header: Result<Header, String>,
+    parse_header(&mark::first_sector(path)?)
 }
 
 /// The marked virtio disks of the machine whose sysfs is at `sys` and devices at `dev`, by
-/// name. A disk that is read-only, has partitions or holders is not even read.
+/// name ([`mark::marked_disks`]).
 pub fn marked_disks(sys: &Path, dev: &Path) -> Vec<MarkedDisk> {
-    let block = sys.join("block");
-    let mut names: Vec<String> = std::fs::read_dir(&block)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| name.starts_with("vd"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    let mut disks = Vec::new();
-    for name in names {
-        let dir = block.join(&name);
-        let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        if read("ro").trim() != "0" || has_partitions(&dir) || has_holders(&dir) {
-            continue;
-        }
-        let Ok(sectors) = read("size").trim().parse::<u64>() else {
-            continue;
-        };
-        let path = dev.join(&name);
-        if let Some(header) = read_header(&path) {
-            disks.push(MarkedDisk {
-                name,
-                path,
-                capacity: sectors * 512,
-                header,
-            });
-        }
-    }
-    disks
-}
-
-/// Whether the disk at sysfs `dir` has a partition (a subdirectory with a `partition` file).
-fn has_partitions(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .any(|e| e.path().join("partition").exists())
-    })
-}
-
-/// Whether anything (device-mapper, md) is stacked on the disk at sysfs `dir`.
-fn has_holders(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("holders")).is_ok_and(|mut entries| entries.next().is_some())
+    mark::marked_disks(sys, dev, parse_header)
 }
 
 /// Benchmark disks for the crate's tests.

@@ -74,7 +74,7 @@ impl DiskBenchArgs {
 }
 
 /// Wait until systemd has no start job left, at most `limit` (then go on).
-fn wait_for_startup(limit: Duration) {
+pub fn wait_for_startup(limit: Duration) {
     let Ok(mut child) = std::process::Command::new("systemctl")
         .args(["is-system-running", "--wait"])
         .stdout(std::process::Stdio::null())

@@ -1,7 +1,8 @@
 //! `plinth-setup`: the SetupOS agent. It certifies the machine against the catalog
 //! (`certify`), and reports the boot (`boot-report`) and its measurements (`measured-boot`),
-//! both from the crate `plinth-boot-report`; and installs HostOS and GuestOS (`install`,
-//! [`plinth_setup::install`]). This file is clap dispatch and the verbs' output.
+//! both from the crate `plinth-boot-report`; installs HostOS and GuestOS (`install`,
+//! [`plinth_setup::install`]); and benchmarks the install's writer against `dd`
+//! (`install-bench`, [`plinth_setup::bench`]). This file is clap dispatch and the verbs' output.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -47,6 +48,82 @@ Examples:
   plinth-setup install --media              what SetupOS runs at boot
   plinth-setup install --config config.yaml --releases /mnt/releases --no-reboot")]
     Install(InstallArgs),
+    /// Benchmark the install's writer against `dd` of the same image onto the same NVMe
+    /// disk, for each virtio disk marked as a benchmark source (ci/bench-install makes
+    /// them); without one, nothing is written.
+    #[command(after_help = "\
+A source disk's first sector starts with \"PLINTH INSTALL BENCH SOURCE v1\\n\" and names the
+release (host-os or guest-os), its image's size (bytes=) and the serial of a blank NVMe
+disk (target=); the raw image starts at 1 MiB. Each run copies it with dd (bs=4M
+oflag=direct conv=fsync), reads the target back against the release, then writes the
+carried release as the install does and reads it back; one line per run on the consoles.
+
+Exit status: 0 no source disk, or every benchmark ran; 1 one failed; 2 bad input.
+
+Examples:
+  plinth-setup install-bench                what SetupOS runs at boot
+  plinth-setup install-bench --no-wait --releases /mnt/releases")]
+    InstallBench(InstallBenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallBenchArgs {
+    /// The directory holding host-os/ and guest-os/ releases [default: SetupOS's data
+    /// partition, mounted, with the root's pins].
+    #[arg(long, value_name = "DIR")]
+    releases: Option<PathBuf>,
+    /// Start at once instead of waiting for the end of startup.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl InstallBenchArgs {
+    fn run(self) -> anyhow::Result<()> {
+        use plinth_setup::bench::{self, Bench};
+        use plinth_setup::install::{media, run};
+        let root = Path::new("/");
+        let sources = bench::sources(root, Path::new("/dev"));
+        if sources.is_empty() {
+            println!("plinth-setup: no install benchmark source disk");
+            return Ok(());
+        }
+        if !self.no_wait {
+            plinth_disk_bench::wait_for_startup(std::time::Duration::from_secs(600));
+        }
+        let (releases, pins) = match self.releases {
+            Some(dir) => (dir, None),
+            None => {
+                // The install may be mounting the same partitions at this moment.
+                let m = media::mount(&root.join("sys")).or_else(|_| {
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    media::mount(&root.join("sys"))
+                });
+                let m = m.map_err(BadInput)?;
+                let pins = run::read_pins(Path::new(run::PINS)).map_err(BadInput)?;
+                (m.data.join("releases"), Some(pins))
+            }
+        };
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        cancel_on_signals(cancel.clone()).context("blocking SIGINT and SIGTERM")?;
+        let say = |line: &str| plinth_state::console::say(&[line.to_string()]);
+        let (ok, failed) = Bench {
+            root,
+            dev: Path::new("/dev"),
+            releases: &releases,
+            pins: pins.as_deref(),
+            cancel: &cancel,
+            say: &say,
+        }
+        .run(sources);
+        say(&format!(
+            "PLINTH INSTALL BENCH finished ok={ok} failed={failed}"
+        ));
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("{failed} install benchmark(s) failed"))
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -357,6 +434,7 @@ impl CertifyArgs {
 fn main() -> ExitCode {
     AGENT.main(&Vec::new, |verb| match verb {
         Verb::Certify(args) => finish(args.run()),
+        Verb::InstallBench(args) => finish(args.run()),
         Verb::Install(args) => {
             let media = args.media;
             let result = args.run();

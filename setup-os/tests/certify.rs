@@ -436,40 +436,7 @@ struct TcpSwtpm {
 impl TcpSwtpm {
     fn start(dir: &Path, ca: &Path) -> TcpSwtpm {
         let state = dir.join("state");
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::create_dir_all(ca).unwrap();
-        let localca = dir.join("localca.conf");
-        std::fs::write(
-            &localca,
-            format!(
-                "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\n\
-                 certserial = {0}/certserial\n",
-                ca.display()
-            ),
-        )
-        .unwrap();
-        let setup = dir.join("swtpm_setup.conf");
-        std::fs::write(
-            &setup,
-            format!(
-                "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\n\
-                 active_pcr_banks = sha256\n",
-                localca.display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("swtpm_setup")
-            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
-            .arg(&state)
-            .arg("--config")
-            .arg(&setup)
-            .output()
-            .expect("swtpm_setup (ci/setup installs swtpm-tools)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        plinth_testkit::swtpm::manufacture_with_ek(&state, ca);
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()

@@ -25,39 +25,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A TPM state manufactured with EK certificates issued by a local CA made here
-/// (`swtpm_setup --create-ek-cert` with `swtpm_localca`); returns the CA that issued them.
-fn tpm_with_ek(state: &Path, ca: &Path) -> PathBuf {
-    std::fs::create_dir_all(state).unwrap();
-    std::fs::create_dir_all(ca).unwrap();
-    let localca = ca.join("localca.conf");
-    std::fs::write(
-        &localca,
-        format!(
-            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\n\
-             certserial = {0}/certserial\n",
-            ca.display()
-        ),
-    )
-    .unwrap();
-    let setup = ca.join("swtpm_setup.conf");
-    std::fs::write(
-        &setup,
-        format!(
-            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\n\
-             active_pcr_banks = sha256\n",
-            localca.display()
-        ),
-    )
-    .unwrap();
-    run(Command::new("swtpm_setup")
-        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
-        .arg(state)
-        .arg("--config")
-        .arg(&setup));
-    ca.join("issuercert.pem")
-}
-
 /// The provider's files: config.yaml (qemu-test, the three drives by serial), the node
 /// operator key, and the test's EK CA beside them.
 fn provider_files(dir: &Path, ek_ca: &Path) -> Vec<PathBuf> {
@@ -231,7 +198,7 @@ pub fn setup_installs_a_node(out: &Path, version: &str, scratch: &Path) {
     );
     std::fs::create_dir_all(scratch).unwrap();
     let tpm = scratch.join("tpm");
-    let ek_ca = tpm_with_ek(&tpm, &scratch.join("ek-ca"));
+    let ek_ca = plinth_testkit::swtpm::manufacture_with_ek(&tpm, &scratch.join("ek-ca"));
     let files = provider_files(&scratch.join("provider"), &ek_ca);
     let stick = stick(&setup, &files, scratch);
     let drives = blank_drives(&scratch.join("drives"));

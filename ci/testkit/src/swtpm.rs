@@ -1,8 +1,9 @@
 //! A real TPM for tests: a swtpm on a unix socket, manufactured with the SHA-256 bank only,
-//! driven with tpm2-tools; and loop devices over image files (root). Used by the tests of
-//! the signed PCR policy and of the sealed state volume.
+//! driven with tpm2-tools; a TPM state manufactured with an EK certificate from a local CA
+//! ([`manufacture_with_ek`]); and loop devices over image files (root). Used by the tests of
+//! the signed PCR policy, the sealed state volume, certification and the install.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 /// A swtpm on a unix socket in `dir`, manufactured with the sha256 bank only; killed on drop.
@@ -103,6 +104,45 @@ impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").args(["-d", &self.0]).status();
     }
+}
+
+/// Manufacture a TPM 2.0 state in `state` (sha256 bank) with EK certificates issued by a
+/// local CA kept in `ca` (`swtpm_setup --create-ek-cert` with `swtpm_localca`, which makes
+/// the CA on first use; a second state with the same `ca` gets a certificate from the same
+/// CA). Returns the CA certificate that issued them (PEM).
+pub fn manufacture_with_ek(state: &Path, ca: &Path) -> PathBuf {
+    std::fs::create_dir_all(state).unwrap();
+    std::fs::create_dir_all(ca).unwrap();
+    let localca = ca.join("localca.conf");
+    std::fs::write(
+        &localca,
+        format!(
+            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\n\
+             certserial = {0}/certserial\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let setup = ca.join("swtpm_setup.conf");
+    std::fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {}\n\
+             active_pcr_banks = sha256\n",
+            localca.display()
+        ),
+    )
+    .unwrap();
+    check(
+        "swtpm_setup (ci/setup installs swtpm-tools)",
+        Command::new("swtpm_setup")
+            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+            .arg(state)
+            .arg("--config")
+            .arg(&setup)
+            .output(),
+    );
+    ca.join("issuercert.pem")
 }
 
 /// `out`, having checked that the command started and succeeded (panics with its output).
