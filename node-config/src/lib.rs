@@ -105,41 +105,64 @@ pub struct DiskId {
     pub wwn: Option<String>,
 }
 
-impl NodeConfig {
-    /// Read and check `path` (a file on the config partition, or one a provider is about to
-    /// write there); `generations` are the certified generations' names. The node operator
-    /// key is looked for beside it.
-    pub fn read(path: &Path, generations: &[&str]) -> Result<NodeConfig, SpecErrors> {
+/// The provider's config and the node operator key beside it, each read once: the bytes
+/// checked are the bytes a caller copies on (`plinth flash --config`, the install), so a
+/// file changed between two reads cannot slip past the checks.
+#[derive(Debug, Clone)]
+pub struct ProviderFiles {
+    pub config: NodeConfig,
+    /// config.yaml's bytes, as checked.
+    pub config_bytes: Vec<u8>,
+    /// The node operator key's bytes, as checked.
+    pub key_bytes: Vec<u8>,
+}
+
+impl ProviderFiles {
+    /// Read and check `path` and the key it names (see [`NodeConfig::read`]).
+    pub fn read(path: &Path, generations: &[&str]) -> Result<ProviderFiles, SpecErrors> {
         let file = path.display().to_string();
-        let bytes = plinth_release::untrusted::read_untrusted(path, MAX_SIZE).map_err(|e| {
+        let config_bytes = plinth_release::untrusted::read_untrusted(path, MAX_SIZE).map_err(|e| {
             SpecErrors::single(SpecError::io(
                 &file,
                 format!("cannot read it ({e}); a config.yaml is a regular file of at most {MAX_SIZE} bytes"),
             ))
         })?;
-        let text = String::from_utf8(bytes).map_err(|_| {
+        let text = std::str::from_utf8(&config_bytes).map_err(|_| {
             SpecErrors::single(SpecError::io(
                 &file,
                 "not UTF-8 text; save it as plain UTF-8".into(),
             ))
         })?;
-        let config = NodeConfig::parse(&text, &file, generations)?;
+        let config = NodeConfig::parse(text, &file, generations)?;
         let key = path
             .parent()
             .unwrap_or(Path::new("."))
             .join(&config.node_operator_key);
-        if let Err(why) = check_operator_key(&key) {
-            let index = PositionIndex::build(&text).unwrap_or_default();
-            return Err(SpecErrors::single(at(
+        let key_bytes = read_operator_key(&key).map_err(|why| {
+            let index = PositionIndex::build(text).unwrap_or_default();
+            SpecErrors::single(at(
                 &file,
                 &index,
                 "node_operator_key",
                 "a PEM private key file beside config.yaml",
                 format!("`{}`: {why}", config.node_operator_key),
                 "copy the node operator's private key onto the config partition under this name",
-            )));
-        }
-        Ok(config)
+            ))
+        })?;
+        Ok(ProviderFiles {
+            config,
+            config_bytes,
+            key_bytes,
+        })
+    }
+}
+
+impl NodeConfig {
+    /// Read and check `path` (a file on the config partition, or one a provider is about to
+    /// write there); `generations` are the certified generations' names. The node operator
+    /// key is looked for beside it.
+    pub fn read(path: &Path, generations: &[&str]) -> Result<NodeConfig, SpecErrors> {
+        ProviderFiles::read(path, generations).map(|files| files.config)
     }
 
     /// Parse and check the text of a config named `file` (in errors).
@@ -406,7 +429,9 @@ fn check_ssh_key(line: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_operator_key(path: &Path) -> Result<(), String> {
+/// The node operator key at `path`: a regular file of at most [`MAX_KEY_SIZE`] bytes that
+/// looks like a PEM private key.
+fn read_operator_key(path: &Path) -> Result<Vec<u8>, String> {
     let bytes = plinth_release::untrusted::read_untrusted(path, MAX_KEY_SIZE)
         .map_err(|e| format!("cannot read it: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
@@ -414,7 +439,7 @@ fn check_operator_key(path: &Path) -> Result<(), String> {
     if !(pem.starts_with("-----BEGIN ") && pem.contains("PRIVATE KEY-----")) {
         return Err("not a PEM private key (no `-----BEGIN ... PRIVATE KEY-----`)".into());
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// A check id as `plinth-setup certify` names them: `nvme.models`, `memory.balance`.

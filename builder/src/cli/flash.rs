@@ -11,7 +11,7 @@ use plinth_flash::write::{self, WriteOptions, Written};
 use plinth_flash::{config, Disk, FlashError};
 use serde::Serialize;
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -250,24 +250,24 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         (Some(path), Some(bytes)) => {
             let test = image.manifest.profile.as_str() == "test";
             let names = plinth_firmware::certification::Certification::builtin().names(test);
-            let parsed = plinth_node_config::NodeConfig::read(path, &names).map_err(|e| {
+            let files = plinth_node_config::ProviderFiles::read(path, &names).map_err(|e| {
                 BadInput(format!(
                     "{e}\n  hint: `plinth config check {}` shows the same; nothing was written",
                     path.display()
                 ))
             })?;
-            let key_path = path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(&parsed.node_operator_key);
-            let key = plinth_release::untrusted::read_untrusted(
-                &key_path,
-                plinth_node_config::MAX_KEY_SIZE,
-            )
-            .map_err(|e| BadInput(format!("{}: {e}", key_path.display())))?;
+            // What was checked is what is written: read once (a config changed since the
+            // first check above is refused, not written).
+            if files.config_bytes != *bytes {
+                return Err(BadInput(format!(
+                    "{}: changed while plinth read it; nothing was written",
+                    path.display()
+                ))
+                .into());
+            }
             vec![
-                (config::CONFIG_NAME.to_string(), bytes.clone()),
-                (parsed.node_operator_key.clone(), key),
+                (config::CONFIG_NAME.to_string(), files.config_bytes),
+                (files.config.node_operator_key.clone(), files.key_bytes),
             ]
         }
         _ => Vec::new(),

@@ -17,7 +17,7 @@ use plinth_flash::device::{self, Roots};
 use plinth_flash::image::Image;
 use plinth_flash::write::WriteOptions;
 use plinth_flash::Disk;
-use plinth_node_config::NodeConfig;
+use plinth_node_config::{NodeConfig, ProviderFiles};
 use plinth_release::Role;
 use serde::Serialize;
 use std::path::Path;
@@ -164,29 +164,19 @@ pub fn install(req: &Request) -> Result<Installed, InstallError> {
     let log = req.log;
     let catalog = Certification::builtin();
     log(&format!("step 1/9: {}", Step::Config.name()));
-    let config =
-        NodeConfig::read(req.config, &catalog.names(req.test_generations)).map_err(|e| {
-            fail(
-                Step::Config,
-                e.to_string(),
-                "correct config.yaml on the stick's config partition (`plinth config check` \
+    // The config and the key are read once: the key written to HostOS is the key checked.
+    let ProviderFiles {
+        config,
+        key_bytes: operator_key,
+        ..
+    } = ProviderFiles::read(req.config, &catalog.names(req.test_generations)).map_err(|e| {
+        fail(
+            Step::Config,
+            e.to_string(),
+            "correct config.yaml on the stick's config partition (`plinth config check` \
              shows every error), then boot SetupOS again",
-            )
-        })?;
-    let key_path = req
-        .config
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(&config.node_operator_key);
-    let operator_key =
-        plinth_release::untrusted::read_untrusted(&key_path, plinth_node_config::MAX_KEY_SIZE)
-            .map_err(|e| {
-                fail(
-                    Step::Config,
-                    format!("{}: {e}", key_path.display()),
-                    "put the node operator key beside config.yaml",
-                )
-            })?;
+        )
+    })?;
 
     log(&format!("step 2/9: {}", Step::Releases.name()));
     let reflash = "this SetupOS stick is damaged: flash it again (plinth flash verifies it)";
