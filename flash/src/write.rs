@@ -7,7 +7,10 @@
 //! from 1 MiB on, holes as zeros (a stick has old data; only a new file keeps them as holes);
 //! (3) zero the device's last MiB past the image, so that an old backup GPT cannot survive;
 //! sync; (4) check the archive's sha256 against the manifest once more; (5) write the real
-//! first MiB, sync. Any failure or interruption after (1) zeroes the first MiB again.
+//! first MiB, sync. Any failure or interruption after (1) zeroes the first MiB again. A
+//! caller that writes several disks which only work together (the install: HostOS, then
+//! GuestOS) defers (5) with [`WriteOptions::defer_first_mib`] and commits each disk's first
+//! MiB with [`commit_first_mib`] once all of them are written and read back.
 
 use super::image::Image;
 use super::{all_zero, io_err, AlignedBuf, Disk, FlashError, MIB};
@@ -27,6 +30,9 @@ pub struct WriteOptions<'a> {
     pub cancel: &'a AtomicBool,
     /// Called with the bytes on the disk so far, now and then.
     pub progress: &'a dyn Fn(u64),
+    /// Leave the first MiB zeroed (step 5 not done): the disk has no partition table until
+    /// [`commit_first_mib`].
+    pub defer_first_mib: bool,
 }
 
 /// What [`write`](fn@write) did.
@@ -196,13 +202,34 @@ fn write_rest(
     if opts.cancel.load(Ordering::SeqCst) {
         return Err(FlashError::Interrupted);
     }
-    let mut head = AlignedBuf::new(first as usize);
-    head.as_mut_slice().copy_from_slice(&image.first_mib);
-    disk.write_at(head.as_slice(), 0).map_err(write_err)?;
-    disk.sync().map_err(io_err(&disk.path, "sync"))?;
-    bytes += first;
+    if !opts.defer_first_mib {
+        commit_first_mib(image, disk)?;
+        bytes += first;
+    }
     (opts.progress)(image.size);
     Ok((bytes, tail_zeroed))
+}
+
+/// Write `image`'s first MiB (protective MBR and primary GPT) onto `disk`, sync, and read it
+/// back: the last step of a write, done by the caller when the write deferred it.
+pub fn commit_first_mib(image: &Image, disk: &Disk) -> Result<(), FlashError> {
+    let first = image.first_mib.len();
+    let mut head = AlignedBuf::new(first);
+    head.as_mut_slice().copy_from_slice(&image.first_mib);
+    disk.write_at(head.as_slice(), 0)
+        .map_err(io_err(&disk.path, "write"))?;
+    disk.sync().map_err(io_err(&disk.path, "sync"))?;
+    let mut back = AlignedBuf::new(first);
+    disk.read_at(back.as_mut_slice(), 0)
+        .map_err(io_err(&disk.path, "read back"))?;
+    if back.as_slice() != &image.first_mib[..] {
+        return Err(FlashError::Io {
+            path: disk.path.clone(),
+            action: "read back the first MiB of",
+            source: std::io::Error::other("it differs from what was written"),
+        });
+    }
+    Ok(())
 }
 
 /// The writer thread stopped (its error is reported instead).

@@ -151,7 +151,10 @@ fn reading_checks_the_file_and_the_key_beside_it() {
     let files = ProviderFiles::read(&config, &GENERATIONS).unwrap();
     assert_eq!(files.config_bytes, EXAMPLE.as_bytes());
     assert_eq!(files.key_bytes, std::fs::read(&key).unwrap());
-    assert_eq!(files.config, NodeConfig::read(&config, &GENERATIONS).unwrap());
+    assert_eq!(
+        files.config,
+        NodeConfig::read(&config, &GENERATIONS).unwrap()
+    );
 
     // A link planted for the key or the config is not followed.
     std::fs::remove_file(&key).unwrap();

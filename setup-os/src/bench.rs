@@ -216,6 +216,7 @@ impl Bench<'_> {
             &WriteOptions {
                 cancel: self.cancel,
                 progress: &|_| {},
+                defer_first_mib: false,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -349,6 +349,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
         &WriteOptions {
             cancel,
             progress: &set,
+            defer_first_mib: false,
         },
     );
     progress.finish();

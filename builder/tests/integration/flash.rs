@@ -674,3 +674,53 @@ fn a_pinned_release_opens_only_with_its_own_manifest() {
     assert!(err.contains("but the release pinned here is"), "{err}");
     assert!(err.contains(&other.to_hex()), "{err}");
 }
+
+/// A write that defers its first MiB (the install writes both disks so) leaves a disk
+/// without a partition table whose partitions already read back as the release's; the
+/// commit writes, syncs and reads back the first MiB, and the whole disk then verifies.
+#[test]
+fn a_deferred_first_mib_is_zero_until_committed() {
+    use plinth_flash::{device, verify, write, Disk};
+    let fx = Fixture::new(16);
+    let image = plinth_flash::image::Image::open(&fx.release).unwrap();
+    let out = fx.dir.join("target.img");
+    let target = device::inspect(&out, &device::Roots::system()).unwrap();
+    let mut disk = Disk::open_write(&target).unwrap();
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let written = write::write(
+        &image,
+        &mut disk,
+        &write::WriteOptions {
+            cancel: &cancel,
+            progress: &|_| {},
+            defer_first_mib: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(written.bytes, image.size);
+    assert!(
+        head(&out, MIB).iter().all(|b| *b == 0),
+        "the first MiB was written"
+    );
+    let target = device::inspect(&out, &device::Roots::system()).unwrap();
+    let checked = verify::verify(
+        &Disk::open_read(&target).unwrap(),
+        &image,
+        &cancel,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(!checked.gpt_ok && !checked.ok());
+    assert!(checked.partitions.iter().all(|p| p.ok), "{checked:?}");
+
+    write::commit_first_mib(&image, &disk).unwrap();
+    assert_eq!(head(&out, MIB), head(&fx.disk, MIB));
+    let checked = verify::verify(
+        &Disk::open_read(&target).unwrap(),
+        &image,
+        &cancel,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(checked.ok(), "{checked:?}");
+}

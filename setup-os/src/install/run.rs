@@ -50,7 +50,7 @@ impl Step {
             Step::WriteHost => "write HostOS",
             Step::WriteGuest => "write GuestOS",
             Step::HostConfig => "write HostOS's configuration",
-            Step::BootEntry => "set the boot entry",
+            Step::BootEntry => "write the partition tables and set the boot entry",
         }
     }
 }
@@ -495,6 +495,10 @@ fn write_and_configure(
             &WriteOptions {
                 cancel: req.cancel,
                 progress: &progress,
+                // Neither disk gets its partition table before both are written, read back
+                // and configured (step 9): a power cut meanwhile leaves no disk that boots or
+                // looks installed.
+                defer_first_mib: true,
             },
         )
         .map_err(|e| fail(step, e.to_string(), again))?;
@@ -504,12 +508,14 @@ fn write_and_configure(
         let verified = plinth_flash::verify::verify(&reader, image, req.cancel, &mut |_| {})
             .map_err(|e| fail(step, e.to_string(), again))?;
         verify_seconds += verified.seconds;
-        if !verified.ok() {
+        // The first MiB is still zero (deferred): the partitions are compared now, the first
+        // MiB is read back when it is committed.
+        if let Some(bad) = verified.partitions.iter().find(|p| !p.ok) {
             return Err(fail(
                 step,
                 format!(
-                    "read back differs from the release: {}",
-                    verified.first_mismatch().unwrap_or_default()
+                    "read back differs from the release: partition {} `{}` ({})",
+                    bad.number, bad.name, bad.role
                 ),
                 "the disk does not keep what is written: replace it",
             ));
@@ -541,6 +547,22 @@ fn write_and_configure(
 
     check_cancel(req, Step::BootEntry)?;
     log(&format!("step 9/9: {}", Step::BootEntry.name()));
+    // The partition tables, GuestOS's first and HostOS's last: only now can the node boot.
+    for (os, (image, _)) in [("GuestOS", images[1]), ("HostOS", images[0])] {
+        let disk = &begun
+            .iter()
+            .find(|(begun, _)| *begun == os)
+            .expect("both disks were begun")
+            .1;
+        plinth_flash::write::commit_first_mib(image, disk).map_err(|e| {
+            fail(
+                Step::BootEntry,
+                format!("{}'s partition table: {e}", disk.path.display()),
+                "boot SetupOS again to retry; if it fails again, replace the disk",
+            )
+        })?;
+    }
+    log("  partition tables written and read back (GuestOS, then HostOS)");
     if req.boot_entry {
         boot_entry(host, esp).map_err(|e| {
             fail(
