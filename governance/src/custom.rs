@@ -118,7 +118,8 @@ pub fn to_custom<T: Serialize>(value: &T) -> HashMap<String, serde_json::Value> 
 /// What a target of the record says, read from its name and custom metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
-    Artifact(ArtifactCustom),
+    /// Boxed: an artifact carries its measurements, a policy one field.
+    Artifact(Box<ArtifactCustom>),
     Policy(PolicyCustom),
 }
 
@@ -166,7 +167,7 @@ pub fn read_entry(name: &str, target: &tough::schema::Target) -> Result<Entry, S
             }
             check_waves(&a.waves)
                 .map_err(|e| format!("target `{name}`: custom.{KEY}.waves: {e}"))?;
-            Ok(Entry::Artifact(a))
+            Ok(Entry::Artifact(Box::new(a)))
         }
         TargetPath::Policy { os } => {
             let p: PolicyCustom = serde_json::from_value(value.clone()).map_err(bad)?;

@@ -87,7 +87,8 @@ pub enum GovernanceError {
     #[error("{action}: {source}")]
     Tough {
         action: String,
-        source: tough::error::Error,
+        /// Boxed: tough's error is large, and every `Result` here carries this enum.
+        source: Box<tough::error::Error>,
     },
 }
 
@@ -118,6 +119,9 @@ impl GovernanceError {
     /// tough's error while doing `action`.
     pub fn tough(action: impl Into<String>) -> impl FnOnce(tough::error::Error) -> GovernanceError {
         let action = action.into();
-        move |source| GovernanceError::Tough { action, source }
+        move |source| GovernanceError::Tough {
+            action,
+            source: Box::new(source),
+        }
     }
 }

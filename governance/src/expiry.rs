@@ -7,6 +7,11 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// The current time (what expiries count from).
+pub fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
 /// The four TUF roles, for expiry defaults and messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleKind {

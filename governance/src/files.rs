@@ -91,8 +91,8 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bytes
 }
 
-/// Create `dir` (and its parents) with mode `mode` on the last component, or check the mode
-/// of an existing one is no wider.
+/// Create `dir` (and its parents) with mode 0700 on the last component; an existing one
+/// must be a directory only its owner can open.
 pub fn create_private_dir(dir: &Path) -> Result<(), GovernanceError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let io = |source| GovernanceError::Write {
@@ -113,8 +113,14 @@ pub fn create_private_dir(dir: &Path) -> Result<(), GovernanceError> {
                 });
             }
             if md.permissions().mode() & 0o077 != 0 {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(io)?;
+                return Err(GovernanceError::Refused {
+                    what: format!(
+                        "{}: mode {:o}; private keys go into a directory only its owner can open",
+                        dir.display(),
+                        md.permissions().mode() & 0o777
+                    ),
+                    hint: "name a new directory (it is made 0700), or chmod 700 this one".into(),
+                });
             }
             Ok(())
         }

@@ -112,6 +112,26 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, GovernanceError> {
         .key_dir
         .clone()
         .unwrap_or_else(|| opts.workdir.join("keys"));
+    // Every key file to generate is checked first, so that a name taken half-way through
+    // does not leave some keys behind.
+    let names: Vec<String> = match opts.keys {
+        GovernanceKeys::Generate(n) => (1..=n).map(|i| format!("voter-{i}")).collect(),
+        GovernanceKeys::Public(_) => Vec::new(),
+    };
+    for name in names.iter().map(String::as_str).chain([PUBLISHER]) {
+        for ext in ["pem", "pub"] {
+            let p = key_dir.join(format!("{name}.{ext}"));
+            if std::fs::symlink_metadata(&p).is_ok() {
+                return Err(GovernanceError::refused(
+                    format!(
+                        "{}: exists already; a key file is never overwritten",
+                        p.display()
+                    ),
+                    "init generates its keys into a new --key-dir",
+                ));
+            }
+        }
+    }
     let mut governance: Vec<(Key, KeyFile)> = Vec::new();
     for (key, path) in given {
         let key_id = keys::key_id(&key);
@@ -130,11 +150,9 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, GovernanceError> {
             },
         ));
     }
-    if let GovernanceKeys::Generate(n) = opts.keys {
-        for i in 1..=n {
-            let k = keys::generate(&key_dir, &format!("voter-{i}"))?;
-            governance.push((k.key.clone(), KeyFile::from(&k)));
-        }
+    for name in &names {
+        let k = keys::generate(&key_dir, name)?;
+        governance.push((k.key.clone(), KeyFile::from(&k)));
     }
     let publisher = keys::generate(&key_dir, PUBLISHER)?;
     let root = new_root(

@@ -121,8 +121,9 @@ pub struct NewKey {
     pub key_id: String,
 }
 
-/// Generate an ed25519 key: `<dir>/<name>.pem` (0600; `dir` made or narrowed to 0700) and
-/// `<dir>/<name>.pub`. An existing file of either name is never overwritten.
+/// Generate an ed25519 key: `<dir>/<name>.pem` (0600; `dir` made 0700, or an existing
+/// directory only its owner can open) and `<dir>/<name>.pub`. An existing file of either
+/// name is never overwritten.
 pub fn generate(dir: &Path, name: &str) -> Result<NewKey, GovernanceError> {
     plinth_release::names::check_file_name(name).map_err(|e| {
         GovernanceError::refused(format!("key name {e}"), "name keys like `voter-1`")

@@ -42,6 +42,8 @@ pub struct PublishOptions {
     pub repo: PathBuf,
     /// Signs snapshot and timestamp.
     pub publisher: Box<dyn KeySource>,
+    /// The publisher key's file (or another name for it), for messages.
+    pub publisher_name: PathBuf,
     pub snapshot_expires: jiff::Timestamp,
     pub timestamp_expires: jiff::Timestamp,
     pub now: jiff::Timestamp,
@@ -121,6 +123,14 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
             ))
         }
     };
+
+    if root.signed.expires <= opts.now {
+        return Err(expired(
+            &format!("root v{}", root.signed.version),
+            &root.signed.expires,
+            "rotate the root (rotate-root with a later --root-expires), sign and publish it",
+        ));
+    }
 
     // 2. The targets.
     let published = workdir.published_targets()?;
@@ -222,7 +232,7 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     );
     let snapshot = SignedRole::new(snapshot, &holder, &keys, &rng)
         .await
-        .map_err(publisher_error(&workdir))?;
+        .map_err(publisher_error(&opts.publisher_name))?;
     let mut timestamp = Timestamp::new(
         SPEC_VERSION.into(),
         NonZeroU64::new(timestamp_version).expect("not zero"),
@@ -234,7 +244,7 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     );
     let timestamp = SignedRole::new(timestamp, &holder, &keys, &rng)
         .await
-        .map_err(publisher_error(&workdir))?;
+        .map_err(publisher_error(&opts.publisher_name))?;
 
     // 5. Stage everything inside the repository, payloads checked on the way.
     std::fs::create_dir_all(repo).map_err(|source| GovernanceError::Write {
@@ -348,10 +358,10 @@ fn expired(what: &str, at: &jiff::Timestamp, hint: &str) -> GovernanceError {
     GovernanceError::refused(format!("{what} expired at {at}"), hint)
 }
 
-fn publisher_error(workdir: &Workdir) -> impl Fn(tough::error::Error) -> GovernanceError + '_ {
+fn publisher_error(key: &Path) -> impl Fn(tough::error::Error) -> GovernanceError + '_ {
     move |e| {
         GovernanceError::Key {
-        path: workdir.config.publisher_key.clone(),
+        path: key.to_path_buf(),
         message: format!("cannot sign snapshot and timestamp: {e}"),
         hint: "publish with the publisher key init made (it must be the snapshot and timestamp key of the root)".into(),
     }

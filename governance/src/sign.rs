@@ -184,3 +184,52 @@ fn read_copy<T: Role + serde::de::DeserializeOwned>(
 ) -> Result<Signed<T>, GovernanceError> {
     crate::files::read_json(path, crate::files::MAX_METADATA, what)
 }
+
+/// What the staged `role` of the workdir at `dir` says, in lines for the voter to read
+/// before signing.
+pub fn describe(dir: &Path, role: StagedRole) -> Result<Vec<String>, GovernanceError> {
+    let workdir = Workdir::open(dir)?;
+    let mut out = Vec::new();
+    match role {
+        StagedRole::Targets => {
+            if let Some(t) = workdir.staged_targets()? {
+                out.push(format!(
+                    "targets v{} (expires {}):",
+                    t.signed.version, t.signed.expires
+                ));
+                for (path, entry) in crate::staging::entries(&t.signed)? {
+                    out.push(match entry {
+                        crate::custom::Entry::Artifact(a) => format!(
+                            "  {path}: sha256 {} ({} bytes), manifest sha256 {}, {} wave(s) from {}",
+                            a.sha256,
+                            a.length,
+                            a.manifest_sha256,
+                            a.waves.len(),
+                            a.waves.first().map_or("never".into(), |w| w.opens_at.to_string())
+                        ),
+                        crate::custom::Entry::Policy(p) => format!(
+                            "  {path}: max_version {}",
+                            p.max_version.as_ref().map_or("none", |v| v.as_str())
+                        ),
+                    });
+                }
+            }
+        }
+        StagedRole::Root => {
+            if let Some(r) = workdir.staged_root()? {
+                let keys = &r.signed.roles[&RoleType::Root];
+                out.push(format!(
+                    "root v{} (expires {}): {} of these {} governance keys:",
+                    r.signed.version,
+                    r.signed.expires,
+                    keys.threshold,
+                    keys.keyids.len()
+                ));
+                for id in &keys.keyids {
+                    out.push(format!("  {}", hex::encode(id.clone().into_vec())));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -118,7 +118,7 @@ pub fn require<T: Role + Serialize>(
         valid: t.valid().len() as u64,
         detail,
         hint: format!(
-            "more voters sign it (plinth governance sign --role {} --key FILE) and their copies are merged",
+            "more voters sign it (plinth governance sign --role {} --key FILE), in turn or on copies merged with plinth governance merge",
             if T::TYPE == tough::schema::RoleType::Root { "root" } else { "targets" }
         ),
     })

@@ -307,31 +307,39 @@ fn load_error(repo: &str, root: &Path, e: tough::error::Error) -> GovernanceErro
                 }
                 RoleType::Targets => "governance stages and signs the targets again (elect or revoke), then publish",
                 _ => "governance rotates the root (rotate-root), signs and publishes it",
-            },
+            }
+            .to_string(),
         ),
-        E::VerifyMetadata { role, .. } | E::OlderMetadata { role, .. } | E::VersionMismatch { role, .. } => (
+        E::VerifyMetadata { role, .. } => (
             role.to_string(),
-            "a node refuses this metadata; publish a correctly signed version",
+            format!(
+                "a node trusting {} refuses this metadata: publish a correctly signed version, or pass this repository's own root (--trusted-root)",
+                root.display()
+            ),
         ),
-        E::ParseMetadata { role, .. } => (role.to_string(), "the file is corrupt; publish again"),
+        E::OlderMetadata { role, .. } | E::VersionMismatch { role, .. } => (
+            role.to_string(),
+            "a node refuses this metadata; publish a correctly signed version".into(),
+        ),
+        E::ParseMetadata { role, .. } => (role.to_string(), "the file is corrupt; publish again".into()),
         E::VerifyTrustedMetadata { .. } | E::ParseTrustedMetadata { .. } => (
             format!("root ({})", root.display()),
-            "pass a root.json of this repository obtained out of band (--root)",
+            "pass a root.json of this repository obtained out of band (--trusted-root)".into(),
         ),
         E::Transport { url, .. } => (
             url.path_segments()
                 .and_then(|mut s| s.next_back())
                 .unwrap_or("metadata")
                 .to_string(),
-            "a file is missing or unreadable; is this the directory publish wrote?",
+            "a file is missing or unreadable; is this the directory publish wrote?".into(),
         ),
-        _ => ("metadata".into(), "a node would refuse this repository"),
+        _ => ("metadata".into(), "a node would refuse this repository".into()),
     };
     GovernanceError::Load {
         repo: repo.into(),
         role,
         message: e.to_string(),
-        hint: hint.into(),
+        hint,
     }
 }
 

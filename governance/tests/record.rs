@@ -95,6 +95,7 @@ impl Scene {
             workdir: self.work.clone(),
             repo: self.repo.clone(),
             publisher: Box::new(PemKeySource::new(self.work.join("keys/publisher.pem"))),
+            publisher_name: self.work.join("keys/publisher.pem"),
             snapshot_expires: days(7),
             timestamp_expires,
             now: now(),
@@ -466,6 +467,7 @@ async fn root_v1_needs_its_threshold() {
         workdir: work.clone(),
         repo: tmp.path().join("repo"),
         publisher: Box::new(PemKeySource::new(work.join("keys/publisher.pem"))),
+        publisher_name: work.join("keys/publisher.pem"),
         snapshot_expires: days(7),
         timestamp_expires: days(1),
         now: now(),
@@ -549,5 +551,29 @@ async fn crafted_releases_are_refused_before_anything_is_staged() {
     assert!(
         e.is_bad_input() && e.to_string().contains("symbolic link"),
         "{e}"
+    );
+}
+
+#[test]
+fn init_refuses_a_taken_key_name_before_writing_any_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("voter-2.pem"), b"someone else's key").unwrap();
+    let e = init::init(&InitOptions {
+        workdir: tmp.path().join("w"),
+        keys: GovernanceKeys::Generate(3),
+        threshold: 2,
+        key_dir: Some(keys.clone()),
+        root_expires: days(365),
+    })
+    .unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    assert!(e.to_string().contains("voter-2.pem: exists already"), "{e}");
+    assert!(!keys.join("voter-1.pem").exists());
+    assert!(!tmp.path().join("w").exists());
+    assert_eq!(
+        std::fs::read(keys.join("voter-2.pem")).unwrap(),
+        b"someone else's key"
     );
 }
