@@ -11,6 +11,7 @@ mod config;
 mod diff;
 mod fetch;
 mod flash;
+mod governance;
 mod image;
 mod lock;
 mod measure;
@@ -40,7 +41,9 @@ Examples:
   plinth attest verify report.bin --certs certs --expect measurements.json
                                     check a node's SEV-SNP attestation
   plinth flash out/setup-os/0.1.0 /dev/sdb --config config.yaml
-                                    write a SetupOS USB stick and verify it";
+                                    write a SetupOS USB stick and verify it
+  plinth governance elect out/host-os/1.2.0 --waves waves.yaml --workdir gov
+                                    stage a release's election for signing";
 
 /// Build, lock and verify the OS images of Internet Computer nodes.
 #[derive(Debug, Parser)]
@@ -111,6 +114,7 @@ pub enum Verb {
     Measure(measure::Args),
     Attest(attest::Args),
     Flash(flash::Args),
+    Governance(governance::Args),
 }
 
 /// A failed check (exit code 1): the message has been printed or is in the error.
@@ -143,6 +147,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Verb::Measure(args) => measure::run(&cli.global, &out, args),
         Verb::Attest(args) => attest::run(&cli.global, &out, args),
         Verb::Flash(args) => flash::run(&cli.global, &out, args),
+        Verb::Governance(args) => governance::run(&cli.global, &out, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

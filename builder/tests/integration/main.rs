@@ -12,6 +12,7 @@ mod esp;
 mod fetch_faults;
 mod filesystems;
 mod flash;
+mod governance;
 mod hostile_archive;
 mod hostile_fat;
 mod hostile_image;

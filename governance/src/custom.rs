@@ -1,0 +1,206 @@
+//! The record's meaning, in each target's `custom` metadata: one object under the key
+//! `plinth`, versioned by its `format_version` ([`FORMAT_VERSION`]), of one of two kinds:
+//!
+//! - `artifact` ([`ArtifactCustom`]), on `<os>/<version>/<file>`: the elected release's OS,
+//!   version and file, the file's sha256 and length (equal to TUF's own `hashes` and
+//!   `length`, which are what a client checks the bytes against), the sha256 of the release's
+//!   manifest.json, when it was elected, its rollout [`Wave`]s and its measurements.json
+//!   (predicted PCRs, SEV-SNP launch digests), copied whole and validated by
+//!   [`plinth_release::measurements`];
+//! - `policy` ([`PolicyCustom`]), on `<os>/policy.json`: the OS's `max_version`, the newest
+//!   version a node may run (`null`: none). The policy target's bytes are this same object
+//!   as pretty JSON, so a plain TUF client that downloads it checks it too.
+//!
+//! Why a policy target of its own instead of a field beside `targets`: it travels through
+//! TUF's ordinary target path (listed and hash-checked by every client, kept by tough's
+//! editor), the upgrade agent reads it from `custom` without downloading anything, and it is
+//! one entry per OS that `revoke` rewrites without touching any artifact's entry.
+//!
+//! Readers refuse another `format_version`, unknown fields, and an object whose names
+//! disagree with its target's name or whose digest disagrees with TUF's.
+
+use crate::names::TargetPath;
+use plinth_release::measurements::Measurements;
+use plinth_release::{FileName, Name, Os, Sha256, Version};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The custom metadata format this plinth writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The key under which the object sits in a target's `custom` map.
+pub const KEY: &str = "plinth";
+/// The largest node seed; seeds are 0..=MAX_SEED.
+pub const MAX_SEED: u16 = 2047;
+
+/// Which kind of object a target's custom metadata is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Artifact,
+    Policy,
+}
+
+/// One rollout wave: from `opens_at`, nodes whose seed is in `seeds` (inclusive) may take
+/// the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wave {
+    pub name: Name,
+    /// RFC 3339, UTC.
+    pub opens_at: jiff::Timestamp,
+    /// First and last seed, inclusive, within 0..=[`MAX_SEED`].
+    pub seeds: [u16; 2],
+}
+
+impl Wave {
+    /// Whether `seed` is in this wave.
+    pub fn contains(&self, seed: u16) -> bool {
+        self.seeds[0] <= seed && seed <= self.seeds[1]
+    }
+}
+
+/// An elected artifact's custom metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactCustom {
+    pub format_version: u32,
+    pub kind: Kind,
+    pub os: Os,
+    pub version: Version,
+    pub file: FileName,
+    pub sha256: Sha256,
+    pub length: u64,
+    /// sha256 of the release's manifest.json (what a voter's rebuild is compared with).
+    pub manifest_sha256: Sha256,
+    /// When governance elected it (RFC 3339, UTC).
+    pub elected_at: jiff::Timestamp,
+    /// In the order they open.
+    pub waves: Vec<Wave>,
+    /// The release's measurements.json.
+    pub measurements: Measurements,
+}
+
+/// An OS's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCustom {
+    pub format_version: u32,
+    pub kind: Kind,
+    pub os: Os,
+    /// The newest version a node of this OS may run; `null` when none is elected.
+    pub max_version: Option<Version>,
+}
+
+impl PolicyCustom {
+    pub fn new(os: Os, max_version: Option<Version>) -> PolicyCustom {
+        PolicyCustom {
+            format_version: FORMAT_VERSION,
+            kind: Kind::Policy,
+            os,
+            max_version,
+        }
+    }
+
+    /// The policy target's bytes: this object as pretty JSON with a trailing newline.
+    pub fn payload(&self) -> Vec<u8> {
+        crate::files::to_json(self)
+    }
+}
+
+/// `value` as a target's custom map.
+pub fn to_custom<T: Serialize>(value: &T) -> HashMap<String, serde_json::Value> {
+    HashMap::from([(
+        KEY.to_string(),
+        serde_json::to_value(value).expect("custom metadata serializes"),
+    )])
+}
+
+/// What a target of the record says, read from its name and custom metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// Boxed: an artifact carries its measurements, a policy one field.
+    Artifact(Box<ArtifactCustom>),
+    Policy(PolicyCustom),
+}
+
+/// Read target `name`'s custom metadata and check it against the name and TUF's digest;
+/// the error says what is wrong (the caller names the file).
+pub fn read_entry(name: &str, target: &tough::schema::Target) -> Result<Entry, String> {
+    let path: TargetPath = name.parse()?;
+    let value = target
+        .custom
+        .get(KEY)
+        .ok_or_else(|| format!("target `{name}` has no `custom.{KEY}` object"))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(FORMAT_VERSION)) {
+        return Err(format!(
+            "target `{name}`: custom.{KEY}.format_version is {}, this plinth reads {FORMAT_VERSION}",
+            version.map_or("missing".to_string(), |v| v.to_string())
+        ));
+    }
+    let bad = |e: serde_json::Error| format!("target `{name}`: custom.{KEY}: {e}");
+    match path {
+        TargetPath::Artifact { os, version, file } => {
+            let a: ArtifactCustom = serde_json::from_value(value.clone()).map_err(bad)?;
+            let tuf_sha256 = target.hashes.sha256.clone().into_vec();
+            if a.kind != Kind::Artifact
+                || a.os != os
+                || a.version != version
+                || a.file != file
+                || a.measurements.os != os
+                || a.measurements.version != version
+            {
+                return Err(format!(
+                    "target `{name}`: custom.{KEY} names another artifact ({} {} {}, measurements of {} {})",
+                    a.os, a.version, a.file, a.measurements.os, a.measurements.version
+                ));
+            }
+            if a.sha256.as_bytes().as_slice() != tuf_sha256.as_slice() || a.length != target.length
+            {
+                return Err(format!(
+                    "target `{name}`: custom.{KEY} says sha256 {} and {} bytes, TUF's hashes say {} and {} bytes",
+                    a.sha256,
+                    a.length,
+                    hex::encode(&tuf_sha256),
+                    target.length
+                ));
+            }
+            check_waves(&a.waves)
+                .map_err(|e| format!("target `{name}`: custom.{KEY}.waves: {e}"))?;
+            Ok(Entry::Artifact(Box::new(a)))
+        }
+        TargetPath::Policy { os } => {
+            let p: PolicyCustom = serde_json::from_value(value.clone()).map_err(bad)?;
+            if p.kind != Kind::Policy || p.os != os {
+                return Err(format!(
+                    "target `{name}`: custom.{KEY} is not {os}'s policy"
+                ));
+            }
+            Ok(Entry::Policy(p))
+        }
+    }
+}
+
+/// The rules the waves file is checked by ([`crate::waves`]), for waves read from metadata.
+pub fn check_waves(waves: &[Wave]) -> Result<(), String> {
+    for (i, w) in waves.iter().enumerate() {
+        if w.seeds[0] > w.seeds[1] || w.seeds[1] > MAX_SEED {
+            return Err(format!(
+                "wave `{}`: seeds {:?} out of 0..={MAX_SEED}",
+                w.name, w.seeds
+            ));
+        }
+        for o in &waves[..i] {
+            if w.opens_at < o.opens_at {
+                return Err(format!("wave `{}` opens before `{}`", w.name, o.name));
+            }
+            if w.seeds[0] <= o.seeds[1] && o.seeds[0] <= w.seeds[1] {
+                return Err(format!("waves `{}` and `{}` overlap", o.name, w.name));
+            }
+            if w.name == o.name {
+                return Err(format!("wave `{}` twice", w.name));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The rollout waves of an election, from the YAML file governance writes by hand (`elect
+//! --waves FILE`), with os.yaml's `file:line:col` errors:
+//!
+//! ```yaml
+//! format_version: 1
+//! waves:
+//!   - name: canary                      # a name: lower-case letters, digits and -
+//!     opens_at: 2026-01-10T00:00:00Z    # RFC 3339 (stored in UTC)
+//!     seeds: [0, 15]                    # first and last node seed, 0..=2047
+//!   - name: rest
+//!     opens_at: 2026-01-12T00:00:00Z
+//!     seeds: [16, 2047]
+//! ```
+//!
+//! Each node has a stable seed in 0..=2047; a wave opens at its time for the seeds in its
+//! range. Waves are listed in the order they open (times never go back), their ranges never
+//! overlap, and a seed no wave names never takes the version. The file is hostile until
+//! checked: a regular file of at most [`MAX_SIZE`] bytes, every field checked.
+
+use crate::custom::{Wave, MAX_SEED};
+use plinth_yaml::document::{self, serde_problem};
+use plinth_yaml::{PositionIndex, SpecError, SpecErrors};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The waves file format this plinth reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest waves file read.
+pub const MAX_SIZE: u64 = 64 << 10;
+/// The most waves one election may have.
+pub const MAX_WAVES: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WavesFile {
+    format_version: u32,
+    waves: Vec<RawWave>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWave {
+    name: String,
+    opens_at: String,
+    seeds: [u32; 2],
+}
+
+const HINT: &str = "see the example in docs/governance.md";
+
+/// Read and check the waves file at `path`.
+pub fn read(path: &Path) -> Result<Vec<Wave>, SpecErrors> {
+    let file = path.display().to_string();
+    let bytes = plinth_release::untrusted::read_untrusted(path, MAX_SIZE).map_err(|e| {
+        SpecErrors::single(SpecError::io(
+            &file,
+            format!("cannot read the waves file ({e}); it is a regular file of at most {MAX_SIZE} bytes"),
+        ))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        SpecErrors::single(SpecError::io(
+            &file,
+            "not UTF-8 text; save it as plain UTF-8".into(),
+        ))
+    })?;
+    parse(&text, &file)
+}
+
+/// Parse and check the text of a waves file named `file` (in errors).
+pub fn parse(text: &str, file: &str) -> Result<Vec<Wave>, SpecErrors> {
+    let index = document::index(text, file)?;
+    if index.value("").is_none() {
+        return Err(SpecErrors::single(SpecError {
+            file: file.into(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            expected: "a YAML mapping with format_version and waves".into(),
+            found: "an empty document".into(),
+            hint: HINT.into(),
+        }));
+    }
+    let raw: WavesFile = serde_yaml::from_str(text).map_err(|e| {
+        let p = serde_problem(&index, &e);
+        SpecErrors::single(SpecError {
+            file: file.into(),
+            line: p.pos.line,
+            column: p.pos.column,
+            path: p.path,
+            expected: String::new(),
+            found: p.message,
+            hint: HINT.into(),
+        })
+    })?;
+    check(&raw, file, &index)
+}
+
+/// The waves of a parsed file, or every problem in document order.
+fn check(raw: &WavesFile, file: &str, index: &PositionIndex) -> Result<Vec<Wave>, SpecErrors> {
+    let mut errors = Vec::new();
+    let mut fail = |path: String, expected: &str, found: String, hint: &str| {
+        let pos = index.locate(&path);
+        errors.push(SpecError {
+            file: file.into(),
+            line: pos.line,
+            column: pos.column,
+            path,
+            expected: expected.into(),
+            found,
+            hint: hint.into(),
+        })
+    };
+    if raw.format_version != FORMAT_VERSION {
+        fail(
+            "format_version".into(),
+            &FORMAT_VERSION.to_string(),
+            format!("`{}`", raw.format_version),
+            "write the waves file for this plinth (docs/governance.md)",
+        );
+    }
+    if raw.waves.is_empty() || raw.waves.len() > MAX_WAVES {
+        fail(
+            "waves".into(),
+            &format!("1 to {MAX_WAVES} waves"),
+            format!("{}", raw.waves.len()),
+            "a version needs at least one wave to reach any node",
+        );
+    }
+    let mut waves: Vec<Wave> = Vec::new();
+    for (i, w) in raw.waves.iter().enumerate() {
+        let at = |field: &str| format!("waves[{i}].{field}");
+        let name = match w.name.parse::<plinth_release::Name>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                fail(
+                    at("name"),
+                    "a name of lower-case letters, digits and `-`, starting with a letter",
+                    format!("`{}`", w.name.escape_debug()),
+                    "name waves like `canary` or `wave-2`",
+                );
+                None
+            }
+        };
+        if let Some(j) = raw.waves[..i].iter().position(|o| o.name == w.name) {
+            fail(
+                at("name"),
+                "each wave name once",
+                format!(
+                    "`{}` again (first on line {})",
+                    w.name.escape_debug(),
+                    index.locate(&format!("waves[{j}].name")).line
+                ),
+                "rename one of them",
+            );
+        }
+        let opens_at = match w.opens_at.parse::<jiff::Timestamp>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                fail(
+                    at("opens_at"),
+                    "an RFC 3339 time with its offset, like `2026-01-10T00:00:00Z`",
+                    format!("`{}` ({e})", w.opens_at.escape_debug()),
+                    "write the time in UTC with a trailing Z",
+                );
+                None
+            }
+        };
+        let [first, last] = w.seeds;
+        let mut seeds_ok = true;
+        if first > last || last > u32::from(MAX_SEED) {
+            seeds_ok = false;
+            fail(
+                at("seeds"),
+                &format!("[first, last] with first <= last <= {MAX_SEED}"),
+                format!("[{first}, {last}]"),
+                &format!("node seeds are 0 to {MAX_SEED}"),
+            );
+        }
+        if let (Some(prev), Some(t)) = (waves.last(), opens_at) {
+            if t < prev.opens_at {
+                fail(
+                    at("opens_at"),
+                    &format!(
+                        "a time no earlier than the wave before (`{}`, {})",
+                        prev.name, prev.opens_at
+                    ),
+                    format!("`{}`", w.opens_at.escape_debug()),
+                    "list the waves in the order they open",
+                );
+            }
+        }
+        if seeds_ok {
+            if let Some(other) = waves
+                .iter()
+                .find(|o| first <= u32::from(o.seeds[1]) && u32::from(o.seeds[0]) <= last)
+            {
+                fail(
+                    at("seeds"),
+                    "a seed range no other wave has",
+                    format!(
+                        "[{first}, {last}], which overlaps wave `{}`'s [{}, {}]",
+                        other.name, other.seeds[0], other.seeds[1]
+                    ),
+                    "each node seed belongs to at most one wave",
+                );
+            }
+        }
+        if let (Some(name), Some(opens_at), true) = (name, opens_at, seeds_ok) {
+            waves.push(Wave {
+                name,
+                opens_at,
+                // Both fit: last <= MAX_SEED was checked.
+                seeds: [first as u16, last as u16],
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(waves)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(SpecErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "format_version: 1\nwaves:\n  - name: canary\n    opens_at: 2026-01-10T00:00:00Z\n    seeds: [0, 15]\n  - name: rest\n    opens_at: 2026-01-12T02:00:00+02:00\n    seeds: [16, 2047]\n";
+
+    #[test]
+    fn a_good_file_reads_in_utc() {
+        let waves = parse(GOOD, "w.yaml").unwrap();
+        assert_eq!(waves.len(), 2);
+        assert_eq!(waves[1].opens_at.to_string(), "2026-01-12T00:00:00Z");
+        assert_eq!(waves[1].seeds, [16, 2047]);
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text, "w.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_waves_name_their_line() {
+        let overlap = GOOD.replace("[16, 2047]", "[15, 2047]");
+        let e = error_of(&overlap);
+        assert!(e.starts_with("w.yaml:8:"), "{e}");
+        assert!(e.contains("overlaps wave `canary`"), "{e}");
+
+        let e = error_of(&GOOD.replace("[16, 2047]", "[16, 2048]"));
+        assert!(e.starts_with("w.yaml:8:") && e.contains("2047"), "{e}");
+
+        let e = error_of(&GOOD.replace("2026-01-10T00:00:00Z", "tomorrow"));
+        assert!(e.starts_with("w.yaml:4:") && e.contains("RFC 3339"), "{e}");
+
+        let e = error_of(&GOOD.replace("2026-01-12T02:00:00+02:00", "2026-01-09T00:00:00Z"));
+        assert!(e.starts_with("w.yaml:7:") && e.contains("order"), "{e}");
+
+        let e = error_of(&GOOD.replace("name: rest", "name: canary"));
+        assert!(
+            e.starts_with("w.yaml:6:") && e.contains("first on line 3"),
+            "{e}"
+        );
+
+        let e = error_of(&GOOD.replace("[0, 15]", "[0, 15, 16]"));
+        assert!(e.starts_with("w.yaml:5:"), "{e}");
+
+        let e = error_of(&GOOD.replace("seeds: [0, 15]", "seeds: [0, 15]\n    weight: 3"));
+        assert!(e.starts_with("w.yaml:6:") && e.contains("weight"), "{e}");
+
+        let e = error_of("format_version: 1\nwaves: []\n");
+        assert!(e.contains("1 to 64 waves"), "{e}");
+    }
+}

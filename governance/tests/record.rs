@@ -1,0 +1,579 @@
+//! The record's life through the library, as the CLI drives it: init, voters' signatures,
+//! elect, publish, and a client (tough's RepositoryLoader) reading the result; and the
+//! refusals: below threshold, a foreign key, a tampered payload, an expired timestamp, a
+//! revoked version, a rotation signed by one side only, a crafted release.
+
+use plinth_governance::elect::{self, ElectOptions};
+use plinth_governance::init::{self, GovernanceKeys, InitOptions};
+use plinth_governance::keys::{self, PemKeySource};
+use plinth_governance::publish::{self, PublishOptions, PublishReport};
+use plinth_governance::rotate::{self, RotateOptions};
+use plinth_governance::status::{self, Status, StatusOptions};
+use plinth_governance::{fixtures, revoke, sign, GovernanceError, StagedRole};
+use plinth_release::Os;
+use std::path::{Path, PathBuf};
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+fn days(n: i64) -> jiff::Timestamp {
+    now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * n))
+        .unwrap()
+}
+
+/// A record with 3 voters (threshold 2) whose root v1 voters 1 and 2 signed.
+struct Scene {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    work: PathBuf,
+    repo: PathBuf,
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let work = root.join("work");
+        init::init(&InitOptions {
+            workdir: work.clone(),
+            keys: GovernanceKeys::Generate(3),
+            threshold: 2,
+            key_dir: None,
+            root_expires: days(365),
+        })
+        .unwrap();
+        let s = Scene {
+            repo: root.join("repo"),
+            _tmp: tmp,
+            root,
+            work,
+        };
+        s.sign(StagedRole::Root, 1).await.unwrap();
+        s.sign(StagedRole::Root, 2).await.unwrap();
+        s
+    }
+
+    fn key(&self, i: usize) -> PathBuf {
+        self.work.join(format!("keys/voter-{i}.pem"))
+    }
+
+    async fn sign(
+        &self,
+        role: StagedRole,
+        voter: usize,
+    ) -> Result<sign::SignReport, GovernanceError> {
+        let key = self.key(voter);
+        sign::sign(&self.work, role, &PemKeySource::new(&key), &key).await
+    }
+
+    fn elect(&self, version: &str, payload: &[u8]) -> Result<elect::ElectReport, GovernanceError> {
+        let rel = fixtures::write_release(
+            &self.root.join(format!("rel-{version}")),
+            Os::HostOs,
+            version,
+            payload,
+        );
+        let waves = self.root.join("waves.yaml");
+        std::fs::write(&waves, fixtures::waves_yaml("2026-01-10T00:00:00Z")).unwrap();
+        elect::elect(&ElectOptions {
+            workdir: self.work.clone(),
+            release: rel,
+            waves,
+            artifacts: Vec::new(),
+            targets_expires: days(90),
+            now: now(),
+        })
+    }
+
+    async fn publish_with(
+        &self,
+        timestamp_expires: jiff::Timestamp,
+    ) -> Result<PublishReport, GovernanceError> {
+        publish::publish(PublishOptions {
+            workdir: self.work.clone(),
+            repo: self.repo.clone(),
+            publisher: Box::new(PemKeySource::new(self.work.join("keys/publisher.pem"))),
+            publisher_name: self.work.join("keys/publisher.pem"),
+            snapshot_expires: days(7),
+            timestamp_expires,
+            now: now(),
+        })
+        .await
+    }
+
+    async fn publish(&self) -> Result<PublishReport, GovernanceError> {
+        self.publish_with(days(1)).await
+    }
+
+    async fn status_with(
+        &self,
+        root: &Path,
+        check_payloads: bool,
+    ) -> Result<Status, GovernanceError> {
+        status::status(&StatusOptions {
+            repo: self.repo.display().to_string(),
+            root: root.to_path_buf(),
+            check_payloads,
+        })
+        .await
+    }
+
+    async fn status(&self) -> Result<Status, GovernanceError> {
+        self.status_with(&self.repo.join("1.root.json"), true).await
+    }
+
+    /// Every file under the repository with its bytes.
+    fn repo_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.repo.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[tokio::test]
+async fn two_of_three_elect_publish_and_a_client_loads_it() {
+    let s = Scene::new().await;
+    let report = s.elect("1.2.0", b"update image 1.2.0").unwrap();
+    assert_eq!(report.targets, ["host-os/1.2.0/update-img.tar.zst"]);
+    assert_eq!(report.max_version.unwrap().as_str(), "1.2.0");
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    let signed = s.sign(StagedRole::Targets, 3).await.unwrap();
+    assert_eq!(signed.tallies[0].1.valid().len(), 2);
+    let published = s.publish().await.unwrap();
+    assert_eq!((published.root_version, published.targets_version), (1, 1));
+    assert!(s.repo.join("timestamp.json").exists());
+    assert!(s.repo.join("1.targets.json").exists());
+
+    let st = s.status().await.unwrap();
+    assert_eq!(st.payloads_checked, Some(2));
+    assert_eq!(st.targets_signed_by.len(), 2);
+    let host = st.oses.iter().find(|o| o.os == Os::HostOs).unwrap();
+    assert_eq!(host.max_version.as_ref().unwrap().as_str(), "1.2.0");
+    assert_eq!(host.elected.len(), 1);
+    let e = &host.elected[0];
+    assert_eq!(e.version.as_str(), "1.2.0");
+    assert_eq!(e.waves.len(), 2);
+    assert_eq!(e.waves[0].name.as_str(), "canary");
+    assert_eq!(e.waves[1].seeds, [16, 2047]);
+    assert_eq!(e.waves[0].opens_at.to_string(), "2026-01-10T00:00:00Z");
+    assert_eq!(e.files[0].length, b"update image 1.2.0".len() as u64);
+    let text = status::lines(&st).join("\n");
+    assert!(
+        text.contains("wave canary") && text.contains("seeds 16-2047"),
+        "{text}"
+    );
+
+    // A second publish with nothing staged refreshes snapshot and timestamp only.
+    let again = s.publish().await.unwrap();
+    assert_eq!((again.targets_version, again.timestamp_version), (1, 2));
+    assert!(again.payloads_written.is_empty());
+    s.status().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_of_three_is_refused_and_the_repository_is_untouched() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    let e = s.publish().await.unwrap_err();
+    assert!(matches!(e, GovernanceError::Threshold { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("targets v1: 1 valid signature of the 2 needed"),
+        "{text}"
+    );
+    assert!(!s.repo.exists(), "publish created the repository");
+
+    // With a published repository, a refused publish changes nothing in it.
+    s.sign(StagedRole::Targets, 3).await.unwrap();
+    s.publish().await.unwrap();
+    let before = s.repo_files();
+    s.elect("1.1.0", b"two").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    assert!(s.publish().await.is_err());
+    assert_eq!(s.repo_files(), before);
+}
+
+#[tokio::test]
+async fn a_signature_by_a_key_outside_the_root_does_not_count() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    let stranger = keys::generate(&s.root.join("stranger"), "mallory").unwrap();
+    // sign refuses it...
+    let e = sign::sign(
+        &s.work,
+        StagedRole::Targets,
+        &PemKeySource::new(&stranger.private),
+        &stranger.private,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("is not a targets key of root v1"),
+        "{e}"
+    );
+    // ...and a staged file carrying its (valid) signature anyway still falls short.
+    let path = s.work.join("staged/targets.json");
+    let mut staged: tough::schema::Signed<tough::schema::Targets> =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    plinth_governance::signatures::add(
+        &mut staged,
+        &PemKeySource::new(&stranger.private),
+        &stranger.private,
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    std::fs::write(&path, serde_json::to_vec_pretty(&staged).unwrap()).unwrap();
+    let e = s.publish().await.unwrap_err().to_string();
+    assert!(e.contains("1 valid signature of the 2 needed"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "not counted: {}: not a targets key of root v1",
+            stranger.key_id
+        )),
+        "{e}"
+    );
+    assert!(!s.repo.exists());
+}
+
+#[tokio::test]
+async fn signatures_of_voters_copies_merge() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    // Two voters sign their own copies of the staged targets.
+    let copies: Vec<PathBuf> = (1..=2)
+        .map(|i| {
+            let copy = s.root.join(format!("copy-{i}"));
+            copy_dir(&s.work, &copy);
+            copy
+        })
+        .collect();
+    for (i, copy) in copies.iter().enumerate() {
+        let key = s.key(i + 1);
+        sign::sign(copy, StagedRole::Targets, &PemKeySource::new(&key), &key)
+            .await
+            .unwrap();
+    }
+    let files: Vec<PathBuf> = copies
+        .iter()
+        .map(|c| c.join("staged/targets.json"))
+        .collect();
+    let merged = sign::merge(&s.work, StagedRole::Targets, &files).unwrap();
+    assert_eq!(merged.iter().map(|(_, m)| m.added.len()).sum::<usize>(), 2);
+    s.publish().await.unwrap();
+
+    // A copy of other content is refused.
+    s.elect("1.1.0", b"two").unwrap();
+    let e = sign::merge(&s.work, StagedRole::Targets, &files[..1]).unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("other targets content"),
+        "{e}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tampered_payload_is_refused_when_a_client_reads_it() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"the real update image").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+    let payload = s
+        .repo_files()
+        .into_iter()
+        .map(|(p, _)| p)
+        .find(|p| p.to_string_lossy().ends_with("update-img.tar.zst"))
+        .unwrap();
+    let mut bytes = std::fs::read(&payload).unwrap();
+    bytes[3] ^= 1;
+    std::fs::remove_file(&payload).unwrap();
+    std::fs::write(&payload, &bytes).unwrap();
+    // The metadata still loads; reading the target does not.
+    s.status_with(&s.repo.join("1.root.json"), false)
+        .await
+        .unwrap();
+    let e = s.status().await.unwrap_err();
+    assert!(matches!(e, GovernanceError::Target { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("host-os/1.0.0/update-img.tar.zst: "),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_timestamp_is_refused_by_status() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish_with("2000-01-01T00:00:00Z".parse().unwrap())
+        .await
+        .unwrap();
+    let e = s.status().await.unwrap_err();
+    match &e {
+        GovernanceError::Load { role, .. } => assert_eq!(role, "timestamp", "{e}"),
+        other => panic!("{other}"),
+    }
+    assert!(!e.is_bad_input());
+}
+
+#[tokio::test]
+async fn revoke_removes_the_version_and_lowers_max_version() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    s.elect("1.1.0", b"two").unwrap();
+    let r = revoke::revoke(&s.work, Os::HostOs, &"1.1.0".parse().unwrap(), days(90)).unwrap();
+    assert_eq!(r.removed, ["host-os/1.1.0/update-img.tar.zst"]);
+    assert_eq!(r.max_version_before.unwrap().as_str(), "1.1.0");
+    assert_eq!(r.max_version.unwrap().as_str(), "1.0.0");
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+    let st = s.status().await.unwrap();
+    let host = &st.oses[0];
+    assert_eq!(host.max_version.as_ref().unwrap().as_str(), "1.0.0");
+    assert_eq!(
+        host.elected
+            .iter()
+            .map(|e| e.version.as_str())
+            .collect::<Vec<_>>(),
+        ["1.0.0"]
+    );
+
+    // Revoking an older version leaves max_version; revoking the last leaves none.
+    s.elect("1.2.0", b"three").unwrap();
+    let r = revoke::revoke(&s.work, Os::HostOs, &"1.0.0".parse().unwrap(), days(90)).unwrap();
+    assert_eq!(r.max_version.unwrap().as_str(), "1.2.0");
+    let r = revoke::revoke(&s.work, Os::HostOs, &"1.2.0".parse().unwrap(), days(90)).unwrap();
+    assert_eq!(r.max_version, None);
+    let e = revoke::revoke(&s.work, Os::HostOs, &"9.9".parse().unwrap(), days(90)).unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("not elected"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_root_needs_both_thresholds() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+
+    // Voters 4 and 5 replace voters 1 and 2: root v2 is {3, 4, 5}, threshold 2.
+    let new: Vec<keys::NewKey> = (4..=5)
+        .map(|i| keys::generate(&s.work.join("keys"), &format!("voter-{i}")).unwrap())
+        .collect();
+    let ids = |i: usize| {
+        let key = keys::read_public(&s.work.join(format!("keys/voter-{i}.pub"))).unwrap();
+        keys::key_id(&key)
+    };
+    let r = rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: new.iter().map(|k| k.public.clone()).collect(),
+        remove_keys: vec![ids(1)[..12].to_string(), ids(2)],
+        threshold: None,
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    assert_eq!((r.version, r.keys, r.threshold), (2, 3, 2));
+    // Targets v1 is signed by voters 1 and 2 only: staged again for root v2's voters.
+    assert_eq!(r.restaged_targets, Some(2));
+    s.sign(StagedRole::Targets, 3).await.unwrap();
+    s.sign(StagedRole::Targets, 5).await.unwrap();
+
+    // The new keys alone: root v2 accepts itself, root v1 does not.
+    s.sign(StagedRole::Root, 4).await.unwrap();
+    s.sign(StagedRole::Root, 5).await.unwrap();
+    let e = s.publish().await.unwrap_err().to_string();
+    assert!(
+        e.starts_with("root v2: 0 valid signatures of the 2 needed from the keys of root v1"),
+        "{e}"
+    );
+    // The old keys alone would not do either; both together do.
+    s.sign(StagedRole::Root, 1).await.unwrap();
+    s.sign(StagedRole::Root, 2).await.unwrap();
+    let p = s.publish().await.unwrap();
+    assert_eq!(p.root_version, 2);
+    assert!(s.repo.join("2.root.json").exists());
+
+    // A client trusting root v1 walks to v2, whose keys now sign targets.
+    let st = s.status().await.unwrap();
+    assert_eq!(st.roles[0].version, 2);
+    assert_eq!(st.governance_keys.len(), 3);
+    s.elect("1.1.0", b"two").unwrap();
+    let e = s.sign(StagedRole::Targets, 1).await.unwrap_err();
+    assert!(
+        e.to_string().contains("not a targets key of root v2"),
+        "{e}"
+    );
+    s.sign(StagedRole::Targets, 4).await.unwrap();
+    s.sign(StagedRole::Targets, 3).await.unwrap();
+    s.publish().await.unwrap();
+    let st = s.status().await.unwrap();
+    assert_eq!(st.oses[0].elected.len(), 2);
+}
+
+#[tokio::test]
+async fn root_v1_needs_its_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    init::init(&InitOptions {
+        workdir: work.clone(),
+        keys: GovernanceKeys::Generate(3),
+        threshold: 2,
+        key_dir: None,
+        root_expires: days(365),
+    })
+    .unwrap();
+    let key = work.join("keys/voter-1.pem");
+    sign::sign(&work, StagedRole::Root, &PemKeySource::new(&key), &key)
+        .await
+        .unwrap();
+    let e = publish::publish(PublishOptions {
+        workdir: work.clone(),
+        repo: tmp.path().join("repo"),
+        publisher: Box::new(PemKeySource::new(work.join("keys/publisher.pem"))),
+        publisher_name: work.join("keys/publisher.pem"),
+        snapshot_expires: days(7),
+        timestamp_expires: days(1),
+        now: now(),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("root v1: 1 valid signature of the 2 needed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn init_refuses_impossible_thresholds() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (n, k) in [(3, 4), (3, 0), (0, 0)] {
+        let e = init::init(&InitOptions {
+            workdir: tmp.path().join("w"),
+            keys: GovernanceKeys::Generate(n),
+            threshold: k,
+            key_dir: None,
+            root_expires: days(365),
+        })
+        .unwrap_err();
+        assert!(e.is_bad_input(), "{e}");
+        assert!(!tmp.path().join("w").exists(), "{n}/{k} wrote something");
+    }
+}
+
+#[tokio::test]
+async fn crafted_releases_are_refused_before_anything_is_staged() {
+    let s = Scene::new().await;
+    let waves = s.root.join("waves.yaml");
+    std::fs::write(&waves, fixtures::waves_yaml("2026-01-10T00:00:00Z")).unwrap();
+    let attempt = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let rel =
+            fixtures::write_release_with(&s.root.join(name), Os::HostOs, "1.0.0", b"x", |m| {
+                edit(m)
+            });
+        elect::elect(&ElectOptions {
+            workdir: s.work.clone(),
+            release: rel,
+            waves: waves.clone(),
+            artifacts: Vec::new(),
+            targets_expires: days(90),
+            now: now(),
+        })
+        .unwrap_err()
+    };
+    let e = attempt("dotdot", &|m| {
+        m["outputs"][1]["name"] = "../update-img.tar.zst".into()
+    });
+    assert!(
+        e.is_bad_input() && e.to_string().contains("outputs[1].name"),
+        "{e}"
+    );
+    let e = attempt("absolute", &|m| m["version"] = "/etc".into());
+    assert!(e.is_bad_input() && e.to_string().contains("version"), "{e}");
+    let e = attempt("size", &|m| m["outputs"][1]["size"] = 2.into());
+    assert!(
+        e.is_bad_input() && e.to_string().contains("the manifest says"),
+        "{e}"
+    );
+    assert!(!s.work.join("staged/targets.json").exists());
+    assert!(!s.work.join("sources.json").exists());
+
+    // A link planted where the update image should be is refused too.
+    let rel = fixtures::write_release(&s.root.join("link"), Os::HostOs, "1.0.0", b"x");
+    std::fs::remove_file(rel.join("update-img.tar.zst")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", rel.join("update-img.tar.zst")).unwrap();
+    let e = elect::elect(&ElectOptions {
+        workdir: s.work.clone(),
+        release: rel,
+        waves,
+        artifacts: Vec::new(),
+        targets_expires: days(90),
+        now: now(),
+    })
+    .unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("symbolic link"),
+        "{e}"
+    );
+}
+
+#[test]
+fn init_refuses_a_taken_key_name_before_writing_any_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("voter-2.pem"), b"someone else's key").unwrap();
+    let e = init::init(&InitOptions {
+        workdir: tmp.path().join("w"),
+        keys: GovernanceKeys::Generate(3),
+        threshold: 2,
+        key_dir: Some(keys.clone()),
+        root_expires: days(365),
+    })
+    .unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    assert!(e.to_string().contains("voter-2.pem: exists already"), "{e}");
+    assert!(!keys.join("voter-1.pem").exists());
+    assert!(!tmp.path().join("w").exists());
+    assert_eq!(
+        std::fs::read(keys.join("voter-2.pem")).unwrap(),
+        b"someone else's key"
+    );
+}
