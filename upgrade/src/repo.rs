@@ -259,7 +259,32 @@ pub fn map_error(mirror: &str, root: &Path, e: tough::error::Error) -> UpgradeEr
                 message,
             }
         }
-        E::Transport { .. } => UpgradeError::Unreachable { mirror, message },
+        E::Transport { ref source, .. } => {
+            // tough checks a metadata file's hash and size as it streams, inside the
+            // transport: a mismatch there is a file of another publication, not a network
+            // failure.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+            while let Some(c) = cause {
+                if let Some(inner) = c.downcast_ref::<tough::error::Error>() {
+                    if let E::HashMismatch { context, .. } = inner {
+                        return UpgradeError::MetadataMixed {
+                            mirror,
+                            role: context.clone(),
+                            message,
+                        };
+                    }
+                    if let E::MaxSizeExceeded { .. } = inner {
+                        return UpgradeError::MetadataMalformed {
+                            mirror,
+                            role: "metadata".into(),
+                            message,
+                        };
+                    }
+                }
+                cause = c.source();
+            }
+            UpgradeError::Unreachable { mirror, message }
+        }
         _ => UpgradeError::Tough { mirror, message },
     }
 }
