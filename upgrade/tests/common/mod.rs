@@ -213,11 +213,38 @@ pub struct NodeDir {
 pub const PART_SIZE: usize = 256 << 10;
 
 impl NodeDir {
+    /// The node under `dir` as [`NodeDir::new`] made it, without touching anything.
+    pub fn at(dir: &Path) -> NodeDir {
+        let part = |name: &str, member: &str| Part {
+            member: member.into(),
+            path: dir.join(name),
+        };
+        NodeDir {
+            dir: dir.to_path_buf(),
+            layout: Layout {
+                a: vec![
+                    part("root-a.img", "root.img"),
+                    part("esp-a.efi", "host-os-a.efi"),
+                ],
+                b: vec![
+                    part("root-b.img", "root.img"),
+                    part("esp-b.efi", "host-os-b.efi"),
+                ],
+            },
+            state: dir.join("slots.json"),
+        }
+    }
+
     pub fn new(dir: &Path) -> NodeDir {
+        NodeDir::sized(dir, PART_SIZE)
+    }
+
+    /// A node whose parts have `size` bytes each.
+    pub fn sized(dir: &Path, size: usize) -> NodeDir {
         std::fs::create_dir_all(dir).unwrap();
         let part = |name: &str, member: &str, fill: u8| {
             let path = dir.join(name);
-            std::fs::write(&path, vec![fill; PART_SIZE]).unwrap();
+            std::fs::write(&path, vec![fill; size]).unwrap();
             Part {
                 member: member.into(),
                 path,
@@ -250,10 +277,14 @@ impl NodeDir {
     }
 
     pub fn options(&self, record: &Record, mirrors: &[String]) -> ApplyOptions {
+        self.options_with(&record.trusted_root(), mirrors)
+    }
+
+    pub fn options_with(&self, trusted_root: &Path, mirrors: &[String]) -> ApplyOptions {
         ApplyOptions {
             repo: RepoOptions {
                 mirrors: mirrors.iter().map(|m| m.parse().unwrap()).collect(),
-                trusted_root: record.trusted_root(),
+                trusted_root: trusted_root.to_path_buf(),
                 datastore: self.dir.join("datastore"),
             },
             os: Os::HostOs,
