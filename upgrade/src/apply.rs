@@ -1,0 +1,344 @@
+//! `apply`: from the governance record to a flipped slot, in one ordered function
+//! ([`apply`]):
+//!
+//! 1. load the record ([`crate::repo`]: tough verifies threshold, expiry, rollback);
+//! 2. choose ([`crate::choose`]): the version elected for this node's wave, or the one asked
+//!    for by name if and only if it is that one; a version that just failed its health gate
+//!    on this node is not taken again;
+//! 3. download into staging ([`crate::fetch`]): length and sha256 checked against the signed
+//!    target, resumed and from the next mirror on failure;
+//! 4. check pass: the staged archive read through once (zstd, then the tar members with
+//!    [`plinth_release::archive`]'s strict reader, each slot member bounded by its part's
+//!    size before any of it is read), every member the inactive slot needs present, each
+//!    member's sha256 computed. Nothing has touched a slot yet: every refusal up to here
+//!    leaves both slots and the state as they were;
+//! 5. the inactive slot marked `writing`, persisted;
+//! 6. write pass: each member streamed into its part of the inactive slot (never the
+//!    active's: [`crate::slots::SlotStore::inactive_writer`]), fsynced, its sha256 compared
+//!    with the check pass's;
+//! 7. read back: each part's written bytes read again (cache dropped) and compared;
+//! 8. only then marked `written` and pending with its tries (the flip), persisted in one
+//!    atomic write; the staged payload removed.
+//!
+//! A crash anywhere leaves the active slot untouched and the state either as before, with
+//! the inactive slot `writing` (not bootable; the next apply writes it again, from the
+//! staged payload if it is whole) or flipped. Memory is fixed buffers plus zstd's window
+//! (the payload is decompressed only after its sha256 matched the signed one, so its frame
+//! parameters are governance's, not an attacker's).
+
+use crate::choose::{self, Decision, Node, Reason, Record};
+use crate::error::UpgradeError;
+use crate::fetch::{self, Staging, Want};
+use crate::repo::{self, RepoOptions};
+use crate::slots::{self, MemberDigest, OutcomeKind, SlotStore};
+use plinth_release::archive::{self, ArchiveError, Bound, Bounds};
+use plinth_release::{Os, Sha256, Slot, Version};
+use sha2::Digest;
+use std::path::Path;
+
+/// What the caller asks.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub repo: RepoOptions,
+    pub os: Os,
+    pub seed: u16,
+    pub now: jiff::Timestamp,
+    pub staging: Staging,
+    /// Boots the new slot gets before it is given up (HostOS: systemd-boot's `+3`).
+    pub tries: u8,
+    /// Take this version, and only if it is the one elected for this node.
+    pub version: Option<Version>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Nothing to take.
+    Stay { current: Version, why: String },
+    /// The version is already written and pending on the inactive slot.
+    AlreadyPending { version: Version, slot: Slot },
+    /// Written, read back and flipped: `slot` boots next, with `version`.
+    Flipped {
+        version: Version,
+        slot: Slot,
+        reason: Reason,
+    },
+}
+
+/// What `check` found: the version to take, if any.
+#[derive(Debug)]
+pub struct Plan {
+    pub loaded: repo::Loaded,
+    pub record: Record,
+    pub node: Node,
+}
+
+impl Plan {
+    /// The decision for this node.
+    pub fn decision(&self) -> Decision<'_> {
+        choose::choose(&self.record, &self.node)
+    }
+}
+
+/// Load the record and read this OS's part of it.
+pub async fn check(
+    opts: &ApplyOptions,
+    store: &SlotStore,
+    client: &reqwest::Client,
+) -> Result<Plan, UpgradeError> {
+    let current = store
+        .state()
+        .current()
+        .cloned()
+        .ok_or_else(|| UpgradeError::State {
+            path: store.state_path().to_path_buf(),
+            message: format!(
+                "the active slot {} holds no known version",
+                store.state().active
+            ),
+            hint: "the installer records the installed version in the slot state".into(),
+        })?;
+    let loaded = repo::load(&opts.repo, client).await?;
+    let record = Record::read(
+        loaded.repo.all_targets().map(|(n, t)| (n.raw(), t)),
+        opts.os,
+    )?;
+    Ok(Plan {
+        loaded,
+        record,
+        node: Node {
+            os: opts.os,
+            current,
+            seed: opts.seed,
+            now: opts.now,
+        },
+    })
+}
+
+/// Apply the version elected for this node (see the module doc).
+pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied, UpgradeError> {
+    let client = repo::http_client()?;
+    let plan = check(opts, store, &client).await?;
+    let stay = |why: String| Applied::Stay {
+        current: plan.node.current.clone(),
+        why,
+    };
+    let (offer, reason) = match &opts.version {
+        Some(v) => {
+            let offer = choose::check_requested(&plan.record, &plan.node, v)?;
+            let reason = match plan.decision() {
+                Decision::Take { reason, .. } => reason,
+                Decision::Stay(_) => Reason::Upgrade,
+            };
+            (offer, reason)
+        }
+        None => match plan.decision() {
+            Decision::Take { offer, reason } => (offer, reason),
+            Decision::Stay(s) => {
+                opts.staging.clean_except(None);
+                return Ok(stay(s.to_string()));
+            }
+        },
+    };
+    let version = offer.version().clone();
+    let state = store.state();
+    let inactive = state.inactive();
+    if let slots::Content::Written {
+        version: v,
+        target_sha256,
+        ..
+    } = state.content(inactive)
+    {
+        if *v == version
+            && *target_sha256 == offer.artifact.sha256
+            && state.pending == Some(inactive)
+        {
+            return Ok(Applied::AlreadyPending {
+                version,
+                slot: inactive,
+            });
+        }
+    }
+    if let Some(last) = &state.last {
+        if last.kind == OutcomeKind::RolledBack && last.version.as_ref() == Some(&version) {
+            return Ok(stay(format!(
+                "{version} failed on this node ({}); waiting for another version",
+                last.reason
+            )));
+        }
+    }
+    if opts.tries == 0 {
+        return Err(UpgradeError::State {
+            path: store.state_path().to_path_buf(),
+            message: "0 tries asked for the new slot".into(),
+            hint: "give it at least one boot".into(),
+        });
+    }
+    let want = Want {
+        target: offer.target.clone(),
+        sha256: offer.artifact.sha256,
+        length: offer.artifact.length,
+        consistent: plan.loaded.repo.root().signed.consistent_snapshot,
+    };
+    let staged = fetch::download(&client, &plan.loaded.mirrors, &want, &opts.staging).await?;
+    let why = match reason {
+        Reason::Upgrade => format!("upgrade from {} to {version}", plan.node.current),
+        Reason::PullBack => format!(
+            "pulled back from {} to {version}: governance lowered max_version",
+            plan.node.current
+        ),
+    };
+    install(&staged, &want, &version, store, opts.tries, why, opts.now)?;
+    let _ = std::fs::remove_file(&staged);
+    Ok(Applied::Flipped {
+        version,
+        slot: inactive,
+        reason,
+    })
+}
+
+/// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked.
+pub fn install(
+    staged: &Path,
+    want: &Want,
+    version: &Version,
+    store: &mut SlotStore,
+    tries: u8,
+    why: String,
+    now: jiff::Timestamp,
+) -> Result<(), UpgradeError> {
+    let mut writer = store.inactive_writer()?;
+    let slot = writer.slot();
+    let members: Vec<(String, std::path::PathBuf, u64)> = writer
+        .members()
+        .map(|m| {
+            let (path, cap) = writer.part(m).expect("a member of this slot");
+            (m.to_string(), path.to_path_buf(), cap)
+        })
+        .collect();
+    let largest = members.iter().map(|m| m.2).max().unwrap_or(0);
+    let mut bounds = Bounds::default().others(Bound::new(
+        largest,
+        format!("the largest part of slot {slot}"),
+    ));
+    for (m, path, cap) in &members {
+        bounds = bounds.member(m, Bound::new(*cap, format!("its part {}", path.display())));
+    }
+    let mut buf = vec![0u8; slots::BUFFER];
+    let too_large = |e: ArchiveError| match e {
+        ArchiveError::TooLarge {
+            name,
+            declared,
+            limit,
+            ..
+        } if members.iter().any(|m| m.0 == name) => {
+            let path = &members.iter().find(|m| m.0 == name).expect("found").1;
+            slots::too_small(path, &name, declared, limit)
+        }
+        e => e.into(),
+    };
+
+    // 4. Check pass.
+    let mut digests: Vec<MemberDigest> = Vec::new();
+    let open = |p: &Path| {
+        plinth_release::untrusted::open_untrusted(p)
+            .map_err(UpgradeError::io(p, "open the staged payload"))
+    };
+    archive::for_each_member_of(open(staged)?, staged, &bounds, |name, size, reader| {
+        if members.iter().any(|m| m.0 == name) {
+            let mut hasher = sha2::Sha256::new();
+            let mut left = size;
+            while left > 0 {
+                let n = reader.read(&mut buf[..left.min(slots::BUFFER as u64) as usize])?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("member `{name}` ended early"),
+                    ));
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            digests.push(MemberDigest {
+                member: name.to_string(),
+                length: size,
+                sha256: Sha256(hasher.finalize().into()),
+            });
+        }
+        Ok(true)
+    })
+    .map_err(too_large)?;
+    for (m, path, _) in &members {
+        if !digests.iter().any(|d| d.member == *m) {
+            return Err(UpgradeError::MissingMember {
+                target: want.target.clone(),
+                member: m.clone(),
+                slot,
+                path: path.clone(),
+            });
+        }
+    }
+
+    // 5. The inactive slot is no longer bootable.
+    store.update(|s| {
+        s.begin_write(version.clone());
+        Ok(())
+    })?;
+    store.persist()?;
+
+    // 6. Write pass.
+    let mut failure: Option<UpgradeError> = None;
+    let result =
+        archive::for_each_member_of(open(staged)?, staged, &bounds, |name, size, reader| {
+            let Some(expected) = digests.iter().find(|d| d.member == name) else {
+                return Ok(true);
+            };
+            match writer.write_member(name, size, reader, &mut buf) {
+                Ok(found) if found == expected.sha256 && size == expected.length => Ok(true),
+                Ok(found) => {
+                    failure = Some(UpgradeError::Changed {
+                        path: staged.to_path_buf(),
+                        member: name.to_string(),
+                        expected: expected.sha256.to_string(),
+                        found: found.to_string(),
+                    });
+                    Ok(false)
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Ok(false)
+                }
+            }
+        });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    result.map_err(too_large)?;
+    drop(writer);
+
+    // 7. Read back.
+    for d in &digests {
+        let path = &members
+            .iter()
+            .find(|m| m.0 == d.member)
+            .expect("a member")
+            .1;
+        let found = SlotStore::read_back(path, d.length)?;
+        if found != d.sha256 {
+            return Err(UpgradeError::ReadBack {
+                path: path.clone(),
+                member: d.member.clone(),
+                length: d.length,
+                expected: d.sha256.to_string(),
+                found: found.to_string(),
+            });
+        }
+    }
+
+    // 8. The flip.
+    store.update(|s| {
+        s.written(want.sha256, digests.clone())?;
+        s.flip(tries, why, now)
+    })?;
+    store.persist()
+}

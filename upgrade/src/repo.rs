@@ -1,0 +1,290 @@
+//! Loading the governance record as a node: tough's `RepositoryLoader` from the node's
+//! trusted root (shipped with its OS image, TUF 5.2), with every role's signatures,
+//! thresholds, versions and expiry enforced (`ExpirationEnforcement::Safe`), bounded sizes
+//! ([`plinth_governance::status::limits`]), and a datastore directory the caller keeps (on
+//! the state partition in production) so that what was once trusted stays trusted: an older
+//! timestamp or snapshot served later is a replay, refused (TUF 5.4.3, 5.5.5).
+//!
+//! Mirrors are an ordered list of base URLs (`file://`, `http://` for tests on 127.0.0.1,
+//! `https://` in production), each a whole published repository (`timestamp.json` at its
+//! base, payloads under `targets/`). They are tried in order: a mirror that cannot be
+//! reached, or that serves metadata tough refuses, is passed over for the next; if none
+//! loads, the error is the first refusal (a security finding outranks a network failure),
+//! else the last network failure.
+//!
+//! The transport ([`MirrorTransport`]) adds only what is needed to tough's: http(s) through
+//! one reqwest client with timeouts, each file read whole below a cap (metadata is small and
+//! tough bounds it again); `file://` through tough's own filesystem transport.
+
+use crate::error::UpgradeError;
+use plinth_release::untrusted::read_untrusted;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tough::schema::RoleType;
+use tough::{
+    ExpirationEnforcement, FilesystemTransport, RepositoryLoader, Transport, TransportError,
+    TransportErrorKind, TransportStream,
+};
+use url::Url;
+
+/// The largest trusted root read.
+pub const MAX_ROOT: u64 = 1 << 20;
+/// The largest metadata file the transport reads (tough's own limits are smaller or equal).
+pub const MAX_METADATA: u64 = 16 << 20;
+/// Connect and read timeouts of http(s) mirrors.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and how to load the record.
+#[derive(Debug, Clone)]
+pub struct RepoOptions {
+    /// Base URLs, tried in order.
+    pub mirrors: Vec<Url>,
+    /// The trusted root.json the node starts from.
+    pub trusted_root: PathBuf,
+    /// tough's datastore: kept between loads (rollback and freeze protection).
+    pub datastore: PathBuf,
+}
+
+/// A mirror's base URL as given, with a trailing `/` so that names join below it; only
+/// `file`, `http` and `https`.
+pub fn mirror_base(url: &Url) -> Result<Url, UpgradeError> {
+    let bad = |message: String| UpgradeError::Unreachable {
+        mirror: url.to_string(),
+        message,
+    };
+    if !matches!(url.scheme(), "file" | "http" | "https") {
+        return Err(bad(format!(
+            "a {}:// mirror is not supported (file, http, https)",
+            url.scheme()
+        )));
+    }
+    let mut s = url.to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    Url::parse(&s).map_err(|e| bad(e.to_string()))
+}
+
+/// The targets base URL of a mirror.
+pub fn targets_base(base: &Url) -> Result<Url, UpgradeError> {
+    base.join(&format!("{}/", plinth_governance::publish::TARGETS_DIR))
+        .map_err(|e| UpgradeError::Unreachable {
+            mirror: base.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// The HTTP client every http(s) fetch uses.
+pub fn http_client() -> Result<reqwest::Client, UpgradeError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .build()
+        .map_err(|e| UpgradeError::Unreachable {
+            mirror: "(http client)".into(),
+            message: e.to_string(),
+        })
+}
+
+/// tough's transport for our mirrors.
+#[derive(Debug, Clone)]
+pub struct MirrorTransport {
+    client: reqwest::Client,
+}
+
+impl MirrorTransport {
+    pub fn new(client: reqwest::Client) -> MirrorTransport {
+        MirrorTransport { client }
+    }
+}
+
+#[tough::async_trait]
+impl Transport for MirrorTransport {
+    async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
+        match url.scheme() {
+            "file" => FilesystemTransport.fetch(url).await,
+            "http" | "https" => {
+                let fail = |e: reqwest::Error| {
+                    TransportError::new_with_cause(TransportErrorKind::Other, url.clone(), e)
+                };
+                let mut response = self.client.get(url.clone()).send().await.map_err(fail)?;
+                let status = response.status();
+                if status == reqwest::StatusCode::NOT_FOUND
+                    || status == reqwest::StatusCode::FORBIDDEN
+                {
+                    return Err(TransportError::new(TransportErrorKind::FileNotFound, url));
+                }
+                if !status.is_success() {
+                    return Err(TransportError::new_with_cause(
+                        TransportErrorKind::Other,
+                        url.clone(),
+                        std::io::Error::other(format!("HTTP status {status}")),
+                    ));
+                }
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await.map_err(fail)? {
+                    if (body.len() + chunk.len()) as u64 > MAX_METADATA {
+                        return Err(TransportError::new_with_cause(
+                            TransportErrorKind::Other,
+                            url.clone(),
+                            std::io::Error::other(format!(
+                                "more than {MAX_METADATA} bytes of metadata"
+                            )),
+                        ));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let once = futures_util::stream::once(async move {
+                    Ok::<_, TransportError>(tough::Bytes::from(body))
+                });
+                Ok(Box::pin(once))
+            }
+            _ => Err(TransportError::new(
+                TransportErrorKind::UnsupportedUrlScheme,
+                url,
+            )),
+        }
+    }
+}
+
+/// A loaded record and the mirror it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub repo: tough::Repository,
+    pub mirror: Url,
+    /// The mirrors after it, for the payload's fallback (it first).
+    pub mirrors: Vec<Url>,
+}
+
+/// Load the record from the first mirror that gives a repository tough accepts.
+pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded, UpgradeError> {
+    let root =
+        read_untrusted(&opts.trusted_root, MAX_ROOT).map_err(|e| UpgradeError::TrustedRoot {
+            path: opts.trusted_root.clone(),
+            message: e.to_string(),
+        })?;
+    plinth_release::archive::private_dir(&opts.datastore).map_err(UpgradeError::io(
+        &opts.datastore,
+        "create the datastore directory",
+    ))?;
+    if opts.mirrors.is_empty() {
+        return Err(UpgradeError::Unreachable {
+            mirror: "(none)".into(),
+            message: "no mirror is configured".into(),
+        });
+    }
+    let mut errors = Vec::new();
+    for (i, mirror) in opts.mirrors.iter().enumerate() {
+        match load_one(&root, mirror, opts, client).await {
+            Ok(repo) => {
+                return Ok(Loaded {
+                    repo,
+                    mirror: mirror.clone(),
+                    mirrors: opts.mirrors[i..].to_vec(),
+                })
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let first_refusal = errors.iter().position(|e| !e.is_transport());
+    let i = first_refusal.unwrap_or(errors.len() - 1);
+    Err(errors.swap_remove(i))
+}
+
+async fn load_one(
+    root: &[u8],
+    mirror: &Url,
+    opts: &RepoOptions,
+    client: &reqwest::Client,
+) -> Result<tough::Repository, UpgradeError> {
+    let base = mirror_base(mirror)?;
+    let targets = targets_base(&base)?;
+    RepositoryLoader::new(&root, base, targets)
+        .transport(MirrorTransport::new(client.clone()))
+        .limits(plinth_governance::status::limits())
+        .datastore(opts.datastore.clone())
+        .expiration_enforcement(ExpirationEnforcement::Safe)
+        .load()
+        .await
+        .map_err(|e| map_error(mirror.as_str(), &opts.trusted_root, e))
+}
+
+/// tough's load error as ours.
+pub fn map_error(mirror: &str, root: &Path, e: tough::error::Error) -> UpgradeError {
+    use tough::error::Error as E;
+    let mirror = mirror.to_string();
+    let message = e.to_string();
+    let role_name = |r: &RoleType| r.to_string();
+    match e {
+        E::ExpiredMetadata { role, .. } => UpgradeError::MetadataExpired {
+            mirror,
+            expires: "a time already past".into(),
+            role: role_name(&role),
+        },
+        E::VerifyMetadata { role, .. } => UpgradeError::BelowThreshold {
+            mirror,
+            role: role_name(&role),
+            message,
+        },
+        E::OlderMetadata {
+            role,
+            current_version,
+            new_version,
+            ..
+        } => UpgradeError::MetadataReplayed {
+            mirror,
+            role: role_name(&role),
+            trusted: current_version,
+            offered: new_version,
+        },
+        E::VersionMismatch { role, .. } => UpgradeError::MetadataMixed {
+            mirror,
+            role: role_name(&role),
+            message,
+        },
+        E::HashMismatch { context, .. } => UpgradeError::MetadataMixed {
+            mirror,
+            role: context,
+            message,
+        },
+        E::ParseMetadata { role, .. } => UpgradeError::MetadataMalformed {
+            mirror,
+            role: role_name(&role),
+            message,
+        },
+        E::VerifyTrustedMetadata { .. } | E::ParseTrustedMetadata { .. } => {
+            UpgradeError::TrustedRoot {
+                path: root.to_path_buf(),
+                message,
+            }
+        }
+        E::Transport { ref source, .. } => {
+            // tough checks a metadata file's hash and size as it streams, inside the
+            // transport: a mismatch there is a file of another publication, not a network
+            // failure.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+            while let Some(c) = cause {
+                if let Some(inner) = c.downcast_ref::<tough::error::Error>() {
+                    if let E::HashMismatch { context, .. } = inner {
+                        return UpgradeError::MetadataMixed {
+                            mirror,
+                            role: context.clone(),
+                            message,
+                        };
+                    }
+                    if let E::MaxSizeExceeded { .. } = inner {
+                        return UpgradeError::MetadataMalformed {
+                            mirror,
+                            role: "metadata".into(),
+                            message,
+                        };
+                    }
+                }
+                cause = c.source();
+            }
+            UpgradeError::Unreachable { mirror, message }
+        }
+        _ => UpgradeError::Tough { mirror, message },
+    }
+}
