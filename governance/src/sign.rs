@@ -72,11 +72,7 @@ pub async fn sign(
                 .staged_root()?
                 .ok_or_else(|| nothing_staged(&staged, role))?;
             let old = workdir.trusted_root()?;
-            let judges: Vec<Root> = old
-                .iter()
-                .map(|o| o.signed.clone())
-                .chain([root.signed.clone()])
-                .collect();
+            let judges = root_judges(old.as_ref(), &root);
             let key_id = signatures::add(&mut root, source, key_path, |id| {
                 if judges
                     .iter()
@@ -101,6 +97,15 @@ pub async fn sign(
             })
         }
     }
+}
+
+/// The roots whose keys may sign a staged root: the root in force (if any) and the staged
+/// root itself; a new root needs a threshold of each (TUF 5.3.4).
+fn root_judges(old: Option<&Signed<Root>>, staged: &Signed<Root>) -> Vec<Root> {
+    old.iter()
+        .map(|o| o.signed.clone())
+        .chain([staged.signed.clone()])
+        .collect()
 }
 
 fn root_version(judges: &[Root]) -> u64 {
@@ -162,11 +167,7 @@ pub fn merge(
                 .staged_root()?
                 .ok_or_else(|| nothing_staged(&staged, role))?;
             let old = workdir.trusted_root()?;
-            let judges: Vec<Root> = old
-                .iter()
-                .map(|o| o.signed.clone())
-                .chain([root.signed.clone()])
-                .collect();
+            let judges = root_judges(old.as_ref(), &root);
             let refs: Vec<&Root> = judges.iter().collect();
             for f in files {
                 let other = read_copy(f, "a voter's staged root")?;
