@@ -634,7 +634,9 @@ fn guest_launch_boots(guest: &Path, host_agent: &Path, scratch: &Path) {
         .arg("--firmware")
         .arg(&firmware)
         .args(["--accel", "tcg", "--user", "nobody", "--restart", "never"])
-        .args(["--stop-timeout", "20", "--state-dir"])
+        // The default stop timeout (60 s), as nodes run it: under TCG on a loaded CI machine
+        // the guest's shutdown has taken over 20 s (chrony's stop alone 15 s and more).
+        .arg("--state-dir")
         .arg(&state)
         .arg("--vtpm")
         .arg(&vtpm.socket)
