@@ -38,6 +38,10 @@ const CHUNK: usize = 1 << 20;
 /// Most entries a sparse member's map may have, whatever its size: 4 Mi entries (64 MiB in
 /// memory) cover a map of every other 512-byte block of 4 GiB of data.
 const MAX_SPARSE_RUNS: usize = 1 << 22;
+/// The largest zstd window a reader accepts (2^23 = 8 MiB): plinth's archives are frames of
+/// 4 MiB of member data each, so their windows are at most 4 MiB; a frame asking more is
+/// refused rather than given the memory (zstd's own default limit is 128 MiB).
+pub const MAX_WINDOW_LOG: u32 = 23;
 /// Most bytes read after the end-of-archive marker: the writer pads to a 10 KiB record.
 const TRAILER_LIMIT: u64 = 1 << 20;
 
@@ -526,7 +530,10 @@ pub fn extract_bounded(
     bounds: &Bounds,
 ) -> Result<Vec<String>, ArchiveError> {
     let file = File::open(archive).map_err(io_err(archive, "open"))?;
-    let decoder = zstd::Decoder::new(file).map_err(io_err(archive, "start zstd"))?;
+    let mut decoder = zstd::Decoder::new(file).map_err(io_err(archive, "start zstd"))?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(io_err(archive, "start zstd"))?;
     private_dir(dest).map_err(io_err(dest, "create a private (0700) directory"))?;
     let mut tar = TarStream::new(decoder, archive, bounds);
     let mut buf = Vec::new();
@@ -678,7 +685,10 @@ pub fn for_each_member_of(
     bounds: &Bounds,
     mut visit: impl FnMut(&str, u64, &mut dyn io::Read) -> io::Result<bool>,
 ) -> Result<(), ArchiveError> {
-    let decoder = zstd::Decoder::new(compressed).map_err(io_err(archive, "start zstd"))?;
+    let mut decoder = zstd::Decoder::new(compressed).map_err(io_err(archive, "start zstd"))?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(io_err(archive, "start zstd"))?;
     let mut tar = TarStream::new(decoder, archive, bounds);
     while let Some(m) = tar.next()? {
         let mut reader = MemberReader {
@@ -703,6 +713,24 @@ pub fn for_each_member_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_asking_for_a_window_past_the_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.tar.zst");
+        let stream = |window_log: u32| {
+            let mut enc = zstd::Encoder::new(Vec::new(), 3).unwrap();
+            enc.window_log(window_log).unwrap();
+            std::io::Write::write_all(&mut enc, &[0u8; 4096]).unwrap();
+            enc.finish().unwrap()
+        };
+        let read =
+            |bytes: &[u8]| for_each_member_of(bytes, &path, &Bounds::default(), |_, _, _| Ok(true));
+        // 2^23 is read (an empty tar stream of zeros ends cleanly), 2^24 is not.
+        read(&stream(MAX_WINDOW_LOG)).unwrap();
+        let e = read(&stream(MAX_WINDOW_LOG + 1)).unwrap_err().to_string();
+        assert!(e.contains("wide.tar.zst"), "{e}");
+    }
 
     #[test]
     fn header_numbers_parse_strictly() {

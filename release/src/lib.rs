@@ -10,6 +10,7 @@
 //! crate; it depends on none of them.
 
 pub mod archive;
+pub mod atomic;
 pub mod blocks;
 pub mod digest;
 pub mod manifest;

@@ -1,13 +1,18 @@
 //! `apply`: from the governance record to a flipped slot, in one ordered function
 //! ([`apply`]):
 //!
+//! 0. take the store's lock ([`SlotStore::lock`]: one apply at a time), read the state
+//!    again, and refuse if the inactive slot is the one that booted;
 //! 1. load the record ([`crate::repo`]: tough verifies threshold, expiry, rollback);
 //! 2. choose ([`crate::choose`]): the version elected for this node's wave, or the one asked
 //!    for by name if and only if it is that one; a version that just failed its health gate
-//!    on this node is not taken again;
+//!    on this node is not taken again; a pending flip to a version governance no longer
+//!    elects for this node (revoked, above `max_version`) is called off before it boots;
 //! 3. download into staging ([`crate::fetch`]): length and sha256 checked against the signed
 //!    target, resumed and from the next mirror on failure;
-//! 4. check pass: the staged archive read through once (zstd, then the tar members with
+//! 4. check pass: the staged archive read through once (its bytes hashed again as they are
+//!    read: the sha256 and length must still be the signed ones, in this pass and the next,
+//!    so what is decompressed is what was signed) (zstd, then the tar members with
 //!    [`plinth_release::archive`]'s strict reader, each slot member bounded by its part's
 //!    size before any of it is read), every member the inactive slot needs present, each
 //!    member's sha256 computed. Nothing has touched a slot yet: every refusal up to here
@@ -22,9 +27,8 @@
 //!
 //! A crash anywhere leaves the active slot untouched and the state either as before, with
 //! the inactive slot `writing` (not bootable; the next apply writes it again, from the
-//! staged payload if it is whole) or flipped. Memory is fixed buffers plus zstd's window
-//! (the payload is decompressed only after its sha256 matched the signed one, so its frame
-//! parameters are governance's, not an attacker's).
+//! staged payload if it is whole) or flipped. Memory is fixed buffers plus zstd's window,
+//! capped by [`plinth_release::archive`] whatever the frames ask.
 
 use crate::choose::{self, Decision, Node, Reason, Record};
 use crate::error::UpgradeError;
@@ -62,6 +66,12 @@ pub enum Applied {
         version: Version,
         slot: Slot,
         reason: Reason,
+    },
+    /// A pending flip to `version` was called off: governance no longer elects it here.
+    Cancelled {
+        version: Version,
+        slot: Slot,
+        why: String,
     },
 }
 
@@ -117,6 +127,9 @@ pub async fn check(
 
 /// Apply the version elected for this node (see the module doc).
 pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied, UpgradeError> {
+    let _lock = store.lock()?;
+    store.reload()?;
+    store.writable()?;
     let client = repo::http_client()?;
     let plan = check(opts, store, &client).await?;
     let stay = |why: String| Applied::Stay {
@@ -136,6 +149,9 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
             Decision::Take { offer, reason } => (offer, reason),
             Decision::Stay(s) => {
                 opts.staging.clean_except(None);
+                if let Some(cancelled) = cancel_pending(store, &s.to_string(), opts.now)? {
+                    return Ok(cancelled);
+                }
                 return Ok(stay(s.to_string()));
             }
         },
@@ -197,6 +213,88 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
     })
 }
 
+/// A flip still pending when governance elects nothing for this node (`why`) is called off,
+/// persisted, before the node can boot into it.
+fn cancel_pending(
+    store: &mut SlotStore,
+    why: &str,
+    now: jiff::Timestamp,
+) -> Result<Option<Applied>, UpgradeError> {
+    let Some(slot) = store.state().pending else {
+        return Ok(None);
+    };
+    let Some(version) = store.state().content(slot).version().cloned() else {
+        return Ok(None);
+    };
+    let reason = format!("governance no longer elects {version} for this node: {why}");
+    store.update(|s| s.cancel(reason.clone(), now))?;
+    store.persist()?;
+    Ok(Some(Applied::Cancelled {
+        version,
+        slot,
+        why: reason,
+    }))
+}
+
+/// The staged payload, read once from its start with its bytes hashed as they go, so that a
+/// pass can prove it read exactly the signed bytes ([`Hashed::finish`]).
+struct Hashed {
+    file: std::fs::File,
+    hasher: sha2::Sha256,
+    length: u64,
+}
+
+impl Hashed {
+    fn open(staged: &Path) -> Result<Hashed, UpgradeError> {
+        Ok(Hashed {
+            file: plinth_release::untrusted::open_untrusted(staged)
+                .map_err(UpgradeError::io(staged, "open the staged payload"))?,
+            hasher: sha2::Sha256::new(),
+            length: 0,
+        })
+    }
+
+    /// Read what the archive reader left (padding past the end of the archive), then
+    /// compare the whole with the signed target.
+    fn finish(mut self, staged: &Path, want: &Want) -> Result<(), UpgradeError> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = std::io::Read::read(&mut self, &mut buf)
+                .map_err(UpgradeError::io(staged, "read the staged payload"))?;
+            if n == 0 || self.length > want.length {
+                break;
+            }
+        }
+        let found = Sha256(self.hasher.finalize().into());
+        if self.length != want.length || found != want.sha256 {
+            let _ = std::fs::remove_file(staged);
+            return Err(UpgradeError::StagedChanged {
+                path: staged.to_path_buf(),
+                expected: format!("sha256 {} and {} bytes", want.sha256, want.length),
+                found: format!(
+                    "sha256 {found} and {}{} bytes",
+                    self.length,
+                    if self.length > want.length {
+                        " or more"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for Hashed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.length += n as u64;
+        Ok(n)
+    }
+}
+
 /// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked.
 pub fn install(
     staged: &Path,
@@ -240,11 +338,8 @@ pub fn install(
 
     // 4. Check pass.
     let mut digests: Vec<MemberDigest> = Vec::new();
-    let open = |p: &Path| {
-        plinth_release::untrusted::open_untrusted(p)
-            .map_err(UpgradeError::io(p, "open the staged payload"))
-    };
-    archive::for_each_member_of(open(staged)?, staged, &bounds, |name, size, reader| {
+    let mut payload = Hashed::open(staged)?;
+    archive::for_each_member_of(&mut payload, staged, &bounds, |name, size, reader| {
         if members.iter().any(|m| m.0 == name) {
             let mut hasher = sha2::Sha256::new();
             let mut left = size;
@@ -268,6 +363,7 @@ pub fn install(
         Ok(true)
     })
     .map_err(too_large)?;
+    payload.finish(staged, want)?;
     for (m, path, _) in &members {
         if !digests.iter().any(|d| d.member == *m) {
             return Err(UpgradeError::MissingMember {
@@ -288,8 +384,9 @@ pub fn install(
 
     // 6. Write pass.
     let mut failure: Option<UpgradeError> = None;
+    let mut payload = Hashed::open(staged)?;
     let result =
-        archive::for_each_member_of(open(staged)?, staged, &bounds, |name, size, reader| {
+        archive::for_each_member_of(&mut payload, staged, &bounds, |name, size, reader| {
             let Some(expected) = digests.iter().find(|d| d.member == name) else {
                 return Ok(true);
             };
@@ -314,6 +411,7 @@ pub fn install(
         return Err(e);
     }
     result.map_err(too_large)?;
+    payload.finish(staged, want)?;
     drop(writer);
 
     // 7. Read back.

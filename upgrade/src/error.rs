@@ -125,6 +125,13 @@ pub enum UpgradeError {
         expected: String,
         found: String,
     },
+    /// The staged payload read by a pass is not the signed one (altered after its download).
+    #[error("{}: the staged payload now reads as {found}; the signed target is {expected}\n  hint: something altered the staged file after its download; it was removed, and the next apply downloads it again; the slot was not flipped", path.display())]
+    StagedChanged {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     /// The payload changed between the check pass and the write pass.
     #[error("{}: member `{member}` read {found} on the write pass, {expected} on the check pass\n  hint: something altered the staged payload while it was written; the slot was not flipped", path.display())]
     Changed {
@@ -147,6 +154,16 @@ pub enum UpgradeError {
         path: PathBuf,
         message: String,
         hint: String,
+    },
+    /// Another apply holds the store's lock.
+    #[error("{}: another upgrade run holds this lock\n  hint: wait for it to end (`upgrade status` shows what it does); nothing was changed", path.display())]
+    Busy { path: PathBuf },
+    /// The slot that would be written is the one running, or its device is in use.
+    #[error("{}: slot {slot} cannot be written: {why}\n  hint: nothing was changed; the next apply after the slot's trial boot ends (or after the state is corrected) can write it", path.display())]
+    SlotInUse {
+        path: PathBuf,
+        slot: Slot,
+        why: String,
     },
     /// An I/O failure on a named file.
     #[error("{}: cannot {action}: {source}", path.display())]

@@ -1,5 +1,7 @@
 //! Loading the governance record as a node: tough's `RepositoryLoader` from the node's
-//! trusted root (shipped with its OS image, TUF 5.2), with every role's signatures,
+//! newest trusted root (TUF 5.2: the one its OS image ships, or the newest one a load has
+//! verified since, kept atomically in the datastore as [`NEWEST_ROOT`], so that keys a
+//! root rotation retired have no say over the node any more), with every role's signatures,
 //! thresholds, versions and expiry enforced (`ExpirationEnforcement::Safe`), bounded sizes
 //! ([`plinth_governance::status::limits`]), and a datastore directory the caller keeps (on
 //! the state partition in production) so that what was once trusted stays trusted: an older
@@ -34,6 +36,10 @@ pub const MAX_METADATA: u64 = 16 << 20;
 /// Connect and read timeouts of http(s) mirrors.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The newest root a load verified, in the datastore directory (written by this crate,
+/// atomically; tough's own `root.json` there is neither atomic nor read back).
+pub const NEWEST_ROOT: &str = "newest-root.json";
 
 /// Where and how to load the record.
 #[derive(Debug, Clone)]
@@ -159,15 +165,11 @@ pub struct Loaded {
 
 /// Load the record from the first mirror that gives a repository tough accepts.
 pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded, UpgradeError> {
-    let root =
-        read_untrusted(&opts.trusted_root, MAX_ROOT).map_err(|e| UpgradeError::TrustedRoot {
-            path: opts.trusted_root.clone(),
-            message: e.to_string(),
-        })?;
     plinth_release::archive::private_dir(&opts.datastore).map_err(UpgradeError::io(
         &opts.datastore,
         "create the datastore directory",
     ))?;
+    let (root, root_path, root_version) = starting_root(opts)?;
     if opts.mirrors.is_empty() {
         return Err(UpgradeError::Unreachable {
             mirror: "(none)".into(),
@@ -176,13 +178,16 @@ pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded
     }
     let mut errors = Vec::new();
     for (i, mirror) in opts.mirrors.iter().enumerate() {
-        match load_one(&root, mirror, opts, client).await {
+        match load_one(&root, &root_path, mirror, opts, client).await {
             Ok(repo) => {
+                if repo.root().signed.version.get() > root_version {
+                    keep_newest_root(opts, &repo)?;
+                }
                 return Ok(Loaded {
                     repo,
                     mirror: mirror.clone(),
                     mirrors: opts.mirrors[i..].to_vec(),
-                })
+                });
             }
             Err(e) => errors.push(e),
         }
@@ -192,8 +197,54 @@ pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded
     Err(errors.swap_remove(i))
 }
 
+/// The root a load starts from: the one kept from an earlier load ([`NEWEST_ROOT`]) when
+/// its version is at least the image's, else the image's; with the file it came from and its
+/// version.
+fn starting_root(opts: &RepoOptions) -> Result<(Vec<u8>, PathBuf, u64), UpgradeError> {
+    let read = |path: &Path| -> Result<Option<(Vec<u8>, u64)>, UpgradeError> {
+        let bad = |message: String| UpgradeError::TrustedRoot {
+            path: path.to_path_buf(),
+            message,
+        };
+        let bytes = match read_untrusted(path, MAX_ROOT) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let version = value["signed"]["version"]
+            .as_u64()
+            .ok_or_else(|| bad("no signed.version".into()))?;
+        Ok(Some((bytes, version)))
+    };
+    let image = read(&opts.trusted_root)?.ok_or_else(|| UpgradeError::TrustedRoot {
+        path: opts.trusted_root.clone(),
+        message: "no such file".into(),
+    })?;
+    let kept_path = opts.datastore.join(NEWEST_ROOT);
+    match read(&kept_path)? {
+        Some((bytes, version)) if version >= image.1 => Ok((bytes, kept_path, version)),
+        _ => Ok((image.0, opts.trusted_root.clone(), image.1)),
+    }
+}
+
+/// Keep the root tough verified on this load, atomically, as the next load's start.
+fn keep_newest_root(opts: &RepoOptions, repo: &tough::Repository) -> Result<(), UpgradeError> {
+    let path = opts.datastore.join(NEWEST_ROOT);
+    let mut bytes =
+        serde_json::to_vec_pretty(repo.root()).map_err(|e| UpgradeError::TrustedRoot {
+            path: path.clone(),
+            message: format!("the verified root does not serialize: {e}"),
+        })?;
+    bytes.push(b'\n');
+    plinth_release::atomic::write_atomic(&path, &bytes, 0o600)
+        .map_err(UpgradeError::io(&path, "keep the newest trusted root in"))
+}
+
 async fn load_one(
     root: &[u8],
+    root_path: &Path,
     mirror: &Url,
     opts: &RepoOptions,
     client: &reqwest::Client,
@@ -207,7 +258,7 @@ async fn load_one(
         .expiration_enforcement(ExpirationEnforcement::Safe)
         .load()
         .await
-        .map_err(|e| map_error(mirror.as_str(), &opts.trusted_root, e))
+        .map_err(|e| map_error(mirror.as_str(), root_path, e))
 }
 
 /// tough's load error as ours.

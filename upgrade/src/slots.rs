@@ -17,7 +17,13 @@
 //! Positions (A/B) and roles (active/inactive) stay apart: the writer ([`InactiveWriter`])
 //! can only be had for the inactive slot ([`SlotStore::inactive_writer`]); there is no way
 //! to open a part of the active slot for writing, and a layout whose slots share a part
-//! (the same file or device, by any path) is refused.
+//! (the same file or device, by any path) is refused. The state file alone does not decide
+//! what is safe to write: the caller gives the slot that actually booted (`plinth.slot=` on
+//! the kernel command line, [`SlotStore::with_booted`]), and the slot running is never the
+//! one written, whatever the file says (a trial boot of the pending slot, or a fall-back the
+//! file has not recorded yet); a block-device part is opened with `O_EXCL`, so the kernel
+//! refuses one that is mounted or mapped. One writer at a time: [`SlotStore::lock`] takes an
+//! exclusive lock beside the state file, held for a whole apply.
 
 use crate::error::UpgradeError;
 use plinth_release::{Sha256, Slot, Version};
@@ -180,6 +186,9 @@ pub enum OutcomeKind {
     Committed,
     /// The pending slot failed: the active slot stays.
     RolledBack,
+    /// A pending flip was called off before its boot: governance no longer elects its
+    /// version for this node (revoked, above `max_version`, or another one elected).
+    Cancelled,
 }
 
 /// The last outcome, and why.
@@ -318,6 +327,26 @@ impl State {
         Ok(())
     }
 
+    /// Call off the pending flip before it boots (`reason`: why governance no longer wants
+    /// it): the slot keeps its written bytes but is no longer pending.
+    pub fn cancel(&mut self, reason: String, now: jiff::Timestamp) -> Result<(), Transition> {
+        let Some(slot) = self.pending else {
+            return Err(Transition(
+                "no slot is pending, so no flip can be called off".into(),
+            ));
+        };
+        self.last = Some(Outcome {
+            kind: OutcomeKind::Cancelled,
+            slot,
+            version: self.content(slot).version().cloned(),
+            reason,
+            at: now,
+        });
+        self.pending = None;
+        self.tries_left = 0;
+        Ok(())
+    }
+
     /// The pending slot booted and passed the health gate: it becomes active.
     pub fn commit(&mut self, now: jiff::Timestamp) -> Result<(), Transition> {
         let Some(slot) = self.pending else {
@@ -375,6 +404,13 @@ pub struct SlotStore {
     layout: Layout,
     state_path: PathBuf,
     state: State,
+    booted: Option<Slot>,
+}
+
+/// The exclusive lock of a store's writer ([`SlotStore::lock`]); released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _lock: nix::fcntl::Flock<File>,
 }
 
 impl SlotStore {
@@ -399,6 +435,7 @@ impl SlotStore {
             layout,
             state_path: state_path.to_path_buf(),
             state,
+            booted: None,
         })
     }
 
@@ -415,7 +452,92 @@ impl SlotStore {
             layout,
             state_path: state_path.to_path_buf(),
             state,
+            booted: None,
         })
+    }
+
+    /// The slot that booted (from `plinth.slot=` on the kernel command line): it is never
+    /// written, whatever the state file says. `None` where no slot booted (a test of files,
+    /// or an installer writing both).
+    pub fn with_booted(mut self, booted: Option<Slot>) -> SlotStore {
+        self.booted = booted;
+        self
+    }
+
+    pub fn booted(&self) -> Option<Slot> {
+        self.booted
+    }
+
+    /// Take the store's exclusive lock (a file beside the state file), without waiting: one
+    /// apply at a time, so that two runs never write the inactive slot or the staging
+    /// directory together, nor persist each other's stale state. Re-read the state
+    /// ([`SlotStore::reload`]) once it is held.
+    pub fn lock(&self) -> Result<StoreLock, UpgradeError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.lock_path();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(UpgradeError::io(&path, "open the lock file"))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(StoreLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(UpgradeError::Busy { path }),
+            Err((_, e)) => Err(UpgradeError::io(&path, "lock")(e.into())),
+        }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let name = self
+            .state_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state".into());
+        self.state_path.with_file_name(format!(".{name}.lock"))
+    }
+
+    /// Read the state file again (after taking the lock: another run may have changed it).
+    pub fn reload(&mut self) -> Result<(), UpgradeError> {
+        self.state = read_state(&self.state_path)?.ok_or_else(|| UpgradeError::State {
+            path: self.state_path.clone(),
+            message: "the slot state file is gone".into(),
+            hint: "the installer creates it; restore it from the boot loader's view of the slots"
+                .into(),
+        })?;
+        Ok(())
+    }
+
+    /// The inactive slot, if it may be written: not the slot that booted.
+    pub fn writable(&self) -> Result<Slot, UpgradeError> {
+        let slot = self.state.inactive();
+        match self.booted {
+            Some(b) if b == slot => {
+                let why = if self.state.pending == Some(b) {
+                    format!(
+                        "slot {b} is on its trial boot ({} tries left): it is committed when it \
+                         passes the health gate, or given up for slot {}",
+                        self.state.tries_left,
+                        b.other()
+                    )
+                } else {
+                    format!(
+                        "slot {b} booted, but the state file names slot {} as active (a \
+                         fall-back by the boot loader the state has not recorded yet?)",
+                        self.state.active
+                    )
+                };
+                Err(UpgradeError::SlotInUse {
+                    path: self.state_path.clone(),
+                    slot: b,
+                    why,
+                })
+            }
+            _ => Ok(slot),
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -452,15 +574,34 @@ impl SlotStore {
 
     /// Open the inactive slot's parts for writing. Only the inactive slot's: the active
     /// slot's parts are never opened for writing.
+    /// A block-device part is opened with `O_EXCL`: Linux refuses (EBUSY) a device that is
+    /// mounted, mapped (dm-verity) or otherwise claimed, such as the running root.
     pub fn inactive_writer(&self) -> Result<InactiveWriter, UpgradeError> {
-        let slot = self.state.inactive();
+        use std::os::unix::fs::OpenOptionsExt;
+        let slot = self.writable()?;
         self.layout.check()?;
         let mut parts = Vec::new();
         for p in self.layout.parts(slot) {
+            let block = std::fs::metadata(&p.path)
+                .map(|m| m.file_type().is_block_device())
+                .unwrap_or(false);
             let file = File::options()
                 .write(true)
+                .custom_flags(if block { nix::libc::O_EXCL } else { 0 })
                 .open(&p.path)
-                .map_err(UpgradeError::io(&p.path, "open for writing"))?;
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                        UpgradeError::SlotInUse {
+                            path: p.path.clone(),
+                            slot,
+                            why: "the device is in use (mounted, mapped or claimed): it is not \
+                                  an inactive slot's part"
+                                .into(),
+                        }
+                    } else {
+                        UpgradeError::io(&p.path, "open for writing")(e)
+                    }
+                })?;
             let capacity = capacity(&file, &p.path)?;
             parts.push(OpenPart {
                 part: p.clone(),
@@ -637,41 +778,12 @@ fn read_state(path: &Path) -> Result<Option<State>, UpgradeError> {
     Ok(Some(state))
 }
 
-/// Write `state` to `path` atomically: temp file, fsync, rename, fsync of the directory.
+/// Write `state` to `path` atomically and durably ([`plinth_release::atomic`]), mode 0600.
 fn write_state(path: &Path, state: &State) -> Result<(), UpgradeError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
     bytes.push(b'\n');
-    let result = (|| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(UpgradeError::io(&tmp, "create"))?;
-        f.write_all(&bytes)
-            .map_err(UpgradeError::io(&tmp, "write"))?;
-        f.sync_all().map_err(UpgradeError::io(&tmp, "fsync"))?;
-        std::fs::rename(&tmp, path).map_err(UpgradeError::io(path, "replace"))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(UpgradeError::io(dir, "fsync the directory of"))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    plinth_release::atomic::write_atomic(path, &bytes, 0o600)
+        .map_err(UpgradeError::io(path, "replace"))
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ pub fn lines(s: &Status) -> Vec<String> {
                 OutcomeKind::Applied => format!("applied {version} to slot {}", o.slot),
                 OutcomeKind::Committed => format!("committed {version} on slot {}", o.slot),
                 OutcomeKind::RolledBack => format!("rolled back from {version} on slot {}", o.slot),
+                OutcomeKind::Cancelled => {
+                    format!("called off the flip to {version} on slot {}", o.slot)
+                }
             };
             out.push(format!("last: {what} at {}: {}", o.at, o.reason));
         }

@@ -5,7 +5,8 @@
 //! written and pending. The state is then reset to "A active, B not written" (B's parts
 //! keep whatever the killed run left) for the next trial.
 //!
-//! `PLINTH_UPGRADE_KILL_TRIALS` sets the number of trials (default 50),
+//! `PLINTH_UPGRADE_KILL_TRIALS` sets the number of trials (default 200, as CI runs it;
+//! `ci/upgrade-kill` runs 1000),
 //! `PLINTH_UPGRADE_KILL_SEED` the seed of the kill points (default 22).
 
 mod common;
@@ -64,7 +65,7 @@ fn child(spec: &str) -> Command {
 
 #[tokio::test]
 async fn sigkill_at_random_points_never_touches_the_active_slot() {
-    let trials = env_number("PLINTH_UPGRADE_KILL_TRIALS", 50);
+    let trials = env_number("PLINTH_UPGRADE_KILL_TRIALS", 200);
     let seed = env_number("PLINTH_UPGRADE_KILL_SEED", 22);
     let tmp = tempfile::tempdir().unwrap();
     let record = Record::new(&tmp.path().join("gov")).await;
@@ -147,4 +148,8 @@ async fn sigkill_at_random_points_never_touches_the_active_slot() {
         "{trials} trials: {killed} killed ({mid_write} while slot B was being written, {flipped} after the flip), {finished} finished first (a whole run {whole:?})"
     );
     assert!(killed > 0, "no trial was killed before it finished");
+    assert!(
+        mid_write > 0 && flipped > 0,
+        "the kills missed a phase: {mid_write} while writing, {flipped} after the flip"
+    );
 }

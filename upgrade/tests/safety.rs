@@ -1,0 +1,393 @@
+//! What keeps a node safe beyond the record's signatures: the slot that booted is never
+//! written (a trial boot of the pending slot, or a state file that lags the boot loader),
+//! one apply at a time, a pending flip governance no longer elects is called off before it
+//! boots, the root a load verified is where the next load starts (so keys a rotation retired
+//! cannot fork the record), and a staged payload altered after its download is never
+//! written. Each refusal leaves every slot part and the state file byte-identical.
+
+mod common;
+
+use common::*;
+use plinth_governance::keys::{self, PemKeySource};
+use plinth_governance::publish::{self, PublishOptions};
+use plinth_governance::rotate::{self, RotateOptions};
+use plinth_governance::{revoke, sign, StagedRole};
+use plinth_release::{Os, Slot};
+use plinth_upgrade::apply::{apply, install, Applied};
+use plinth_upgrade::fetch::Want;
+use plinth_upgrade::slots::OutcomeKind;
+use plinth_upgrade::UpgradeError;
+use std::path::Path;
+
+const OPEN: &str = "2026-01-01T00:00:00Z";
+
+async fn flipped_to_b(dir: &Path) -> (Record, NodeDir) {
+    let record = Record::new(&dir.join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
+        .await;
+    let node = NodeDir::new(&dir.join("node"));
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let done = apply(&opts, &mut node.store()).await.unwrap();
+    assert!(
+        matches!(done, Applied::Flipped { slot: Slot::B, .. }),
+        "{done:?}"
+    );
+    (record, node)
+}
+
+#[tokio::test]
+async fn the_slot_that_booted_is_never_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (record, node) = flipped_to_b(tmp.path()).await;
+    // Governance elects 1.2.0 while the node is on B's trial boot.
+    record
+        .elect_and_publish("1.2.0", &update_image(3, 200_000), OPEN)
+        .await;
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let before = node.snapshot();
+    let mut trial = node.store().with_booted(Some(Slot::B));
+    let e = apply(&opts, &mut trial).await.unwrap_err();
+    assert!(
+        matches!(&e, UpgradeError::SlotInUse { slot: Slot::B, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("trial boot (3 tries left)"), "{e}");
+    assert_eq!(node.snapshot(), before, "something was written");
+
+    // A state file that says A is active with nothing pending, while B booted (the boot
+    // loader fell back, or the file was restored from a backup): still refused.
+    let mut stale = node.store();
+    stale.update(|s| s.cancel("test".into(), now())).unwrap();
+    stale.persist().unwrap();
+    let before = node.snapshot();
+    let e = apply(&opts, &mut node.store().with_booted(Some(Slot::B)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("names slot A as active"), "{e}");
+    assert_eq!(node.snapshot(), before);
+
+    // Booted from A, as the state says: B is written with 1.2.0.
+    let done = apply(&opts, &mut node.store().with_booted(Some(Slot::A)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&done, Applied::Flipped { version, .. } if version.as_str() == "1.2.0"),
+        "{done:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_apply_while_one_runs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = Record::new(&tmp.path().join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
+        .await;
+    let node = NodeDir::new(&tmp.path().join("node"));
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let running = node.store();
+    let held = running.lock().unwrap();
+    let before = node.snapshot();
+    let e = apply(&opts, &mut node.store()).await.unwrap_err();
+    assert!(matches!(e, UpgradeError::Busy { .. }), "{e}");
+    assert!(e.to_string().contains("another upgrade run"), "{e}");
+    assert_eq!(node.snapshot(), before);
+    drop(held);
+    // The lock is released with its holder: the next run goes on, and it reads the state
+    // from the file, not from a copy taken before the lock.
+    let mut other = node.store();
+    let mut stale = node.store();
+    apply(&opts, &mut other).await.unwrap();
+    let again = apply(&opts, &mut stale).await.unwrap();
+    assert!(matches!(again, Applied::AlreadyPending { .. }), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_pending_flip_to_a_revoked_version_is_called_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (record, node) = flipped_to_b(tmp.path()).await;
+    revoke::revoke(
+        &record.work,
+        Os::HostOs,
+        &"1.1.0".parse().unwrap(),
+        days(90),
+    )
+    .unwrap();
+    record.sign(StagedRole::Targets, 1).await;
+    record.sign(StagedRole::Targets, 3).await;
+    record.publish_with(days(1)).await;
+
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let mut store = node.store();
+    let done = apply(&opts, &mut store).await.unwrap();
+    assert!(
+        matches!(&done, Applied::Cancelled { version, slot: Slot::B, .. } if version.as_str() == "1.1.0"),
+        "{done:?}"
+    );
+    let s = node.store();
+    let s = s.state();
+    assert_eq!((s.active, s.pending, s.tries_left), (Slot::A, None, 0));
+    let last = s.last.as_ref().unwrap();
+    assert_eq!(last.kind, OutcomeKind::Cancelled);
+    assert!(
+        last.reason.contains("no longer elects 1.1.0"),
+        "{}",
+        last.reason
+    );
+    let status = plinth_upgrade::status::lines(&plinth_upgrade::status::status(s)).join("\n");
+    assert!(status.contains("called off the flip to 1.1.0"), "{status}");
+}
+
+/// Publish `work`'s staged roles into `repo` with its publisher key.
+async fn publish_to(work: &Path, repo: &Path) {
+    publish::publish(PublishOptions {
+        workdir: work.to_path_buf(),
+        repo: repo.to_path_buf(),
+        publisher: Box::new(PemKeySource::new(work.join("keys/publisher.pem"))),
+        publisher_name: work.join("keys/publisher.pem"),
+        snapshot_expires: days(7),
+        timestamp_expires: days(1),
+        now: now(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn sign_as(work: &Path, role: StagedRole, voter: usize) {
+    let key = work.join(format!("keys/voter-{voter}.pem"));
+    sign::sign(work, role, &PemKeySource::new(&key), &key)
+        .await
+        .unwrap();
+}
+
+fn key_id(work: &Path, voter: usize) -> String {
+    let key = keys::read_public(&work.join(format!("keys/voter-{voter}.pub"))).unwrap();
+    keys::key_id(&key)
+}
+
+#[tokio::test]
+async fn keys_a_rotation_retired_cannot_fork_the_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = Record::new(&tmp.path().join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
+        .await;
+    let node = NodeDir::new(&tmp.path().join("node"));
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let client = reqwest::Client::new();
+    plinth_upgrade::repo::load(&opts.repo, &client)
+        .await
+        .unwrap();
+    let kept = opts.repo.datastore.join(plinth_upgrade::repo::NEWEST_ROOT);
+    assert!(!kept.exists(), "root v1 is the image's: nothing to keep");
+
+    // Whoever holds voters 1 and 2's keys keeps a copy of the record as it was.
+    let fork_work = tmp.path().join("fork-work");
+    let fork_repo = tmp.path().join("fork-repo");
+    copy_tree(&record.work, &fork_work);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        fork_work.join("keys"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    copy_tree(&record.repo, &fork_repo);
+
+    // Governance retires voters 1 and 2 (root v2: voters 3, 4, 5; threshold 2).
+    let new: Vec<_> = (4..=5)
+        .map(|i| keys::generate(&record.work.join("keys"), &format!("voter-{i}")).unwrap())
+        .collect();
+    rotate::rotate(&RotateOptions {
+        workdir: record.work.clone(),
+        add_keys: new.iter().map(|k| k.public.clone()).collect(),
+        remove_keys: vec![key_id(&record.work, 1), key_id(&record.work, 2)],
+        threshold: None,
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    for voter in [1, 2, 4, 5] {
+        sign_as(&record.work, StagedRole::Root, voter).await;
+    }
+    for voter in [3, 5] {
+        sign_as(&record.work, StagedRole::Targets, voter).await;
+    }
+    publish_to(&record.work, &record.repo).await;
+    plinth_upgrade::repo::load(&opts.repo, &client)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
+    assert_eq!(v["signed"]["version"], 2, "the node keeps root v2");
+
+    // The retired voters fork: their own root v2 (voters 1, 2 and 6), signed by themselves,
+    // which root v1 accepts, electing a release of their own.
+    let six = keys::generate(&fork_work.join("keys"), "voter-6").unwrap();
+    rotate::rotate(&RotateOptions {
+        workdir: fork_work.clone(),
+        add_keys: vec![six.public.clone()],
+        remove_keys: vec![key_id(&fork_work, 3)],
+        threshold: None,
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    for voter in [1, 2] {
+        sign_as(&fork_work, StagedRole::Root, voter).await;
+    }
+    for voter in [1, 2] {
+        sign_as(&fork_work, StagedRole::Targets, voter).await;
+    }
+    // Published twice, so its timestamp and snapshot versions pass the node's.
+    publish_to(&fork_work, &fork_repo).await;
+    publish_to(&fork_work, &fork_repo).await;
+
+    // A node that starts from the image's root v1 (a fresh datastore) is taken in: this is
+    // what the kept root protects against.
+    let fresh = NodeDir::new(&tmp.path().join("fresh"));
+    let fresh_opts = fresh.options(&record, &[file_url(&fork_repo)]);
+    plinth_upgrade::repo::load(&fresh_opts.repo, &client)
+        .await
+        .unwrap();
+
+    // This node starts from root v2: the fork's targets are not signed by its voters.
+    let before = node.snapshot();
+    let forked = node.options(&record, &[file_url(&fork_repo)]);
+    let e = apply(&forked, &mut node.store()).await.unwrap_err();
+    assert!(
+        matches!(&e, UpgradeError::BelowThreshold { role, .. } if role == "targets"),
+        "{e}"
+    );
+    assert_eq!(node.snapshot(), before);
+}
+
+#[tokio::test]
+async fn a_staged_payload_altered_after_its_download_is_never_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeDir::new(&tmp.path().join("node"));
+    let payload = update_image(2, 200_000);
+    let want = Want {
+        target: "host-os/1.1.0/update-img.tar.zst".into(),
+        sha256: plinth_release::Sha256::of(&payload),
+        length: payload.len() as u64,
+        consistent: false,
+    };
+    let staged = tmp.path().join("staged.tar.zst");
+    // The same archive with one more member: a valid archive, not the signed bytes.
+    let other = tar_zst(&[
+        ("root.img", &pattern(2, 200_000)),
+        ("host-os-a.efi", &pattern(102, 3000)),
+        ("host-os-b.efi", &pattern(202, 3000)),
+        ("extra", b"x"),
+    ]);
+    for (i, bytes) in [other, payload[..payload.len() - 1].to_vec()]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::write(&staged, &bytes).unwrap();
+        let before = node.snapshot();
+        let e = install(
+            &staged,
+            &want,
+            &"1.1.0".parse().unwrap(),
+            &mut node.store(),
+            3,
+            "test".into(),
+            now(),
+        )
+        .unwrap_err();
+        if i == 0 {
+            // A whole archive, but not the signed one: the hash of what was read says so.
+            assert!(matches!(e, UpgradeError::StagedChanged { .. }), "{e}");
+            assert!(!staged.exists(), "the altered file is removed");
+        } else {
+            // Cut short: the archive reader or the hash stops it.
+            assert!(
+                matches!(
+                    e,
+                    UpgradeError::StagedChanged { .. } | UpgradeError::Archive(_)
+                ),
+                "{e}"
+            );
+        }
+        assert_eq!(node.snapshot(), before, "{e}");
+    }
+    // The signed bytes themselves are written.
+    std::fs::write(&staged, &payload).unwrap();
+    install(
+        &staged,
+        &want,
+        &"1.1.0".parse().unwrap(),
+        &mut node.store(),
+        3,
+        "test".into(),
+        now(),
+    )
+    .unwrap();
+    assert_eq!(node.store().state().pending, Some(Slot::B));
+}
+
+/// A loop device, detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_block_device_in_use_is_not_opened_for_writing() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: loop devices need root (CI runs as root)");
+        return;
+    }
+    use plinth_upgrade::slots::{Layout, Part, SlotStore, State};
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let backing = tmp.path().join("b.img");
+    std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dev = Loop(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    let a = tmp.path().join("a.img");
+    std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+    let layout = Layout {
+        a: vec![Part {
+            member: "root.img".into(),
+            path: a,
+        }],
+        b: vec![Part {
+            member: "root.img".into(),
+            path: dev.0.clone().into(),
+        }],
+    };
+    let store = SlotStore::open_or_init(layout, &tmp.path().join("slots.json"), || {
+        State::new(Slot::A, "1.0.0".parse().unwrap(), now())
+    })
+    .unwrap();
+    // Free, it opens; claimed (as a mount or a dm-verity mapping claims it), it does not.
+    drop(store.inactive_writer().unwrap());
+    let claim = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_EXCL)
+        .open(&dev.0)
+        .unwrap();
+    let e = store
+        .inactive_writer()
+        .err()
+        .expect("refused while claimed");
+    assert!(
+        matches!(&e, UpgradeError::SlotInUse { slot: Slot::B, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("in use"), "{e}");
+    drop(claim);
+    drop(store.inactive_writer().unwrap());
+}
