@@ -19,7 +19,7 @@
 //! of at most [`MAX_SIZE`] bytes, and every field is checked before anything uses it.
 
 use base64::Engine as _;
-use plinth_yaml::document::{self, serde_problem};
+use plinth_yaml::document;
 use plinth_yaml::{PositionIndex, SpecError, SpecErrors};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -167,32 +167,12 @@ impl NodeConfig {
 
     /// Parse and check the text of a config named `file` (in errors).
     pub fn parse(text: &str, file: &str, generations: &[&str]) -> Result<NodeConfig, SpecErrors> {
-        let index = document::index(text, file)?;
-        if index.value("").is_none() {
-            return Err(SpecErrors::single(SpecError {
-                file: file.into(),
-                line: 1,
-                column: 1,
-                path: String::new(),
-                expected: "a YAML mapping with format_version, generation, network and \
-                           node_operator_key"
-                    .into(),
-                found: "an empty document".into(),
-                hint: "start from the example in docs/node-config.md".into(),
-            }));
-        }
-        let config: NodeConfig = serde_yaml::from_str(text).map_err(|e| {
-            let p = serde_problem(&index, &e);
-            SpecErrors::single(SpecError {
-                file: file.into(),
-                line: p.pos.line,
-                column: p.pos.column,
-                path: p.path,
-                expected: String::new(),
-                found: p.message,
-                hint: "compare with the example in docs/node-config.md".into(),
-            })
-        })?;
+        let (config, index): (NodeConfig, _) = document::parse(
+            text,
+            file,
+            "a YAML mapping with format_version, generation, network and node_operator_key",
+            "compare with the example in docs/node-config.md",
+        )?;
         let errors = config.check(file, &index, generations);
         if errors.is_empty() {
             Ok(config)

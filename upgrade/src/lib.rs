@@ -7,11 +7,15 @@
 //! node takes: a pure function), [`fetch`] (download into staging, resumed, from mirrors,
 //! hash-checked), [`slots`] (the A/B slots and their atomically written state; only the
 //! inactive slot can be written), [`apply`] (the ordered steps from record to flip) and
-//! [`status`] (what is on each slot and what happened last). Every failure is an
-//! [`UpgradeError`] naming what failed and what to do.
+//! [`status`] (what is on each slot and what happened last). The node's side: [`config`]
+//! (its upgrade.yaml) and [`cli`] (the verbs `init`, `check`, `apply`, `status`, `daemon`,
+//! which the `plinth-upgrade` binary runs). Every failure is an [`UpgradeError`] naming
+//! what failed and what to do.
 
 pub mod apply;
 pub mod choose;
+pub mod cli;
+pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod repo;

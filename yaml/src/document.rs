@@ -51,6 +51,44 @@ pub fn duplicate_key_errors(file: &str, index: &PositionIndex) -> Vec<SpecError>
         .collect()
 }
 
+/// Parse `text` (the file `file`) as a `T`: indexed ([`index`]: syntax, keys given twice),
+/// not empty (`expected` says what the document holds), and serde's error, if any, as one
+/// [`SpecError`] at its field with `hint`. The index is returned for the document's own
+/// checks, which name positions with it.
+pub fn parse<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+    expected: &str,
+    hint: &str,
+) -> Result<(T, PositionIndex), SpecErrors> {
+    let index = index(text, file)?;
+    let error = |line, column, path, expected: &str, found| {
+        SpecErrors::single(SpecError {
+            file: file.into(),
+            line,
+            column,
+            path,
+            expected: expected.into(),
+            found,
+            hint: hint.into(),
+        })
+    };
+    if index.value("").is_none() {
+        return Err(error(
+            1,
+            1,
+            String::new(),
+            expected,
+            "an empty document".into(),
+        ));
+    }
+    let value: T = serde_yaml::from_str(text).map_err(|e| {
+        let p = serde_problem(&index, &e);
+        error(p.pos.line, p.pos.column, p.path, "", p.message)
+    })?;
+    Ok((value, index))
+}
+
 /// A serde_yaml error taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerdeProblem {

@@ -1,0 +1,442 @@
+//! The upgrade agent's command line, the same on HostOS and GuestOS: `init` (the installer's
+//! record of what it installed), `check` (what governance elects for this node, nothing
+//! written), `apply` (take it: download, write the inactive slot, read back, flip), `status`
+//! (what is on each slot and what happened last, and why) and `daemon` (`apply` every poll
+//! interval, after a random jitter). Each reads the node's configuration
+//! ([`crate::config`]); `--json` prints one JSON document for a machine. Exit codes: 0 done
+//! (including "nothing to take"), 2 bad input (configuration, a version not elected for this
+//! node), 1 any other failure; every failure leaves the slots as they were.
+
+use crate::apply::{self, Applied};
+use crate::choose::{Decision, Reason};
+use crate::config::{Config, DEFAULT_PATH};
+use crate::slots::{SlotStore, State};
+use crate::{status, UpgradeError};
+use plinth_release::{Slot, Version};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The agent's verbs.
+#[derive(Debug, clap::Subcommand)]
+pub enum UpgradeVerb {
+    /// Record what the installer put on the active slot (once; refused if recorded).
+    Init(InitArgs),
+    /// Load the governance record and say what this node would take (writes nothing but
+    /// the datastore's trusted metadata).
+    Check(CommonArgs),
+    /// Take the version governance elects for this node: download, write the inactive slot,
+    /// read it back, flip.
+    Apply(ApplyArgs),
+    /// What is on each slot, which one boots next, and what happened last and why.
+    Status(CommonArgs),
+    /// Apply every poll interval (after a random jitter), until stopped.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// The node's upgrade configuration.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  plinth-upgrade init --active A --version 1.0.0")]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The slot the installer wrote and boots.
+    #[arg(long, value_name = "A|B")]
+    pub active: Slot,
+    /// The version installed on it.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Version,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  plinth-upgrade apply\n  plinth-upgrade apply --version 1.2.0 --json"
+)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Take this version, and only if it is the one elected for this node now.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<Version>,
+    /// The kernel command line whose `plinth.slot=` names the slot that booted (never
+    /// written).
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  plinth-upgrade daemon            what plinth-upgrade.service runs"
+)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The kernel command line whose `plinth.slot=` names the slot that booted.
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+    /// End after this many polls (default: run until stopped).
+    #[arg(long, value_name = "N")]
+    pub polls: Option<u64>,
+}
+
+/// Run a verb; print its outcome or its error; the exit code.
+pub fn run(verb: UpgradeVerb) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run_verb(verb)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+/// A verb's failure and its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(plinth_yaml::error::SpecErrors),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Upgrade(#[from] UpgradeError),
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Config(_)
+            | CliError::BadInput(_)
+            | CliError::Upgrade(UpgradeError::NotElected { .. }) => 2,
+            CliError::Upgrade(_) => 1,
+        }
+    }
+}
+
+async fn run_verb(verb: UpgradeVerb) -> Result<(), CliError> {
+    match verb {
+        UpgradeVerb::Init(a) => init(a),
+        UpgradeVerb::Check(a) => check(a).await,
+        UpgradeVerb::Apply(a) => apply_verb(a).await,
+        UpgradeVerb::Status(a) => status_verb(a),
+        UpgradeVerb::Daemon(a) => daemon(a).await,
+    }
+}
+
+fn config(path: &Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(CliError::Config)
+}
+
+/// The slot `plinth.slot=` names in the command line at `path`; `None` without one.
+pub fn booted_slot(path: &Path) -> Result<Option<Slot>, CliError> {
+    let bytes = plinth_release::untrusted::read_untrusted(path, 64 << 10)
+        .map_err(|e| CliError::BadInput(format!("{}: cannot read it: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let prefix = format!("{}=", plinth_release::slot::CMDLINE_KEY);
+    match text
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix(&prefix))
+        .last()
+    {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| CliError::BadInput(format!("{}: {prefix}{v}: {e}", path.display()))),
+    }
+}
+
+fn open_store(c: &Config) -> Result<SlotStore, CliError> {
+    Ok(SlotStore::open(c.layout.clone(), &c.state_path())?)
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializes")
+    );
+}
+
+fn init(a: InitArgs) -> Result<(), CliError> {
+    let c = config(&a.common.config)?;
+    let path = c.state_path();
+    if path.exists() {
+        return Err(CliError::BadInput(format!(
+            "{}: the slot state is already recorded\n  hint: `plinth-upgrade status` shows it",
+            path.display()
+        )));
+    }
+    plinth_release::archive::private_dir(&c.state_dir)
+        .map_err(UpgradeError::io(&c.state_dir, "create the state directory"))?;
+    let now = jiff::Timestamp::now();
+    let store = SlotStore::open_or_init(c.layout.clone(), &path, || {
+        State::new(a.active, a.version.clone(), now)
+    })?;
+    let st = status::status(store.state());
+    if a.common.json {
+        print_json(&st);
+    } else {
+        println!(
+            "recorded {} {} on slot {} in {}",
+            c.os,
+            a.version,
+            a.active,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CheckReport {
+    os: String,
+    seed: u16,
+    mirror: String,
+    current: Version,
+    /// `take` or `stay`.
+    decision: &'static str,
+    version: Option<Version>,
+    why: String,
+}
+
+async fn check(a: CommonArgs) -> Result<(), CliError> {
+    let c = config(&a.config)?;
+    let seed = c.seed().map_err(CliError::BadInput)?;
+    let store = open_store(&c)?;
+    let opts = c.apply_options(seed, jiff::Timestamp::now(), None);
+    let client = crate::repo::http_client()?;
+    let plan = apply::check(&opts, &store, &client).await?;
+    let (decision, version, why) = match plan.decision() {
+        Decision::Take { offer, reason } => (
+            "take",
+            Some(offer.version().clone()),
+            match reason {
+                Reason::Upgrade => format!("{} is open for this node's wave", offer.version()),
+                Reason::PullBack => format!(
+                    "governance lowered max_version: pulled back to {}",
+                    offer.version()
+                ),
+            },
+        ),
+        Decision::Stay(s) => ("stay", None, s.to_string()),
+    };
+    let report = CheckReport {
+        os: c.os.to_string(),
+        seed,
+        mirror: plan.loaded.mirror.to_string(),
+        current: plan.node.current.clone(),
+        decision,
+        version,
+        why,
+    };
+    if a.json {
+        print_json(&report);
+    } else {
+        match &report.version {
+            Some(v) => println!(
+                "{} {} (seed {}): take {v}: {}",
+                report.os, report.current, seed, report.why
+            ),
+            None => println!(
+                "{} {} (seed {}): stay: {}",
+                report.os, report.current, seed, report.why
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ApplyReport {
+    /// `flipped`, `already-pending`, `cancelled` or `stay`.
+    outcome: &'static str,
+    version: Version,
+    slot: Option<Slot>,
+    why: String,
+}
+
+fn report(done: &Applied) -> ApplyReport {
+    match done {
+        Applied::Stay { current, why } => ApplyReport {
+            outcome: "stay",
+            version: current.clone(),
+            slot: None,
+            why: why.clone(),
+        },
+        Applied::AlreadyPending { version, slot } => ApplyReport {
+            outcome: "already-pending",
+            version: version.clone(),
+            slot: Some(*slot),
+            why: format!("{version} is written and boots next on slot {slot}"),
+        },
+        Applied::Flipped {
+            version,
+            slot,
+            reason,
+        } => ApplyReport {
+            outcome: "flipped",
+            version: version.clone(),
+            slot: Some(*slot),
+            why: match reason {
+                Reason::Upgrade => format!("{version} written to slot {slot}; it boots next"),
+                Reason::PullBack => {
+                    format!("pulled back: {version} written to slot {slot}; it boots next")
+                }
+            },
+        },
+        Applied::Cancelled { version, slot, why } => ApplyReport {
+            outcome: "cancelled",
+            version: version.clone(),
+            slot: Some(*slot),
+            why: why.clone(),
+        },
+    }
+}
+
+async fn apply_once(
+    c: &Config,
+    cmdline: &Path,
+    version: Option<Version>,
+) -> Result<Applied, CliError> {
+    let seed = c.seed().map_err(CliError::BadInput)?;
+    let booted = booted_slot(cmdline)?;
+    let mut store = open_store(c)?.with_booted(booted);
+    let opts = c.apply_options(seed, jiff::Timestamp::now(), version);
+    Ok(apply::apply(&opts, &mut store).await?)
+}
+
+async fn apply_verb(a: ApplyArgs) -> Result<(), CliError> {
+    let c = config(&a.common.config)?;
+    let done = apply_once(&c, &a.cmdline, a.version).await?;
+    let r = report(&done);
+    if a.common.json {
+        print_json(&r);
+    } else {
+        println!("{}: {}", r.outcome, r.why);
+    }
+    Ok(())
+}
+
+fn status_verb(a: CommonArgs) -> Result<(), CliError> {
+    let c = config(&a.config)?;
+    let store = open_store(&c)?;
+    let st = status::status(store.state());
+    if a.json {
+        print_json(&st);
+    } else {
+        for line in status::lines(&st) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// A random duration up to `max` (the poll jitter): std's randomly keyed hasher as the
+/// source, enough to spread a fleet's polls.
+fn jitter(max: std::time::Duration) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if max.is_zero() {
+        return max;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    let millis = max.as_millis().max(1) as u64;
+    std::time::Duration::from_millis(h.finish() % (millis + 1))
+}
+
+async fn daemon(a: DaemonArgs) -> Result<(), CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let c = config(&a.common.config)?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| CliError::BadInput(format!("cannot watch SIGTERM: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| CliError::BadInput(format!("cannot watch SIGINT: {e}")))?;
+    println!(
+        "plinth-upgrade daemon: {} from {} mirror(s), every {} s with up to {} s of jitter",
+        c.os,
+        c.mirrors.len(),
+        c.poll.interval.as_secs(),
+        c.poll.jitter.as_secs()
+    );
+    let mut polls = 0u64;
+    loop {
+        let wait = jitter(c.poll.jitter);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+        // One poll; its failure is reported and the next poll tries again. A bad
+        // configuration or command line does not get better: it ends the daemon.
+        match apply_once(&c, &a.cmdline, None).await {
+            Ok(done) => {
+                let r = report(&done);
+                if a.common.json {
+                    println!("{}", serde_json::to_string(&r).expect("serializes"));
+                } else {
+                    println!("poll {}: {}: {}", polls + 1, r.outcome, r.why);
+                }
+            }
+            Err(e @ (CliError::Config(_) | CliError::BadInput(_))) => return Err(e),
+            Err(e) => println!("poll {}: failed: {e}", polls + 1),
+        }
+        polls += 1;
+        if a.polls.is_some_and(|n| polls >= n) {
+            return Ok(());
+        }
+        let rest = c.poll.interval.saturating_sub(wait);
+        tokio::select! {
+            _ = tokio::time::sleep(rest) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_booted_slot_is_read_from_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cmdline");
+        std::fs::write(&p, "console=ttyS0 plinth.slot=B roothash=ab ro\n").unwrap();
+        assert_eq!(booted_slot(&p).unwrap(), Some(Slot::B));
+        std::fs::write(&p, "console=ttyS0 ro\n").unwrap();
+        assert_eq!(booted_slot(&p).unwrap(), None);
+        std::fs::write(&p, "plinth.slot=C\n").unwrap();
+        let e = booted_slot(&p).unwrap_err();
+        assert_eq!(e.code(), 2, "{e}");
+    }
+
+    #[test]
+    fn jitter_stays_below_its_bound() {
+        let max = std::time::Duration::from_millis(50);
+        assert!((0..100).all(|_| jitter(max) <= max));
+        assert!(jitter(std::time::Duration::ZERO).is_zero());
+    }
+}

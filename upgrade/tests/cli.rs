@@ -1,0 +1,170 @@
+//! The `plinth-upgrade` binary as a node runs it: a configuration file naming file-backed
+//! slots and a governance record served from 127.0.0.1; `init`, `check`, `apply` (with the
+//! booted slot from a command-line file), `status` in words and JSON, one `daemon` poll,
+//! and a bad configuration refused with exit 2 naming its line and field.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn agent(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plinth-upgrade"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_config(node: &Path, record: &Record, mirror: &str, seed: u16) -> std::path::PathBuf {
+    let parts = |slot: &str| {
+        format!(
+            "[{{member: root.img, path: {d}/root-{slot}.img}}, {{member: host-os-{slot}.efi, path: {d}/esp-{slot}.efi}}]",
+            d = node.display()
+        )
+    };
+    let config = node.join("upgrade.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "format_version: 1\nos: host-os\nmirrors: ['{mirror}']\ntrusted_root: {}\n\
+             state_dir: {}\nkeep_free_mib: 0\nseed: {seed}\n\
+             poll: {{interval_seconds: 1, jitter_seconds: 0}}\nslots:\n  a: {}\n  b: {}\n",
+            record.trusted_root().display(),
+            node.display(),
+            parts("a"),
+            parts("b"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test]
+async fn a_node_inits_checks_applies_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = Record::new(&tmp.path().join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), "2026-01-01T00:00:00Z")
+        .await;
+    let server = Server::start(&record.repo);
+    let node = NodeDir::sized(&tmp.path().join("node"), PART_SIZE);
+    std::fs::remove_file(&node.state).unwrap();
+    let config = write_config(&node.dir, &record, &server.url, 7);
+
+    let o = agent(&["status"], &config);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no slot state file"), "{}", text(&o));
+    let o = agent(&["init", "--active", "A", "--version", "1.0.0"], &config);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("recorded host-os 1.0.0 on slot A"));
+    let o = agent(&["init", "--active", "A", "--version", "1.0.0"], &config);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let o = agent(&["check"], &config);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("host-os 1.0.0 (seed 7): take 1.1.0"),
+        "{}",
+        text(&o)
+    );
+    let o = agent(&["check", "--json"], &config);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["decision"].as_str(), v["version"].as_str()),
+        (Some("take"), Some("1.1.0"))
+    );
+
+    // Booted from B while the state says A is active: refused, nothing written.
+    let cmdline = node.dir.join("cmdline");
+    std::fs::write(&cmdline, "console=ttyS0 plinth.slot=B ro\n").unwrap();
+    let before = node.snapshot();
+    let o = agent(&["apply", "--cmdline", cmdline.to_str().unwrap()], &config);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("slot B cannot be written"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(node.snapshot(), before);
+
+    std::fs::write(&cmdline, "console=ttyS0 plinth.slot=A ro\n").unwrap();
+    let o = agent(
+        &["apply", "--json", "--cmdline", cmdline.to_str().unwrap()],
+        &config,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            v["outcome"].as_str(),
+            v["version"].as_str(),
+            v["slot"].as_str()
+        ),
+        (Some("flipped"), Some("1.1.0"), Some("B"))
+    );
+
+    let o = agent(&["status"], &config);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("slot B: 1.1.0 (written and read back) (pending, 3 tries left)"),
+        "{}",
+        text(&o)
+    );
+    let o = agent(&["status", "--json"], &config);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pending"], "B");
+
+    // The daemon's poll finds it written and pending.
+    let o = Command::new(env!("CARGO_BIN_EXE_plinth-upgrade"))
+        .args(["daemon", "--polls", "1", "--cmdline"])
+        .arg(&cmdline)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("poll 1: already-pending"), "{}", text(&o));
+
+    // A version not elected for this node is bad input.
+    let o = agent(
+        &[
+            "apply",
+            "--version",
+            "9.9.9",
+            "--cmdline",
+            cmdline.to_str().unwrap(),
+        ],
+        &config,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn a_bad_configuration_is_named_and_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("upgrade.yaml");
+    std::fs::write(
+        &config,
+        "format_version: 1\nos: host-os\nmirrors: ['http://updates.example.org/']\n\
+         trusted_root: /r.json\nstate_dir: /s\nslots:\n  a: []\n  b: []\n",
+    )
+    .unwrap();
+    let o = agent(&["status"], &config);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("upgrade.yaml:3:") && text(&o).contains("mirrors[0]"),
+        "{}",
+        text(&o)
+    );
+}
