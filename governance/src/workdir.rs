@@ -216,8 +216,8 @@ fn read_optional<T: serde::de::DeserializeOwned>(
 }
 
 /// The shape every root of the record has: plain ed25519 keys, the four roles, each with a
-/// threshold it can meet, consistent snapshots. A root read from a file that breaks it is
-/// refused, naming the file.
+/// threshold it can meet, the `targets` role the governance (`root`) keys and threshold,
+/// consistent snapshots. A root read from a file that breaks it is refused, naming the file.
 pub fn check_root(path: &Path, root: Signed<Root>) -> Result<Signed<Root>, GovernanceError> {
     let bad = |message: String| GovernanceError::Staged {
         path: path.to_path_buf(),
@@ -269,7 +269,69 @@ pub fn check_root(path: &Path, root: Signed<Root>) -> Result<Signed<Root>, Gover
             )));
         }
     }
+    check_targets_role(path, &root)?;
     Ok(root)
+}
+
+/// Governance elects with the same k-of-n keys it governs with: the `targets` role of every
+/// root of the record has exactly the `root` role's keys and threshold (init and rotate-root
+/// keep them equal). A root whose `targets` role differs, say one key of the coordinator's
+/// with threshold 1, would let that key alone elect releases once the root is signed, so it
+/// is refused wherever a root is read (sign, merge, publish), naming what differs.
+fn check_targets_role(path: &Path, root: &Signed<Root>) -> Result<(), GovernanceError> {
+    let r = &root.signed;
+    let (gov, targets) = (&r.roles[&RoleType::Root], &r.roles[&RoleType::Targets]);
+    let ids = |k: &tough::schema::RoleKeys| -> std::collections::BTreeSet<String> {
+        k.keyids
+            .iter()
+            .map(|id| hex::encode(id.clone().into_vec()))
+            .collect()
+    };
+    let (gov_ids, targets_ids) = (ids(gov), ids(targets));
+    let mut differences = Vec::new();
+    let only_targets: Vec<&str> = targets_ids
+        .difference(&gov_ids)
+        .map(|s| s.as_str())
+        .collect();
+    if !only_targets.is_empty() {
+        differences.push(format!(
+            "it lists key(s) {} that are not governance (`root`) keys",
+            only_targets.join(", ")
+        ));
+    }
+    let only_gov: Vec<&str> = gov_ids
+        .difference(&targets_ids)
+        .map(|s| s.as_str())
+        .collect();
+    if !only_gov.is_empty() {
+        differences.push(format!(
+            "it leaves out governance key(s) {}",
+            only_gov.join(", ")
+        ));
+    }
+    if targets.keyids.len() != targets_ids.len() {
+        differences.push("it lists a key twice".into());
+    }
+    if targets.threshold != gov.threshold {
+        differences.push(format!(
+            "its threshold is {}, the `root` role's is {}",
+            targets.threshold, gov.threshold
+        ));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(GovernanceError::Staged {
+        path: path.to_path_buf(),
+        message: format!(
+            "root v{}: role `targets` is not the governance keys ({} of {} keys in role `root`): {}",
+            r.version,
+            gov.threshold,
+            gov_ids.len(),
+            differences.join("; ")
+        ),
+        hint: "targets are elected by the same k-of-n governance keys as the root; do not sign this root. Stage roots only with plinth governance init or rotate-root (remove staged/root.json and run rotate-root again)".into(),
+    })
 }
 
 /// A role's version and expiry, for messages: "targets v3 (expires 2026-04-01T00:00:00Z)".

@@ -1,7 +1,9 @@
 //! The record's life through the library, as the CLI drives it: init, voters' signatures,
 //! elect, publish, and a client (tough's RepositoryLoader) reading the result; and the
 //! refusals: below threshold, a foreign key, a tampered payload, an expired timestamp, a
-//! revoked version, a rotation signed by one side only, a crafted release.
+//! revoked version, a rotation signed by one side only, a crafted release, a staged root
+//! whose targets role a coordinator edited, a planted timestamp version, a timestamp signed
+//! by a rotated-out publisher key.
 
 use plinth_governance::elect::{self, ElectOptions};
 use plinth_governance::init::{self, GovernanceKeys, InitOptions};
@@ -69,6 +71,16 @@ impl Scene {
     }
 
     fn elect(&self, version: &str, payload: &[u8]) -> Result<elect::ElectReport, GovernanceError> {
+        self.elect_opening(version, payload, "2026-01-10T00:00:00Z")
+    }
+
+    /// [`Scene::elect`] with its first wave opening at `first`.
+    fn elect_opening(
+        &self,
+        version: &str,
+        payload: &[u8],
+        first: &str,
+    ) -> Result<elect::ElectReport, GovernanceError> {
         let rel = fixtures::write_release(
             &self.root.join(format!("rel-{version}")),
             Os::HostOs,
@@ -76,7 +88,7 @@ impl Scene {
             payload,
         );
         let waves = self.root.join("waves.yaml");
-        std::fs::write(&waves, fixtures::waves_yaml("2026-01-10T00:00:00Z")).unwrap();
+        std::fs::write(&waves, fixtures::waves_yaml(first)).unwrap();
         elect::elect(&ElectOptions {
             workdir: self.work.clone(),
             release: rel,
@@ -576,4 +588,254 @@ fn init_refuses_a_taken_key_name_before_writing_any_key() {
         std::fs::read(keys.join("voter-2.pem")).unwrap(),
         b"someone else's key"
     );
+}
+
+/// Publish host-os 1.0.0, signed by voters 1 and 2.
+async fn published(s: &Scene) {
+    s.elect("1.0.0", b"one").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+}
+
+fn read_root(path: &Path) -> tough::schema::Signed<tough::schema::Root> {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn write_root(path: &Path, root: &tough::schema::Signed<tough::schema::Root>) {
+    std::fs::write(path, serde_json::to_vec_pretty(root).unwrap()).unwrap();
+}
+
+/// A coordinator edits the staged root so that their own key alone (threshold 1) signs
+/// targets: once published it would elect releases without the voters. sign, merge and
+/// publish (and the description sign shows first) refuse it, naming the role and what
+/// differs; a threshold lowered for targets alone is refused the same way.
+#[tokio::test]
+async fn a_staged_root_whose_targets_role_is_not_the_governance_keys_is_refused() {
+    use tough::schema::RoleType;
+    let s = Scene::new().await;
+    published(&s).await;
+    let voter4 = keys::generate(&s.work.join("keys"), "voter-4").unwrap();
+    rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: vec![voter4.public.clone()],
+        remove_keys: Vec::new(),
+        threshold: None,
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    let staged_path = s.work.join("staged/root.json");
+    let honest = read_root(&staged_path);
+    let mallory = keys::generate(&s.root.join("mallory"), "mallory").unwrap();
+    let mallory_id = mallory.key.key_id().unwrap();
+    let mut edited = honest.clone();
+    edited
+        .signed
+        .keys
+        .insert(mallory_id.clone(), mallory.key.clone());
+    let targets = edited.signed.roles.get_mut(&RoleType::Targets).unwrap();
+    targets.keyids = vec![mallory_id];
+    targets.threshold = std::num::NonZeroU64::MIN;
+    write_root(&staged_path, &edited);
+
+    let expect = |e: &GovernanceError| {
+        let text = e.to_string();
+        assert!(e.is_bad_input(), "{text}");
+        assert!(
+            text.contains("staged/root.json: root v2: role `targets` is not the governance keys (2 of 4 keys in role `root`)")
+                && text.contains(&format!("key(s) {} that are not governance (`root`) keys", mallory.key_id))
+                && text.contains("its threshold is 1, the `root` role's is 2")
+                && text.contains("do not sign this root"),
+            "{text}"
+        );
+    };
+    expect(&sign::describe(&s.work, StagedRole::Root).unwrap_err());
+    expect(&s.sign(StagedRole::Root, 1).await.unwrap_err());
+    assert!(read_root(&staged_path).signatures.is_empty(), "sign wrote");
+    let copy = s.root.join("copy.root.json");
+    write_root(&copy, &edited);
+    expect(&sign::merge(&s.work, StagedRole::Root, &[copy]).unwrap_err());
+
+    // Signed anyway (voters 1 and 2 hold keys of both roots): publish refuses it too.
+    let before = s.repo_files();
+    for i in [1, 2] {
+        plinth_governance::signatures::add(
+            &mut edited,
+            &PemKeySource::new(s.key(i)),
+            &s.key(i),
+            |_| Ok(()),
+        )
+        .await
+        .unwrap();
+    }
+    write_root(&staged_path, &edited);
+    expect(&s.publish().await.unwrap_err());
+    assert_eq!(s.repo_files(), before);
+
+    // The governance keys but a threshold of 1 for targets: refused, naming the threshold.
+    let mut lowered = honest.clone();
+    lowered
+        .signed
+        .roles
+        .get_mut(&RoleType::Targets)
+        .unwrap()
+        .threshold = std::num::NonZeroU64::MIN;
+    write_root(&staged_path, &lowered);
+    let e = s.sign(StagedRole::Root, 1).await.unwrap_err().to_string();
+    assert!(
+        e.contains("role `targets` is not the governance keys")
+            && e.contains("its threshold is 1, the `root` role's is 2")
+            && !e.contains("leaves out"),
+        "{e}"
+    );
+    // The honest rotation signs.
+    write_root(&staged_path, &honest);
+    s.sign(StagedRole::Root, 1).await.unwrap();
+}
+
+/// What a voter reads before signing a root: every role's keys and threshold, and what
+/// changes from the root in force, so that a snapshot and timestamp key swapped by the
+/// coordinator (which passes every structural check) is in plain sight.
+#[tokio::test]
+async fn describe_shows_every_role_of_a_staged_root_and_its_changes() {
+    use tough::schema::RoleType;
+    let s = Scene::new().await;
+    let first = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    for role in ["root", "targets"] {
+        assert!(
+            first.contains(&format!("  {role}: 2 of these 3 key(s)")),
+            "{first}"
+        );
+    }
+    assert!(
+        first.contains("  timestamp: 1 of these 1 key(s)"),
+        "{first}"
+    );
+    assert!(first.contains("no root is in force yet"), "{first}");
+    published(&s).await;
+
+    let id = |name: &str| {
+        keys::key_id(&keys::read_public(&s.work.join(format!("keys/{name}.pub"))).unwrap())
+    };
+    let voter4 = keys::generate(&s.work.join("keys"), "voter-4").unwrap();
+    rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: vec![voter4.public.clone()],
+        remove_keys: vec![id("voter-1")],
+        threshold: Some(3),
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    // The coordinator also puts their key in place of the publisher's.
+    let staged_path = s.work.join("staged/root.json");
+    let mut root = read_root(&staged_path);
+    let mallory = keys::generate(&s.root.join("mallory"), "mallory").unwrap();
+    let mallory_id = mallory.key.key_id().unwrap();
+    root.signed
+        .keys
+        .insert(mallory_id.clone(), mallory.key.clone());
+    for role in [RoleType::Snapshot, RoleType::Timestamp] {
+        root.signed.roles.get_mut(&role).unwrap().keyids = vec![mallory_id.clone()];
+    }
+    write_root(&staged_path, &root);
+
+    let text = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    assert!(text.starts_with("root v2 (expires "), "{text}");
+    assert!(text.contains(", replacing root v1 (expires "), "{text}");
+    assert!(text.contains("  targets: 3 of these 3 key(s)"), "{text}");
+    assert!(text.contains("changes from root v1:"), "{text}");
+    let gov_change = format!(
+        "key {} added; key {} removed; threshold 2 -> 3",
+        voter4.key_id,
+        id("voter-1")
+    );
+    assert!(text.contains(&format!("  root: {gov_change}")), "{text}");
+    assert!(text.contains(&format!("  targets: {gov_change}")), "{text}");
+    for role in ["snapshot", "timestamp"] {
+        assert!(
+            text.contains(&format!(
+                "  {role}: key {} added; key {} removed",
+                mallory.key_id,
+                id("publisher")
+            )),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("WARNING"), "{text}");
+
+    // A workdir whose root in force was edited (its signatures no longer hold) says so.
+    let mut in_force = read_root(&s.work.join("root.json"));
+    in_force.signed.expires = days(3650);
+    write_root(&s.work.join("root.json"), &in_force);
+    let text = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    assert!(
+        text.contains("WARNING: root v1 of this workdir (root.json) carries 0 valid signature(s) of its own 2 needed"),
+        "{text}"
+    );
+}
+
+/// What a voter reads before signing targets: each entry in full (every wave's seeds and
+/// opening time) and what changes from the published targets: versions added and removed,
+/// waves moved, max_version.
+#[tokio::test]
+async fn describe_shows_staged_targets_and_their_changes() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    let first = sign::describe(&s.work, StagedRole::Targets)
+        .unwrap()
+        .join("\n");
+    assert!(
+        first.contains("none published yet, every entry is new"),
+        "{first}"
+    );
+    s.elect("1.1.0", b"two").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+
+    s.elect_opening("1.1.0", b"two", "2026-03-01T00:00:00Z")
+        .unwrap();
+    s.elect("1.2.0", b"three").unwrap();
+    revoke::revoke(&s.work, Os::HostOs, &"1.0.0".parse().unwrap(), days(90)).unwrap();
+    let text = sign::describe(&s.work, StagedRole::Targets)
+        .unwrap()
+        .join("\n");
+    assert!(text.starts_with("targets v2 (expires "), "{text}");
+    assert!(
+        text.contains(", replacing the published targets v1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    wave canary: seeds 0-15 from 2026-01-10T00:00:00Z\n    wave rest: seeds 16-2047 from 2026-01-11T00:00:00Z"),
+        "{text}"
+    );
+    assert!(
+        text.contains("changes from the published targets v1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  added host-os/1.2.0/update-img.tar.zst: sha256 "),
+        "{text}"
+    );
+    assert!(
+        text.contains("  removed host-os/1.0.0/update-img.tar.zst"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  changed host-os/1.1.0/update-img.tar.zst: waves [wave canary: seeds 0-15 from 2026-01-10T00:00:00Z, wave rest: seeds 16-2047 from 2026-01-11T00:00:00Z] -> [wave canary: seeds 0-15 from 2026-03-01T00:00:00Z, wave rest: seeds 16-2047 from 2026-03-02T00:00:00Z]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  host-os max_version: 1.1.0 -> 1.2.0"),
+        "{text}"
+    );
+    assert!(!text.contains("WARNING"), "{text}");
 }

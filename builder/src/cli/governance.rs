@@ -174,8 +174,12 @@ Examples:
     },
     /// Add your signature to the staged targets or root.
     #[command(after_help = "\
-What is signed is shown first. The key must be a targets key (a root key of
-the root in force or of the staged root, for --role root). Sign the workdir
+What is signed is shown first, with what it changes: for targets, the
+versions added and removed, waves and max_version against the published
+targets; for a root, every role's keys and threshold against the root in
+force. A root whose targets role is not its governance keys is refused. The
+key must be a targets key (a root key of the root in force or of the staged
+root, for --role root). Sign the workdir
 in turn, or each voter signs their copy and the copies are merged.
 
 Examples:
