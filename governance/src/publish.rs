@@ -71,7 +71,7 @@ struct Pending {
 
 /// Check, sign and write.
 pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceError> {
-    let workdir = Workdir::open(&opts.workdir)?;
+    let mut workdir = Workdir::open(&opts.workdir)?;
     let mut tallies = Vec::new();
 
     // 1. The root in force after this publication.
@@ -336,6 +336,11 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
             0o644,
         )?;
         files::write_atomic(&workdir.trusted_root_path(), bytes, 0o644)?;
+        // A root that replaced the publisher key puts its private key in force.
+        if let Some(next) = workdir.config.next_publisher_key.take() {
+            workdir.config.publisher_key = next;
+            workdir.write_config()?;
+        }
         workdir.clear_staged(StagedRole::Root)?;
     }
     if staged_targets.is_some() {
@@ -363,7 +368,7 @@ fn publisher_error(key: &Path) -> impl Fn(tough::error::Error) -> GovernanceErro
         GovernanceError::Key {
         path: key.to_path_buf(),
         message: format!("cannot sign snapshot and timestamp: {e}"),
-        hint: "publish with the publisher key init made (it must be the snapshot and timestamp key of the root)".into(),
+        hint: "sign with the snapshot and timestamp key of the root in force after this publication: governance.json's publisher_key, or its next_publisher_key while a root staged by rotate-root --publisher-key is published (--publisher-key FILE)".into(),
     }
     }
 }

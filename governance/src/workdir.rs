@@ -3,7 +3,8 @@
 //! voter to voter:
 //!
 //! ```text
-//! governance.json          marks the directory; where the publisher key is
+//! governance.json          marks the directory; where the publisher key is (and the next
+//!                          one, while a root that replaces it is staged)
 //! root.json                the root in force (the last one published)
 //! roots/<N>.root.json      every root published, for the repository's chain
 //! staged/root.json         a root awaiting signatures (init's v1, rotate-root's N+1)
@@ -31,8 +32,14 @@ pub const MARKER: &str = "governance.json";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub format_version: u32,
-    /// The publisher's private key (signs snapshot and timestamp), as init made it.
+    /// The publisher's private key (signs snapshot and timestamp): the one init made, or the
+    /// one a published rotation put in its place.
     pub publisher_key: PathBuf,
+    /// The private key of the publisher key a staged root puts in place
+    /// (`rotate-root --publisher-key NAME.pub` records the `NAME.pem` beside it): `publish`
+    /// signs with it when it publishes that root, and it then becomes `publisher_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_publisher_key: Option<PathBuf>,
 }
 
 /// Where publish reads one artifact's bytes.
@@ -115,6 +122,21 @@ impl Workdir {
             dir: dir.to_path_buf(),
             config,
         })
+    }
+
+    /// Write `governance.json` (atomically).
+    pub fn write_config(&self) -> Result<(), GovernanceError> {
+        files::write_json(&self.dir.join(MARKER), &self.config)
+    }
+
+    /// The publisher key `publish` signs with unless told otherwise: the next one while a
+    /// root that replaces the publisher key is staged (snapshot and timestamp must be signed
+    /// by the root that will be in force), else the one in force.
+    pub fn default_publisher_key(&self) -> Result<PathBuf, GovernanceError> {
+        match &self.config.next_publisher_key {
+            Some(next) if self.staged_root()?.is_some() => Ok(next.clone()),
+            _ => Ok(self.config.publisher_key.clone()),
+        }
     }
 
     pub fn trusted_root_path(&self) -> PathBuf {

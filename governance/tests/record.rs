@@ -11,7 +11,7 @@ use plinth_governance::keys::{self, PemKeySource};
 use plinth_governance::publish::{self, PublishOptions, PublishReport};
 use plinth_governance::rotate::{self, RotateOptions};
 use plinth_governance::status::{self, Status, StatusOptions};
-use plinth_governance::{fixtures, revoke, sign, GovernanceError, StagedRole};
+use plinth_governance::{fixtures, revoke, sign, GovernanceError, StagedRole, Workdir};
 use plinth_release::Os;
 use std::path::{Path, PathBuf};
 
@@ -103,11 +103,26 @@ impl Scene {
         &self,
         timestamp_expires: jiff::Timestamp,
     ) -> Result<PublishReport, GovernanceError> {
+        self.publish_into(
+            &self.repo,
+            &self.work.join("keys/publisher.pem"),
+            timestamp_expires,
+        )
+        .await
+    }
+
+    /// Publish into `repo`, signing snapshot and timestamp with `key`.
+    async fn publish_into(
+        &self,
+        repo: &Path,
+        key: &Path,
+        timestamp_expires: jiff::Timestamp,
+    ) -> Result<PublishReport, GovernanceError> {
         publish::publish(PublishOptions {
             workdir: self.work.clone(),
-            repo: self.repo.clone(),
-            publisher: Box::new(PemKeySource::new(self.work.join("keys/publisher.pem"))),
-            publisher_name: self.work.join("keys/publisher.pem"),
+            repo: repo.to_path_buf(),
+            publisher: Box::new(PemKeySource::new(key)),
+            publisher_name: key.to_path_buf(),
             snapshot_expires: days(7),
             timestamp_expires,
             now: now(),
@@ -417,6 +432,7 @@ async fn a_rotated_root_needs_both_thresholds() {
         add_keys: new.iter().map(|k| k.public.clone()).collect(),
         remove_keys: vec![ids(1)[..12].to_string(), ids(2)],
         threshold: None,
+        publisher_key: None,
         root_expires: days(365),
         targets_expires: days(90),
     })
@@ -621,6 +637,7 @@ async fn a_staged_root_whose_targets_role_is_not_the_governance_keys_is_refused(
         add_keys: vec![voter4.public.clone()],
         remove_keys: Vec::new(),
         threshold: None,
+        publisher_key: None,
         root_expires: days(365),
         targets_expires: days(90),
     })
@@ -726,6 +743,7 @@ async fn describe_shows_every_role_of_a_staged_root_and_its_changes() {
         add_keys: vec![voter4.public.clone()],
         remove_keys: vec![id("voter-1")],
         threshold: Some(3),
+        publisher_key: None,
         root_expires: days(365),
         targets_expires: days(90),
     })
@@ -838,4 +856,145 @@ async fn describe_shows_staged_targets_and_their_changes() {
         "{text}"
     );
     assert!(!text.contains("WARNING"), "{text}");
+}
+
+/// Sign `timestamp` as the publisher `key` of `root` would, and put it in place of the
+/// repository's: what someone holding a publisher key can do to the files nodes read.
+async fn plant_timestamp(
+    repo: &Path,
+    timestamp: tough::schema::Timestamp,
+    root: &tough::schema::Root,
+    key: &Path,
+) {
+    let keys: Vec<Box<dyn tough::key_source::KeySource>> = vec![Box::new(PemKeySource::new(key))];
+    let signed = tough::editor::signed::SignedRole::new(
+        timestamp,
+        &tough::schema::KeyHolder::Root(root.clone()),
+        &keys,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .unwrap();
+    std::fs::write(repo.join("timestamp.json"), signed.buffer()).unwrap();
+}
+
+/// The publisher key (online: it signs snapshot and timestamp) is replaced by a rotation that
+/// goes through the voters' threshold like any other: until root v2 is published the old key
+/// publishes, then only the new one can. A timestamp the old key signs afterwards, however
+/// fresh, is refused by a client (tough's RepositoryLoader walks to root v2 first), while the
+/// same timestamp signed by the new key loads.
+#[tokio::test]
+async fn a_rotated_out_publisher_key_signs_no_timestamp_a_client_takes() {
+    let s = Scene::new().await;
+    published(&s).await;
+    let old_key = s.work.join("keys/publisher.pem");
+    let new = keys::generate(&s.work.join("keys"), "publisher-2").unwrap();
+    let old_id = keys::key_id(&keys::read_public(&s.work.join("keys/publisher.pub")).unwrap());
+    let r = rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: Vec::new(),
+        remove_keys: Vec::new(),
+        threshold: None,
+        publisher_key: Some(new.public.clone()),
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    assert_eq!((r.version, r.keys, r.threshold), (2, 3, 2));
+    assert_eq!(
+        r.restaged_targets, None,
+        "the governance keys did not change"
+    );
+    let change = r.publisher.unwrap();
+    assert_eq!(
+        (change.old, change.new.as_str()),
+        (vec![old_id.clone()], new.key_id.as_str())
+    );
+    assert!(change.private_key.ends_with("keys/publisher-2.pem") && change.private_key_present);
+    let staged = read_root(&s.work.join("staged/root.json")).signed;
+    assert!(
+        !staged
+            .keys
+            .keys()
+            .any(|id| hex::encode(id.clone().into_vec()) == old_id),
+        "the old publisher key stays in root v2"
+    );
+    let text = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    assert!(
+        text.contains(&format!(
+            "  timestamp: key {} added; key {old_id} removed",
+            new.key_id
+        )),
+        "{text}"
+    );
+
+    // Staged, not in force: the next key is recorded, the old one is still the publisher's.
+    let w = Workdir::open(&s.work).unwrap();
+    assert!(w.config.publisher_key.ends_with("keys/publisher.pem"));
+    assert_eq!(w.default_publisher_key().unwrap(), change.private_key);
+    s.sign(StagedRole::Root, 1).await.unwrap();
+    s.sign(StagedRole::Root, 2).await.unwrap();
+    // Root v2 cannot be published with the old key...
+    let e = s.publish().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("publisher.pem: cannot sign snapshot and timestamp"),
+        "{e}"
+    );
+    // ...and is with the new one, which governance.json then names.
+    let p = s
+        .publish_into(&s.repo, &new.private, days(1))
+        .await
+        .unwrap();
+    assert_eq!(p.root_version, 2);
+    let w = Workdir::open(&s.work).unwrap();
+    assert_eq!(w.config.publisher_key, change.private_key);
+    assert_eq!(w.config.next_publisher_key, None);
+    assert_eq!(w.default_publisher_key().unwrap(), change.private_key);
+    s.status().await.unwrap();
+    let e = s.publish().await.unwrap_err();
+    assert!(
+        e.to_string().contains("cannot sign snapshot and timestamp"),
+        "{e}"
+    );
+
+    // A newer timestamp signed by the old key: a client trusting root v1 refuses it.
+    let current: tough::schema::Signed<tough::schema::Timestamp> =
+        serde_json::from_slice(&std::fs::read(s.repo.join("timestamp.json")).unwrap()).unwrap();
+    let mut forged = current.signed.clone();
+    forged.version = forged.version.checked_add(1).unwrap();
+    forged.expires = days(30);
+    let v1 = read_root(&s.repo.join("1.root.json")).signed;
+    plant_timestamp(&s.repo, forged.clone(), &v1, &old_key).await;
+    let e = s.status().await.unwrap_err();
+    match &e {
+        GovernanceError::Load { role, .. } => assert_eq!(role, "timestamp", "{e}"),
+        other => panic!("{other}"),
+    }
+    // The same timestamp signed by the new key loads: the key is what is refused.
+    let v2 = read_root(&s.repo.join("2.root.json")).signed;
+    plant_timestamp(&s.repo, forged, &v2, &new.private).await;
+    s.status().await.unwrap();
+
+    // The publisher key is a key of its own, and a new one.
+    let again = |publisher: PathBuf| {
+        rotate::rotate(&RotateOptions {
+            workdir: s.work.clone(),
+            add_keys: Vec::new(),
+            remove_keys: Vec::new(),
+            threshold: None,
+            publisher_key: Some(publisher),
+            root_expires: days(365),
+            targets_expires: days(90),
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let e = again(new.public.clone());
+    assert!(e.contains("is the publisher key of root v2 already"), "{e}");
+    let e = again(s.work.join("keys/voter-3.pub"));
+    assert!(e.contains("is a governance key"), "{e}");
+    assert!(!s.work.join("staged/root.json").exists());
 }
