@@ -10,6 +10,8 @@
 //! staged/root.json         a root awaiting signatures (init's v1, rotate-root's N+1)
 //! staged/targets.json      targets awaiting signatures (elect, revoke)
 //! published/targets.json   the targets last published (what the next election starts from)
+//! published/versions.json  the snapshot and timestamp versions last published (the next
+//!                          publication's start, wherever it goes)
 //! sources.json             where publish finds each artifact's bytes (not signed)
 //! ```
 //!
@@ -40,6 +42,16 @@ pub struct Config {
     /// signs with it when it publishes that root, and it then becomes `publisher_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_publisher_key: Option<PathBuf>,
+}
+
+/// `published/versions.json`: the snapshot and timestamp versions this workdir published
+/// last. The next publication counts on from here, never from what a repository directory
+/// says (anyone who can write there could claim any version).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedVersions {
+    pub snapshot: u64,
+    pub timestamp: u64,
 }
 
 /// Where publish reads one artifact's bytes.
@@ -151,6 +163,22 @@ impl Workdir {
 
     pub fn published_targets_path(&self) -> PathBuf {
         self.dir.join("published").join("targets.json")
+    }
+
+    pub fn published_versions_path(&self) -> PathBuf {
+        self.dir.join("published").join("versions.json")
+    }
+
+    /// The snapshot and timestamp versions last published, if this workdir recorded any.
+    pub fn published_versions(&self) -> Result<Option<PublishedVersions>, GovernanceError> {
+        read_optional(
+            &self.published_versions_path(),
+            "published snapshot and timestamp versions",
+        )
+    }
+
+    pub fn write_published_versions(&self, v: &PublishedVersions) -> Result<(), GovernanceError> {
+        files::write_json(&self.published_versions_path(), v)
     }
 
     pub fn root_history_path(&self, version: u64) -> PathBuf {

@@ -998,3 +998,83 @@ async fn a_rotated_out_publisher_key_signs_no_timestamp_a_client_takes() {
     assert!(e.contains("is a governance key"), "{e}");
     assert!(!s.work.join("staged/root.json").exists());
 }
+
+fn read_timestamp(repo: &Path) -> tough::schema::Signed<tough::schema::Timestamp> {
+    serde_json::from_slice(&std::fs::read(repo.join("timestamp.json")).unwrap()).unwrap()
+}
+
+/// A timestamp.json planted in REPO_DIR (by anyone who can write there) claiming version
+/// u64::MAX - 1: publish counts from the workdir's own record of what it published, so it
+/// refuses a larger claim nobody signed, naming the file and both versions, and leaves
+/// REPO_DIR untouched. An empty directory continues the workdir's versions; a workdir without
+/// a record takes a claim only the root in force's timestamp key signed; the last version
+/// there is is refused by name, not by a panic.
+#[tokio::test]
+async fn a_planted_timestamp_version_is_refused_and_versions_follow_the_workdir() {
+    let s = Scene::new().await;
+    published(&s).await;
+    let p = s.publish().await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (2, 2));
+    let honest = std::fs::read(s.repo.join("timestamp.json")).unwrap();
+
+    let mut planted = read_timestamp(&s.repo);
+    planted.signed.version = std::num::NonZeroU64::new(u64::MAX - 1).unwrap();
+    std::fs::write(
+        s.repo.join("timestamp.json"),
+        serde_json::to_vec_pretty(&planted).unwrap(),
+    )
+    .unwrap();
+    let before = s.repo_files();
+    let e = s.publish().await.unwrap_err();
+    assert!(
+        matches!(e, GovernanceError::UnverifiedVersion { .. }) && e.is_bad_input(),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{}: claims timestamp v{} and snapshot v2, but this workdir has published at most timestamp v2 and snapshot v2, and the file is not signed by the timestamp key of root v1",
+            s.repo.join("timestamp.json").display(),
+            u64::MAX - 1
+        )),
+        "{e}"
+    );
+    assert_eq!(s.repo_files(), before, "a refused publish wrote");
+
+    // An empty directory continues the versions this workdir published.
+    let other = s.root.join("repo-2");
+    let publisher = s.work.join("keys/publisher.pem");
+    let p = s.publish_into(&other, &publisher, days(1)).await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (3, 3));
+    status::status(&StatusOptions {
+        repo: other.display().to_string(),
+        root: other.join("1.root.json"),
+        check_payloads: true,
+    })
+    .await
+    .unwrap();
+    // Back in the first repository (the planted file moved aside): on from 3, not from 2.
+    std::fs::write(s.repo.join("timestamp.json"), &honest).unwrap();
+    let p = s.publish().await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (4, 4));
+    s.status().await.unwrap();
+
+    // A workdir that kept no record (it published before records were kept) takes the
+    // repository's versions, which the publisher key signed.
+    std::fs::remove_file(s.work.join("published/versions.json")).unwrap();
+    let p = s.publish().await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (5, 5));
+
+    // The publisher key itself signed the last version there is: refused, naming it.
+    let mut last = read_timestamp(&s.repo).signed;
+    last.version = std::num::NonZeroU64::MAX;
+    let v1 = read_root(&s.repo.join("1.root.json")).signed;
+    plant_timestamp(&s.repo, last, &v1, &publisher).await;
+    let e = s.publish().await.unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "timestamp v{} was published: there is no later timestamp version",
+            u64::MAX
+        )),
+        "{e}"
+    );
+}

@@ -259,6 +259,9 @@ Examples:
 Refused (REPO_DIR untouched) unless the staged root and targets carry their
 thresholds of valid signatures and every payload matches. With nothing
 staged, publish re-signs snapshot and timestamp: run it well within a day.
+Snapshot and timestamp versions continue from the last this workdir published
+(in REPO_DIR or any other directory); a REPO_DIR timestamp.json claiming more
+that the root's timestamp key did not sign is refused.
 
 Examples:
   plinth governance publish /srv/repo --workdir gov
