@@ -60,6 +60,19 @@ pub enum GovernanceError {
         message: String,
         hint: String,
     },
+    /// A repository whose timestamp.json claims a newer snapshot or timestamp version than
+    /// this workdir ever published, without the signature of the root in force's timestamp
+    /// key: publishing after it would take its versions from whoever wrote the file.
+    #[error("{}: claims timestamp v{claimed_timestamp} and snapshot v{claimed_snapshot}, but this workdir has published at most timestamp v{published_timestamp} and snapshot v{published_snapshot}, and the file is not signed by the timestamp key of {by}\n  hint: this repository was written by someone else (or another record); check how, then publish from the workdir that published it, or move its timestamp.json aside (publishing continues this workdir's versions, in this directory or a new one)", path.display())]
+    UnverifiedVersion {
+        path: PathBuf,
+        claimed_timestamp: u64,
+        claimed_snapshot: u64,
+        published_timestamp: u64,
+        published_snapshot: u64,
+        /// Whose timestamp key was asked: "root v2", or "no root in force".
+        by: String,
+    },
     /// A role that does not carry a threshold of valid signatures.
     #[error("{role}: {valid} valid signature{s} of the {threshold} needed from the keys of {by}{detail}\n  hint: {hint}", s = if *valid == 1 { "" } else { "s" })]
     Threshold {
@@ -105,6 +118,7 @@ impl GovernanceError {
                 | GovernanceError::Waves(_)
                 | GovernanceError::Key { .. }
                 | GovernanceError::Staged { .. }
+                | GovernanceError::UnverifiedVersion { .. }
         )
     }
 

@@ -167,6 +167,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, GovernanceError> {
         Config {
             format_version: crate::workdir::FORMAT_VERSION,
             publisher_key,
+            next_publisher_key: None,
         },
     )?;
     // Private keys never travel with the workdir (it is passed from voter to voter).

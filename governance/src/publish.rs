@@ -10,7 +10,11 @@
 //!    targets of the record ([`crate::custom`]);
 //! 3. every payload is copied (or hard-linked) from the source `elect` recorded into a
 //!    staging directory inside REPO_DIR and hashed on the way; a mismatch refuses the whole
-//!    publication.
+//!    publication;
+//! 4. the snapshot and timestamp versions follow the last this workdir published
+//!    (`published/versions.json`), wherever it publishes: REPO_DIR's timestamp.json is outside
+//!    input, and one claiming more is refused unless the root in force's timestamp key signed
+//!    it ([`GovernanceError::UnverifiedVersion`]).
 //!
 //! Then snapshot and timestamp are built and signed with the publisher key by tough's
 //! [`SignedRole`], and the files are moved into place in the order clients are safe with:
@@ -23,7 +27,7 @@ use crate::error::GovernanceError;
 use crate::files::{self, MAX_METADATA};
 use crate::signatures::{self, Tally};
 use crate::staging::{self, SPEC_VERSION};
-use crate::workdir::{StagedRole, Workdir};
+use crate::workdir::{PublishedVersions, StagedRole, Workdir};
 use plinth_release::Sha256;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -71,7 +75,7 @@ struct Pending {
 
 /// Check, sign and write.
 pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceError> {
-    let workdir = Workdir::open(&opts.workdir)?;
+    let mut workdir = Workdir::open(&opts.workdir)?;
     let mut tallies = Vec::new();
 
     // 1. The root in force after this publication.
@@ -79,7 +83,15 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     let staged_root = workdir.staged_root()?;
     let root = match (&trusted, &staged_root) {
         (_, Some(new)) => {
-            let expected = trusted.as_ref().map_or(1, |t| t.signed.version.get() + 1);
+            let expected = trusted
+                .as_ref()
+                .map_or(Some(1), |t| t.signed.version.get().checked_add(1))
+                .ok_or_else(|| {
+                    GovernanceError::refused(
+                        "the root in force has the last version there is",
+                        "restore the root.json publish wrote",
+                    )
+                })?;
             if new.signed.version.get() != expected {
                 return Err(GovernanceError::refused(
                     format!(
@@ -177,15 +189,45 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     }
     let entries = staging::entries(&targets.signed)?;
 
-    // 3. Versions after what the repository has.
+    // 3. Versions after the last this workdir published: its own record, not REPO_DIR's
+    //    timestamp.json, which anyone who can write there could plant (a version of
+    //    u64::MAX - 1 would leave no room for the next). A repository timestamp claiming
+    //    more is taken only when the root in force's timestamp key signed it (a workdir that
+    //    published before it kept a record, or a copy behind the one that published last);
+    //    otherwise publish is refused.
     let repo = &opts.repo;
-    let previous = read_timestamp(repo)?;
-    let timestamp_version = previous.as_ref().map_or(0, |t| t.signed.version.get()) + 1;
-    let snapshot_version = previous
-        .as_ref()
-        .and_then(|t| t.signed.meta.get("snapshot.json"))
-        .map_or(0, |m| m.version.get())
-        + 1;
+    let mut last = workdir.published_versions()?.unwrap_or_default();
+    if let Some(t) = read_timestamp(repo)? {
+        let claimed = PublishedVersions {
+            timestamp: t.signed.version.get(),
+            snapshot: t
+                .signed
+                .meta
+                .get("snapshot.json")
+                .map_or(0, |m| m.version.get()),
+        };
+        if claimed.timestamp > last.timestamp || claimed.snapshot > last.snapshot {
+            let verified = trusted
+                .as_ref()
+                .is_some_and(|r| signatures::tally(&r.signed, &t).met());
+            if !verified {
+                return Err(GovernanceError::UnverifiedVersion {
+                    path: repo.join("timestamp.json"),
+                    claimed_timestamp: claimed.timestamp,
+                    claimed_snapshot: claimed.snapshot,
+                    published_timestamp: last.timestamp,
+                    published_snapshot: last.snapshot,
+                    by: trusted.as_ref().map_or("no root in force".into(), |r| {
+                        format!("root v{}", r.signed.version)
+                    }),
+                });
+            }
+            last.timestamp = last.timestamp.max(claimed.timestamp);
+            last.snapshot = last.snapshot.max(claimed.snapshot);
+        }
+    }
+    let timestamp_version = next_version(last.timestamp, "timestamp")?;
+    let snapshot_version = next_version(last.snapshot, "snapshot")?;
 
     // Roots every client needs to walk from v1 to the one in force, as the bytes published
     // (a re-serialization may order keys otherwise, and the snapshot's hashes are of bytes).
@@ -312,6 +354,13 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     )?;
     put("timestamp.json".into(), timestamp.buffer())?;
 
+    // The versions are recorded before anything moves into place: a publication that fails
+    // half-way leaves a gap in the versions, which clients accept, never a version used twice.
+    workdir.write_published_versions(&PublishedVersions {
+        snapshot: snapshot_version,
+        timestamp: timestamp_version,
+    })?;
+
     // 6. Into place; timestamp.json (last) is what makes the new state visible.
     for p in &pending {
         let dest = repo.join(&p.dest);
@@ -336,6 +385,11 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
             0o644,
         )?;
         files::write_atomic(&workdir.trusted_root_path(), bytes, 0o644)?;
+        // A root that replaced the publisher key puts its private key in force.
+        if let Some(next) = workdir.config.next_publisher_key.take() {
+            workdir.config.publisher_key = next;
+            workdir.write_config()?;
+        }
         workdir.clear_staged(StagedRole::Root)?;
     }
     if staged_targets.is_some() {
@@ -354,6 +408,16 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     })
 }
 
+/// The version after `last` of `role` (snapshot or timestamp).
+fn next_version(last: u64, role: &str) -> Result<u64, GovernanceError> {
+    last.checked_add(1).ok_or_else(|| {
+        GovernanceError::refused(
+            format!("{role} v{last} was published: there is no later {role} version"),
+            "the publisher key signed the last version there is; nodes holding it refuse any other, so they need a new record (init) and its root",
+        )
+    })
+}
+
 fn expired(what: &str, at: &jiff::Timestamp, hint: &str) -> GovernanceError {
     GovernanceError::refused(format!("{what} expired at {at}"), hint)
 }
@@ -363,7 +427,7 @@ fn publisher_error(key: &Path) -> impl Fn(tough::error::Error) -> GovernanceErro
         GovernanceError::Key {
         path: key.to_path_buf(),
         message: format!("cannot sign snapshot and timestamp: {e}"),
-        hint: "publish with the publisher key init made (it must be the snapshot and timestamp key of the root)".into(),
+        hint: "sign with the snapshot and timestamp key of the root in force after this publication: governance.json's publisher_key, or its next_publisher_key while a root staged by rotate-root --publisher-key is published (--publisher-key FILE)".into(),
     }
     }
 }
@@ -381,7 +445,8 @@ fn metafile(version: NonZeroU64, bytes: &[u8]) -> Metafile {
     }
 }
 
-/// The repository's current timestamp, if it has one (only its versions are used).
+/// The repository's current timestamp, if it has one (its versions are checked against the
+/// workdir's record).
 fn read_timestamp(repo: &Path) -> Result<Option<Signed<Timestamp>>, GovernanceError> {
     let path = repo.join("timestamp.json");
     if std::fs::symlink_metadata(&path).is_err() {
@@ -404,7 +469,7 @@ fn refuse_other(repo: &Path, name: &str, bytes: &[u8]) -> Result<(), GovernanceE
                 "{}: exists with other content; a published version is never rewritten",
                 path.display()
             ),
-            "publish into the repository this workdir published before, or into a new directory",
+            "this directory holds another record's (or an edited) repository: publish into the repository this workdir published, or into an empty directory (the versions continue from this workdir's record)",
         ));
     }
     Ok(())

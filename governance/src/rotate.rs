@@ -5,6 +5,13 @@
 //! (TUF 5.3.4), so a rotation needs the old voters and the new ones. When the new root
 //! would no longer accept the published targets (their signers are removed), the same
 //! targets are staged again under the next version, for the new voters to sign.
+//!
+//! `--publisher-key NAME.pub` replaces the publisher key (online: it signs snapshot and
+//! timestamp) in the `snapshot` and `timestamp` roles, say after it leaked or its machine was
+//! retired. The new root goes through the same threshold signing; until it is published the
+//! old key stays in force. `governance.json` records `NAME.pem` beside the `.pub` as the next
+//! publisher key: `publish` signs with it when it publishes the new root, and from then on it
+//! is the publisher key (clients that take the new root refuse anything the old key signs).
 
 use crate::error::GovernanceError;
 use crate::keys;
@@ -21,6 +28,9 @@ pub struct RotateOptions {
     pub add_keys: Vec<PathBuf>,
     pub remove_keys: Vec<String>,
     pub threshold: Option<u64>,
+    /// A new publisher key's public half (the `.pub` keygen writes), for `snapshot` and
+    /// `timestamp`.
+    pub publisher_key: Option<PathBuf>,
     pub root_expires: jiff::Timestamp,
     /// The expiry of targets staged again when the new root no longer accepts the published
     /// ones.
@@ -39,6 +49,21 @@ pub struct RotateReport {
     /// The targets version staged with the root: the published targets are signed by keys
     /// the new root drops, so the new voters sign them again (same content).
     pub restaged_targets: Option<u64>,
+    /// The publisher key replaced, if it is.
+    pub publisher: Option<PublisherChange>,
+}
+
+/// A publisher key replaced by a rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublisherChange {
+    /// The key ids of the snapshot and timestamp roles before.
+    pub old: Vec<String>,
+    pub new: String,
+    /// The private key publish signs with once the new root is published (recorded in
+    /// governance.json as `next_publisher_key`).
+    pub private_key: PathBuf,
+    /// Whether that file exists here (it must where publish runs).
+    pub private_key_present: bool,
 }
 
 /// Stage the next root.
@@ -96,6 +121,10 @@ pub fn rotate(opts: &RotateOptions) -> Result<RotateReport, GovernanceError> {
         root.keys.insert(id, key);
         added.push(keys::key_id(&root.keys[&ids[ids.len() - 1]]));
     }
+    let publisher = match &opts.publisher_key {
+        Some(path) => Some(replace_publisher(&mut root, &old.signed, &ids, path)?),
+        None => None,
+    };
     let threshold = opts.threshold.unwrap_or(old_threshold);
     if ids.is_empty() || threshold == 0 || threshold > ids.len() as u64 {
         return Err(GovernanceError::refused(
@@ -107,10 +136,10 @@ pub fn rotate(opts: &RotateOptions) -> Result<RotateReport, GovernanceError> {
             "keep at least one key and a threshold the keys can meet (--threshold K)",
         ));
     }
-    if added.is_empty() && removed.is_empty() && opts.threshold.is_none() {
+    if added.is_empty() && removed.is_empty() && opts.threshold.is_none() && publisher.is_none() {
         return Err(GovernanceError::refused(
             "nothing to rotate",
-            "pass --add-key FILE.pub, --remove-key KEYID or --threshold K",
+            "pass --add-key FILE.pub, --remove-key KEYID, --threshold K or --publisher-key FILE.pub",
         ));
     }
     let k = NonZeroU64::new(threshold).expect("checked above");
@@ -122,10 +151,23 @@ pub fn rotate(opts: &RotateOptions) -> Result<RotateReport, GovernanceError> {
         r.keyids = ids.clone();
         r.threshold = k;
     }
-    root.version = root
-        .version
-        .checked_add(1)
-        .expect("root versions do not overflow");
+    // A key no role names any more (a removed voter's, the old publisher's) leaves the root.
+    let used: Vec<Decoded<Hex>> = root
+        .roles
+        .values()
+        .flat_map(|r| r.keyids.iter().cloned())
+        .collect();
+    root.keys.retain(|id, _| used.contains(id));
+    root.version = root.version.checked_add(1).ok_or_else(|| {
+        GovernanceError::refused(
+            format!(
+                "{}: root v{} has no next version",
+                workdir.trusted_root_path().display(),
+                root.version
+            ),
+            "the root in force was not written by plinth governance; restore the published one",
+        )
+    })?;
     root.expires = opts.root_expires;
     let signed = Signed {
         signed: root,
@@ -141,6 +183,10 @@ pub fn rotate(opts: &RotateOptions) -> Result<RotateReport, GovernanceError> {
             }
         }
     }
+    // The next publisher key is recorded (or a stale one forgotten) with the staged root.
+    let mut workdir = workdir;
+    workdir.config.next_publisher_key = publisher.as_ref().map(|p| p.private_key.clone());
+    workdir.write_config()?;
     workdir.write_staged_root(&signed)?;
     Ok(RotateReport {
         version: signed.signed.version.get(),
@@ -151,6 +197,68 @@ pub fn rotate(opts: &RotateOptions) -> Result<RotateReport, GovernanceError> {
         old_threshold,
         staged: workdir.staged_path(crate::workdir::StagedRole::Root),
         restaged_targets,
+        publisher,
+    })
+}
+
+/// Put the public key at `path` in place of the publisher key (`snapshot` and `timestamp`,
+/// threshold 1). It must be a key of its own: neither the publisher key in force nor a
+/// governance key of the old root or the new one (`governance`).
+fn replace_publisher(
+    root: &mut tough::schema::Root,
+    old: &tough::schema::Root,
+    governance: &[Decoded<Hex>],
+    path: &std::path::Path,
+) -> Result<PublisherChange, GovernanceError> {
+    let key = keys::read_public(path)?;
+    let id = key.key_id().expect("a key serializes");
+    let role_ids = |r: &tough::schema::Root, role: RoleType| r.roles[&role].keyids.clone();
+    let current: Vec<Decoded<Hex>> = role_ids(old, RoleType::Snapshot)
+        .into_iter()
+        .chain(role_ids(old, RoleType::Timestamp))
+        .collect();
+    if current.iter().all(|c| *c == id) {
+        return Err(GovernanceError::refused(
+            format!(
+                "--publisher-key {}: key {} is the publisher key of root v{} already",
+                path.display(),
+                keys::key_id(&key),
+                old.version
+            ),
+            "generate a new publisher key (plinth governance keygen) and pass its .pub",
+        ));
+    }
+    if governance.contains(&id) || old.roles[&RoleType::Root].keyids.contains(&id) {
+        return Err(GovernanceError::refused(
+            format!(
+                "--publisher-key {}: key {} is a governance key",
+                path.display(),
+                keys::key_id(&key)
+            ),
+            "the publisher key is online and signs only snapshot and timestamp: generate a key of its own (plinth governance keygen)",
+        ));
+    }
+    for role in [RoleType::Snapshot, RoleType::Timestamp] {
+        let r = root
+            .roles
+            .get_mut(&role)
+            .expect("checked roots have every role");
+        r.keyids = vec![id.clone()];
+        r.threshold = NonZeroU64::MIN;
+    }
+    root.keys.insert(id, key.clone());
+    let private_key = std::path::absolute(path.with_extension("pem"))
+        .unwrap_or_else(|_| path.with_extension("pem"));
+    let mut old_ids: Vec<String> = current
+        .iter()
+        .map(|i| hex::encode(i.clone().into_vec()))
+        .collect();
+    old_ids.dedup();
+    Ok(PublisherChange {
+        old: old_ids,
+        new: keys::key_id(&key),
+        private_key_present: private_key.is_file(),
+        private_key,
     })
 }
 

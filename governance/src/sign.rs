@@ -9,8 +9,17 @@
 //! A key signs targets only if it is a targets key of the root that will be in force (the
 //! staged root, if one is staged); it signs a root only if it is a root key of the root in
 //! force or of the staged root (a rotation needs both).
+//!
+//! What a voter is shown first ([`describe`]) is the whole staged role and how it differs
+//! from what is in force: for a root, every role's keys and threshold and, per role, the keys
+//! added and removed and the threshold changed; for targets, every entry with its waves and
+//! the versions added, removed or changed and each OS's max_version change. A staged root
+//! whose `targets` role is not its governance keys is refused before anything is shown or
+//! signed ([`crate::workdir::check_root`]).
 
+use crate::custom::{Entry, Wave};
 use crate::error::GovernanceError;
+use crate::names::TargetPath;
 use crate::signatures::{self, Merged, Tally};
 use crate::workdir::{StagedRole, Workdir};
 use serde::Serialize;
@@ -187,50 +196,268 @@ fn read_copy<T: Role + serde::de::DeserializeOwned>(
 }
 
 /// What the staged `role` of the workdir at `dir` says, in lines for the voter to read
-/// before signing.
+/// before signing: the whole of it, then how it differs from what is in force (the root in
+/// force, the targets last published), since a voter signs the change as much as the result.
+/// The baseline is the workdir's own copy; a baseline that does not carry the signatures it
+/// was published with is said to be so (the copy was edited, compare with `status`).
 pub fn describe(dir: &Path, role: StagedRole) -> Result<Vec<String>, GovernanceError> {
     let workdir = Workdir::open(dir)?;
     let mut out = Vec::new();
     match role {
         StagedRole::Targets => {
             if let Some(t) = workdir.staged_targets()? {
+                let published = workdir.published_targets()?;
                 out.push(format!(
-                    "targets v{} (expires {}):",
-                    t.signed.version, t.signed.expires
+                    "targets v{} (expires {}){}:",
+                    t.signed.version,
+                    t.signed.expires,
+                    published.as_ref().map_or(String::new(), |p| format!(
+                        ", replacing the published targets v{}",
+                        p.signed.version
+                    ))
                 ));
-                for (path, entry) in crate::staging::entries(&t.signed)? {
-                    out.push(match entry {
-                        crate::custom::Entry::Artifact(a) => format!(
-                            "  {path}: sha256 {} ({} bytes), manifest sha256 {}, {} wave(s) from {}",
-                            a.sha256,
-                            a.length,
-                            a.manifest_sha256,
-                            a.waves.len(),
-                            a.waves.first().map_or("never".into(), |w| w.opens_at.to_string())
-                        ),
-                        crate::custom::Entry::Policy(p) => format!(
-                            "  {path}: max_version {}",
-                            p.max_version.as_ref().map_or("none", |v| v.as_str())
-                        ),
-                    });
+                let staged = crate::staging::entries(&t.signed)?;
+                for (path, entry) in &staged {
+                    out.extend(entry_lines(&path.to_string(), entry));
+                }
+                match published {
+                    None => out.push("changes: none published yet, every entry is new".into()),
+                    Some(p) => {
+                        if let Some(root) = workdir.trusted_root()? {
+                            let tally = signatures::tally(&root.signed, &p);
+                            if !tally.met() {
+                                out.push(format!(
+                                    "WARNING: the published targets v{} of this workdir carry {} valid signature(s) of the {} root v{} needs: they are not what was published; compare with plinth governance status",
+                                    p.signed.version,
+                                    tally.valid().len(),
+                                    tally.threshold,
+                                    root.signed.version
+                                ));
+                            }
+                        }
+                        out.push(format!(
+                            "changes from the published targets v{}:",
+                            p.signed.version
+                        ));
+                        let before = crate::staging::entries(&p.signed)?;
+                        let changes = targets_changes(&before, &staged);
+                        if changes.is_empty() {
+                            out.push("  none (the same entries under a new version)".into());
+                        }
+                        out.extend(changes.into_iter().map(|c| format!("  {c}")));
+                    }
                 }
             }
         }
         StagedRole::Root => {
             if let Some(r) = workdir.staged_root()? {
-                let keys = &r.signed.roles[&RoleType::Root];
+                let old = workdir.trusted_root()?;
                 out.push(format!(
-                    "root v{} (expires {}): {} of these {} governance keys:",
+                    "root v{} (expires {}){}:",
                     r.signed.version,
                     r.signed.expires,
-                    keys.threshold,
-                    keys.keyids.len()
+                    old.as_ref().map_or(String::new(), |o| format!(
+                        ", replacing root v{} (expires {})",
+                        o.signed.version, o.signed.expires
+                    ))
                 ));
-                for id in &keys.keyids {
-                    out.push(format!("  {}", hex::encode(id.clone().into_vec())));
+                for role in ROLES {
+                    let keys = &r.signed.roles[&role];
+                    out.push(format!(
+                        "  {role}: {} of these {} key(s){}:",
+                        keys.threshold,
+                        keys.keyids.len(),
+                        match role {
+                            RoleType::Root => " (the governance keys)",
+                            RoleType::Targets => " (the governance keys, who elect)",
+                            _ => " (the publisher key, online)",
+                        }
+                    ));
+                    for id in &keys.keyids {
+                        out.push(format!("    {}", hex::encode(id.clone().into_vec())));
+                    }
+                }
+                match old {
+                    None => out.push(
+                        "changes: no root is in force yet, this is the first; check every key id with its holder"
+                            .into(),
+                    ),
+                    Some(o) => {
+                        let tally = signatures::tally(&o.signed, &o);
+                        if !tally.met() {
+                            out.push(format!(
+                                "WARNING: root v{} of this workdir (root.json) carries {} valid signature(s) of its own {} needed: it is not the root published; compare it with the root nodes trust",
+                                o.signed.version,
+                                tally.valid().len(),
+                                tally.threshold
+                            ));
+                        }
+                        out.push(format!("changes from root v{}:", o.signed.version));
+                        out.extend(
+                            root_changes(&o.signed, &r.signed)
+                                .into_iter()
+                                .map(|c| format!("  {c}")),
+                        );
+                    }
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// The four roles, in the order they are shown.
+const ROLES: [RoleType; 4] = [
+    RoleType::Root,
+    RoleType::Targets,
+    RoleType::Snapshot,
+    RoleType::Timestamp,
+];
+
+/// Per role: keys added and removed and a threshold change, or "no change".
+pub fn root_changes(old: &Root, new: &Root) -> Vec<String> {
+    ROLES
+        .iter()
+        .map(|role| {
+            let (o, n) = (&old.roles[role], &new.roles[role]);
+            let hexes = |k: &tough::schema::RoleKeys| -> Vec<String> {
+                k.keyids
+                    .iter()
+                    .map(|id| hex::encode(id.clone().into_vec()))
+                    .collect()
+            };
+            let (o_ids, n_ids) = (hexes(o), hexes(n));
+            let mut what = Vec::new();
+            for id in n_ids.iter().filter(|id| !o_ids.contains(id)) {
+                what.push(format!("key {id} added"));
+            }
+            for id in o_ids.iter().filter(|id| !n_ids.contains(id)) {
+                what.push(format!("key {id} removed"));
+            }
+            if o.threshold != n.threshold {
+                what.push(format!("threshold {} -> {}", o.threshold, n.threshold));
+            }
+            if what.is_empty() {
+                format!("{role}: no change")
+            } else {
+                format!("{role}: {}", what.join("; "))
+            }
+        })
+        .collect()
+}
+
+/// An entry of the targets as the voter reads it: digests, every wave, max_version.
+fn entry_lines(path: &str, entry: &Entry) -> Vec<String> {
+    match entry {
+        Entry::Artifact(a) => {
+            let mut out = vec![format!(
+                "  {path}: sha256 {} ({} bytes), manifest sha256 {}, {} wave(s)",
+                a.sha256,
+                a.length,
+                a.manifest_sha256,
+                a.waves.len()
+            )];
+            out.extend(a.waves.iter().map(|w| format!("    {}", wave_text(w))));
+            out
+        }
+        Entry::Policy(p) => vec![format!("  {path}: max_version {}", max_version(p))],
+    }
+}
+
+fn wave_text(w: &Wave) -> String {
+    format!(
+        "wave {}: seeds {}-{} from {}",
+        w.name, w.seeds[0], w.seeds[1], w.opens_at
+    )
+}
+
+fn waves_text(waves: &[Wave]) -> String {
+    if waves.is_empty() {
+        return "no waves".into();
+    }
+    waves.iter().map(wave_text).collect::<Vec<_>>().join(", ")
+}
+
+fn max_version(p: &crate::custom::PolicyCustom) -> &str {
+    p.max_version.as_ref().map_or("none", |v| v.as_str())
+}
+
+/// What changes from the targets `before` to `after`: versions added and removed, an
+/// artifact whose bytes, manifest, measurements or waves changed, each OS's max_version.
+pub fn targets_changes(
+    before: &[(TargetPath, Entry)],
+    after: &[(TargetPath, Entry)],
+) -> Vec<String> {
+    let find = |list: &[(TargetPath, Entry)], p: &TargetPath| {
+        list.iter().find(|(q, _)| q == p).map(|(_, e)| e.clone())
+    };
+    let mut out = Vec::new();
+    for (path, entry) in after {
+        match (find(before, path), entry) {
+            (None, Entry::Artifact(a)) => out.push(format!(
+                "added {path}: sha256 {}, {}",
+                a.sha256,
+                waves_text(&a.waves)
+            )),
+            (None, Entry::Policy(p)) => out.push(format!(
+                "{} max_version: none -> {} (a new policy)",
+                p.os,
+                max_version(p)
+            )),
+            (Some(Entry::Artifact(o)), Entry::Artifact(a)) => {
+                let mut what = Vec::new();
+                if o.sha256 != a.sha256 || o.length != a.length {
+                    what.push(format!(
+                        "sha256 {} ({} bytes) -> {} ({} bytes)",
+                        o.sha256, o.length, a.sha256, a.length
+                    ));
+                }
+                if o.manifest_sha256 != a.manifest_sha256 {
+                    what.push(format!(
+                        "manifest sha256 {} -> {}",
+                        o.manifest_sha256, a.manifest_sha256
+                    ));
+                }
+                if o.measurements != a.measurements {
+                    what.push("measurements changed".into());
+                }
+                if o.waves != a.waves {
+                    what.push(format!(
+                        "waves [{}] -> [{}]",
+                        waves_text(&o.waves),
+                        waves_text(&a.waves)
+                    ));
+                }
+                if o.elected_at != a.elected_at && what.is_empty() {
+                    what.push(format!("elected_at {} -> {}", o.elected_at, a.elected_at));
+                }
+                if !what.is_empty() {
+                    out.push(format!("changed {path}: {}", what.join("; ")));
+                }
+            }
+            (Some(Entry::Policy(o)), Entry::Policy(p)) => {
+                if o.max_version != p.max_version {
+                    out.push(format!(
+                        "{} max_version: {} -> {}",
+                        p.os,
+                        max_version(&o),
+                        max_version(p)
+                    ));
+                }
+            }
+            // A path names its kind, so an entry never changes kind.
+            (Some(_), _) => out.push(format!("changed {path}: another kind of entry")),
+        }
+    }
+    for (path, entry) in before {
+        if find(after, path).is_none() {
+            out.push(match entry {
+                Entry::Artifact(_) => format!("removed {path}"),
+                Entry::Policy(p) => {
+                    format!("{} max_version: {} -> no policy", p.os, max_version(p))
+                }
+            });
+        }
+    }
+    out
 }

@@ -38,7 +38,18 @@ pub fn start(workdir: &Workdir, expires: jiff::Timestamp) -> Result<Draft, Gover
             }
         },
     };
-    targets.version = NonZeroU64::new(published_version + 1).expect("a successor is not zero");
+    targets.version = published_version
+        .checked_add(1)
+        .and_then(NonZeroU64::new)
+        .ok_or_else(|| {
+            GovernanceError::refused(
+                format!(
+                    "{}: targets v{published_version} has no next version",
+                    workdir.published_targets_path().display()
+                ),
+                "the published targets were not written by plinth governance; restore them",
+            )
+        })?;
     targets.expires = expires;
     Ok(Draft {
         targets,

@@ -3,12 +3,15 @@
 //! voter to voter:
 //!
 //! ```text
-//! governance.json          marks the directory; where the publisher key is
+//! governance.json          marks the directory; where the publisher key is (and the next
+//!                          one, while a root that replaces it is staged)
 //! root.json                the root in force (the last one published)
 //! roots/<N>.root.json      every root published, for the repository's chain
 //! staged/root.json         a root awaiting signatures (init's v1, rotate-root's N+1)
 //! staged/targets.json      targets awaiting signatures (elect, revoke)
 //! published/targets.json   the targets last published (what the next election starts from)
+//! published/versions.json  the snapshot and timestamp versions last published (the next
+//!                          publication's start, wherever it goes)
 //! sources.json             where publish finds each artifact's bytes (not signed)
 //! ```
 //!
@@ -31,8 +34,24 @@ pub const MARKER: &str = "governance.json";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub format_version: u32,
-    /// The publisher's private key (signs snapshot and timestamp), as init made it.
+    /// The publisher's private key (signs snapshot and timestamp): the one init made, or the
+    /// one a published rotation put in its place.
     pub publisher_key: PathBuf,
+    /// The private key of the publisher key a staged root puts in place
+    /// (`rotate-root --publisher-key NAME.pub` records the `NAME.pem` beside it): `publish`
+    /// signs with it when it publishes that root, and it then becomes `publisher_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_publisher_key: Option<PathBuf>,
+}
+
+/// `published/versions.json`: the snapshot and timestamp versions this workdir published
+/// last. The next publication counts on from here, never from what a repository directory
+/// says (anyone who can write there could claim any version).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedVersions {
+    pub snapshot: u64,
+    pub timestamp: u64,
 }
 
 /// Where publish reads one artifact's bytes.
@@ -117,6 +136,21 @@ impl Workdir {
         })
     }
 
+    /// Write `governance.json` (atomically).
+    pub fn write_config(&self) -> Result<(), GovernanceError> {
+        files::write_json(&self.dir.join(MARKER), &self.config)
+    }
+
+    /// The publisher key `publish` signs with unless told otherwise: the next one while a
+    /// root that replaces the publisher key is staged (snapshot and timestamp must be signed
+    /// by the root that will be in force), else the one in force.
+    pub fn default_publisher_key(&self) -> Result<PathBuf, GovernanceError> {
+        match &self.config.next_publisher_key {
+            Some(next) if self.staged_root()?.is_some() => Ok(next.clone()),
+            _ => Ok(self.config.publisher_key.clone()),
+        }
+    }
+
     pub fn trusted_root_path(&self) -> PathBuf {
         self.dir.join("root.json")
     }
@@ -129,6 +163,22 @@ impl Workdir {
 
     pub fn published_targets_path(&self) -> PathBuf {
         self.dir.join("published").join("targets.json")
+    }
+
+    pub fn published_versions_path(&self) -> PathBuf {
+        self.dir.join("published").join("versions.json")
+    }
+
+    /// The snapshot and timestamp versions last published, if this workdir recorded any.
+    pub fn published_versions(&self) -> Result<Option<PublishedVersions>, GovernanceError> {
+        read_optional(
+            &self.published_versions_path(),
+            "published snapshot and timestamp versions",
+        )
+    }
+
+    pub fn write_published_versions(&self, v: &PublishedVersions) -> Result<(), GovernanceError> {
+        files::write_json(&self.published_versions_path(), v)
     }
 
     pub fn root_history_path(&self, version: u64) -> PathBuf {
@@ -216,8 +266,8 @@ fn read_optional<T: serde::de::DeserializeOwned>(
 }
 
 /// The shape every root of the record has: plain ed25519 keys, the four roles, each with a
-/// threshold it can meet, consistent snapshots. A root read from a file that breaks it is
-/// refused, naming the file.
+/// threshold it can meet, the `targets` role the governance (`root`) keys and threshold,
+/// consistent snapshots. A root read from a file that breaks it is refused, naming the file.
 pub fn check_root(path: &Path, root: Signed<Root>) -> Result<Signed<Root>, GovernanceError> {
     let bad = |message: String| GovernanceError::Staged {
         path: path.to_path_buf(),
@@ -269,7 +319,69 @@ pub fn check_root(path: &Path, root: Signed<Root>) -> Result<Signed<Root>, Gover
             )));
         }
     }
+    check_targets_role(path, &root)?;
     Ok(root)
+}
+
+/// Governance elects with the same k-of-n keys it governs with: the `targets` role of every
+/// root of the record has exactly the `root` role's keys and threshold (init and rotate-root
+/// keep them equal). A root whose `targets` role differs, say one key of the coordinator's
+/// with threshold 1, would let that key alone elect releases once the root is signed, so it
+/// is refused wherever a root is read (sign, merge, publish), naming what differs.
+fn check_targets_role(path: &Path, root: &Signed<Root>) -> Result<(), GovernanceError> {
+    let r = &root.signed;
+    let (gov, targets) = (&r.roles[&RoleType::Root], &r.roles[&RoleType::Targets]);
+    let ids = |k: &tough::schema::RoleKeys| -> std::collections::BTreeSet<String> {
+        k.keyids
+            .iter()
+            .map(|id| hex::encode(id.clone().into_vec()))
+            .collect()
+    };
+    let (gov_ids, targets_ids) = (ids(gov), ids(targets));
+    let mut differences = Vec::new();
+    let only_targets: Vec<&str> = targets_ids
+        .difference(&gov_ids)
+        .map(|s| s.as_str())
+        .collect();
+    if !only_targets.is_empty() {
+        differences.push(format!(
+            "it lists key(s) {} that are not governance (`root`) keys",
+            only_targets.join(", ")
+        ));
+    }
+    let only_gov: Vec<&str> = gov_ids
+        .difference(&targets_ids)
+        .map(|s| s.as_str())
+        .collect();
+    if !only_gov.is_empty() {
+        differences.push(format!(
+            "it leaves out governance key(s) {}",
+            only_gov.join(", ")
+        ));
+    }
+    if targets.keyids.len() != targets_ids.len() {
+        differences.push("it lists a key twice".into());
+    }
+    if targets.threshold != gov.threshold {
+        differences.push(format!(
+            "its threshold is {}, the `root` role's is {}",
+            targets.threshold, gov.threshold
+        ));
+    }
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(GovernanceError::Staged {
+        path: path.to_path_buf(),
+        message: format!(
+            "root v{}: role `targets` is not the governance keys ({} of {} keys in role `root`): {}",
+            r.version,
+            gov.threshold,
+            gov_ids.len(),
+            differences.join("; ")
+        ),
+        hint: "targets are elected by the same k-of-n governance keys as the root; do not sign this root. Stage roots only with plinth governance init or rotate-root (remove staged/root.json and run rotate-root again)".into(),
+    })
 }
 
 /// A role's version and expiry, for messages: "targets v3 (expires 2026-04-01T00:00:00Z)".

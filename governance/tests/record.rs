@@ -1,7 +1,9 @@
 //! The record's life through the library, as the CLI drives it: init, voters' signatures,
 //! elect, publish, and a client (tough's RepositoryLoader) reading the result; and the
 //! refusals: below threshold, a foreign key, a tampered payload, an expired timestamp, a
-//! revoked version, a rotation signed by one side only, a crafted release.
+//! revoked version, a rotation signed by one side only, a crafted release, a staged root
+//! whose targets role a coordinator edited, a planted timestamp version, a timestamp signed
+//! by a rotated-out publisher key.
 
 use plinth_governance::elect::{self, ElectOptions};
 use plinth_governance::init::{self, GovernanceKeys, InitOptions};
@@ -9,7 +11,7 @@ use plinth_governance::keys::{self, PemKeySource};
 use plinth_governance::publish::{self, PublishOptions, PublishReport};
 use plinth_governance::rotate::{self, RotateOptions};
 use plinth_governance::status::{self, Status, StatusOptions};
-use plinth_governance::{fixtures, revoke, sign, GovernanceError, StagedRole};
+use plinth_governance::{fixtures, revoke, sign, GovernanceError, StagedRole, Workdir};
 use plinth_release::Os;
 use std::path::{Path, PathBuf};
 
@@ -69,6 +71,16 @@ impl Scene {
     }
 
     fn elect(&self, version: &str, payload: &[u8]) -> Result<elect::ElectReport, GovernanceError> {
+        self.elect_opening(version, payload, "2026-01-10T00:00:00Z")
+    }
+
+    /// [`Scene::elect`] with its first wave opening at `first`.
+    fn elect_opening(
+        &self,
+        version: &str,
+        payload: &[u8],
+        first: &str,
+    ) -> Result<elect::ElectReport, GovernanceError> {
         let rel = fixtures::write_release(
             &self.root.join(format!("rel-{version}")),
             Os::HostOs,
@@ -76,7 +88,7 @@ impl Scene {
             payload,
         );
         let waves = self.root.join("waves.yaml");
-        std::fs::write(&waves, fixtures::waves_yaml("2026-01-10T00:00:00Z")).unwrap();
+        std::fs::write(&waves, fixtures::waves_yaml(first)).unwrap();
         elect::elect(&ElectOptions {
             workdir: self.work.clone(),
             release: rel,
@@ -91,11 +103,26 @@ impl Scene {
         &self,
         timestamp_expires: jiff::Timestamp,
     ) -> Result<PublishReport, GovernanceError> {
+        self.publish_into(
+            &self.repo,
+            &self.work.join("keys/publisher.pem"),
+            timestamp_expires,
+        )
+        .await
+    }
+
+    /// Publish into `repo`, signing snapshot and timestamp with `key`.
+    async fn publish_into(
+        &self,
+        repo: &Path,
+        key: &Path,
+        timestamp_expires: jiff::Timestamp,
+    ) -> Result<PublishReport, GovernanceError> {
         publish::publish(PublishOptions {
             workdir: self.work.clone(),
-            repo: self.repo.clone(),
-            publisher: Box::new(PemKeySource::new(self.work.join("keys/publisher.pem"))),
-            publisher_name: self.work.join("keys/publisher.pem"),
+            repo: repo.to_path_buf(),
+            publisher: Box::new(PemKeySource::new(key)),
+            publisher_name: key.to_path_buf(),
             snapshot_expires: days(7),
             timestamp_expires,
             now: now(),
@@ -405,6 +432,7 @@ async fn a_rotated_root_needs_both_thresholds() {
         add_keys: new.iter().map(|k| k.public.clone()).collect(),
         remove_keys: vec![ids(1)[..12].to_string(), ids(2)],
         threshold: None,
+        publisher_key: None,
         root_expires: days(365),
         targets_expires: days(90),
     })
@@ -575,5 +603,478 @@ fn init_refuses_a_taken_key_name_before_writing_any_key() {
     assert_eq!(
         std::fs::read(keys.join("voter-2.pem")).unwrap(),
         b"someone else's key"
+    );
+}
+
+/// Publish host-os 1.0.0, signed by voters 1 and 2.
+async fn published(s: &Scene) {
+    s.elect("1.0.0", b"one").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+}
+
+fn read_root(path: &Path) -> tough::schema::Signed<tough::schema::Root> {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn write_root(path: &Path, root: &tough::schema::Signed<tough::schema::Root>) {
+    std::fs::write(path, serde_json::to_vec_pretty(root).unwrap()).unwrap();
+}
+
+/// A coordinator edits the staged root so that their own key alone (threshold 1) signs
+/// targets: once published it would elect releases without the voters. sign, merge and
+/// publish (and the description sign shows first) refuse it, naming the role and what
+/// differs; a threshold lowered for targets alone is refused the same way.
+#[tokio::test]
+async fn a_staged_root_whose_targets_role_is_not_the_governance_keys_is_refused() {
+    use tough::schema::RoleType;
+    let s = Scene::new().await;
+    published(&s).await;
+    let voter4 = keys::generate(&s.work.join("keys"), "voter-4").unwrap();
+    rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: vec![voter4.public.clone()],
+        remove_keys: Vec::new(),
+        threshold: None,
+        publisher_key: None,
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    let staged_path = s.work.join("staged/root.json");
+    let honest = read_root(&staged_path);
+    let mallory = keys::generate(&s.root.join("mallory"), "mallory").unwrap();
+    let mallory_id = mallory.key.key_id().unwrap();
+    let mut edited = honest.clone();
+    edited
+        .signed
+        .keys
+        .insert(mallory_id.clone(), mallory.key.clone());
+    let targets = edited.signed.roles.get_mut(&RoleType::Targets).unwrap();
+    targets.keyids = vec![mallory_id];
+    targets.threshold = std::num::NonZeroU64::MIN;
+    write_root(&staged_path, &edited);
+
+    let expect = |e: &GovernanceError| {
+        let text = e.to_string();
+        assert!(e.is_bad_input(), "{text}");
+        assert!(
+            text.contains("staged/root.json: root v2: role `targets` is not the governance keys (2 of 4 keys in role `root`)")
+                && text.contains(&format!("key(s) {} that are not governance (`root`) keys", mallory.key_id))
+                && text.contains("its threshold is 1, the `root` role's is 2")
+                && text.contains("do not sign this root"),
+            "{text}"
+        );
+    };
+    expect(&sign::describe(&s.work, StagedRole::Root).unwrap_err());
+    expect(&s.sign(StagedRole::Root, 1).await.unwrap_err());
+    assert!(read_root(&staged_path).signatures.is_empty(), "sign wrote");
+    let copy = s.root.join("copy.root.json");
+    write_root(&copy, &edited);
+    expect(&sign::merge(&s.work, StagedRole::Root, &[copy]).unwrap_err());
+
+    // Signed anyway (voters 1 and 2 hold keys of both roots): publish refuses it too.
+    let before = s.repo_files();
+    for i in [1, 2] {
+        plinth_governance::signatures::add(
+            &mut edited,
+            &PemKeySource::new(s.key(i)),
+            &s.key(i),
+            |_| Ok(()),
+        )
+        .await
+        .unwrap();
+    }
+    write_root(&staged_path, &edited);
+    expect(&s.publish().await.unwrap_err());
+    assert_eq!(s.repo_files(), before);
+
+    // The governance keys but a threshold of 1 for targets: refused, naming the threshold.
+    let mut lowered = honest.clone();
+    lowered
+        .signed
+        .roles
+        .get_mut(&RoleType::Targets)
+        .unwrap()
+        .threshold = std::num::NonZeroU64::MIN;
+    write_root(&staged_path, &lowered);
+    let e = s.sign(StagedRole::Root, 1).await.unwrap_err().to_string();
+    assert!(
+        e.contains("role `targets` is not the governance keys")
+            && e.contains("its threshold is 1, the `root` role's is 2")
+            && !e.contains("leaves out"),
+        "{e}"
+    );
+    // The honest rotation signs.
+    write_root(&staged_path, &honest);
+    s.sign(StagedRole::Root, 1).await.unwrap();
+}
+
+/// What a voter reads before signing a root: every role's keys and threshold, and what
+/// changes from the root in force, so that a snapshot and timestamp key swapped by the
+/// coordinator (which passes every structural check) is in plain sight.
+#[tokio::test]
+async fn describe_shows_every_role_of_a_staged_root_and_its_changes() {
+    use tough::schema::RoleType;
+    let s = Scene::new().await;
+    let first = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    for role in ["root", "targets"] {
+        assert!(
+            first.contains(&format!("  {role}: 2 of these 3 key(s)")),
+            "{first}"
+        );
+    }
+    assert!(
+        first.contains("  timestamp: 1 of these 1 key(s)"),
+        "{first}"
+    );
+    assert!(first.contains("no root is in force yet"), "{first}");
+    published(&s).await;
+
+    let id = |name: &str| {
+        keys::key_id(&keys::read_public(&s.work.join(format!("keys/{name}.pub"))).unwrap())
+    };
+    let voter4 = keys::generate(&s.work.join("keys"), "voter-4").unwrap();
+    rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: vec![voter4.public.clone()],
+        remove_keys: vec![id("voter-1")],
+        threshold: Some(3),
+        publisher_key: None,
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    // The coordinator also puts their key in place of the publisher's.
+    let staged_path = s.work.join("staged/root.json");
+    let mut root = read_root(&staged_path);
+    let mallory = keys::generate(&s.root.join("mallory"), "mallory").unwrap();
+    let mallory_id = mallory.key.key_id().unwrap();
+    root.signed
+        .keys
+        .insert(mallory_id.clone(), mallory.key.clone());
+    for role in [RoleType::Snapshot, RoleType::Timestamp] {
+        root.signed.roles.get_mut(&role).unwrap().keyids = vec![mallory_id.clone()];
+    }
+    write_root(&staged_path, &root);
+
+    let text = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    assert!(text.starts_with("root v2 (expires "), "{text}");
+    assert!(text.contains(", replacing root v1 (expires "), "{text}");
+    assert!(text.contains("  targets: 3 of these 3 key(s)"), "{text}");
+    assert!(text.contains("changes from root v1:"), "{text}");
+    let gov_change = format!(
+        "key {} added; key {} removed; threshold 2 -> 3",
+        voter4.key_id,
+        id("voter-1")
+    );
+    assert!(text.contains(&format!("  root: {gov_change}")), "{text}");
+    assert!(text.contains(&format!("  targets: {gov_change}")), "{text}");
+    for role in ["snapshot", "timestamp"] {
+        assert!(
+            text.contains(&format!(
+                "  {role}: key {} added; key {} removed",
+                mallory.key_id,
+                id("publisher")
+            )),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("WARNING"), "{text}");
+
+    // A workdir whose root in force was edited (its signatures no longer hold) says so.
+    let mut in_force = read_root(&s.work.join("root.json"));
+    in_force.signed.expires = days(3650);
+    write_root(&s.work.join("root.json"), &in_force);
+    let text = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    assert!(
+        text.contains("WARNING: root v1 of this workdir (root.json) carries 0 valid signature(s) of its own 2 needed"),
+        "{text}"
+    );
+}
+
+/// What a voter reads before signing targets: each entry in full (every wave's seeds and
+/// opening time) and what changes from the published targets: versions added and removed,
+/// waves moved, max_version.
+#[tokio::test]
+async fn describe_shows_staged_targets_and_their_changes() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"one").unwrap();
+    let first = sign::describe(&s.work, StagedRole::Targets)
+        .unwrap()
+        .join("\n");
+    assert!(
+        first.contains("none published yet, every entry is new"),
+        "{first}"
+    );
+    s.elect("1.1.0", b"two").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+
+    s.elect_opening("1.1.0", b"two", "2026-03-01T00:00:00Z")
+        .unwrap();
+    s.elect("1.2.0", b"three").unwrap();
+    revoke::revoke(&s.work, Os::HostOs, &"1.0.0".parse().unwrap(), days(90)).unwrap();
+    let text = sign::describe(&s.work, StagedRole::Targets)
+        .unwrap()
+        .join("\n");
+    assert!(text.starts_with("targets v2 (expires "), "{text}");
+    assert!(
+        text.contains(", replacing the published targets v1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("    wave canary: seeds 0-15 from 2026-01-10T00:00:00Z\n    wave rest: seeds 16-2047 from 2026-01-11T00:00:00Z"),
+        "{text}"
+    );
+    assert!(
+        text.contains("changes from the published targets v1:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  added host-os/1.2.0/update-img.tar.zst: sha256 "),
+        "{text}"
+    );
+    assert!(
+        text.contains("  removed host-os/1.0.0/update-img.tar.zst"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  changed host-os/1.1.0/update-img.tar.zst: waves [wave canary: seeds 0-15 from 2026-01-10T00:00:00Z, wave rest: seeds 16-2047 from 2026-01-11T00:00:00Z] -> [wave canary: seeds 0-15 from 2026-03-01T00:00:00Z, wave rest: seeds 16-2047 from 2026-03-02T00:00:00Z]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  host-os max_version: 1.1.0 -> 1.2.0"),
+        "{text}"
+    );
+    assert!(!text.contains("WARNING"), "{text}");
+}
+
+/// Sign `timestamp` as the publisher `key` of `root` would, and put it in place of the
+/// repository's: what someone holding a publisher key can do to the files nodes read.
+async fn plant_timestamp(
+    repo: &Path,
+    timestamp: tough::schema::Timestamp,
+    root: &tough::schema::Root,
+    key: &Path,
+) {
+    let keys: Vec<Box<dyn tough::key_source::KeySource>> = vec![Box::new(PemKeySource::new(key))];
+    let signed = tough::editor::signed::SignedRole::new(
+        timestamp,
+        &tough::schema::KeyHolder::Root(root.clone()),
+        &keys,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .unwrap();
+    std::fs::write(repo.join("timestamp.json"), signed.buffer()).unwrap();
+}
+
+/// The publisher key (online: it signs snapshot and timestamp) is replaced by a rotation that
+/// goes through the voters' threshold like any other: until root v2 is published the old key
+/// publishes, then only the new one can. A timestamp the old key signs afterwards, however
+/// fresh, is refused by a client (tough's RepositoryLoader walks to root v2 first), while the
+/// same timestamp signed by the new key loads.
+#[tokio::test]
+async fn a_rotated_out_publisher_key_signs_no_timestamp_a_client_takes() {
+    let s = Scene::new().await;
+    published(&s).await;
+    let old_key = s.work.join("keys/publisher.pem");
+    let new = keys::generate(&s.work.join("keys"), "publisher-2").unwrap();
+    let old_id = keys::key_id(&keys::read_public(&s.work.join("keys/publisher.pub")).unwrap());
+    let r = rotate::rotate(&RotateOptions {
+        workdir: s.work.clone(),
+        add_keys: Vec::new(),
+        remove_keys: Vec::new(),
+        threshold: None,
+        publisher_key: Some(new.public.clone()),
+        root_expires: days(365),
+        targets_expires: days(90),
+    })
+    .unwrap();
+    assert_eq!((r.version, r.keys, r.threshold), (2, 3, 2));
+    assert_eq!(
+        r.restaged_targets, None,
+        "the governance keys did not change"
+    );
+    let change = r.publisher.unwrap();
+    assert_eq!(
+        (change.old, change.new.as_str()),
+        (vec![old_id.clone()], new.key_id.as_str())
+    );
+    assert!(change.private_key.ends_with("keys/publisher-2.pem") && change.private_key_present);
+    let staged = read_root(&s.work.join("staged/root.json")).signed;
+    assert!(
+        !staged
+            .keys
+            .keys()
+            .any(|id| hex::encode(id.clone().into_vec()) == old_id),
+        "the old publisher key stays in root v2"
+    );
+    let text = sign::describe(&s.work, StagedRole::Root)
+        .unwrap()
+        .join("\n");
+    assert!(
+        text.contains(&format!(
+            "  timestamp: key {} added; key {old_id} removed",
+            new.key_id
+        )),
+        "{text}"
+    );
+
+    // Staged, not in force: the next key is recorded, the old one is still the publisher's.
+    let w = Workdir::open(&s.work).unwrap();
+    assert!(w.config.publisher_key.ends_with("keys/publisher.pem"));
+    assert_eq!(w.default_publisher_key().unwrap(), change.private_key);
+    s.sign(StagedRole::Root, 1).await.unwrap();
+    s.sign(StagedRole::Root, 2).await.unwrap();
+    // Root v2 cannot be published with the old key...
+    let e = s.publish().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("publisher.pem: cannot sign snapshot and timestamp"),
+        "{e}"
+    );
+    // ...and is with the new one, which governance.json then names.
+    let p = s
+        .publish_into(&s.repo, &new.private, days(1))
+        .await
+        .unwrap();
+    assert_eq!(p.root_version, 2);
+    let w = Workdir::open(&s.work).unwrap();
+    assert_eq!(w.config.publisher_key, change.private_key);
+    assert_eq!(w.config.next_publisher_key, None);
+    assert_eq!(w.default_publisher_key().unwrap(), change.private_key);
+    s.status().await.unwrap();
+    let e = s.publish().await.unwrap_err();
+    assert!(
+        e.to_string().contains("cannot sign snapshot and timestamp"),
+        "{e}"
+    );
+
+    // A newer timestamp signed by the old key: a client trusting root v1 refuses it.
+    let current: tough::schema::Signed<tough::schema::Timestamp> =
+        serde_json::from_slice(&std::fs::read(s.repo.join("timestamp.json")).unwrap()).unwrap();
+    let mut forged = current.signed.clone();
+    forged.version = forged.version.checked_add(1).unwrap();
+    forged.expires = days(30);
+    let v1 = read_root(&s.repo.join("1.root.json")).signed;
+    plant_timestamp(&s.repo, forged.clone(), &v1, &old_key).await;
+    let e = s.status().await.unwrap_err();
+    match &e {
+        GovernanceError::Load { role, .. } => assert_eq!(role, "timestamp", "{e}"),
+        other => panic!("{other}"),
+    }
+    // The same timestamp signed by the new key loads: the key is what is refused.
+    let v2 = read_root(&s.repo.join("2.root.json")).signed;
+    plant_timestamp(&s.repo, forged, &v2, &new.private).await;
+    s.status().await.unwrap();
+
+    // The publisher key is a key of its own, and a new one.
+    let again = |publisher: PathBuf| {
+        rotate::rotate(&RotateOptions {
+            workdir: s.work.clone(),
+            add_keys: Vec::new(),
+            remove_keys: Vec::new(),
+            threshold: None,
+            publisher_key: Some(publisher),
+            root_expires: days(365),
+            targets_expires: days(90),
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let e = again(new.public.clone());
+    assert!(e.contains("is the publisher key of root v2 already"), "{e}");
+    let e = again(s.work.join("keys/voter-3.pub"));
+    assert!(e.contains("is a governance key"), "{e}");
+    assert!(!s.work.join("staged/root.json").exists());
+}
+
+fn read_timestamp(repo: &Path) -> tough::schema::Signed<tough::schema::Timestamp> {
+    serde_json::from_slice(&std::fs::read(repo.join("timestamp.json")).unwrap()).unwrap()
+}
+
+/// A timestamp.json planted in REPO_DIR (by anyone who can write there) claiming version
+/// u64::MAX - 1: publish counts from the workdir's own record of what it published, so it
+/// refuses a larger claim nobody signed, naming the file and both versions, and leaves
+/// REPO_DIR untouched. An empty directory continues the workdir's versions; a workdir without
+/// a record takes a claim only the root in force's timestamp key signed; the last version
+/// there is is refused by name, not by a panic.
+#[tokio::test]
+async fn a_planted_timestamp_version_is_refused_and_versions_follow_the_workdir() {
+    let s = Scene::new().await;
+    published(&s).await;
+    let p = s.publish().await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (2, 2));
+    let honest = std::fs::read(s.repo.join("timestamp.json")).unwrap();
+
+    let mut planted = read_timestamp(&s.repo);
+    planted.signed.version = std::num::NonZeroU64::new(u64::MAX - 1).unwrap();
+    std::fs::write(
+        s.repo.join("timestamp.json"),
+        serde_json::to_vec_pretty(&planted).unwrap(),
+    )
+    .unwrap();
+    let before = s.repo_files();
+    let e = s.publish().await.unwrap_err();
+    assert!(
+        matches!(e, GovernanceError::UnverifiedVersion { .. }) && e.is_bad_input(),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with(&format!(
+            "{}: claims timestamp v{} and snapshot v2, but this workdir has published at most timestamp v2 and snapshot v2, and the file is not signed by the timestamp key of root v1",
+            s.repo.join("timestamp.json").display(),
+            u64::MAX - 1
+        )),
+        "{e}"
+    );
+    assert_eq!(s.repo_files(), before, "a refused publish wrote");
+
+    // An empty directory continues the versions this workdir published.
+    let other = s.root.join("repo-2");
+    let publisher = s.work.join("keys/publisher.pem");
+    let p = s.publish_into(&other, &publisher, days(1)).await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (3, 3));
+    status::status(&StatusOptions {
+        repo: other.display().to_string(),
+        root: other.join("1.root.json"),
+        check_payloads: true,
+    })
+    .await
+    .unwrap();
+    // Back in the first repository (the planted file moved aside): on from 3, not from 2.
+    std::fs::write(s.repo.join("timestamp.json"), &honest).unwrap();
+    let p = s.publish().await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (4, 4));
+    s.status().await.unwrap();
+
+    // A workdir that kept no record (it published before records were kept) takes the
+    // repository's versions, which the publisher key signed.
+    std::fs::remove_file(s.work.join("published/versions.json")).unwrap();
+    let p = s.publish().await.unwrap();
+    assert_eq!((p.snapshot_version, p.timestamp_version), (5, 5));
+
+    // The publisher key itself signed the last version there is: refused, naming it.
+    let mut last = read_timestamp(&s.repo).signed;
+    last.version = std::num::NonZeroU64::MAX;
+    let v1 = read_root(&s.repo.join("1.root.json")).signed;
+    plant_timestamp(&s.repo, last, &v1, &publisher).await;
+    let e = s.publish().await.unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "timestamp v{} was published: there is no later timestamp version",
+            u64::MAX
+        )),
+        "{e}"
     );
 }

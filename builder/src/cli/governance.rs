@@ -174,8 +174,12 @@ Examples:
     },
     /// Add your signature to the staged targets or root.
     #[command(after_help = "\
-What is signed is shown first. The key must be a targets key (a root key of
-the root in force or of the staged root, for --role root). Sign the workdir
+What is signed is shown first, with what it changes: for targets, the
+versions added and removed, waves and max_version against the published
+targets; for a root, every role's keys and threshold against the root in
+force. A root whose targets role is not its governance keys is refused. The
+key must be a targets key (a root key of the root in force or of the staged
+root, for --role root). Sign the workdir
 in turn, or each voter signs their copy and the copies are merged.
 
 Examples:
@@ -210,7 +214,7 @@ Examples:
         #[command(flatten)]
         workdir: WorkdirArg,
     },
-    /// Stage root v(N+1) with governance keys added or removed.
+    /// Stage root v(N+1) with governance keys or the publisher key replaced.
     #[command(
         name = "rotate-root",
         after_help = "\
@@ -218,9 +222,15 @@ Publishing it needs a threshold of the old root's keys and of the new root's.
 If the new root drops keys that signed the published targets, the same
 targets are staged again for the new voters to sign.
 
+--publisher-key NAME.pub puts a new publisher key (keygen's) in the snapshot
+and timestamp roles. Until the new root is published the old key stays in
+force; publish then signs with NAME.pem beside the .pub (recorded in
+governance.json), which is the publisher key from then on.
+
 Examples:
   plinth governance rotate-root --workdir gov --add-key dave.pub \\
-      --remove-key 3f2a9c1e --threshold 2"
+      --remove-key 3f2a9c1e --threshold 2
+  plinth governance rotate-root --workdir gov --publisher-key keys/publisher-2.pub"
     )]
     RotateRoot {
         /// A new voter's public key; repeatable.
@@ -232,6 +242,9 @@ Examples:
         /// The new threshold (default: unchanged).
         #[arg(long, value_name = "K")]
         threshold: Option<u64>,
+        /// A new publisher key's public half (keygen's NAME.pub; NAME.pem beside it signs).
+        #[arg(long, value_name = "FILE.pub")]
+        publisher_key: Option<PathBuf>,
         /// When the new root expires.
         #[arg(long, value_name = "WHEN", default_value = "365d")]
         root_expires: Expiry,
@@ -246,6 +259,9 @@ Examples:
 Refused (REPO_DIR untouched) unless the staged root and targets carry their
 thresholds of valid signatures and every payload matches. With nothing
 staged, publish re-signs snapshot and timestamp: run it well within a day.
+Snapshot and timestamp versions continue from the last this workdir published
+(in REPO_DIR or any other directory); a REPO_DIR timestamp.json claiming more
+that the root's timestamp key did not sign is refused.
 
 Examples:
   plinth governance publish /srv/repo --workdir gov
@@ -503,6 +519,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             add_key,
             remove_key,
             threshold,
+            publisher_key,
             root_expires,
             targets_expires,
             workdir,
@@ -512,6 +529,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 add_keys: add_key,
                 remove_keys: remove_key,
                 threshold,
+                publisher_key,
                 root_expires: root_expires.at(now),
                 targets_expires: targets_expires.at(now),
             })
@@ -528,6 +546,21 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 list(&report.added),
                 list(&report.removed)
             );
+            if let Some(p) = &report.publisher {
+                println!(
+                    "  publisher key {} replaces {}; publish signs with {} once root v{} is published",
+                    p.new,
+                    list(&p.old),
+                    p.private_key.display(),
+                    report.version
+                );
+                if !p.private_key_present {
+                    out.warn(format!(
+                        "{}: not here; it must be where publish runs (or pass publish --publisher-key FILE)",
+                        p.private_key.display()
+                    ));
+                }
+            }
             if let Some(v) = report.restaged_targets {
                 println!(
                     "staged targets v{v} again: the published targets' signers leave the root"
@@ -546,12 +579,9 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             let dir = workdir.dir();
             let key = match publisher_key {
                 Some(k) => k,
-                None => {
-                    plinth_governance::Workdir::open(&dir)
-                        .map_err(gov)?
-                        .config
-                        .publisher_key
-                }
+                None => plinth_governance::Workdir::open(&dir)
+                    .and_then(|w| w.default_publisher_key())
+                    .map_err(gov)?,
             };
             let timestamp_at = timestamp_expires.at(now);
             if timestamp_at <= now {

@@ -521,6 +521,85 @@ fn a_publisher_key_that_is_not_the_roots_is_named_and_nothing_is_written() {
     assert!(s.dir.join("gov/staged/targets.json").exists());
 }
 
+/// `rotate-root --publisher-key`: the voters see the snapshot and timestamp key change before
+/// they sign, publish signs root v2 with the new key without being told (governance.json
+/// records it), and then refuses the old one.
+#[test]
+fn the_publisher_key_is_rotated_through_the_cli() {
+    let s = Scene::new();
+    let repo = s.published(&[]);
+    let out = s.ok(&[
+        "--json",
+        "governance",
+        "keygen",
+        "publisher-2",
+        "--key-dir",
+        &s.p("keys"),
+    ]);
+    let new: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let new_id = new["key_id"].as_str().unwrap().to_string();
+    let out = s.ok(&[
+        "governance",
+        "rotate-root",
+        "--workdir",
+        &s.dir_gov,
+        "--publisher-key",
+        &s.p("keys/publisher-2.pub"),
+    ]);
+    assert!(
+        out.contains("staged root v2") && out.contains(&format!("publisher key {new_id} replaces")),
+        "{out}"
+    );
+    let out = s.run(&[
+        "governance",
+        "sign",
+        "--workdir",
+        &s.dir_gov,
+        "--role",
+        "root",
+        "--key",
+        &s.p("keys/voter-1.pem"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("snapshot: key {new_id} added; key "))
+            && stderr(&out).contains("root: no change"),
+        "{}",
+        stderr(&out)
+    );
+    s.sign("root", 2);
+    let out = s.ok(&["governance", "publish", &repo, "--workdir", &s.dir_gov]);
+    assert!(out.contains("root v2, targets v1"), "{out}");
+    let config = std::fs::read_to_string(s.dir.join("gov/governance.json")).unwrap();
+    assert!(
+        config.contains("publisher-2.pem") && !config.contains("next_publisher_key"),
+        "{config}"
+    );
+    s.ok(&[
+        "governance",
+        "status",
+        &repo,
+        "--trusted-root",
+        &s.p("gov/roots/1.root.json"),
+    ]);
+    let old = s.p("keys/publisher.pem");
+    let out = s.run(&[
+        "governance",
+        "publish",
+        &repo,
+        "--workdir",
+        &s.dir_gov,
+        "--publisher-key",
+        &old,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{old}: cannot sign snapshot and timestamp")),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn every_verb_has_examples_in_its_help() {
     for verb in [
