@@ -203,6 +203,7 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
         add_keys: new.iter().map(|k| k.public.clone()).collect(),
         remove_keys: vec![key_id(&record.work, 1), key_id(&record.work, 2)],
         threshold: None,
+        publisher_key: None,
         root_expires: days(365),
         targets_expires: days(90),
     })
@@ -228,6 +229,7 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
         add_keys: vec![six.public.clone()],
         remove_keys: vec![key_id(&fork_work, 3)],
         threshold: None,
+        publisher_key: None,
         root_expires: days(365),
         targets_expires: days(90),
     })
