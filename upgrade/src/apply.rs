@@ -66,6 +66,7 @@ pub enum Applied {
         version: Version,
         slot: Slot,
         reason: Reason,
+        timings: Timings,
     },
     /// A pending flip to `version` was called off: governance no longer elects it here.
     Cancelled {
@@ -73,6 +74,22 @@ pub enum Applied {
         slot: Slot,
         why: String,
     },
+}
+
+/// How long each step of a flipped apply took, in seconds (reported by `apply --json`,
+/// read by the benchmark).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Loading the record (tough) and choosing.
+    pub load_s: f64,
+    /// The payload into staging, its length and sha256 checked.
+    pub download_s: f64,
+    /// The check pass (decompressed, every needed member present and hashed).
+    pub check_s: f64,
+    /// The write pass (decompressed into the inactive slot's parts, fsynced).
+    pub write_s: f64,
+    /// Every part read back and compared.
+    pub read_back_s: f64,
 }
 
 /// What `check` found: the version to take, if any.
@@ -130,8 +147,10 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
     let _lock = store.lock()?;
     store.reload()?;
     store.writable()?;
+    let started = std::time::Instant::now();
     let client = repo::http_client()?;
     let plan = check(opts, store, &client).await?;
+    let load_s = started.elapsed().as_secs_f64();
     let stay = |why: String| Applied::Stay {
         current: plan.node.current.clone(),
         why,
@@ -196,7 +215,9 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
         length: offer.artifact.length,
         consistent: plan.loaded.repo.root().signed.consistent_snapshot,
     };
+    let started = std::time::Instant::now();
     let staged = fetch::download(&client, &plan.loaded.mirrors, &want, &opts.staging).await?;
+    let download_s = started.elapsed().as_secs_f64();
     let why = match reason {
         Reason::Upgrade => format!("upgrade from {} to {version}", plan.node.current),
         Reason::PullBack => format!(
@@ -204,12 +225,17 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
             plan.node.current
         ),
     };
-    install(&staged, &want, &version, store, opts.tries, why, opts.now)?;
+    let timings = install(&staged, &want, &version, store, opts.tries, why, opts.now)?;
     let _ = std::fs::remove_file(&staged);
     Ok(Applied::Flipped {
         version,
         slot: inactive,
         reason,
+        timings: Timings {
+            load_s,
+            download_s,
+            ..timings
+        },
     })
 }
 
@@ -295,7 +321,8 @@ impl std::io::Read for Hashed {
     }
 }
 
-/// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked.
+/// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked; the
+/// time of the check, write and read-back passes.
 pub fn install(
     staged: &Path,
     want: &Want,
@@ -304,7 +331,9 @@ pub fn install(
     tries: u8,
     why: String,
     now: jiff::Timestamp,
-) -> Result<(), UpgradeError> {
+) -> Result<Timings, UpgradeError> {
+    let mut timings = Timings::default();
+    let mut started = std::time::Instant::now();
     let mut writer = store.inactive_writer()?;
     let slot = writer.slot();
     let members: Vec<(String, std::path::PathBuf, u64)> = writer
@@ -375,6 +404,9 @@ pub fn install(
         }
     }
 
+    timings.check_s = started.elapsed().as_secs_f64();
+    started = std::time::Instant::now();
+
     // 5. The inactive slot is no longer bootable.
     store.update(|s| {
         s.begin_write(version.clone());
@@ -414,6 +446,9 @@ pub fn install(
     payload.finish(staged, want)?;
     drop(writer);
 
+    timings.write_s = started.elapsed().as_secs_f64();
+    started = std::time::Instant::now();
+
     // 7. Read back.
     for d in &digests {
         let path = &members
@@ -433,10 +468,13 @@ pub fn install(
         }
     }
 
+    timings.read_back_s = started.elapsed().as_secs_f64();
+
     // 8. The flip.
     store.update(|s| {
         s.written(want.sha256, digests.clone())?;
         s.flip(tries, why, now)
     })?;
-    store.persist()
+    store.persist()?;
+    Ok(timings)
 }

@@ -271,6 +271,9 @@ struct ApplyReport {
     version: Version,
     slot: Option<Slot>,
     why: String,
+    /// Each step's seconds, when flipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timings: Option<apply::Timings>,
 }
 
 fn report(done: &Applied) -> ApplyReport {
@@ -280,17 +283,20 @@ fn report(done: &Applied) -> ApplyReport {
             version: current.clone(),
             slot: None,
             why: why.clone(),
+            timings: None,
         },
         Applied::AlreadyPending { version, slot } => ApplyReport {
             outcome: "already-pending",
             version: version.clone(),
             slot: Some(*slot),
             why: format!("{version} is written and boots next on slot {slot}"),
+            timings: None,
         },
         Applied::Flipped {
             version,
             slot,
             reason,
+            timings,
         } => ApplyReport {
             outcome: "flipped",
             version: version.clone(),
@@ -301,12 +307,14 @@ fn report(done: &Applied) -> ApplyReport {
                     format!("pulled back: {version} written to slot {slot}; it boots next")
                 }
             },
+            timings: Some(*timings),
         },
         Applied::Cancelled { version, slot, why } => ApplyReport {
             outcome: "cancelled",
             version: version.clone(),
             slot: Some(*slot),
             why: why.clone(),
+            timings: None,
         },
     }
 }
