@@ -321,6 +321,123 @@ impl std::io::Read for Hashed {
     }
 }
 
+/// A piece of the write pass's stream: a member begins (its name and size), or its next
+/// bytes.
+enum Piece {
+    Member(String, u64),
+    Bytes(Vec<u8>),
+}
+
+/// The writer's side of the channel, as the member's reader: bytes as they come; the
+/// emptied buffers go back to the reading thread.
+struct Pieces<'a> {
+    rx: &'a std::sync::mpsc::Receiver<Piece>,
+    back: &'a std::sync::mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(Piece::Bytes(b)) => {
+                    let old = std::mem::replace(&mut self.current, b);
+                    let _ = self.back.try_send(old);
+                    self.at = 0;
+                }
+                // The reading thread ended (its error is reported) or a member began early.
+                Ok(Piece::Member(..)) | Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Step 6: the needed members written to their parts, each fsynced; their digests.
+fn write_pass(
+    staged: &Path,
+    want: &Want,
+    bounds: &Bounds,
+    writer: &mut slots::InactiveWriter,
+    archive_error: &(dyn Fn(ArchiveError) -> UpgradeError + Sync),
+) -> Result<Vec<MemberDigest>, UpgradeError> {
+    use std::sync::mpsc::sync_channel;
+    const IN_FLIGHT: usize = 4;
+    let needed: Vec<String> = writer.members().map(str::to_string).collect();
+    let (tx, rx) = sync_channel::<Piece>(IN_FLIGHT);
+    let (back, free) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(move || -> Result<(), UpgradeError> {
+            let mut payload = Hashed::open(staged)?;
+            let result =
+                archive::for_each_member_of(&mut payload, staged, bounds, |name, size, reader| {
+                    if !needed.iter().any(|m| m == name) {
+                        return Ok(true);
+                    }
+                    if tx.send(Piece::Member(name.to_string(), size)).is_err() {
+                        return Ok(false);
+                    }
+                    let mut left = size;
+                    while left > 0 {
+                        let mut b = free
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(slots::BUFFER));
+                        b.resize(left.min(slots::BUFFER as u64) as usize, 0);
+                        let n = reader.read(&mut b)?;
+                        if n == 0 {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!("member `{name}` ended early"),
+                            ));
+                        }
+                        b.truncate(n);
+                        left -= n as u64;
+                        if tx.send(Piece::Bytes(b)).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                });
+            drop(tx);
+            result.map_err(archive_error)?;
+            payload.finish(staged, want)
+        });
+        let mut digests = Vec::new();
+        let mut buf = vec![0u8; slots::BUFFER];
+        let written = (|| -> Result<(), UpgradeError> {
+            let mut pieces = Pieces {
+                rx: &rx,
+                back: &back,
+                current: Vec::new(),
+                at: 0,
+            };
+            while let Ok(piece) = pieces.rx.recv() {
+                let Piece::Member(name, size) = piece else {
+                    continue;
+                };
+                let sha256 = writer.write_member(&name, size, &mut pieces, &mut buf)?;
+                digests.push(MemberDigest {
+                    member: name,
+                    length: size,
+                    sha256,
+                });
+            }
+            Ok(())
+        })();
+        // Unblock the reading thread if the writer stopped first.
+        drop(rx);
+        let read = reading.join().expect("the reading thread does not panic");
+        // The reader's error first: a short or altered payload explains a short member.
+        read?;
+        written?;
+        Ok(digests)
+    })
+}
+
 /// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked; the
 /// time of the check, write and read-back passes.
 pub fn install(
@@ -365,12 +482,12 @@ pub fn install(
         e => e.into(),
     };
 
-    // 4. Check pass.
-    let mut digests: Vec<MemberDigest> = Vec::new();
+    // 4. Check pass: the archive read through as the write pass will read it (every
+    // member the slot needs present, within its part), the payload hashed again.
+    let mut found: Vec<(String, u64)> = Vec::new();
     let mut payload = Hashed::open(staged)?;
     archive::for_each_member_of(&mut payload, staged, &bounds, |name, size, reader| {
         if members.iter().any(|m| m.0 == name) {
-            let mut hasher = sha2::Sha256::new();
             let mut left = size;
             while left > 0 {
                 let n = reader.read(&mut buf[..left.min(slots::BUFFER as u64) as usize])?;
@@ -380,21 +497,16 @@ pub fn install(
                         format!("member `{name}` ended early"),
                     ));
                 }
-                hasher.update(&buf[..n]);
                 left -= n as u64;
             }
-            digests.push(MemberDigest {
-                member: name.to_string(),
-                length: size,
-                sha256: Sha256(hasher.finalize().into()),
-            });
+            found.push((name.to_string(), size));
         }
         Ok(true)
     })
     .map_err(too_large)?;
     payload.finish(staged, want)?;
     for (m, path, _) in &members {
-        if !digests.iter().any(|d| d.member == *m) {
+        if !found.iter().any(|(f, _)| f == m) {
             return Err(UpgradeError::MissingMember {
                 target: want.target.clone(),
                 member: m.clone(),
@@ -414,36 +526,11 @@ pub fn install(
     })?;
     store.persist()?;
 
-    // 6. Write pass.
-    let mut failure: Option<UpgradeError> = None;
-    let mut payload = Hashed::open(staged)?;
-    let result =
-        archive::for_each_member_of(&mut payload, staged, &bounds, |name, size, reader| {
-            let Some(expected) = digests.iter().find(|d| d.member == name) else {
-                return Ok(true);
-            };
-            match writer.write_member(name, size, reader, &mut buf) {
-                Ok(found) if found == expected.sha256 && size == expected.length => Ok(true),
-                Ok(found) => {
-                    failure = Some(UpgradeError::Changed {
-                        path: staged.to_path_buf(),
-                        member: name.to_string(),
-                        expected: expected.sha256.to_string(),
-                        found: found.to_string(),
-                    });
-                    Ok(false)
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(false)
-                }
-            }
-        });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    result.map_err(too_large)?;
-    payload.finish(staged, want)?;
+    // 6. Write pass: one thread reads the staged payload (hashing it), decompresses and
+    // splits it into members, and hands each needed member's bytes over a bounded channel;
+    // this one writes them to their parts (hashing them) and fsyncs, so decompressing and
+    // writing overlap.
+    let digests = write_pass(staged, want, &bounds, &mut writer, &too_large)?;
     drop(writer);
 
     timings.write_s = started.elapsed().as_secs_f64();

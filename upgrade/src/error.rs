@@ -132,14 +132,6 @@ pub enum UpgradeError {
         expected: String,
         found: String,
     },
-    /// The payload changed between the check pass and the write pass.
-    #[error("{}: member `{member}` read {found} on the write pass, {expected} on the check pass\n  hint: something altered the staged payload while it was written; the slot was not flipped", path.display())]
-    Changed {
-        path: PathBuf,
-        member: String,
-        expected: String,
-        found: String,
-    },
     /// A slot layout that cannot be used (a part that is not a regular file or block device,
     /// a part shared by both slots, a bad member name).
     #[error("{}: {message}\n  hint: {hint}", path.display())]
