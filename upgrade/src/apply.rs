@@ -10,7 +10,9 @@
 //!    elects for this node (revoked, above `max_version`) is called off before it boots;
 //! 3. download into staging ([`crate::fetch`]): length and sha256 checked against the signed
 //!    target, resumed and from the next mirror on failure;
-//! 4. check pass: the staged archive read through once (its bytes hashed again as they are
+//! 4. check pass, beside the download (its bytes fed to a checking thread as they arrive,
+//!    the result counting only once the download's hash matched; read from the staged file
+//!    when [`install`] is called on its own): the staged archive read through once (its bytes hashed again as they are
 //!    read: the sha256 and length must still be the signed ones, in this pass and the next,
 //!    so what is decompressed is what was signed) (zstd, then the tar members with
 //!    [`plinth_release::archive`]'s strict reader, each slot member bounded by its part's
@@ -216,7 +218,21 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
         consistent: plan.loaded.repo.root().signed.consistent_snapshot,
     };
     let started = std::time::Instant::now();
-    let staged = fetch::download(&client, &plan.loaded.mirrors, &want, &opts.staging).await?;
+    let (members, bounds) = slot_plan(&store.inactive_writer()?);
+    let mut checker = Checker::new(
+        members.into_iter().map(|m| m.0).collect(),
+        bounds,
+        opts.staging.path(&want.sha256),
+    );
+    let staged = fetch::download_with(
+        &client,
+        &plan.loaded.mirrors,
+        &want,
+        &opts.staging,
+        &mut checker,
+    )
+    .await?;
+    let checked = checker.finish();
     let download_s = started.elapsed().as_secs_f64();
     let why = match reason {
         Reason::Upgrade => format!("upgrade from {} to {version}", plan.node.current),
@@ -225,7 +241,9 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
             plan.node.current
         ),
     };
-    let timings = install(&staged, &want, &version, store, opts.tries, why, opts.now)?;
+    let timings = install_with(
+        &staged, &want, &version, store, opts.tries, why, opts.now, checked,
+    )?;
     let _ = std::fs::remove_file(&staged);
     Ok(Applied::Flipped {
         version,
@@ -438,20 +456,8 @@ fn write_pass(
     })
 }
 
-/// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked; the
-/// time of the check, write and read-back passes.
-pub fn install(
-    staged: &Path,
-    want: &Want,
-    version: &Version,
-    store: &mut SlotStore,
-    tries: u8,
-    why: String,
-    now: jiff::Timestamp,
-) -> Result<Timings, UpgradeError> {
-    let mut timings = Timings::default();
-    let mut started = std::time::Instant::now();
-    let mut writer = store.inactive_writer()?;
+/// The inactive slot's parts (member, path, capacity) and the archive bounds they set.
+fn slot_plan(writer: &slots::InactiveWriter) -> (Vec<(String, std::path::PathBuf, u64)>, Bounds) {
     let slot = writer.slot();
     let members: Vec<(String, std::path::PathBuf, u64)> = writer
         .members()
@@ -468,26 +474,21 @@ pub fn install(
     for (m, path, cap) in &members {
         bounds = bounds.member(m, Bound::new(*cap, format!("its part {}", path.display())));
     }
-    let mut buf = vec![0u8; slots::BUFFER];
-    let too_large = |e: ArchiveError| match e {
-        ArchiveError::TooLarge {
-            name,
-            declared,
-            limit,
-            ..
-        } if members.iter().any(|m| m.0 == name) => {
-            let path = &members.iter().find(|m| m.0 == name).expect("found").1;
-            slots::too_small(path, &name, declared, limit)
-        }
-        e => e.into(),
-    };
+    (members, bounds)
+}
 
-    // 4. Check pass: the archive read through as the write pass will read it (every
-    // member the slot needs present, within its part), the payload hashed again.
+/// Read `compressed` as an update archive, reading through every member in `needed` (as
+/// the write pass will): the needed members found, with their sizes.
+fn check_archive(
+    compressed: impl std::io::Read,
+    staged: &Path,
+    bounds: &Bounds,
+    needed: &[String],
+) -> Result<Vec<(String, u64)>, ArchiveError> {
     let mut found: Vec<(String, u64)> = Vec::new();
-    let mut payload = Hashed::open(staged)?;
-    archive::for_each_member_of(&mut payload, staged, &bounds, |name, size, reader| {
-        if members.iter().any(|m| m.0 == name) {
+    let mut buf = vec![0u8; slots::BUFFER];
+    archive::for_each_member_of(compressed, staged, bounds, |name, size, reader| {
+        if needed.iter().any(|m| m == name) {
             let mut left = size;
             while left > 0 {
                 let n = reader.read(&mut buf[..left.min(slots::BUFFER as u64) as usize])?;
@@ -502,9 +503,174 @@ pub fn install(
             found.push((name.to_string(), size));
         }
         Ok(true)
-    })
-    .map_err(too_large)?;
-    payload.finish(staged, want)?;
+    })?;
+    Ok(found)
+}
+
+/// The check pass beside the download (a [`fetch::Tap`]): the staged bytes, as they arrive,
+/// go over a bounded channel to a thread that reads them as the archive
+/// ([`check_archive`]), so that decompressing overlaps downloading. A restart (the staged
+/// bytes dropped) starts a new thread; [`Checker::finish`] ends the stream and gives the
+/// result, which counts only once the download's length and sha256 were checked.
+struct Checker {
+    needed: Vec<String>,
+    bounds: Bounds,
+    staged: std::path::PathBuf,
+    run: Option<CheckRun>,
+}
+
+type CheckResult = Result<Vec<(String, u64)>, ArchiveError>;
+
+struct CheckRun {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    thread: std::thread::JoinHandle<CheckResult>,
+}
+
+/// The checking thread's input: the chunks sent, as one stream.
+struct Chunks {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.current = b;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Checker {
+    fn new(needed: Vec<String>, bounds: Bounds, staged: std::path::PathBuf) -> Checker {
+        Checker {
+            needed,
+            bounds,
+            staged,
+            run: None,
+        }
+    }
+
+    /// The result for the bytes fed since the last restart, the stream ended there; `None`
+    /// if nothing ran.
+    fn finish(mut self) -> Option<CheckResult> {
+        let run = self.run.take()?;
+        drop(run.tx);
+        Some(run.thread.join().unwrap_or_else(|_| {
+            Err(ArchiveError::Io {
+                path: self.staged.clone(),
+                action: "check",
+                source: std::io::Error::other("the checking thread panicked"),
+            })
+        }))
+    }
+}
+
+impl fetch::Tap for Checker {
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.run.is_none() {
+            self.restart();
+        }
+        if let Some(run) = &self.run {
+            // A thread that stopped (the archive is bad) has dropped its end: ignored here,
+            // its error comes with finish.
+            let _ = run.tx.send(bytes.to_vec());
+        }
+    }
+
+    fn restart(&mut self) {
+        if let Some(run) = self.run.take() {
+            drop(run.tx);
+            let _ = run.thread.join();
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        let (needed, bounds, staged) = (
+            self.needed.clone(),
+            self.bounds.clone(),
+            self.staged.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut input = Chunks {
+                rx,
+                current: Vec::new(),
+                at: 0,
+            };
+            let result = check_archive(&mut input, &staged, &bounds, &needed);
+            // Whatever follows the archive is read, so that the feeder never waits.
+            while input.rx.recv().is_ok() {}
+            result
+        });
+        self.run = Some(CheckRun { tx, thread });
+    }
+}
+
+/// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked; the
+/// time of the check, write and read-back passes.
+pub fn install(
+    staged: &Path,
+    want: &Want,
+    version: &Version,
+    store: &mut SlotStore,
+    tries: u8,
+    why: String,
+    now: jiff::Timestamp,
+) -> Result<Timings, UpgradeError> {
+    install_with(staged, want, version, store, tries, why, now, None)
+}
+
+/// [`install`], with the check pass's result when it ran beside the download.
+#[allow(clippy::too_many_arguments)]
+fn install_with(
+    staged: &Path,
+    want: &Want,
+    version: &Version,
+    store: &mut SlotStore,
+    tries: u8,
+    why: String,
+    now: jiff::Timestamp,
+    checked: Option<CheckResult>,
+) -> Result<Timings, UpgradeError> {
+    let mut timings = Timings::default();
+    let mut started = std::time::Instant::now();
+    let mut writer = store.inactive_writer()?;
+    let slot = writer.slot();
+    let (members, bounds) = slot_plan(&writer);
+    let too_large = |e: ArchiveError| match e {
+        ArchiveError::TooLarge {
+            name,
+            declared,
+            limit,
+            ..
+        } if members.iter().any(|m| m.0 == name) => {
+            let path = &members.iter().find(|m| m.0 == name).expect("found").1;
+            slots::too_small(path, &name, declared, limit)
+        }
+        e => e.into(),
+    };
+
+    // 4. Check pass: the archive read through as the write pass will read it (every
+    // member the slot needs present, within its part), the payload hashed again; or its
+    // result from beside the download.
+    let needed: Vec<String> = members.iter().map(|m| m.0.clone()).collect();
+    let found = match checked {
+        Some(result) => result.map_err(too_large)?,
+        None => {
+            let mut payload = Hashed::open(staged)?;
+            let found = check_archive(&mut payload, staged, &bounds, &needed).map_err(too_large)?;
+            payload.finish(staged, want)?;
+            found
+        }
+    };
     for (m, path, _) in &members {
         if !found.iter().any(|(f, _)| f == m) {
             return Err(UpgradeError::MissingMember {

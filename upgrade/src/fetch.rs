@@ -8,6 +8,8 @@
 //! ([`UpgradeError::Truncated`]), longer ([`UpgradeError::TooLong`]) or of another sha256
 //! ([`UpgradeError::WrongHash`]); the staged bytes are then dropped and the next mirror
 //! tried. Memory is one fixed buffer (and reqwest's chunks), whatever the payload's size.
+//! A [`Tap`] sees the staged bytes as they arrive (the archive check runs beside the
+//! download).
 
 use crate::error::UpgradeError;
 use plinth_release::Sha256;
@@ -75,21 +77,40 @@ impl Staging {
     }
 }
 
+/// What sees the staged bytes as they are staged, in order from the first byte (the
+/// prefix a resumed download finds first): [`crate::apply`]'s check of the archive runs
+/// beside the download this way. `restart` says the bytes so far are dropped and the
+/// stream starts again from its first byte.
+pub trait Tap {
+    fn feed(&mut self, bytes: &[u8]);
+    fn restart(&mut self);
+}
+
+/// A tap that sees nothing.
+pub struct NoTap;
+
+impl Tap for NoTap {
+    fn feed(&mut self, _: &[u8]) {}
+    fn restart(&mut self) {}
+}
+
 /// The open staged file and the hash of its bytes so far.
-struct Staged {
+struct Staged<'t> {
     file: File,
     path: PathBuf,
     hasher: sha2::Sha256,
     pos: u64,
+    tap: &'t mut dyn Tap,
 }
 
-impl Staged {
+impl Staged<'_> {
     fn reset(&mut self) -> Result<(), UpgradeError> {
         self.file
             .set_len(0)
             .map_err(UpgradeError::io(&self.path, "truncate"))?;
         self.hasher = sha2::Sha256::new();
         self.pos = 0;
+        self.tap.restart();
         Ok(())
     }
 
@@ -105,6 +126,7 @@ impl Staged {
             .write_all_at(bytes, self.pos)
             .map_err(UpgradeError::io(&self.path, "write the staged payload"))?;
         self.hasher.update(bytes);
+        self.tap.feed(bytes);
         self.pos += bytes.len() as u64;
         Ok(())
     }
@@ -118,13 +140,24 @@ pub async fn download(
     want: &Want,
     staging: &Staging,
 ) -> Result<PathBuf, UpgradeError> {
+    download_with(client, mirrors, want, staging, &mut NoTap).await
+}
+
+/// [`download`], with every staged byte shown to `tap` as it is staged.
+pub async fn download_with(
+    client: &reqwest::Client,
+    mirrors: &[Url],
+    want: &Want,
+    staging: &Staging,
+    tap: &mut dyn Tap,
+) -> Result<PathBuf, UpgradeError> {
     plinth_release::archive::private_dir(&staging.dir).map_err(UpgradeError::io(
         &staging.dir,
         "create the staging directory",
     ))?;
     staging.clean_except(Some(&want.sha256));
     let path = staging.path(&want.sha256);
-    let mut staged = open_staged(&path, want.length)?;
+    let mut staged = open_staged(&path, want.length, tap)?;
     let needed = want.length - staged.pos;
     let free = plinth_release::archive::free_bytes(&staging.dir).map_err(UpgradeError::io(
         &staging.dir,
@@ -181,7 +214,11 @@ pub async fn download(
 
 /// Open (or create) the staged file and hash what it holds; more than `length` bytes, and
 /// it starts over.
-fn open_staged(path: &Path, length: u64) -> Result<Staged, UpgradeError> {
+fn open_staged<'t>(
+    path: &Path,
+    length: u64,
+    tap: &'t mut dyn Tap,
+) -> Result<Staged<'t>, UpgradeError> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = File::options()
         .read(true)
@@ -205,7 +242,9 @@ fn open_staged(path: &Path, length: u64) -> Result<Staged, UpgradeError> {
         path: path.to_path_buf(),
         hasher: sha2::Sha256::new(),
         pos: 0,
+        tap,
     };
+    staged.tap.restart();
     if meta.len() > length {
         staged.reset()?;
         return Ok(staged);
@@ -219,6 +258,7 @@ fn open_staged(path: &Path, length: u64) -> Result<Staged, UpgradeError> {
         file.read_exact(&mut buf[..n])
             .map_err(UpgradeError::io(path, "read the staged payload"))?;
         staged.hasher.update(&buf[..n]);
+        staged.tap.feed(&buf[..n]);
         left -= n as u64;
     }
     staged.pos = meta.len();
@@ -226,7 +266,7 @@ fn open_staged(path: &Path, length: u64) -> Result<Staged, UpgradeError> {
 }
 
 /// The staged bytes are whole: check the hash, fsync.
-fn finish(staged: &mut Staged, want: &Want, url: &Url) -> Result<(), UpgradeError> {
+fn finish(staged: &mut Staged<'_>, want: &Want, url: &Url) -> Result<(), UpgradeError> {
     if staged.pos < want.length {
         return Err(UpgradeError::Truncated {
             url: url.to_string(),
@@ -254,7 +294,7 @@ async fn from_mirror(
     client: &reqwest::Client,
     url: &Url,
     want: &Want,
-    staged: &mut Staged,
+    staged: &mut Staged<'_>,
 ) -> Result<(), UpgradeError> {
     match url.scheme() {
         "file" => from_file(url, want, staged),
@@ -274,7 +314,7 @@ async fn from_mirror(
     }
 }
 
-fn from_file(url: &Url, want: &Want, staged: &mut Staged) -> Result<(), UpgradeError> {
+fn from_file(url: &Url, want: &Want, staged: &mut Staged<'_>) -> Result<(), UpgradeError> {
     let unreachable = |message: String| UpgradeError::Unreachable {
         mirror: url.to_string(),
         message,
@@ -304,7 +344,7 @@ async fn from_http(
     client: &reqwest::Client,
     url: &Url,
     want: &Want,
-    staged: &mut Staged,
+    staged: &mut Staged<'_>,
 ) -> Result<(), UpgradeError> {
     let unreachable = |message: String| UpgradeError::Unreachable {
         mirror: url.to_string(),
