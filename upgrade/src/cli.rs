@@ -154,7 +154,7 @@ pub fn booted_slot(path: &Path) -> Result<Option<Slot>, CliError> {
     match text
         .split_whitespace()
         .filter_map(|t| t.strip_prefix(&prefix))
-        .last()
+        .next_back()
     {
         None => Ok(None),
         Some(v) => v
