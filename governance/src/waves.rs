@@ -18,7 +18,7 @@
 //! checked: a regular file of at most [`MAX_SIZE`] bytes, every field checked.
 
 use crate::custom::{Wave, MAX_SEED};
-use plinth_yaml::document::{self, serde_problem};
+use plinth_yaml::document;
 use plinth_yaml::{PositionIndex, SpecError, SpecErrors};
 use serde::Deserialize;
 use std::path::Path;
@@ -67,30 +67,12 @@ pub fn read(path: &Path) -> Result<Vec<Wave>, SpecErrors> {
 
 /// Parse and check the text of a waves file named `file` (in errors).
 pub fn parse(text: &str, file: &str) -> Result<Vec<Wave>, SpecErrors> {
-    let index = document::index(text, file)?;
-    if index.value("").is_none() {
-        return Err(SpecErrors::single(SpecError {
-            file: file.into(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-            expected: "a YAML mapping with format_version and waves".into(),
-            found: "an empty document".into(),
-            hint: HINT.into(),
-        }));
-    }
-    let raw: WavesFile = serde_yaml::from_str(text).map_err(|e| {
-        let p = serde_problem(&index, &e);
-        SpecErrors::single(SpecError {
-            file: file.into(),
-            line: p.pos.line,
-            column: p.pos.column,
-            path: p.path,
-            expected: String::new(),
-            found: p.message,
-            hint: HINT.into(),
-        })
-    })?;
+    let (raw, index): (WavesFile, _) = document::parse(
+        text,
+        file,
+        "a YAML mapping with format_version and waves",
+        HINT,
+    )?;
     check(&raw, file, &index)
 }
 
