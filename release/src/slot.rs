@@ -51,6 +51,17 @@ impl Slot {
 }
 
 /// `A`, `B`, or `none` for an OS without slots (as the boot report and messages say it).
+/// The slot `plinth.slot=` names on a kernel command line (the last one counts, as for the
+/// kernel); `None` without one.
+pub fn from_cmdline(cmdline: &str) -> Result<Option<Slot>, SlotError> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(CMDLINE_KEY)?.strip_prefix('='))
+        .next_back()
+        .map(str::parse::<Slot>)
+        .transpose()
+}
+
 pub fn or_none(slot: Option<Slot>) -> &'static str {
     slot.map_or("none", Slot::as_str)
 }
@@ -88,6 +99,17 @@ impl FromStr for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn from_a_command_line() {
+        assert_eq!(from_cmdline("ro plinth.slot=A x=1").unwrap(), Some(Slot::A));
+        assert_eq!(
+            from_cmdline("plinth.slot=A plinth.slot=B").unwrap(),
+            Some(Slot::B)
+        );
+        assert_eq!(from_cmdline("ro plinth.slotx=A").unwrap(), None);
+        assert!(from_cmdline("plinth.slot=C").is_err());
+    }
 
     #[test]
     fn forms() {

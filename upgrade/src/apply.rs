@@ -35,11 +35,11 @@
 use crate::choose::{self, Decision, Node, Reason, Record};
 use crate::error::UpgradeError;
 use crate::fetch::{self, Staging, Want};
+use crate::passes::{check_archive, slot_plan, write_pass, CheckResult, Checker, Hashed};
 use crate::repo::{self, RepoOptions};
-use crate::slots::{self, MemberDigest, OutcomeKind, SlotStore};
-use plinth_release::archive::{self, ArchiveError, Bound, Bounds};
-use plinth_release::{Os, Sha256, Slot, Version};
-use sha2::Digest;
+use crate::slots::{self, OutcomeKind, SlotStore};
+use plinth_release::archive::ArchiveError;
+use plinth_release::{Os, Slot, Version};
 use std::path::Path;
 
 /// What the caller asks.
@@ -69,6 +69,13 @@ pub enum Applied {
         slot: Slot,
         reason: Reason,
         timings: Timings,
+    },
+    /// The node runs the pending slot's trial boot: nothing is written until it is
+    /// committed (health gate) or given up.
+    OnTrial {
+        version: Option<Version>,
+        slot: Slot,
+        tries_left: u8,
     },
     /// A pending flip to `version` was called off: governance no longer elects it here.
     Cancelled {
@@ -148,6 +155,18 @@ pub async fn check(
 pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied, UpgradeError> {
     let _lock = store.lock()?;
     store.reload()?;
+    if let (Some(booted), Some(pending)) = (store.booted(), store.state().pending) {
+        if booted == pending {
+            // The trial boot this agent flipped to: nothing to do until its health gate
+            // commits it or the boot loader falls back.
+            let state = store.state();
+            return Ok(Applied::OnTrial {
+                version: state.content(pending).version().cloned(),
+                slot: pending,
+                tries_left: state.tries_left,
+            });
+        }
+    }
     store.writable()?;
     let started = std::time::Instant::now();
     let client = repo::http_client()?;
@@ -196,6 +215,14 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
             });
         }
     }
+    // A flip pending to anything else is called off now, before the download: governance
+    // elects another version (or payload) for this node, and the node must not boot the
+    // old one should this download fail or take long.
+    if state.pending.is_some() {
+        let why = format!("it elects {version} (sha256 {}) now", offer.artifact.sha256);
+        cancel_pending(store, &why, opts.now)?;
+    }
+    let state = store.state();
     if let Some(last) = &state.last {
         if last.kind == OutcomeKind::RolledBack && last.version.as_ref() == Some(&version) {
             return Ok(stay(format!(
@@ -218,10 +245,11 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
         consistent: plan.loaded.repo.root().signed.consistent_snapshot,
     };
     let started = std::time::Instant::now();
-    let (members, bounds) = slot_plan(&store.inactive_writer()?);
+    let slot_plan = slot_plan(&store.inactive_writer()?);
     let mut checker = Checker::new(
-        members.into_iter().map(|m| m.0).collect(),
-        bounds,
+        slot_plan.members.into_iter().map(|m| m.0).collect(),
+        slot_plan.bounds,
+        slot_plan.budget,
         opts.staging.path(&want.sha256),
     );
     let staged = fetch::download_with(
@@ -280,340 +308,6 @@ fn cancel_pending(
     }))
 }
 
-/// The staged payload, read once from its start with its bytes hashed as they go, so that a
-/// pass can prove it read exactly the signed bytes ([`Hashed::finish`]).
-struct Hashed {
-    file: std::fs::File,
-    hasher: sha2::Sha256,
-    length: u64,
-}
-
-impl Hashed {
-    fn open(staged: &Path) -> Result<Hashed, UpgradeError> {
-        Ok(Hashed {
-            file: plinth_release::untrusted::open_untrusted(staged)
-                .map_err(UpgradeError::io(staged, "open the staged payload"))?,
-            hasher: sha2::Sha256::new(),
-            length: 0,
-        })
-    }
-
-    /// Read what the archive reader left (padding past the end of the archive), then
-    /// compare the whole with the signed target.
-    fn finish(mut self, staged: &Path, want: &Want) -> Result<(), UpgradeError> {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = std::io::Read::read(&mut self, &mut buf)
-                .map_err(UpgradeError::io(staged, "read the staged payload"))?;
-            if n == 0 || self.length > want.length {
-                break;
-            }
-        }
-        let found = Sha256(self.hasher.finalize().into());
-        if self.length != want.length || found != want.sha256 {
-            let _ = std::fs::remove_file(staged);
-            return Err(UpgradeError::StagedChanged {
-                path: staged.to_path_buf(),
-                expected: format!("sha256 {} and {} bytes", want.sha256, want.length),
-                found: format!(
-                    "sha256 {found} and {}{} bytes",
-                    self.length,
-                    if self.length > want.length {
-                        " or more"
-                    } else {
-                        ""
-                    }
-                ),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl std::io::Read for Hashed {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.length += n as u64;
-        Ok(n)
-    }
-}
-
-/// A piece of the write pass's stream: a member begins (its name and size), or its next
-/// bytes.
-enum Piece {
-    Member(String, u64),
-    Bytes(Vec<u8>),
-}
-
-/// The writer's side of the channel, as the member's reader: bytes as they come; the
-/// emptied buffers go back to the reading thread.
-struct Pieces<'a> {
-    rx: &'a std::sync::mpsc::Receiver<Piece>,
-    back: &'a std::sync::mpsc::SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl std::io::Read for Pieces<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.rx.recv() {
-                Ok(Piece::Bytes(b)) => {
-                    let old = std::mem::replace(&mut self.current, b);
-                    let _ = self.back.try_send(old);
-                    self.at = 0;
-                }
-                // The reading thread ended (its error is reported) or a member began early.
-                Ok(Piece::Member(..)) | Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// Step 6: the needed members written to their parts, each fsynced; their digests.
-fn write_pass(
-    staged: &Path,
-    want: &Want,
-    bounds: &Bounds,
-    writer: &mut slots::InactiveWriter,
-    archive_error: &(dyn Fn(ArchiveError) -> UpgradeError + Sync),
-) -> Result<Vec<MemberDigest>, UpgradeError> {
-    use std::sync::mpsc::sync_channel;
-    const IN_FLIGHT: usize = 4;
-    let needed: Vec<String> = writer.members().map(str::to_string).collect();
-    let (tx, rx) = sync_channel::<Piece>(IN_FLIGHT);
-    let (back, free) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
-    std::thread::scope(|scope| {
-        let reading = scope.spawn(move || -> Result<(), UpgradeError> {
-            let mut payload = Hashed::open(staged)?;
-            let result =
-                archive::for_each_member_of(&mut payload, staged, bounds, |name, size, reader| {
-                    if !needed.iter().any(|m| m == name) {
-                        return Ok(true);
-                    }
-                    if tx.send(Piece::Member(name.to_string(), size)).is_err() {
-                        return Ok(false);
-                    }
-                    let mut left = size;
-                    while left > 0 {
-                        let mut b = free
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(slots::BUFFER));
-                        b.resize(left.min(slots::BUFFER as u64) as usize, 0);
-                        let n = reader.read(&mut b)?;
-                        if n == 0 {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                format!("member `{name}` ended early"),
-                            ));
-                        }
-                        b.truncate(n);
-                        left -= n as u64;
-                        if tx.send(Piece::Bytes(b)).is_err() {
-                            return Ok(false);
-                        }
-                    }
-                    Ok(true)
-                });
-            drop(tx);
-            result.map_err(archive_error)?;
-            payload.finish(staged, want)
-        });
-        let mut digests = Vec::new();
-        let mut buf = vec![0u8; slots::BUFFER];
-        let written = (|| -> Result<(), UpgradeError> {
-            let mut pieces = Pieces {
-                rx: &rx,
-                back: &back,
-                current: Vec::new(),
-                at: 0,
-            };
-            while let Ok(piece) = pieces.rx.recv() {
-                let Piece::Member(name, size) = piece else {
-                    continue;
-                };
-                let sha256 = writer.write_member(&name, size, &mut pieces, &mut buf)?;
-                digests.push(MemberDigest {
-                    member: name,
-                    length: size,
-                    sha256,
-                });
-            }
-            Ok(())
-        })();
-        // Unblock the reading thread if the writer stopped first.
-        drop(rx);
-        let read = reading.join().expect("the reading thread does not panic");
-        // The reader's error first: a short or altered payload explains a short member.
-        read?;
-        written?;
-        Ok(digests)
-    })
-}
-
-/// The inactive slot's parts (member, path, capacity) and the archive bounds they set.
-fn slot_plan(writer: &slots::InactiveWriter) -> (Vec<(String, std::path::PathBuf, u64)>, Bounds) {
-    let slot = writer.slot();
-    let members: Vec<(String, std::path::PathBuf, u64)> = writer
-        .members()
-        .map(|m| {
-            let (path, cap) = writer.part(m).expect("a member of this slot");
-            (m.to_string(), path.to_path_buf(), cap)
-        })
-        .collect();
-    let largest = members.iter().map(|m| m.2).max().unwrap_or(0);
-    let mut bounds = Bounds::default().others(Bound::new(
-        largest,
-        format!("the largest part of slot {slot}"),
-    ));
-    for (m, path, cap) in &members {
-        bounds = bounds.member(m, Bound::new(*cap, format!("its part {}", path.display())));
-    }
-    (members, bounds)
-}
-
-/// Read `compressed` as an update archive, reading through every member in `needed` (as
-/// the write pass will): the needed members found, with their sizes.
-fn check_archive(
-    compressed: impl std::io::Read,
-    staged: &Path,
-    bounds: &Bounds,
-    needed: &[String],
-) -> Result<Vec<(String, u64)>, ArchiveError> {
-    let mut found: Vec<(String, u64)> = Vec::new();
-    let mut buf = vec![0u8; slots::BUFFER];
-    archive::for_each_member_of(compressed, staged, bounds, |name, size, reader| {
-        if needed.iter().any(|m| m == name) {
-            let mut left = size;
-            while left > 0 {
-                let n = reader.read(&mut buf[..left.min(slots::BUFFER as u64) as usize])?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("member `{name}` ended early"),
-                    ));
-                }
-                left -= n as u64;
-            }
-            found.push((name.to_string(), size));
-        }
-        Ok(true)
-    })?;
-    Ok(found)
-}
-
-/// The check pass beside the download (a [`fetch::Tap`]): the staged bytes, as they arrive,
-/// go over a bounded channel to a thread that reads them as the archive
-/// ([`check_archive`]), so that decompressing overlaps downloading. A restart (the staged
-/// bytes dropped) starts a new thread; [`Checker::finish`] ends the stream and gives the
-/// result, which counts only once the download's length and sha256 were checked.
-struct Checker {
-    needed: Vec<String>,
-    bounds: Bounds,
-    staged: std::path::PathBuf,
-    run: Option<CheckRun>,
-}
-
-type CheckResult = Result<Vec<(String, u64)>, ArchiveError>;
-
-struct CheckRun {
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-    thread: std::thread::JoinHandle<CheckResult>,
-}
-
-/// The checking thread's input: the chunks sent, as one stream.
-struct Chunks {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    at: usize,
-}
-
-impl std::io::Read for Chunks {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.rx.recv() {
-                Ok(b) => {
-                    self.current = b;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-impl Checker {
-    fn new(needed: Vec<String>, bounds: Bounds, staged: std::path::PathBuf) -> Checker {
-        Checker {
-            needed,
-            bounds,
-            staged,
-            run: None,
-        }
-    }
-
-    /// The result for the bytes fed since the last restart, the stream ended there; `None`
-    /// if nothing ran.
-    fn finish(mut self) -> Option<CheckResult> {
-        let run = self.run.take()?;
-        drop(run.tx);
-        Some(run.thread.join().unwrap_or_else(|_| {
-            Err(ArchiveError::Io {
-                path: self.staged.clone(),
-                action: "check",
-                source: std::io::Error::other("the checking thread panicked"),
-            })
-        }))
-    }
-}
-
-impl fetch::Tap for Checker {
-    fn feed(&mut self, bytes: &[u8]) {
-        if self.run.is_none() {
-            self.restart();
-        }
-        if let Some(run) = &self.run {
-            // A thread that stopped (the archive is bad) has dropped its end: ignored here,
-            // its error comes with finish.
-            let _ = run.tx.send(bytes.to_vec());
-        }
-    }
-
-    fn restart(&mut self) {
-        if let Some(run) = self.run.take() {
-            drop(run.tx);
-            let _ = run.thread.join();
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
-        let (needed, bounds, staged) = (
-            self.needed.clone(),
-            self.bounds.clone(),
-            self.staged.clone(),
-        );
-        let thread = std::thread::spawn(move || {
-            let mut input = Chunks {
-                rx,
-                current: Vec::new(),
-                at: 0,
-            };
-            let result = check_archive(&mut input, &staged, &bounds, &needed);
-            // Whatever follows the archive is read, so that the feeder never waits.
-            while input.rx.recv().is_ok() {}
-            result
-        });
-        self.run = Some(CheckRun { tx, thread });
-    }
-}
-
 /// Steps 4 to 8 of the module doc, from a staged payload whose sha256 was checked; the
 /// time of the check, write and read-back passes.
 pub fn install(
@@ -644,7 +338,8 @@ fn install_with(
     let mut started = std::time::Instant::now();
     let mut writer = store.inactive_writer()?;
     let slot = writer.slot();
-    let (members, bounds) = slot_plan(&writer);
+    let plan = slot_plan(&writer);
+    let (members, bounds) = (&plan.members, &plan.bounds);
     let too_large = |e: ArchiveError| match e {
         ArchiveError::TooLarge {
             name,
@@ -666,12 +361,13 @@ fn install_with(
         Some(result) => result.map_err(too_large)?,
         None => {
             let mut payload = Hashed::open(staged)?;
-            let found = check_archive(&mut payload, staged, &bounds, &needed).map_err(too_large)?;
+            let found = check_archive(&mut payload, staged, bounds, &needed, plan.budget)
+                .map_err(too_large)?;
             payload.finish(staged, want)?;
             found
         }
     };
-    for (m, path, _) in &members {
+    for (m, path, _) in members {
         if !found.iter().any(|(f, _)| f == m) {
             return Err(UpgradeError::MissingMember {
                 target: want.target.clone(),
@@ -696,8 +392,19 @@ fn install_with(
     // splits it into members, and hands each needed member's bytes over a bounded channel;
     // this one writes them to their parts (hashing them) and fsyncs, so decompressing and
     // writing overlap.
-    let digests = write_pass(staged, want, &bounds, &mut writer, &too_large)?;
+    let digests = write_pass(staged, want, bounds, &mut writer, &too_large)?;
     drop(writer);
+    // Every part written, once: what the flip records is the whole slot.
+    for (m, path, _) in members {
+        if digests.iter().filter(|d| d.member == *m).count() != 1 {
+            return Err(UpgradeError::MissingMember {
+                target: want.target.clone(),
+                member: m.clone(),
+                slot,
+                path: path.clone(),
+            });
+        }
+    }
 
     timings.write_s = started.elapsed().as_secs_f64();
     started = std::time::Instant::now();

@@ -5,7 +5,9 @@
 //! interval, after a random jitter). Each reads the node's configuration
 //! ([`crate::config`]); `--json` prints one JSON document for a machine. Exit codes: 0 done
 //! (including "nothing to take"), 2 bad input (configuration, a version not elected for this
-//! node), 1 any other failure; every failure leaves the slots as they were.
+//! node), 1 any other failure. No failure touches the active slot or flips: a failure
+//! before the write pass leaves both slots as they were, one during it leaves the inactive
+//! slot marked `writing` (never booted; the next apply writes it again).
 
 use crate::apply::{self, Applied};
 use crate::choose::{Decision, Reason};
@@ -71,6 +73,10 @@ pub struct ApplyArgs {
     /// written).
     #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
     pub cmdline: PathBuf,
+    /// No slot booted (an installer writing a node's disks from another OS): without it, a
+    /// command line without `plinth.slot=` is refused.
+    #[arg(long)]
+    pub no_booted_slot: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,7 +86,8 @@ pub struct ApplyArgs {
 pub struct DaemonArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// The kernel command line whose `plinth.slot=` names the slot that booted.
+    /// The kernel command line whose `plinth.slot=` names the slot that booted (refused
+    /// without one).
     #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
     pub cmdline: PathBuf,
     /// End after this many polls (default: run until stopped).
@@ -149,19 +156,13 @@ fn config(path: &Path) -> Result<Config, CliError> {
 pub fn booted_slot(path: &Path) -> Result<Option<Slot>, CliError> {
     let bytes = plinth_release::untrusted::read_untrusted(path, 64 << 10)
         .map_err(|e| CliError::BadInput(format!("{}: cannot read it: {e}", path.display())))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let prefix = format!("{}=", plinth_release::slot::CMDLINE_KEY);
-    match text
-        .split_whitespace()
-        .filter_map(|t| t.strip_prefix(&prefix))
-        .next_back()
-    {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|e| CliError::BadInput(format!("{}: {prefix}{v}: {e}", path.display()))),
-    }
+    plinth_release::slot::from_cmdline(&String::from_utf8_lossy(&bytes)).map_err(|e| {
+        CliError::BadInput(format!(
+            "{}: {}: {e}",
+            path.display(),
+            plinth_release::slot::CMDLINE_KEY
+        ))
+    })
 }
 
 fn open_store(c: &Config) -> Result<SlotStore, CliError> {
@@ -221,6 +222,8 @@ async fn check(a: CommonArgs) -> Result<(), CliError> {
     let c = config(&a.config)?;
     let seed = c.seed().map_err(CliError::BadInput)?;
     let store = open_store(&c)?;
+    // A load writes the datastore: one at a time, as apply does.
+    let _lock = store.lock()?;
     let opts = c.apply_options(seed, jiff::Timestamp::now(), None);
     let client = crate::repo::http_client()?;
     let plan = apply::check(&opts, &store, &client).await?;
@@ -266,9 +269,9 @@ async fn check(a: CommonArgs) -> Result<(), CliError> {
 
 #[derive(Serialize)]
 struct ApplyReport {
-    /// `flipped`, `already-pending`, `cancelled` or `stay`.
+    /// `flipped`, `already-pending`, `on-trial`, `cancelled` or `stay`.
     outcome: &'static str,
-    version: Version,
+    version: Option<Version>,
     slot: Option<Slot>,
     why: String,
     /// Each step's seconds, when flipped.
@@ -280,14 +283,14 @@ fn report(done: &Applied) -> ApplyReport {
     match done {
         Applied::Stay { current, why } => ApplyReport {
             outcome: "stay",
-            version: current.clone(),
+            version: Some(current.clone()),
             slot: None,
             why: why.clone(),
             timings: None,
         },
         Applied::AlreadyPending { version, slot } => ApplyReport {
             outcome: "already-pending",
-            version: version.clone(),
+            version: Some(version.clone()),
             slot: Some(*slot),
             why: format!("{version} is written and boots next on slot {slot}"),
             timings: None,
@@ -299,7 +302,7 @@ fn report(done: &Applied) -> ApplyReport {
             timings,
         } => ApplyReport {
             outcome: "flipped",
-            version: version.clone(),
+            version: Some(version.clone()),
             slot: Some(*slot),
             why: match reason {
                 Reason::Upgrade => format!("{version} written to slot {slot}; it boots next"),
@@ -309,9 +312,24 @@ fn report(done: &Applied) -> ApplyReport {
             },
             timings: Some(*timings),
         },
+        Applied::OnTrial {
+            version,
+            slot,
+            tries_left,
+        } => ApplyReport {
+            outcome: "on-trial",
+            version: version.clone(),
+            slot: Some(*slot),
+            why: format!(
+                "slot {slot} ({}) is on its trial boot, {tries_left} tries left: it is \
+                 committed when it passes the health gate, or given up",
+                version.as_ref().map_or("version unknown", |v| v.as_str())
+            ),
+            timings: None,
+        },
         Applied::Cancelled { version, slot, why } => ApplyReport {
             outcome: "cancelled",
-            version: version.clone(),
+            version: Some(version.clone()),
             slot: Some(*slot),
             why: why.clone(),
             timings: None,
@@ -322,10 +340,20 @@ fn report(done: &Applied) -> ApplyReport {
 async fn apply_once(
     c: &Config,
     cmdline: &Path,
+    no_booted_slot: bool,
     version: Option<Version>,
 ) -> Result<Applied, CliError> {
     let seed = c.seed().map_err(CliError::BadInput)?;
     let booted = booted_slot(cmdline)?;
+    if booted.is_none() && !no_booted_slot {
+        return Err(CliError::BadInput(format!(
+            "{}: no {}= on the kernel command line: the slot that booted cannot be told, and \
+             it must never be written\n  hint: boot a plinth UKI (its command line carries \
+             it); where no slot booted (an installer), give --no-booted-slot",
+            cmdline.display(),
+            plinth_release::slot::CMDLINE_KEY
+        )));
+    }
     let mut store = open_store(c)?.with_booted(booted);
     let opts = c.apply_options(seed, jiff::Timestamp::now(), version);
     Ok(apply::apply(&opts, &mut store).await?)
@@ -333,7 +361,7 @@ async fn apply_once(
 
 async fn apply_verb(a: ApplyArgs) -> Result<(), CliError> {
     let c = config(&a.common.config)?;
-    let done = apply_once(&c, &a.cmdline, a.version).await?;
+    let done = apply_once(&c, &a.cmdline, a.no_booted_slot, a.version).await?;
     let r = report(&done);
     if a.common.json {
         print_json(&r);
@@ -399,7 +427,7 @@ async fn daemon(a: DaemonArgs) -> Result<(), CliError> {
         }
         // One poll; its failure is reported and the next poll tries again. A bad
         // configuration or command line does not get better: it ends the daemon.
-        match apply_once(&c, &a.cmdline, None).await {
+        match apply_once(&c, &a.cmdline, false, None).await {
             Ok(done) => {
                 let r = report(&done);
                 if a.common.json {

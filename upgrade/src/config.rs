@@ -241,8 +241,32 @@ impl Config {
                 "an hour with 15 minutes of jitter is the default",
             );
         }
+        if raw.keep_free_mib > 1 << 30 {
+            fail(
+                "keep_free_mib",
+                "at most 1073741824 (1 PiB)",
+                format!("`{}`", raw.keep_free_mib),
+                "the MiB left free on state_dir's file system after staging",
+            );
+        }
         for (slot, parts) in [("a", &raw.slots.a), ("b", &raw.slots.b)] {
+            if parts.is_empty() || parts.len() > crate::slots::MAX_PARTS {
+                fail(
+                    &format!("slots.{slot}"),
+                    &format!("1 to {} parts", crate::slots::MAX_PARTS),
+                    format!("{} parts", parts.len()),
+                    "each slot is its partitions (root, verity) and its UKI's file",
+                );
+            }
             for (i, p) in parts.iter().enumerate() {
+                if parts[..i].iter().any(|q| q.member == p.member) {
+                    fail(
+                        &format!("slots.{slot}[{i}].member"),
+                        "each member once a slot",
+                        format!("`{}` again", p.member.escape_debug()),
+                        "each member goes to one part",
+                    );
+                }
                 let field = format!("slots.{slot}[{i}]");
                 if let Err(why) = plinth_release::archive::check_name(&p.member) {
                     fail(
@@ -303,6 +327,13 @@ impl Config {
                 })?;
                 let text = String::from_utf8_lossy(&bytes);
                 let id = text.trim();
+                if id == "uninitialized" {
+                    return Err(format!(
+                        "{}: `uninitialized`: the machine-id is not set up yet (every such node \
+                         would get the same seed)",
+                        path.display()
+                    ));
+                }
                 if id.is_empty() {
                     return Err(format!(
                         "{}: empty; the seed is derived from the node's identity",

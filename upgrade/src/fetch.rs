@@ -1,6 +1,7 @@
 //! Downloading an elected payload into the staging directory (on the state partition, mode
-//! 0700), checked against its signed length and sha256 before anything reads it as an
-//! archive. The staged file is `<sha256>.part`: a download cut short (a dropped connection,
+//! 0700), checked against its signed length and sha256 before anything is written from it
+//! (the archive check reads the bytes as they arrive, through a [`Tap`], with its own bounds;
+//! its result counts only once the hash matched). The staged file is `<sha256>.part`: a download cut short (a dropped connection,
 //! a killed agent) resumes where it stopped, with an HTTP `Range` request (or a seek, for
 //! `file://`), after re-hashing what is already there. Mirrors are tried in order; on each,
 //! a connection that drops mid-body is retried from where it stopped while it makes

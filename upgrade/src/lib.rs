@@ -6,7 +6,8 @@
 //! mirrors, with a datastore that keeps rollback protection), [`choose`] (which version this
 //! node takes: a pure function), [`fetch`] (download into staging, resumed, from mirrors,
 //! hash-checked), [`slots`] (the A/B slots and their atomically written state; only the
-//! inactive slot can be written), [`apply`] (the ordered steps from record to flip) and
+//! inactive slot can be written), [`apply`] (the ordered steps from record to flip; the archive passes and their threads are
+//! [`passes`]) and
 //! [`status`] (what is on each slot and what happened last). The node's side: [`config`]
 //! (its upgrade.yaml) and [`cli`] (the verbs `init`, `check`, `apply`, `status`, `daemon`,
 //! which the `plinth-upgrade` binary runs). Every failure is an [`UpgradeError`] naming
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fetch;
+pub mod passes;
 pub mod repo;
 pub mod slots;
 pub mod status;

@@ -5,7 +5,9 @@
 //! thresholds, versions and expiry enforced (`ExpirationEnforcement::Safe`), bounded sizes
 //! ([`plinth_governance::status::limits`]), and a datastore directory the caller keeps (on
 //! the state partition in production) so that what was once trusted stays trusted: an older
-//! timestamp or snapshot served later is a replay, refused (TUF 5.4.3, 5.5.5).
+//! timestamp or snapshot served later is a replay, refused (TUF 5.4.3, 5.5.5). tough loads
+//! in a copy of the datastore, copied back file by file atomically after a load succeeded:
+//! tough rewrites its files in place, and a torn file would read to it as no file at all.
 //!
 //! Mirrors are an ordered list of base URLs (`file://`, `http://` for tests on 127.0.0.1,
 //! `https://` in production), each a whole published repository (`timestamp.json` at its
@@ -86,6 +88,29 @@ pub fn http_client() -> Result<reqwest::Client, UpgradeError> {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .read_timeout(READ_TIMEOUT)
+        // A redirect may not leave https (a mirror's configured scheme is checked once, in
+        // the node's configuration; a redirect must not undo it), nor go on for long.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
+            if attempt.previous().len() > 5 {
+                attempt.error("more than 5 redirects")
+            } else if from_https && attempt.url().scheme() != "https" {
+                attempt.error("a redirect from https to another scheme")
+            } else if attempt.url().scheme() == "http"
+                && !matches!(
+                    attempt.url().host(),
+                    Some(url::Host::Ipv4(ip)) if ip.is_loopback()
+                )
+                && !matches!(
+                    attempt.url().host(),
+                    Some(url::Host::Ipv6(ip)) if ip.is_loopback()
+                )
+            {
+                attempt.error("a redirect to plain http off this machine")
+            } else {
+                attempt.follow()
+            }
+        }))
         .build()
         .map_err(|e| UpgradeError::Unreachable {
             mirror: "(http client)".into(),
@@ -169,7 +194,8 @@ pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded
         &opts.datastore,
         "create the datastore directory",
     ))?;
-    let (root, root_path, root_version) = starting_root(opts)?;
+    let (root, root_path, kept_version) = starting_root(opts)?;
+    check_datastore(&opts.datastore)?;
     if opts.mirrors.is_empty() {
         return Err(UpgradeError::Unreachable {
             mirror: "(none)".into(),
@@ -177,10 +203,14 @@ pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded
         });
     }
     let mut errors = Vec::new();
+    let work = opts.datastore.join(WORK_DIR);
     for (i, mirror) in opts.mirrors.iter().enumerate() {
-        match load_one(&root, &root_path, mirror, opts, client).await {
+        copy_datastore(&opts.datastore, &work, true)?;
+        match load_one(&root, &root_path, mirror, &work, client).await {
             Ok(repo) => {
-                if repo.root().signed.version.get() > root_version {
+                copy_datastore(&work, &opts.datastore, false)?;
+                let _ = std::fs::remove_dir_all(&work);
+                if repo.root().signed.version.get() > kept_version {
                     keep_newest_root(opts, &repo)?;
                 }
                 return Ok(Loaded {
@@ -198,13 +228,21 @@ pub async fn load(opts: &RepoOptions, client: &reqwest::Client) -> Result<Loaded
 }
 
 /// The root a load starts from: the one kept from an earlier load ([`NEWEST_ROOT`]) when
-/// its version is at least the image's, else the image's; with the file it came from and its
-/// version.
+/// its version is at least the image's, else the image's; with the file it came from and the
+/// kept root's version (0 without one), which a load that ends on a newer root replaces.
 fn starting_root(opts: &RepoOptions) -> Result<(Vec<u8>, PathBuf, u64), UpgradeError> {
     let read = |path: &Path| -> Result<Option<(Vec<u8>, u64)>, UpgradeError> {
         let bad = |message: String| UpgradeError::TrustedRoot {
             path: path.to_path_buf(),
-            message,
+            message: if path.starts_with(&opts.datastore) {
+                format!(
+                    "{message} (the newest root this node verified; it is written atomically, \
+                     so something else altered it: restore it from a node of the same fleet \
+                     or from the repository's newest N.root.json, after checking it)"
+                )
+            } else {
+                message
+            },
         };
         let bytes = match read_untrusted(path, MAX_ROOT) {
             Ok(b) => b,
@@ -225,8 +263,36 @@ fn starting_root(opts: &RepoOptions) -> Result<(Vec<u8>, PathBuf, u64), UpgradeE
     let kept_path = opts.datastore.join(NEWEST_ROOT);
     match read(&kept_path)? {
         Some((bytes, version)) if version >= image.1 => Ok((bytes, kept_path, version)),
-        _ => Ok((image.0, opts.trusted_root.clone(), image.1)),
+        Some((_, version)) => Ok((image.0, opts.trusted_root.clone(), version)),
+        None => Ok((image.0, opts.trusted_root.clone(), 0)),
     }
+}
+
+/// The datastore's files must parse: tough treats one it cannot parse as absent, and so
+/// would skip its rollback check against it. They are written atomically (tough loads in a
+/// copy, [`WORK_DIR`]), so one that does not parse was altered: refused, with what to do.
+fn check_datastore(datastore: &Path) -> Result<(), UpgradeError> {
+    for name in ["timestamp.json", "snapshot.json", "targets.json"] {
+        let path = datastore.join(name);
+        let bytes = match read_untrusted(&path, MAX_METADATA) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(UpgradeError::io(&path, "read the trusted metadata")(e)),
+        };
+        if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+            return Err(UpgradeError::State {
+                path,
+                message: "the trusted metadata kept from the last load does not parse (it is \
+                          written atomically: something else altered it); loading without it \
+                          would lose rollback protection"
+                    .into(),
+                hint: "check that the mirrors serve the current record, then remove this file; \
+                       the next load trusts what the newest root signs again"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Keep the root tough verified on this load, atomically, as the next load's start.
@@ -239,14 +305,70 @@ fn keep_newest_root(opts: &RepoOptions, repo: &tough::Repository) -> Result<(), 
         })?;
     bytes.push(b'\n');
     plinth_release::atomic::write_atomic(&path, &bytes, 0o600)
-        .map_err(UpgradeError::io(&path, "keep the newest trusted root in"))
+        .map_err(UpgradeError::io(&path, "write the newest trusted root to"))
+}
+
+/// The directory below the datastore where tough loads: a copy of the datastore's files,
+/// copied back (each atomically) only after a load succeeded. tough rewrites its files in
+/// place, so a kill or power loss mid-write tears only this copy.
+const WORK_DIR: &str = ".load";
+
+/// The metadata files of a datastore directory (`*.json` but [`NEWEST_ROOT`]).
+fn metadata_files(dir: &Path) -> Result<Vec<std::ffi::OsString>, UpgradeError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(UpgradeError::io(dir, "list"))? {
+        let entry = entry.map_err(UpgradeError::io(dir, "list"))?;
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        if entry.file_type().is_ok_and(|t| t.is_file())
+            && text.ends_with(".json")
+            && text != NEWEST_ROOT
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Copy the metadata files from `from` into `to`: into a fresh private `to` (`fresh`), or
+/// each replacing its namesake atomically, and those `from` no longer has removed (tough
+/// drops a role's file when its keys rotate).
+fn copy_datastore(from: &Path, to: &Path, fresh: bool) -> Result<(), UpgradeError> {
+    if fresh {
+        if let Err(e) = std::fs::remove_dir_all(to) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(UpgradeError::io(to, "remove the last load's copy")(e));
+            }
+        }
+        plinth_release::archive::private_dir(to).map_err(UpgradeError::io(
+            to,
+            "create the load's copy of the datastore",
+        ))?;
+    }
+    let names = metadata_files(from)?;
+    for name in &names {
+        let src = from.join(name);
+        let bytes = read_untrusted(&src, MAX_METADATA)
+            .map_err(UpgradeError::io(&src, "read the trusted metadata"))?;
+        let dest = to.join(name);
+        plinth_release::atomic::write_atomic(&dest, &bytes, 0o600)
+            .map_err(UpgradeError::io(&dest, "write the trusted metadata to"))?;
+    }
+    if !fresh {
+        for gone in metadata_files(to)?.iter().filter(|n| !names.contains(n)) {
+            let path = to.join(gone);
+            std::fs::remove_file(&path)
+                .map_err(UpgradeError::io(&path, "remove the dropped metadata"))?;
+        }
+    }
+    Ok(())
 }
 
 async fn load_one(
     root: &[u8],
     root_path: &Path,
     mirror: &Url,
-    opts: &RepoOptions,
+    datastore: &Path,
     client: &reqwest::Client,
 ) -> Result<tough::Repository, UpgradeError> {
     let base = mirror_base(mirror)?;
@@ -254,7 +376,7 @@ async fn load_one(
     RepositoryLoader::new(&root, base, targets)
         .transport(MirrorTransport::new(client.clone()))
         .limits(plinth_governance::status::limits())
-        .datastore(opts.datastore.clone())
+        .datastore(datastore.to_path_buf())
         .expiration_enforcement(ExpirationEnforcement::Safe)
         .load()
         .await

@@ -45,6 +45,7 @@ pub const MAX_PARTS: usize = 16;
 
 /// One part of a slot: the archive member written to it, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Part {
     pub member: String,
     pub path: PathBuf,

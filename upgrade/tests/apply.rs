@@ -254,6 +254,8 @@ async fn a_version_never_elected_is_refused() {
         .elect_and_publish("1.1.0", &s.payload, "2999-01-01T00:00:00Z")
         .await;
     let mut opts = s.node.options(&later, &[file_url(&later.repo)]);
+    // Another record: its own trust (the datastore keeps the first record's root).
+    opts.repo.datastore = tmp.path().join("datastore");
     opts.version = Some("1.1.0".parse().unwrap());
     let e = refused(&s, &opts).await;
     assert!(e.to_string().contains("opens at 2999-01-01"), "{e}");

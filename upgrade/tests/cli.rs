@@ -85,8 +85,14 @@ async fn a_node_inits_checks_applies_and_reports() {
         (Some("take"), Some("1.1.0"))
     );
 
-    // Booted from B while the state says A is active: refused, nothing written.
+    // No plinth.slot= on the command line: the booted slot cannot be told; refused.
     let cmdline = node.dir.join("cmdline");
+    std::fs::write(&cmdline, "console=ttyS0 ro\n").unwrap();
+    let o = agent(&["apply", "--cmdline", cmdline.to_str().unwrap()], &config);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no plinth.slot="), "{}", text(&o));
+
+    // Booted from B while the state says A is active: refused, nothing written.
     std::fs::write(&cmdline, "console=ttyS0 plinth.slot=B ro\n").unwrap();
     let before = node.snapshot();
     let o = agent(&["apply", "--cmdline", cmdline.to_str().unwrap()], &config);

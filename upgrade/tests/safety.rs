@@ -47,12 +47,11 @@ async fn the_slot_that_booted_is_never_written() {
     let opts = node.options(&record, &[file_url(&record.repo)]);
     let before = node.snapshot();
     let mut trial = node.store().with_booted(Some(Slot::B));
-    let e = apply(&opts, &mut trial).await.unwrap_err();
+    let done = apply(&opts, &mut trial).await.unwrap();
     assert!(
-        matches!(&e, UpgradeError::SlotInUse { slot: Slot::B, .. }),
-        "{e}"
+        matches!(&done, Applied::OnTrial { slot: Slot::B, tries_left: 3, version: Some(v) } if v.as_str() == "1.1.0"),
+        "{done:?}"
     );
-    assert!(e.to_string().contains("trial boot (3 tries left)"), "{e}");
     assert_eq!(node.snapshot(), before, "something was written");
 
     // A state file that says A is active with nothing pending, while B booted (the boot
@@ -180,7 +179,15 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
         .await
         .unwrap();
     let kept = opts.repo.datastore.join(plinth_upgrade::repo::NEWEST_ROOT);
-    assert!(!kept.exists(), "root v1 is the image's: nothing to keep");
+    let version = |p: &Path| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        v["signed"]["version"].as_u64().unwrap()
+    };
+    assert_eq!(
+        version(&kept),
+        1,
+        "the first load keeps the root it verified"
+    );
 
     // Whoever holds voters 1 and 2's keys keeps a copy of the record as it was.
     let fork_work = tmp.path().join("fork-work");
@@ -218,8 +225,22 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
     plinth_upgrade::repo::load(&opts.repo, &client)
         .await
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&kept).unwrap()).unwrap();
-    assert_eq!(v["signed"]["version"], 2, "the node keeps root v2");
+    assert_eq!(version(&kept), 2, "the node keeps root v2");
+    // A node whose image already ships root v2 (newer than its kept v1) keeps v2 too: rolled
+    // back to an image with an older root later, it still starts from v2.
+    let newer = NodeDir::new(&tmp.path().join("newer"));
+    let newer_opts =
+        newer.options_with(&record.repo.join("2.root.json"), &[file_url(&record.repo)]);
+    let newer_kept = newer_opts
+        .repo
+        .datastore
+        .join(plinth_upgrade::repo::NEWEST_ROOT);
+    std::fs::create_dir_all(&newer_opts.repo.datastore).unwrap();
+    std::fs::copy(record.repo.join("1.root.json"), &newer_kept).unwrap();
+    plinth_upgrade::repo::load(&newer_opts.repo, &client)
+        .await
+        .unwrap();
+    assert_eq!(version(&newer_kept), 2);
 
     // The retired voters fork: their own root v2 (voters 1, 2 and 6), signed by themselves,
     // which root v1 accepts, electing a release of their own.
@@ -392,4 +413,97 @@ fn a_block_device_in_use_is_not_opened_for_writing() {
     assert!(e.to_string().contains("in use"), "{e}");
     drop(claim);
     drop(store.inactive_writer().unwrap());
+}
+
+#[tokio::test]
+async fn a_superseded_pending_flip_is_called_off_before_the_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (record, node) = flipped_to_b(tmp.path()).await;
+    // Governance revokes 1.1.0 and elects 1.2.0, whose payload no mirror has yet.
+    revoke::revoke(
+        &record.work,
+        Os::HostOs,
+        &"1.1.0".parse().unwrap(),
+        days(90),
+    )
+    .unwrap();
+    record.sign(StagedRole::Targets, 1).await;
+    record.sign(StagedRole::Targets, 3).await;
+    record.publish_with(days(1)).await;
+    record
+        .elect_and_publish("1.2.0", &update_image(3, 200_000), OPEN)
+        .await;
+    std::fs::remove_file(record.payload_path("1.2.0")).unwrap();
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let e = apply(&opts, &mut node.store()).await.unwrap_err();
+    assert!(
+        e.is_transport() || matches!(e, UpgradeError::NoMirror { .. }),
+        "{e}"
+    );
+    let store = node.store();
+    let s = store.state();
+    assert_eq!(
+        (s.active, s.pending),
+        (Slot::A, None),
+        "the revoked 1.1.0 stays pending"
+    );
+    let last = s.last.as_ref().unwrap();
+    assert_eq!(last.kind, OutcomeKind::Cancelled);
+    assert!(last.reason.contains("elects 1.2.0"), "{}", last.reason);
+}
+
+#[tokio::test]
+async fn an_archive_of_too_many_members_is_refused_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeDir::new(&tmp.path().join("node"));
+    let filler: Vec<(String, Vec<u8>)> = (0..70).map(|i| (format!("f{i}"), vec![1u8])).collect();
+    let mut members: Vec<(&str, &[u8])> = filler
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let (root, a, b) = (pattern(2, 1000), pattern(102, 3000), pattern(202, 3000));
+    members.extend([
+        ("root.img", &root[..]),
+        ("host-os-a.efi", &a[..]),
+        ("host-os-b.efi", &b[..]),
+    ]);
+    let payload = tar_zst(&members);
+    let staged = tmp.path().join("staged");
+    std::fs::write(&staged, &payload).unwrap();
+    let want = Want {
+        target: "host-os/1.1.0/update-img.tar.zst".into(),
+        sha256: plinth_release::Sha256::of(&payload),
+        length: payload.len() as u64,
+        consistent: false,
+    };
+    let before = node.snapshot();
+    let e = install(
+        &staged,
+        &want,
+        &"1.1.0".parse().unwrap(),
+        &mut node.store(),
+        3,
+        "test".into(),
+        now(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("more than 64 members"), "{e}");
+    assert_eq!(node.snapshot(), before);
+}
+
+#[tokio::test]
+async fn trusted_metadata_altered_on_disk_is_refused_not_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (record, node) = flipped_to_b(tmp.path()).await;
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let ts = opts.repo.datastore.join("timestamp.json");
+    assert!(ts.exists(), "the load kept the timestamp it trusted");
+    // No load leaves its working copy behind.
+    assert!(!opts.repo.datastore.join(".load").exists());
+    std::fs::write(&ts, b"{\"signed\": ").unwrap();
+    let before = node.snapshot();
+    let e = apply(&opts, &mut node.store()).await.unwrap_err();
+    assert!(e.to_string().contains("does not parse"), "{e}");
+    assert!(e.to_string().contains("timestamp.json"), "{e}");
+    assert_eq!(node.snapshot(), before);
 }

@@ -392,12 +392,7 @@ fn from_disk(disk: &Path, esp_image: &Path) -> anyhow::Result<Measurements> {
         os = field("IMAGE_ID");
         version = field("IMAGE_VERSION");
         // The last one counts, as for the kernel and the agent.
-        let slot = String::from_utf8_lossy(&cmdline)
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix(slot::CMDLINE_KEY)?.strip_prefix('='))
-            .next_back()
-            .map(str::parse::<Slot>)
-            .transpose()
+        let slot = slot::from_cmdline(&String::from_utf8_lossy(&cmdline))
             .map_err(|e| bad(format!("{path}: its .cmdline's {}: {e}", slot::CMDLINE_KEY)))?;
         slots.push(measure::SlotFiles {
             slot,
