@@ -367,15 +367,14 @@ fn install_with(
             found
         }
     };
-    for (m, path, _) in members {
-        if !found.iter().any(|(f, _)| f == m) {
-            return Err(UpgradeError::MissingMember {
-                target: want.target.clone(),
-                member: m.clone(),
-                slot,
-                path: path.clone(),
-            });
-        }
+    let missing = |m: &String, path: &std::path::PathBuf| UpgradeError::MissingMember {
+        target: want.target.clone(),
+        member: m.clone(),
+        slot,
+        path: path.clone(),
+    };
+    if let Some((m, path, _)) = members.iter().find(|m| !found.iter().any(|f| f.0 == m.0)) {
+        return Err(missing(m, path));
     }
 
     timings.check_s = started.elapsed().as_secs_f64();
@@ -395,15 +394,9 @@ fn install_with(
     let digests = write_pass(staged, want, bounds, &mut writer, &too_large)?;
     drop(writer);
     // Every part written, once: what the flip records is the whole slot.
-    for (m, path, _) in members {
-        if digests.iter().filter(|d| d.member == *m).count() != 1 {
-            return Err(UpgradeError::MissingMember {
-                target: want.target.clone(),
-                member: m.clone(),
-                slot,
-                path: path.clone(),
-            });
-        }
+    let once = |m: &String| digests.iter().filter(|d| d.member == *m).count() == 1;
+    if let Some((m, path, _)) = members.iter().find(|m| !once(&m.0)) {
+        return Err(missing(m, path));
     }
 
     timings.write_s = started.elapsed().as_secs_f64();

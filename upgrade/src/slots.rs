@@ -331,13 +331,24 @@ impl State {
     /// Call off the pending flip before it boots (`reason`: why governance no longer wants
     /// it): the slot keeps its written bytes but is no longer pending.
     pub fn cancel(&mut self, reason: String, now: jiff::Timestamp) -> Result<(), Transition> {
+        self.end_pending(OutcomeKind::Cancelled, "called off", reason, now)
+    }
+
+    /// The pending slot is no longer pending, for `reason`, recorded as `kind`.
+    fn end_pending(
+        &mut self,
+        kind: OutcomeKind,
+        what: &str,
+        reason: String,
+        now: jiff::Timestamp,
+    ) -> Result<(), Transition> {
         let Some(slot) = self.pending else {
-            return Err(Transition(
-                "no slot is pending, so no flip can be called off".into(),
-            ));
+            return Err(Transition(format!(
+                "no slot is pending, so none can be {what}"
+            )));
         };
         self.last = Some(Outcome {
-            kind: OutcomeKind::Cancelled,
+            kind,
             slot,
             version: self.content(slot).version().cloned(),
             reason,
@@ -381,21 +392,7 @@ impl State {
     /// The pending slot failed (`reason`: "health gate failed: plinth-guest.service"): the
     /// active slot stays, the failed one is no longer pending.
     pub fn roll_back(&mut self, reason: String, now: jiff::Timestamp) -> Result<(), Transition> {
-        let Some(slot) = self.pending else {
-            return Err(Transition(
-                "no slot is pending, so none can be rolled back".into(),
-            ));
-        };
-        self.last = Some(Outcome {
-            kind: OutcomeKind::RolledBack,
-            slot,
-            version: self.content(slot).version().cloned(),
-            reason,
-            at: now,
-        });
-        self.pending = None;
-        self.tries_left = 0;
-        Ok(())
+        self.end_pending(OutcomeKind::RolledBack, "rolled back", reason, now)
     }
 }
 

@@ -32,30 +32,34 @@ pub fn days(n: i64) -> jiff::Timestamp {
         .unwrap()
 }
 
+/// The 512-byte ustar header of a regular member `name` of `size` bytes, mode 0644.
+pub fn tar_header(name: &str, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+        let s = format!("{:0width$o}\0", v, width = len - 1);
+        h[at..at + len].copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h, 100, 8, 0o644);
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, size);
+    octal(&mut h, 136, 12, 1_700_000_000);
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
 /// A GNU tar of regular members `(name, bytes)`, mode 0644, zstd-compressed: the shape of
 /// a plinth update archive.
 pub fn tar_zst(members: &[(&str, &[u8])]) -> Vec<u8> {
     let mut tar = Vec::new();
     for (name, data) in members {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
-            let s = format!("{:0width$o}\0", v, width = len - 1);
-            h[at..at + len].copy_from_slice(s.as_bytes());
-        };
-        octal(&mut h, 100, 8, 0o644);
-        octal(&mut h, 108, 8, 0);
-        octal(&mut h, 116, 8, 0);
-        octal(&mut h, 124, 12, data.len() as u64);
-        octal(&mut h, 136, 12, 1_700_000_000);
-        h[156] = b'0';
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
-        let s = format!("{sum:06o}\0 ");
-        h[148..156].copy_from_slice(s.as_bytes());
-        tar.extend_from_slice(&h);
+        tar.extend_from_slice(&tar_header(name, data.len() as u64));
         tar.extend_from_slice(data);
         tar.resize(tar.len().div_ceil(512) * 512, 0);
     }
