@@ -36,6 +36,8 @@ pub struct ElectOptions {
     pub artifacts: Vec<FileName>,
     pub targets_expires: jiff::Timestamp,
     pub now: jiff::Timestamp,
+    /// Elect although some seeds are in no wave (those nodes never take the version).
+    pub allow_uncovered: bool,
 }
 
 /// What was staged.
@@ -49,12 +51,41 @@ pub struct ElectReport {
     pub waves: Vec<Wave>,
     pub dropped_signatures: usize,
     pub staged: PathBuf,
+    /// Seed ranges no wave holds (only with `allow_uncovered`).
+    pub uncovered: Vec<[u16; 2]>,
+}
+
+/// Seed ranges as `0-15, 2000-2047`.
+pub fn seed_ranges(ranges: &[[u16; 2]]) -> String {
+    ranges
+        .iter()
+        .map(|[a, b]| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Check the release and stage its election.
 pub fn elect(opts: &ElectOptions) -> Result<ElectReport, GovernanceError> {
     let workdir = Workdir::open(&opts.workdir)?;
     let waves = crate::waves::read(&opts.waves).map_err(GovernanceError::Waves)?;
+    let uncovered = crate::waves::uncovered(&waves);
+    if !uncovered.is_empty() && !opts.allow_uncovered {
+        return Err(GovernanceError::refused(
+            format!(
+                "{}: the seeds {} are in no wave: nodes with them would never take this version",
+                opts.waves.display(),
+                seed_ranges(&uncovered)
+            ),
+            "extend the waves to cover every seed (0-2047), or elect with --allow-uncovered \
+             to reach part of the fleet on purpose",
+        ));
+    }
     let release = read_release(&opts.release)?;
     let m = &release.manifest;
     let artifacts: Vec<FileName> = if opts.artifacts.is_empty() {
@@ -148,6 +179,7 @@ pub fn elect(opts: &ElectOptions) -> Result<ElectReport, GovernanceError> {
         waves,
         dropped_signatures,
         staged: workdir.staged_path(crate::workdir::StagedRole::Targets),
+        uncovered,
     })
 }
 

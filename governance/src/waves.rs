@@ -47,6 +47,25 @@ struct RawWave {
 
 const HINT: &str = "see the example in docs/governance.md";
 
+/// The seed ranges no wave holds, in order: nodes with those seeds would never take the
+/// version.
+pub fn uncovered(waves: &[Wave]) -> Vec<[u16; 2]> {
+    let mut ranges: Vec<[u16; 2]> = waves.iter().map(|w| w.seeds).collect();
+    ranges.sort();
+    let mut gaps = Vec::new();
+    let mut next: u32 = 0;
+    for [first, last] in ranges {
+        if u32::from(first) > next {
+            gaps.push([next as u16, first - 1]);
+        }
+        next = next.max(u32::from(last) + 1);
+    }
+    if next <= u32::from(MAX_SEED) {
+        gaps.push([next as u16, MAX_SEED]);
+    }
+    gaps
+}
+
 /// Read and check the waves file at `path`.
 pub fn read(path: &Path) -> Result<Vec<Wave>, SpecErrors> {
     let file = path.display().to_string();

@@ -96,6 +96,7 @@ impl Scene {
             artifacts: Vec::new(),
             targets_expires: days(90),
             now: now(),
+            allow_uncovered: false,
         })
     }
 
@@ -543,6 +544,7 @@ async fn crafted_releases_are_refused_before_anything_is_staged() {
             artifacts: Vec::new(),
             targets_expires: days(90),
             now: now(),
+            allow_uncovered: false,
         })
         .unwrap_err()
     };
@@ -574,12 +576,60 @@ async fn crafted_releases_are_refused_before_anything_is_staged() {
         artifacts: Vec::new(),
         targets_expires: days(90),
         now: now(),
+        allow_uncovered: false,
     })
     .unwrap_err();
     assert!(
         e.is_bad_input() && e.to_string().contains("symbolic link"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn waves_that_leave_seeds_uncovered_are_refused_unless_allowed() {
+    let s = Scene::new().await;
+    let waves = s.root.join("waves.yaml");
+    // The usual canary and rest, with the rest ending one seed short.
+    let text = fixtures::waves_yaml("2026-01-10T00:00:00Z").replace("2047", "2046");
+    assert_ne!(text, fixtures::waves_yaml("2026-01-10T00:00:00Z"));
+    std::fs::write(&waves, text).unwrap();
+    let rel = fixtures::write_release(&s.root.join("rel"), Os::HostOs, "1.0.0", b"x");
+    let opts = |allow_uncovered| ElectOptions {
+        workdir: s.work.clone(),
+        release: rel.clone(),
+        waves: waves.clone(),
+        artifacts: Vec::new(),
+        targets_expires: days(90),
+        now: now(),
+        allow_uncovered,
+    };
+    let e = elect::elect(&opts(false)).unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    assert!(
+        e.to_string().contains("the seeds 2047 are in no wave")
+            && e.to_string().contains("waves.yaml"),
+        "{e}"
+    );
+    assert!(!s.work.join("staged/targets.json").exists());
+    let r = elect::elect(&opts(true)).unwrap();
+    assert_eq!(r.uncovered, vec![[2047, 2047]]);
+}
+
+#[test]
+fn uncovered_seed_ranges_are_the_gaps_between_waves() {
+    use plinth_governance::custom::Wave;
+    use plinth_governance::waves::uncovered;
+    let wave = |a: u16, b: u16| Wave {
+        name: format!("w{a}").parse().unwrap(),
+        opens_at: now(),
+        seeds: [a, b],
+    };
+    assert!(uncovered(&[wave(0, 15), wave(16, 2047)]).is_empty());
+    assert_eq!(
+        uncovered(&[wave(100, 199), wave(0, 15)]),
+        vec![[16, 99], [200, 2047]]
+    );
+    assert_eq!(uncovered(&[wave(1, 2046)]), vec![[0, 0], [2047, 2047]]);
 }
 
 #[test]

@@ -151,6 +151,10 @@ Examples:
         /// When the staged targets expire: a duration (90d) or an RFC 3339 time.
         #[arg(long, value_name = "WHEN", default_value = "90d")]
         targets_expires: Expiry,
+        /// Elect although some node seeds are in no wave (those nodes never take the
+        /// version): for reaching part of the fleet on purpose.
+        #[arg(long)]
+        allow_uncovered: bool,
         #[command(flatten)]
         workdir: WorkdirArg,
     },
@@ -398,6 +402,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             waves,
             artifact,
             targets_expires,
+            allow_uncovered,
             workdir,
         } => {
             let report = elect::elect(&elect::ElectOptions {
@@ -407,8 +412,15 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 artifacts: artifact,
                 targets_expires: targets_expires.at(now),
                 now,
+                allow_uncovered,
             })
             .map_err(gov)?;
+            if !report.uncovered.is_empty() {
+                out.warn(format!(
+                    "seeds {} are in no wave: those nodes never take this version",
+                    elect::seed_ranges(&report.uncovered)
+                ));
+            }
             if report.dropped_signatures > 0 {
                 out.warn(format!(
                     "the staged targets changed: their {} signature(s) were dropped; voters sign again",

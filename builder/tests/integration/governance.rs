@@ -249,6 +249,42 @@ fn a_waves_file_error_names_its_line_and_stages_nothing() {
 }
 
 #[test]
+fn waves_leaving_seeds_uncovered_need_allow_uncovered() {
+    let s = Scene::new();
+    s.record();
+    let rel = s.release("1.0.0");
+    let waves =
+        s.waves(&fixtures::waves_yaml("2026-01-10T00:00:00Z").replace("[16, 2047]", "[16, 2000]"));
+    let args = [
+        "governance",
+        "elect",
+        rel.to_str().unwrap(),
+        "--waves",
+        &waves,
+        "--workdir",
+        &s.p("gov"),
+    ];
+    let out = s.run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the seeds 2001-2047 are in no wave"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!s.dir.join("gov/staged/targets.json").exists());
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-uncovered");
+    let out = s.run(&allowed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("seeds 2001-2047 are in no wave"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(s.dir.join("gov/staged/targets.json").exists());
+}
+
+#[test]
 fn a_crafted_manifest_is_refused_with_its_field_named() {
     let s = Scene::new();
     s.record();

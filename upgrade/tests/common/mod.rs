@@ -145,6 +145,7 @@ impl Record {
             artifacts: Vec::new(),
             targets_expires: days(90),
             now: now(),
+            allow_uncovered: false,
         })
         .unwrap();
     }
