@@ -245,7 +245,6 @@ fn open_staged<'t>(
         pos: 0,
         tap,
     };
-    staged.tap.restart();
     if meta.len() > length {
         staged.reset()?;
         return Ok(staged);

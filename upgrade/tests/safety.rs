@@ -8,11 +8,10 @@
 mod common;
 
 use common::*;
-use plinth_governance::keys::{self, PemKeySource};
-use plinth_governance::publish::{self, PublishOptions};
+use plinth_governance::keys;
 use plinth_governance::rotate::{self, RotateOptions};
-use plinth_governance::{revoke, sign, StagedRole};
-use plinth_release::{Os, Slot};
+use plinth_governance::StagedRole;
+use plinth_release::Slot;
 use plinth_upgrade::apply::{apply, install, Applied};
 use plinth_upgrade::fetch::Want;
 use plinth_upgrade::slots::OutcomeKind;
@@ -106,16 +105,7 @@ async fn a_second_apply_while_one_runs_is_refused() {
 async fn a_pending_flip_to_a_revoked_version_is_called_off() {
     let tmp = tempfile::tempdir().unwrap();
     let (record, node) = flipped_to_b(tmp.path()).await;
-    revoke::revoke(
-        &record.work,
-        Os::HostOs,
-        &"1.1.0".parse().unwrap(),
-        days(90),
-    )
-    .unwrap();
-    record.sign(StagedRole::Targets, 1).await;
-    record.sign(StagedRole::Targets, 3).await;
-    record.publish_with(days(1)).await;
+    record.revoke_and_publish("1.1.0").await;
 
     let opts = node.options(&record, &[file_url(&record.repo)]);
     let mut store = node.store();
@@ -136,28 +126,6 @@ async fn a_pending_flip_to_a_revoked_version_is_called_off() {
     );
     let status = plinth_upgrade::status::lines(&plinth_upgrade::status::status(s)).join("\n");
     assert!(status.contains("called off the flip to 1.1.0"), "{status}");
-}
-
-/// Publish `work`'s staged roles into `repo` with its publisher key.
-async fn publish_to(work: &Path, repo: &Path) {
-    publish::publish(PublishOptions {
-        workdir: work.to_path_buf(),
-        repo: repo.to_path_buf(),
-        publisher: Box::new(PemKeySource::new(work.join("keys/publisher.pem"))),
-        publisher_name: work.join("keys/publisher.pem"),
-        snapshot_expires: days(7),
-        timestamp_expires: days(1),
-        now: now(),
-    })
-    .await
-    .unwrap();
-}
-
-async fn sign_as(work: &Path, role: StagedRole, voter: usize) {
-    let key = work.join(format!("keys/voter-{voter}.pem"));
-    sign::sign(work, role, &PemKeySource::new(&key), &key)
-        .await
-        .unwrap();
 }
 
 fn key_id(work: &Path, voter: usize) -> String {
@@ -200,6 +168,11 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
     )
     .unwrap();
     copy_tree(&record.repo, &fork_repo);
+    let fork = Record {
+        dir: tmp.path().join("fork"),
+        work: fork_work.clone(),
+        repo: fork_repo.clone(),
+    };
 
     // Governance retires voters 1 and 2 (root v2: voters 3, 4, 5; threshold 2).
     let new: Vec<_> = (4..=5)
@@ -216,12 +189,12 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
     })
     .unwrap();
     for voter in [1, 2, 4, 5] {
-        sign_as(&record.work, StagedRole::Root, voter).await;
+        record.sign(StagedRole::Root, voter).await;
     }
     for voter in [3, 5] {
-        sign_as(&record.work, StagedRole::Targets, voter).await;
+        record.sign(StagedRole::Targets, voter).await;
     }
-    publish_to(&record.work, &record.repo).await;
+    record.publish_with(days(1)).await;
     plinth_upgrade::repo::load(&opts.repo, &client)
         .await
         .unwrap();
@@ -256,14 +229,14 @@ async fn keys_a_rotation_retired_cannot_fork_the_record() {
     })
     .unwrap();
     for voter in [1, 2] {
-        sign_as(&fork_work, StagedRole::Root, voter).await;
+        fork.sign(StagedRole::Root, voter).await;
     }
     for voter in [1, 2] {
-        sign_as(&fork_work, StagedRole::Targets, voter).await;
+        fork.sign(StagedRole::Targets, voter).await;
     }
     // Published twice, so its timestamp and snapshot versions pass the node's.
-    publish_to(&fork_work, &fork_repo).await;
-    publish_to(&fork_work, &fork_repo).await;
+    fork.publish_with(days(1)).await;
+    fork.publish_with(days(1)).await;
 
     // A node that starts from the image's root v1 (a fresh datastore) is taken in: this is
     // what the kept root protects against.
@@ -420,16 +393,7 @@ async fn a_superseded_pending_flip_is_called_off_before_the_download() {
     let tmp = tempfile::tempdir().unwrap();
     let (record, node) = flipped_to_b(tmp.path()).await;
     // Governance revokes 1.1.0 and elects 1.2.0, whose payload no mirror has yet.
-    revoke::revoke(
-        &record.work,
-        Os::HostOs,
-        &"1.1.0".parse().unwrap(),
-        days(90),
-    )
-    .unwrap();
-    record.sign(StagedRole::Targets, 1).await;
-    record.sign(StagedRole::Targets, 3).await;
-    record.publish_with(days(1)).await;
+    record.revoke_and_publish("1.1.0").await;
     record
         .elect_and_publish("1.2.0", &update_image(3, 200_000), OPEN)
         .await;

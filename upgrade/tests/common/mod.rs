@@ -172,6 +172,20 @@ impl Record {
         self.publish_with(days(1)).await;
     }
 
+    /// Revoke host-os `version` (signed by voters 1 and 3) and publish.
+    pub async fn revoke_and_publish(&self, version: &str) {
+        plinth_governance::revoke::revoke(
+            &self.work,
+            Os::HostOs,
+            &version.parse().unwrap(),
+            days(90),
+        )
+        .unwrap();
+        self.sign(StagedRole::Targets, 1).await;
+        self.sign(StagedRole::Targets, 3).await;
+        self.publish_with(days(1)).await;
+    }
+
     pub fn trusted_root(&self) -> PathBuf {
         self.repo.join("1.root.json")
     }
