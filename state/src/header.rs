@@ -7,6 +7,11 @@
 //! accepted only with its version and SHA-256 checksum right; of two valid ones the higher
 //! sequence number wins, as cryptsetup decides. Reads are bounded: at most [`HEAD_LEN`] bytes of
 //! headers and the [`DATA_START`]..[`SCAN_END`] window, streamed.
+//!
+//! cryptsetup's format fills the key-slot area with random bytes before it writes a header, so
+//! a format cut there leaves bytes that no header explains. plinth writes its creation mark at
+//! [`DATA_START`] before every format ([`creation_mark`]): a mark with no valid header is a
+//! creation cut short, started again; without the mark the same bytes are somebody's data.
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};
@@ -23,6 +28,18 @@ pub const HEAD_LEN: usize = 8 << 20;
 pub const DATA_START: u64 = 16 << 20;
 /// The end of the window that must be zero for a partition to count as never written.
 pub const SCAN_END: u64 = 32 << 20;
+
+/// The creation mark's text; the rest of its sector is zero.
+const MARK_TEXT: &[u8] = b"plinth-state: a state volume is being created here\n";
+/// The creation mark's length: one 512-byte sector, written whole or not at all.
+pub const MARK_LEN: usize = 512;
+
+/// The sector plinth writes at [`DATA_START`] before it formats the partition.
+pub fn creation_mark() -> [u8; MARK_LEN] {
+    let mut mark = [0u8; MARK_LEN];
+    mark[..MARK_TEXT.len()].copy_from_slice(MARK_TEXT);
+    mark
+}
 
 const MAGIC_PRIMARY: &[u8; 6] = b"LUKS\xba\xbe";
 const MAGIC_SECONDARY: &[u8; 6] = b"SKUL\xba\xbe";
@@ -46,6 +63,31 @@ pub enum Content {
     State,
     /// Anything else, described: never written to.
     Foreign(String),
+}
+
+/// What the [`DATA_START`]..[`SCAN_END`] window holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Only zeros: no file system or volume data was ever written there.
+    Zero,
+    /// plinth's creation mark at its start: a creation began (what follows does not matter).
+    Marked,
+    /// Something else, the first non-zero byte at this (partition-relative) offset.
+    DataAt(u64),
+}
+
+impl Content {
+    /// One word for the console (`PLINTH STATE found=…`): blank, torn, creating, state or
+    /// foreign.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Content::Blank { torn: false } => "blank",
+            Content::Blank { torn: true } => "torn",
+            Content::Creating => "creating",
+            Content::State => "state",
+            Content::Foreign(_) => "foreign",
+        }
+    }
 }
 
 /// One valid LUKS2 binary header.
@@ -145,10 +187,9 @@ fn shown(label: &[u8]) -> String {
     label.escape_ascii().to_string()
 }
 
-/// Classify a partition from its first [`HEAD_LEN`] bytes and whether its
-/// [`DATA_START`]..[`SCAN_END`] window is all zero, and where it is not (the offset of
-/// the first non-zero byte found, partition-relative).
-pub fn classify_parts(head: &[u8], first_data_byte: Option<u64>) -> Content {
+/// Classify a partition from its first [`HEAD_LEN`] bytes and what its
+/// [`DATA_START`]..[`SCAN_END`] window holds.
+pub fn classify_parts(head: &[u8], window: Window) -> Content {
     if let Some(h) = best_header(head) {
         return match h.label.as_slice() {
             l if l == LABEL_STATE.as_bytes() => Content::State,
@@ -162,10 +203,15 @@ pub fn classify_parts(head: &[u8], first_data_byte: Option<u64>) -> Content {
     if head.starts_with(MAGIC_PRIMARY) && head.get(6..8) == Some([0u8, 1].as_slice()) {
         return Content::Foreign("a LUKS1 volume".into());
     }
-    if let Some(at) = first_data_byte {
-        return Content::Foreign(format!(
-            "data that is not a plinth state volume (a non-zero byte at offset {at}, inside the area a file system would use)"
-        ));
+    match window {
+        // plinth's format was cut before cryptsetup wrote a header (or while it did).
+        Window::Marked => return Content::Blank { torn: true },
+        Window::DataAt(at) => {
+            return Content::Foreign(format!(
+                "data that is not a plinth state volume (a non-zero byte at offset {at}, inside the area a file system would use)"
+            ))
+        }
+        Window::Zero => {}
     }
     if head.iter().all(|&b| b == 0) {
         return Content::Blank { torn: false };
@@ -174,7 +220,7 @@ pub fn classify_parts(head: &[u8], first_data_byte: Option<u64>) -> Content {
         return Content::Blank { torn: true };
     }
     Content::Foreign(
-        "data that is not a plinth state volume (non-zero bytes in its first 8 MiB, no LUKS2 header)"
+        "data that is not a plinth state volume (non-zero bytes in its first 8 MiB, no LUKS2 header, no creation mark)"
             .into(),
     )
 }
@@ -203,16 +249,20 @@ pub fn classify<D: Read + Seek>(dev: &mut D, size: u64) -> std::io::Result<Conte
     dev.seek(SeekFrom::Start(DATA_START))?;
     let mut chunk = vec![0u8; 1 << 20];
     let mut at = DATA_START;
-    let mut first = None;
+    let mut window = Window::Zero;
     while at < SCAN_END {
         dev.read_exact(&mut chunk)?;
+        if at == DATA_START && chunk.starts_with(&creation_mark()) {
+            window = Window::Marked;
+            break;
+        }
         if let Some(i) = chunk.iter().position(|&b| b != 0) {
-            first = Some(at + i as u64);
+            window = Window::DataAt(at + i as u64);
             break;
         }
         at += chunk.len() as u64;
     }
-    Ok(classify_parts(&head, first))
+    Ok(classify_parts(&head, window))
 }
 
 #[cfg(test)]
@@ -272,12 +322,15 @@ mod tests {
 
     #[test]
     fn labels_decide_between_state_creating_and_foreign() {
-        assert_eq!(classify_parts(&volume(LABEL_STATE), None), Content::State);
         assert_eq!(
-            classify_parts(&volume(LABEL_CREATING), Some(DATA_START)),
+            classify_parts(&volume(LABEL_STATE), Window::Zero),
+            Content::State
+        );
+        assert_eq!(
+            classify_parts(&volume(LABEL_CREATING), Window::DataAt(DATA_START)),
             Content::Creating
         );
-        let Content::Foreign(why) = classify_parts(&volume("backup\u{7}"), None) else {
+        let Content::Foreign(why) = classify_parts(&volume("backup\u{7}"), Window::Zero) else {
             panic!()
         };
         assert!(why.contains("`backup\\x07`"), "{why}");
@@ -288,17 +341,17 @@ mod tests {
         // The label's commit was cut between the two header writes.
         let mut head = volume(LABEL_CREATING);
         put_header(&mut head, 0, 0x4000, LABEL_STATE, 4);
-        assert_eq!(classify_parts(&head, None), Content::State);
+        assert_eq!(classify_parts(&head, Window::Zero), Content::State);
         // The newer header torn (checksum wrong): the older one stands.
         head[30] ^= 1;
-        assert_eq!(classify_parts(&head, None), Content::Creating);
+        assert_eq!(classify_parts(&head, Window::Zero), Content::Creating);
         // The primary gone entirely: the secondary is found at its fixed offset.
         head[..0x4000].fill(0);
-        assert_eq!(classify_parts(&head, None), Content::Creating);
+        assert_eq!(classify_parts(&head, Window::Zero), Content::Creating);
         // A secondary at a larger size, found by scanning.
         let mut big = vec![0u8; HEAD_LEN];
         put_header(&mut big, 0x100000, 0x100000, LABEL_STATE, 9);
-        assert_eq!(classify_parts(&big, None), Content::State);
+        assert_eq!(classify_parts(&big, Window::Zero), Content::State);
     }
 
     #[test]
@@ -320,28 +373,109 @@ mod tests {
     #[test]
     fn blank_torn_and_foreign_partitions() {
         let zero = vec![0u8; HEAD_LEN];
-        assert_eq!(classify_parts(&zero, None), Content::Blank { torn: false });
+        assert_eq!(
+            classify_parts(&zero, Window::Zero),
+            Content::Blank { torn: false }
+        );
         // A format cut short: magic written, checksum not yet.
         let mut torn = volume(LABEL_CREATING);
         torn[CSUM_AT] ^= 0xff;
         torn[0x4000 + CSUM_AT] ^= 0xff;
-        assert_eq!(classify_parts(&torn, None), Content::Blank { torn: true });
+        assert_eq!(
+            classify_parts(&torn, Window::Zero),
+            Content::Blank { torn: true }
+        );
         // The same with a file system's bytes past 16 MiB: somebody's data.
         assert!(matches!(
-            classify_parts(&torn, Some(DATA_START + 1024)),
+            classify_parts(&torn, Window::DataAt(DATA_START + 1024)),
             Content::Foreign(_)
         ));
         // An ext4 superblock at 1 KiB, no LUKS.
         let mut ext4 = zero.clone();
         ext4[1080..1082].copy_from_slice(&[0x53, 0xef]);
-        assert!(matches!(classify_parts(&ext4, None), Content::Foreign(_)));
+        assert!(matches!(
+            classify_parts(&ext4, Window::Zero),
+            Content::Foreign(_)
+        ));
         let mut luks1 = zero;
         luks1[..6].copy_from_slice(MAGIC_PRIMARY);
         luks1[7] = 1;
         assert_eq!(
-            classify_parts(&luks1, None),
+            classify_parts(&luks1, Window::Zero),
             Content::Foreign("a LUKS1 volume".into())
         );
+    }
+
+    #[test]
+    fn a_format_cut_in_its_random_key_slot_fill_is_torn_only_with_the_mark() {
+        // cryptsetup zeroed the headers' area, then began filling the key slots with random
+        // bytes: no magic anywhere, non-zero bytes past 32 KiB.
+        let mut head = vec![0u8; HEAD_LEN];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for b in &mut head[0x8000..0x30_0000] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        assert_eq!(
+            classify_parts(&head, Window::Marked),
+            Content::Blank { torn: true }
+        );
+        let Content::Foreign(why) = classify_parts(&head, Window::Zero) else {
+            panic!("unmarked bytes are somebody's")
+        };
+        assert!(why.contains("no creation mark"), "{why}");
+        // The mark never makes another's volume plinth's.
+        assert!(matches!(
+            classify_parts(&volume("backups"), Window::Marked),
+            Content::Foreign(_)
+        ));
+        let mut luks1 = vec![0u8; HEAD_LEN];
+        luks1[..6].copy_from_slice(MAGIC_PRIMARY);
+        luks1[7] = 1;
+        assert!(matches!(
+            classify_parts(&luks1, Window::Marked),
+            Content::Foreign(_)
+        ));
+        // A committed volume stays committed whatever lies at its data's start.
+        assert_eq!(
+            classify_parts(&volume(LABEL_STATE), Window::Marked),
+            Content::State
+        );
+    }
+
+    #[test]
+    fn only_the_whole_mark_at_the_data_start_counts() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let put = |at: u64, bytes: &[u8]| {
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_len(64 << 20).unwrap();
+            let mut f = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            f.seek(SeekFrom::Start(0x8000)).unwrap();
+            f.write_all(&[0x5a; 4096]).unwrap();
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(bytes).unwrap();
+            classify(&mut f, 64 << 20).unwrap()
+        };
+        let mark = creation_mark();
+        assert_eq!(put(DATA_START, &mark), Content::Blank { torn: true });
+        // Ciphertext of an earlier attempt after the mark does not matter.
+        let mut then_data = mark.to_vec();
+        then_data.extend_from_slice(&[0xc3; 8192]);
+        assert_eq!(put(DATA_START, &then_data), Content::Blank { torn: true });
+        // Elsewhere, cut short, or altered: data, not plinth's.
+        assert!(matches!(put(DATA_START + 512, &mark), Content::Foreign(_)));
+        assert!(matches!(put(DATA_START, &mark[..20]), Content::Foreign(_)));
+        let mut altered = mark;
+        altered[MARK_LEN - 1] = 1;
+        assert!(matches!(put(DATA_START, &altered), Content::Foreign(_)));
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! systemd-cryptsetup, mkfs.ext4, e2fsck, mount): open a committed volume, or create one on a
 //! partition that never held anything, and never write to anything else.
 //!
-//! Creation is a sequence whose only commit point is the LUKS label: the volume is formatted
-//! as `plinth-creating`, its key enrolled, the file system made and seeded (machine-id), and
+//! Creation is a sequence whose only commit point is the LUKS label: the partition is marked
+//! (so that a format cut before cryptsetup writes a header is recognised, see
+//! [`header::creation_mark`]), the volume formatted as `plinth-creating`, its key enrolled, the file system made and seeded (machine-id), and
 //! only then relabelled `plinth-state`. A power loss anywhere before leaves a volume the next
 //! boot recognises as unfinished and creates again; nothing the running system wrote can be
 //! lost, because it never sees an uncommitted volume. Each step prints `PLINTH STATE step=…`
@@ -238,7 +239,9 @@ impl Volume {
                 steps.run("wipe", || self.wipe_volume())?;
             }
         }
-        let created = match self.content()? {
+        let content = self.content()?;
+        crate::console::say(&[format!("PLINTH STATE found={}", content.word())]);
+        let created = match content {
             Content::State => {
                 steps.run("unlock", || self.unlock())?;
                 steps.run("fsck", || self.fsck())?;
@@ -296,7 +299,20 @@ impl Volume {
         f.sync_all().map_err(|e| StateError::io(&self.device, e))
     }
 
+    /// Write the creation mark at the data's start, durably, before any format.
+    pub fn mark_creating(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.device)
+            .map_err(|e| StateError::io(&self.device, e))?;
+        f.write_all_at(&header::creation_mark(), header::DATA_START)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| StateError::io(&self.device, e))
+    }
+
     fn create(&self, steps: &mut Steps) -> Result<(), StateError> {
+        steps.run("mark", || self.mark_creating())?;
         match &self.source {
             KeySource::Tpm2(sealed) => {
                 // Hex: systemd-cryptenroll takes the unlocking key as a string in $PASSWORD.

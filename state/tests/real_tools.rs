@@ -72,6 +72,27 @@ fn cryptsetups_own_headers_are_read_as_plinth_expects() {
     assert_eq!(v.content().unwrap(), Content::Blank { torn: false });
     assert_eq!(v.uuid().unwrap(), None);
 
+    // A format cut after cryptsetup filled the key slots with random bytes and before it wrote
+    // a header (the headers' area zeroed, as cryptsetup does first): with plinth's mark it is
+    // a creation to start again, without it somebody's data.
+    for marked in [true, false] {
+        v.wipe_volume().unwrap();
+        if marked {
+            v.mark_creating().unwrap();
+        }
+        v.format(b"temporary").unwrap();
+        let mut bytes = std::fs::read(&v.device).unwrap();
+        bytes[..0x8000].fill(0);
+        assert!(bytes[0x8000..16 << 20].iter().any(|&b| b != 0));
+        std::fs::write(&v.device, &bytes).unwrap();
+        let content = v.content().unwrap();
+        if marked {
+            assert_eq!(content, Content::Blank { torn: true });
+        } else {
+            assert!(matches!(content, Content::Foreign(_)), "{content:?}");
+        }
+    }
+
     // Somebody's ext4: foreign, and left alone.
     let other = volume(image(dir.path(), "ext4.img"), "auto");
     check(

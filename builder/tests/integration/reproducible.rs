@@ -1273,7 +1273,8 @@ const POWER_LOSS_TRIALS: usize = 5;
 
 /// The steps of the first boot's creation, as the state prints them when each begins, and
 /// about how long each takes under TCG (ms): a trial cuts the power inside one.
-const CREATION_STEPS: [(&str, u64); 8] = [
+const CREATION_STEPS: [(&str, u64); 9] = [
+    ("mark", 50),
     ("luks", 1000),
     ("enroll", 1000),
     ("unlock", 1300),
@@ -1295,6 +1296,16 @@ pub(crate) fn trial_seed() -> u64 {
                 .unwrap()
                 .as_secs()
         })
+}
+
+/// The step every trial cuts in: `PLINTH_POWER_STEP` (one of [`CREATION_STEPS`]), else each
+/// trial's own random one.
+fn forced_step() -> Option<(&'static str, u64)> {
+    let wanted = std::env::var("PLINTH_POWER_STEP").ok()?;
+    let found = CREATION_STEPS.iter().find(|(s, _)| *s == wanted);
+    Some(*found.unwrap_or_else(|| {
+        panic!("PLINTH_POWER_STEP={wanted}: expected one of {CREATION_STEPS:?}")
+    }))
 }
 
 /// splitmix64: the trials' random points, the same for the same seed.
@@ -1319,8 +1330,10 @@ pub(crate) fn power_loss_trials(host: &Path, scratch: &Path, trials: usize, seed
     let measurements = host.join("measurements.json");
     let mut rng = seed;
     let mut outcomes = Vec::new();
+    let forced = forced_step();
     for trial in 1..=trials {
-        let (step, length) = CREATION_STEPS[(next_random(&mut rng) % 8) as usize];
+        let drawn = CREATION_STEPS[(next_random(&mut rng) % CREATION_STEPS.len() as u64) as usize];
+        let (step, length) = forced.unwrap_or(drawn);
         let after = next_random(&mut rng) % (length + length / 5);
         let dir = scratch.join(format!("trial-{trial}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1375,23 +1388,35 @@ pub(crate) fn power_loss_trials(host: &Path, scratch: &Path, trials: usize, seed
                 && (state.contains(" created (") || state.contains(" opened (")),
             "trial {trial} (seed {seed}): power cut {after} ms after `{marker}`; the next boot: `{report}`, `{state}` (console log target/tmp/boot-{name}-after.log)"
         );
+        // What the state found on the partition the cut left: blank, torn (a format cut short),
+        // creating (an uncommitted volume) or state (committed).
+        let found = next
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("PLINTH STATE found="))
+            .unwrap_or("?")
+            .to_string();
         let how = if state.contains(" created (") {
             "created anew"
         } else {
             "opened"
         };
         eprintln!(
-            "trial {trial}: power cut {after} ms into `{step}`; next boot: state {how}, boot OK"
+            "trial {trial}: power cut {after} ms into `{step}`; next boot found {found}: state {how}, boot OK"
         );
-        outcomes.push(how);
+        outcomes.push((how, found));
         std::fs::remove_dir_all(&dir).unwrap();
     }
     std::fs::remove_dir_all(scratch).unwrap();
+    let count = |word: &str| outcomes.iter().filter(|(_, f)| f == word).count();
     eprintln!(
-        "host-os power-loss trials: {} of {trials} passed ({} created anew, {} opened)",
+        "host-os power-loss trials: {} of {trials} passed ({} created anew, {} opened); the cuts left {} blank, {} torn, {} creating, {} committed",
         outcomes.len(),
-        outcomes.iter().filter(|h| **h == "created anew").count(),
-        outcomes.iter().filter(|h| **h == "opened").count()
+        outcomes.iter().filter(|(h, _)| *h == "created anew").count(),
+        outcomes.iter().filter(|(h, _)| *h == "opened").count(),
+        count("blank"),
+        count("torn"),
+        count("creating"),
+        count("state")
     );
 }
 
