@@ -17,7 +17,7 @@
 
 use crate::apply::ApplyOptions;
 use crate::choose;
-use crate::fetch::Staging;
+use crate::fetch::{Pace, Staging};
 use crate::repo::RepoOptions;
 use crate::slots::{Layout, Part};
 use plinth_governance::custom::MAX_SEED;
@@ -364,6 +364,7 @@ impl Config {
             staging: Staging {
                 dir: self.state_dir.join("staging"),
                 keep_free: self.keep_free,
+                pace: Pace::DEFAULT,
             },
             tries: self.tries,
             version,

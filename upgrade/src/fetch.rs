@@ -10,7 +10,9 @@
 //! ([`UpgradeError::WrongHash`]); the staged bytes are then dropped and the next mirror
 //! tried. Memory is one fixed buffer (and reqwest's chunks), whatever the payload's size.
 //! A [`Tap`] sees the staged bytes as they arrive (the archive check runs beside the
-//! download).
+//! download). A mirror must also keep a pace ([`Pace`]): one that trickles bytes just inside
+//! the read timeout is given up after a deadline set by the payload's length, its bytes kept
+//! for the next mirror to resume from.
 
 use crate::error::UpgradeError;
 use plinth_release::Sha256;
@@ -50,12 +52,36 @@ impl Want {
     }
 }
 
-/// Where payloads are staged, and how much space must stay free there.
+/// Where payloads are staged, how much space must stay free there, and the pace mirrors
+/// must keep.
 #[derive(Debug, Clone)]
 pub struct Staging {
     pub dir: PathBuf,
     /// Bytes that must stay free on the staging file system after the payload.
     pub keep_free: u64,
+    pub pace: Pace,
+}
+
+/// How slow an http(s) mirror may be: it must deliver what is missing of the payload within
+/// `grace` plus that length at `min_rate` bytes a second, or it is given up (what it gave
+/// stays staged) and the next mirror tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub min_rate: u64,
+    pub grace: std::time::Duration,
+}
+
+impl Pace {
+    /// 64 KiB/s after two minutes: a 1 GiB payload may take 4 h 33 min from one mirror.
+    pub const DEFAULT: Pace = Pace {
+        min_rate: 64 << 10,
+        grace: std::time::Duration::from_secs(120),
+    };
+
+    /// The time a mirror has for `bytes`.
+    pub fn deadline(&self, bytes: u64) -> std::time::Duration {
+        self.grace + std::time::Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
+    }
 }
 
 impl Staging {
@@ -180,14 +206,14 @@ pub async fn download_with(
     for mirror in mirrors {
         let url = want.url(mirror)?;
         let resumed = staged.pos > 0;
-        let mut result = from_mirror(client, &url, want, &mut staged)
+        let mut result = paced(client, &url, want, &mut staged, staging.pace)
             .await
             .and_then(|()| finish(&mut staged, want, &url));
         if resumed && matches!(result, Err(UpgradeError::WrongHash { .. })) {
             // What was staged may have come from another mirror or run: once more from the
             // start.
             staged.reset()?;
-            result = from_mirror(client, &url, want, &mut staged)
+            result = paced(client, &url, want, &mut staged, staging.pace)
                 .await
                 .and_then(|()| finish(&mut staged, want, &url));
         }
@@ -286,6 +312,34 @@ fn finish(staged: &mut Staged<'_>, want: &Want, url: &Url) -> Result<(), Upgrade
         .file
         .sync_all()
         .map_err(UpgradeError::io(&staged.path, "fsync the staged payload"))
+}
+
+/// [`from_mirror`] within the [`Pace`]'s deadline for what is missing; a mirror too slow is
+/// a transport failure (the staged bytes are kept, the next mirror resumes from them).
+async fn paced(
+    client: &reqwest::Client,
+    url: &Url,
+    want: &Want,
+    staged: &mut Staged<'_>,
+    pace: Pace,
+) -> Result<(), UpgradeError> {
+    let (from, started) = (staged.pos, std::time::Instant::now());
+    let deadline = pace.deadline(want.length - staged.pos);
+    match tokio::time::timeout(deadline, from_mirror(client, url, want, staged)).await {
+        Ok(result) => result,
+        Err(_) => Err(UpgradeError::Unreachable {
+            mirror: url.to_string(),
+            message: format!(
+                "too slow: {} of the {} bytes missing in {:.0} s, below the {} KiB/s (after {} s) \
+                 a mirror must keep; its bytes stay staged for the next mirror",
+                staged.pos - from,
+                want.length - from,
+                started.elapsed().as_secs_f64(),
+                pace.min_rate >> 10,
+                pace.grace.as_secs()
+            ),
+        }),
+    }
 }
 
 /// Fetch what is missing of the payload from one mirror; `Ok` when `length` bytes are

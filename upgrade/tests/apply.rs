@@ -9,6 +9,7 @@ use common::*;
 use plinth_release::Slot;
 use plinth_upgrade::apply::{apply, Applied, ApplyOptions};
 use plinth_upgrade::choose::Reason;
+use plinth_upgrade::fetch::Pace;
 use plinth_upgrade::slots::Content;
 use plinth_upgrade::UpgradeError;
 
@@ -137,6 +138,59 @@ async fn falls_back_to_the_next_mirror() {
     );
     assert_flipped_to_b(&s.node, &before_a);
     assert!(server.requests().iter().any(|r| r.contains("/targets/")));
+}
+
+#[tokio::test]
+async fn a_mirror_that_trickles_is_given_up_and_the_next_resumes_its_bytes() {
+    let s = scene().await;
+    let (slow, good) = (Server::start(&s.record.repo), Server::start(&s.record.repo));
+    // 1 KiB every 50 ms (20 KiB/s), far inside any read timeout, against a pace of 1 MiB/s
+    // after 1 s.
+    slow.trickle_ms
+        .store(50, std::sync::atomic::Ordering::SeqCst);
+    let pace = Pace {
+        min_rate: 1 << 20,
+        grace: std::time::Duration::from_secs(1),
+    };
+    let length = std::fs::metadata(s.record.payload_path("1.1.0"))
+        .unwrap()
+        .len();
+    assert!(length > 64 << 10, "the payload outlasts the deadline");
+
+    // Alone, it fails the apply, naming the pace; nothing is written.
+    let mut alone = s.node.options(&s.record, std::slice::from_ref(&slow.url));
+    alone.staging.pace = pace;
+    let started = std::time::Instant::now();
+    let e = refused(&s, &alone).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let text = e.to_string();
+    assert!(
+        text.contains("too slow") && text.contains("1024 KiB/s"),
+        "{text}"
+    );
+
+    // With a good mirror after it, the good one resumes from the bytes the slow one gave.
+    let before_a = s.node.active_bytes();
+    let mut opts = s
+        .node
+        .options(&s.record, &[slow.url.clone(), good.url.clone()]);
+    opts.staging.pace = pace;
+    let mut store = s.node.store();
+    let done = apply(&opts, &mut store).await.unwrap();
+    assert!(
+        matches!(done, Applied::Flipped { slot: Slot::B, .. }),
+        "{done:?}"
+    );
+    assert_flipped_to_b(&s.node, &before_a);
+    let resumed: Vec<String> = good
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/targets/"))
+        .collect();
+    assert!(
+        resumed.len() == 1 && resumed[0].contains(" from ") && !resumed[0].ends_with(" from 0"),
+        "the good mirror was asked for {resumed:?}"
+    );
 }
 
 /// Run `apply` with `opts`, expect an error, and check that nothing changed.

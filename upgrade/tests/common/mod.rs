@@ -13,7 +13,7 @@ use plinth_governance::publish::{self, PublishOptions};
 use plinth_governance::{fixtures, sign, StagedRole};
 use plinth_release::{Os, Slot};
 use plinth_upgrade::apply::ApplyOptions;
-use plinth_upgrade::fetch::Staging;
+use plinth_upgrade::fetch::{Pace, Staging};
 use plinth_upgrade::repo::RepoOptions;
 use plinth_upgrade::slots::{Layout, Part, SlotStore, State};
 use std::io::{BufRead, BufReader, Write};
@@ -312,6 +312,7 @@ impl NodeDir {
             staging: Staging {
                 dir: self.dir.join("staging"),
                 keep_free: 0,
+                pace: Pace::DEFAULT,
             },
             tries: 3,
             version: None,
@@ -353,6 +354,9 @@ pub struct Server {
     pub requests: Arc<Mutex<Vec<String>>>,
     /// Cut the next payload body (a `targets/` file) after this many bytes; 0: never.
     pub cut_after: Arc<AtomicU64>,
+    /// Send payload bodies 1 KiB at a time, this many ms apart (a mirror that trickles
+    /// inside any read timeout); 0: at once.
+    pub trickle_ms: Arc<AtomicU64>,
 }
 
 impl Server {
@@ -361,13 +365,16 @@ impl Server {
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let cut_after = Arc::new(AtomicU64::new(0));
-        let (root, reqs, cut) = (root.to_path_buf(), requests.clone(), cut_after.clone());
+        let trickle_ms = Arc::new(AtomicU64::new(0));
+        let (root, reqs) = (root.to_path_buf(), requests.clone());
+        let (cut, trickle) = (cut_after.clone(), trickle_ms.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (root, reqs, cut) = (root.clone(), reqs.clone(), cut.clone());
+                let (root, reqs) = (root.clone(), reqs.clone());
+                let (cut, trickle) = (cut.clone(), trickle.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &root, &reqs, &cut);
+                    let _ = serve(stream, &root, &reqs, &cut, &trickle);
                 });
             }
         });
@@ -375,6 +382,7 @@ impl Server {
             url,
             requests,
             cut_after,
+            trickle_ms,
         }
     }
 
@@ -388,6 +396,7 @@ fn serve(
     root: &Path,
     requests: &Mutex<Vec<String>>,
     cut: &AtomicU64,
+    trickle: &AtomicU64,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -448,6 +457,15 @@ fn serve(
     } else {
         0
     };
+    let pause = trickle.load(Ordering::SeqCst);
+    if pause > 0 && rel.starts_with("targets/") {
+        for piece in body.chunks(1024) {
+            stream.write_all(piece)?;
+            stream.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+        }
+        return Ok(());
+    }
     if limit > 0 && (limit as usize) < body.len() {
         stream.write_all(&body[..limit as usize])?;
         stream.flush()?;
