@@ -8,7 +8,7 @@
 //!    timestamp) must carry a threshold of valid signatures of the targets keys of the root
 //!    that will be in force, be newer than the last published and not expired, and hold only
 //!    targets of the record ([`crate::custom`]);
-//! 3. every payload is copied (or hard-linked) from the source `elect` recorded into a
+//! 3. every payload is copied from the source `elect` recorded into a
 //!    staging directory inside REPO_DIR and hashed on the way; a mismatch refuses the whole
 //!    publication;
 //! 4. the snapshot and timestamp versions follow the last this workdir published
@@ -490,8 +490,10 @@ fn payload_present(path: &Path, length: u64, sha256: &str) -> Result<bool, Gover
     Ok(n == length && found.to_hex() == sha256)
 }
 
-/// Copy `from` to `to` while hashing; refuse unless it is `length` bytes of `sha256`. A hard
-/// link is tried first (same filesystem), then hashed.
+/// Copy `from` to `to` while hashing; refuse unless it is `length` bytes of `sha256`. Always
+/// a copy of the file opened: a hard link would name whatever `from` is by then (it can be
+/// swapped after the open), and would share its inode, so that a later write to the release's
+/// file would change the published payload.
 fn copy_checked(
     from: &Path,
     to: &Path,
@@ -512,13 +514,6 @@ fn copy_checked(
         source,
     };
     let src = plinth_release::untrusted::open_untrusted(from).map_err(read_err)?;
-    if std::fs::hard_link(from, to).is_ok() {
-        let (found, n) = Sha256::of_reader(src.take(length.saturating_add(1))).map_err(read_err)?;
-        if n != length || found.to_hex() != sha256 {
-            return Err(mismatch(found.to_hex(), n));
-        }
-        return Ok(());
-    }
     let out = std::fs::File::create(to).map_err(|source| GovernanceError::Write {
         path: to.to_path_buf(),
         source,

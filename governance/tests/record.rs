@@ -13,6 +13,7 @@ use plinth_governance::rotate::{self, RotateOptions};
 use plinth_governance::status::{self, Status, StatusOptions};
 use plinth_governance::{fixtures, revoke, sign, GovernanceError, StagedRole, Workdir};
 use plinth_release::Os;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn now() -> jiff::Timestamp {
@@ -154,24 +155,29 @@ impl Scene {
 
     /// Every file under the repository with its bytes.
     fn repo_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.repo.clone()];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    out.push((p.clone(), std::fs::read(&p).unwrap()));
-                }
+        files_under(&self.repo)
+    }
+}
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
             }
         }
-        out.sort();
-        out
     }
+    out.sort();
+    out
 }
 
 #[tokio::test]
@@ -327,6 +333,35 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
+}
+
+#[tokio::test]
+async fn a_published_payload_is_a_copy_the_release_cannot_change() {
+    let s = Scene::new().await;
+    s.elect("1.0.0", b"the real update image").unwrap();
+    s.sign(StagedRole::Targets, 1).await.unwrap();
+    s.sign(StagedRole::Targets, 2).await.unwrap();
+    s.publish().await.unwrap();
+    let published = s
+        .repo_files()
+        .into_iter()
+        .find(|(p, _)| p.to_string_lossy().ends_with("update-img.tar.zst"))
+        .unwrap();
+    // The release's file written in place after publication (same file system, where a hard
+    // link would have shared it).
+    let (source, bytes) = files_under(&s.root.join("rel-1.0.0"))
+        .into_iter()
+        .find(|(p, _)| p.to_string_lossy().ends_with("update-img.tar.zst"))
+        .expect("the release's payload");
+    assert_eq!(bytes, published.1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&source)
+        .unwrap()
+        .write_all(b"THE")
+        .unwrap();
+    assert_eq!(std::fs::read(&published.0).unwrap(), published.1);
+    s.status().await.unwrap();
 }
 
 #[tokio::test]
