@@ -37,7 +37,7 @@ use crate::error::UpgradeError;
 use crate::fetch::{self, Staging, Want};
 use crate::passes::{check_archive, slot_plan, write_pass, CheckResult, Checker, Hashed};
 use crate::repo::{self, RepoOptions};
-use crate::slots::{self, OutcomeKind, SlotStore};
+use crate::slots::{self, SlotStore};
 use plinth_release::archive::ArchiveError;
 use plinth_release::{Os, Slot, Version};
 use std::path::Path;
@@ -222,12 +222,14 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
         let why = format!("it elects {version} (sha256 {}) now", offer.artifact.sha256);
         cancel_pending(store, &why, opts.now)?;
     }
-    let state = store.state();
-    if let Some(last) = &state.last {
-        if last.kind == OutcomeKind::RolledBack && last.version.as_ref() == Some(&version) {
+    // A version that failed here is not taken again by itself, whatever came after; asked
+    // for by name (`apply --version`), it is tried again.
+    if opts.version.is_none() {
+        if let Some(failed) = store.state().failure(&version) {
             return Ok(stay(format!(
-                "{version} failed on this node ({}); waiting for another version",
-                last.reason
+                "{version} failed on this node at {} ({}); waiting for another version \
+                 (`apply --version {version}` tries it again)",
+                failed.at, failed.reason
             )));
         }
     }

@@ -66,7 +66,8 @@ pub struct InitArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Take this version, and only if it is the one elected for this node now.
+    /// Take this version, and only if it is the one elected for this node now (also one
+    /// that failed here before: it is tried again).
     #[arg(long, value_name = "VERSION")]
     pub version: Option<Version>,
     /// The kernel command line whose `plinth.slot=` names the slot that booted (never

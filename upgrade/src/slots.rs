@@ -203,6 +203,19 @@ pub struct Outcome {
     pub at: jiff::Timestamp,
 }
 
+/// The most failed versions a state remembers; the oldest is forgotten first.
+pub const MAX_FAILED: usize = 16;
+
+/// A version whose trial boot failed on this node: it is not applied again unless asked for
+/// by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub version: Version,
+    pub reason: String,
+    pub at: jiff::Timestamp,
+}
+
 /// The slot state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +230,10 @@ pub struct State {
     /// Boots left for the pending slot before it is given up.
     pub tries_left: u8,
     pub last: Option<Outcome>,
+    /// The versions that failed here, oldest first (at most [`MAX_FAILED`]): whatever
+    /// happens after (another version's outcome), none is applied again by itself.
+    #[serde(default)]
+    pub failed: Vec<Failure>,
 }
 
 /// A transition its state does not allow.
@@ -241,6 +258,7 @@ impl State {
                 reason: "state created".into(),
                 at: now,
             }),
+            failed: Vec::new(),
         };
         *s.content_mut(active) = Content::Installed { version };
         s
@@ -392,7 +410,26 @@ impl State {
     /// The pending slot failed (`reason`: "health gate failed: plinth-guest.service"): the
     /// active slot stays, the failed one is no longer pending.
     pub fn roll_back(&mut self, reason: String, now: jiff::Timestamp) -> Result<(), Transition> {
-        self.end_pending(OutcomeKind::RolledBack, "rolled back", reason, now)
+        let version = self
+            .pending
+            .and_then(|p| self.content(p).version().cloned());
+        self.end_pending(OutcomeKind::RolledBack, "rolled back", reason.clone(), now)?;
+        if let Some(version) = version {
+            self.failed.retain(|f| f.version != version);
+            self.failed.push(Failure {
+                version,
+                reason,
+                at: now,
+            });
+            let over = self.failed.len().saturating_sub(MAX_FAILED);
+            self.failed.drain(..over);
+        }
+        Ok(())
+    }
+
+    /// How `version` failed here, if it did.
+    pub fn failure(&self, version: &Version) -> Option<&Failure> {
+        self.failed.iter().find(|f| &f.version == version)
     }
 }
 
@@ -832,6 +869,10 @@ mod tests {
             .unwrap();
         assert_eq!((s.active, s.pending), (Slot::A, None));
         assert_eq!(s.last.as_ref().unwrap().kind, OutcomeKind::RolledBack);
+        assert_eq!(
+            s.failure(&"1.1.0".parse().unwrap()).unwrap().reason,
+            "health gate failed: plinth-guest.service"
+        );
         assert!(s.commit(now()).is_err());
         // Or commit.
         s.flip(3, "retry".into(), now()).unwrap();
@@ -840,6 +881,41 @@ mod tests {
             (s.active, s.current().unwrap().as_str()),
             (Slot::B, "1.1.0")
         );
+    }
+
+    #[test]
+    fn failed_versions_are_remembered_past_later_outcomes_and_bounded() {
+        let mut s = State::new(Slot::A, "1.0.0".parse().unwrap(), now());
+        let fail = |s: &mut State, v: &str| {
+            s.begin_write(v.parse().unwrap());
+            s.written(Sha256::of(v.as_bytes()), vec![]).unwrap();
+            s.flip(1, "upgrade".into(), now()).unwrap();
+            s.roll_back(format!("{v} did not boot"), now()).unwrap();
+        };
+        fail(&mut s, "1.1.0");
+        fail(&mut s, "1.2.0");
+        // Another outcome after: a flip called off.
+        s.begin_write("1.3.0".parse().unwrap());
+        s.written(Sha256::of(b"3"), vec![]).unwrap();
+        s.flip(1, "upgrade".into(), now()).unwrap();
+        s.cancel("revoked".into(), now()).unwrap();
+        assert_eq!(s.last.as_ref().unwrap().kind, OutcomeKind::Cancelled);
+        assert!(s.failure(&"1.1.0".parse().unwrap()).is_some());
+        assert!(s.failure(&"1.2.0".parse().unwrap()).is_some());
+        assert!(s.failure(&"1.3.0".parse().unwrap()).is_none());
+        // A version failing twice is one entry; past the bound the oldest goes.
+        fail(&mut s, "1.1.0");
+        assert_eq!(s.failed.len(), 2);
+        for minor in 10..10 + MAX_FAILED {
+            fail(&mut s, &format!("1.{minor}.0"));
+        }
+        assert_eq!(s.failed.len(), MAX_FAILED);
+        assert!(s.failure(&"1.2.0".parse().unwrap()).is_none());
+        // An older state file, without the list, reads as none failed.
+        let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("failed");
+        let old: State = serde_json::from_value(json).unwrap();
+        assert!(old.failed.is_empty());
     }
 
     #[test]

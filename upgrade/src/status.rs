@@ -1,7 +1,7 @@
 //! `upgrade status`: what is on each slot, which one boots, and what happened last and why,
 //! as lines for people and as a serde struct for `--json`.
 
-use crate::slots::{Content, Outcome, OutcomeKind, State};
+use crate::slots::{Content, Failure, Outcome, OutcomeKind, State};
 use plinth_release::{Slot, Version};
 use serde::Serialize;
 
@@ -12,6 +12,8 @@ pub struct Status {
     pub pending: Option<Slot>,
     pub tries_left: u8,
     pub last: Option<Outcome>,
+    /// Versions that failed here, oldest first: not taken again unless asked for by name.
+    pub failed: Vec<Failure>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,6 +57,7 @@ pub fn status(state: &State) -> Status {
         pending: state.pending,
         tries_left: state.tries_left,
         last: state.last.clone(),
+        failed: state.failed.clone(),
     }
 }
 
@@ -91,6 +94,12 @@ pub fn lines(s: &Status) -> Vec<String> {
             };
             out.push(format!("last: {what} at {}: {}", o.at, o.reason));
         }
+    }
+    for f in &s.failed {
+        out.push(format!(
+            "failed here: {} at {}: {}",
+            f.version, f.at, f.reason
+        ));
     }
     out
 }

@@ -2,8 +2,8 @@
 //! written (a trial boot of the pending slot, or a state file that lags the boot loader),
 //! one apply at a time, a pending flip governance no longer elects is called off before it
 //! boots, the root a load verified is where the next load starts (so keys a rotation retired
-//! cannot fork the record), and a staged payload altered after its download is never
-//! written. Each refusal leaves every slot part and the state file byte-identical.
+//! cannot fork the record), a staged payload altered after its download is never written,
+//! and a version that failed here is not taken again by itself. Each refusal leaves every slot part and the state file byte-identical.
 
 mod common;
 
@@ -126,6 +126,55 @@ async fn a_pending_flip_to_a_revoked_version_is_called_off() {
     );
     let status = plinth_upgrade::status::lines(&plinth_upgrade::status::status(s)).join("\n");
     assert!(status.contains("called off the flip to 1.1.0"), "{status}");
+}
+
+/// Roll the pending slot back, as the boot's health gate does.
+fn roll_back(node: &NodeDir, why: &str) {
+    let mut store = node.store();
+    store.update(|s| s.roll_back(why.into(), now())).unwrap();
+    store.persist().unwrap();
+}
+
+#[tokio::test]
+async fn a_version_that_failed_here_is_not_taken_again_after_another_one_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (record, node) = flipped_to_b(tmp.path()).await;
+    roll_back(&node, "health gate failed: plinth-guest.service");
+    // 1.2.0 is elected, applied, and fails too.
+    record
+        .elect_and_publish("1.2.0", &update_image(3, 200_000), OPEN)
+        .await;
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let done = apply(&opts, &mut node.store()).await.unwrap();
+    assert!(matches!(done, Applied::Flipped { .. }), "{done:?}");
+    roll_back(&node, "the guest did not start");
+    // Governance revokes 1.2.0: 1.1.0 is this node's version again, and it failed here.
+    record.revoke_and_publish("1.2.0").await;
+    let before = node.snapshot();
+    let done = apply(&opts, &mut node.store()).await.unwrap();
+    let Applied::Stay { why, .. } = &done else {
+        panic!("1.1.0 was applied again: {done:?}")
+    };
+    assert!(
+        why.contains("1.1.0 failed on this node") && why.contains("plinth-guest.service"),
+        "{why}"
+    );
+    assert_eq!(node.snapshot(), before);
+    let status =
+        plinth_upgrade::status::lines(&plinth_upgrade::status::status(node.store().state()))
+            .join("\n");
+    assert!(
+        status.contains("failed here: 1.1.0") && status.contains("failed here: 1.2.0"),
+        "{status}"
+    );
+    // Asked for by name, it is tried again.
+    let mut by_name = opts.clone();
+    by_name.version = Some("1.1.0".parse().unwrap());
+    let done = apply(&by_name, &mut node.store()).await.unwrap();
+    assert!(
+        matches!(&done, Applied::Flipped { version, .. } if version.as_str() == "1.1.0"),
+        "{done:?}"
+    );
 }
 
 fn key_id(work: &Path, voter: usize) -> String {
