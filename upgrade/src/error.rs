@@ -57,6 +57,10 @@ pub enum UpgradeError {
     /// A mirror that could not be reached or read.
     #[error("{mirror}: unreachable: {message}\n  hint: check the network and the mirror list; the next poll retries")]
     Unreachable { mirror: String, message: String },
+    /// The system clock is earlier than a time the node's trusted metadata already saw
+    /// (tough's `latest_known_time`): expiry cannot be judged, so nothing is loaded.
+    #[error("the system clock ({now}) is earlier than {seen}, a time this node's trusted metadata already saw: the clock stepped back or is set wrong; nothing was loaded\n  hint: set the clock right (NTP: `timedatectl status`); the record is read again once the clock is past {seen}")]
+    ClockBehind { now: String, seen: String },
     /// tough failed at something else.
     #[error("{mirror}: {message}")]
     Tough { mirror: String, message: String },

@@ -272,7 +272,12 @@ fn starting_root(opts: &RepoOptions) -> Result<(Vec<u8>, PathBuf, u64), UpgradeE
 /// would skip its rollback check against it. They are written atomically (tough loads in a
 /// copy, [`WORK_DIR`]), so one that does not parse was altered: refused, with what to do.
 fn check_datastore(datastore: &Path) -> Result<(), UpgradeError> {
-    for name in ["timestamp.json", "snapshot.json", "targets.json"] {
+    for name in [
+        "timestamp.json",
+        "snapshot.json",
+        "targets.json",
+        "latest_known_time.json",
+    ] {
         let path = datastore.join(name);
         let bytes = match read_untrusted(&path, MAX_METADATA) {
             Ok(b) => b,
@@ -425,6 +430,13 @@ pub fn map_error(mirror: &str, root: &Path, e: tough::error::Error) -> UpgradeEr
             mirror,
             role: role_name(&role),
             message,
+        },
+        E::SystemTimeSteppedBackward {
+            sys_time,
+            latest_known_time,
+        } => UpgradeError::ClockBehind {
+            now: sys_time.to_string(),
+            seen: latest_known_time.to_string(),
         },
         E::VerifyTrustedMetadata { .. } | E::ParseTrustedMetadata { .. } => {
             UpgradeError::TrustedRoot {

@@ -128,6 +128,39 @@ async fn a_pending_flip_to_a_revoked_version_is_called_off() {
     assert!(status.contains("called off the flip to 1.1.0"), "{status}");
 }
 
+#[tokio::test]
+async fn a_clock_behind_what_the_metadata_saw_is_named_and_nothing_is_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = Record::new(&tmp.path().join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
+        .await;
+    let node = NodeDir::new(&tmp.path().join("node"));
+    // An earlier load saw 2100 (tough keeps the latest time it saw): the clock is behind it.
+    let datastore = node.dir.join("datastore");
+    std::fs::create_dir_all(&datastore).unwrap();
+    std::fs::write(
+        datastore.join("latest_known_time.json"),
+        "\"2100-01-01T00:00:00Z\"",
+    )
+    .unwrap();
+    let before = node.snapshot();
+    let opts = node.options(&record, &[file_url(&record.repo)]);
+    let e = apply(&opts, &mut node.store()).await.unwrap_err();
+    assert!(matches!(e, UpgradeError::ClockBehind { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("earlier than 2100-01-01T00:00:00Z") && text.contains("NTP"),
+        "{text}"
+    );
+    assert_eq!(node.snapshot(), before);
+    // Torn, the file is refused rather than dropped (which would drop the check).
+    std::fs::write(datastore.join("latest_known_time.json"), "\"2100-01").unwrap();
+    let e = apply(&opts, &mut node.store()).await.unwrap_err();
+    assert!(matches!(e, UpgradeError::State { .. }), "{e}");
+    assert_eq!(node.snapshot(), before);
+}
+
 /// Roll the pending slot back, as the boot's health gate does.
 fn roll_back(node: &NodeDir, why: &str) {
     let mut store = node.store();
