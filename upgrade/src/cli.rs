@@ -404,6 +404,15 @@ fn jitter(max: std::time::Duration) -> std::time::Duration {
     std::time::Duration::from_millis(h.finish() % (millis + 1))
 }
 
+/// Say that a signal ended poll `n` before its end: the daemon's end.
+fn stopped(n: u64) -> Result<(), CliError> {
+    println!(
+        "poll {n}: stopped by a signal before its end; what was downloaded stays staged, and \
+         the next run resumes it"
+    );
+    Ok(())
+}
+
 async fn daemon(a: DaemonArgs) -> Result<(), CliError> {
     use tokio::signal::unix::{signal, SignalKind};
     let c = config(&a.common.config)?;
@@ -427,8 +436,16 @@ async fn daemon(a: DaemonArgs) -> Result<(), CliError> {
             _ = int.recv() => return Ok(()),
         }
         // One poll; its failure is reported and the next poll tries again. A bad
-        // configuration or command line does not get better: it ends the daemon.
-        match apply_once(&c, &a.cmdline, false, None).await {
+        // configuration or command line does not get better: it ends the daemon. SIGTERM
+        // or SIGINT ends a poll where it waits (a download: its bytes stay staged and the
+        // next run resumes them; the write pass, which does not wait, runs to its end):
+        // every point of an apply is safe to stop at, as a kill is.
+        let polled = tokio::select! {
+            done = apply_once(&c, &a.cmdline, false, None) => done,
+            _ = term.recv() => return stopped(polls + 1),
+            _ = int.recv() => return stopped(polls + 1),
+        };
+        match polled {
             Ok(done) => {
                 let r = report(&done);
                 if a.common.json {

@@ -1,7 +1,8 @@
 //! The `plinth-upgrade` binary as a node runs it: a configuration file naming file-backed
 //! slots and a governance record served from 127.0.0.1; `init`, `check`, `apply` (with the
-//! booted slot from a command-line file), `status` in words and JSON, one `daemon` poll,
-//! and a bad configuration refused with exit 2 naming its line and field.
+//! booted slot from a command-line file), `status` in words and JSON, one `daemon` poll, a
+//! daemon stopped by SIGTERM mid-download, and a bad configuration refused with exit 2
+//! naming its line and field.
 
 mod common;
 
@@ -154,6 +155,64 @@ async fn a_node_inits_checks_applies_and_reports() {
         &config,
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_daemon_mid_download_at_once_its_bytes_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = Record::new(&tmp.path().join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), "2026-01-01T00:00:00Z")
+        .await;
+    // 1 KiB every 100 ms: the download would take minutes.
+    let server = Server::start(&record.repo);
+    server
+        .trickle_ms
+        .store(100, std::sync::atomic::Ordering::SeqCst);
+    let node = NodeDir::new(&tmp.path().join("node"));
+    let config = write_config(&node.dir, &record, &server.url, 7);
+    let cmdline = node.dir.join("cmdline");
+    std::fs::write(&cmdline, "plinth.slot=A\n").unwrap();
+    let before = node.snapshot();
+    let child = Command::new(env!("CARGO_BIN_EXE_plinth-upgrade"))
+        .args(["daemon", "--cmdline"])
+        .arg(&cmdline)
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staged = || {
+        std::fs::read_dir(node.dir.join("staging"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum::<u64>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staged() < 4096 {
+        assert!(std::time::Instant::now() < deadline, "no download began");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let signalled = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed() < std::time::Duration::from_secs(5),
+        "the daemon took {:?} to stop",
+        signalled.elapsed()
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("poll 1: stopped by a signal"),
+        "{}",
+        text(&o)
+    );
+    assert!(staged() >= 4096, "the downloaded bytes were dropped");
+    assert_eq!(node.snapshot(), before);
 }
 
 #[test]
