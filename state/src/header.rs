@@ -182,6 +182,20 @@ fn any_magic(head: &[u8]) -> bool {
             .any(|&o| head.get(o..o + 6) == Some(MAGIC_SECONDARY.as_slice()))
 }
 
+/// The file system whose superblock magic `head` holds (ext2/3/4, XFS, btrfs), if any: none of
+/// them can be bytes cryptsetup wrote (a LUKS2 binary header is zero at ext4's magic).
+fn fs_signature(head: &[u8]) -> Option<&'static str> {
+    if head.get(1080..1082) == Some([0x53, 0xef].as_slice()) {
+        Some("an ext2/3/4 file system")
+    } else if head.starts_with(b"XFSB") {
+        Some("an XFS file system")
+    } else if head.get(0x10040..0x10048) == Some(b"_BHRfS_M".as_slice()) {
+        Some("a btrfs file system")
+    } else {
+        None
+    }
+}
+
 /// A label for a message: printable ASCII kept, anything else escaped.
 fn shown(label: &[u8]) -> String {
     label.escape_ascii().to_string()
@@ -204,6 +218,13 @@ pub fn classify_parts(head: &[u8], window: Window) -> Content {
         return Content::Foreign("a LUKS1 volume".into());
     }
     match window {
+        // A file system made over an unfinished creation (the mark left below it): somebody's.
+        Window::Marked if fs_signature(head).is_some() => {
+            return Content::Foreign(format!(
+                "{} over an unfinished plinth state volume",
+                fs_signature(head).unwrap_or_default()
+            ))
+        }
         // plinth's format was cut before cryptsetup wrote a header (or while it did).
         Window::Marked => return Content::Blank { torn: true },
         Window::DataAt(at) => {
@@ -436,6 +457,19 @@ mod tests {
         luks1[7] = 1;
         assert!(matches!(
             classify_parts(&luks1, Window::Marked),
+            Content::Foreign(_)
+        ));
+        // A file system made over an unfinished creation is somebody's.
+        let mut ext4 = head.clone();
+        ext4[1080..1082].copy_from_slice(&[0x53, 0xef]);
+        let Content::Foreign(why) = classify_parts(&ext4, Window::Marked) else {
+            panic!("an ext4 over the mark is not plinth's")
+        };
+        assert!(why.contains("ext2/3/4"), "{why}");
+        let mut btrfs = vec![0u8; HEAD_LEN];
+        btrfs[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
+        assert!(matches!(
+            classify_parts(&btrfs, Window::Marked),
             Content::Foreign(_)
         ));
         // A committed volume stays committed whatever lies at its data's start.

@@ -280,21 +280,31 @@ impl Volume {
         })
     }
 
-    /// Zero the partition's first [`header::SCAN_END`] bytes (both LUKS2 headers, the key
-    /// slots, the start of the data), so that it reads as blank: nothing of the old volume
-    /// can be opened again.
+    /// Wipe the volume so that nothing of it can be opened again: the creation mark first
+    /// (synced), then zeros over the rest of the partition's first [`header::SCAN_END`] bytes
+    /// (both LUKS2 headers, the key slots, the start of the data). A power cut at any point
+    /// leaves either the old header (the wipe request, naming its UUID, still matches) or the
+    /// mark with no header: a creation to start again, never bytes read as somebody's data.
     pub fn wipe_volume(&self) -> Result<(), StateError> {
         use std::os::unix::fs::FileExt;
+        self.mark_creating()?;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(&self.device)
             .map_err(|e| StateError::io(&self.device, e))?;
         let zeros = vec![0u8; 1 << 20];
+        let mark_end = header::DATA_START + header::MARK_LEN as u64;
         let mut at = 0;
         while at < header::SCAN_END {
-            f.write_all_at(&zeros, at)
-                .map_err(|e| StateError::io(&self.device, e))?;
-            at += zeros.len() as u64;
+            let end = (at + zeros.len() as u64).min(header::SCAN_END);
+            // Around the mark: [at, DATA_START) and [mark end, end).
+            for (from, to) in [(at, end.min(header::DATA_START)), (at.max(mark_end), end)] {
+                if from < to {
+                    f.write_all_at(&zeros[..(to - from) as usize], from)
+                        .map_err(|e| StateError::io(&self.device, e))?;
+                }
+            }
+            at = end;
         }
         f.sync_all().map_err(|e| StateError::io(&self.device, e))
     }

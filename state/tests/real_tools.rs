@@ -69,14 +69,17 @@ fn cryptsetups_own_headers_are_read_as_plinth_expects() {
         Some(String::from_utf8_lossy(&luks_uuid.stdout).trim())
     );
     v.wipe_volume().unwrap();
-    assert_eq!(v.content().unwrap(), Content::Blank { torn: false });
+    assert_eq!(v.content().unwrap(), Content::Blank { torn: true });
     assert_eq!(v.uuid().unwrap(), None);
+    let bytes = std::fs::read(&v.device).unwrap();
+    assert!(bytes[..16 << 20].iter().all(|&b| b == 0));
+    assert!(bytes[(16 << 20) + 512..32 << 20].iter().all(|&b| b == 0));
 
     // A format cut after cryptsetup filled the key slots with random bytes and before it wrote
     // a header (the headers' area zeroed, as cryptsetup does first): with plinth's mark it is
     // a creation to start again, without it somebody's data.
     for marked in [true, false] {
-        v.wipe_volume().unwrap();
+        std::fs::write(&v.device, vec![0u8; SIZE as usize]).unwrap();
         if marked {
             v.mark_creating().unwrap();
         }
@@ -84,6 +87,30 @@ fn cryptsetups_own_headers_are_read_as_plinth_expects() {
         let mut bytes = std::fs::read(&v.device).unwrap();
         bytes[..0x8000].fill(0);
         assert!(bytes[0x8000..16 << 20].iter().any(|&b| b != 0));
+        std::fs::write(&v.device, &bytes).unwrap();
+        let content = v.content().unwrap();
+        if marked {
+            assert_eq!(content, Content::Blank { torn: true });
+        } else {
+            assert!(matches!(content, Content::Foreign(_)), "{content:?}");
+        }
+    }
+
+    // A wipe cut by a power loss after its first MiB of zeros (both headers gone, key slots
+    // and data left): the mark, written first, makes it a creation to start again.
+    for marked in [true, false] {
+        std::fs::write(&v.device, vec![0u8; SIZE as usize]).unwrap();
+        v.format(b"temporary").unwrap();
+        v.relabel(LABEL_STATE).unwrap();
+        let mut bytes = std::fs::read(&v.device).unwrap();
+        bytes[16 << 20..(16 << 20) + 4096].fill(0xc3);
+        std::fs::write(&v.device, &bytes).unwrap();
+        assert_eq!(v.content().unwrap(), Content::State);
+        if marked {
+            v.mark_creating().unwrap();
+        }
+        let mut bytes = std::fs::read(&v.device).unwrap();
+        bytes[..1 << 20].fill(0);
         std::fs::write(&v.device, &bytes).unwrap();
         let content = v.content().unwrap();
         if marked {
