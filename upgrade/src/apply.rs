@@ -225,7 +225,7 @@ pub async fn apply(opts: &ApplyOptions, store: &mut SlotStore) -> Result<Applied
     // A version that failed here is not taken again by itself, whatever came after; asked
     // for by name (`apply --version`), it is tried again.
     if opts.version.is_none() {
-        if let Some(failed) = store.state().failure(&version) {
+        if let Some(failed) = store.state().failure(&version, &offer.artifact.sha256) {
             return Ok(stay(format!(
                 "{version} failed on this node at {} ({}); waiting for another version \
                  (`apply --version {version}` tries it again)",

@@ -62,8 +62,9 @@ pub struct Staging {
     pub pace: Pace,
 }
 
-/// How slow an http(s) mirror may be: it must deliver what is missing of the payload within
-/// `grace` plus that length at `min_rate` bytes a second, or it is given up (what it gave
+/// How slow an http(s) mirror may be: it must deliver the payload within `grace` plus its
+/// length at `min_rate` bytes a second (the whole length, also when resuming: a mirror that
+/// ignores the range starts again from the first byte), or it is given up (what it gave
 /// stays staged) and the next mirror tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
@@ -72,7 +73,7 @@ pub struct Pace {
 }
 
 impl Pace {
-    /// 64 KiB/s after two minutes: a 1 GiB payload may take 4 h 33 min from one mirror.
+    /// 64 KiB/s after two minutes: a 1 GiB payload may take 4 h 35 min from one mirror.
     pub const DEFAULT: Pace = Pace {
         min_rate: 64 << 10,
         grace: std::time::Duration::from_secs(120),
@@ -227,9 +228,14 @@ pub async fn download_with(
             }
         }
     }
-    staged.reset()?;
-    drop(staged);
-    let _ = std::fs::remove_file(&path);
+    // Only transport failures: what was staged is a prefix of what some mirror served, kept
+    // for the next run to resume (a slow link gets there over several runs); after any
+    // other failure it was already dropped.
+    if !tried.iter().all(UpgradeError::is_transport) {
+        staged.reset()?;
+        drop(staged);
+        let _ = std::fs::remove_file(&path);
+    }
     if tried.len() == 1 {
         return Err(tried.remove(0));
     }
@@ -314,8 +320,8 @@ fn finish(staged: &mut Staged<'_>, want: &Want, url: &Url) -> Result<(), Upgrade
         .map_err(UpgradeError::io(&staged.path, "fsync the staged payload"))
 }
 
-/// [`from_mirror`] within the [`Pace`]'s deadline for what is missing; a mirror too slow is
-/// a transport failure (the staged bytes are kept, the next mirror resumes from them).
+/// [`from_mirror`] within the [`Pace`]'s deadline for the payload; a mirror too slow is a
+/// transport failure (the staged bytes are kept, the next mirror or run resumes from them).
 async fn paced(
     client: &reqwest::Client,
     url: &Url,
@@ -323,17 +329,17 @@ async fn paced(
     staged: &mut Staged<'_>,
     pace: Pace,
 ) -> Result<(), UpgradeError> {
-    let (from, started) = (staged.pos, std::time::Instant::now());
-    let deadline = pace.deadline(want.length - staged.pos);
+    let started = std::time::Instant::now();
+    let deadline = pace.deadline(want.length);
     match tokio::time::timeout(deadline, from_mirror(client, url, want, staged)).await {
         Ok(result) => result,
         Err(_) => Err(UpgradeError::Unreachable {
             mirror: url.to_string(),
             message: format!(
-                "too slow: {} of the {} bytes missing in {:.0} s, below the {} KiB/s (after {} s) \
-                 a mirror must keep; its bytes stay staged for the next mirror",
-                staged.pos - from,
-                want.length - from,
+                "too slow: {} of {} bytes staged after {:.0} s, below the {} KiB/s (after {} s) \
+                 a mirror must keep; the bytes stay staged for the next mirror or run",
+                staged.pos,
+                want.length,
                 started.elapsed().as_secs_f64(),
                 pace.min_rate >> 10,
                 pace.grace.as_secs()

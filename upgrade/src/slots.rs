@@ -206,19 +206,37 @@ pub struct Outcome {
 /// The most failed versions a state remembers; the oldest is forgotten first.
 pub const MAX_FAILED: usize = 16;
 
+/// The longest failure reason kept (the state file is read with a size cap).
+pub const MAX_REASON: usize = 512;
+
 /// A version whose trial boot failed on this node: it is not applied again unless asked for
-/// by name.
+/// by name, or until governance publishes other bytes for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Failure {
     pub version: Version,
+    /// The sha256 of the update archive that failed, when the slot recorded it.
+    #[serde(default)]
+    pub target_sha256: Option<Sha256>,
     pub reason: String,
     pub at: jiff::Timestamp,
 }
 
-/// The slot state.
+/// `reason` cut to [`MAX_REASON`] bytes, at a character boundary.
+fn bounded(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+/// The slot state. Fields it does not know are ignored (not refused), so that an older agent
+/// (after a fall-back to an older slot) reads what a newer one wrote; a change an older agent
+/// must not ignore raises [`FORMAT_VERSION`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct State {
     pub format_version: u32,
     /// The slot booted and committed.
@@ -387,6 +405,10 @@ impl State {
         self.active = slot;
         self.pending = None;
         self.tries_left = 0;
+        // It failed before, and now it runs: no longer a failure.
+        if let Some(version) = self.content(slot).version().cloned() {
+            self.failed.retain(|f| f.version != version);
+        }
         self.last = Some(Outcome {
             kind: OutcomeKind::Committed,
             slot,
@@ -410,14 +432,18 @@ impl State {
     /// The pending slot failed (`reason`: "health gate failed: plinth-guest.service"): the
     /// active slot stays, the failed one is no longer pending.
     pub fn roll_back(&mut self, reason: String, now: jiff::Timestamp) -> Result<(), Transition> {
-        let version = self
-            .pending
-            .and_then(|p| self.content(p).version().cloned());
+        let reason = bounded(reason);
+        let failed = self.pending.map(|p| self.content(p).clone());
         self.end_pending(OutcomeKind::RolledBack, "rolled back", reason.clone(), now)?;
-        if let Some(version) = version {
+        if let Some(version) = failed.as_ref().and_then(Content::version).cloned() {
+            let target_sha256 = match failed {
+                Some(Content::Written { target_sha256, .. }) => Some(target_sha256),
+                _ => None,
+            };
             self.failed.retain(|f| f.version != version);
             self.failed.push(Failure {
                 version,
+                target_sha256,
                 reason,
                 at: now,
             });
@@ -427,9 +453,12 @@ impl State {
         Ok(())
     }
 
-    /// How `version` failed here, if it did.
-    pub fn failure(&self, version: &Version) -> Option<&Failure> {
-        self.failed.iter().find(|f| &f.version == version)
+    /// How `version` with the archive `sha256` failed here, if it did (other bytes published
+    /// for the version since are not that failure).
+    pub fn failure(&self, version: &Version, sha256: &Sha256) -> Option<&Failure> {
+        self.failed
+            .iter()
+            .find(|f| &f.version == version && f.target_sha256.as_ref().is_none_or(|s| s == sha256))
     }
 }
 
@@ -870,13 +899,20 @@ mod tests {
         assert_eq!((s.active, s.pending), (Slot::A, None));
         assert_eq!(s.last.as_ref().unwrap().kind, OutcomeKind::RolledBack);
         assert_eq!(
-            s.failure(&"1.1.0".parse().unwrap()).unwrap().reason,
+            s.failure(&"1.1.0".parse().unwrap(), &Sha256::of(b"t"))
+                .unwrap()
+                .reason,
             "health gate failed: plinth-guest.service"
         );
+        // Other bytes for the version are not the failure.
+        assert!(s
+            .failure(&"1.1.0".parse().unwrap(), &Sha256::of(b"u"))
+            .is_none());
         assert!(s.commit(now()).is_err());
-        // Or commit.
+        // Or commit: it no longer counts as failed.
         s.flip(3, "retry".into(), now()).unwrap();
         s.commit(now()).unwrap();
+        assert!(s.failed.is_empty());
         assert_eq!(
             (s.active, s.current().unwrap().as_str()),
             (Slot::B, "1.1.0")
@@ -890,7 +926,12 @@ mod tests {
             s.begin_write(v.parse().unwrap());
             s.written(Sha256::of(v.as_bytes()), vec![]).unwrap();
             s.flip(1, "upgrade".into(), now()).unwrap();
-            s.roll_back(format!("{v} did not boot"), now()).unwrap();
+            s.roll_back(format!("{v} did not boot {}", "é".repeat(400)), now())
+                .unwrap();
+        };
+        let failed = |s: &State, v: &str| {
+            s.failure(&v.parse().unwrap(), &Sha256::of(v.as_bytes()))
+                .cloned()
         };
         fail(&mut s, "1.1.0");
         fail(&mut s, "1.2.0");
@@ -900,9 +941,12 @@ mod tests {
         s.flip(1, "upgrade".into(), now()).unwrap();
         s.cancel("revoked".into(), now()).unwrap();
         assert_eq!(s.last.as_ref().unwrap().kind, OutcomeKind::Cancelled);
-        assert!(s.failure(&"1.1.0".parse().unwrap()).is_some());
-        assert!(s.failure(&"1.2.0".parse().unwrap()).is_some());
-        assert!(s.failure(&"1.3.0".parse().unwrap()).is_none());
+        assert!(failed(&s, "1.1.0").is_some());
+        assert!(failed(&s, "1.2.0").is_some());
+        assert!(failed(&s, "1.3.0").is_none());
+        // Reasons are bounded, at a character boundary.
+        let reason = failed(&s, "1.1.0").unwrap().reason;
+        assert!(reason.len() <= MAX_REASON && reason.len() > MAX_REASON - 2);
         // A version failing twice is one entry; past the bound the oldest goes.
         fail(&mut s, "1.1.0");
         assert_eq!(s.failed.len(), 2);
@@ -910,12 +954,16 @@ mod tests {
             fail(&mut s, &format!("1.{minor}.0"));
         }
         assert_eq!(s.failed.len(), MAX_FAILED);
-        assert!(s.failure(&"1.2.0".parse().unwrap()).is_none());
-        // An older state file, without the list, reads as none failed.
+        assert!(failed(&s, "1.2.0").is_none());
+        // An older state file, without the list, reads as none failed; a newer one's fields
+        // this agent does not know are ignored.
         let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
         json.as_object_mut().unwrap().remove("failed");
-        let old: State = serde_json::from_value(json).unwrap();
+        let old: State = serde_json::from_value(json.clone()).unwrap();
         assert!(old.failed.is_empty());
+        json["a_later_field"] = serde_json::json!({"x": 1});
+        let newer: State = serde_json::from_value(json).unwrap();
+        assert_eq!(newer, old);
     }
 
     #[test]

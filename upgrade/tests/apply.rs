@@ -168,6 +168,12 @@ async fn a_mirror_that_trickles_is_given_up_and_the_next_resumes_its_bytes() {
         text.contains("too slow") && text.contains("1024 KiB/s"),
         "{text}"
     );
+    // What it gave stays staged for the next run (only transport failed).
+    let payload = std::fs::read(s.record.payload_path("1.1.0")).unwrap();
+    let staged = std::fs::metadata(alone.staging.path(&plinth_release::Sha256::of(&payload)))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(staged > 0 && staged < length, "{staged} bytes staged");
 
     // With a good mirror after it, the good one resumes from the bytes the slow one gave.
     let before_a = s.node.active_bytes();
