@@ -311,6 +311,17 @@ mod tests {
         h[CSUM_AT..CSUM_AT + 32].copy_from_slice(&sum);
     }
 
+    /// A 64 MiB partition image of zeros at `path`, open for reading and writing.
+    fn partition_file(path: &std::path::Path) -> std::fs::File {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
     fn volume(label: &str) -> Vec<u8> {
         let mut head = vec![0u8; HEAD_LEN];
         put_header(&mut head, 0, 0x4000, label, 3);
@@ -485,13 +496,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
         let put = |at: u64, bytes: &[u8]| {
-            let f = std::fs::File::create(&path).unwrap();
-            f.set_len(64 << 20).unwrap();
-            let mut f = std::fs::File::options()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
+            let mut f = partition_file(&path);
             f.seek(SeekFrom::Start(0x8000)).unwrap();
             f.write_all(&[0x5a; 4096]).unwrap();
             f.seek(SeekFrom::Start(at)).unwrap();
@@ -515,14 +520,7 @@ mod tests {
     #[test]
     fn classify_streams_the_data_window_of_a_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        let f = std::fs::File::create(&path).unwrap();
-        f.set_len(64 << 20).unwrap();
-        let mut f = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let mut f = partition_file(&dir.path().join("data"));
         assert_eq!(
             classify(&mut f, 64 << 20).unwrap(),
             Content::Blank { torn: false }

@@ -13,8 +13,6 @@ use plinth_upgrade::fetch::Pace;
 use plinth_upgrade::slots::Content;
 use plinth_upgrade::UpgradeError;
 
-const OPEN: &str = "2026-01-01T00:00:00Z";
-
 struct Scene {
     _tmp: tempfile::TempDir,
     record: Record,

@@ -54,12 +54,8 @@ fn write_config(node: &Path, record: &Record, mirror: &str, seed: u16) -> std::p
 #[tokio::test]
 async fn a_node_inits_checks_applies_and_reports() {
     let tmp = tempfile::tempdir().unwrap();
-    let record = Record::new(&tmp.path().join("gov")).await;
-    record
-        .elect_and_publish("1.1.0", &update_image(2, 200_000), "2026-01-01T00:00:00Z")
-        .await;
+    let (record, node) = elected_1_1_0(tmp.path()).await;
     let server = Server::start(&record.repo);
-    let node = NodeDir::sized(&tmp.path().join("node"), PART_SIZE);
     std::fs::remove_file(&node.state).unwrap();
     let config = write_config(&node.dir, &record, &server.url, 7);
 
@@ -160,16 +156,12 @@ async fn a_node_inits_checks_applies_and_reports() {
 #[tokio::test]
 async fn sigterm_ends_a_daemon_mid_download_at_once_its_bytes_kept() {
     let tmp = tempfile::tempdir().unwrap();
-    let record = Record::new(&tmp.path().join("gov")).await;
-    record
-        .elect_and_publish("1.1.0", &update_image(2, 200_000), "2026-01-01T00:00:00Z")
-        .await;
+    let (record, node) = elected_1_1_0(tmp.path()).await;
     // 1 KiB every 100 ms: the download would take minutes.
     let server = Server::start(&record.repo);
     server
         .trickle_ms
         .store(100, std::sync::atomic::Ordering::SeqCst);
-    let node = NodeDir::new(&tmp.path().join("node"));
     let config = write_config(&node.dir, &record, &server.url, 7);
     let cmdline = node.dir.join("cmdline");
     std::fs::write(&cmdline, "plinth.slot=A\n").unwrap();

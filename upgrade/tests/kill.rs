@@ -70,7 +70,7 @@ async fn sigkill_at_random_points_never_touches_the_active_slot() {
     let tmp = tempfile::tempdir().unwrap();
     let record = Record::new(&tmp.path().join("gov")).await;
     record
-        .elect_and_publish("1.1.0", &update_image(2, ROOT), "2026-01-01T00:00:00Z")
+        .elect_and_publish("1.1.0", &update_image(2, ROOT), OPEN)
         .await;
     let server = Server::start(&record.repo);
     let node = NodeDir::sized(&tmp.path().join("node"), 2 * ROOT);

@@ -18,14 +18,8 @@ use plinth_upgrade::slots::OutcomeKind;
 use plinth_upgrade::UpgradeError;
 use std::path::Path;
 
-const OPEN: &str = "2026-01-01T00:00:00Z";
-
 async fn flipped_to_b(dir: &Path) -> (Record, NodeDir) {
-    let record = Record::new(&dir.join("gov")).await;
-    record
-        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
-        .await;
-    let node = NodeDir::new(&dir.join("node"));
+    let (record, node) = elected_1_1_0(dir).await;
     let opts = node.options(&record, &[file_url(&record.repo)]);
     let done = apply(&opts, &mut node.store()).await.unwrap();
     assert!(
@@ -78,11 +72,7 @@ async fn the_slot_that_booted_is_never_written() {
 #[tokio::test]
 async fn a_second_apply_while_one_runs_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let record = Record::new(&tmp.path().join("gov")).await;
-    record
-        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
-        .await;
-    let node = NodeDir::new(&tmp.path().join("node"));
+    let (record, node) = elected_1_1_0(tmp.path()).await;
     let opts = node.options(&record, &[file_url(&record.repo)]);
     let running = node.store();
     let held = running.lock().unwrap();
@@ -131,11 +121,7 @@ async fn a_pending_flip_to_a_revoked_version_is_called_off() {
 #[tokio::test]
 async fn a_clock_behind_what_the_metadata_saw_is_named_and_nothing_is_loaded() {
     let tmp = tempfile::tempdir().unwrap();
-    let record = Record::new(&tmp.path().join("gov")).await;
-    record
-        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
-        .await;
-    let node = NodeDir::new(&tmp.path().join("node"));
+    let (record, node) = elected_1_1_0(tmp.path()).await;
     // An earlier load saw 2100 (tough keeps the latest time it saw): the clock is behind it.
     let datastore = node.dir.join("datastore");
     std::fs::create_dir_all(&datastore).unwrap();
@@ -218,11 +204,7 @@ fn key_id(work: &Path, voter: usize) -> String {
 #[tokio::test]
 async fn keys_a_rotation_retired_cannot_fork_the_record() {
     let tmp = tempfile::tempdir().unwrap();
-    let record = Record::new(&tmp.path().join("gov")).await;
-    record
-        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
-        .await;
-    let node = NodeDir::new(&tmp.path().join("node"));
+    let (record, node) = elected_1_1_0(tmp.path()).await;
     let opts = node.options(&record, &[file_url(&record.repo)]);
     let client = reqwest::Client::new();
     plinth_upgrade::repo::load(&opts.repo, &client)

@@ -342,6 +342,19 @@ impl NodeDir {
     }
 }
 
+/// When the fixtures' first wave opens.
+pub const OPEN: &str = "2026-01-01T00:00:00Z";
+
+/// A record under `dir/gov` electing 1.1.0 (a 200 000-byte root image) for every node from
+/// [`OPEN`], and a node under `dir/node` as [`NodeDir::new`] makes it (1.0.0 on slot A).
+pub async fn elected_1_1_0(dir: &Path) -> (Record, NodeDir) {
+    let record = Record::new(&dir.join("gov")).await;
+    record
+        .elect_and_publish("1.1.0", &update_image(2, 200_000), OPEN)
+        .await;
+    (record, NodeDir::new(&dir.join("node")))
+}
+
 pub fn file_url(dir: &Path) -> String {
     url::Url::from_directory_path(dir).unwrap().to_string()
 }
