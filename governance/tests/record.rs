@@ -157,6 +157,19 @@ impl Scene {
     fn repo_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         files_under(&self.repo)
     }
+
+    /// 1.0.0 elected, signed by voters 1 and 2, published: its payload's path in the
+    /// repository and its bytes.
+    async fn published_1_0_0(&self) -> (PathBuf, Vec<u8>) {
+        self.elect("1.0.0", b"the real update image").unwrap();
+        self.sign(StagedRole::Targets, 1).await.unwrap();
+        self.sign(StagedRole::Targets, 2).await.unwrap();
+        self.publish().await.unwrap();
+        self.repo_files()
+            .into_iter()
+            .find(|(p, _)| p.to_string_lossy().ends_with("update-img.tar.zst"))
+            .unwrap()
+    }
 }
 
 /// Every file under `dir` with its bytes, sorted by path.
@@ -338,15 +351,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test]
 async fn a_published_payload_is_a_copy_the_release_cannot_change() {
     let s = Scene::new().await;
-    s.elect("1.0.0", b"the real update image").unwrap();
-    s.sign(StagedRole::Targets, 1).await.unwrap();
-    s.sign(StagedRole::Targets, 2).await.unwrap();
-    s.publish().await.unwrap();
-    let published = s
-        .repo_files()
-        .into_iter()
-        .find(|(p, _)| p.to_string_lossy().ends_with("update-img.tar.zst"))
-        .unwrap();
+    let published = s.published_1_0_0().await;
     // The release's file written in place after publication (same file system, where a hard
     // link would have shared it).
     let (source, bytes) = files_under(&s.root.join("rel-1.0.0"))
@@ -367,16 +372,7 @@ async fn a_published_payload_is_a_copy_the_release_cannot_change() {
 #[tokio::test]
 async fn a_tampered_payload_is_refused_when_a_client_reads_it() {
     let s = Scene::new().await;
-    s.elect("1.0.0", b"the real update image").unwrap();
-    s.sign(StagedRole::Targets, 1).await.unwrap();
-    s.sign(StagedRole::Targets, 2).await.unwrap();
-    s.publish().await.unwrap();
-    let payload = s
-        .repo_files()
-        .into_iter()
-        .map(|(p, _)| p)
-        .find(|p| p.to_string_lossy().ends_with("update-img.tar.zst"))
-        .unwrap();
+    let (payload, _) = s.published_1_0_0().await;
     let mut bytes = std::fs::read(&payload).unwrap();
     bytes[3] ^= 1;
     std::fs::remove_file(&payload).unwrap();

@@ -218,15 +218,16 @@ pub fn classify_parts(head: &[u8], window: Window) -> Content {
         return Content::Foreign("a LUKS1 volume".into());
     }
     match window {
-        // A file system made over an unfinished creation (the mark left below it): somebody's.
-        Window::Marked if fs_signature(head).is_some() => {
-            return Content::Foreign(format!(
-                "{} over an unfinished plinth state volume",
-                fs_signature(head).unwrap_or_default()
-            ))
+        Window::Marked => {
+            return match fs_signature(head) {
+                // A file system made over an unfinished creation (the mark left below it).
+                Some(fs) => Content::Foreign(format!(
+                    "{fs} over an unfinished plinth state volume"
+                )),
+                // plinth's format was cut before cryptsetup wrote a header (or while it did).
+                None => Content::Blank { torn: true },
+            }
         }
-        // plinth's format was cut before cryptsetup wrote a header (or while it did).
-        Window::Marked => return Content::Blank { torn: true },
         Window::DataAt(at) => {
             return Content::Foreign(format!(
                 "data that is not a plinth state volume (a non-zero byte at offset {at}, inside the area a file system would use)"
