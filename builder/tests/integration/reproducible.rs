@@ -5,10 +5,10 @@
 //! - fsck and sgdisk on every image of every release, and `systemd-analyze verify` of plinth's
 //!   units in each root;
 //! - a second `plinth build` with nothing changed is served from the stage cache;
-//! - `plinth verify` of each release, in another directory, umask, TZ, LANG and host name
-//!   (own UTS namespace), rebuilds everything without the stage cache and reproduces every
-//!   artifact byte for byte (the agents in a target directory of their own, then checked
-//!   for build paths);
+//! - `plinth verify` of each release (beside the next build), in another directory, umask, TZ,
+//!   LANG and host name (own UTS namespace), rebuilds everything without the stage cache and
+//!   reproduces every artifact byte for byte (the agents in a target directory of their own,
+//!   then checked for build paths);
 //! - GuestOS's SNP launch digests equal `sev-snp-measure`'s for 6 launches (3 vCPU
 //!   count/type pairs, both slots), and its AmdSev OVMF (built at `plinth build`, rebuilt by
 //!   `plinth verify`) boots its disk, launched by `plinth-host guest launch` (two guest NUMA
@@ -332,53 +332,86 @@ fn every_image_reproduces_verifies_and_diffs() {
             ],
         )
     };
-    for os in OSES {
-        let first = build(os, out1_arg);
-        assert!(first.status.success(), "plinth build {os}");
-        let release = out1.join(os).join(VERSION);
-        check_filesystems(&release, &dir.path().join("fsck"));
-        let sums = std::fs::read(release.join("SHA256SUMS")).unwrap();
-        if os == "guest-os" {
-            // Its guest firmware, which the verify below rebuilds in another directory.
+    // Two chains at once (a build alone leaves a core idle in its single-threaded stretches:
+    // dpkg, mke2fs, the verity pass): this thread builds each OS and the changed release; the
+    // verifier rebuilds elsewhere each release as soon as it exists. A verify reads the
+    // package cache only (it takes no stage from the stage cache) and compiles the agents in
+    // its own target directory, so the two never write the same file.
+    let out2 = dir.path().join("out2");
+    let changed_verify = std::thread::scope(|chains| {
+        let (built, to_verify) = std::sync::mpsc::channel::<(String, PathBuf)>();
+        let verifier = chains.spawn(|| {
+            let mut changed = None;
+            for (os, release) in to_verify {
+                let verify = verify_elsewhere(&repo, &cache, &release);
+                if release.starts_with(&out1) {
+                    let report = text(&verify);
+                    assert!(
+                        verify.status.success(),
+                        "plinth verify {os} failed:\n{report}"
+                    );
+                    assert!(report.contains("reproduced"), "{report}");
+                    eprintln!(
+                        "{os}: built twice (build, verify elsewhere): every artifact identical"
+                    );
+                } else {
+                    changed = Some(verify);
+                }
+            }
+            changed.expect("the changed release was verified")
+        });
+        for os in OSES {
+            let first = build(os, out1_arg);
+            assert!(first.status.success(), "plinth build {os}");
+            let release = out1.join(os).join(VERSION);
+            check_filesystems(&release, &dir.path().join("fsck"));
+            let sums = std::fs::read(release.join("SHA256SUMS")).unwrap();
+            if os == "guest-os" {
+                // Its guest firmware, which the verify rebuilds in another directory.
+                assert!(
+                    String::from_utf8_lossy(&sums).contains("  OVMF-AmdSev.fd\n"),
+                    "guest-os: no OVMF-AmdSev.fd in SHA256SUMS"
+                );
+            }
+
+            // Nothing changed: every stage from the cache, the same bytes.
+            let again = build(os, out1_arg);
+            assert!(again.status.success());
             assert!(
-                String::from_utf8_lossy(&sums).contains("  OVMF-AmdSev.fd\n"),
-                "guest-os: no OVMF-AmdSev.fd in SHA256SUMS"
+                text(&again).contains("every stage reused from the stage cache"),
+                "{os}: the unchanged rebuild was not served from the cache"
             );
+            assert_eq!(std::fs::read(release.join("SHA256SUMS")).unwrap(), sums);
+            // An independent rebuild elsewhere must reproduce every artifact.
+            built.send((os.to_owned(), release)).unwrap();
         }
 
-        // Nothing changed: every stage from the cache, the same bytes.
-        let again = build(os, out1_arg);
-        assert!(again.status.success());
+        // One overlay file changed in the working tree (the verifies rebuild from the commit,
+        // `git archive`, so the ones still running do not see it).
+        let changed = repo.join(CHANGED_OS).join("rootfs").join(CHANGED);
+        let mut conf = std::fs::read_to_string(&changed).unwrap();
+        conf.push_str("MaxLevelConsole=info\n");
+        std::fs::write(&changed, conf).unwrap();
+        let second = build(CHANGED_OS, out2.to_str().unwrap());
+        assert!(second.status.success());
         assert!(
-            text(&again).contains("every stage reused from the stage cache"),
-            "{os}: the unchanged rebuild was not served from the cache"
+            text(&second).contains("packages and initrd reused from the stage cache"),
+            "an overlay change must reuse the package stage and its initrd"
         );
-        assert_eq!(std::fs::read(release.join("SHA256SUMS")).unwrap(), sums);
-
-        // An independent rebuild elsewhere reproduces every artifact.
-        let verify = verify_elsewhere(&repo, &cache, &release);
-        let report = text(&verify);
-        assert!(verify.status.success(), "plinth verify {os} failed");
-        assert!(report.contains("reproduced"), "{report}");
-        eprintln!("{os}: built twice (build, verify elsewhere): every artifact identical");
-    }
+        built
+            .send((CHANGED_OS.to_owned(), out2.join(CHANGED_OS).join(VERSION)))
+            .unwrap();
+        drop(built);
+        match verifier.join() {
+            Ok(verify) => verify,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    });
 
     // The agents the verifies built (in their own target directory, never the builds'):
     // reproduced above, and without a build-machine path in them.
     agents_are_path_free(&repo, &cache.with_file_name("verify-agent-target"));
 
-    // One overlay file changed in the working tree.
-    let changed = repo.join(CHANGED_OS).join("rootfs").join(CHANGED);
-    let mut conf = std::fs::read_to_string(&changed).unwrap();
-    conf.push_str("MaxLevelConsole=info\n");
-    std::fs::write(&changed, conf).unwrap();
-    let out2 = dir.path().join("out2");
-    let second = build(CHANGED_OS, out2.to_str().unwrap());
-    assert!(second.status.success());
-    assert!(
-        text(&second).contains("packages and initrd reused from the stage cache"),
-        "an overlay change must reuse the package stage and its initrd"
-    );
     let (a, b) = (
         out1.join(CHANGED_OS).join(VERSION),
         out2.join(CHANGED_OS).join(VERSION),
@@ -393,7 +426,7 @@ fn every_image_reproduces_verifies_and_diffs() {
     assert!(diff_text.contains("packages: 0 added, 0 removed, 0 changed"));
     assert!(diff_text.contains("verity root hash"), "{diff_text}");
 
-    let verify = verify_elsewhere(&repo, &cache, &b);
+    let verify = changed_verify;
     assert_eq!(
         verify.status.code(),
         Some(1),
