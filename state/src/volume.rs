@@ -288,10 +288,7 @@ impl Volume {
     pub fn wipe_volume(&self) -> Result<(), StateError> {
         use std::os::unix::fs::FileExt;
         self.mark_creating()?;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.device)
-            .map_err(|e| StateError::io(&self.device, e))?;
+        let f = self.open_exclusive()?;
         let zeros = vec![0u8; 1 << 20];
         let mark_end = header::DATA_START + header::MARK_LEN as u64;
         let mut at = 0;
@@ -309,13 +306,22 @@ impl Volume {
         f.sync_all().map_err(|e| StateError::io(&self.device, e))
     }
 
+    /// The partition opened for writing with O_EXCL: a block device that is mounted or held
+    /// (an open dm-crypt mapping) is refused (EBUSY), never written under its user; a regular
+    /// file (the tests' partitions) ignores the flag.
+    fn open_exclusive(&self) -> Result<std::fs::File, StateError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(&self.device)
+            .map_err(|e| StateError::io(&self.device, e))
+    }
+
     /// Write the creation mark at the data's start, durably, before any format.
     pub fn mark_creating(&self) -> Result<(), StateError> {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&self.device)
-            .map_err(|e| StateError::io(&self.device, e))?;
+        let f = self.open_exclusive()?;
         f.write_all_at(&header::creation_mark(), header::DATA_START)
             .and_then(|()| f.sync_all())
             .map_err(|e| StateError::io(&self.device, e))

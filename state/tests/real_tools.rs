@@ -276,3 +276,43 @@ fn a_derived_key_opens_only_the_volume_it_was_derived_for() {
     tpm.flush();
     other.flush();
 }
+
+#[test]
+fn a_held_partition_is_neither_marked_nor_wiped() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: holding a partition needs a loop device (root)");
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = image(dir.path(), "data.img");
+    std::fs::write(&file, vec![0x5a; 1 << 20]).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let before = std::fs::read(&file).unwrap();
+    let device = Loop::attach(&file);
+    // Another exclusive opener, as a mount or an open dm-crypt mapping holds a partition.
+    let _holder = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_EXCL)
+        .open(&device.0)
+        .unwrap();
+    let v = volume(PathBuf::from(&device.0), "auto");
+    for (what, result) in [("mark", v.mark_creating()), ("wipe", v.wipe_volume())] {
+        let err = result.expect_err(what).to_string();
+        assert!(
+            err.contains(&device.0) && err.to_lowercase().contains("busy"),
+            "{what}: {err}"
+        );
+    }
+    drop(_holder);
+    drop(device);
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "the held partition was written"
+    );
+}
