@@ -361,18 +361,28 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         timestamp: timestamp_version,
     })?;
 
-    // 6. Into place; timestamp.json (last) is what makes the new state visible.
+    // 6. Into place; timestamp.json (last) is what makes the new state visible, so every
+    // directory a rename changed (targets/ and the repository) is synced before it moves:
+    // after a crash, a timestamp on disk never names metadata or payloads that are not.
+    let mut renamed_in: Vec<PathBuf> = Vec::new();
     for p in &pending {
         let dest = repo.join(&p.dest);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| GovernanceError::Write {
-                path: parent.to_path_buf(),
-                source,
-            })?;
+        let parent = dest.parent().unwrap_or(repo).to_path_buf();
+        if p.dest == Path::new("timestamp.json") {
+            for dir in &renamed_in {
+                sync_dir(dir)?;
+            }
         }
+        std::fs::create_dir_all(&parent).map_err(|source| GovernanceError::Write {
+            path: parent.clone(),
+            source,
+        })?;
         sync(&p.tmp)?;
         std::fs::rename(&p.tmp, &dest)
             .map_err(|source| GovernanceError::Write { path: dest, source })?;
+        if !renamed_in.contains(&parent) {
+            renamed_in.push(parent);
+        }
     }
     sync_dir(repo)?;
 
