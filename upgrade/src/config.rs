@@ -1,8 +1,9 @@
 //! The node's upgrade configuration (`/etc/plinth/upgrade.yaml`, part of the OS image): which
 //! OS this is, the mirrors and the trusted root the record is loaded with, where the agent
-//! keeps its state (slot state, tough's datastore, staging), the slots' parts, and how often
-//! the daemon polls. Read bounded, parsed strictly (unknown keys refused), every problem an
-//! error naming the file, line, field, what was expected and what to do.
+//! keeps its state (slot state, tough's datastore, staging), the slots' parts, how often the
+//! daemon polls and how slow a mirror may be. Read bounded, parsed strictly (unknown keys
+//! refused), every problem an error naming the file, line, field, what was expected and what
+//! to do.
 //!
 //! ```yaml
 //! format_version: 1
@@ -55,6 +56,8 @@ struct RawConfig {
     identity_file: PathBuf,
     #[serde(default)]
     poll: RawPoll,
+    #[serde(default)]
+    mirror_pace: RawPace,
     slots: RawSlots,
 }
 
@@ -83,6 +86,28 @@ impl Default for RawPoll {
         }
     }
 }
+
+/// How slow a mirror may be before the next is tried ([`Pace`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPace {
+    min_kib_per_second: u64,
+    grace_seconds: u64,
+}
+
+impl Default for RawPace {
+    fn default() -> RawPace {
+        RawPace {
+            min_kib_per_second: Pace::DEFAULT.min_rate >> 10,
+            grace_seconds: Pace::DEFAULT.grace.as_secs(),
+        }
+    }
+}
+
+/// The slowest pace a configuration may ask for (below it a stalled mirror holds a node for
+/// days), and the longest grace.
+const MIN_KIB_PER_SECOND: u64 = 1;
+const MAX_GRACE_SECONDS: u64 = 3600;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +145,7 @@ pub struct Config {
     pub tries: u8,
     pub seed: SeedSource,
     pub poll: Poll,
+    pub pace: Pace,
     pub layout: Layout,
 }
 
@@ -241,6 +267,24 @@ impl Config {
                 "an hour with 15 minutes of jitter is the default",
             );
         }
+        let pace = &raw.mirror_pace;
+        if !(MIN_KIB_PER_SECOND..=1 << 30).contains(&pace.min_kib_per_second)
+            || pace.grace_seconds > MAX_GRACE_SECONDS
+        {
+            fail(
+                "mirror_pace",
+                &format!(
+                    "min_kib_per_second of {MIN_KIB_PER_SECOND} to 1073741824, and grace_seconds \
+                     at most {MAX_GRACE_SECONDS}"
+                ),
+                format!(
+                    "min_kib_per_second {}, grace_seconds {}",
+                    pace.min_kib_per_second, pace.grace_seconds
+                ),
+                "a mirror slower than this after the grace is given up for the next one; \
+                 64 KiB/s after 120 s is the default",
+            );
+        }
         if raw.keep_free_mib > 1 << 30 {
             fail(
                 "keep_free_mib",
@@ -305,6 +349,10 @@ impl Config {
                 interval: Duration::from_secs(raw.poll.interval_seconds),
                 jitter: Duration::from_secs(raw.poll.jitter_seconds),
             },
+            pace: Pace {
+                min_rate: raw.mirror_pace.min_kib_per_second << 10,
+                grace: Duration::from_secs(raw.mirror_pace.grace_seconds),
+            },
             layout: Layout {
                 a: raw.slots.a,
                 b: raw.slots.b,
@@ -364,7 +412,7 @@ impl Config {
             staging: Staging {
                 dir: self.state_dir.join("staging"),
                 keep_free: self.keep_free,
-                pace: Pace::DEFAULT,
+                pace: self.pace,
             },
             tries: self.tries,
             version,
@@ -409,6 +457,7 @@ slots:
         assert_eq!((c.tries, c.keep_free), (3, 256 << 20));
         assert_eq!(c.seed, SeedSource::Identity("/etc/machine-id".into()));
         assert_eq!(c.poll.interval, Duration::from_secs(60));
+        assert_eq!(c.pace, Pace::DEFAULT);
         assert_eq!(
             c.state_path(),
             Path::new("/var/lib/plinth/upgrade/slots.json")
@@ -427,6 +476,18 @@ slots:
             ),
             ("trusted_root: /usr", "trusted_root: usr", "trusted_root", 4),
             ("jitter_seconds: 10", "jitter_seconds: 100", "poll", 6),
+            (
+                "slots:",
+                "mirror_pace: {min_kib_per_second: 0, grace_seconds: 60}\nslots:",
+                "mirror_pace",
+                7,
+            ),
+            (
+                "slots:",
+                "mirror_pace: {min_kib_per_second: 8, grace_seconds: 86400}\nslots:",
+                "mirror_pace",
+                7,
+            ),
             (
                 "member: root.img, path: /dev/disk/by-partlabel/root-b",
                 "member: ../x, path: /dev/x",
@@ -474,5 +535,22 @@ slots:
         )
         .unwrap_err();
         assert_eq!(e.iter().next().unwrap().path, "seed");
+    }
+
+    #[test]
+    fn a_mirror_pace_is_taken_into_the_staging() {
+        let text = GOOD.replacen(
+            "slots:",
+            "mirror_pace: {min_kib_per_second: 512, grace_seconds: 30}\nslots:",
+            1,
+        );
+        let c = Config::parse(&text, Path::new("u.yaml")).unwrap();
+        let want = Pace {
+            min_rate: 512 << 10,
+            grace: Duration::from_secs(30),
+        };
+        assert_eq!(c.pace, want);
+        let options = c.apply_options(7, jiff::Timestamp::UNIX_EPOCH, None);
+        assert_eq!(options.staging.pace, want);
     }
 }
