@@ -40,8 +40,11 @@ pub enum Kind {
     Policy,
 }
 
+/// The longest a wave may spread its nodes' starts over: 30 days.
+pub const MAX_SPREAD_SECONDS: u64 = 30 * 24 * 3600;
+
 /// One rollout wave: from `opens_at`, nodes whose seed is in `seeds` (inclusive) may take
-/// the version.
+/// the version, each at its own time within `spread_seconds` ([`Wave::opens_for`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
@@ -50,12 +53,46 @@ pub struct Wave {
     pub opens_at: jiff::Timestamp,
     /// First and last seed, inclusive, within 0..=[`MAX_SEED`].
     pub seeds: [u16; 2],
+    /// Over how many seconds after `opens_at` the wave's nodes start (0: all at once; at
+    /// most [`MAX_SPREAD_SECONDS`]). Left out of the metadata when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spread_seconds: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Wave {
     /// Whether `seed` is in this wave.
     pub fn contains(&self, seed: u16) -> bool {
         self.seeds[0] <= seed && seed <= self.seeds[1]
+    }
+
+    /// When the wave opens for `seed`: `opens_at` plus the seed's position in this wave
+    /// (`(seed - first) / (last - first + 1)`) of `spread_seconds`. The position is relative
+    /// to the wave's own first seed, so every wave spreads its own nodes evenly over its
+    /// whole spread, whatever its seed range (an absolute seed would start a wave of high
+    /// seeds late and crowd a wave of low seeds at its opening).
+    pub fn opens_for(&self, seed: u16) -> jiff::Timestamp {
+        let position = u64::from(seed.saturating_sub(self.seeds[0]));
+        let count = u64::from(self.seeds[1].saturating_sub(self.seeds[0])) + 1;
+        let offset = self.spread_seconds.min(MAX_SPREAD_SECONDS) * position.min(count) / count;
+        self.opens_at
+            .checked_add(jiff::SignedDuration::from_secs(offset as i64))
+            .unwrap_or(jiff::Timestamp::MAX)
+    }
+
+    /// How the wave is shown: `seeds A-B from T` and the spread, if any.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "seeds {}-{} from {}",
+            self.seeds[0], self.seeds[1], self.opens_at
+        );
+        if self.spread_seconds > 0 {
+            text.push_str(&format!(", spread over {} s", self.spread_seconds));
+        }
+        text
     }
 }
 
@@ -188,6 +225,12 @@ pub fn check_waves(waves: &[Wave]) -> Result<(), String> {
             return Err(format!(
                 "wave `{}`: seeds {:?} out of 0..={MAX_SEED}",
                 w.name, w.seeds
+            ));
+        }
+        if w.spread_seconds > MAX_SPREAD_SECONDS {
+            return Err(format!(
+                "wave `{}`: spread_seconds {} above {MAX_SPREAD_SECONDS}",
+                w.name, w.spread_seconds
             ));
         }
         for o in &waves[..i] {

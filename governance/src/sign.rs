@@ -365,10 +365,7 @@ fn entry_lines(path: &str, entry: &Entry) -> Vec<String> {
 }
 
 fn wave_text(w: &Wave) -> String {
-    format!(
-        "wave {}: seeds {}-{} from {}",
-        w.name, w.seeds[0], w.seeds[1], w.opens_at
-    )
+    format!("wave {}: {}", w.name, w.describe())
 }
 
 fn waves_text(waves: &[Wave]) -> String {

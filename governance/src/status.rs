@@ -376,10 +376,7 @@ pub fn lines(s: &Status) -> Vec<String> {
                 ));
             }
             for w in &e.waves {
-                out.push(format!(
-                    "    wave {:<12} opens {} seeds {}-{}",
-                    w.name, w.opens_at, w.seeds[0], w.seeds[1]
-                ));
+                out.push(format!("    wave {:<12} {}", w.name, w.describe()));
             }
         }
     }

@@ -10,14 +10,16 @@
 //!   - name: rest
 //!     opens_at: 2026-01-12T00:00:00Z
 //!     seeds: [16, 2047]
+//!     spread_seconds: 86400             # optional: its nodes start over a day, not at once
 //! ```
 //!
 //! Each node has a stable seed in 0..=2047; a wave opens at its time for the seeds in its
-//! range. Waves are listed in the order they open (times never go back), their ranges never
+//! range, each node at its position in the wave's range times `spread_seconds` later
+//! ([`Wave::opens_for`]). Waves are listed in the order they open (times never go back), their ranges never
 //! overlap, and a seed no wave names never takes the version. The file is hostile until
 //! checked: a regular file of at most [`MAX_SIZE`] bytes, every field checked.
 
-use crate::custom::{Wave, MAX_SEED};
+use crate::custom::{Wave, MAX_SEED, MAX_SPREAD_SECONDS};
 use plinth_yaml::document;
 use plinth_yaml::{PositionIndex, SpecError, SpecErrors};
 use serde::Deserialize;
@@ -43,6 +45,8 @@ struct RawWave {
     name: String,
     opens_at: String,
     seeds: [u32; 2],
+    #[serde(default)]
+    spread_seconds: u64,
 }
 
 const HINT: &str = "see the example in docs/governance.md";
@@ -205,12 +209,21 @@ fn check(raw: &WavesFile, file: &str, index: &PositionIndex) -> Result<Vec<Wave>
                 );
             }
         }
+        if w.spread_seconds > MAX_SPREAD_SECONDS {
+            fail(
+                at("spread_seconds"),
+                &format!("at most {MAX_SPREAD_SECONDS} (30 days)"),
+                format!("`{}`", w.spread_seconds),
+                "the seconds over which the wave's nodes start after opens_at; 0 starts them all at once",
+            );
+        }
         if let (Some(name), Some(opens_at), true) = (name, opens_at, seeds_ok) {
             waves.push(Wave {
                 name,
                 opens_at,
                 // Both fit: last <= MAX_SEED was checked.
                 seeds: [first as u16, last as u16],
+                spread_seconds: w.spread_seconds,
             });
         }
     }
@@ -270,5 +283,30 @@ mod tests {
 
         let e = error_of("format_version: 1\nwaves: []\n");
         assert!(e.contains("1 to 64 waves"), "{e}");
+
+        let e = error_of(&GOOD.replace(
+            "seeds: [0, 15]",
+            "seeds: [0, 15]\n    spread_seconds: 2592001",
+        ));
+        assert!(e.starts_with("w.yaml:6:") && e.contains("2592000"), "{e}");
+    }
+
+    #[test]
+    fn a_spread_wave_opens_for_each_seed_at_its_position_in_the_wave() {
+        let text = GOOD.replace(
+            "seeds: [16, 2047]",
+            "seeds: [16, 2047]\n    spread_seconds: 2032",
+        );
+        let waves = parse(&text, "w.yaml").unwrap();
+        let (canary, rest) = (&waves[0], &waves[1]);
+        assert_eq!(canary.spread_seconds, 0);
+        assert_eq!(canary.opens_for(15), canary.opens_at);
+        let at = |secs: i64| rest.opens_at + jiff::SignedDuration::from_secs(secs);
+        // 2032 seeds over 2032 s: a second each, counted from the wave's first seed (16).
+        assert_eq!(rest.opens_for(16), at(0));
+        assert_eq!(rest.opens_for(17), at(1));
+        assert_eq!(rest.opens_for(1032), at(1016));
+        assert_eq!(rest.opens_for(2047), at(2031));
+        assert!(rest.describe().ends_with(", spread over 2032 s"));
     }
 }

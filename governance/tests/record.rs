@@ -654,6 +654,7 @@ fn uncovered_seed_ranges_are_the_gaps_between_waves() {
         name: format!("w{a}").parse().unwrap(),
         opens_at: now(),
         seeds: [a, b],
+        spread_seconds: 0,
     };
     assert!(uncovered(&[wave(0, 15), wave(16, 2047)]).is_empty());
     assert_eq!(

@@ -8,7 +8,8 @@
 //!    so it is never taken (a node already running it is pulled back by rule 3 when
 //!    governance lowers `max_version`, and otherwise keeps it until something newer opens).
 //! 2. A version is *open* for this node when one of its waves contains the node's seed and
-//!    has opened (`opens_at <= now`). A version above the OS's `max_version` is never
+//!    has opened for it ([`Wave::opens_for`] `<= now`: the wave's `opens_at`, plus the
+//!    seed's position in the wave's range times its `spread_seconds`). A version above the OS's `max_version` is never
 //!    taken; an OS without a policy target, or whose `max_version` is `null`, takes nothing.
 //! 3. Pull-back: if the current version is above `max_version`, the node moves to the
 //!    highest listed version `<= max_version`: preferably one open for its wave, otherwise
@@ -66,7 +67,7 @@ impl Offer {
 
     /// Whether the version is open for `seed` at `now`.
     pub fn open_for(&self, seed: u16, now: jiff::Timestamp) -> bool {
-        self.wave_of(seed).is_some_and(|w| w.opens_at <= now)
+        self.wave_of(seed).is_some_and(|w| w.opens_for(seed) <= now)
     }
 }
 
@@ -174,7 +175,7 @@ impl fmt::Display for Stay {
             Stay::Waiting {
                 version,
                 opens_at: Some(t),
-            } => write!(f, "{version} opens for this node's wave at {t}"),
+            } => write!(f, "{version} opens for this node (its place in its wave) at {t}"),
             Stay::Waiting {
                 version,
                 opens_at: None,
@@ -236,7 +237,7 @@ pub fn choose<'a>(record: &'a Record, node: &Node) -> Decision<'a> {
     match waiting {
         Some(o) => Decision::Stay(Stay::Waiting {
             version: o.version().clone(),
-            opens_at: o.wave_of(node.seed).map(|w| w.opens_at),
+            opens_at: o.wave_of(node.seed).map(|w| w.opens_for(node.seed)),
         }),
         None => Decision::Stay(Stay::UpToDate),
     }
@@ -272,7 +273,12 @@ pub fn check_requested<'a>(
                     record.max_version.as_ref().map_or("null", |m| m.as_str())
                 ),
                 Some(o) if !o.open_for(node.seed, node.now) => match o.wave_of(node.seed) {
-                    Some(w) => format!("its wave `{}` opens at {}; {chosen}", w.name, w.opens_at),
+                    Some(w) => format!(
+                        "its wave `{}` opens for seed {} at {}; {chosen}",
+                        w.name,
+                        node.seed,
+                        w.opens_for(node.seed)
+                    ),
                     None => format!("none of its waves holds seed {}; {chosen}", node.seed),
                 },
                 Some(_) => chosen,
@@ -314,6 +320,7 @@ mod tests {
                         name: format!("w{i}").parse().unwrap(),
                         opens_at: t(at),
                         seeds: *seeds,
+                        spread_seconds: 0,
                     })
                     .collect(),
                 measurements: plinth_governance::fixtures::measurements(Os::HostOs, version),
@@ -378,6 +385,55 @@ mod tests {
         // At the second wave's exact opening time it is open.
         assert_eq!(
             taken(choose(&r, &node("1.1.0", 2047, LATE))),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
+    }
+
+    #[test]
+    fn a_spread_wave_opens_for_each_node_at_its_own_time() {
+        let mut r = record(Some("1.2.0"));
+        // The second wave (seeds 16-2047) spreads its 2032 nodes over 2032 s.
+        let offer = r
+            .offers
+            .iter_mut()
+            .find(|o| o.version() == &v("1.2.0"))
+            .unwrap();
+        offer.artifact.waves[1].spread_seconds = 2032;
+        let own = |seed: i64| t(LATE) + jiff::SignedDuration::from_secs(seed - 16);
+        // The wave's first seed opens at LATE, as without a spread; seed 1016 1000 s later.
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 16, LATE))),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
+        let n = Node {
+            now: own(1016) - jiff::SignedDuration::from_secs(1),
+            ..node("1.1.0", 1016, LATE)
+        };
+        assert_eq!(
+            choose(&r, &n),
+            Decision::Stay(Stay::Waiting {
+                version: v("1.2.0"),
+                opens_at: Some(own(1016))
+            })
+        );
+        let e = check_requested(&r, &n, &v("1.2.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("opens for seed 1016 at 2026-01-20T00:16:40Z"),
+            "{e}"
+        );
+        let n = Node {
+            now: own(1016),
+            ..n
+        };
+        assert_eq!(
+            taken(choose(&r, &n)),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
+        // The canary wave has no spread: its last seed opens with its first.
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 15, EARLY))),
             Some(("1.2.0".into(), Reason::Upgrade))
         );
     }
@@ -552,7 +608,10 @@ mod tests {
         let e = check_requested(&r, &n, &v("1.2.0"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("its wave `w1` opens at 2026-01-20"), "{e}");
+        assert!(
+            e.contains("its wave `w1` opens for seed 20 at 2026-01-20"),
+            "{e}"
+        );
         // An older listed version is never taken by request either.
         let e = check_requested(&r, &node("1.1.0", 0, LATE), &v("1.0.0"))
             .unwrap_err()

@@ -316,7 +316,10 @@ async fn a_version_never_elected_is_refused() {
     opts.repo.datastore = tmp.path().join("datastore");
     opts.version = Some("1.1.0".parse().unwrap());
     let e = refused(&s, &opts).await;
-    assert!(e.to_string().contains("opens at 2999-01-01"), "{e}");
+    assert!(
+        e.to_string().contains("opens for seed 7 at 2999-01-01"),
+        "{e}"
+    );
     // Without asking for it, the node just stays.
     opts.version = None;
     let mut store = s.node.store();

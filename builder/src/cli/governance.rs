@@ -439,10 +439,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                 report.max_version.as_ref().map_or("none", |v| v.as_str())
             );
             for w in &report.waves {
-                println!(
-                    "  wave {} opens {} seeds {}-{}",
-                    w.name, w.opens_at, w.seeds[0], w.seeds[1]
-                );
+                println!("  wave {} {}", w.name, w.describe());
             }
             out.info("next: voters sign it (plinth governance sign --key FILE), then publish");
             Ok(())

@@ -189,7 +189,7 @@ fn elect_sign_publish_and_status_through_the_cli() {
         &s.p("gov/root.json"),
     ]);
     assert!(
-        text.contains("wave canary") && text.contains("opens 2026-01-10T00:00:00Z"),
+        text.contains("wave canary") && text.contains("seeds 0-15 from 2026-01-10T00:00:00Z"),
         "{text}"
     );
 
