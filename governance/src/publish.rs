@@ -362,8 +362,10 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     })?;
 
     // 6. Into place; timestamp.json (last) is what makes the new state visible, so every
-    // directory a rename changed (targets/ and the repository) is synced before it moves:
-    // after a crash, a timestamp on disk never names metadata or payloads that are not.
+    // directory a rename or a creation changed (a payload's own directory and each one above
+    // it up to the repository: targets/<sha256>.<os>/<version>/, ..., targets/, the
+    // repository) is synced before it moves: after a crash, a timestamp on disk never names
+    // metadata or payloads that are not.
     let mut renamed_in: Vec<PathBuf> = Vec::new();
     for p in &pending {
         let dest = repo.join(&p.dest);
@@ -380,8 +382,13 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         sync(&p.tmp)?;
         std::fs::rename(&p.tmp, &dest)
             .map_err(|source| GovernanceError::Write { path: dest, source })?;
-        if !renamed_in.contains(&parent) {
-            renamed_in.push(parent);
+        for dir in parent.ancestors() {
+            if !dir.starts_with(repo) {
+                break;
+            }
+            if !renamed_in.iter().any(|d| d == dir) {
+                renamed_in.push(dir.to_path_buf());
+            }
         }
     }
     sync_dir(repo)?;

@@ -15,7 +15,7 @@
 //!
 //! Each node has a stable seed in 0..=2047; a wave opens at its time for the seeds in its
 //! range, each node at its position in the wave's range times `spread_seconds` later
-//! ([`Wave::opens_for`]). Waves are listed in the order they open (times never go back), their ranges never
+//! ([`Wave::opens_for`]); the next wave opens no earlier than the end of that spread. Waves are listed in the order they open (times never go back), their ranges never
 //! overlap, and a seed no wave names never takes the version. The file is hostile until
 //! checked: a regular file of at most [`MAX_SIZE`] bytes, every field checked.
 
@@ -181,6 +181,22 @@ fn check(raw: &WavesFile, file: &str, index: &PositionIndex) -> Result<Vec<Wave>
             );
         }
         if let (Some(prev), Some(t)) = (waves.last(), opens_at) {
+            let prev_spread_end = prev
+                .opens_at
+                .checked_add(jiff::SignedDuration::from_secs(prev.spread_seconds as i64))
+                .unwrap_or(jiff::Timestamp::MAX);
+            if t >= prev.opens_at && t < prev_spread_end {
+                fail(
+                    at("opens_at"),
+                    &format!(
+                        "a time no earlier than the end of wave `{}`'s spread ({prev_spread_end})",
+                        prev.name
+                    ),
+                    format!("`{}`", w.opens_at.escape_debug()),
+                    "a wave opens after the one before has reached all its nodes: shorten that \
+                     wave's spread_seconds or open this one later",
+                );
+            }
             if t < prev.opens_at {
                 fail(
                     at("opens_at"),
@@ -289,6 +305,25 @@ mod tests {
             "seeds: [0, 15]\n    spread_seconds: 2592001",
         ));
         assert!(e.starts_with("w.yaml:6:") && e.contains("2592000"), "{e}");
+
+        // The canary wave's spread (200000 s) runs past the next wave's opening (2 days on).
+        let e = error_of(&GOOD.replace(
+            "seeds: [0, 15]",
+            "seeds: [0, 15]\n    spread_seconds: 200000",
+        ));
+        assert!(
+            e.starts_with("w.yaml:8:") && e.contains("end of wave `canary`'s spread"),
+            "{e}"
+        );
+        // Exactly two days: the next wave opens as the last canary node's turn ends.
+        parse(
+            &GOOD.replace(
+                "seeds: [0, 15]",
+                "seeds: [0, 15]\n    spread_seconds: 172800",
+            ),
+            "w.yaml",
+        )
+        .unwrap();
     }
 
     #[test]

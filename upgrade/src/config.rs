@@ -104,9 +104,11 @@ impl Default for RawPace {
     }
 }
 
-/// The slowest pace a configuration may ask for (below it a stalled mirror holds a node for
-/// days), and the longest grace.
+/// The slowest pace a configuration may ask for (a mirror that never sends a byte is given
+/// up after the grace whatever the rate), and the shortest and longest grace (below 10 s a
+/// mirror is given up before a TLS handshake and the first bytes over a slow link).
 const MIN_KIB_PER_SECOND: u64 = 1;
+const MIN_GRACE_SECONDS: u64 = 10;
 const MAX_GRACE_SECONDS: u64 = 3600;
 
 #[derive(Debug, Deserialize)]
@@ -269,13 +271,13 @@ impl Config {
         }
         let pace = &raw.mirror_pace;
         if !(MIN_KIB_PER_SECOND..=1 << 30).contains(&pace.min_kib_per_second)
-            || pace.grace_seconds > MAX_GRACE_SECONDS
+            || !(MIN_GRACE_SECONDS..=MAX_GRACE_SECONDS).contains(&pace.grace_seconds)
         {
             fail(
                 "mirror_pace",
                 &format!(
                     "min_kib_per_second of {MIN_KIB_PER_SECOND} to 1073741824, and grace_seconds \
-                     at most {MAX_GRACE_SECONDS}"
+                     of {MIN_GRACE_SECONDS} to {MAX_GRACE_SECONDS}"
                 ),
                 format!(
                     "min_kib_per_second {}, grace_seconds {}",
@@ -485,6 +487,12 @@ slots:
             (
                 "slots:",
                 "mirror_pace: {min_kib_per_second: 8, grace_seconds: 86400}\nslots:",
+                "mirror_pace",
+                7,
+            ),
+            (
+                "slots:",
+                "mirror_pace: {min_kib_per_second: 8, grace_seconds: 0}\nslots:",
                 "mirror_pace",
                 7,
             ),

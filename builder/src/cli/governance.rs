@@ -421,6 +421,13 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                     elect::seed_ranges(&report.uncovered)
                 ));
             }
+            if report.waves.iter().any(|w| w.spread_seconds > 0) {
+                out.warn(
+                    "its waves spread their nodes (spread_seconds): agents older than this plinth \
+                     refuse a record holding a field they do not know, so elect spreads only \
+                     once the fleet runs an agent that reads them",
+                );
+            }
             if report.dropped_signatures > 0 {
                 out.warn(format!(
                     "the staged targets changed: their {} signature(s) were dropped; voters sign again",

@@ -358,8 +358,12 @@ fn every_image_reproduces_verifies_and_diffs() {
                     changed = Some(verify);
                 }
             }
-            changed.expect("the changed release was verified")
+            // None only when this chain stopped early (the builds' chain panicked first).
+            changed
         });
+        // A send fails only when the verifier has panicked: stop building and join it below,
+        // which raises its panic (not a SendError hiding it).
+        let mut verifier_alive = true;
         for os in OSES {
             let first = build(os, out1_arg);
             assert!(first.status.success(), "plinth build {os}");
@@ -383,27 +387,31 @@ fn every_image_reproduces_verifies_and_diffs() {
             );
             assert_eq!(std::fs::read(release.join("SHA256SUMS")).unwrap(), sums);
             // An independent rebuild elsewhere must reproduce every artifact.
-            built.send((os.to_owned(), release)).unwrap();
+            if built.send((os.to_owned(), release)).is_err() {
+                verifier_alive = false;
+                break;
+            }
         }
 
-        // One overlay file changed in the working tree (the verifies rebuild from the commit,
-        // `git archive`, so the ones still running do not see it).
-        let changed = repo.join(CHANGED_OS).join("rootfs").join(CHANGED);
-        let mut conf = std::fs::read_to_string(&changed).unwrap();
-        conf.push_str("MaxLevelConsole=info\n");
-        std::fs::write(&changed, conf).unwrap();
-        let second = build(CHANGED_OS, out2.to_str().unwrap());
-        assert!(second.status.success());
-        assert!(
-            text(&second).contains("packages and initrd reused from the stage cache"),
-            "an overlay change must reuse the package stage and its initrd"
-        );
-        built
-            .send((CHANGED_OS.to_owned(), out2.join(CHANGED_OS).join(VERSION)))
-            .unwrap();
+        if verifier_alive {
+            // One overlay file changed in the working tree (the verifies rebuild from the
+            // commit, `git archive`, so the ones still running do not see it).
+            let changed = repo.join(CHANGED_OS).join("rootfs").join(CHANGED);
+            let mut conf = std::fs::read_to_string(&changed).unwrap();
+            conf.push_str("MaxLevelConsole=info\n");
+            std::fs::write(&changed, conf).unwrap();
+            let second = build(CHANGED_OS, out2.to_str().unwrap());
+            assert!(second.status.success());
+            assert!(
+                text(&second).contains("packages and initrd reused from the stage cache"),
+                "an overlay change must reuse the package stage and its initrd"
+            );
+            // Should the verifier have panicked meanwhile, the join below raises it.
+            let _ = built.send((CHANGED_OS.to_owned(), out2.join(CHANGED_OS).join(VERSION)));
+        }
         drop(built);
         match verifier.join() {
-            Ok(verify) => verify,
+            Ok(verify) => verify.expect("the changed release was verified"),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     });
