@@ -22,6 +22,15 @@ fuzz_target!(|data: &[u8]| {
     if which % 2 == 0 {
         if let Ok(waves) = plinth_governance::waves::parse(text, "waves.yaml") {
             assert!(check_waves(&waves).is_ok(), "accepted waves break the rules");
+            // Every node's turn is within its wave's spread, and a wave's last node starts
+            // no later than the next wave opens.
+            for (i, w) in waves.iter().enumerate() {
+                let (first, last) = (w.opens_for(w.seeds[0]), w.opens_for(w.seeds[1]));
+                assert!(first == w.opens_at && first <= last, "a turn before its wave opens");
+                if let Some(next) = waves.get(i + 1) {
+                    assert!(last <= next.opens_at, "a spread runs into the next wave");
+                }
+            }
         }
         return;
     }
