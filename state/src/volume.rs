@@ -287,8 +287,8 @@ impl Volume {
     /// mark with no header: a creation to start again, never bytes read as somebody's data.
     pub fn wipe_volume(&self) -> Result<(), StateError> {
         use std::os::unix::fs::FileExt;
-        self.mark_creating()?;
         let f = self.open_exclusive()?;
+        self.write_mark(&f)?;
         let zeros = vec![0u8; 1 << 20];
         let mark_end = header::DATA_START + header::MARK_LEN as u64;
         let mut at = 0;
@@ -320,8 +320,12 @@ impl Volume {
 
     /// Write the creation mark at the data's start, durably, before any format.
     pub fn mark_creating(&self) -> Result<(), StateError> {
+        self.write_mark(&self.open_exclusive()?)
+    }
+
+    /// The creation mark written through `f` (the partition, opened exclusively), synced.
+    fn write_mark(&self, f: &std::fs::File) -> Result<(), StateError> {
         use std::os::unix::fs::FileExt;
-        let f = self.open_exclusive()?;
         f.write_all_at(&header::creation_mark(), header::DATA_START)
             .and_then(|()| f.sync_all())
             .map_err(|e| StateError::io(&self.device, e))
