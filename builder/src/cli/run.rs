@@ -24,8 +24,8 @@ they match. KVM is used when it runs guests here, TCG otherwise (the log
 says which). QEMU and swtpm are stopped and their files removed when the
 run ends, Ctrl-C included. Without --expect, on a terminal, the console is
 interactive (Ctrl-C ends the run).
-Exit 0: the expected text appeared (or, without --expect, the guest powered
-off); 1: timeout or power-off before the text (the console's last lines are
+Exit 0: the expected text appeared (each of them, for several --expect; or,
+without --expect, the guest powered off); 1: timeout or power-off before the text (the console's last lines are
 shown), QEMU failed, or interrupted; 2: bad input.
 
 Examples:
@@ -72,9 +72,10 @@ pub struct Args {
     /// Stop after this many seconds (exit 1) [default: none; 600 with --expect].
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u64>,
-    /// Stop as soon as this text is on the console (exit 0).
+    /// Stop as soon as this text is on the console (exit 0); repeated, as soon as each of the
+    /// texts is, in any order.
     #[arg(long, value_name = "TEXT")]
-    pub expect: Option<String>,
+    pub expect: Vec<String>,
     /// With --expect: cut the VM's power this many milliseconds after the text appears
     /// (QEMU is killed: no shutdown, nothing the guest had not written yet reaches the
     /// disk), for power-loss trials with --write-boot-disk.
@@ -174,14 +175,14 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
     }
     let echo = if out.json || g.quiet {
         Echo::Off
-    } else if args.expect.is_none() && std::io::stdin().is_terminal() {
+    } else if args.expect.is_empty() && std::io::stdin().is_terminal() {
         Echo::Interactive
     } else {
         Echo::Stdout
     };
     let timeout = args
         .timeout
-        .or(args.expect.as_ref().map(|_| 600))
+        .or((!args.expect.is_empty()).then_some(600))
         .map(Duration::from_secs);
     out.info(format!(
         "booting {label} under {} ({accel_reason}): {} vCPUs, {} MiB{}{}",
@@ -227,19 +228,29 @@ pub fn run(g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             console_tail: result.tail(30),
         })?;
     }
+    // What was awaited, for the messages: `A` (and `B`).
+    let awaited = args
+        .expect
+        .iter()
+        .map(|e| format!("`{e}`"))
+        .collect::<Vec<_>>()
+        .join(" and ");
     match result.ending {
         Ending::Marker => Ok(()),
-        Ending::Exited { success: true } if args.expect.is_none() => Ok(()),
+        Ending::Exited { success: true } if args.expect.is_empty() => Ok(()),
         Ending::Exited { success: true } => Err(CheckFailed(format!(
-            "the guest powered off before `{}` appeared; the console's last lines:\n{}",
-            args.expect.as_deref().unwrap_or_default(),
+            "the guest powered off before {awaited} appeared; the console's last lines:\n{}",
             result.tail(20)
         ))
         .into()),
         Ending::Interrupted => Err(CheckFailed("interrupted".into()).into()),
         Ending::Timeout => Err(CheckFailed(format!(
-            "no `{}` within {} s; the console's last lines:\n{}",
-            args.expect.as_deref().unwrap_or("power-off"),
+            "no {} within {} s; the console's last lines:\n{}",
+            if awaited.is_empty() {
+                "power-off".to_string()
+            } else {
+                awaited
+            },
             timeout.map(|t| t.as_secs()).unwrap_or(0),
             result.tail(20)
         ))

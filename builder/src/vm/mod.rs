@@ -95,9 +95,11 @@ pub enum Echo {
 /// When to stop.
 #[derive(Debug, Clone)]
 pub struct Watch {
-    /// Stop as soon as this text is on the console.
-    pub expect: Option<String>,
-    /// Instead of stopping QEMU when the text appears, cut its power this long after it:
+    /// Stop as soon as each of these texts is on the console (in any order; none: run until
+    /// the guest powers off).
+    pub expect: Vec<String>,
+    /// Instead of stopping QEMU when the texts have appeared, cut its power this long after the
+    /// last:
     /// SIGKILL, with no shutdown and nothing flushed by the guest (a power-loss trial).
     pub power_off_after: Option<Duration>,
     pub timeout: Option<Duration>,
@@ -528,7 +530,7 @@ impl Drop for Qemu {
 }
 
 /// Follow the console log until the run ends; returns the ending and the whole console.
-/// After the marker, the rest of its line is read too (up to a second more).
+/// After the last marker, the rest of its line is read too (up to a second more).
 fn watch(
     child: &mut Child,
     log: &Path,
@@ -542,10 +544,12 @@ fn watch(
     };
     let mut console: Vec<u8> = Vec::new();
     let mut reader: Option<std::fs::File> = None;
-    // Where the marker search goes on from, and when the marker was seen.
+    // Where the marker search goes on from, where each marker ended (once seen), and where
+    // and when the last of them was seen.
     let mut searched = 0usize;
+    let markers: Vec<&[u8]> = w.expect.iter().map(|m| m.as_bytes()).collect();
+    let mut ends: Vec<Option<usize>> = vec![None; markers.len()];
     let mut seen: Option<(usize, Instant)> = None;
-    let marker = w.expect.as_deref().map(str::as_bytes);
     let finish =
         |ending, console: &[u8]| Ok((ending, String::from_utf8_lossy(console).into_owned()));
     loop {
@@ -579,10 +583,18 @@ fn watch(
                 console.extend_from_slice(&fresh);
             }
         }
-        if let (Some(m), None) = (marker, seen) {
-            let from = searched.saturating_sub(m.len().saturating_sub(1));
-            if let Some(at) = find(&console[from..], m) {
-                seen = Some((from + at + m.len(), Instant::now()));
+        if !markers.is_empty() && seen.is_none() {
+            for (m, end) in markers.iter().zip(ends.iter_mut()) {
+                if end.is_none() {
+                    let from = searched.saturating_sub(m.len().saturating_sub(1));
+                    *end = find(&console[from..], m).map(|at| from + at + m.len());
+                }
+            }
+            if ends.iter().all(Option::is_some) {
+                seen = Some((
+                    ends.iter().flatten().copied().max().unwrap_or(0),
+                    Instant::now(),
+                ));
             }
             searched = console.len();
         }
@@ -650,6 +662,54 @@ fn stop(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `watch` over a console that `script` (sh) writes, expecting `expect`.
+    fn watched(script: &str, expect: &[&str]) -> (Ending, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Watch {
+            expect: expect.iter().map(|e| e.to_string()).collect(),
+            power_off_after: None,
+            timeout: Some(Duration::from_secs(20)),
+            echo: Echo::Off,
+            console_log: None,
+        };
+        let ended = watch(
+            &mut child,
+            &log,
+            &w,
+            &AtomicBool::new(false),
+            Instant::now(),
+        )
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        ended
+    }
+
+    #[test]
+    fn every_expected_text_is_awaited_in_any_order() {
+        // The second text first, the first in two writes: the run ends once both are there,
+        // with the line of the last one read to its end.
+        let (ending, console) = watched(
+            "printf 'PLINTH BOOT OK x\\n'; sleep 0.3; printf 'PLINTH SETUP '; sleep 0.3; \
+             printf 'FAILED: memory\\n'; sleep 30",
+            &["PLINTH SETUP FAILED", "PLINTH BOOT OK"],
+        );
+        assert_eq!(ending, Ending::Marker);
+        assert!(
+            console.ends_with("PLINTH SETUP FAILED: memory\n"),
+            "{console}"
+        );
+        // One of two never comes: the guest's end (here the script's) is the ending.
+        let (ending, _) = watched("printf 'PLINTH BOOT OK\\n'", &["PLINTH BOOT OK", "never"]);
+        assert_eq!(ending, Ending::Exited { success: true });
+    }
 
     #[test]
     fn numa_split_and_disk_modes() {

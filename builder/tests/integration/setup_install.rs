@@ -141,7 +141,7 @@ fn boot(
         .args(["--accel", "tcg", "--timeout", "1500", "--json", "--tpm"])
         .arg("--tpm-state")
         .arg(tpm)
-        .args(["--cpu", "EPYC", "--cpus", "2", "--boot-last"])
+        .args(["--cpu", "EPYC", "--cpus", "2"])
         .args(["--memory", &memory_mib.to_string()])
         .args(["--expect", expect]);
     for (drive, serial) in drives.iter().zip(SERIALS) {
@@ -211,7 +211,12 @@ pub fn setup_installs_a_node(out: &Path, version: &str, scratch: &Path) {
         &tpm,
         5120,
         "PLINTH BOOT OK host-os",
-        &["--measurements", measurements.to_str().unwrap()],
+        // The stick boots last, as an installer does: the reboot boots the installed disk.
+        &[
+            "--boot-last",
+            "--measurements",
+            measurements.to_str().unwrap(),
+        ],
         &log,
     );
     assert!(
@@ -302,16 +307,41 @@ pub fn setup_installs_a_node(out: &Path, version: &str, scratch: &Path) {
         "the data drive is GuestOS's, never written by SetupOS"
     );
 
-    // Not certified (too little memory): the banner, and every drive untouched.
+    // Not certified (too little memory): the banner, and every drive untouched. SetupOS's own
+    // boot comes first: its report's line, and its PCRs as its measurements.json predicts.
     let blank = blank_drives(&scratch.join("refused"));
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-setup-refusal.log");
-    let (ok, console) = boot(&stick, &blank, &tpm, 1536, "PLINTH SETUP FAILED", &[], &log);
+    let setup_measurements = setup.join("measurements.json");
+    let wanted = format!("PLINTH BOOT OK setup-os {version} slot=none");
+    let (ok, console) = boot(
+        &stick,
+        &blank,
+        &tpm,
+        1536,
+        "PLINTH SETUP FAILED",
+        // Both lines, whichever comes first (the refusal can be printed before the report).
+        // The stick boots first (the firmware tries no blank drive before it, which PCR 4
+        // would record), as its measurements.json predicts.
+        &[
+            "--expect",
+            "PLINTH BOOT ",
+            "--measurements",
+            setup_measurements.to_str().unwrap(),
+        ],
+        &log,
+    );
     assert!(
         ok,
         "no refusal banner (console log {}):\n{}",
         log.display(),
         tail(&console, 60)
     );
+    assert!(
+        console.contains(&wanted),
+        "no `{wanted}` before the refusal:\n{}",
+        tail(&console, 60)
+    );
+    crate::reproducible::assert_pcrs_as_predicted(&setup, "setup-os", &console);
     assert!(
         console.contains("FAIL  memory.total"),
         "{}",
