@@ -57,10 +57,29 @@ pub struct Wave {
     /// most [`MAX_SPREAD_SECONDS`]). Left out of the metadata when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spread_seconds: u64,
+    /// The health gate: this wave opens only once the wave before it is healthy on this
+    /// version (never on the first wave). Left out of the metadata when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The most nodes a gate may ask for (more than a fleet has would hold a wave for ever).
+pub const MAX_GATE_NODES: u32 = 100_000;
+
+/// A wave's health gate: the wave before it is healthy on the version when at least
+/// `min_healthy` of its nodes report running it (committed) and at most `max_failed` report
+/// that it failed on them (rolled back). The publisher evaluates it from the nodes' reports
+/// and signs, with the snapshot, when it held ([`crate::health`]); a node takes a gated wave
+/// only after that time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    pub min_healthy: u32,
+    pub max_failed: u32,
 }
 
 impl Wave {
@@ -91,6 +110,12 @@ impl Wave {
         );
         if self.spread_seconds > 0 {
             text.push_str(&format!(", spread over {} s", self.spread_seconds));
+        }
+        if let Some(g) = &self.gate {
+            text.push_str(&format!(
+                ", once the wave before has {} healthy and at most {} failed",
+                g.min_healthy, g.max_failed
+            ));
         }
         text
     }
@@ -232,6 +257,21 @@ pub fn check_waves(waves: &[Wave]) -> Result<(), String> {
                 "wave `{}`: spread_seconds {} above {MAX_SPREAD_SECONDS}",
                 w.name, w.spread_seconds
             ));
+        }
+        if let Some(g) = &w.gate {
+            if i == 0 {
+                return Err(format!(
+                    "wave `{}`: the first wave has no wave before it to gate on",
+                    w.name
+                ));
+            }
+            if g.min_healthy == 0 || g.min_healthy > MAX_GATE_NODES || g.max_failed > MAX_GATE_NODES
+            {
+                return Err(format!(
+                    "wave `{}`: gate min_healthy {} and max_failed {} out of 1..={MAX_GATE_NODES} and 0..={MAX_GATE_NODES}",
+                    w.name, g.min_healthy, g.max_failed
+                ));
+            }
         }
         for o in &waves[..i] {
             if w.opens_at < o.opens_at {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod expiry;
 pub mod files;
 pub mod fixtures;
+pub mod health;
 pub mod init;
 pub mod keys;
 pub mod names;

@@ -25,6 +25,7 @@
 use crate::custom::{Entry, PolicyCustom};
 use crate::error::GovernanceError;
 use crate::files::{self, MAX_METADATA};
+use crate::health;
 use crate::signatures::{self, Tally};
 use crate::staging::{self, SPEC_VERSION};
 use crate::workdir::{PublishedVersions, StagedRole, Workdir};
@@ -51,6 +52,9 @@ pub struct PublishOptions {
     pub snapshot_expires: jiff::Timestamp,
     pub timestamp_expires: jiff::Timestamp,
     pub now: jiff::Timestamp,
+    /// The nodes' reports the health gates are evaluated from (`--health DIR`); without it
+    /// every gated wave is held.
+    pub health: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +69,10 @@ pub struct PublishReport {
     /// The signatures that made each staged role publishable.
     pub tallies: Vec<(String, Tally)>,
     pub timestamp_expires: String,
+    /// Each gated wave: open since when, or held, with the counts.
+    pub gates: Vec<health::Verdict>,
+    /// Node reports left aside (file: why).
+    pub skipped_reports: Vec<String>,
 }
 
 /// A file to move into the repository: (staged temporary path, final relative path).
@@ -268,6 +276,30 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         NonZeroU64::new(snapshot_version).expect("not zero"),
         opts.snapshot_expires,
     );
+    // The health gates, signed with the snapshot (see [`health`]).
+    let reports = match &opts.health {
+        Some(dir) => health::read_reports(dir)?,
+        None => health::Reports::default(),
+    };
+    let artifacts: Vec<(String, &crate::custom::ArtifactCustom)> = entries
+        .iter()
+        .filter_map(|(path, entry)| match entry {
+            Entry::Artifact(a) => Some((path.to_string(), a.as_ref())),
+            Entry::Policy(_) => None,
+        })
+        .collect();
+    let (gates, verdicts) = health::evaluate(
+        artifacts.iter().map(|(n, a)| (n.as_str(), *a)),
+        &reports.reports,
+        &workdir.published_gates()?,
+        opts.now,
+    );
+    if !gates.0.is_empty() {
+        snapshot._extra.insert(
+            health::EXTRA_KEY.into(),
+            serde_json::to_value(&gates).expect("gates serialize"),
+        );
+    }
     snapshot.meta.insert(
         "targets.json".into(),
         metafile(targets.signed.version, &targets_bytes),
@@ -360,6 +392,8 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         snapshot: snapshot_version,
         timestamp: timestamp_version,
     })?;
+    // So are the gates: a gate's `since` is kept only from a snapshot that may be out.
+    workdir.write_published_gates(&gates)?;
 
     // 6. Into place; timestamp.json (last) is what makes the new state visible, so every
     // directory a rename or a creation changed (a payload's own directory and each one above
@@ -422,6 +456,12 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         payloads_written,
         tallies,
         timestamp_expires: opts.timestamp_expires.to_string(),
+        gates: verdicts,
+        skipped_reports: reports
+            .skipped
+            .iter()
+            .map(|(path, why)| format!("{}: {why}", path.display()))
+            .collect(),
     })
 }
 

@@ -65,6 +65,8 @@ pub struct Elected {
     pub manifest_sha256: Sha256,
     pub files: Vec<ElectedFile>,
     pub waves: Vec<Wave>,
+    /// Its gated waves whose gate holds, from the snapshot (wave name → since when).
+    pub gates_open: BTreeMap<String, crate::health::Opened>,
     /// Launch digests in its measurements (SEV-SNP), and predicted boot slots.
     pub snp_launch_digests: usize,
     pub slots_predicted: usize,
@@ -172,6 +174,14 @@ pub async fn status(opts: &StatusOptions) -> Result<Status, GovernanceError> {
         message: e,
         hint: "the repository was not published by plinth governance".into(),
     };
+    let gates = crate::health::Gates::from_extra(&repo.snapshot().signed._extra).map_err(|e| {
+        GovernanceError::Load {
+            repo: opts.repo.clone(),
+            role: "snapshot".into(),
+            message: format!("{}: {e}", crate::health::EXTRA_KEY),
+            hint: "the repository was not published by plinth governance".into(),
+        }
+    })?;
     for (name, target) in repo.all_targets() {
         let raw = name.raw();
         let path: TargetPath = raw.parse().map_err(bad_target)?;
@@ -192,6 +202,7 @@ pub async fn status(opts: &StatusOptions) -> Result<Status, GovernanceError> {
                         manifest_sha256: a.manifest_sha256,
                         files: Vec::new(),
                         waves: a.waves.clone(),
+                        gates_open: BTreeMap::new(),
                         snp_launch_digests: a
                             .measurements
                             .snp
@@ -199,6 +210,9 @@ pub async fn status(opts: &StatusOptions) -> Result<Status, GovernanceError> {
                             .map_or(0, |s| s.launch_digests.len()),
                         slots_predicted: a.measurements.slots.len(),
                     });
+                if let Some(open) = gates.0.get(raw) {
+                    e.gates_open.extend(open.clone());
+                }
                 e.files.push(ElectedFile {
                     target: raw.to_string(),
                     file: a.file,
@@ -376,7 +390,15 @@ pub fn lines(s: &Status) -> Vec<String> {
                 ));
             }
             for w in &e.waves {
-                out.push(format!("    wave {:<12} {}", w.name, w.describe()));
+                let gate = match (&w.gate, e.gates_open.get(w.name.as_str())) {
+                    (None, _) => String::new(),
+                    (Some(_), Some(o)) => format!(
+                        "; gate open since {} ({} healthy, {} failed)",
+                        o.since, o.healthy, o.failed
+                    ),
+                    (Some(_), None) => "; gate held".to_string(),
+                };
+                out.push(format!("    wave {:<12} {}{gate}", w.name, w.describe()));
             }
         }
     }

@@ -11,6 +11,7 @@
 //!     opens_at: 2026-01-12T00:00:00Z
 //!     seeds: [16, 2047]
 //!     spread_seconds: 86400             # optional: its nodes start over a day, not at once
+//!     gate: {min_healthy: 10, max_failed: 0}  # optional: and only once `canary` is healthy
 //! ```
 //!
 //! Each node has a stable seed in 0..=2047; a wave opens at its time for the seeds in its
@@ -19,7 +20,7 @@
 //! overlap, and a seed no wave names never takes the version. The file is hostile until
 //! checked: a regular file of at most [`MAX_SIZE`] bytes, every field checked.
 
-use crate::custom::{Wave, MAX_SEED, MAX_SPREAD_SECONDS};
+use crate::custom::{Gate, Wave, MAX_GATE_NODES, MAX_SEED, MAX_SPREAD_SECONDS};
 use plinth_yaml::document;
 use plinth_yaml::{PositionIndex, SpecError, SpecErrors};
 use serde::Deserialize;
@@ -47,6 +48,8 @@ struct RawWave {
     seeds: [u32; 2],
     #[serde(default)]
     spread_seconds: u64,
+    #[serde(default)]
+    gate: Option<Gate>,
 }
 
 const HINT: &str = "see the example in docs/governance.md";
@@ -233,6 +236,34 @@ fn check(raw: &WavesFile, file: &str, index: &PositionIndex) -> Result<Vec<Wave>
                 "the seconds over which the wave's nodes start after opens_at; 0 starts them all at once",
             );
         }
+        if let Some(g) = &w.gate {
+            if i == 0 {
+                fail(
+                    at("gate"),
+                    "no gate on the first wave",
+                    "a gate".into(),
+                    "a gate holds a wave until the wave before it is healthy; the first wave \
+                     has none before it (make it a small canary wave instead)",
+                );
+            }
+            if g.min_healthy == 0 || g.min_healthy > MAX_GATE_NODES {
+                fail(
+                    at("gate.min_healthy"),
+                    &format!("1 to {MAX_GATE_NODES}"),
+                    format!("`{}`", g.min_healthy),
+                    "how many nodes of the wave before must report running the version",
+                );
+            }
+            if g.max_failed > MAX_GATE_NODES {
+                fail(
+                    at("gate.max_failed"),
+                    &format!("0 to {MAX_GATE_NODES}"),
+                    format!("`{}`", g.max_failed),
+                    "how many nodes of the wave before may report that the version failed on \
+                     them (0: none)",
+                );
+            }
+        }
         if let (Some(name), Some(opens_at), true) = (name, opens_at, seeds_ok) {
             waves.push(Wave {
                 name,
@@ -240,6 +271,7 @@ fn check(raw: &WavesFile, file: &str, index: &PositionIndex) -> Result<Vec<Wave>
                 // Both fit: last <= MAX_SEED was checked.
                 seeds: [first as u16, last as u16],
                 spread_seconds: w.spread_seconds,
+                gate: w.gate,
             });
         }
     }
@@ -254,6 +286,7 @@ fn check(raw: &WavesFile, file: &str, index: &PositionIndex) -> Result<Vec<Wave>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::custom::check_waves;
 
     const GOOD: &str = "format_version: 1\nwaves:\n  - name: canary\n    opens_at: 2026-01-10T00:00:00Z\n    seeds: [0, 15]\n  - name: rest\n    opens_at: 2026-01-12T02:00:00+02:00\n    seeds: [16, 2047]\n";
 
@@ -324,6 +357,51 @@ mod tests {
             "w.yaml",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_gate_gates_a_later_wave_only_within_its_bounds() {
+        let gated = GOOD.replace(
+            "seeds: [16, 2047]",
+            "seeds: [16, 2047]\n    gate: {min_healthy: 10, max_failed: 0}",
+        );
+        let waves = parse(&gated, "w.yaml").unwrap();
+        assert_eq!(
+            waves[1].gate,
+            Some(Gate {
+                min_healthy: 10,
+                max_failed: 0
+            })
+        );
+        assert!(check_waves(&waves).is_ok());
+        assert!(waves[1]
+            .describe()
+            .ends_with("once the wave before has 10 healthy and at most 0 failed"));
+
+        let e = error_of(&GOOD.replace(
+            "seeds: [0, 15]",
+            "seeds: [0, 15]\n    gate: {min_healthy: 1, max_failed: 0}",
+        ));
+        assert!(
+            e.starts_with("w.yaml:6:") && e.contains("no gate on the first wave"),
+            "{e}"
+        );
+        let e = error_of(&gated.replace("min_healthy: 10", "min_healthy: 0"));
+        assert!(
+            e.starts_with("w.yaml:9:") && e.contains("gate.min_healthy"),
+            "{e}"
+        );
+        let e = error_of(&gated.replace("max_failed: 0", "max_failed: 100001"));
+        assert!(
+            e.contains("gate.max_failed") && e.contains("0 to 100000"),
+            "{e}"
+        );
+        let e = error_of(&gated.replace("max_failed: 0", "max_failed: 0, quorum: 3"));
+        assert!(e.starts_with("w.yaml:9:") && e.contains("quorum"), "{e}");
+        // From metadata: a gate on the first wave is refused there too.
+        let mut bad = waves.clone();
+        bad[0].gate = bad[1].gate;
+        assert!(check_waves(&bad).unwrap_err().contains("first wave"));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! staged/root.json         a root awaiting signatures (init's v1, rotate-root's N+1)
 //! staged/targets.json      targets awaiting signatures (elect, revoke)
 //! published/targets.json   the targets last published (what the next election starts from)
+//! published/gates.json     the health gates the last publish signed (their `since` kept)
 //! published/versions.json  the snapshot and timestamp versions last published (the next
 //!                          publication's start, wherever it goes)
 //! sources.json             where publish finds each artifact's bytes (not signed)
@@ -179,6 +180,22 @@ impl Workdir {
 
     pub fn write_published_versions(&self, v: &PublishedVersions) -> Result<(), GovernanceError> {
         files::write_json(&self.published_versions_path(), v)
+    }
+
+    pub fn published_gates_path(&self) -> PathBuf {
+        self.dir.join("published").join("gates.json")
+    }
+
+    /// The health gates the last publish signed (none: empty).
+    pub fn published_gates(&self) -> Result<crate::health::Gates, GovernanceError> {
+        Ok(
+            read_optional(&self.published_gates_path(), "published health gates")?
+                .unwrap_or_default(),
+        )
+    }
+
+    pub fn write_published_gates(&self, g: &crate::health::Gates) -> Result<(), GovernanceError> {
+        files::write_json(&self.published_gates_path(), g)
     }
 
     pub fn root_history_path(&self, version: u64) -> PathBuf {

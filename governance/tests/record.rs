@@ -128,6 +128,7 @@ impl Scene {
             snapshot_expires: days(7),
             timestamp_expires,
             now: now(),
+            health: None,
         })
         .await
     }
@@ -531,6 +532,7 @@ async fn root_v1_needs_its_threshold() {
         snapshot_expires: days(7),
         timestamp_expires: days(1),
         now: now(),
+        health: None,
     })
     .await
     .unwrap_err()
@@ -655,6 +657,7 @@ fn uncovered_seed_ranges_are_the_gaps_between_waves() {
         opens_at: now(),
         seeds: [a, b],
         spread_seconds: 0,
+        gate: None,
     };
     assert!(uncovered(&[wave(0, 15), wave(16, 2047)]).is_empty());
     assert_eq!(

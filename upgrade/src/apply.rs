@@ -38,6 +38,7 @@ use crate::fetch::{self, Staging, Want};
 use crate::passes::{check_archive, slot_plan, write_pass, CheckResult, Checker, Hashed};
 use crate::repo::{self, RepoOptions};
 use crate::slots::{self, SlotStore};
+use plinth_governance::health::Gates;
 use plinth_release::archive::ArchiveError;
 use plinth_release::{Os, Slot, Version};
 use std::path::Path;
@@ -135,8 +136,16 @@ pub async fn check(
             hint: "the installer records the installed version in the slot state".into(),
         })?;
     let loaded = repo::load(&opts.repo, client).await?;
+    // The health gates the publisher signed with the snapshot (tough checked its signature).
+    let gates = Gates::from_extra(&loaded.repo.snapshot().signed._extra).map_err(|message| {
+        UpgradeError::Record {
+            target: "snapshot.json".into(),
+            message: format!("{}: {message}", plinth_governance::health::EXTRA_KEY),
+        }
+    })?;
     let record = Record::read(
         loaded.repo.all_targets().map(|(n, t)| (n.raw(), t)),
+        &gates,
         opts.os,
     )?;
     Ok(Plan {

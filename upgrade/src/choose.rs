@@ -28,11 +28,13 @@
 
 use crate::error::UpgradeError;
 use plinth_governance::custom::{read_entry, ArtifactCustom, Entry, Wave, MAX_SEED};
+use plinth_governance::health::{gated_opens_for, Gates, Opened};
 use plinth_governance::order::compare;
 use plinth_release::archive::UPDATE_ARCHIVE;
 use plinth_release::{Os, Version};
 use sha2::Digest;
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The domain prefix of [`seed_of`].
@@ -53,6 +55,8 @@ pub struct Offer {
     /// Its target name: `<os>/<version>/update-img.tar.zst`.
     pub target: String,
     pub artifact: ArtifactCustom,
+    /// Its gated waves whose gate holds (wave name → since when), from the snapshot.
+    pub opened: BTreeMap<String, Opened>,
 }
 
 impl Offer {
@@ -65,9 +69,24 @@ impl Offer {
         self.artifact.waves.iter().find(|w| w.contains(seed))
     }
 
+    /// When the version opens for `seed`: `None` when no wave holds the seed, or its wave's
+    /// gate holds it back ([`gated_opens_for`]).
+    pub fn opens_for(&self, seed: u16) -> Option<jiff::Timestamp> {
+        let wave = self.wave_of(seed)?;
+        gated_opens_for(wave, self.opened.get(wave.name.as_str()), seed)
+    }
+
     /// Whether the version is open for `seed` at `now`.
     pub fn open_for(&self, seed: u16, now: jiff::Timestamp) -> bool {
-        self.wave_of(seed).is_some_and(|w| w.opens_for(seed) <= now)
+        self.opens_for(seed).is_some_and(|t| t <= now)
+    }
+
+    /// The wave holding `seed` when its gate holds it back, with the wave before it.
+    pub fn held_for(&self, seed: u16) -> Option<(&Wave, &Wave)> {
+        let i = self.artifact.waves.iter().position(|w| w.contains(seed))?;
+        let wave = &self.artifact.waves[i];
+        (i > 0 && wave.gate.is_some() && !self.opened.contains_key(wave.name.as_str()))
+            .then(|| (wave, &self.artifact.waves[i - 1]))
     }
 }
 
@@ -88,6 +107,7 @@ impl Record {
     /// files of `os` are left aside.
     pub fn read<'a>(
         targets: impl IntoIterator<Item = (&'a str, &'a tough::schema::Target)>,
+        gates: &Gates,
         os: Os,
     ) -> Result<Record, UpgradeError> {
         let prefix = format!("{os}/");
@@ -109,6 +129,7 @@ impl Record {
                     record.offers.push(Offer {
                         target: name.to_string(),
                         artifact: *a,
+                        opened: gates.0.get(name).cloned().unwrap_or_default(),
                     });
                 }
                 Entry::Artifact(_) => {}
@@ -164,6 +185,12 @@ pub enum Stay {
     },
     /// Pulled back, but nothing at or below `max_version` is listed.
     NoPullBackTarget { max_version: Version },
+    /// A newer version's wave for this seed waits for the wave before it to be healthy.
+    Held {
+        version: Version,
+        wave: String,
+        after: String,
+    },
 }
 
 impl fmt::Display for Stay {
@@ -180,6 +207,14 @@ impl fmt::Display for Stay {
                 version,
                 opens_at: None,
             } => write!(f, "{version} has no wave for this node's seed"),
+            Stay::Held {
+                version,
+                wave,
+                after,
+            } => write!(
+                f,
+                "{version}'s wave `{wave}` for this node is held until wave `{after}` is healthy on it (the repository's health gate)"
+            ),
             Stay::NoPullBackTarget { max_version } => write!(
                 f,
                 "max_version is {max_version}, below this version, but no version at or below it is elected"
@@ -235,9 +270,16 @@ pub fn choose<'a>(record: &'a Record, node: &Node) -> Decision<'a> {
         .at_most_max()
         .rfind(|o| compare(o.version(), &node.current) == Ordering::Greater);
     match waiting {
-        Some(o) => Decision::Stay(Stay::Waiting {
-            version: o.version().clone(),
-            opens_at: o.wave_of(node.seed).map(|w| w.opens_for(node.seed)),
+        Some(o) => Decision::Stay(match o.held_for(node.seed) {
+            Some((wave, after)) => Stay::Held {
+                version: o.version().clone(),
+                wave: wave.name.to_string(),
+                after: after.name.to_string(),
+            },
+            None => Stay::Waiting {
+                version: o.version().clone(),
+                opens_at: o.opens_for(node.seed),
+            },
         }),
         None => Decision::Stay(Stay::UpToDate),
     }
@@ -272,15 +314,21 @@ pub fn check_requested<'a>(
                     "it is above max_version {}; {chosen}",
                     record.max_version.as_ref().map_or("null", |m| m.as_str())
                 ),
-                Some(o) if !o.open_for(node.seed, node.now) => match o.wave_of(node.seed) {
-                    Some(w) => format!(
-                        "its wave `{}` opens for seed {} at {}; {chosen}",
-                        w.name,
-                        node.seed,
-                        w.opens_for(node.seed)
-                    ),
-                    None => format!("none of its waves holds seed {}; {chosen}", node.seed),
-                },
+                Some(o) if !o.open_for(node.seed, node.now) => {
+                    match (o.wave_of(node.seed), o.opens_for(node.seed)) {
+                        (Some(w), Some(at)) => format!(
+                            "its wave `{}` opens for seed {} at {at}; {chosen}",
+                            w.name, node.seed
+                        ),
+                        (Some(w), None) => format!(
+                            "its wave `{}` is held by its health gate until the wave before it is healthy; {chosen}",
+                            w.name
+                        ),
+                        (None, _) => {
+                            format!("none of its waves holds seed {}; {chosen}", node.seed)
+                        }
+                    }
+                }
                 Some(_) => chosen,
             }))
         }
@@ -321,10 +369,12 @@ mod tests {
                         opens_at: t(at),
                         seeds: *seeds,
                         spread_seconds: 0,
+                        gate: None,
                     })
                     .collect(),
                 measurements: plinth_governance::fixtures::measurements(Os::HostOs, version),
             },
+            opened: BTreeMap::new(),
         }
     }
 
@@ -360,6 +410,68 @@ mod tests {
             Decision::Take { offer, reason } => Some((offer.version().to_string(), reason)),
             Decision::Stay(_) => None,
         }
+    }
+
+    #[test]
+    fn a_gated_wave_waits_for_the_publishers_word_and_never_opens_before_its_time() {
+        use plinth_governance::custom::Gate;
+        let mut r = record(Some("1.2.0"));
+        let i = r
+            .offers
+            .iter()
+            .position(|o| o.version().as_str() == "1.2.0")
+            .unwrap();
+        r.offers[i].artifact.waves[1].gate = Some(Gate {
+            min_healthy: 3,
+            max_failed: 0,
+        });
+        // Past its time, but the gate has not held: held, and asked for by name, refused.
+        let n = node("1.1.0", 16, "2026-01-21T00:00:00Z");
+        assert_eq!(
+            choose(&r, &n),
+            Decision::Stay(Stay::Held {
+                version: v("1.2.0"),
+                wave: "w1".into(),
+                after: "w0".into()
+            })
+        );
+        let e = check_requested(&r, &n, &v("1.2.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("held by its health gate"), "{e}");
+        // The canary wave has no gate: unchanged.
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 3, EARLY))),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
+        // The gate held before the wave's time: the wave opens at its time, not before.
+        let opened = |since: &str| Opened {
+            since: t(since),
+            healthy: 3,
+            failed: 0,
+        };
+        r.offers[i].opened = BTreeMap::from([("w1".to_string(), opened(EARLY))]);
+        assert_eq!(
+            choose(&r, &node("1.1.0", 16, "2026-01-19T23:59:59Z")),
+            Decision::Stay(Stay::Waiting {
+                version: v("1.2.0"),
+                opens_at: Some(t(LATE))
+            })
+        );
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 16, LATE))),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
+        // It held after the wave's time: the wave opens then.
+        r.offers[i].opened = BTreeMap::from([("w1".to_string(), opened("2026-01-22T00:00:00Z"))]);
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 16, "2026-01-21T00:00:00Z"))),
+            None
+        );
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 16, "2026-01-22T00:00:00Z"))),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
     }
 
     #[test]

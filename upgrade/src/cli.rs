@@ -34,6 +34,9 @@ pub enum UpgradeVerb {
     Status(CommonArgs),
     /// Apply every poll interval (after a random jitter), until stopped.
     Daemon(DaemonArgs),
+    /// Write this node's report for the repository's health gate (what it runs committed,
+    /// what failed on it).
+    Report(ReportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +99,27 @@ pub struct DaemonArgs {
     pub polls: Option<u64>,
 }
 
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The report is one small JSON file (the format `plinth governance publish
+--health DIR` reads: one <node>.json a node); how it reaches that directory
+is the fleet's own hook (docs/upgrades.md). It is written atomically.
+
+Examples:
+  plinth-upgrade report --node node-17 --out /run/plinth/report/node-17.json
+  plinth-upgrade report --node node-17 --out - "
+)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The node's name in the fleet (1 to 64 of a-z, 0-9, -).
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    /// Where to write it (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
 /// Run a verb; print its outcome or its error; the exit code.
 pub fn run(verb: UpgradeVerb) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -146,6 +170,7 @@ async fn run_verb(verb: UpgradeVerb) -> Result<(), CliError> {
         UpgradeVerb::Apply(a) => apply_verb(a).await,
         UpgradeVerb::Status(a) => status_verb(a),
         UpgradeVerb::Daemon(a) => daemon(a).await,
+        UpgradeVerb::Report(a) => report_verb(a),
     }
 }
 
@@ -382,6 +407,74 @@ fn status_verb(a: CommonArgs) -> Result<(), CliError> {
         for line in status::lines(&st) {
             println!("{line}");
         }
+    }
+    Ok(())
+}
+
+/// This node's health report from its slot state: the version it runs counts only once
+/// committed (no trial boot pending), and its failed versions are the newest
+/// [`plinth_governance::health::MAX_FAILED`].
+pub fn node_report(
+    node: &str,
+    os: plinth_release::Os,
+    seed: u16,
+    state: &State,
+    now: jiff::Timestamp,
+) -> plinth_governance::health::NodeReport {
+    use plinth_governance::health::{NodeReport, MAX_FAILED, REPORT_FORMAT_VERSION};
+    let mut failed: Vec<Version> = Vec::new();
+    for f in state.failed.iter().rev() {
+        if failed.len() == MAX_FAILED {
+            break;
+        }
+        if !failed.contains(&f.version) {
+            failed.push(f.version.clone());
+        }
+    }
+    NodeReport {
+        format_version: REPORT_FORMAT_VERSION,
+        node: node.to_string(),
+        os,
+        seed,
+        version: if state.pending.is_none() {
+            state.current().cloned()
+        } else {
+            None
+        },
+        failed,
+        at: now,
+    }
+}
+
+fn report_verb(a: ReportArgs) -> Result<(), CliError> {
+    let c = config(&a.common.config)?;
+    let seed = c.seed().map_err(CliError::BadInput)?;
+    let store = open_store(&c)?;
+    let report = node_report(&a.node, c.os, seed, store.state(), jiff::Timestamp::now());
+    let bytes = serde_json::to_vec_pretty(&report).expect("serializes");
+    // What the publisher will refuse is refused here, with the reason.
+    plinth_governance::health::NodeReport::parse(&bytes)
+        .map_err(|e| CliError::BadInput(format!("--node {}: {e}", a.node)))?;
+    if a.out == Path::new("-") {
+        println!("{}", String::from_utf8_lossy(&bytes));
+        return Ok(());
+    }
+    plinth_release::atomic::write_atomic(&a.out, &bytes, 0o644)
+        .map_err(UpgradeError::io(&a.out, "write the report"))?;
+    if !a.common.json {
+        println!(
+            "{}: {} seed {} on {} ({} failed)",
+            a.out.display(),
+            report.node,
+            report.seed,
+            report
+                .version
+                .as_ref()
+                .map_or("nothing committed", |v| v.as_str()),
+            report.failed.len()
+        );
+    } else {
+        print_json(&report);
     }
     Ok(())
 }

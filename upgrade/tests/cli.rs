@@ -128,6 +128,30 @@ async fn a_node_inits_checks_applies_and_reports() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["pending"], "B");
 
+    // Its report for the health gate: on trial, nothing committed counts yet.
+    let reports = node.dir.join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let out = reports.join("node-7.json");
+    let o = agent(
+        &["report", "--node", "node-7", "--out", out.to_str().unwrap()],
+        &config,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("node-7 seed 7 on nothing committed (0 failed)"),
+        "{}",
+        text(&o)
+    );
+    let r = plinth_governance::health::NodeReport::parse(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!((r.node.as_str(), r.seed, r.version), ("node-7", 7, None));
+    let o = agent(&["report", "--node", "Node 7", "--out", "-"], &config);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("--node Node 7: node `Node 7`: expected"),
+        "{}",
+        text(&o)
+    );
+
     // The daemon's poll finds it written and pending.
     let o = Command::new(env!("CARGO_BIN_EXE_plinth-upgrade"))
         .args(["daemon", "--polls", "1", "--cmdline"])

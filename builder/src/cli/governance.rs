@@ -267,9 +267,16 @@ Snapshot and timestamp versions continue from the last this workdir published
 (in REPO_DIR or any other directory); a REPO_DIR timestamp.json claiming more
 that the root's timestamp key did not sign is refused.
 
+A wave with a gate (waves file) opens only once the wave before it is healthy:
+publish counts the node reports in --health DIR (one <node>.json a node, what
+plinth-upgrade report writes) and signs, with the snapshot, the gated waves
+whose gate holds and since when. Without --health, every gated wave is held.
+A report that cannot be read is skipped and named (it never opens a wave).
+
 Examples:
   plinth governance publish /srv/repo --workdir gov
-  plinth governance publish /srv/repo --timestamp-expires 12h")]
+  plinth governance publish /srv/repo --timestamp-expires 12h
+  plinth governance publish /srv/repo --health /srv/node-reports   (every few minutes)")]
     Publish {
         /// The repository directory (created if missing).
         #[arg(value_name = "REPO_DIR")]
@@ -283,6 +290,9 @@ Examples:
         /// When the timestamp expires.
         #[arg(long, value_name = "WHEN", default_value = "1d")]
         timestamp_expires: Expiry,
+        /// The nodes' reports the waves' health gates are evaluated from.
+        #[arg(long, value_name = "DIR")]
+        health: Option<PathBuf>,
         #[command(flatten)]
         workdir: WorkdirArg,
     },
@@ -426,6 +436,11 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                     "its waves spread their nodes (spread_seconds): agents older than this plinth \
                      refuse a record holding a field they do not know, so elect spreads only \
                      once the fleet runs an agent that reads them",
+                );
+            }
+            if report.waves.iter().any(|w| w.gate.is_some()) {
+                out.warn(
+                    "its waves have health gates (gate): agents older than this plinth refuse a                      record holding a field they do not know, and a gated wave opens only when                      publish --health DIR finds the wave before it healthy",
                 );
             }
             if report.dropped_signatures > 0 {
@@ -590,6 +605,7 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             publisher_key,
             snapshot_expires,
             timestamp_expires,
+            health,
             workdir,
         } => {
             let dir = workdir.dir();
@@ -612,8 +628,12 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
                     snapshot_expires: snapshot_expires.at(now),
                     timestamp_expires: timestamp_at,
                     now,
+                    health,
                 }))
                 .map_err(gov)?;
+            for skipped in &report.skipped_reports {
+                out.warn(format!("node report skipped: {skipped}"));
+            }
             if out.json {
                 return out.json_result(&report);
             }
@@ -628,6 +648,19 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             );
             for p in &report.payloads_written {
                 println!("  payload {p}");
+            }
+            for g in &report.gates {
+                let counts = format!(
+                    "{} healthy (needs {}), {} failed (at most {}) in wave `{}`",
+                    g.healthy, g.gate.min_healthy, g.failed, g.gate.max_failed, g.after
+                );
+                match g.open_since {
+                    Some(since) => println!(
+                        "  {} wave `{}`: open since {since}: {counts}",
+                        g.target, g.wave
+                    ),
+                    None => println!("  {} wave `{}`: held: {counts}", g.target, g.wave),
+                }
             }
             Ok(())
         }

@@ -130,6 +130,11 @@ impl Record {
     /// Elect host-os `version` with `payload`, waves opening at `opens` (canary 0-15, then
     /// the rest a day later).
     pub fn elect(&self, version: &str, payload: &[u8], opens: &str) {
+        self.elect_with_waves(version, payload, &fixtures::waves_yaml(opens));
+    }
+
+    /// Elect host-os `version` with `payload` and the waves file `waves_yaml`.
+    pub fn elect_with_waves(&self, version: &str, payload: &[u8], waves_yaml: &str) {
         let rel = fixtures::write_release(
             &self.dir.join(format!("rel-{version}")),
             Os::HostOs,
@@ -137,7 +142,7 @@ impl Record {
             payload,
         );
         let waves = self.dir.join("waves.yaml");
-        std::fs::write(&waves, fixtures::waves_yaml(opens)).unwrap();
+        std::fs::write(&waves, waves_yaml).unwrap();
         elect::elect(&ElectOptions {
             workdir: self.work.clone(),
             release: rel,
@@ -151,6 +156,15 @@ impl Record {
     }
 
     pub async fn publish_with(&self, timestamp_expires: jiff::Timestamp) {
+        self.publish_health(timestamp_expires, None).await;
+    }
+
+    /// Publish with the node reports in `health` (the gates' input).
+    pub async fn publish_health(
+        &self,
+        timestamp_expires: jiff::Timestamp,
+        health: Option<&Path>,
+    ) -> publish::PublishReport {
         publish::publish(PublishOptions {
             workdir: self.work.clone(),
             repo: self.repo.clone(),
@@ -159,9 +173,10 @@ impl Record {
             snapshot_expires: days(7),
             timestamp_expires,
             now: now(),
+            health: health.map(Path::to_path_buf),
         })
         .await
-        .unwrap();
+        .unwrap()
     }
 
     /// Elect (signed by voters 1 and 3) and publish.
