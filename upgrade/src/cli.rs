@@ -1,8 +1,9 @@
 //! The upgrade agent's command line, the same on HostOS and GuestOS: `init` (the installer's
 //! record of what it installed), `check` (what governance elects for this node, nothing
 //! written), `apply` (take it: download, write the inactive slot, read back, flip), `status`
-//! (what is on each slot and what happened last, and why) and `daemon` (`apply` every poll
-//! interval, after a random jitter). Each reads the node's configuration
+//! (what is on each slot and what happened last, and why), `daemon` (`apply` every poll
+//! interval, after a random jitter), `settle` (after a boot's health gate: commit or roll
+//! back, [`crate::settle`]) and `report` (the node's report for the waves' health gate). Each reads the node's configuration
 //! ([`crate::config`]); `--json` prints one JSON document for a machine. Exit codes: 0 done
 //! (including "nothing to take"), 2 bad input (configuration, a version not elected for this
 //! node), 1 any other failure. No failure touches the active slot or flips: a failure
@@ -37,6 +38,31 @@ pub enum UpgradeVerb {
     /// Write this node's report for the repository's health gate (what it runs committed,
     /// what failed on it).
     Report(ReportArgs),
+    /// After a boot's health gate: commit the pending slot that booted and passed it, or
+    /// roll back one that failed it or that the boot loader fell back from.
+    Settle(SettleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The boot's slot is the one `plinth.slot=` names on the kernel command line.
+Pending slot booted and gate passed: committed. Gate failed (--failed WHY) or
+the other slot booted while one is pending: rolled back, the version
+remembered as failed (`status` says why). Nothing pending: nothing to do.
+
+Examples:
+  plinth-upgrade settle                                   (after boot-complete.target)
+  plinth-upgrade settle --failed plinth-guest.service     (the gate's failure)"
+)]
+pub struct SettleArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The kernel command line whose `plinth.slot=` names the slot that booted.
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+    /// The boot's health gate failed, and why (the failed unit or check).
+    #[arg(long, value_name = "WHY")]
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +197,7 @@ async fn run_verb(verb: UpgradeVerb) -> Result<(), CliError> {
         UpgradeVerb::Status(a) => status_verb(a),
         UpgradeVerb::Daemon(a) => daemon(a).await,
         UpgradeVerb::Report(a) => report_verb(a),
+        UpgradeVerb::Settle(a) => settle_verb(a),
     }
 }
 
@@ -407,6 +434,46 @@ fn status_verb(a: CommonArgs) -> Result<(), CliError> {
         for line in status::lines(&st) {
             println!("{line}");
         }
+    }
+    Ok(())
+}
+
+fn settle_verb(a: SettleArgs) -> Result<(), CliError> {
+    use crate::settle::{settle, Settled};
+    let c = config(&a.common.config)?;
+    let booted = booted_slot(&a.cmdline)?.ok_or_else(|| {
+        CliError::BadInput(format!(
+            "{}: no plinth.slot=: which slot booted cannot be told",
+            a.cmdline.display()
+        ))
+    })?;
+    let mut store = open_store(&c)?;
+    let done = settle(
+        &mut store,
+        booted,
+        a.failed.as_deref(),
+        jiff::Timestamp::now(),
+    )?;
+    if a.common.json {
+        print_json(&done);
+        return Ok(());
+    }
+    let version = |v: &Option<Version>| v.as_ref().map_or("?", |v| v.as_str()).to_string();
+    match &done {
+        Settled::Nothing { active } => println!("slot {active} is active; nothing was pending"),
+        Settled::Committed { slot, version: v } => {
+            println!("committed {} {} on slot {slot}", c.os, version(v))
+        }
+        Settled::RolledBack {
+            failed,
+            version: v,
+            active,
+            reason,
+        } => println!(
+            "rolled back {} {} on slot {failed} (slot {active} stays active): {reason}",
+            c.os,
+            version(v)
+        ),
     }
     Ok(())
 }

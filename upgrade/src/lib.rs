@@ -21,6 +21,7 @@ pub mod error;
 pub mod fetch;
 pub mod passes;
 pub mod repo;
+pub mod settle;
 pub mod slots;
 pub mod status;
 

@@ -175,6 +175,35 @@ async fn a_node_inits_checks_applies_and_reports() {
         &config,
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    // The trial boot of B passes its gate: settled, committed; the report now counts it.
+    std::fs::write(&cmdline, "console=ttyS0 plinth.slot=B ro\n").unwrap();
+    let o = agent(&["settle", "--cmdline", cmdline.to_str().unwrap()], &config);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("committed host-os 1.1.0 on slot B"),
+        "{}",
+        text(&o)
+    );
+    let o = agent(
+        &["settle", "--json", "--cmdline", cmdline.to_str().unwrap()],
+        &config,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["outcome"].as_str(), v["active"].as_str()),
+        (Some("nothing"), Some("B"))
+    );
+    let o = agent(
+        &["report", "--node", "node-7", "--out", "-", "--json"],
+        &config,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["version"], "1.1.0");
+    // A command line without plinth.slot=: bad input.
+    std::fs::write(&cmdline, "console=ttyS0 ro\n").unwrap();
+    let o = agent(&["settle", "--cmdline", cmdline.to_str().unwrap()], &config);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 #[tokio::test]
