@@ -93,32 +93,43 @@ fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// How far ahead of the publisher's clock a report's time may be.
+pub const MAX_CLOCK_SKEW_SECONDS: i64 = 600;
+
 /// The reports of a health directory, and the files skipped with why.
 #[derive(Debug, Default)]
 pub struct Reports {
     pub reports: Vec<NodeReport>,
     pub skipped: Vec<(PathBuf, String)>,
+    /// Skipped files named like a node's report (`<node>.json`): each counts as a node that
+    /// reports a failure, in every gated wave (a report that cannot be read must not leave
+    /// a failure unseen).
+    pub unreadable: u32,
+    /// More than [`MAX_REPORTS`] entries: the rest were not read, and every gate is held.
+    pub truncated: bool,
 }
 
-/// Read every `*.json` report in `dir` (see the module doc for the bounds). Only a directory
-/// that cannot be listed, or one with more than [`MAX_REPORTS`] entries, is an error.
-pub fn read_reports(dir: &Path) -> Result<Reports, GovernanceError> {
+/// Read every `<node>.json` report in `dir` (see the module doc for the bounds): each must
+/// name the node its file is named for, and be no later than `now` plus
+/// [`MAX_CLOCK_SKEW_SECONDS`]. Only a directory that cannot be listed is an error.
+pub fn read_reports(dir: &Path, now: jiff::Timestamp) -> Result<Reports, GovernanceError> {
     let listing = std::fs::read_dir(dir).map_err(|source| GovernanceError::Read {
         path: dir.to_path_buf(),
         what: "health directory",
         source,
     })?;
     let mut out = Reports::default();
-    let mut newest: HashMap<String, NodeReport> = HashMap::new();
+    let latest = now
+        .checked_add(jiff::SignedDuration::from_secs(MAX_CLOCK_SKEW_SECONDS))
+        .unwrap_or(jiff::Timestamp::MAX);
     for (n, entry) in listing.enumerate() {
         if n >= MAX_REPORTS {
-            return Err(GovernanceError::refused(
-                format!(
-                    "{}: more than {MAX_REPORTS} entries in the health directory",
-                    dir.display()
-                ),
-                "keep one report a node there (the newest), and nothing else",
+            out.truncated = true;
+            out.skipped.push((
+                dir.to_path_buf(),
+                format!("more than {MAX_REPORTS} entries: the rest were not read, and every gate is held"),
             ));
+            break;
         }
         let entry = entry.map_err(|source| GovernanceError::Read {
             path: dir.to_path_buf(),
@@ -142,19 +153,34 @@ pub fn read_reports(dir: &Path) -> Result<Reports, GovernanceError> {
             continue;
         }
         let report = plinth_release::untrusted::read_untrusted(&path, MAX_REPORT_SIZE)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| NodeReport::parse(&bytes));
-        match report {
-            Ok(r) => match newest.get(&r.node) {
-                Some(kept) if kept.at >= r.at => {}
-                _ => {
-                    newest.insert(r.node.clone(), r);
+            .map_err(|e| format!("cannot read the node report: {e}"))
+            .and_then(|bytes| NodeReport::parse(&bytes))
+            .and_then(|r| {
+                if r.node != stem {
+                    Err(format!(
+                        "names node `{}`, not `{stem}`: a node reports in its own file only",
+                        r.node.escape_debug()
+                    ))
+                } else if r.at > latest {
+                    Err(format!(
+                        "written at {}, later than now ({now}) by more than {MAX_CLOCK_SKEW_SECONDS} s",
+                        r.at
+                    ))
+                } else {
+                    Ok(r)
                 }
-            },
-            Err(why) => out.skipped.push((path, why)),
+            });
+        match report {
+            Ok(r) => out.reports.push(r),
+            Err(why) => {
+                out.unreadable = out.unreadable.saturating_add(1);
+                out.skipped.push((
+                    path,
+                    format!("{why} (counted as a failure in every gated wave)"),
+                ));
+            }
         }
     }
-    out.reports = newest.into_values().collect();
     out.reports.sort_by(|a, b| a.node.cmp(&b.node));
     out.skipped.sort();
     Ok(out)
@@ -214,7 +240,8 @@ pub fn gated_opens_for(wave: &Wave, opened: Option<&Opened>, seed: u16) -> Optio
     Some(start.checked_add(offset).unwrap_or(jiff::Timestamp::MAX))
 }
 
-/// Count `reports` of the nodes of `wave` for `artifact`: (running it, failed on it).
+/// Count `reports` of the nodes of `wave` for `artifact`: (running it or a later version,
+/// failed on it).
 fn counts(artifact: &ArtifactCustom, wave: &Wave, reports: &[NodeReport]) -> (u32, u32) {
     let mine = reports
         .iter()
@@ -223,7 +250,11 @@ fn counts(artifact: &ArtifactCustom, wave: &Wave, reports: &[NodeReport]) -> (u3
     for r in mine {
         if r.failed.contains(&artifact.version) {
             failed = failed.saturating_add(1);
-        } else if r.version.as_ref() == Some(&artifact.version) {
+        } else if r.version.as_ref().is_some_and(|v| {
+            crate::order::compare(v, &artifact.version) != std::cmp::Ordering::Less
+        }) {
+            // On the version or past it (a canary that went on to the next release still
+            // ran this one).
             healthy = healthy.saturating_add(1);
         }
     }
@@ -254,18 +285,23 @@ pub struct Verdict {
 /// each gated wave's verdict.
 pub fn evaluate<'a>(
     artifacts: impl IntoIterator<Item = (&'a str, &'a ArtifactCustom)>,
-    reports: &[NodeReport],
+    reports: &Reports,
     previous: &Gates,
     now: jiff::Timestamp,
 ) -> (Gates, Vec<Verdict>) {
     let mut gates = Gates::default();
     let mut verdicts = Vec::new();
     for (target, artifact) in artifacts {
+        // A gate opens only while every gate before it in the same election holds.
+        let mut earlier_held = false;
         for pair in artifact.waves.windows(2) {
             let (before, wave) = (&pair[0], &pair[1]);
             let Some(gate) = wave.gate else { continue };
-            let (healthy, failed) = counts(artifact, before, reports);
-            let open_since = holds(&gate, healthy, failed).then(|| {
+            let (healthy, failed) = counts(artifact, before, &reports.reports);
+            let failed = failed.saturating_add(reports.unreadable);
+            let open = !reports.truncated && !earlier_held && holds(&gate, healthy, failed);
+            earlier_held |= !open;
+            let open_since = open.then(|| {
                 previous
                     .opened(target, wave.name.as_str())
                     .map_or(now, |o| o.since)
@@ -355,11 +391,14 @@ mod tests {
         ]);
         let now = t("2026-01-10T02:00:00Z");
         // One canary node on 1.1.0, one still on 1.0.0, one of `rest` (not counted).
-        let mut reports = vec![
-            report("n1", 3, "1.1.0", &[]),
-            report("n2", 9, "1.0.0", &[]),
-            report("n3", 100, "1.1.0", &[]),
-        ];
+        let mut reports = Reports {
+            reports: vec![
+                report("n1", 3, "1.1.0", &[]),
+                report("n2", 9, "1.0.0", &[]),
+                report("n3", 100, "1.1.0", &[]),
+            ],
+            ..Reports::default()
+        };
         let (gates, verdicts) = evaluate([(T, &a)], &reports, &Gates::default(), now);
         assert!(gates.0.is_empty());
         assert_eq!((verdicts[0].healthy, verdicts[0].failed), (1, 0));
@@ -373,7 +412,7 @@ mod tests {
         );
 
         // The second canary node upgrades: open since this publish; later publishes keep it.
-        reports[1] = report("n2", 9, "1.1.0", &[]);
+        reports.reports[1] = report("n2", 9, "1.1.0", &[]);
         let (gates, _) = evaluate([(T, &a)], &reports, &Gates::default(), now);
         assert_eq!(gates.opened(T, "rest").unwrap().since, now);
         let later = t("2026-01-12T00:00:00Z");
@@ -382,11 +421,50 @@ mod tests {
         // Governance's time is the earliest: the gate held before it.
         assert_eq!(kept.opens_for(T, rest, 16), Some(rest.opens_at));
 
+        // A canary that went on to a later version still counts.
+        reports.reports[0] = report("n1", 3, "1.2.0", &[]);
+        let (still, _) = evaluate([(T, &a)], &reports, &kept, later);
+        assert_eq!(still.opened(T, "rest").unwrap().since, now);
+
         // A canary node rolls back from 1.1.0: the gate holds no longer.
-        reports.push(report("n4", 12, "1.0.0", &["1.1.0"]));
+        reports.reports.push(report("n4", 12, "1.0.0", &["1.1.0"]));
         let (held, verdicts) = evaluate([(T, &a)], &reports, &kept, later);
         assert!(held.0.is_empty());
         assert_eq!((verdicts[0].healthy, verdicts[0].failed), (2, 1));
+
+        // An unreadable report counts as a failure; too many entries hold every gate.
+        reports.reports.pop();
+        reports.unreadable = 1;
+        let (held, verdicts) = evaluate([(T, &a)], &reports, &kept, later);
+        assert!(held.0.is_empty());
+        assert_eq!(verdicts[0].failed, 1);
+        reports.unreadable = 0;
+        reports.truncated = true;
+        assert!(evaluate([(T, &a)], &reports, &kept, later).0 .0.is_empty());
+    }
+
+    #[test]
+    fn a_gate_opens_only_while_every_gate_before_it_holds() {
+        let gate = Some(Gate {
+            min_healthy: 1,
+            max_failed: 0,
+        });
+        let a = artifact(vec![
+            wave("canary", "2026-01-10T00:00:00Z", [0, 15], None),
+            wave("early", "2026-01-11T00:00:00Z", [16, 99], gate),
+            wave("rest", "2026-01-12T00:00:00Z", [100, 2047], gate),
+        ]);
+        // `early` has a node on the version, the canaries none: `early` is held, and so is
+        // `rest` although its own gate would hold.
+        let reports = Reports {
+            reports: vec![report("n1", 20, "1.1.0", &[])],
+            ..Reports::default()
+        };
+        let now = t("2026-01-13T00:00:00Z");
+        let (gates, verdicts) = evaluate([(T, &a)], &reports, &Gates::default(), now);
+        assert!(gates.0.is_empty(), "{gates:?}");
+        assert_eq!(verdicts.len(), 2);
+        assert_eq!(verdicts[1].healthy, 1);
     }
 
     #[test]
@@ -453,11 +531,13 @@ mod tests {
         let write =
             |name: &str, bytes: &[u8]| std::fs::write(dir.path().join(name), bytes).unwrap();
         let good = |r: &NodeReport| serde_json::to_vec(r).unwrap();
-        let mut old = report("n1", 3, "1.0.0", &[]);
-        old.at = t("2026-01-09T00:00:00Z");
+        let mut future = report("n8", 3, "1.1.0", &[]);
+        future.at = t("2026-01-10T01:20:00Z");
         write("n1.json", &good(&report("n1", 3, "1.1.0", &[])));
-        // The same node's older report, under another file name: the newest one counts.
-        write("n1-old.json", &good(&old));
+        // Another node's report in a file of its own name: a node reports for itself only.
+        write("n1-old.json", &good(&report("n1", 3, "1.0.0", &["1.1.0"])));
+        // A report from later than now: refused (it would outlive every real one).
+        write("n8.json", &good(&future));
         write("n2.json", b"{\"format_version\": 1");
         write("n3.json", &vec![b' '; MAX_REPORT_SIZE as usize + 1]);
         write("Bad Name.json", &good(&report("n5", 1, "1.1.0", &[])));
@@ -466,15 +546,30 @@ mod tests {
         write("n6.json", &good(&bad_seed));
         write("notes.txt", b"not a report");
         std::os::unix::fs::symlink(dir.path().join("n1.json"), dir.path().join("n7.json")).unwrap();
-        let r = read_reports(dir.path()).unwrap();
+        let r = read_reports(dir.path(), t("2026-01-10T01:05:00Z")).unwrap();
         assert_eq!(r.reports.len(), 1);
         assert_eq!(r.reports[0].version, Some("1.1.0".parse().unwrap()));
+        // Every skipped file named like a report counts as a failure ("Bad Name" does not).
+        assert_eq!(r.unreadable, 6);
+        assert!(!r.truncated);
         let skipped: Vec<String> = r
             .skipped
             .iter()
             .map(|(p, why)| format!("{} {why}", p.file_name().unwrap().to_str().unwrap()))
             .collect();
-        assert_eq!(skipped.len(), 5, "{skipped:?}");
+        assert_eq!(skipped.len(), 7, "{skipped:?}");
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.starts_with("n1-old.json names node `n1`, not `n1-old`")),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.starts_with("n8.json written at 2026-01-10T01:20:00Z")),
+            "{skipped:?}"
+        );
         assert!(
             skipped.iter().any(|s| s.starts_with("n6.json seed 2048")),
             "{skipped:?}"

@@ -276,11 +276,9 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         NonZeroU64::new(snapshot_version).expect("not zero"),
         opts.snapshot_expires,
     );
-    // The health gates, signed with the snapshot (see [`health`]).
-    let reports = match &opts.health {
-        Some(dir) => health::read_reports(dir)?,
-        None => health::Reports::default(),
-    };
+    // The health gates, signed with the snapshot (see [`health`]). Without --health, the
+    // gates stay as the last publish left them (of the targets still listed): a timestamp
+    // refresh neither opens nor closes a wave.
     let artifacts: Vec<(String, &crate::custom::ArtifactCustom)> = entries
         .iter()
         .filter_map(|(path, entry)| match entry {
@@ -288,12 +286,25 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
             Entry::Policy(_) => None,
         })
         .collect();
-    let (gates, verdicts) = health::evaluate(
-        artifacts.iter().map(|(n, a)| (n.as_str(), *a)),
-        &reports.reports,
-        &workdir.published_gates()?,
-        opts.now,
-    );
+    let previous = workdir.published_gates()?;
+    let (reports, gates, verdicts) = match &opts.health {
+        Some(dir) => {
+            let reports = health::read_reports(dir, opts.now)?;
+            let (gates, verdicts) = health::evaluate(
+                artifacts.iter().map(|(n, a)| (n.as_str(), *a)),
+                &reports,
+                &previous,
+                opts.now,
+            );
+            (reports, gates, verdicts)
+        }
+        None => {
+            let mut kept = previous.clone();
+            kept.0
+                .retain(|target, _| artifacts.iter().any(|(n, _)| n == target));
+            (health::Reports::default(), kept, Vec::new())
+        }
+    };
     if !gates.0.is_empty() {
         snapshot._extra.insert(
             health::EXTRA_KEY.into(),
@@ -392,8 +403,6 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
         snapshot: snapshot_version,
         timestamp: timestamp_version,
     })?;
-    // So are the gates: a gate's `since` is kept only from a snapshot that may be out.
-    workdir.write_published_gates(&gates)?;
 
     // 6. Into place; timestamp.json (last) is what makes the new state visible, so every
     // directory a rename or a creation changed (a payload's own directory and each one above
@@ -427,7 +436,9 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishReport, GovernanceEr
     }
     sync_dir(repo)?;
 
-    // 7. The workdir moves on.
+    // 7. The workdir moves on: the gates first (a gate's `since` is kept from a snapshot
+    // that is out, never from one a failed publication left unseen).
+    workdir.write_published_gates(&gates)?;
     if staged_root.is_some() {
         let (_, bytes) = roots.last().expect("the staged root is in the list");
         files::write_atomic(

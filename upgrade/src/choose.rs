@@ -69,11 +69,34 @@ impl Offer {
         self.artifact.waves.iter().find(|w| w.contains(seed))
     }
 
-    /// When the version opens for `seed`: `None` when no wave holds the seed, or its wave's
-    /// gate holds it back ([`gated_opens_for`]).
+    /// When the version opens for `seed`: `None` when no wave holds the seed, or a gate
+    /// holds its wave back: its own, or any gate of a wave before it (a gate held earlier in
+    /// the election holds every later wave, gated or not). Otherwise the wave's own time
+    /// ([`gated_opens_for`]), no earlier than the latest `since` of those gates.
     pub fn opens_for(&self, seed: u16) -> Option<jiff::Timestamp> {
-        let wave = self.wave_of(seed)?;
-        gated_opens_for(wave, self.opened.get(wave.name.as_str()), seed)
+        let i = self.artifact.waves.iter().position(|w| w.contains(seed))?;
+        let wave = &self.artifact.waves[i];
+        let mut since: Option<&Opened> = None;
+        for w in &self.artifact.waves[..=i] {
+            if w.gate.is_some() {
+                let o = self.opened.get(w.name.as_str())?;
+                if since.is_none_or(|s| o.since > s.since) {
+                    since = Some(o);
+                }
+            }
+        }
+        match since {
+            // The latest gate stands for the wave's own: it starts no earlier than that.
+            Some(o) => {
+                let mut gated = wave.clone();
+                gated.gate.get_or_insert(plinth_governance::custom::Gate {
+                    min_healthy: 1,
+                    max_failed: 0,
+                });
+                gated_opens_for(&gated, Some(o), seed)
+            }
+            None => Some(wave.opens_for(seed)),
+        }
     }
 
     /// Whether the version is open for `seed` at `now`.
@@ -81,12 +104,16 @@ impl Offer {
         self.opens_for(seed).is_some_and(|t| t <= now)
     }
 
-    /// The wave holding `seed` when its gate holds it back, with the wave before it.
+    /// When a gate holds `seed`'s wave back: the first held gated wave up to it, and the
+    /// wave before that one (whose health it waits for).
     pub fn held_for(&self, seed: u16) -> Option<(&Wave, &Wave)> {
         let i = self.artifact.waves.iter().position(|w| w.contains(seed))?;
-        let wave = &self.artifact.waves[i];
-        (i > 0 && wave.gate.is_some() && !self.opened.contains_key(wave.name.as_str()))
-            .then(|| (wave, &self.artifact.waves[i - 1]))
+        (1..=i)
+            .find(|&j| {
+                let w = &self.artifact.waves[j];
+                w.gate.is_some() && !self.opened.contains_key(w.name.as_str())
+            })
+            .map(|j| (&self.artifact.waves[j], &self.artifact.waves[j - 1]))
     }
 }
 
@@ -247,7 +274,15 @@ pub fn choose<'a>(record: &'a Record, node: &Node) -> Decision<'a> {
         let Some(max) = &record.max_version else {
             return Decision::Stay(Stay::NothingAllowed);
         };
-        return match newest_open.or_else(|| record.at_most_max().next_back()) {
+        // Nothing open for this node: a version no gate holds back (its wave's time not
+        // come yet), and only then any (a held one may be failing on the wave before).
+        let fallback = || {
+            record
+                .at_most_max()
+                .rfind(|o| o.held_for(node.seed).is_none())
+                .or_else(|| record.at_most_max().next_back())
+        };
+        return match newest_open.or_else(fallback) {
             Some(offer) => Decision::Take {
                 offer,
                 reason: Reason::PullBack,
@@ -470,6 +505,52 @@ mod tests {
         );
         assert_eq!(
             taken(choose(&r, &node("1.1.0", 16, "2026-01-22T00:00:00Z"))),
+            Some(("1.2.0".into(), Reason::Upgrade))
+        );
+    }
+
+    #[test]
+    fn a_held_gate_holds_every_later_wave_and_a_pull_back_avoids_a_held_version() {
+        use plinth_governance::custom::Gate;
+        let gate = Some(Gate {
+            min_healthy: 1,
+            max_failed: 0,
+        });
+        let mut o = offer(
+            "1.2.0",
+            &[(EARLY, [0, 15]), (EARLY, [16, 99]), (EARLY, [100, 2047])],
+        );
+        o.artifact.waves[1].gate = gate;
+        let mut r = Record {
+            offers: vec![offer("1.1.0", &[(EARLY, [0, 2047])]), o],
+            max_version: Some(v("1.2.0")),
+            has_policy: true,
+        };
+        // w2 has no gate of its own, but w1's is held: w2 waits for it too.
+        assert_eq!(
+            choose(&r, &node("1.1.0", 500, LATE)),
+            Decision::Stay(Stay::Held {
+                version: v("1.2.0"),
+                wave: "w1".into(),
+                after: "w0".into()
+            })
+        );
+        // Pulled back from 9.0.0 to at most 1.2.0: 1.2.0 is held for seed 500, 1.1.0 open.
+        assert_eq!(
+            taken(choose(&r, &node("9.0.0", 500, LATE))),
+            Some(("1.1.0".into(), Reason::PullBack))
+        );
+        // w1's gate holds: both w1 and w2 open.
+        r.offers[1].opened = BTreeMap::from([(
+            "w1".to_string(),
+            Opened {
+                since: t(EARLY),
+                healthy: 1,
+                failed: 0,
+            },
+        )]);
+        assert_eq!(
+            taken(choose(&r, &node("1.1.0", 500, LATE))),
             Some(("1.2.0".into(), Reason::Upgrade))
         );
     }

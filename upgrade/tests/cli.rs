@@ -27,30 +27,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn write_config(node: &Path, record: &Record, mirror: &str, seed: u16) -> std::path::PathBuf {
-    let parts = |slot: &str| {
-        format!(
-            "[{{member: root.img, path: {d}/root-{slot}.img}}, {{member: host-os-{slot}.efi, path: {d}/esp-{slot}.efi}}]",
-            d = node.display()
-        )
-    };
-    let config = node.join("upgrade.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "format_version: 1\nos: host-os\nmirrors: ['{mirror}']\ntrusted_root: {}\n\
-             state_dir: {}\nkeep_free_mib: 0\nseed: {seed}\n\
-             poll: {{interval_seconds: 1, jitter_seconds: 0}}\nslots:\n  a: {}\n  b: {}\n",
-            record.trusted_root().display(),
-            node.display(),
-            parts("a"),
-            parts("b"),
-        ),
-    )
-    .unwrap();
-    config
-}
-
 #[tokio::test]
 async fn a_node_inits_checks_applies_and_reports() {
     let tmp = tempfile::tempdir().unwrap();

@@ -440,7 +440,9 @@ pub fn run(_g: &Global, out: &Output, args: Args) -> anyhow::Result<()> {
             }
             if report.waves.iter().any(|w| w.gate.is_some()) {
                 out.warn(
-                    "its waves have health gates (gate): agents older than this plinth refuse a                      record holding a field they do not know, and a gated wave opens only when                      publish --health DIR finds the wave before it healthy",
+                    "its waves have health gates (gate): agents older than this plinth refuse a \
+                     record holding a field they do not know, and a gated wave opens only when \
+                     publish --health DIR finds the wave before it healthy",
                 );
             }
             if report.dropped_signatures > 0 {

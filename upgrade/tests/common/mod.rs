@@ -370,6 +370,32 @@ pub async fn elected_1_1_0(dir: &Path) -> (Record, NodeDir) {
     (record, NodeDir::new(&dir.join("node")))
 }
 
+/// The node configuration (`upgrade.yaml`) of the node in `node` as [`NodeDir`] lays it out,
+/// against `record` at `mirror`, with a fixed `seed`.
+pub fn write_config(node: &Path, record: &Record, mirror: &str, seed: u16) -> PathBuf {
+    let parts = |slot: &str| {
+        format!(
+            "[{{member: root.img, path: {d}/root-{slot}.img}}, {{member: host-os-{slot}.efi, path: {d}/esp-{slot}.efi}}]",
+            d = node.display()
+        )
+    };
+    let config = node.join("upgrade.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "format_version: 1\nos: host-os\nmirrors: ['{mirror}']\ntrusted_root: {}\n\
+             state_dir: {}\nkeep_free_mib: 0\nseed: {seed}\n\
+             poll: {{interval_seconds: 1, jitter_seconds: 0}}\nslots:\n  a: {}\n  b: {}\n",
+            record.trusted_root().display(),
+            node.display(),
+            parts("a"),
+            parts("b"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 pub fn file_url(dir: &Path) -> String {
     url::Url::from_directory_path(dir).unwrap().to_string()
 }
