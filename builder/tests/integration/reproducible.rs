@@ -336,7 +336,8 @@ fn every_image_reproduces_verifies_and_diffs() {
     // release; the verifier rebuilds elsewhere each release as soon as it exists (a build
     // alone leaves a core idle in its single-threaded stretches: dpkg, mke2fs, the verity
     // pass); once the builds are done, the boots start in two lanes beside the verifies
-    // still running (waiting for them left a core idle for about 5 minutes). A verify reads
+    // still running (run 38: no faster than after them, as the verifies keep both cores busy
+    // to their end, but the boots no longer wait on the slowest verify). A verify reads
     // the package cache only (it takes no stage from the stage cache) and compiles the agents
     // in its own target directory, so it never writes a file a build reads (the boots use a
     // copy of the host agent it built).
