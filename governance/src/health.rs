@@ -235,9 +235,17 @@ pub fn gated_opens_for(wave: &Wave, opened: Option<&Opened>, seed: u16) -> Optio
     if wave.gate.is_none() {
         return Some(wave.opens_for(seed));
     }
-    let start = opened?.since.max(wave.opens_at);
+    Some(opens_after(wave, opened?.since, seed))
+}
+
+/// When `wave` opens for `seed` once it may start no earlier than `since`: the later of its
+/// `opens_at` and `since`, plus the seed's place in its spread.
+pub fn opens_after(wave: &Wave, since: jiff::Timestamp, seed: u16) -> jiff::Timestamp {
     let offset = wave.opens_for(seed).duration_since(wave.opens_at);
-    Some(start.checked_add(offset).unwrap_or(jiff::Timestamp::MAX))
+    since
+        .max(wave.opens_at)
+        .checked_add(offset)
+        .unwrap_or(jiff::Timestamp::MAX)
 }
 
 /// Count `reports` of the nodes of `wave` for `artifact`: (running it or a later version,

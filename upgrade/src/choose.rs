@@ -28,7 +28,7 @@
 
 use crate::error::UpgradeError;
 use plinth_governance::custom::{read_entry, ArtifactCustom, Entry, Wave, MAX_SEED};
-use plinth_governance::health::{gated_opens_for, Gates, Opened};
+use plinth_governance::health::{opens_after, Gates, Opened};
 use plinth_governance::order::compare;
 use plinth_release::archive::UPDATE_ARCHIVE;
 use plinth_release::{Os, Version};
@@ -72,31 +72,23 @@ impl Offer {
     /// When the version opens for `seed`: `None` when no wave holds the seed, or a gate
     /// holds its wave back: its own, or any gate of a wave before it (a gate held earlier in
     /// the election holds every later wave, gated or not). Otherwise the wave's own time
-    /// ([`gated_opens_for`]), no earlier than the latest `since` of those gates.
+    /// ([`opens_after`]), no earlier than the latest `since` of those gates.
     pub fn opens_for(&self, seed: u16) -> Option<jiff::Timestamp> {
         let i = self.artifact.waves.iter().position(|w| w.contains(seed))?;
         let wave = &self.artifact.waves[i];
-        let mut since: Option<&Opened> = None;
-        for w in &self.artifact.waves[..=i] {
-            if w.gate.is_some() {
-                let o = self.opened.get(w.name.as_str())?;
-                if since.is_none_or(|s| o.since > s.since) {
-                    since = Some(o);
-                }
-            }
+        // The latest `since` of the gates up to this wave; held if any of them is.
+        let mut since: Option<jiff::Timestamp> = None;
+        for w in self.artifact.waves[..=i]
+            .iter()
+            .filter(|w| w.gate.is_some())
+        {
+            let o = self.opened.get(w.name.as_str())?;
+            since = since.max(Some(o.since));
         }
-        match since {
-            // The latest gate stands for the wave's own: it starts no earlier than that.
-            Some(o) => {
-                let mut gated = wave.clone();
-                gated.gate.get_or_insert(plinth_governance::custom::Gate {
-                    min_healthy: 1,
-                    max_failed: 0,
-                });
-                gated_opens_for(&gated, Some(o), seed)
-            }
-            None => Some(wave.opens_for(seed)),
-        }
+        Some(match since {
+            Some(since) => opens_after(wave, since, seed),
+            None => wave.opens_for(seed),
+        })
     }
 
     /// Whether the version is open for `seed` at `now`.

@@ -31,6 +31,7 @@ const VERSIONS: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0"];
 
 struct SimNode {
     name: String,
+    seed: u16,
     /// Ticks after the start before a trial boot of the first rollout completes (its
     /// canaries boot slowly, one after another, so that the gate, not the wave's time,
     /// decides when the rest may start).
@@ -62,6 +63,7 @@ fn new_node(root: &Path, i: usize, record: &Record, mirror: &str) -> SimNode {
     let canary_index = (seed <= CANARY_LAST).then_some(i);
     SimNode {
         name,
+        seed,
         boot_ticks: canary_index.map_or(0, |k| 2 * k),
         config,
         cmdline,
@@ -192,10 +194,7 @@ async fn a_fleet_of_100_follows_waves_health_and_a_revocation() {
     let nodes: Vec<SimNode> = (0..NODES)
         .map(|i| new_node(&tmp.path().join("nodes"), i, &record, &server.url))
         .collect();
-    let canaries = nodes
-        .iter()
-        .filter(|n| version_seed(n) <= CANARY_LAST)
-        .count();
+    let canaries = nodes.iter().filter(|n| n.seed <= CANARY_LAST).count();
     let start = std::time::Instant::now();
     let t0 = now();
     let at = |s: i64| t0 + jiff::SignedDuration::from_secs(s);
@@ -317,15 +316,6 @@ async fn a_fleet_of_100_follows_waves_health_and_a_revocation() {
         opened > 12.0,
         "the gate held at {opened:.1} s, before 15 canaries could boot"
     );
-}
-
-fn version_seed(n: &SimNode) -> u16 {
-    let text = std::fs::read_to_string(&n.config).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("seed: "))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// 100 000 nodes, in-process: two simulated days in 15-minute steps of `choose` for every
